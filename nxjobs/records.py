@@ -1,0 +1,68 @@
+"""The job record: what a producer reads back about one job, and the allowed
+state transitions. Pure data; storage lives in store.py.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from enum import Enum
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class JobState(str, Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    SUBMITTED = "submitted"  # the provider accepted the request
+    COMPLETED = "completed"  # its final callbacks arrived
+    FAILED = "failed"
+
+
+TERMINAL_STATES = frozenset({JobState.COMPLETED, JobState.FAILED})
+
+# Which states each state may be entered from. States only move forward, so a
+# late or redelivered worker can never drag a submitted job back to running.
+# running -> running is a redelivery after a worker died mid-task.
+ALLOWED_FROM: dict[JobState, frozenset[JobState]] = {
+    JobState.RUNNING: frozenset({JobState.QUEUED, JobState.RUNNING, JobState.RETRYING}),
+    JobState.RETRYING: frozenset({JobState.RUNNING}),
+    JobState.SUBMITTED: frozenset({JobState.RUNNING}),
+    JobState.COMPLETED: frozenset({JobState.SUBMITTED}),
+    JobState.FAILED: frozenset({JobState.QUEUED, JobState.RUNNING, JobState.RETRYING, JobState.SUBMITTED}),
+}
+
+# Order used by `wait --until`: reaching a later state implies the earlier one.
+PROGRESS = {JobState.QUEUED: 0, JobState.RUNNING: 1, JobState.RETRYING: 1, JobState.SUBMITTED: 2, JobState.COMPLETED: 3}
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+    retryable: bool
+
+
+class JobRecord(BaseModel):
+    id: str
+    kind: str
+    state: JobState
+    attempts: int = 0
+    created_at: str
+    updated_at: str
+    input: dict[str, Any] = Field(default_factory=dict, description="producer input, phones masked")
+    request: list[dict[str, Any]] = Field(default_factory=list, description="provider requests sent, secrets removed")
+    result: dict[str, Any] | None = None
+    error: JobError | None = None
+    progress: dict[str, Any] | None = Field(default=None, description="steps done, for multi-request jobs")
+    callbacks: list[dict[str, Any]] = Field(default_factory=list)
+
+    def reached(self, state: JobState) -> bool:
+        """True if this job has got as far as `state` (and has not failed)."""
+        if self.state == JobState.FAILED:
+            return state == JobState.FAILED
+        return PROGRESS.get(self.state, -1) >= PROGRESS[state]
+
+
+def utc_now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")

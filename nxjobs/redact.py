@@ -1,0 +1,73 @@
+"""Make data safe for an operator's eyes: mask phone numbers, drop secrets.
+
+Used for job records, logs and Flower's task-argument reprs. Pure functions.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Keys (any spelling the APIs use) whose values are phone numbers.
+PHONE_KEYS = frozenset(
+    {"phone", "phones", "userPhone", "user_phone", "business_phone", "mobile", "number", "showphone", "show_phone"}
+)
+# Keys whose values are credentials and never leave the worker.
+SECRET_KEYS = frozenset(
+    {
+        "token",
+        "secretkey",
+        "secret_key",
+        "secretKey",
+        "accesssecret",
+        "access_secret",
+        "accessSecret",
+        "sign",
+        "password",
+    }
+)
+_SECRET_KEYS_LOWER = frozenset(k.lower() for k in SECRET_KEYS)
+_PHONE_KEYS_LOWER = frozenset(k.lower() for k in PHONE_KEYS)
+REDACTED = "[redacted]"
+
+
+def mask_phone(phone: str) -> str:
+    """Keep enough to tell numbers apart (country prefix and last 4), hide the rest."""
+    digits = str(phone)
+    if len(digits) <= 6:
+        return "*" * len(digits)
+    keep_tail = 4 if len(digits) >= 10 else 2
+    return digits[:3] + "*" * (len(digits) - 3 - keep_tail) + digits[-keep_tail:]
+
+
+def _mask_phone_value(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_mask_phone_value(v) for v in value]
+    if isinstance(value, str):
+        # Number Check sends many numbers in one comma-separated string.
+        return ",".join(mask_phone(p) for p in value.split(",")) if value else value
+    return value
+
+
+def redact(obj: Any) -> Any:
+    """A copy of `obj` with secrets replaced and phone numbers masked, at any depth."""
+    if isinstance(obj, dict):
+        out = {}
+        for key, value in obj.items():
+            lower = str(key).lower()
+            if lower in _SECRET_KEYS_LOWER:
+                out[key] = REDACTED
+            elif lower in _PHONE_KEYS_LOWER:
+                out[key] = _mask_phone_value(value)
+            else:
+                out[key] = redact(value)
+        return out
+    if isinstance(obj, list):
+        return [redact(v) for v in obj]
+    return obj
+
+
+def summarize_list(items: list[Any], keep: int = 20) -> list[Any] | dict[str, Any]:
+    """Long lists (a 500-contact chunk) are stored as a head plus a count."""
+    if len(items) <= keep:
+        return items
+    return {"count": len(items), "first": items[:keep]}
