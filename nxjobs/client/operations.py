@@ -1,0 +1,288 @@
+"""One function per job kind: build the provider request(s) from a validated
+payload, send them, and return what was sent (redacted) and what came back.
+
+No Celery, no settings: every credential-free parameter arrives as an argument.
+Idempotency keys (orderid, batchNo, userTaskID, orderID) derive from the job id
+so every attempt reuses them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from nxjobs import callback_urls
+from nxjobs.client.agent import MAKECALL_PATH, AgentClient
+from nxjobs.client.api2 import Api2Client
+from nxjobs.client.callbot import CallbotClient
+from nxjobs.client.errors import PERMANENT, NXCloudError, ProviderError, TransportError
+from nxjobs.client.token_cache import AgentTokenCache
+from nxjobs.jobs import (
+    CALLBOT_CHUNK_SIZE,
+    CallbotListPayload,
+    CallPayload,
+    NumberCheckPayload,
+    OtaInitPayload,
+    WaCallingPayload,
+)
+from nxjobs.redact import redact, summarize_list
+
+
+@dataclass
+class Outcome:
+    request: list[dict[str, Any]] = field(default_factory=list)
+    result: dict[str, Any] = field(default_factory=dict)
+
+
+class AmbiguousSubmission(NXCloudError):
+    """The request may have reached the provider but we have no answer.
+
+    Resending could repeat a side effect (ring a phone twice), so the job is
+    parked for reconciliation by its idempotency key instead of retried.
+    """
+
+    def __init__(self, cause: TransportError, key_name: str, key: str):
+        super().__init__(
+            f"{cause.message}; not re-sent, reconcile by {key_name}={key}",
+            code="ambiguous",
+            classification=PERMANENT,
+        )
+        self.key_name = key_name
+        self.key = key
+
+
+def _sent(endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
+    return {"endpoint": endpoint, "body": redact(body)}
+
+
+# ---- Agent API ------------------------------------------------------------
+
+def call_order_id(job_id: str, payload: CallPayload) -> str:
+    # A uuid4 hex job id is 32 alphanumerics: exactly the longest orderid allowed.
+    return payload.order_id or job_id
+
+
+def place_call(
+    agent: AgentClient,
+    tokens: AgentTokenCache,
+    *,
+    job_id: str,
+    payload: CallPayload,
+    username: str,
+    default_show_phone: str | None,
+    outcome: Outcome,
+) -> Outcome:
+    orderid = call_order_id(job_id, payload)
+    showphone = payload.show_phone or default_show_phone
+    form = {"username": username, "phone": payload.phone, "orderid": orderid}
+    if showphone:
+        form["showphone"] = showphone
+    outcome.request.append(_sent(MAKECALL_PATH, form))
+
+    def send(token: str):
+        try:
+            return agent.make_call(token=token, username=username, phone=payload.phone, orderid=orderid,
+                                   showphone=showphone)
+        except TransportError as err:
+            # Only the makecall itself can ring a phone; a lost token answer is harmless to retry.
+            if err.may_have_reached:
+                raise AmbiguousSubmission(err, "orderid", orderid) from err
+            raise
+
+    resp = tokens.call(send)
+    outcome.result = {
+        "orderid": resp.body.get("orderid") or orderid,
+        "sessionid": resp.body.get("sessionid"),
+        "info": resp.body.get("info"),
+    }
+    return outcome
+
+
+# ---- api2 -----------------------------------------------------------------
+
+NUMBER_CHECK_PATH = "/api/number/check"
+OTA_INIT_PATH = "/api/ota/init"
+WA_CALLING_PATH = "/api/wa/calling/get"
+
+
+def number_check_batch_no(job_id: str, payload: NumberCheckPayload) -> str:
+    return payload.batch_no or job_id
+
+
+def check_numbers(
+    api2: Api2Client, *, job_id: str, payload: NumberCheckPayload, appkey: str, public_url: str | None,
+    outcome: Outcome,
+) -> Outcome:
+    body: dict[str, Any] = {
+        "phone": ",".join(payload.phones),
+        "batchNo": number_check_batch_no(job_id, payload),
+        "checkLevel": payload.check_level,
+        "appkey": appkey,
+    }
+    dr_url = callback_urls.build(public_url, callback_urls.NUMBER_CHECK)
+    if dr_url:
+        body["drUrl"] = dr_url
+    outcome.request.append(_sent(NUMBER_CHECK_PATH, body))
+    resp = api2.post(NUMBER_CHECK_PATH, biz_type=1, action="numbercheck", body=body)
+    data = resp.body.get("data") or {}
+    outcome.result = {
+            # Current docs name it requestId, legacy ones messageId (reference §5.1).
+            "requestId": data.get("requestId") or data.get("messageId"),
+            "batchNo": data.get("batchNo") or body["batchNo"],
+            "numbers": len(payload.phones),
+        "failNumber": redact(data.get("failNumber") or []),
+    }
+    return outcome
+
+
+def ota_init(api2: Api2Client, *, payload: OtaInitPayload, appkey: str, outcome: Outcome) -> Outcome:
+    body = {"appkey": appkey, "phone": payload.phone, "userIp": payload.user_ip}
+    outcome.request.append(_sent(OTA_INIT_PATH, body))
+    resp = api2.post(OTA_INIT_PATH, biz_type=6, action="init", body=body)
+    data = resp.body.get("data") or {}
+    outcome.result = {"requestId": data.get("requestId"), "url": data.get("url")}
+    return outcome
+
+
+def wa_calling(api2: Api2Client, *, payload: WaCallingPayload, appkey: str, outcome: Outcome) -> Outcome:
+    body = {"appkey": appkey, "business_phone": payload.business_phone}
+    outcome.request.append(_sent(WA_CALLING_PATH, body))
+    resp = api2.post(WA_CALLING_PATH, biz_type=2, action="mt", body=body)
+    outcome.result = {"data": redact(resp.body.get("data")), "traceId": resp.body.get("traceId")}
+    return outcome
+
+
+# ---- Callbot v3 -----------------------------------------------------------
+
+def contact_order_id(job_id: str, index: int, explicit: str | None) -> str:
+    return explicit or f"{job_id}-{index}"
+
+
+def _call_list(job_id: str, payload: CallbotListPayload, start: int, stop: int) -> list[dict[str, Any]]:
+    items = []
+    for i in range(start, min(stop, len(payload.contacts))):
+        c = payload.contacts[i]
+        item: dict[str, Any] = {
+            "orderID": contact_order_id(job_id, i, c.order_id),
+            "userPhone": c.user_phone,
+            "userName": c.user_name,
+        }
+        if c.params:
+            item["params"] = [{"name": p.name, "value": p.value} for p in c.params]
+        items.append(item)
+    return items
+
+
+def _already_present(err: dict[str, Any]) -> bool:
+    # On a resumed attempt the provider rejects orders it already has; that is success.
+    return "already exist" in str(err.get("errMsg", "")).lower()
+
+
+def submit_call_list(
+    callbot: CallbotClient,
+    *,
+    job_id: str,
+    payload: CallbotListPayload,
+    public_url: str | None,
+    strategy_name: str,
+    progress: dict[str, Any],
+    save_progress: Callable[[dict[str, Any]], None],
+    outcome: Outcome,
+) -> Outcome:
+    """Create the task with its contacts and start it, resuming after the last
+    step a previous attempt completed (`progress`, saved after every step)."""
+    user_task_id = job_id
+    task_cb = payload.task_callback_url or callback_urls.build(public_url, callback_urls.CALLBOT_TASK)
+    order_cb = payload.order_callback_url or callback_urls.build(public_url, callback_urls.CALLBOT_ORDER)
+    call_cb = payload.call_callback_url or callback_urls.build(public_url, callback_urls.CALLBOT_CALL)
+    setting: dict[str, Any] = {"taskName": payload.task_name, "strategyName": payload.strategy_name or strategy_name}
+    if task_cb:
+        setting["taskCallbackUrl"] = task_cb
+    state = dict(progress) or {"userTaskID": user_task_id, "added": 0, "accepted": 0, "rejected": []}
+    sent = outcome.request
+    total = len(payload.contacts)
+
+    def info_list(start: int) -> dict[str, Any]:
+        info: dict[str, Any] = {"callList": _call_list(job_id, payload, start, start + CALLBOT_CHUNK_SIZE)}
+        if order_cb:
+            info["orderCallbackUrl"] = order_cb
+        if call_cb:
+            info["callCallbackUrl"] = call_cb
+        return info
+
+    def record_added(resp_body: dict[str, Any], count: int) -> None:
+        errs = [e for e in (resp_body.get("errList") or []) if not _already_present(e)]
+        state["added"] += count
+        state["accepted"] += count - len(errs)
+        state["rejected"] = (state["rejected"] + redact(errs))[:100]
+        save_progress(state)
+
+    if "taskID" not in state:
+        existing = _find_task(callbot, user_task_id) if state.get("create_sent") else None
+        if existing:
+            # An earlier attempt's create reached the provider; a createAndCall carried its first chunk too.
+            state["taskID"] = existing.get("taskID")
+            if state.get("create_mode") == "createAndCall":
+                state["added"] = min(total, CALLBOT_CHUNK_SIZE)
+                state["accepted"] = state["added"]
+            save_progress(state)
+        else:
+            state["create_sent"] = True
+            state["create_mode"] = "createAndCall" if total <= CALLBOT_CHUNK_SIZE else "createTask"
+            save_progress(state)
+            if state["create_mode"] == "createAndCall":
+                body = {"userTaskID": user_task_id, "sceneID": payload.scene_id, "taskCreateSetting": setting,
+                        "callInfoList": info_list(0)}
+                sent.append(_summarized("createAndCall", body))
+                resp = callbot.post("createAndCall", body)
+                state["taskID"] = resp.body.get("taskID")
+                record_added(resp.body, total)
+            else:
+                body = {"userTaskID": user_task_id, "sceneID": payload.scene_id, "taskCreateSetting": setting}
+                if task_cb:
+                    body["taskCallbackUrl"] = task_cb
+                if order_cb:
+                    body["orderCallbackUrl"] = order_cb
+                sent.append(_summarized("createTask", body))
+                resp = callbot.post("createTask", body)
+                state["taskID"] = resp.body.get("taskID")
+                save_progress(state)
+
+    while state["added"] < total:
+        start = state["added"]
+        body = {"userTaskID": user_task_id, "callInfoList": info_list(start)}
+        sent.append(_summarized("addBatchCall", body))
+        resp = callbot.post("addBatchCall", body)
+        record_added(resp.body, min(CALLBOT_CHUNK_SIZE, total - start))
+
+    if state["accepted"] == 0:
+        raise ProviderError("callbot", "4", "every contact was rejected: " + str(state["rejected"][:3]),
+                            endpoint="addBatchCall")
+
+    if not state.get("started"):
+        body = {"userTaskID": user_task_id, "taskOperate": 1, "delCall": 0}
+        sent.append(_summarized("mgrTaskStatus", body))
+        resp = callbot.post("mgrTaskStatus", body)
+        state["started"] = True
+        state["taskStatus"] = resp.body.get("taskStatus")
+        save_progress(state)
+
+    outcome.result = {k: state.get(k) for k in ("userTaskID", "taskID", "taskStatus", "accepted", "rejected")}
+    outcome.result["contacts"] = total
+    return outcome
+
+
+def _summarized(endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
+    safe = redact(body)
+    info = safe.get("callInfoList")
+    if info and isinstance(info.get("callList"), list):
+        info["callList"] = summarize_list(info["callList"], keep=5)
+    return {"endpoint": endpoint, "body": safe}
+
+
+def _find_task(callbot: CallbotClient, user_task_id: str) -> dict[str, Any] | None:
+    resp = callbot.post("listTask", {"page": 1, "size": 1, "queryConditions": {"userTaskID": [user_task_id]}})
+    for task in resp.body.get("taskData") or []:
+        if task.get("userTaskID") == user_task_id:
+            return task
+    return None

@@ -1,0 +1,90 @@
+"""Sends one HTTP request and turns every way it can go wrong into a TransportError.
+
+Retries here cover connect failures only (the request never left us); anything
+after the bytes were sent is the caller's decision, because a resend may ring a
+phone twice. Business errors are not decided here: a parsed body is returned.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+from nxjobs.client.errors import RETRY, BOUNDED, TransportError, classify_http_status
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    body: Any
+    latency_s: float
+
+
+class Transport:
+    def __init__(self, *, connect_timeout_s: float, read_timeout_s: float, pool_size: int = 10):
+        self.timeout = (connect_timeout_s, read_timeout_s)
+        self.session = requests.Session()
+        adapter = HTTPAdapter(
+            pool_connections=4,
+            pool_maxsize=pool_size,
+            # connect=2 only: urllib3 never re-sends once a request may have been read.
+            max_retries=Retry(total=2, connect=2, read=0, status=0, other=0, redirect=0, backoff_factor=0.05),
+        )
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+
+    def post(self, url: str, *, data: bytes | dict[str, str], headers: dict[str, str]) -> Response:
+        """POST and parse a JSON answer. `data` bytes are sent exactly as given."""
+        started = time.monotonic()
+        try:
+            resp = self.session.post(url, data=data, headers=headers, timeout=self.timeout, allow_redirects=False)
+        except requests.ConnectTimeout as exc:
+            raise TransportError(f"connect timeout to {_origin(url)}", code="connect_timeout",
+                                 classification=RETRY, may_have_reached=False) from exc
+        except requests.ReadTimeout as exc:
+            raise TransportError(f"no answer from {_origin(url)} within {self.timeout[1]}s", code="read_timeout",
+                                 classification=RETRY, may_have_reached=True) from exc
+        except requests.ConnectionError as exc:
+            reached = not _is_connect_failure(exc)
+            raise TransportError(f"connection error to {_origin(url)}: {type(exc).__name__}",
+                                 code="connection_error", classification=RETRY, may_have_reached=reached) from exc
+        except requests.RequestException as exc:
+            raise TransportError(f"request to {_origin(url)} failed: {type(exc).__name__}",
+                                 code="request_error", classification=RETRY, may_have_reached=True) from exc
+        latency = time.monotonic() - started
+        if not 200 <= resp.status_code < 300:
+            raise TransportError(f"HTTP {resp.status_code} from {_origin(url)}", code=f"http_{resp.status_code}",
+                                 classification=classify_http_status(resp.status_code), may_have_reached=False)
+        try:
+            body = json.loads(resp.content)
+        except ValueError as exc:
+            raise TransportError(f"invalid JSON from {_origin(url)}", code="invalid_json",
+                                 classification=BOUNDED, may_have_reached=True) from exc
+        if not isinstance(body, dict):
+            raise TransportError(f"unexpected JSON shape from {_origin(url)}", code="invalid_json",
+                                 classification=BOUNDED, may_have_reached=True)
+        return Response(resp.status_code, body, latency)
+
+    def close(self) -> None:
+        self.session.close()
+
+
+def _origin(url: str) -> str:
+    # Only scheme://host/path: never echo query strings (they may carry tokens).
+    return url.split("?", 1)[0]
+
+
+def _is_connect_failure(exc: requests.ConnectionError) -> bool:
+    """True if the connection was never established (nothing can have reached the server)."""
+    from urllib3.exceptions import MaxRetryError, NewConnectionError
+
+    reason = exc.args[0] if exc.args else None
+    if isinstance(reason, MaxRetryError):
+        reason = reason.reason
+    return isinstance(reason, NewConnectionError)
