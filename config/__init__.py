@@ -1,0 +1,1 @@
+"""Service configuration (pydantic-settings). Imports nothing else of ours."""

@@ -1,0 +1,126 @@
+"""All service settings, read from `NXJOBS_*` environment variables or `.env`.
+
+Nested groups use `__`: `NXJOBS_API2__ACCESS_KEY`. Credentials have no default;
+`Settings.require(family)` turns a missing one into one clear error naming the
+variable, checked when a worker starts rather than mid-job.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "NXJOBS_"
+
+
+class MissingSetting(RuntimeError):
+    """A credential the job needs is not configured."""
+
+    def __init__(self, variables: list[str]):
+        self.variables = variables
+        super().__init__("missing required setting(s): " + ", ".join(variables))
+
+
+# Which credentials each API family (= queue) needs, as (group, field).
+REQUIRED_CREDENTIALS = {
+    "api2": [("api2", "access_key"), ("api2", "access_secret"), ("api2", "appkey")],
+    "callbot": [("callbot", "uuid"), ("callbot", "secret_key")],
+    "agent": [("agent", "appkey"), ("agent", "secretkey"), ("agent", "username")],
+}
+
+
+class Api2Settings(BaseModel):
+    """api2 open platform: Number Check, OTA, WhatsApp (reference §2)."""
+
+    base_url: str = "https://api2.nxcloud.com"
+    access_key: str | None = None
+    access_secret: SecretStr | None = None
+    appkey: str | None = None
+    algorithm: Literal["md5", "sha256"] = "md5"
+
+
+class CallbotSettings(BaseModel):
+    """Callbot v3 (reference §3, §6)."""
+
+    base_url: str = "https://nxbot.nxcloud.com"
+    uuid: str | None = None
+    secret_key: SecretStr | None = None
+    algorithm: Literal["md5", "sha256"] = "md5"
+    strategy_name: str = "Default Strategy"
+
+
+class AgentSettings(BaseModel):
+    """Legacy Agent API: token + makecall on as01, CDR lookups on api.nxcloud.com (reference §7)."""
+
+    base_url: str = "https://as01.nxcloud.com"
+    cdr_base_url: str = "https://api.nxcloud.com"
+    appkey: str | None = None
+    secretkey: SecretStr | None = None
+    username: str | None = None
+    # Caller id shown to the callee; None lets NXCloud use its default ("nxcloud").
+    show_phone: str | None = None
+    # Renew when less than this share of the token's lifetime is left (reference §7.1 [CHOICE]).
+    token_renew_fraction: float = Field(default=0.2, gt=0, lt=1)
+
+
+class CallbacksSettings(BaseModel):
+    """Where NXCloud calls us back; sent with each request that supports it."""
+
+    public_url: str | None = None
+
+
+class HttpSettings(BaseModel):
+    connect_timeout_s: float = Field(default=3.05, gt=0)
+    read_timeout_s: float = Field(default=15.0, gt=0)
+
+
+class RetrySettings(BaseModel):
+    """Capped exponential backoff with full jitter (reference §8 [CHOICE])."""
+
+    max_attempts: int = Field(default=8, ge=1, description="for codes classed 'retry'")
+    bounded_attempts: int = Field(default=3, ge=1, description="for codes classed 'retry bounded'")
+    base_s: float = Field(default=1.0, gt=0)
+    cap_s: float = Field(default=60.0, gt=0)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        env_file=".env",
+        # Compose passes unset variables through as "": treat those as unset.
+        env_ignore_empty=True,
+        extra="ignore",
+    )
+
+    redis_url: str = "redis://localhost:6379/0"
+    # Job records outlive the job by this long, then Redis drops them.
+    record_ttl_s: int = Field(default=7 * 24 * 3600, gt=0)
+    api2: Api2Settings = Api2Settings()
+    callbot: CallbotSettings = CallbotSettings()
+    agent: AgentSettings = AgentSettings()
+    callbacks: CallbacksSettings = CallbacksSettings()
+    http: HttpSettings = HttpSettings()
+    retry: RetrySettings = RetrySettings()
+    # Hard/soft per-task time limits; every request has its own shorter HTTP timeout.
+    task_time_limit_s: int = Field(default=300, gt=0)
+    task_soft_time_limit_s: int = Field(default=240, gt=0)
+
+    def missing(self, family: str) -> list[str]:
+        """Environment variable names of the credentials `family` needs but lacks."""
+        out = []
+        for group, field in REQUIRED_CREDENTIALS[family]:
+            if not getattr(getattr(self, group), field):
+                out.append(f"{ENV_PREFIX}{group.upper()}__{field.upper()}")
+        return out
+
+    def require(self, *families: str) -> None:
+        missing = [v for f in families for v in self.missing(f)]
+        if missing:
+            raise MissingSetting(missing)
+
+
+def load_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,35 @@
+"""api2 tasks: Number Check submit, OTA init, WhatsApp calling query."""
+
+from celery import shared_task
+
+from nxjobs.client import operations
+from nxjobs.jobs import KINDS
+from tasks.base import JobTask
+
+
+@shared_task(name=KINDS["number-check"].task_name, bind=True, base=JobTask)
+def check_numbers(self: JobTask, job_id: str, payload: dict) -> str:
+    return self.run_job(job_id, "number-check", payload, _check_numbers)
+
+
+@shared_task(name=KINDS["ota-init"].task_name, bind=True, base=JobTask)
+def ota_init(self: JobTask, job_id: str, payload: dict) -> str:
+    return self.run_job(job_id, "ota-init", payload, _ota_init)
+
+
+@shared_task(name=KINDS["wa-calling"].task_name, bind=True, base=JobTask)
+def wa_calling(self: JobTask, job_id: str, payload: dict) -> str:
+    return self.run_job(job_id, "wa-calling", payload, _wa_calling)
+
+
+def _check_numbers(svc, job_id, payload, outcome):
+    return operations.check_numbers(svc.api2, job_id=job_id, payload=payload, appkey=svc.settings.api2.appkey,
+                                    public_url=svc.settings.callbacks.public_url, outcome=outcome)
+
+
+def _ota_init(svc, job_id, payload, outcome):
+    return operations.ota_init(svc.api2, payload=payload, appkey=svc.settings.api2.appkey, outcome=outcome)
+
+
+def _wa_calling(svc, job_id, payload, outcome):
+    return operations.wa_calling(svc.api2, payload=payload, appkey=svc.settings.api2.appkey, outcome=outcome)

@@ -1,0 +1,25 @@
+"""Callbot v3 task: create a call list task, add its contacts, start it."""
+
+from celery import shared_task
+
+from nxjobs.client import operations
+from nxjobs.jobs import KINDS
+from tasks.base import JobTask
+
+
+@shared_task(name=KINDS["callbot-list"].task_name, bind=True, base=JobTask)
+def submit_call_list(self: JobTask, job_id: str, payload: dict) -> str:
+    return self.run_job(job_id, "callbot-list", payload, _submit_call_list)
+
+
+def _submit_call_list(svc, job_id, payload, outcome):
+    return operations.submit_call_list(
+        svc.callbot,
+        job_id=job_id,
+        payload=payload,
+        public_url=svc.settings.callbacks.public_url,
+        strategy_name=svc.settings.callbot.strategy_name,
+        progress=svc.store.get_progress(job_id),
+        save_progress=lambda progress: svc.store.update(job_id, progress=progress),
+        outcome=outcome,
+    )

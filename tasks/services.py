@@ -1,0 +1,77 @@
+"""Per-process resources a task needs, built once from settings on first use.
+
+Celery creates task objects once per worker process, so caching here gives one
+HTTP connection pool, one Redis client and one token cache per process.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from functools import cached_property
+
+from config.settings import Settings, load_settings
+from nxjobs.client.agent import AgentClient
+from nxjobs.client.api2 import Api2Client
+from nxjobs.client.callbot import CallbotClient
+from nxjobs.client.token_cache import AgentTokenCache
+from nxjobs.client.transport import Transport
+from nxjobs.redis_conn import connect
+from nxjobs.store import RecordStore
+
+
+@dataclass
+class Services:
+    settings: Settings
+
+    @cached_property
+    def redis(self):
+        return connect(self.settings.redis_url)
+
+    @cached_property
+    def store(self) -> RecordStore:
+        return RecordStore(self.redis, ttl_s=self.settings.record_ttl_s)
+
+    @cached_property
+    def transport(self) -> Transport:
+        http = self.settings.http
+        return Transport(connect_timeout_s=http.connect_timeout_s, read_timeout_s=http.read_timeout_s)
+
+    @cached_property
+    def rng(self) -> random.Random:
+        return random.Random()
+
+    @cached_property
+    def api2(self) -> Api2Client:
+        self.settings.require("api2")
+        s = self.settings.api2
+        return Api2Client(self.transport, base_url=s.base_url, access_key=s.access_key,
+                          access_secret=s.access_secret.get_secret_value(), algorithm=s.algorithm)
+
+    @cached_property
+    def callbot(self) -> CallbotClient:
+        self.settings.require("callbot")
+        s = self.settings.callbot
+        return CallbotClient(self.transport, base_url=s.base_url, uuid=s.uuid,
+                             secret_key=s.secret_key.get_secret_value(), algorithm=s.algorithm)
+
+    @cached_property
+    def agent(self) -> AgentClient:
+        self.settings.require("agent")
+        s = self.settings.agent
+        return AgentClient(self.transport, base_url=s.base_url, cdr_base_url=s.cdr_base_url, appkey=s.appkey,
+                           secretkey=s.secretkey.get_secret_value())
+
+    @cached_property
+    def agent_tokens(self) -> AgentTokenCache:
+        return AgentTokenCache(self.redis, self.agent, renew_fraction=self.settings.agent.token_renew_fraction)
+
+
+_services: Services | None = None
+
+
+def get_services() -> Services:
+    global _services
+    if _services is None:
+        _services = Services(load_settings())
+    return _services

@@ -1,0 +1,54 @@
+"""The Celery app: every option explicit, each with the reason it is set.
+
+Start workers with `nxjobs worker` (or `python -m workers worker`), Flower with
+`celery -A workers.celery_app flower`.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from config.settings import load_settings
+from workers.queues import TASK_QUEUES, TASK_ROUTES
+
+settings = load_settings()
+
+app = Celery("nxjobs", include=["tasks.calls", "tasks.callbot", "tasks.api2"])
+app.conf.update(
+    broker_url=settings.redis_url,
+    # https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-serializer
+    # JSON only: never unpickle what arrives from a shared broker.
+    task_serializer="json",
+    result_serializer="json",
+    accept_content=["json"],
+    event_serializer="json",
+    # Job records in Redis (nxjobs.store) are the result store; Celery's would duplicate them.
+    result_backend=None,
+    task_ignore_result=True,
+    # Ack after the attempt is recorded; a worker lost mid-attempt gives the job back.
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    # One message per worker process at a time: long jobs do not strand others behind them.
+    worker_prefetch_multiplier=1,
+    # A queue per API family so each scales, and is throttled, on its own.
+    task_queues=TASK_QUEUES,
+    task_routes=TASK_ROUTES,
+    task_default_queue="api2",
+    task_create_missing_queues=False,
+    # Hard and soft limits per attempt; HTTP timeouts (seconds) are far shorter.
+    task_time_limit=settings.task_time_limit_s,
+    task_soft_time_limit=settings.task_soft_time_limit_s,
+    # Unacked messages (including countdown retries held by a worker) come back
+    # after this long if their worker vanished; it must exceed the longest
+    # countdown plus the task time limit.
+    broker_transport_options={"visibility_timeout": 3600},
+    # Task events for Flower: states need -E (set by `nxjobs worker`) and "sent" needs this.
+    worker_send_task_events=True,
+    task_send_sent_event=True,
+    task_track_started=True,
+    broker_connection_retry_on_startup=True,
+    worker_hijack_root_logger=True,
+    worker_log_format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s",
+    worker_task_log_format="%(asctime)s %(levelname)s %(processName)s %(task_name)s[%(task_id)s]: %(message)s",
+    enable_utc=True,
+)

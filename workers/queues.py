@@ -1,0 +1,8 @@
+"""Celery queues and routes, derived from the wire contract in nxjobs.jobs."""
+
+from kombu import Queue
+
+from nxjobs.jobs import KINDS, QUEUES
+
+TASK_QUEUES = tuple(Queue(name, routing_key=name) for name in QUEUES)
+TASK_ROUTES = {kind.task_name: {"queue": kind.queue, "routing_key": kind.queue} for kind in KINDS.values()}
