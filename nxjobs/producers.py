@@ -1,0 +1,159 @@
+"""Enqueue NXCloud jobs from application code and read their records back.
+
+    from nxjobs.producers import Producer
+    jobs = Producer()                      # NXJOBS_REDIS_URL, or redis://localhost:6379/0
+    job_id = jobs.call(phone="8613800138000")
+    record = jobs.wait([job_id], until="submitted", timeout_s=30)[job_id]
+
+Input is validated before anything is written: bad input raises InvalidJob
+naming the field, and nothing is stored or enqueued. Tasks are sent by name,
+so applications need neither our task code nor our service configuration.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Iterable
+
+import redis
+from celery import Celery
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from nxjobs.jobs import InvalidJob, get_kind, validate_payload
+from nxjobs.records import JobRecord, JobState
+from nxjobs.redact import redact
+from nxjobs.redis_conn import RedisUnavailable, connect, describe
+from nxjobs.store import RecordStore
+
+__all__ = ["Producer", "InvalidJob", "RedisUnavailable", "EnqueueError", "JobRecord", "JobState"]
+
+
+class ProducerSettings(BaseSettings):
+    """The two settings a producer needs; same names as the service's config.settings."""
+
+    model_config = SettingsConfigDict(env_prefix="NXJOBS_", env_file=".env", env_ignore_empty=True, extra="ignore")
+    redis_url: str = "redis://localhost:6379/0"
+    record_ttl_s: int = Field(default=7 * 24 * 3600, gt=0)
+
+
+class EnqueueError(RuntimeError):
+    """The job was valid but could not be enqueued; nothing was left behind."""
+
+
+class Producer:
+    def __init__(self, redis_url: str | None = None, *, record_ttl_s: int | None = None):
+        settings = ProducerSettings()
+        self.redis_url = redis_url or settings.redis_url
+        self.redis = connect(self.redis_url)
+        self.store = RecordStore(self.redis, ttl_s=record_ttl_s or settings.record_ttl_s)
+        self._celery = Celery("nxjobs-producer", broker=self.redis_url, set_as_current=False)
+        self._celery.conf.update(
+            task_serializer="json",
+            accept_content=["json"],
+            # Flower shows a job as "sent" the moment it is enqueued.
+            task_send_sent_event=True,
+            # Bounded: a producer must get an error, not hang, when Redis is gone.
+            task_publish_retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5,
+                                       "interval_max": 1.0},
+            broker_connection_timeout=3,
+            broker_connection_retry=False,
+        )
+
+    # ---- enqueue ----------------------------------------------------------
+
+    def enqueue(self, kind: str, payload: dict[str, Any]) -> str:
+        """Validate `payload` for `kind`, store its record, enqueue it; return the job id."""
+        job_kind = get_kind(kind)
+        model = validate_payload(kind, payload)
+        body = model.model_dump(mode="json", exclude_none=True)
+        job_id = uuid.uuid4().hex
+        kwargs = {"job_id": job_id, "payload": body}
+        try:
+            self.store.create(job_id, kind, redact(body))
+        except redis.RedisError as exc:
+            raise RedisUnavailable(f"cannot reach Redis at {describe(self.redis_url)}: {exc}") from None
+        try:
+            self._celery.send_task(
+                job_kind.task_name,
+                kwargs=kwargs,
+                task_id=job_id,
+                queue=job_kind.queue,
+                routing_key=job_kind.queue,
+                kwargsrepr=repr(redact(kwargs)),
+                argsrepr="()",
+            )
+        except Exception as exc:
+            self._forget(job_id)
+            raise EnqueueError(f"could not enqueue {kind} job on {describe(self.redis_url)}: "
+                               f"{type(exc).__name__}: {exc}") from None
+        return job_id
+
+    def _forget(self, job_id: str) -> None:
+        try:
+            self.store.delete(job_id)
+        except redis.RedisError:
+            pass  # Redis is gone: the record is as unreachable as the message would be
+
+    def call(self, *, phone: str, order_id: str | None = None, show_phone: str | None = None) -> str:
+        return self.enqueue("call", _drop_none(phone=phone, order_id=order_id, show_phone=show_phone))
+
+    def callbot_list(
+        self,
+        *,
+        scene_id: str,
+        task_name: str,
+        contacts: list[dict[str, Any]],
+        strategy_name: str | None = None,
+        task_callback_url: str | None = None,
+        order_callback_url: str | None = None,
+        call_callback_url: str | None = None,
+    ) -> str:
+        return self.enqueue("callbot-list", _drop_none(
+            scene_id=scene_id, task_name=task_name, contacts=contacts, strategy_name=strategy_name,
+            task_callback_url=task_callback_url, order_callback_url=order_callback_url,
+            call_callback_url=call_callback_url))
+
+    def number_check(self, *, phones: list[str], check_level: int = 1, batch_no: str | None = None) -> str:
+        return self.enqueue("number-check", _drop_none(phones=phones, check_level=check_level, batch_no=batch_no))
+
+    def ota_init(self, *, phone: str, user_ip: str) -> str:
+        return self.enqueue("ota-init", {"phone": phone, "user_ip": user_ip})
+
+    def wa_calling(self, *, business_phone: str) -> str:
+        return self.enqueue("wa-calling", {"business_phone": business_phone})
+
+    # ---- read back --------------------------------------------------------
+
+    def get(self, job_id: str) -> JobRecord | None:
+        return self.store.get(job_id)
+
+    def wait(
+        self, job_ids: Iterable[str], *, until: str | JobState = JobState.SUBMITTED, timeout_s: float = 60.0,
+        poll_s: float = 0.2,
+    ) -> dict[str, JobRecord | None]:
+        """Poll until every job reached `until` or failed, or `timeout_s` passed; return the last records."""
+        target = JobState(until)
+        ids = list(job_ids)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            records = self.store.get_many(ids)
+            done = all(r is not None and (r.reached(target) or r.state == JobState.FAILED) for r in records.values())
+            if done or time.monotonic() >= deadline:
+                return records
+            time.sleep(poll_s)
+
+    def close(self) -> None:
+        self.redis.close()
+        self._celery.close()
+
+    def __enter__(self) -> "Producer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _drop_none(**fields: Any) -> dict[str, Any]:
+    return {k: v for k, v in fields.items() if v is not None}
