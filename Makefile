@@ -1,0 +1,65 @@
+# nxjobs developer entry points. `make test` is the one CI runs (.ci/run).
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+MAKEFLAGS += --no-print-directory
+
+PYTHON      ?= python3
+VENV        := .venv
+VPY         := $(VENV)/bin/python
+STAMP       := $(VENV)/.installed
+PIP_FLAGS   := -q --disable-pip-version-check
+PYTEST_ARGS ?=
+COMPOSE_FILE := docker-compose.yml
+
+.PHONY: help install redis test demo bench check-compose clean
+
+help: ## List targets
+	@echo "nxjobs make targets:"
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
+		awk -F':.*## ' '{ printf "  %-14s %s\n", $$1, $$2 }'
+
+$(VPY):
+	$(PYTHON) -m venv $(VENV)
+
+# Re-runs pip only when pyproject.toml changes (delete the stamp to force it).
+$(STAMP): pyproject.toml | $(VPY)
+	$(VPY) -m pip install $(PIP_FLAGS) -e '.[dev]'
+	@touch $@
+
+install: $(STAMP) redis ## Create .venv, pip install -e '.[dev]', ensure redis-server
+
+# Cheap when redis-server is already there (lookup only); installs it via
+# apt-get when root and missing. Not stamped: a removed binary is noticed.
+redis:
+	@redis_bin="$$(bash scripts/ensure-redis.sh)"; echo "redis-server: $$redis_bin"
+
+test: install ## Run the test suite (PYTEST_ARGS=... passed to pytest)
+	$(VPY) -m pytest $(PYTEST_ARGS)
+
+demo: install ## Run the end-to-end demo (python -m workers.demo)
+	$(VPY) -m workers.demo
+
+bench: install ## Run every bench/*.py script
+	@shopt -s nullglob; scripts=(bench/*.py); \
+	if (( $${#scripts[@]} == 0 )); then echo "bench: no bench/*.py scripts, nothing to run"; exit 0; fi; \
+	for s in "$${scripts[@]}"; do echo "== $$s"; $(VPY) "$$s"; done
+
+check-compose: ## Validate docker-compose.yml (installs Debian docker-compose if root)
+	@if docker-compose version >/dev/null 2>&1; then \
+		docker-compose -f $(COMPOSE_FILE) config -q && echo "$(COMPOSE_FILE): valid (docker-compose)"; \
+	elif docker compose version >/dev/null 2>&1; then \
+		docker compose -f $(COMPOSE_FILE) config -q && echo "$(COMPOSE_FILE): valid (docker compose)"; \
+	elif [[ $$(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then \
+		echo "check-compose: installing Debian docker-compose" >&2; \
+		apt-get update -qq >&2; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose >&2; \
+		docker-compose -f $(COMPOSE_FILE) config -q && echo "$(COMPOSE_FILE): valid (docker-compose)"; \
+	else \
+		echo "check-compose: SKIPPED - neither docker-compose nor 'docker compose' found;" \
+		     "install one (apt-get install docker-compose) to validate $(COMPOSE_FILE)"; \
+	fi
+
+clean: ## Remove .venv, caches and .run/
+	rm -rf $(VENV) .run .pytest_cache .hypothesis build dist *.egg-info
+	find . -name __pycache__ -type d -prune -not -path './.git/*' -exec rm -rf {} +
