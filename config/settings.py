@@ -39,6 +39,11 @@ class Api2Settings(BaseModel):
     access_secret: SecretStr | None = None
     appkey: str | None = None
     algorithm: Literal["md5", "sha256"] = "md5"
+    # Quota per accessKey shared by every worker (reference §8 [CHOICE]); 0 = unlimited.
+    rate_per_s: float = Field(default=10.0, ge=0)
+    # Number Check batches of more than 2 000 numbers have their own, lower quota.
+    big_batch_rate_per_s: float = Field(default=1.0, ge=0)
+    burst: int = Field(default=1, ge=1)
 
 
 class CallbotSettings(BaseModel):
@@ -49,6 +54,9 @@ class CallbotSettings(BaseModel):
     secret_key: SecretStr | None = None
     algorithm: Literal["md5", "sha256"] = "md5"
     strategy_name: str = "Default Strategy"
+    # Quota per uuid shared by every worker (reference §8 [CHOICE]); 0 = unlimited.
+    rate_per_s: float = Field(default=10.0, ge=0)
+    burst: int = Field(default=1, ge=1)
 
 
 class AgentSettings(BaseModel):
@@ -63,6 +71,25 @@ class AgentSettings(BaseModel):
     show_phone: str | None = None
     # Renew when less than this share of the token's lifetime is left (reference §7.1 [CHOICE]).
     token_renew_fraction: float = Field(default=0.2, gt=0, lt=1)
+    # makecall quota per phone account (username), and CDR lookups per appkey (reference §8).
+    rate_per_s: float = Field(default=1.0, ge=0)
+    burst: int = Field(default=1, ge=1)
+    cdr_rate_per_s: float = Field(default=1.0, ge=0)
+
+
+class RateLimitSettings(BaseModel):
+    """How the shared limiter spends the quotas above."""
+
+    # Send at this fraction below each quota: network jitter between two evenly
+    # spaced requests must not put quota + 1 of them inside one provider window.
+    headroom: float = Field(default=0.03, ge=0, lt=0.5)
+    # Reserve slots at most this far ahead; jobs further back re-check later.
+    horizon_s: float = Field(default=30.0, gt=0)
+    # Shared cooldown after a "too frequent" answer: doubles on repeats up to the cap.
+    cooldown_base_s: float = Field(default=1.0, gt=0)
+    cooldown_cap_s: float = Field(default=60.0, gt=0)
+    # A job answered "too frequent" more often than this fails (code 2206 / retCode 7).
+    max_throttles: int = Field(default=50, ge=1)
 
 
 class CallbacksSettings(BaseModel):
@@ -104,6 +131,7 @@ class Settings(BaseSettings):
     callbacks: CallbacksSettings = CallbacksSettings()
     http: HttpSettings = HttpSettings()
     retry: RetrySettings = RetrySettings()
+    ratelimit: RateLimitSettings = RateLimitSettings()
     # Hard/soft per-task time limits; every request has its own shorter HTTP timeout.
     task_time_limit_s: int = Field(default=300, gt=0)
     task_soft_time_limit_s: int = Field(default=240, gt=0)

@@ -194,6 +194,13 @@ QUEUE_CALLBOT = "callbot"
 QUEUE_API2 = "api2"
 QUEUES = (QUEUE_AGENT, QUEUE_CALLBOT, QUEUE_API2)
 
+# Message priorities. Celery's Redis transport reads priority 0 first (its
+# priority lists are popped in ascending order), so a job holding a reserved
+# rate-limit slot overtakes the fresh backlog and is sent on time.
+PRIORITY_RESERVED_SLOT = 0
+PRIORITY_RETRY = 3
+PRIORITY_NEW = 6
+
 KINDS: dict[str, JobKind] = {
     k.name: k
     for k in (

@@ -22,3 +22,19 @@ def agent_token_lock(appkey: str) -> str:
 # Sorted set of job ids (score = unix time) whose request may have reached the
 # provider without an answer; reconciliation looks them up before any resend.
 RECONCILE = f"{PREFIX}:reconcile"
+
+
+def rate_tat(limit_name: str) -> str:
+    return f"{PREFIX}:rate:{limit_name}:tat"
+
+
+def rate_cooldown(limit_name: str) -> str:
+    return f"{PREFIX}:rate:{limit_name}:cooldown"
+
+
+def rate_strikes(limit_name: str) -> str:
+    return f"{PREFIX}:rate:{limit_name}:strikes"
+
+
+def rate_log(limit_name: str) -> str:
+    return f"{PREFIX}:rate:{limit_name}:log"

@@ -21,7 +21,7 @@ from celery import Celery
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from nxjobs.jobs import InvalidJob, get_kind, validate_payload
+from nxjobs.jobs import PRIORITY_NEW, InvalidJob, get_kind, validate_payload
 from nxjobs.records import JobRecord, JobState
 from nxjobs.redact import redact
 from nxjobs.redis_conn import RedisUnavailable, connect, describe
@@ -81,6 +81,7 @@ class Producer:
                 task_id=job_id,
                 queue=job_kind.queue,
                 routing_key=job_kind.queue,
+                priority=PRIORITY_NEW,
                 kwargsrepr=repr(redact(kwargs)),
                 argsrepr="()",
             )

@@ -48,6 +48,10 @@ class JobRecord(BaseModel):
     kind: str
     state: JobState
     attempts: int = 0
+    # "Too frequent" answers, counted apart from failures: they never use up error retries.
+    throttles: int = 0
+    # Times the job went back to the queue to wait for its rate-limit slot.
+    waits: int = 0
     created_at: str
     updated_at: str
     input: dict[str, Any] = Field(default_factory=dict, description="producer input, phones masked")

@@ -7,6 +7,7 @@ the current one?" and the write happen atomically in a single round trip.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 import redis
@@ -16,21 +17,38 @@ from nxjobs.records import ALLOWED_FROM, JobRecord, JobState, utc_now_iso
 
 _JSON_FIELDS = ("input", "request", "result", "error", "progress")
 
-# KEYS[1] job hash. ARGV: new state, allowed-from (comma list), now, bump
-# attempts (0/1), ttl seconds, then field/value pairs to set.
-# Returns {1, previous} on success, {0, current} if not allowed, {-1, ""} if missing.
+# KEYS[1] job hash. ARGV: new state, allowed-from (comma list), now, ttl
+# seconds, counters to increment (comma list, may be empty), then field/value
+# pairs to set. Returns {status, state before, attempts, throttles}: status 1
+# on success, 0 if the state may not follow the current one, -1 if missing.
 _TRANSITION_LUA = """
 local cur = redis.call('HGET', KEYS[1], 'state')
-if not cur then return {-1, ''} end
+if not cur then return {-1, '', 0, 0} end
 if not string.find(',' .. ARGV[2] .. ',', ',' .. cur .. ',', 1, true) then
-  return {0, cur}
+  return {0, cur, 0, 0}
 end
 redis.call('HSET', KEYS[1], 'state', ARGV[1], 'updated_at', ARGV[3])
-if ARGV[4] == '1' then redis.call('HINCRBY', KEYS[1], 'attempts', 1) end
+for counter in string.gmatch(ARGV[5], '[^,]+') do redis.call('HINCRBY', KEYS[1], counter, 1) end
 for i = 6, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[5]))
-return {1, cur}
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[4]))
+local counts = redis.call('HMGET', KEYS[1], 'attempts', 'throttles')
+return {1, cur, tonumber(counts[1] or '0'), tonumber(counts[2] or '0')}
 """
+
+_COUNTERS = frozenset({"attempts", "throttles", "waits"})
+
+# Count on an existing record only; never create a partial one.
+_INCR_IF_EXISTS_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('HINCRBY', KEYS[1], ARGV[1], 1) end
+return 0
+"""
+
+
+@dataclass(frozen=True)
+class Transition:
+    previous: str
+    attempts: int
+    throttles: int
 
 
 class TransitionRefused(Exception):
@@ -58,6 +76,7 @@ class RecordStore:
         self.redis = client
         self.ttl_s = ttl_s
         self._transition = client.register_script(_TRANSITION_LUA)
+        self._incr = client.register_script(_INCR_IF_EXISTS_LUA)
 
     def create(self, job_id: str, kind: str, input: dict[str, Any]) -> JobRecord:
         now = utc_now_iso()
@@ -82,19 +101,25 @@ class RecordStore:
     def delete(self, job_id: str) -> None:
         self.redis.delete(keys.job(job_id), keys.job_callbacks(job_id))
 
-    def transition(self, job_id: str, state: JobState, *, bump_attempts: bool = False, **fields: Any) -> str:
-        """Move `job_id` to `state` and set `fields`, if the state machine allows it.
-
-        Returns the previous state; raises TransitionRefused otherwise.
-        """
+    def transition(self, job_id: str, state: JobState, *, incr: Iterable[str] = (), **fields: Any) -> Transition:
+        """Move `job_id` to `state`, bump the `incr` counters and set `fields`, if the
+        state machine allows it (one round trip). Raises TransitionRefused otherwise."""
+        counters = list(incr)
+        if not set(counters) <= _COUNTERS:
+            raise ValueError(f"unknown counters {counters}")
         allowed = ",".join(s.value for s in ALLOWED_FROM[state])
-        args: list[str] = [state.value, allowed, utc_now_iso(), "1" if bump_attempts else "0", str(self.ttl_s)]
+        args: list[str] = [state.value, allowed, utc_now_iso(), str(self.ttl_s), ",".join(counters)]
         for name, value in _encode(fields).items():
             args += [name, value]
-        status, current = self._transition(keys=[keys.job(job_id)], args=args)
+        status, current, attempts, throttles = self._transition(keys=[keys.job(job_id)], args=args)
         if status != 1:
             raise TransitionRefused(job_id, current or None, state)
-        return current
+        return Transition(current, int(attempts), int(throttles))
+
+    def incr(self, job_id: str, counter: str) -> None:
+        if counter not in _COUNTERS:
+            raise ValueError(f"unknown counter {counter}")
+        self._incr(keys=[keys.job(job_id)], args=[counter])
 
     def update(self, job_id: str, **fields: Any) -> None:
         """Set fields without a state change (e.g. progress of a multi-step job)."""
@@ -134,6 +159,7 @@ def _decode(raw: dict[str, str], callbacks: list[str]) -> JobRecord:
         data[name] = json.loads(value) if value else None
     data["input"] = data["input"] or {}
     data["request"] = data["request"] or []
-    data["attempts"] = int(data.get("attempts", 0))
+    for counter in _COUNTERS:
+        data[counter] = int(data.get(counter, 0))
     data["callbacks"] = [json.loads(c) for c in callbacks]
     return JobRecord.model_validate(data)

@@ -8,18 +8,24 @@ from tasks.base import JobTask
 
 
 @shared_task(name=KINDS["number-check"].task_name, bind=True, base=JobTask)
-def check_numbers(self: JobTask, job_id: str, payload: dict) -> str:
-    return self.run_job(job_id, "number-check", payload, _check_numbers)
+def check_numbers(self: JobTask, job_id: str, payload: dict, slot_at_us: int | None = None,
+        resumed: bool = False) -> str:
+    # slot_at_us / resumed are set only by our own re-queues (rate-limit waits).
+    return self.run_job(job_id, "number-check", payload, _check_numbers, slot_at_us=slot_at_us, resumed=resumed)
 
 
 @shared_task(name=KINDS["ota-init"].task_name, bind=True, base=JobTask)
-def ota_init(self: JobTask, job_id: str, payload: dict) -> str:
-    return self.run_job(job_id, "ota-init", payload, _ota_init)
+def ota_init(self: JobTask, job_id: str, payload: dict, slot_at_us: int | None = None,
+        resumed: bool = False) -> str:
+    # slot_at_us / resumed are set only by our own re-queues (rate-limit waits).
+    return self.run_job(job_id, "ota-init", payload, _ota_init, slot_at_us=slot_at_us, resumed=resumed)
 
 
 @shared_task(name=KINDS["wa-calling"].task_name, bind=True, base=JobTask)
-def wa_calling(self: JobTask, job_id: str, payload: dict) -> str:
-    return self.run_job(job_id, "wa-calling", payload, _wa_calling)
+def wa_calling(self: JobTask, job_id: str, payload: dict, slot_at_us: int | None = None,
+        resumed: bool = False) -> str:
+    # slot_at_us / resumed are set only by our own re-queues (rate-limit waits).
+    return self.run_job(job_id, "wa-calling", payload, _wa_calling, slot_at_us=slot_at_us, resumed=resumed)
 
 
 def _check_numbers(svc, job_id, payload, outcome):

@@ -8,8 +8,10 @@ from tasks.base import JobTask
 
 
 @shared_task(name=KINDS["callbot-list"].task_name, bind=True, base=JobTask)
-def submit_call_list(self: JobTask, job_id: str, payload: dict) -> str:
-    return self.run_job(job_id, "callbot-list", payload, _submit_call_list)
+def submit_call_list(self: JobTask, job_id: str, payload: dict, slot_at_us: int | None = None,
+        resumed: bool = False) -> str:
+    # slot_at_us / resumed are set only by our own re-queues (rate-limit waits).
+    return self.run_job(job_id, "callbot-list", payload, _submit_call_list, slot_at_us=slot_at_us, resumed=resumed)
 
 
 def _submit_call_list(svc, job_id, payload, outcome):

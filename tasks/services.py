@@ -11,11 +11,14 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from config.settings import Settings, load_settings
+from tasks.limits import limits_for
 from nxjobs.client.agent import AgentClient
 from nxjobs.client.api2 import Api2Client
 from nxjobs.client.callbot import CallbotClient
 from nxjobs.client.token_cache import AgentTokenCache
 from nxjobs.client.transport import Transport
+from nxjobs.ratelimit.gate import RateGate
+from nxjobs.ratelimit.limiter import RateLimiter
 from nxjobs.redis_conn import connect
 from nxjobs.store import RecordStore
 
@@ -42,25 +45,33 @@ class Services:
         return random.Random()
 
     @cached_property
+    def limiter(self) -> RateLimiter:
+        return RateLimiter(self.redis, horizon_s=self.settings.ratelimit.horizon_s)
+
+    @cached_property
+    def gate(self) -> RateGate:
+        return RateGate(self.limiter, lambda family, endpoint, body: limits_for(self.settings, family, endpoint, body))
+
+    @cached_property
     def api2(self) -> Api2Client:
         self.settings.require("api2")
         s = self.settings.api2
         return Api2Client(self.transport, base_url=s.base_url, access_key=s.access_key,
-                          access_secret=s.access_secret.get_secret_value(), algorithm=s.algorithm)
+                          access_secret=s.access_secret.get_secret_value(), algorithm=s.algorithm, gate=self.gate)
 
     @cached_property
     def callbot(self) -> CallbotClient:
         self.settings.require("callbot")
         s = self.settings.callbot
         return CallbotClient(self.transport, base_url=s.base_url, uuid=s.uuid,
-                             secret_key=s.secret_key.get_secret_value(), algorithm=s.algorithm)
+                             secret_key=s.secret_key.get_secret_value(), algorithm=s.algorithm, gate=self.gate)
 
     @cached_property
     def agent(self) -> AgentClient:
         self.settings.require("agent")
         s = self.settings.agent
         return AgentClient(self.transport, base_url=s.base_url, cdr_base_url=s.cdr_base_url, appkey=s.appkey,
-                           secretkey=s.secretkey.get_secret_value())
+                           secretkey=s.secretkey.get_secret_value(), gate=self.gate)
 
     @cached_property
     def agent_tokens(self) -> AgentTokenCache:

@@ -10,7 +10,7 @@ from typing import Any
 
 from nxjobs.client.errors import ProviderError
 from nxjobs.client.signing import serialize_body
-from nxjobs.client.transport import Response, Transport
+from nxjobs.client.transport import Gate, Response, Transport
 
 TOKEN_PATH = "/v1/call/token"
 MAKECALL_PATH = "/v1/call/makecall"
@@ -20,12 +20,14 @@ CDR_BY_ORDERID_PATH = "/api/voiceSms/getSipCdrByOrderid"
 class AgentClient:
     family = "agent"
 
-    def __init__(self, transport: Transport, *, base_url: str, cdr_base_url: str, appkey: str, secretkey: str):
+    def __init__(self, transport: Transport, *, base_url: str, cdr_base_url: str, appkey: str, secretkey: str,
+                 gate: Gate | None = None):
         self.transport = transport
         self.base_url = base_url.rstrip("/")
         self.cdr_base_url = cdr_base_url.rstrip("/")
         self.appkey = appkey
         self._secretkey = secretkey
+        self.gate = gate
 
     def _check(self, resp: Response, endpoint: str) -> Response:
         code = resp.body.get("code")
@@ -48,6 +50,8 @@ class AgentClient:
         form = {"token": token, "username": username, "phone": phone, "orderid": orderid}
         if showphone:
             form["showphone"] = showphone
+        if self.gate is not None:
+            self.gate(self.family, MAKECALL_PATH, form)
         resp = self.transport.post(
             self.base_url + MAKECALL_PATH, data=form, headers={"Content-Type": "application/x-www-form-urlencoded"}
         )
@@ -57,6 +61,8 @@ class AgentClient:
         """CDR rows for up to 20 orderids (only the last 15 days exist)."""
         if not 1 <= len(orderids) <= 20:
             raise ValueError("cdr_by_orderid takes 1 to 20 orderids")
+        if self.gate is not None:
+            self.gate("cdr", CDR_BY_ORDERID_PATH, orderids)
         text = serialize_body({"orderid": ",".join(orderids), "appkey": self.appkey, "secretkey": self._secretkey})
         resp = self.transport.post(
             self.cdr_base_url + CDR_BY_ORDERID_PATH,

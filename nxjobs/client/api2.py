@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 from nxjobs.client.errors import ProviderError
 from nxjobs.client.signing import Algorithm, api2_headers, serialize_body
-from nxjobs.client.transport import Response, Transport
+from nxjobs.client.transport import Gate, Response, Transport
 
 
 class Api2Client:
@@ -22,6 +22,7 @@ class Api2Client:
         access_secret: str,
         algorithm: Algorithm = "md5",
         clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+        gate: Gate | None = None,
     ):
         self.transport = transport
         self.base_url = base_url.rstrip("/")
@@ -29,9 +30,12 @@ class Api2Client:
         self._access_secret = access_secret
         self.algorithm = algorithm
         self.clock_ms = clock_ms
+        self.gate = gate
 
     def post(self, path: str, *, biz_type: int, action: str, body: dict[str, Any]) -> Response:
         """Sign and send `body`; return the response if its code is 0, else raise ProviderError."""
+        if self.gate is not None:
+            self.gate(self.family, path, body)
         text = serialize_body(body)
         headers = api2_headers(
             access_key=self.access_key,

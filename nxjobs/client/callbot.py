@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 from nxjobs.client.errors import ProviderError
 from nxjobs.client.signing import Algorithm, callbot_headers, serialize_body
-from nxjobs.client.transport import Response, Transport
+from nxjobs.client.transport import Gate, Response, Transport
 
 API_PREFIX = "/callcentre/api/v3/"
 
@@ -26,6 +26,7 @@ class CallbotClient:
         algorithm: Algorithm = "md5",
         clock_s: Callable[[], float] = time.time,
         new_request_id: Callable[[], str] = lambda: uuid.uuid4().hex,
+        gate: Gate | None = None,
     ):
         self.transport = transport
         self.base_url = base_url.rstrip("/")
@@ -34,9 +35,12 @@ class CallbotClient:
         self.algorithm = algorithm
         self.clock_s = clock_s
         self.new_request_id = new_request_id
+        self.gate = gate
 
     def post(self, endpoint: str, body: dict[str, Any]) -> Response:
         """Sign and send; return the response if retCode is 0, else raise ProviderError."""
+        if self.gate is not None:
+            self.gate(self.family, endpoint, body)
         text = serialize_body({"productID": "callbot", **body})
         headers = callbot_headers(
             secret_key=self._secret_key,

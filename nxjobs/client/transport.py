@@ -10,7 +10,11 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
+
+# Called as gate(family, endpoint, body) before a request is signed and sent;
+# may raise to stop it (the rate limiter's SlotNotReady).
+Gate = Callable[[str, str, Any], None]
 
 import requests
 from requests.adapters import HTTPAdapter
