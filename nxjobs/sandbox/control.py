@@ -41,8 +41,18 @@ class SandboxControl:
             params["path"] = path
         return self._call("GET", "requests", params=params)["requests"]
 
+    def callbacks(self, kind: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """The last `limit` callback delivery attempts (oldest first): kind, url, status, attempt, body.
+
+        `kind`: number-check, callbot-call, callbot-order, callbot-task or cdr."""
+        params: dict[str, Any] = {"limit": limit}
+        if kind:
+            params["kind"] = kind
+        return self._call("GET", "callbacks", params=params)["callbacks"]
+
     def configure(self, **changes: Any) -> dict[str, Any]:
-        """Partial update of quotas/faults/token_ttl_s/number_check_shape/seed; returns the new config."""
+        """Partial update of quotas/faults/token_ttl_s/number_check_shape/seed and the callback_* /
+        cdr_callback_url settings (callback_drop_rate=1.0 drops every callback); returns the new config."""
         return self._call("POST", "config", json=changes)["config"]
 
     def script(

@@ -265,6 +265,20 @@ def _nc_record(state: SandboxState, request_id: str, batch_no: str, given_batch:
     state.accepted["number_check"] += 1
 
 
+def _nc_dr(state: SandboxState, row: dict[str, Any]) -> dict[str, Any]:
+    """The result callback of one number (reference §5.4), in the configured shape."""
+    cost = {"price": row["price"], "currency": row["currency"]}
+    if state.config.number_check_shape == "legacy":
+        basic = {"preCheck": "YES", "regionCode": row["country"], "countryCode": _country(row["phone"])[0],
+                 "nationalNumber": row["phone"][len(_country(row["phone"])[0]):], "standNumber": row["phone"],
+                 "numberType": 2, "carrier": row["operator"]}
+        return {"messageId": row["id"], "code": 0, "msg": "success", "batchNo": row["batchNo"],
+                "phone": row["phone"], "data": {"basic": basic}, "cost": cost}
+    data = {k: row[k] for k in ("numberType", "operator", "country", "mcc", "mnc", "ported", "active") if k in row}
+    return {"requestId": row["id"], "code": 0, "message": "success", "batchNo": row["batchNo"],
+            "phone": row["phone"], "data": data, "cost": cost}
+
+
 def _number_check(state: SandboxState, req: _Request) -> dict[str, Any]:
     numbers, level, batch_no = _nc_common(state, req.body, (1, 4, 5))
     request_id = _hex32()
@@ -276,6 +290,11 @@ def _number_check(state: SandboxState, req: _Request) -> dict[str, Any]:
         for i, n in enumerate(ok, start=1)
     ]
     _nc_record(state, request_id, batch_no, _nonempty(req.body.get("batchNo")), rows, req.now)
+    # One DR per accepted number to drUrl (rejected numbers are answered in failNumber instead).
+    dr_url = req.body.get("drUrl")
+    if isinstance(dr_url, str) and dr_url:
+        for row in rows:
+            state.queue_callback("number-check", dr_url, _nc_dr(state, row), signed=False)
     if state.config.number_check_shape == "legacy":
         return {"msg": "success", "code": 0, "data": {"messageId": request_id, "batchNo": batch_no}}
     fail = [{"number": n, "reason": "invalid number"} for n in failed]
@@ -427,8 +446,33 @@ def _cb_ok(req: _Request, **extra: Any) -> dict[str, Any]:
     return {**_cb_env(req, 0, "success"), **extra}
 
 
-def _cb_dial(order: dict[str, Any], now: float) -> None:
-    """One simulated attempt; the order finishes at once with the `_outcome` of its number."""
+def _cb_public(record: dict[str, Any]) -> dict[str, Any]:
+    """A stored task/order without the sandbox's private bookkeeping (keys starting with "_")."""
+    return {k: v for k, v in record.items() if not k.startswith("_")}
+
+
+def _cb_order_callback(order: dict[str, Any], callback_type: int) -> dict[str, Any]:
+    body = {k: order[k] for k in ("orderID", "userPhone", "userName", "sceneID", "userTaskID", "taskID", "finish",
+                                  "other")}
+    return {"callbackType": callback_type, **body, "callInfoDetail": order["callInfoDetailList"][-1]}
+
+
+def _cb_maybe_finish(state: SandboxState, task: dict[str, Any]) -> None:
+    """A running task whose orders are all finished completes (status 3) and says so by callback."""
+    orders = [state.stores.cb_orders[o] for o in task["orderIDs"]]
+    if task["taskStatus"] != 2 or not orders or not all(o["finish"] for o in orders):
+        return
+    task["taskStatus"] = 3
+    body = {"callbackType": 1, "userTaskID": task["userTaskID"], "taskID": task["taskID"],
+            "sceneID": task["sceneID"], "taskStatus": 3, "createTs": task["createTs"],
+            "taskStat": _cb_task_stat(state, task)}
+    state.queue_callback("callbot-task", task.get("_taskCallbackUrl"), body, signed=True)
+
+
+def _cb_dial(state: SandboxState, order: dict[str, Any], now: float) -> None:
+    """One simulated attempt; the order finishes at once with the `_outcome` of its number.
+
+    Sends the call callback (every attempt) and the order callback (order finished)."""
     outcome = _outcome(order["userPhone"])
     answered = outcome.answered
     start = int(now)
@@ -442,6 +486,8 @@ def _cb_dial(order: dict[str, Any], now: float) -> None:
         "intents": [], "sms": [], "params": order.get("params") or [],
     })
     order["finish"] = True
+    state.queue_callback("callbot-call", order.get("_callCallbackUrl"), _cb_order_callback(order, 3), signed=True)
+    state.queue_callback("callbot-order", order.get("_orderCallbackUrl"), _cb_order_callback(order, 2), signed=True)
 
 
 def _cb_call_list(req: _Request) -> list[Any]:
@@ -456,8 +502,13 @@ def _cb_call_list(req: _Request) -> list[Any]:
     return call_list
 
 
-def _cb_add_orders(state: SandboxState, task: dict[str, Any], call_list: list[Any], now: float) -> dict[str, Any]:
+def _cb_add_orders(state: SandboxState, task: dict[str, Any], call_list: list[Any], now: float,
+                   info: dict[str, Any] | None = None) -> dict[str, Any]:
     orders = state.stores.cb_orders
+    info = info or {}
+    # Per batch (callInfoList), else the task's own (createTask's orderCallbackUrl).
+    call_url = info.get("callCallbackUrl") or task.get("_callCallbackUrl")
+    order_url = info.get("orderCallbackUrl") or task.get("_orderCallbackUrl")
     errors = []
     added = 0
     for item in call_list:
@@ -478,12 +529,15 @@ def _cb_add_orders(state: SandboxState, task: dict[str, Any], call_list: list[An
                 "customerName": item.get("customerName", ""), "other": item.get("other", ""),
                 "params": item.get("params") or [], "sceneID": task["sceneID"], "userTaskID": task["userTaskID"],
                 "taskID": task["taskID"], "finish": False, "callInfoDetailList": [],
+                "_callCallbackUrl": call_url, "_orderCallbackUrl": order_url,
             }
             orders[order_id] = order
             task["orderIDs"].append(order_id)
             added += 1
             if task["taskStatus"] == 2:
-                _cb_dial(order, now)
+                _cb_dial(state, order, now)
+    if added:
+        _cb_maybe_finish(state, task)
     state.accepted["callbot_orders"] += added
     return {"totalCount": len(call_list), "successCount": added, "errList": errors}
 
@@ -497,10 +551,14 @@ def _cb_new_task(state: SandboxState, req: _Request) -> dict[str, Any]:
     if user_task_id in state.stores.cb_tasks:
         state.duplicate_rejections["callbot_usertaskid"] += 1
         raise _Answer(_cb_env(req, 4, "userTaskID already exists"))
+    setting = b.get("taskCreateSetting") if isinstance(b.get("taskCreateSetting"), dict) else {}
     return {
         "userTaskID": user_task_id, "taskID": str(uuid.uuid4().int % 10**12).zfill(12), "sceneID": b["sceneID"],
-        "taskName": (b.get("taskCreateSetting") or {}).get("taskName") or b.get("taskName") or "",
+        "taskName": setting.get("taskName") or b.get("taskName") or "",
         "taskStatus": 1, "createTs": int(req.now), "orderIDs": [],
+        # Where its callbacks go (reference §6.3: top level in createTask, in the setting otherwise).
+        "_taskCallbackUrl": setting.get("taskCallbackUrl") or b.get("taskCallbackUrl"),
+        "_orderCallbackUrl": b.get("orderCallbackUrl"), "_callCallbackUrl": b.get("callCallbackUrl"),
     }
 
 
@@ -521,7 +579,8 @@ def _cb_create_and_call(state: SandboxState, req: _Request) -> dict[str, Any]:
     task = _cb_new_task(state, req)
     call_list = _cb_call_list(req)
     _cb_store_task(state, task)
-    return _cb_ok(req, taskID=task["taskID"], **_cb_add_orders(state, task, call_list, req.now))
+    return _cb_ok(req, taskID=task["taskID"], **_cb_add_orders(state, task, call_list, req.now,
+                                                               req.body["callInfoList"]))
 
 
 def _cb_task(state: SandboxState, req: _Request) -> dict[str, Any]:
@@ -537,7 +596,7 @@ def _cb_task(state: SandboxState, req: _Request) -> dict[str, Any]:
 def _cb_add_batch_call(state: SandboxState, req: _Request) -> dict[str, Any]:
     task = _cb_task(state, req)
     call_list = _cb_call_list(req)
-    return _cb_ok(req, **_cb_add_orders(state, task, call_list, req.now))
+    return _cb_ok(req, **_cb_add_orders(state, task, call_list, req.now, req.body["callInfoList"]))
 
 
 def _cb_mgr_task_status(state: SandboxState, req: _Request) -> dict[str, Any]:
@@ -555,7 +614,8 @@ def _cb_mgr_task_status(state: SandboxState, req: _Request) -> dict[str, Any]:
         for order_id in task["orderIDs"]:
             order = state.stores.cb_orders[order_id]
             if not order["callInfoDetailList"]:
-                _cb_dial(order, req.now)
+                _cb_dial(state, order, req.now)
+        _cb_maybe_finish(state, task)
     return _cb_ok(req, taskID=task["taskID"], taskStatus=new_status)
 
 
@@ -612,7 +672,7 @@ def _cb_list_order_detail(state: SandboxState, req: _Request) -> dict[str, Any]:
     for order_id in wanted:
         order = state.stores.cb_orders.get(order_id) if isinstance(order_id, str) else None
         if order and (not user_task_id or order["userTaskID"] == user_task_id):
-            rows.append({k: v for k, v in order.items() if k not in ("customerName", "params")})
+            rows.append({k: v for k, v in _cb_public(order).items() if k not in ("customerName", "params")})
     return _cb_ok(req, orderDetailList=rows)
 
 
@@ -690,11 +750,14 @@ def _makecall(state: SandboxState, req: _Request) -> dict[str, Any]:
         state.duplicates["makecall_orderid"] += 1
     if order_id:
         stores.called_orderids.add(order_id)
-    stores.calls.append({
+    call = {
         "cdr_id": _hex32(), "orderid": order_id, "sessionid": session_id, "username": form["username"],
         "phone": form["phone"], "show_phone": form.get("showphone") or "nxcloud", "created": req.now,
-    })
+    }
+    stores.calls.append(call)
     state.accepted["makecall"] += 1
+    # The CDR arrives when the call ends, at the URL registered with the vendor (reference §7.3).
+    state.queue_callback("cdr", state.config.cdr_callback_url, _cdr_callback(call), signed=False)
     return {"code": 0, "orderid": order_id, "sessionid": session_id, "info": "success"}
 
 
@@ -726,6 +789,21 @@ def _cdr_row(call: dict[str, Any]) -> dict[str, Any]:
         "end_time": _fmt_time(end),
         "record_url": f"https://record.sandbox.invalid/{call['cdr_id']}.mp3" if answered else None,
         "hangup_cause": outcome.hangup_cause,
+    }
+
+
+def _cdr_callback(call: dict[str, Any]) -> dict[str, Any]:
+    """The CDR callback of a call (reference §7.3): times are Unix seconds as strings."""
+    row = _cdr_row(call)
+    start = int(call["created"]) + 1
+    answered = row["duration"] > 0
+    return {
+        "sessionid": call["sessionid"], "username": call["username"], "mobile_name": "sandbox phone",
+        "sipid": row["sipid"], "orderid": call["orderid"], "code": row["country_code"], "phone": call["phone"],
+        "show_phone": call["show_phone"], "duration": row["duration"], "direction": 1, "record": 1 if answered else 0,
+        "record_url": row["record_url"] or "", "start_time": str(start),
+        "answer_time": str(start + 5) if answered else "0", "end_time": str(start + 35 if answered else start + 30),
+        "hangup_cause": row["hangup_cause"],
     }
 
 
@@ -869,6 +947,9 @@ def handle_control(state: SandboxState, method: str, path: str, query: dict[str,
         if (method, name) == ("GET", "requests"):
             limit = int(query.get("limit", 100))
             return Reply(200, {"requests": state.recent_requests(query.get("path") or None, limit)})
+        if (method, name) == ("GET", "callbacks"):
+            limit = int(query.get("limit", 100))
+            return Reply(200, {"callbacks": state.recent_callbacks(query.get("kind") or None, limit)})
         if (method, name) == ("POST", "config"):
             return Reply(200, {"config": state.configure(**payload).to_dict()})
         if (method, name) == ("POST", "script"):

@@ -19,6 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 from urllib.parse import parse_qsl, urlsplit
 
+from nxjobs.sandbox.dispatch import CallbackDispatcher
 from nxjobs.sandbox.handlers import CONTROL_PREFIX, Reply, handle, handle_control
 from nxjobs.sandbox.state import SandboxConfig, SandboxState
 
@@ -109,6 +110,7 @@ class SandboxHandle:
     server: SandboxServer
     thread: threading.Thread
     state: SandboxState
+    dispatcher: CallbackDispatcher | None = None
 
     @property
     def host(self) -> str:
@@ -123,6 +125,8 @@ class SandboxHandle:
         return f"http://{self.host}:{self.port}"
 
     def stop(self) -> None:
+        if self.dispatcher is not None:
+            self.dispatcher.stop()
         self.server.shutdown()
         self.server.server_close()
         self.thread.join(timeout=5)
@@ -149,7 +153,9 @@ def start_in_thread(
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True,
                               name=f"nxjobs-sandbox-{server.server_address[1]}")
     thread.start()
-    return SandboxHandle(server, thread, state)
+    # Sends the callbacks handlers queue (to the URLs clients gave, and cdr_callback_url).
+    dispatcher = CallbackDispatcher(state).start()
+    return SandboxHandle(server, thread, state, dispatcher)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -170,6 +176,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--slow-seconds", type=float, default=d.slow_seconds)
     p.add_argument("--number-check-shape", choices=("current", "legacy"), default=d.number_check_shape)
     p.add_argument("--seed", type=int, default=None, help="seed for the fault dice")
+    p.add_argument("--cdr-callback-url", default=d.cdr_callback_url,
+                   help="where Agent CDR callbacks go (the URL registered with the vendor); empty = none")
+    p.add_argument("--callback-delay", type=float, default=d.callback_delay_s, help="seconds before a callback")
+    p.add_argument("--callback-jitter", type=float, default=d.callback_jitter_s,
+                   help="extra random delay up to this many seconds (reorders callbacks)")
+    p.add_argument("--callback-duplicate-rate", type=float, default=d.callback_duplicate_rate,
+                   help="fraction of callbacks sent twice")
+    p.add_argument("--callback-drop-rate", type=float, default=d.callback_drop_rate,
+                   help="fraction of callbacks never sent")
+    p.add_argument("--callback-retry", type=float, default=d.callback_retry_s,
+                   help="seconds between attempts of an unacknowledged callback (NXCloud: 60)")
+    p.add_argument("--callback-retry-window", type=float, default=d.callback_retry_window_s,
+                   help="give a callback up this long after its first attempt (NXCloud: 3600)")
     return p
 
 
@@ -183,6 +202,10 @@ def run(argv: list[str] | None = None) -> int:
             token_ttl_s=args.token_ttl, throttle_rate=args.throttle_rate, error_rate=args.error_rate,
             slow_rate=args.slow_rate, slow_seconds=args.slow_seconds,
             number_check_shape=args.number_check_shape, seed=args.seed,
+            cdr_callback_url=args.cdr_callback_url, callback_delay_s=args.callback_delay,
+            callback_jitter_s=args.callback_jitter, callback_duplicate_rate=args.callback_duplicate_rate,
+            callback_drop_rate=args.callback_drop_rate, callback_retry_s=args.callback_retry,
+            callback_retry_window_s=args.callback_retry_window,
         )
         handle_ = start_in_thread(args.host, args.port, config)
     except (ValueError, OSError) as exc:

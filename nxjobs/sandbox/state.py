@@ -20,6 +20,16 @@ QUOTA_WINDOW_S = 1.0
 # Families as the stats and the throttle signal see them.
 FAMILIES = ("api2", "callbot", "agent")
 
+CALLBACK_COUNTERS = (
+    "queued",  # events that produced a callback
+    "dropped",  # never sent (callback_drop_rate or a control drop)
+    "duplicated",  # sent twice on purpose (callback_duplicate_rate)
+    "attempts",  # HTTP POSTs made
+    "delivered",  # answered 2xx
+    "failed_attempts",  # non-2xx or no answer; retried after callback_retry_s
+    "expired",  # still unacknowledged at the end of callback_retry_window_s
+)
+
 DUPLICATE_KINDS = (
     "makecall_orderid",  # the same makecall orderid accepted (a phone rang) twice
     "number_check_batchno",  # the same batchNo accepted twice
@@ -48,6 +58,21 @@ class SandboxConfig:
     slow_seconds: float = 5.0
     number_check_shape: str = "current"
     seed: int | None = None
+    # Callbacks (sent by the dispatcher thread, reference §5.4, §6.6, §7.3). Number Check and
+    # Callbot callbacks go to the URLs the client sent; the Agent CDR has no per-request URL, so
+    # it goes here ("" = no CDR callbacks), like the URL a customer registers with the vendor.
+    cdr_callback_url: str = ""
+    # Seconds from the event to the first delivery attempt, plus a uniform extra up to
+    # callback_jitter_s (> 0 delivers out of order).
+    callback_delay_s: float = 1.0
+    callback_jitter_s: float = 0.0
+    # Fraction of callbacks delivered twice (NXCloud may repeat), and never delivered at all.
+    callback_duplicate_rate: float = 0.0
+    callback_drop_rate: float = 0.0
+    # Not acknowledged with a 2xx: try again every callback_retry_s for callback_retry_window_s
+    # (NXCloud: every minute for up to 60 minutes), then give up.
+    callback_retry_s: float = 60.0
+    callback_retry_window_s: float = 3600.0
 
     def updated(self, **changes: Any) -> "SandboxConfig":
         """A copy with `changes` applied after type coercion and range checks (ValueError)."""
@@ -70,12 +95,18 @@ def _coerce(name: str, value: Any) -> Any:
         if value not in ("current", "legacy"):
             raise ValueError("number_check_shape must be 'current' or 'legacy'")
         return value
-    if name in ("throttle_rate", "error_rate", "slow_rate"):
+    if name == "cdr_callback_url":
+        value = str(value or "")
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("cdr_callback_url must be an http(s) URL or empty")
+        return value
+    if name in ("throttle_rate", "error_rate", "slow_rate", "callback_duplicate_rate", "callback_drop_rate"):
         value = float(value)
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"{name} must be within [0, 1]")
         return value
-    if name == "slow_seconds":
+    if name in ("slow_seconds", "callback_delay_s", "callback_jitter_s", "callback_retry_s",
+                "callback_retry_window_s"):
         value = float(value)
     else:
         value = int(value)
@@ -108,6 +139,8 @@ class _Stores:
     tokens: dict[str, dict[str, Any]] = field(default_factory=dict)
     calls: list[dict[str, Any]] = field(default_factory=list)
     called_orderids: set[str] = field(default_factory=set)
+    # Callbacks the handlers decided to send, not yet taken by the dispatcher thread.
+    outbox: list[dict[str, Any]] = field(default_factory=list)
 
 
 class SandboxState:
@@ -141,6 +174,10 @@ class SandboxState:
         # Retries the sandbox refused as "already exists" (no side effect): the healthy case.
         self.duplicate_rejections = Counter({k: 0 for k in DUPLICATE_KINDS})
         self.accepted = Counter()
+        self.callbacks = Counter({k: 0 for k in CALLBACK_COUNTERS})
+        self.callback_log: deque[dict[str, Any]] = deque(maxlen=REQUEST_LOG_SIZE)
+        # Bumped by reset(): the dispatcher discards deliveries scheduled before it.
+        self.epoch = getattr(self, "epoch", 0) + 1
 
     def now(self) -> float:
         return self.clock()
@@ -212,6 +249,30 @@ class SandboxState:
                 window.append(now)
             return True
 
+    def queue_callback(self, kind: str, url: str | None, body: dict[str, Any], *, signed: bool) -> None:
+        """Ask the dispatcher to POST `body` to `url` (no-op without a URL). Called by handlers."""
+        if not url:
+            return
+        with self.lock:
+            self.callbacks["queued"] += 1
+            self.stores.outbox.append({"kind": kind, "url": url, "body": body, "signed": signed,
+                                       "epoch": self.epoch})
+
+    def take_outbox(self) -> list[dict[str, Any]]:
+        with self.lock:
+            out, self.stores.outbox = self.stores.outbox, []
+            return out
+
+    def log_callback(self, entry: dict[str, Any]) -> None:
+        with self.lock:
+            self.callback_log.append(entry)
+
+    def recent_callbacks(self, kind: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """The last `limit` delivery attempts (optionally of one callback kind), oldest first."""
+        with self.lock:
+            rows = [r for r in self.callback_log if kind is None or r["kind"] == kind]
+        return rows[-limit:] if limit > 0 else []
+
     def expire_tokens(self) -> int:
         """Make every issued Agent token expired as of now; returns how many."""
         with self.lock:
@@ -248,6 +309,7 @@ class SandboxState:
                 "duplicates": dict(self.duplicates),
                 "duplicate_rejections": dict(self.duplicate_rejections),
                 "accepted": dict(self.accepted),
+                "callbacks": dict(self.callbacks),
                 "objects": {
                     "number_check_submissions": len(s.nc_submissions),
                     "callbot_tasks": len(s.cb_tasks),
