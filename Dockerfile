@@ -24,5 +24,5 @@ COPY workers/ workers/
 
 USER app
 # 8090: `nxjobs sandbox`; 5555: Flower. /data holds Flower's state.
-EXPOSE 8090 5555
+EXPOSE 8090 8091 5555
 CMD ["nxjobs", "worker"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "NXJOBS_"
@@ -93,9 +93,55 @@ class RateLimitSettings(BaseModel):
 
 
 class CallbacksSettings(BaseModel):
-    """Where NXCloud calls us back; sent with each request that supports it."""
+    """Where NXCloud calls us back, how the receiver checks callbacks, and when a
+    job whose callbacks are late is reconciled by the query APIs (seconds throughout)."""
 
+    # Base URL NXCloud can reach; the callback URLs sent with each request are built from it.
     public_url: str | None = None
+    # Unguessable per-deployment secret in the URL of the unsigned callbacks (Number Check DR,
+    # Agent CDR), reference §4. Required when public_url is set; also needed by the receiver.
+    token: SecretStr | None = None
+    # Bigger bodies are refused with 413 before they are read to the end.
+    max_body_bytes: int = Field(default=64 * 1024, gt=0)
+    # Signed (Callbot) callbacks: |now - createTs| must be within this (reference §4 [CHOICE]).
+    signature_tolerance_s: int = Field(default=300, gt=0)
+    # A submitted job still missing callbacks this long after submission is looked up with the
+    # query APIs (Number Check query, Callbot listTask/listOrderDetail, CDR by orderid).
+    number_check_deadline_s: float = Field(default=600, gt=0)
+    call_deadline_s: float = Field(default=1800, gt=0)
+    callbot_deadline_s: float = Field(default=3600, gt=0)
+    # While the provider says "not finished yet", look again this often.
+    recheck_s: float = Field(default=300, gt=0)
+    # ... and give up (job failed, code callbacks_timeout) this long after submission.
+    number_check_give_up_s: float = Field(default=7200, gt=0)
+    call_give_up_s: float = Field(default=7200, gt=0)
+    callbot_give_up_s: float = Field(default=3 * 86400, gt=0)
+    # A makecall whose answer was lost (error "ambiguous") is looked up by orderid after this
+    # long: found = the call happened (job completed); not found = it is sent again, once.
+    ambiguous_lookup_after_s: float = Field(default=300, gt=0)
+    # How often Celery beat runs the reconciliation, and how many jobs one run looks at per family.
+    reconcile_interval_s: float = Field(default=30, gt=0)
+    reconcile_batch: int = Field(default=50, ge=1)
+    # Callbacks that match no job are kept for operators, newest first, at most this many.
+    unmatched_max: int = Field(default=10_000, ge=1)
+
+    @model_validator(mode="after")
+    def _token_with_public_url(self) -> "CallbacksSettings":
+        token = self.token.get_secret_value() if self.token else ""
+        if token and len(token) < 16:
+            raise ValueError("NXJOBS_CALLBACKS__TOKEN must be at least 16 characters (use a random one)")
+        if self.public_url and not token:
+            raise ValueError("NXJOBS_CALLBACKS__TOKEN is required when NXJOBS_CALLBACKS__PUBLIC_URL is set")
+        return self
+
+    def deadlines_s(self) -> dict[str, float]:
+        """Deadline per job kind that waits for callbacks (reconciliation starts after it)."""
+        return {"number-check": self.number_check_deadline_s, "call": self.call_deadline_s,
+                "callbot-list": self.callbot_deadline_s}
+
+    def give_up_s(self) -> dict[str, float]:
+        return {"number-check": self.number_check_give_up_s, "call": self.call_give_up_s,
+                "callbot-list": self.callbot_give_up_s}
 
 
 class HttpSettings(BaseModel):

@@ -1,4 +1,4 @@
-"""`nxjobs` command line: worker, sandbox, submit, status, wait.
+"""`nxjobs` command line: worker, sandbox, callbacks, submit, status, wait.
 
 Exit codes: 0 success; 1 a job failed, timed out or was not found; 2 bad input
 (nothing was enqueued) or bad configuration; 3 Redis unreachable.
@@ -47,6 +47,61 @@ def cmd_worker(rest: list[str]) -> int:
     argv = [sys.executable, "-m", "workers", "worker", *rest]
     os.execvpe(argv[0], argv, env)
     return EXIT_OK  # not reached
+
+
+def _service_env() -> dict[str, str] | None:
+    """The environment that makes the service packages importable, or None if they are not here."""
+    env = dict(os.environ)
+    if find_spec("workers") is None:
+        root = Path(__file__).resolve().parent.parent
+        if not (root / "workers" / "__main__.py").exists():
+            return None
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
+    return env
+
+
+def cmd_callbacks(rest: list[str]) -> int:
+    """`nxjobs callbacks [--host --port --workers]` runs the receiver; `nxjobs callbacks unmatched` lists."""
+    if rest and rest[0] == "unmatched":
+        return cmd_unmatched(rest[1:])
+    env = _service_env()
+    if env is None:
+        return _error("the service packages (workers/, config/) are not importable here; "
+                      "run from the project root or the container workdir", EXIT_INPUT)
+    argv = [sys.executable, "-m", "workers.web", *rest]
+    os.execvpe(argv[0], argv, env)
+    return EXIT_OK  # not reached
+
+
+def cmd_unmatched(rest: list[str]) -> int:
+    """Print the newest callbacks that matched no job (phones masked, no secrets)."""
+    p = argparse.ArgumentParser(prog="nxjobs callbacks unmatched",
+                                description="List callbacks that matched no job, newest first.")
+    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(rest)
+    import redis
+
+    from nxjobs import keys
+    from nxjobs.callbacks.ledger import Ledger
+    from nxjobs.producers import ProducerSettings
+    from nxjobs.redis_conn import connect, describe
+
+    url = ProducerSettings().redis_url
+    try:
+        client = connect(url)
+        rows = Ledger(client).unmatched(args.limit)
+        total = client.llen(keys.CALLBACKS_UNMATCHED)
+    except redis.RedisError as exc:
+        return _error(f"cannot reach Redis at {describe(url)}: {exc}", EXIT_REDIS)
+    if args.json:
+        print(json.dumps(rows, ensure_ascii=False, indent=2))
+        return EXIT_OK
+    print(f"{total} unmatched callback(s); newest {len(rows)}:")
+    for row in rows:
+        ids = " ".join(f"{k}={v}" for k, v in (row.get("ids") or {}).items() if v is not None)
+        print(f"{row.get('received_at')}  {row.get('type'):<14} {row.get('source'):<9} {ids}")
+    return EXIT_OK
 
 
 def cmd_sandbox(rest: list[str]) -> int:
@@ -213,6 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("worker", help="start a Celery worker (events on); options pass through: -Q, -c, --pool",
                    add_help=False)
     sub.add_parser("sandbox", help="run the local NXCloud sandbox (--host, --port, fault options)", add_help=False)
+    sub.add_parser("callbacks", help="run the callback receiver (--host, --port, --workers); "
+                                     "`callbacks unmatched [--limit N] [--json]` lists callbacks matching no job",
+                   add_help=False)
     _add_submit_parser(sub)
     p = sub.add_parser("status", help="print one job's record")
     p.add_argument("job_id")
@@ -233,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_worker(argv[1:])
     if argv and argv[0] == "sandbox":
         return cmd_sandbox(argv[1:])
+    if argv and argv[0] == "callbacks":
+        return cmd_callbacks(argv[1:])
     args = build_parser().parse_args(argv)
     from nxjobs.producers import EnqueueError
     from nxjobs.redis_conn import RedisUnavailable

@@ -21,6 +21,7 @@ from celery import Celery
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from nxjobs.callbacks import correlate
 from nxjobs.jobs import PRIORITY_NEW, InvalidJob, get_kind, validate_payload
 from nxjobs.records import JobRecord, JobState
 from nxjobs.redact import redact
@@ -71,7 +72,8 @@ class Producer:
         job_id = uuid.uuid4().hex
         kwargs = {"job_id": job_id, "payload": body}
         try:
-            self.store.create(job_id, kind, redact(body))
+            # With the ids its callbacks will carry, so one that beats the worker still finds the job.
+            self.store.create(job_id, kind, redact(body), expect=correlate.on_enqueue(kind, job_id, model))
         except redis.RedisError as exc:
             raise RedisUnavailable(f"cannot reach Redis at {describe(self.redis_url)}: {exc}") from None
         try:

@@ -59,7 +59,10 @@ class JobRecord(BaseModel):
     result: dict[str, Any] | None = None
     error: JobError | None = None
     progress: dict[str, Any] | None = Field(default=None, description="steps done, for multi-request jobs")
-    callbacks: list[dict[str, Any]] = Field(default_factory=list)
+    callbacks: list[dict[str, Any]] = Field(default_factory=list, description="webhooks received, oldest first")
+    # Completion units the job waits for (numbers checked, 1 CDR, 1 finished task) and how many came.
+    callbacks_needed: int | None = None
+    callbacks_done: int = 0
 
     def reached(self, state: JobState) -> bool:
         """True if this job has got as far as `state` (and has not failed)."""

@@ -9,7 +9,9 @@ from typing import Any
 
 # Keys (any spelling the APIs use) whose values are phone numbers.
 PHONE_KEYS = frozenset(
-    {"phone", "phones", "userPhone", "user_phone", "business_phone", "mobile", "number", "showphone", "show_phone"}
+    {"phone", "phones", "userPhone", "user_phone", "business_phone", "mobile", "number", "showphone", "show_phone",
+     # CDR rows and Callbot call records (callbacks).
+     "effective_called_number", "callingNumber"}
 )
 # Keys whose values are credentials and never leave the worker.
 SECRET_KEYS = frozenset(

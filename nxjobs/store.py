@@ -1,18 +1,23 @@
 """Job records in Redis: one hash per job plus a list of its callbacks.
 
-State changes go through one Lua script so the check "may this state follow
-the current one?" and the write happen atomically in a single round trip.
+State changes go through a Lua script so the check "may this state follow
+the current one?" and the write happen atomically in a single round trip; the
+move to `submitted` has its own script that also does the callback bookkeeping
+(nxjobs.callbacks: correlation ids, units needed, completion, deadline).
 """
 
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from typing import Any, Iterable
 
 import redis
 
 from nxjobs import keys
+from nxjobs.callbacks import correlate
+from nxjobs.jobs import KINDS
 from nxjobs.records import ALLOWED_FROM, JobRecord, JobState, utc_now_iso
 
 _JSON_FIELDS = ("input", "request", "result", "error", "progress")
@@ -44,6 +49,38 @@ return 0
 """
 
 
+# The transition to `submitted`, plus the callback bookkeeping that must happen
+# in the same step (nxjobs.callbacks): point the correlation index keys at the
+# job, set how many completion units it needs, and then either complete it at
+# once (nothing to wait for, or every callback already came early) or put it
+# on its family's waiting set, due for reconciliation at the deadline.
+# KEYS[1] job hash, KEYS[2] waiting zset, KEYS[3..] index keys.
+# ARGV as _TRANSITION_LUA for 1-5; 6 job id, 7 units needed, 8 due-at (unix s),
+# 9 now (unix s); field/value pairs from 10. Returns as _TRANSITION_LUA.
+_SUBMIT_LUA = """
+local cur = redis.call('HGET', KEYS[1], 'state')
+if not cur then return {-1, '', 0, 0} end
+if not string.find(',' .. ARGV[2] .. ',', ',' .. cur .. ',', 1, true) then
+  return {0, cur, 0, 0}
+end
+local ttl = tonumber(ARGV[4])
+redis.call('HSET', KEYS[1], 'state', ARGV[1], 'updated_at', ARGV[3], 'submitted_at', ARGV[9],
+           'callbacks_needed', ARGV[7])
+for counter in string.gmatch(ARGV[5], '[^,]+') do redis.call('HINCRBY', KEYS[1], counter, 1) end
+for i = 10, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+for i = 3, #KEYS do redis.call('SET', KEYS[i], ARGV[6], 'EX', ttl) end
+local done = tonumber(redis.call('HGET', KEYS[1], 'callbacks_done') or '0')
+if done >= tonumber(ARGV[7]) then
+  redis.call('HSET', KEYS[1], 'state', 'completed')
+else
+  redis.call('ZADD', KEYS[2], ARGV[8], ARGV[6])
+end
+redis.call('EXPIRE', KEYS[1], ttl)
+local counts = redis.call('HMGET', KEYS[1], 'attempts', 'throttles')
+return {1, cur, tonumber(counts[1] or '0'), tonumber(counts[2] or '0')}
+"""
+
+
 @dataclass(frozen=True)
 class Transition:
     previous: str
@@ -72,13 +109,20 @@ def _encode(fields: dict[str, Any]) -> dict[str, str]:
 
 
 class RecordStore:
-    def __init__(self, client: redis.Redis, ttl_s: int = 7 * 24 * 3600):
+    def __init__(self, client: redis.Redis, ttl_s: int = 7 * 24 * 3600,
+                 callback_deadlines_s: dict[str, float] | None = None):
         self.redis = client
         self.ttl_s = ttl_s
+        # Per job kind: seconds after submission before a job missing callbacks is reconciled.
+        self.callback_deadlines_s = callback_deadlines_s or correlate.DEFAULT_DEADLINES_S
         self._transition = client.register_script(_TRANSITION_LUA)
+        self._submit = client.register_script(_SUBMIT_LUA)
         self._incr = client.register_script(_INCR_IF_EXISTS_LUA)
 
-    def create(self, job_id: str, kind: str, input: dict[str, Any]) -> JobRecord:
+    def create(self, job_id: str, kind: str, input: dict[str, Any],
+               expect: correlate.Expectation | None = None) -> JobRecord:
+        """Store a new queued record; with `expect`, also register the ids its callbacks will
+        carry (same transaction), so a callback that beats the submit result finds the job."""
         now = utc_now_iso()
         fields = {
             "id": job_id,
@@ -94,12 +138,18 @@ class RecordStore:
         }
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(keys.job(job_id), mapping=_encode(fields))
+        if expect is not None:
+            if expect.needed is not None:
+                pipe.hset(keys.job(job_id), "callbacks_needed", expect.needed)
+            for index_key in expect.index_keys:
+                pipe.set(index_key, job_id, ex=self.ttl_s)
         pipe.expire(keys.job(job_id), self.ttl_s)
         pipe.execute()
         return JobRecord.model_validate({**fields, "state": JobState.QUEUED})
 
     def delete(self, job_id: str) -> None:
-        self.redis.delete(keys.job(job_id), keys.job_callbacks(job_id))
+        self.redis.delete(keys.job(job_id), keys.job_callbacks(job_id), keys.job_callback_seen(job_id),
+                          keys.job_callback_units(job_id))
 
     def transition(self, job_id: str, state: JobState, *, incr: Iterable[str] = (), **fields: Any) -> Transition:
         """Move `job_id` to `state`, bump the `incr` counters and set `fields`, if the
@@ -109,12 +159,29 @@ class RecordStore:
             raise ValueError(f"unknown counters {counters}")
         allowed = ",".join(s.value for s in ALLOWED_FROM[state])
         args: list[str] = [state.value, allowed, utc_now_iso(), str(self.ttl_s), ",".join(counters)]
+        if state is JobState.SUBMITTED:
+            status, current, attempts, throttles = self._submit_with_callbacks(job_id, args, fields)
+            if status != 1:
+                raise TransitionRefused(job_id, current or None, state)
+            return Transition(current, int(attempts), int(throttles))
         for name, value in _encode(fields).items():
             args += [name, value]
         status, current, attempts, throttles = self._transition(keys=[keys.job(job_id)], args=args)
         if status != 1:
             raise TransitionRefused(job_id, current or None, state)
         return Transition(current, int(attempts), int(throttles))
+
+    def _submit_with_callbacks(self, job_id: str, args: list[str], fields: dict[str, Any]) -> list:
+        """The submitted transition with its callback bookkeeping (see _SUBMIT_LUA)."""
+        kind = self.redis.hget(keys.job(job_id), "kind")
+        expect = correlate.on_submit(kind, fields.get("result"))
+        now = time.time()
+        family = KINDS[kind].queue if kind in KINDS else "none"
+        due_at = now + float(self.callback_deadlines_s.get(kind or "", 0.0))
+        args = args + [job_id, str(expect.needed or 0), f"{due_at:.3f}", f"{now:.3f}"]
+        for name, value in _encode(fields).items():
+            args += [name, value]
+        return self._submit(keys=[keys.job(job_id), keys.callbacks_waiting(family), *expect.index_keys], args=args)
 
     def incr(self, job_id: str, counter: str) -> None:
         if counter not in _COUNTERS:

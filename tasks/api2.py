@@ -29,8 +29,10 @@ def wa_calling(self: JobTask, job_id: str, payload: dict, slot_at_us: int | None
 
 
 def _check_numbers(svc, job_id, payload, outcome):
+    callbacks = svc.settings.callbacks
     return operations.check_numbers(svc.api2, job_id=job_id, payload=payload, appkey=svc.settings.api2.appkey,
-                                    public_url=svc.settings.callbacks.public_url, outcome=outcome)
+                                    public_url=callbacks.public_url, outcome=outcome,
+                                    callback_token=callbacks.token.get_secret_value() if callbacks.token else None)
 
 
 def _ota_init(svc, job_id, payload, outcome):

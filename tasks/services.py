@@ -12,6 +12,7 @@ from functools import cached_property
 
 from config.settings import Settings, load_settings
 from tasks.limits import limits_for
+from nxjobs.callbacks.ledger import Ledger
 from nxjobs.client.agent import AgentClient
 from nxjobs.client.api2 import Api2Client
 from nxjobs.client.callbot import CallbotClient
@@ -33,7 +34,12 @@ class Services:
 
     @cached_property
     def store(self) -> RecordStore:
-        return RecordStore(self.redis, ttl_s=self.settings.record_ttl_s)
+        return RecordStore(self.redis, ttl_s=self.settings.record_ttl_s,
+                           callback_deadlines_s=self.settings.callbacks.deadlines_s())
+
+    @cached_property
+    def ledger(self) -> Ledger:
+        return Ledger(self.redis, unmatched_max=self.settings.callbacks.unmatched_max)
 
     @cached_property
     def transport(self) -> Transport:

@@ -7,6 +7,7 @@ fails them in CI (CI=true), so CI can never go green by skipping.
 from __future__ import annotations
 
 import os
+from types import SimpleNamespace
 
 import pytest
 
@@ -85,4 +86,75 @@ def producer(redis_url):
     from nxjobs.producers import Producer
 
     with Producer(redis_url) as p:
+        yield p
+
+
+# ---- callbacks: a receiver and a worker that sends callback URLs, on Redis db 1 ----
+# Separate from `worker` (db 0) so the other suites keep their `submitted` jobs
+# and these tests see only their own callbacks.
+
+CALLBACK_TOKEN = "test-callback-token-0123456789abcdef"
+# Short deadlines so reconciliation tests take seconds; they only act while a beat runs.
+CALLBACK_WORKER_ENV = {
+    "NXJOBS_CALLBACKS__TOKEN": CALLBACK_TOKEN,
+    "NXJOBS_CALLBACKS__NUMBER_CHECK_DEADLINE_S": "1",
+    "NXJOBS_CALLBACKS__CALL_DEADLINE_S": "1",
+    "NXJOBS_CALLBACKS__CALLBOT_DEADLINE_S": "1",
+    "NXJOBS_CALLBACKS__RECHECK_S": "0.5",
+    "NXJOBS_CALLBACKS__NUMBER_CHECK_GIVE_UP_S": "4",
+    "NXJOBS_CALLBACKS__CALL_GIVE_UP_S": "4",
+    "NXJOBS_CALLBACKS__CALLBOT_GIVE_UP_S": "4",
+    "NXJOBS_CALLBACKS__AMBIGUOUS_LOOKUP_AFTER_S": "1",
+    "NXJOBS_CALLBACKS__RECONCILE_INTERVAL_S": "0.5",
+}
+# Sandbox callback settings for these tests, and the defaults restored afterwards.
+SANDBOX_CALLBACKS = dict(callback_delay_s=0.05, callback_jitter_s=0.3, callback_duplicate_rate=0.0,
+                         callback_drop_rate=0.0, callback_retry_s=0.2, callback_retry_window_s=5.0)
+SANDBOX_CALLBACK_DEFAULTS = dict(cdr_callback_url="", callback_delay_s=1.0, callback_jitter_s=0.0,
+                                 callback_duplicate_rate=0.0, callback_drop_rate=0.0, callback_retry_s=60.0,
+                                 callback_retry_window_s=3600.0)
+
+
+@pytest.fixture(scope="session")
+def callbacks_redis_url(redis_server) -> str:
+    return redis_server.url.rsplit("/", 1)[0] + "/1"
+
+
+@pytest.fixture(scope="session")
+def callbacks_env(worker_env, callbacks_redis_url) -> dict[str, str]:
+    return {**worker_env, **CALLBACK_WORKER_ENV, "NXJOBS_REDIS_URL": callbacks_redis_url}
+
+
+@pytest.fixture(scope="session")
+def receiver(callbacks_env, tmp_path_factory):
+    """The callback receiver (`python -m workers.web`, uvicorn) on a free port; yields its base URL."""
+    from workers.devstack import start_callbacks
+
+    proc, url = start_callbacks(callbacks_env, log_dir=str(tmp_path_factory.mktemp("callbacks")))
+    yield SimpleNamespace(proc=proc, url=url)
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def callbacks_worker(callbacks_env, receiver, tmp_path_factory):
+    """A real worker that sends callback URLs pointing at `receiver`."""
+    env = {**callbacks_env, "NXJOBS_CALLBACKS__PUBLIC_URL": receiver.url}
+    proc = start_worker(env, concurrency=2, log_dir=str(tmp_path_factory.mktemp("cbworker")))
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture()
+def cb_sandbox(sandbox, receiver):
+    """The sandbox (reset) sending callbacks quickly, out of order, the CDR to our receiver."""
+    sandbox.configure(cdr_callback_url=f"{receiver.url}/callbacks/agent/cdr/{CALLBACK_TOKEN}", **SANDBOX_CALLBACKS)
+    yield sandbox
+    sandbox.configure(**SANDBOX_CALLBACK_DEFAULTS)
+
+
+@pytest.fixture()
+def cb_producer(callbacks_redis_url):
+    from nxjobs.producers import Producer
+
+    with Producer(callbacks_redis_url) as p:
         yield p

@@ -13,7 +13,7 @@ from workers.queues import TASK_QUEUES, TASK_ROUTES
 
 settings = load_settings()
 
-app = Celery("nxjobs", include=["tasks.calls", "tasks.callbot", "tasks.api2"])
+app = Celery("nxjobs", include=["tasks.calls", "tasks.callbot", "tasks.api2", "tasks.reconcile"])
 app.conf.update(
     broker_url=settings.redis_url,
     # https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-serializer
@@ -51,4 +51,18 @@ app.conf.update(
     worker_log_format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s",
     worker_task_log_format="%(asctime)s %(levelname)s %(processName)s %(task_name)s[%(task_id)s]: %(message)s",
     enable_utc=True,
+    # https://docs.celeryq.dev/en/stable/userguide/periodic-tasks.html
+    # Run by `celery -A workers.celery_app beat` (one beat per deployment): every interval,
+    # reconcile jobs whose callbacks are late, once per API family, on that family's queue
+    # so it runs on a worker holding that family's credentials. A run that finds another
+    # still going skips (Redis lock); expires drops a tick nobody consumed in time.
+    beat_schedule={
+        f"reconcile-callbacks-{family}": {
+            "task": "nxjobs.reconcile_callbacks",
+            "schedule": settings.callbacks.reconcile_interval_s,
+            "args": (family,),
+            "options": {"queue": family, "routing_key": family, "expires": settings.callbacks.reconcile_interval_s},
+        }
+        for family in ("api2", "callbot", "agent")
+    },
 )

@@ -315,3 +315,54 @@ def start_worker(env: dict[str, str], *, queues: str = "agent,callbot,api2", con
     proc = ServiceProcess(f"worker-{node}", argv, env=env, log_dir=log_dir, cwd=project_root()).start()
     proc.wait_for_log(" ready.", timeout_s)
     return proc
+
+
+def start_callbacks(env: dict[str, str], *, host: str = "127.0.0.1", port: int = 0, log_dir: str | None = None,
+                    extra: tuple[str, ...] = (), timeout_s: float = 30.0) -> tuple[ServiceProcess, str]:
+    """`python -m workers.web` (what `nxjobs callbacks` runs); returns the process and its base URL.
+
+    `env` needs NXJOBS_REDIS_URL and NXJOBS_CALLBACKS__TOKEN (and the Callbot uuid/secret to
+    accept signed callbacks)."""
+    proc = ServiceProcess("callbacks", [_python(), "-m", "workers.web", "--host", host, "--port", str(port), *extra],
+                          env=env, log_dir=log_dir, cwd=project_root()).start()
+    try:
+        line = proc.wait_for_log("callbacks listening on ", timeout_s)
+        url = line.split("callbacks listening on ", 1)[1].split()[0].strip()
+        _wait_ready(proc, url + "/readyz", timeout_s)
+    except BaseException:
+        proc.stop()  # never leave a half-started receiver behind
+        raise
+    return proc, url
+
+
+def _wait_ready(proc: ServiceProcess, url: str, timeout_s: float) -> None:
+    """Poll `url` until it answers 200 (the app started and reached Redis)."""
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.proc is not None and proc.proc.poll() is not None:
+            raise RuntimeError(f"{proc.name} exited with {proc.proc.returncode}:\n{proc.log_tail()}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:
+                if resp.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{proc.name} not ready at {url} within {timeout_s}s:\n{proc.log_tail()}")
+
+
+def start_beat(env: dict[str, str], *, log_dir: str | None = None, timeout_s: float = 30.0) -> ServiceProcess:
+    """`celery -A workers.celery_app beat` with its schedule file in the log dir (reconciliation)."""
+    proc = ServiceProcess("beat", [_python(), "-m", "celery", "-A", "workers.celery_app", "beat",
+                                   "--loglevel", "INFO"], env=env, log_dir=log_dir, cwd=project_root())
+    proc.argv += ["--schedule", str(proc.log_dir / "celerybeat-schedule")]
+    proc.start()
+    try:
+        proc.wait_for_log("beat: Starting", timeout_s)
+    except BaseException:
+        proc.stop()
+        raise
+    return proc

@@ -111,7 +111,7 @@ def number_check_batch_no(job_id: str, payload: NumberCheckPayload) -> str:
 
 def check_numbers(
     api2: Api2Client, *, job_id: str, payload: NumberCheckPayload, appkey: str, public_url: str | None,
-    outcome: Outcome,
+    outcome: Outcome, callback_token: str | None = None,
 ) -> Outcome:
     body: dict[str, Any] = {
         "phone": ",".join(payload.phones),
@@ -119,17 +119,20 @@ def check_numbers(
         "checkLevel": payload.check_level,
         "appkey": appkey,
     }
-    dr_url = callback_urls.build(public_url, callback_urls.NUMBER_CHECK)
+    dr_url = callback_urls.build(public_url, callback_urls.NUMBER_CHECK, callback_token)
     if dr_url:
         body["drUrl"] = dr_url
-    outcome.request.append(_sent(NUMBER_CHECK_PATH, body))
+    sent = _sent(NUMBER_CHECK_PATH, body)
+    if dr_url:
+        sent["body"]["drUrl"] = callback_urls.redact_url(dr_url)  # the token never reaches a record
+    outcome.request.append(sent)
     resp = api2.post(NUMBER_CHECK_PATH, biz_type=1, action="numbercheck", body=body)
     data = resp.body.get("data") or {}
     outcome.result = {
-            # Current docs name it requestId, legacy ones messageId (reference §5.1).
-            "requestId": data.get("requestId") or data.get("messageId"),
-            "batchNo": data.get("batchNo") or body["batchNo"],
-            "numbers": len(payload.phones),
+        # Current docs name it requestId, legacy ones messageId (reference §5.1).
+        "requestId": data.get("requestId") or data.get("messageId"),
+        "batchNo": data.get("batchNo") or body["batchNo"],
+        "numbers": len(payload.phones),
         "failNumber": redact(data.get("failNumber") or []),
     }
     return outcome

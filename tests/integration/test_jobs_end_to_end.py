@@ -42,7 +42,8 @@ def test_each_kind_reaches_submitted(kind, producer, sandbox, worker):
     job_id = _submit(producer, kind)
     record = producer.wait([job_id], until="submitted", timeout_s=WAIT_S)[job_id]
     # Then it is submitted on the first attempt, with the provider's ids and a redacted request
-    assert record.state == JobState.SUBMITTED, record.error
+    # (kinds with no callbacks to wait for, ota-init and wa-calling, are completed at once)
+    assert record.reached(JobState.SUBMITTED), record.error
     assert record.attempts == 1
     assert EXPECTED_RESULT_KEYS[kind] <= set(record.result), record.result
     assert all(record.result[k] for k in EXPECTED_RESULT_KEYS[kind])
@@ -103,7 +104,7 @@ def test_http_5xx_is_retried(producer, sandbox, worker):
     sandbox.script("/api/ota/init", 0, times=2, http_status=503)
     job_id = producer.ota_init(phone="8615800001795", user_ip="203.0.113.7")
     record = producer.wait([job_id], timeout_s=WAIT_S)[job_id]
-    assert record.state == JobState.SUBMITTED
+    assert record.state == JobState.COMPLETED  # nothing to wait for after the submit
     assert record.attempts == 3
 
 

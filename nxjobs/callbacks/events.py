@@ -1,0 +1,189 @@
+"""Callback payloads (pydantic) and the normalised Event each one becomes.
+
+An Event says which job it belongs to (correlation index keys to try, then a
+direct job id), how to recognise a repeat (dedupe key), whether it counts
+towards completion (unit), and what to store (the payload, redacted). The
+receiver and the reconciliation build Events the same way, so a result that
+came by callback and the same result found by a query are one and the same.
+
+Dedupe keys (reference §5.4, §6.6, §7.3/7.4): Number Check = per-number id;
+Callbot call = callID; order = (orderID, finish); task = (taskStatus,
+taskStat.totalCall); CDR = sessionid (callback) or CDR id (query).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from nxjobs import keys
+from nxjobs.redact import redact
+
+# Number Check: per-number ids are `<submit requestId>-<6 digits>` (reference §5.1).
+_PER_NUMBER_SUFFIX = re.compile(r"-[0-9]{6}$")
+_ID = dict(min_length=1, max_length=128)
+
+# Callbot taskStatus values meaning "will not dial any more" (reference §6.4).
+TASK_FINISHED = frozenset({3, 4})
+
+NUMBER_CHECK = "number-check"
+CALLBOT_CALL = "callbot-call"
+CALLBOT_ORDER = "callbot-order"
+CALLBOT_TASK = "callbot-task"
+CDR = "cdr"
+TYPES = (NUMBER_CHECK, CALLBOT_CALL, CALLBOT_ORDER, CALLBOT_TASK, CDR)
+
+
+class Malformed(ValueError):
+    """The body is not JSON or not the shape this callback type needs."""
+
+
+class _Payload(BaseModel):
+    # Keep every field NXCloud sends (stored redacted); validate the ones we route on.
+    model_config = ConfigDict(extra="allow", str_strip_whitespace=True)
+
+
+class NumberCheckResult(_Payload):
+    """One number's DR (current: requestId/message; legacy: messageId/msg), or a query row."""
+
+    requestId: str | None = Field(default=None, max_length=128)
+    messageId: str | None = Field(default=None, max_length=128)
+    batchNo: str | None = Field(default=None, max_length=64)
+    code: int | str | None = None
+
+    @model_validator(mode="after")
+    def _has_id(self) -> "NumberCheckResult":
+        if not (self.requestId or self.messageId):
+            raise ValueError("requestId (or legacy messageId) is required")
+        return self
+
+    @property
+    def number_id(self) -> str:
+        return self.requestId or self.messageId or ""
+
+
+class CallInfo(_Payload):
+    callID: str = Field(**_ID)
+
+
+class CallbotCall(_Payload):
+    userTaskID: str = Field(**_ID)
+    orderID: str = Field(**_ID)
+    callInfoDetail: CallInfo
+
+
+class CallbotOrder(_Payload):
+    userTaskID: str = Field(**_ID)
+    orderID: str = Field(**_ID)
+    finish: bool | int | str | None = None
+
+
+class TaskStat(_Payload):
+    totalCall: int | None = None
+
+
+class CallbotTask(_Payload):
+    userTaskID: str = Field(**_ID)
+    taskStatus: int
+    taskStat: TaskStat | None = None
+
+
+class AgentCdr(_Payload):
+    """CDR callback (§7.3, has sessionid) or a CDR-by-orderid row (§7.4, has id)."""
+
+    orderid: str = Field(**_ID)
+    sessionid: str | None = Field(default=None, max_length=128)
+    id: str | int | None = None
+
+    @model_validator(mode="after")
+    def _has_id(self) -> "AgentCdr":
+        if not (self.sessionid or self.id):
+            raise ValueError("sessionid (callback) or id (query row) is required")
+        return self
+
+
+MODELS: dict[str, type[_Payload]] = {
+    NUMBER_CHECK: NumberCheckResult, CALLBOT_CALL: CallbotCall, CALLBOT_ORDER: CallbotOrder,
+    CALLBOT_TASK: CallbotTask, CDR: AgentCdr,
+}
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str
+    job_kind: str  # the job kind this callback belongs to
+    index_keys: tuple[str, ...]  # correlation index keys, tried in order
+    direct_id: str  # a job id to try when no index key matches ("" = none)
+    dedupe: str
+    unit: str  # completion unit ("" = does not count towards completion)
+    data: dict[str, Any]  # the payload, redacted
+    ids: dict[str, Any] = field(default_factory=dict)  # the correlating ids, for the unmatched list
+    # Set on an Agent CDR: the result a job failed as "ambiguous" gets when this proves the call happened.
+    resolves: dict[str, Any] | None = None
+
+
+def _bool_flag(value: Any) -> str:
+    if isinstance(value, str):
+        return "1" if value.strip().lower() in ("1", "true", "yes") else "0"
+    return "1" if value else "0"
+
+
+def number_check_base_id(number_id: str) -> str:
+    """The submit requestId a per-number id belongs to."""
+    return _PER_NUMBER_SUFFIX.sub("", number_id)
+
+
+def to_event(kind: str, model: _Payload) -> Event:
+    """The Event for a validated payload of callback type `kind`."""
+    data = redact(model.model_dump(mode="json", exclude_none=True))
+    if isinstance(model, NumberCheckResult):
+        nid = model.number_id
+        index = [keys.callback_index("nc-req", number_check_base_id(nid))]
+        if model.batchNo:
+            index.append(keys.callback_index("nc-batch", model.batchNo))
+        return Event(NUMBER_CHECK, "number-check", tuple(index), "", f"nc:{nid}", nid, data,
+                     {"requestId": nid, "batchNo": model.batchNo})
+    if isinstance(model, CallbotCall):
+        call_id = model.callInfoDetail.callID
+        return Event(CALLBOT_CALL, "callbot-list", (), model.userTaskID, f"call:{call_id}", "", data,
+                     {"userTaskID": model.userTaskID, "orderID": model.orderID, "callID": call_id})
+    if isinstance(model, CallbotOrder):
+        finish = _bool_flag(model.finish)
+        return Event(CALLBOT_ORDER, "callbot-list", (), model.userTaskID, f"order:{model.orderID}:{finish}", "",
+                     data, {"userTaskID": model.userTaskID, "orderID": model.orderID})
+    if isinstance(model, CallbotTask):
+        total = model.taskStat.totalCall if model.taskStat else None
+        unit = "task-finished" if model.taskStatus in TASK_FINISHED else ""
+        return Event(CALLBOT_TASK, "callbot-list", (), model.userTaskID, f"task:{model.taskStatus}:{total}", unit,
+                     data, {"userTaskID": model.userTaskID, "taskStatus": model.taskStatus})
+    if isinstance(model, AgentCdr):
+        one = model.sessionid or f"row-{model.id}"
+        resolves = {"orderid": model.orderid, "info": "makecall answer was lost; the call was found by its CDR"}
+        if model.sessionid:
+            resolves["sessionid"] = model.sessionid
+        return Event(CDR, "call", (keys.callback_index("call", model.orderid),), model.orderid, f"cdr:{one}", "cdr",
+                     data, {"orderid": model.orderid, "sessionid": model.sessionid}, resolves)
+    raise TypeError(f"no event for {type(model).__name__}")
+
+
+def parse(kind: str, raw: bytes | str) -> Event:
+    """Validate a raw JSON body as callback type `kind`; raise Malformed (never ValidationError)."""
+    try:
+        model = MODELS[kind].model_validate_json(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "body"
+        raise Malformed(f"{where}: {err['msg']}") from None
+    return to_event(kind, model)
+
+
+def from_dict(kind: str, data: dict[str, Any]) -> Event:
+    """The Event for a query-API row (already parsed JSON); raise Malformed."""
+    try:
+        model = MODELS[kind].model_validate(data)
+    except ValidationError as exc:
+        raise Malformed(str(exc.errors()[0]["msg"])) from None
+    return to_event(kind, model)

@@ -1,0 +1,327 @@
+"""Reconciliation: for jobs whose callbacks are late, ask the provider's query APIs.
+
+Run per API family on a schedule (Celery beat, `tasks/reconcile.py`):
+
+- api2 (number-check): `/api/number/query` by requestId; each row is applied
+  exactly like its DR would have been (same dedupe key, so a late DR is not
+  counted twice).
+- callbot (callbot-list): `listTask` by userTaskID; once finished (taskStatus
+  3/4), `listOrderDetail` for its orders (≤500 per request), then the task status.
+- agent (call): `getSipCdrByOrderid` (≤20 orderids per request). Also the
+  ambiguous makecalls (`nxjobs:reconcile`): found = the call happened, the job
+  is completed with its CDR; not found after `ambiguous_after_s` = it never
+  happened, the job fails `call_not_found` (retryable: safe to submit again).
+
+A job the provider says is not finished is looked at again `recheck_s` later;
+past its give-up age it fails with `callbacks_timeout` and a reason naming
+what is missing. Rate limits are the clients' gate: when it says "not now",
+the run stops and the rest waits for the next one.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+from nxjobs import keys
+from nxjobs.callbacks import events
+from nxjobs.callbacks.ledger import Ledger
+from nxjobs.client import operations
+from nxjobs.client.errors import NXCloudError
+from nxjobs.records import JobError, JobRecord, JobState, utc_now_iso
+from nxjobs.store import RecordStore, TransitionRefused
+
+log = logging.getLogger("nxjobs.reconcile")
+
+NUMBER_QUERY_PATH = "/api/number/query"
+NUMBER_QUERY_PAGE = 100
+CALLBOT_DETAIL_CHUNK = 500
+CDR_ORDERIDS_PER_REQUEST = 20
+# Lua: the ambiguous call is still failed/ambiguous -> mark it call_not_found and drop it from the set.
+_NOT_FOUND_LUA = """
+local err = redis.call('HGET', KEYS[1], 'error') or ''
+if redis.call('HGET', KEYS[1], 'state') ~= 'failed' or not string.find(err, '"code":"ambiguous"', 1, true) then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  return 0
+end
+redis.call('HSET', KEYS[1], 'error', ARGV[2], 'updated_at', ARGV[3])
+redis.call('ZREM', KEYS[2], ARGV[1])
+return 1
+"""
+
+
+class StopRun(Exception):
+    """The rate limiter said "not now": end this run, the rest waits for the next one."""
+
+
+@dataclass
+class Policy:
+    """Seconds: deadline and give-up age per job kind, re-check interval, ambiguous-call lookup delay."""
+
+    deadlines_s: dict[str, float]
+    give_up_s: dict[str, float]
+    recheck_s: float = 300.0
+    ambiguous_after_s: float = 300.0
+    batch: int = 50
+
+
+@dataclass
+class Clients:
+    """The API clients a family needs (None when that family is not configured)."""
+
+    api2: Any = None
+    api2_appkey: str | None = None
+    callbot: Any = None
+    agent: Any = None
+    # Raised by a client's rate-limit gate meaning "not now"...
+    not_now: tuple[type[BaseException], ...] = ()
+    # ... and what to do then: wait for the slot it reserved and return True (the request is
+    # tried again and may go), or return False to end the run.
+    wait_slot: Callable[[BaseException], bool] = lambda exc: False
+
+
+@dataclass
+class Report:
+    family: str
+    counts: Counter = field(default_factory=Counter)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"family": self.family, **self.counts}
+
+
+class Reconciler:
+    def __init__(self, store: RecordStore, ledger: Ledger, policy: Policy, clients: Clients,
+                 clock: Callable[[], float] = time.time):
+        self.store = store
+        self.ledger = ledger
+        self.policy = policy
+        self.clients = clients
+        self.clock = clock
+        self._not_found = store.redis.register_script(_NOT_FOUND_LUA)
+
+    def run(self, family: str) -> Report:
+        report = Report(family)
+        try:
+            if family == "api2":
+                self._number_checks(report)
+            elif family == "callbot":
+                self._callbot_lists(report)
+            elif family == "agent":
+                self._ambiguous_calls(report)
+                self._calls(report)
+            else:
+                raise ValueError(f"unknown family {family!r}")
+        except StopRun:
+            report.counts["stopped_by_rate_limit"] += 1
+        return report
+
+    # ---- shared -----------------------------------------------------------
+
+    def _due_records(self, family: str, kind: str, report: Report) -> list[JobRecord]:
+        out = []
+        for job_id in self.ledger.due(family, now=self.clock(), limit=self.policy.batch):
+            record = self.store.get(job_id)
+            if record is None or record.state != JobState.SUBMITTED or record.kind != kind:
+                self.ledger.forget(family, job_id)  # completed, failed or expired meanwhile
+                report.counts["gone"] += 1
+                continue
+            out.append(record)
+        return out
+
+    def _each(self, family: str, records: list[JobRecord], one: Callable[[JobRecord], None], report: Report) -> None:
+        """Reconcile each record; a provider error on one job defers that job, not the run."""
+        for record in records:
+            try:
+                one(record)
+            except NXCloudError as exc:
+                report.counts["query_errors"] += 1
+                log.warning("job=%s reconcile query failed: %s %s", record.id, exc.code, exc.message)
+                self.ledger.recheck_at(family, record.id, self.clock() + self.policy.recheck_s)
+
+    def _ask(self, fn: Callable[[], Any]) -> Any:
+        for _ in range(3):
+            try:
+                return fn()
+            except self.clients.not_now as exc:
+                if not self.clients.wait_slot(exc):
+                    raise StopRun() from exc
+        raise StopRun()
+
+    def _apply(self, event: events.Event, report: Report) -> None:
+        applied = self.ledger.apply(event, source="reconcile")
+        report.counts[f"callbacks_{applied.outcome}"] += 1
+
+    def _settle(self, family: str, job_id: str, report: Report, missing: str) -> None:
+        """After applying what the provider had: completed, or look again later, or give up."""
+        record = self.store.get(job_id)
+        if record is None or record.state != JobState.SUBMITTED:
+            self.ledger.forget(family, job_id)
+            report.counts["completed" if record and record.state == JobState.COMPLETED else "gone"] += 1
+            return
+        submitted_at = float(self.store.redis.hget(keys.job(job_id), "submitted_at") or 0)
+        age = self.clock() - submitted_at
+        if age >= self.policy.give_up_s.get(record.kind, float("inf")):
+            message = f"{missing} {age:.0f}s after submission; gave up (callbacks and query API both silent)"
+            try:
+                self.store.transition(job_id, JobState.FAILED, error=JobError(
+                    code="callbacks_timeout", message=message, retryable=False).model_dump())
+                report.counts["failed"] += 1
+                log.warning("job=%s kind=%s failed callbacks_timeout: %s", job_id, record.kind, message)
+            except TransitionRefused:
+                pass  # completed by a callback a moment ago
+            self.ledger.forget(family, job_id)
+            return
+        self.ledger.recheck_at(family, job_id, self.clock() + self.policy.recheck_s)
+        report.counts["rechecked"] += 1
+
+    # ---- api2: number checks ------------------------------------------------
+
+    def _number_checks(self, report: Report) -> None:
+        self._each("api2", self._due_records("api2", "number-check", report),
+                   lambda record: self._number_check(record, report), report)
+
+    def _number_check(self, record: JobRecord, report: Report) -> None:
+        api2 = self.clients.api2
+        result = record.result or {}
+        request_id = result.get("requestId")
+        if request_id:
+            for day in _query_days(record.created_at, self.clock()):
+                for row in self._number_rows(api2, request_id, day):
+                    try:
+                        self._apply(events.from_dict(events.NUMBER_CHECK, row), report)
+                    except events.Malformed:
+                        report.counts["rows_malformed"] += 1
+        fresh = self.store.get(record.id)
+        done = fresh.callbacks_done if fresh else 0
+        self._settle("api2", record.id, report,
+                     f"{max((fresh.callbacks_needed or 0) - done, 0) if fresh else '?'} of "
+                     f"{fresh.callbacks_needed if fresh else '?'} number results missing")
+
+    def _number_rows(self, api2: Any, request_id: str, day: str) -> Iterable[dict[str, Any]]:
+        page = 1
+        while True:
+            body = {"page": page, "pageSize": NUMBER_QUERY_PAGE, "date": day, "requestId": request_id,
+                    "appkey": self.clients.api2_appkey}
+            resp = self._ask(lambda: api2.post(NUMBER_QUERY_PATH, biz_type=1, action="numbercheck", body=body))
+            data = resp.body.get("data") or {}
+            yield from data.get("result") or []
+            if page >= int(data.get("totalPage") or 0):
+                return
+            page += 1
+
+    # ---- callbot lists ------------------------------------------------------
+
+    def _callbot_lists(self, report: Report) -> None:
+        self._each("callbot", self._due_records("callbot", "callbot-list", report),
+                   lambda record: self._callbot_list(record, report), report)
+
+    def _callbot_list(self, record: JobRecord, report: Report) -> None:
+        callbot = self.clients.callbot
+        user_task_id = (record.result or {}).get("userTaskID") or record.id
+        resp = self._ask(lambda: callbot.post("listTask", {
+            "page": 1, "size": 1, "queryConditions": {"userTaskID": [user_task_id]}}))
+        task = next((t for t in resp.body.get("taskData") or [] if t.get("userTaskID") == user_task_id), None)
+        status = task.get("taskStatus") if task else None
+        if task and status in events.TASK_FINISHED:
+            order_ids = [operations.contact_order_id(record.id, i, c.get("order_id"))
+                         for i, c in enumerate(record.input.get("contacts") or [])]
+            for start in range(0, len(order_ids), CALLBOT_DETAIL_CHUNK):
+                chunk = order_ids[start:start + CALLBOT_DETAIL_CHUNK]
+                detail = self._ask(lambda: callbot.post("listOrderDetail",
+                                                        {"userTaskID": user_task_id, "orderList": chunk}))
+                for order in detail.body.get("orderDetailList") or []:
+                    calls = order.get("callInfoDetailList") or []
+                    row = {**{k: v for k, v in order.items() if k != "callInfoDetailList"},
+                           "callInfoDetail": calls[-1] if calls else None}
+                    self._try_apply(events.CALLBOT_ORDER, row, report)
+            self._try_apply(events.CALLBOT_TASK, task, report)
+        self._settle("callbot", record.id, report, f"task {user_task_id} not finished (taskStatus {status})")
+
+    def _try_apply(self, kind: str, row: dict[str, Any], report: Report) -> None:
+        try:
+            self._apply(events.from_dict(kind, {k: v for k, v in row.items() if v is not None}), report)
+        except events.Malformed:
+            report.counts["rows_malformed"] += 1
+
+    # ---- agent: calls -------------------------------------------------------
+
+    def _cdr_rows(self, orderids: list[str]) -> dict[str, list[dict[str, Any]]]:
+        found: dict[str, list[dict[str, Any]]] = {o: [] for o in orderids}
+        for start in range(0, len(orderids), CDR_ORDERIDS_PER_REQUEST):
+            chunk = orderids[start:start + CDR_ORDERIDS_PER_REQUEST]
+            for row in self._ask(lambda: self.clients.agent.cdr_by_orderid(chunk)):
+                if row.get("orderid") in found:
+                    found[row["orderid"]].append(row)
+        return found
+
+    def _calls(self, report: Report) -> None:
+        records = self._due_records("agent", "call", report)
+        orderids = {r.id: _orderid(r) for r in records}
+        try:
+            rows = self._cdr_rows(sorted(set(orderids.values()))) if records else {}
+        except NXCloudError as exc:
+            report.counts["query_errors"] += 1
+            log.warning("CDR lookup failed: %s %s", exc.code, exc.message)
+            for record in records:
+                self.ledger.recheck_at("agent", record.id, self.clock() + self.policy.recheck_s)
+            return
+        for record in records:
+            for row in rows.get(orderids[record.id], []):
+                self._try_apply(events.CDR, row, report)
+            self._settle("agent", record.id, report, f"no CDR for orderid {orderids[record.id]}")
+
+    def _ambiguous_calls(self, report: Report) -> None:
+        """Makecalls whose answer was lost: look each orderid up once, after `ambiguous_after_s`."""
+        cutoff = self.clock() - self.policy.ambiguous_after_s
+        job_ids = self.store.redis.zrangebyscore(keys.RECONCILE, "-inf", cutoff, start=0, num=self.policy.batch)
+        records = [r for r in (self.store.get(j) for j in job_ids) if r is not None]
+        for job_id in set(job_ids) - {r.id for r in records}:
+            self.store.redis.zrem(keys.RECONCILE, job_id)  # expired
+        if not records:
+            return
+        orderids = {r.id: _orderid(r) for r in records}
+        try:
+            rows = self._cdr_rows(sorted(set(orderids.values())))
+        except NXCloudError as exc:
+            report.counts["query_errors"] += 1
+            log.warning("CDR lookup of ambiguous calls failed: %s %s", exc.code, exc.message)
+            return
+        for record in records:
+            found = rows.get(orderids[record.id], [])
+            for row in found:
+                # The CDR event resolves the ambiguous failure (see ledger._APPLY_LUA).
+                self._try_apply(events.CDR, row, report)
+            if found:
+                self.store.redis.zrem(keys.RECONCILE, record.id)
+                report.counts["ambiguous_found"] += 1
+                continue
+            error = JobError(code="call_not_found", retryable=True, message=(
+                f"makecall answer was lost, and orderid {orderids[record.id]} has no CDR "
+                f"{self.clock() - _epoch(record.updated_at):.0f}s later: the call was not placed; "
+                "safe to submit again"))
+            changed = self._not_found(keys=[keys.job(record.id), keys.RECONCILE], args=[
+                record.id, error.model_dump_json(), utc_now_iso()])
+            report.counts["ambiguous_not_found" if changed else "gone"] += 1
+
+
+def _orderid(record: JobRecord) -> str:
+    return str((record.result or {}).get("orderid") or record.input.get("order_id") or record.id)
+
+
+def _query_days(created_at: str, now: float) -> list[str]:
+    """The UTC dates a submission may be filed under (its day, and the next if it ran past midnight)."""
+    start = dt.datetime.fromisoformat(created_at.replace("Z", "+00:00")).date()
+    end = dt.datetime.fromtimestamp(now, dt.timezone.utc).date()
+    days = [start]
+    if end > start:
+        days.append(start + dt.timedelta(days=1))
+    return [d.isoformat() for d in days]
+
+
+def _epoch(iso: str) -> float:
+    return dt.datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+

@@ -1,0 +1,59 @@
+"""Reconciliation task, run by Celery beat once per API family on that family's
+queue (so it runs where that family's credentials are): jobs whose callbacks
+are late are looked up with the query APIs (nxjobs.callbacks.reconcile)."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from celery import shared_task
+
+from nxjobs import keys
+from nxjobs.callbacks.reconcile import Clients, Policy, Reconciler
+from nxjobs.ratelimit.gate import SlotNotReady
+from tasks.services import get_services
+
+log = logging.getLogger("nxjobs.reconcile")
+
+TASK_NAME = "nxjobs.reconcile_callbacks"
+FAMILIES = ("api2", "callbot", "agent")
+# A query whose rate-limit slot is this close is waited for in the task; further away, the run ends.
+MAX_SLOT_WAIT_S = 5.0
+
+
+@shared_task(name=TASK_NAME, ignore_result=True)
+def reconcile_callbacks(family: str) -> dict:
+    svc = get_services()
+    cb = svc.settings.callbacks
+    # One run per family at a time; the lock outlives a crashed run by at most the interval.
+    lock = svc.redis.lock(keys.reconcile_lock(family), timeout=max(60.0, cb.reconcile_interval_s * 4),
+                          blocking=False)
+    if not lock.acquire():
+        return {"family": family, "skipped": "another run is in progress"}
+    try:
+        svc.gate.begin_attempt(first_slot_paid=False)
+
+        def wait_slot(exc: BaseException) -> bool:
+            grant = exc.grant  # type: ignore[attr-defined]
+            if not grant.reserved or grant.wait_s > MAX_SLOT_WAIT_S:
+                return False
+            time.sleep(grant.wait_s)
+            svc.gate.begin_attempt(first_slot_paid=True)  # the next request spends the slot we waited for
+            return True
+
+        clients = Clients(
+            api2=svc.api2 if family == "api2" else None, api2_appkey=svc.settings.api2.appkey,
+            callbot=svc.callbot if family == "callbot" else None, agent=svc.agent if family == "agent" else None,
+            not_now=(SlotNotReady,), wait_slot=wait_slot)
+        policy = Policy(deadlines_s=cb.deadlines_s(), give_up_s=cb.give_up_s(), recheck_s=cb.recheck_s,
+                        ambiguous_after_s=cb.ambiguous_lookup_after_s, batch=cb.reconcile_batch)
+        report = Reconciler(svc.store, svc.ledger, policy, clients).run(family).as_dict()
+    finally:
+        try:
+            lock.release()
+        except Exception:  # expired meanwhile: nothing to release
+            pass
+    if len(report) > 1:
+        log.info("reconcile %s", " ".join(f"{k}={v}" for k, v in report.items()))
+    return report
