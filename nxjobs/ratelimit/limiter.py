@@ -179,12 +179,14 @@ class RateLimiter:
         status, wait_us, slot_us = self._acquire(keys=redis_keys, args=args)
         return Grant(status == 2, status >= 1, max(int(wait_us), 0) / 1_000_000, int(slot_us))
 
-    def cool_down(self, limits: Sequence[Limit], *, base_s: float, cap_s: float,
+    def cool_down(self, limits: Sequence[Limit], *, base_s: float, cap_s: float, repeat_within_s: float = 5.0,
                   rng: random.Random | None = None) -> float:
         """The provider still said "too frequent": every worker backs off these credentials.
 
-        Repeats within a minute double the cooldown up to `cap_s`; jitter keeps
-        workers from all resuming in the same instant. Returns the cooldown in seconds.
+        A repeat within `repeat_within_s` of the last doubles the cooldown, up to
+        `cap_s`; an isolated one costs only `base_s`. Jitter (the cooldown is
+        drawn from [step/2, step]) keeps workers from all resuming in the same
+        instant. Returns the cooldown in seconds.
         """
         active = [lim for lim in limits if lim.quota_per_s > 0] or list(limits)
         if not active:
@@ -194,5 +196,6 @@ class RateLimiter:
             redis_keys += [keys.rate_strikes(lim.name), keys.rate_cooldown(lim.name)]
         jitter = (rng or random).uniform(0.0, 0.5)
         longest_us = self._cooldown(keys=redis_keys, args=[len(active), int(base_s * 1_000_000),
-                                                            int(cap_s * 1_000_000), jitter, 60_000])
+                                                            int(cap_s * 1_000_000), jitter,
+                                                            int(repeat_within_s * 1000)])
         return int(longest_us) / 1_000_000
