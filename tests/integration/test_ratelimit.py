@@ -146,3 +146,17 @@ def test_a_cooldown_stops_every_worker(worker, worker_env, redis_url, sandbox, t
     first = sent[0]  # the scripted 2206 answers the first request
     # Then nobody sent anything for at least half the base cooldown (jitter keeps it within [0.5, 1] s)
     assert sent[1] - first >= 0.45
+
+
+def test_a_huge_call_list_does_not_starve_a_small_one(producer, sandbox, worker):
+    # Given a 6 000-contact list (13 requests at the worker's 10/s Callbot quota) already running
+    big = producer.callbot_list(scene_id="s", task_name="big",
+                                contacts=[{"user_phone": str(8613500000000 + i)} for i in range(6000)])
+    time.sleep(0.3)
+    # When a one-contact list arrives for the same credential
+    small = producer.callbot_list(scene_id="s", task_name="small", contacts=[{"user_phone": "8613400000000"}])
+    records = producer.wait([big, small], timeout_s=60)
+    # Then the small one takes its turn between the big one's chunks and is done first
+    assert records[small].state == records[big].state == JobState.SUBMITTED
+    assert records[small].updated_at < records[big].updated_at
+    assert records[big].waits > 0
