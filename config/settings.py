@@ -82,12 +82,16 @@ class RateLimitSettings(BaseModel):
 
     # Send at this fraction below each quota: network jitter between two evenly
     # spaced requests must not put quota + 1 of them inside one provider window.
-    headroom: float = Field(default=0.03, ge=0, lt=0.5)
+    headroom: float = Field(default=0.02, ge=0, lt=0.5)
     # Reserve slots at most this far ahead; jobs further back re-check later.
     horizon_s: float = Field(default=30.0, gt=0)
-    # Shared cooldown after a "too frequent" answer: doubles on repeats up to the cap.
-    cooldown_base_s: float = Field(default=1.0, gt=0)
+    # Shared cooldown after a "too frequent" answer. Our own limiter already
+    # spaces requests, so an isolated one is jitter and costs little; repeats
+    # within `cooldown_repeat_s` double it up to the cap (a provider stricter
+    # than the configured quota, or another client on the same credential).
+    cooldown_base_s: float = Field(default=0.25, gt=0)
     cooldown_cap_s: float = Field(default=60.0, gt=0)
+    cooldown_repeat_s: float = Field(default=5.0, gt=0)
     # A job answered "too frequent" more often than this fails (code 2206 / retCode 7).
     max_throttles: int = Field(default=50, ge=1)
 

@@ -160,7 +160,8 @@ class JobTask(Task):
         """The provider said "too frequent" despite the limiter: every worker backs off this credential."""
         limits = svc.gate.last_limits
         rl = svc.settings.ratelimit
-        cooldown = svc.limiter.cool_down(limits, base_s=rl.cooldown_base_s, cap_s=rl.cooldown_cap_s, rng=svc.rng)
+        cooldown = svc.limiter.cool_down(limits, base_s=rl.cooldown_base_s, cap_s=rl.cooldown_cap_s,
+                                         repeat_within_s=rl.cooldown_repeat_s, rng=svc.rng)
         error = JobError(code=err.code, message=err.message, retryable=True)
         if claim.throttles + 1 > rl.max_throttles:
             svc.store.incr(job_id, "throttles")

@@ -313,6 +313,7 @@ def start_worker(env: dict[str, str], *, queues: str = "agent,callbot,api2", con
     argv = [_python(), "-m", "workers", "worker", "-Q", queues, "-c", str(concurrency), "--pool", pool,
             "-n", f"{node}@%h", "--without-mingle", "--without-gossip", *extra]
     proc = ServiceProcess(f"worker-{node}", argv, env=env, log_dir=log_dir, cwd=project_root()).start()
+    proc.node_name = f"{node}@{socket.gethostname()}"  # for Celery remote control
     proc.wait_for_log(" ready.", timeout_s)
     return proc
 

@@ -50,25 +50,31 @@ class AgentClient:
         form = {"token": token, "username": username, "phone": phone, "orderid": orderid}
         if showphone:
             form["showphone"] = showphone
-        if self.gate is not None:
-            self.gate(self.family, MAKECALL_PATH, form)
-        resp = self.transport.post(
-            self.base_url + MAKECALL_PATH, data=form, headers={"Content-Type": "application/x-www-form-urlencoded"}
-        )
+        answered = self.gate(self.family, MAKECALL_PATH, form) if self.gate is not None else None
+        try:
+            resp = self.transport.post(self.base_url + MAKECALL_PATH, data=form,
+                                       headers={"Content-Type": "application/x-www-form-urlencoded"})
+        finally:
+            if answered is not None:
+                answered()
         return self._check(resp, MAKECALL_PATH)
 
     def cdr_by_orderid(self, orderids: list[str]) -> list[dict[str, Any]]:
         """CDR rows for up to 20 orderids (only the last 15 days exist)."""
         if not 1 <= len(orderids) <= 20:
             raise ValueError("cdr_by_orderid takes 1 to 20 orderids")
-        if self.gate is not None:
-            self.gate("cdr", CDR_BY_ORDERID_PATH, orderids)
-        text = serialize_body({"orderid": ",".join(orderids), "appkey": self.appkey, "secretkey": self._secretkey})
-        resp = self.transport.post(
-            self.cdr_base_url + CDR_BY_ORDERID_PATH,
-            data=text.encode("utf-8"),
-            headers={"Content-Type": "application/json; charset=utf-8"},
-        )
+        answered = self.gate("cdr", CDR_BY_ORDERID_PATH, orderids) if self.gate is not None else None
+        try:
+            text = serialize_body({"orderid": ",".join(orderids), "appkey": self.appkey,
+                                   "secretkey": self._secretkey})
+            resp = self.transport.post(
+                self.cdr_base_url + CDR_BY_ORDERID_PATH,
+                data=text.encode("utf-8"),
+                headers={"Content-Type": "application/json; charset=utf-8"},
+            )
+        finally:
+            if answered is not None:
+                answered()
         code = resp.body.get("code")
         if str(code) != "0":
             raise ProviderError("cdr", code if code is not None else "missing", str(resp.body.get("info") or ""),

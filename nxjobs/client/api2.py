@@ -34,20 +34,23 @@ class Api2Client:
 
     def post(self, path: str, *, biz_type: int, action: str, body: dict[str, Any]) -> Response:
         """Sign and send `body`; return the response if its code is 0, else raise ProviderError."""
-        if self.gate is not None:
-            self.gate(self.family, path, body)
-        text = serialize_body(body)
-        headers = api2_headers(
-            access_key=self.access_key,
-            access_secret=self._access_secret,
-            action=action,
-            biz_type=biz_type,
-            ts_ms=self.clock_ms(),  # fresh on every attempt: the server allows only ±60 s
-            body_text=text,
-            algorithm=self.algorithm,
-        )
-        headers["Content-Type"] = "application/json; charset=utf-8"
-        resp = self.transport.post(self.base_url + path, data=text.encode("utf-8"), headers=headers)
+        answered = self.gate(self.family, path, body) if self.gate is not None else None
+        try:
+            text = serialize_body(body)
+            headers = api2_headers(
+                access_key=self.access_key,
+                access_secret=self._access_secret,
+                action=action,
+                biz_type=biz_type,
+                ts_ms=self.clock_ms(),  # fresh on every attempt: the server allows only ±60 s
+                body_text=text,
+                algorithm=self.algorithm,
+            )
+            headers["Content-Type"] = "application/json; charset=utf-8"
+            resp = self.transport.post(self.base_url + path, data=text.encode("utf-8"), headers=headers)
+        finally:
+            if answered is not None:
+                answered()
         code = resp.body.get("code")
         if code != 0 and str(code) != "0":
             # Current docs say `message`, legacy ones `msg` (reference §5).

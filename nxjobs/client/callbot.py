@@ -39,19 +39,23 @@ class CallbotClient:
 
     def post(self, endpoint: str, body: dict[str, Any]) -> Response:
         """Sign and send; return the response if retCode is 0, else raise ProviderError."""
-        if self.gate is not None:
-            self.gate(self.family, endpoint, body)
-        text = serialize_body({"productID": "callbot", **body})
-        headers = callbot_headers(
-            secret_key=self._secret_key,
-            uuid=self.uuid,
-            request_id=self.new_request_id(),  # fresh per attempt, like createTs
-            create_ts_s=int(self.clock_s()),
-            body_text=text,
-            algorithm=self.algorithm,
-        )
-        headers["Content-Type"] = "application/json; charset=utf-8"
-        resp = self.transport.post(self.base_url + API_PREFIX + endpoint, data=text.encode("utf-8"), headers=headers)
+        answered = self.gate(self.family, endpoint, body) if self.gate is not None else None
+        try:
+            text = serialize_body({"productID": "callbot", **body})
+            headers = callbot_headers(
+                secret_key=self._secret_key,
+                uuid=self.uuid,
+                request_id=self.new_request_id(),  # fresh per attempt, like createTs
+                create_ts_s=int(self.clock_s()),
+                body_text=text,
+                algorithm=self.algorithm,
+            )
+            headers["Content-Type"] = "application/json; charset=utf-8"
+            resp = self.transport.post(self.base_url + API_PREFIX + endpoint, data=text.encode("utf-8"),
+                                       headers=headers)
+        finally:
+            if answered is not None:
+                answered()
         # ping answers with `code`/`msg`; everything else with `retCode`/`retMsg`.
         code = resp.body.get("retCode", resp.body.get("code"))
         if str(code) != "0":

@@ -13,8 +13,10 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 # Called as gate(family, endpoint, body) before a request is signed and sent;
-# may raise to stop it (the rate limiter's SlotNotReady).
-Gate = Callable[[str, str, Any], None]
+# may raise to stop it (the rate limiter's SlotNotReady). What it returns, if
+# anything, is called once the answer or an error is back.
+Gate = Callable[[str, str, Any], Callable[[], None] | None]
+
 
 import requests
 from requests.adapters import HTTPAdapter

@@ -35,7 +35,6 @@ class RateGate:
 
     def begin_attempt(self, *, first_slot_paid: bool) -> None:
         self._local.first_paid = first_slot_paid
-        self._local.last_limits = ()
 
     @property
     def last_limits(self) -> Sequence[Limit]:
@@ -44,27 +43,31 @@ class RateGate:
     def take(self, limits: Sequence[Limit], prepaid_at_us: int | None = None) -> None:
         """Return when a slot under `limits` is ours now; else raise SlotNotReady."""
         self._local.last_limits = tuple(limits)
+        self._local.member = ""
         for _ in range(20):
             grant = self.limiter.acquire(limits, prepaid_at_us=prepaid_at_us, early_s=ON_TIME_S)
             try:
                 wait_for_slot(grant)
+                self._local.member = grant.member
                 return
             except _RetryNow:
                 # Slept the last few ms to our slot: spend it now.
                 prepaid_at_us = grant.slot_at_us
         raise SlotNotReady(grant)
 
-    def __call__(self, family: str, endpoint: str, body: object) -> None:
-        """The hook clients call before sending `body` to `endpoint` of API `family`."""
+    def __call__(self, family: str, endpoint: str, body: object) -> Callable[[], None] | None:
+        """The hook clients call before sending `body` to `endpoint` of API `family`;
+        they call what it returns once the answer (or an error) is back."""
         limits = self.limits_for(family, endpoint, body)
         if not limits:
-            return
+            return None
         if getattr(self._local, "first_paid", False):
             # The task already took this request's slot before it claimed the job.
             self._local.first_paid = False
-            self._local.last_limits = tuple(limits)
-            return
-        self.take(limits)
+        else:
+            self.take(limits)
+        member = getattr(self._local, "member", "")
+        return lambda: self.limiter.answered(limits, member)
 
 
 def wait_for_slot(grant: Grant) -> None:

@@ -28,8 +28,8 @@ from nxjobs import keys
 # KEYS: per limit i: TAT, cooldown-until, send log (3 keys each).
 # ARGV: n, horizon_us, prepaid_us (0 = none), early_us, then per limit:
 #       interval_us, tolerance_us, window_limit (0 = no log), window_us.
-# Returns {status, wait_us, slot_us}:
-#   2 = go now (the send is logged); 1 = slot_us is reserved for us, come back in wait_us;
+# Returns {status, wait_us, slot_us, log member}:
+#   2 = go now (the send is logged under that member); 1 = slot_us is reserved for us, come back in wait_us;
 #   0 = nothing reserved: the next slot is beyond the horizon, come back in about wait_us.
 _ACQUIRE_LUA = """
 local t = redis.call('TIME')
@@ -74,13 +74,25 @@ for i = 1, n do
   end
 end
 if hold > 0 then return {1, hold, now + hold} end
+local member = string.format('%d-%d', now, slot)
 for i = 1, n do
   if arg(i, 3) > 0 then
-    redis.call('ZADD', KEYS[3 * i], now, string.format('%d-%d', now, slot))
+    redis.call('ZADD', KEYS[3 * i], now, member)
     redis.call('PEXPIRE', KEYS[3 * i], math.floor(arg(i, 4) / 1000) + 1000)
   end
 end
-return {2, 0, slot}
+return {2, 0, slot, member}
+"""
+
+# The provider counts a request when it arrives, which on a busy host can be
+# well after we logged it. Once its answer is back we know it arrived no later
+# than now: move its log entry there, so the window never undercounts it.
+# KEYS: send logs. ARGV: member.
+_ANSWERED_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+for i = 1, #KEYS do redis.call('ZADD', KEYS[i], 'XX', now, ARGV[1]) end
+return 0
 """
 
 # KEYS: per limit i, KEYS[2i-1] = strikes counter, KEYS[2i] = cooldown-until.
@@ -153,6 +165,8 @@ class Grant:
     reserved: bool
     wait_s: float
     slot_at_us: int
+    # The send-log entry of a `go`, to move to the answer's time (see answered()).
+    member: str = ""
 
 
 class RateLimiter:
@@ -164,6 +178,7 @@ class RateLimiter:
         self.horizon_us = int(horizon_s * 1_000_000)
         self._acquire = client.register_script(_ACQUIRE_LUA)
         self._cooldown = client.register_script(_COOLDOWN_LUA)
+        self._answered = client.register_script(_ANSWERED_LUA)
 
     def acquire(self, limits: Sequence[Limit], *, prepaid_at_us: int | None = None, early_s: float = 0.0) -> Grant:
         """Reserve the next slot free under every limit (or spend `prepaid_at_us`)."""
@@ -176,15 +191,24 @@ class RateLimiter:
             redis_keys += [keys.rate_tat(lim.name), keys.rate_cooldown(lim.name), keys.rate_log(lim.name)]
             window_limit, window_us = lim.window
             args += [lim.interval_us, lim.interval_us * (max(lim.burst, 1) - 1), window_limit, window_us]
-        status, wait_us, slot_us = self._acquire(keys=redis_keys, args=args)
-        return Grant(status == 2, status >= 1, max(int(wait_us), 0) / 1_000_000, int(slot_us))
+        status, wait_us, slot_us, *member = self._acquire(keys=redis_keys, args=args)
+        return Grant(status == 2, status >= 1, max(int(wait_us), 0) / 1_000_000, int(slot_us),
+                     member[0] if member else "")
 
-    def cool_down(self, limits: Sequence[Limit], *, base_s: float, cap_s: float,
+    def answered(self, limits: Sequence[Limit], member: str) -> None:
+        """The request logged as `member` has its answer: count it from now on."""
+        logs = [keys.rate_log(lim.name) for lim in limits if lim.quota_per_s > 0]
+        if logs and member:
+            self._answered(keys=logs, args=[member])
+
+    def cool_down(self, limits: Sequence[Limit], *, base_s: float, cap_s: float, repeat_within_s: float = 5.0,
                   rng: random.Random | None = None) -> float:
         """The provider still said "too frequent": every worker backs off these credentials.
 
-        Repeats within a minute double the cooldown up to `cap_s`; jitter keeps
-        workers from all resuming in the same instant. Returns the cooldown in seconds.
+        A repeat within `repeat_within_s` of the last doubles the cooldown, up to
+        `cap_s`; an isolated one costs only `base_s`. Jitter (the cooldown is
+        drawn from [step/2, step]) keeps workers from all resuming in the same
+        instant. Returns the cooldown in seconds.
         """
         active = [lim for lim in limits if lim.quota_per_s > 0] or list(limits)
         if not active:
@@ -194,5 +218,6 @@ class RateLimiter:
             redis_keys += [keys.rate_strikes(lim.name), keys.rate_cooldown(lim.name)]
         jitter = (rng or random).uniform(0.0, 0.5)
         longest_us = self._cooldown(keys=redis_keys, args=[len(active), int(base_s * 1_000_000),
-                                                            int(cap_s * 1_000_000), jitter, 60_000])
+                                                            int(cap_s * 1_000_000), jitter,
+                                                            int(repeat_within_s * 1000)])
         return int(longest_us) / 1_000_000
