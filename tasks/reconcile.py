@@ -39,7 +39,7 @@ def reconcile_callbacks(family: str) -> dict:
             if not grant.reserved or grant.wait_s > MAX_SLOT_WAIT_S:
                 return False
             time.sleep(grant.wait_s)
-            svc.gate.begin_attempt(first_slot_paid=True)  # the next request spends the slot we waited for
+            svc.gate.begin_attempt(prepaid_at_us=grant.slot_at_us)  # the next request spends this slot
             return True
 
         clients = Clients(

@@ -33,8 +33,11 @@ class RateGate:
         self.limits_for = limits_for
         self._local = threading.local()
 
-    def begin_attempt(self, *, first_slot_paid: bool) -> None:
+    def begin_attempt(self, *, first_slot_paid: bool = False, prepaid_at_us: int | None = None) -> None:
+        """`first_slot_paid`: the caller already took the next request's slot (and logged it);
+        `prepaid_at_us`: a slot reserved earlier that the next request should spend."""
         self._local.first_paid = first_slot_paid
+        self._local.prepaid_at_us = prepaid_at_us
 
     @property
     def last_limits(self) -> Sequence[Limit]:
@@ -65,7 +68,8 @@ class RateGate:
             # The task already took this request's slot before it claimed the job.
             self._local.first_paid = False
         else:
-            self.take(limits)
+            prepaid, self._local.prepaid_at_us = getattr(self._local, "prepaid_at_us", None), None
+            self.take(limits, prepaid_at_us=prepaid)
         member = getattr(self._local, "member", "")
         return lambda: self.limiter.answered(limits, member)
 
