@@ -31,6 +31,7 @@ def _iso_to_epoch(text: str) -> float:
 
 def run_row(system: str, workers: int, quota: int, jobs: int, timeout_s: float) -> dict:
     from nxjobs.producers import Producer
+    from nxjobs.records import JobState
     from nxjobs.sandbox.accounts import sandbox_env
     from nxjobs.sandbox.control import SandboxControl
 
@@ -69,7 +70,8 @@ def run_row(system: str, workers: int, quota: int, jobs: int, timeout_s: float) 
                 while time.time() < deadline:
                     if system == "nxjobs":
                         recs = producer.store.get_many(ids)
-                        done = sum(1 for r in recs.values() if r and r.state.value in ("submitted", "failed"))
+                        done = sum(1 for r in recs.values() if r and (r.reached(JobState.SUBMITTED)
+                                                                     or r.state == JobState.FAILED))
                     else:
                         done = producer.redis.llen("bench:plain:accepted")
                     if done >= jobs:
@@ -82,8 +84,9 @@ def run_row(system: str, workers: int, quota: int, jobs: int, timeout_s: float) 
                             lat[len(lat) // 2], lat[int(len(lat) * .9)], lat[int(len(lat) * .99)], lat[-1], len(lat)))
                 if system == "nxjobs":
                     recs = producer.store.get_many(ids)
+                    # wa-calling has no callbacks: it completes in the same step as it is submitted.
                     accepted = sorted(_iso_to_epoch(r.updated_at) for r in recs.values()
-                                      if r and r.state.value == "submitted")
+                                      if r and r.reached(JobState.SUBMITTED))
                     failed = sum(1 for r in recs.values() if r and r.state.value == "failed")
                     waits = [r.waits for r in recs.values() if r]
                     throttles = sum(r.throttles for r in recs.values() if r)
