@@ -8,6 +8,8 @@ jobs (wa-calling) to keep a backlog for over 30 s, run by real Celery workers:
 For each: accepted rate over the busy window as a ratio to Q, and the share of
 requests answered "too frequent". Usage: python bench/ratelimit.py [--quota 20]
 [--seconds 35] [--rows nxjobs:2,plain:2,nxjobs:4] [--timeout 120]
+BENCH_DEBUG=1 also prints accepted requests per second and, for any "too
+frequent" answer, how full the sandbox's window was.
 """
 
 from __future__ import annotations
@@ -104,6 +106,11 @@ def run_row(system: str, workers: int, quota: int, jobs: int, timeout_s: float) 
             sandbox.stop()
             sandbox.cleanup()
 
+    if os.environ.get("BENCH_DEBUG") and accepted:
+        counts = [0] * (int(accepted[-1] - accepted[0]) + 1)
+        for t in accepted:
+            counts[int(t - accepted[0])] += 1
+        print("  accepted per second:", " ".join(map(str, counts)))
     total_requests = sum(responses.values())
     too_frequent = responses.get("2206", 0)
     drained = len(accepted) >= jobs

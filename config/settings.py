@@ -80,9 +80,10 @@ class AgentSettings(BaseModel):
 class RateLimitSettings(BaseModel):
     """How the shared limiter spends the quotas above."""
 
-    # Send at this fraction below each quota: network jitter between two evenly
-    # spaced requests must not put quota + 1 of them inside one provider window.
-    headroom: float = Field(default=0.02, ge=0, lt=0.5)
+    # Space slots this fraction below each quota. The send log is what keeps a
+    # provider window from ever holding quota + 1 requests; the headroom only
+    # makes it rarely have to hold a sender back.
+    headroom: float = Field(default=0.01, ge=0, lt=0.5)
     # Reserve slots at most this far ahead; jobs further back re-check later.
     horizon_s: float = Field(default=30.0, gt=0)
     # Shared cooldown after a "too frequent" answer. Our own limiter already
