@@ -95,6 +95,9 @@ class RateLimitSettings(BaseModel):
     cooldown_repeat_s: float = Field(default=5.0, gt=0)
     # A job answered "too frequent" more often than this fails (code 2206 / retCode 7).
     max_throttles: int = Field(default=50, ge=1)
+    # A job further back than the horizon re-checks at most this long later, so the
+    # countdown message it sits in stays far inside the broker's visibility timeout.
+    max_wait_s: float = Field(default=600.0, gt=0)
 
 
 class CallbacksSettings(BaseModel):
@@ -154,6 +157,25 @@ class HttpSettings(BaseModel):
     read_timeout_s: float = Field(default=15.0, gt=0)
 
 
+class DeadLetterSettings(BaseModel):
+    """Jobs that failed for good (retries exhausted or a permanent error), kept for `nxjobs dead`."""
+
+    # Oldest entries are dropped beyond this many, and once older than max_age_s.
+    max_entries: int = Field(default=10_000, ge=1)
+    max_age_s: int = Field(default=7 * 24 * 3600, gt=0)
+
+
+class RecoverSettings(BaseModel):
+    """The lost-message sweeper (nxjobs/recover.py), run by beat per queue family."""
+
+    # How often it looks; a job whose message is in no queue and not unacked, with its
+    # record unchanged, for confirm_s twice in a row, is re-published. Longer than the
+    # time a popped message can sit in a live worker's socket (kombu drops a BRPOP
+    # connection silent for ~51 s).
+    interval_s: float = Field(default=60.0, gt=0)
+    confirm_s: float = Field(default=120.0, gt=0)
+
+
 class RetrySettings(BaseModel):
     """Capped exponential backoff with full jitter (reference §8 [CHOICE])."""
 
@@ -161,6 +183,16 @@ class RetrySettings(BaseModel):
     bounded_attempts: int = Field(default=3, ge=1, description="for codes classed 'retry bounded'")
     base_s: float = Field(default=1.0, gt=0)
     cap_s: float = Field(default=60.0, gt=0)
+
+
+class MetricsSettings(BaseModel):
+    """The exporter (`python -m workers.exporter`): Prometheus metrics and the stall health check."""
+
+    # /healthz fails when a queue has had messages waiting this long while no worker
+    # finished an attempt from it (workers can stay connected yet stop consuming).
+    stall_s: float = Field(default=300.0, gt=0)
+    # Jobs by kind and state come from a scan of the job records, at most this often.
+    jobs_scan_interval_s: float = Field(default=30.0, ge=0)
 
 
 class Settings(BaseSettings):
@@ -183,9 +215,18 @@ class Settings(BaseSettings):
     http: HttpSettings = HttpSettings()
     retry: RetrySettings = RetrySettings()
     ratelimit: RateLimitSettings = RateLimitSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    # Log lines as JSON objects (containers, log shippers) or as readable text (a terminal).
+    log_format: Literal["text", "json"] = "text"
     # Hard/soft per-task time limits; every request has its own shorter HTTP timeout.
     task_time_limit_s: int = Field(default=300, gt=0)
     task_soft_time_limit_s: int = Field(default=240, gt=0)
+    dead_letters: DeadLetterSettings = DeadLetterSettings()
+    recover: RecoverSettings = RecoverSettings()
+    # Unacked messages (running jobs, and countdown retries a worker holds) come back
+    # this long after their worker vanished. workers/delivery.py checks at startup that
+    # it exceeds the task time limit plus the longest countdown we ever set.
+    broker_visibility_timeout_s: int = Field(default=3600, gt=0)
 
     def missing(self, family: str) -> list[str]:
         """Environment variable names of the credentials `family` needs but lacks."""

@@ -7,10 +7,10 @@ Exit codes: 0 success; 1 a job failed, timed out or was not found; 2 bad input
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import sys
+import time
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
@@ -129,7 +129,20 @@ def _add_submit_parser(sub) -> None:
     p.add_argument("--task-name", help="callbot-list: task name")
     p.add_argument("--contact", action="append", metavar="PHONE[,ORDER_ID[,NAME]]",
                    help="callbot-list: one contact (repeatable)")
-    p.add_argument("--contacts", metavar="FILE", help="callbot-list: CSV with user_phone[,order_id,user_name]")
+    p.add_argument("--contacts", metavar="FILE", help="callbot-list: CSV with user_phone[,order_id[,user_name]] "
+                   "(any size: split into jobs of --per-job contacts)")
+    p.add_argument("--file", metavar="FILE", help="number-check: CSV, one phone per row (any size: split into "
+                   "jobs of 5 000)")
+    p.add_argument("--per-job", type=int, metavar="N", help="file input: rows per job (default: the kind's maximum, "
+                   "5 000 phones or 100 000 contacts)")
+    p.add_argument("--max-rejects", type=int, default=0, metavar="N",
+                   help="file input: enqueue nothing if more than N rows are rejected (default 0)")
+    p.add_argument("--skip-invalid", action="store_true", help="file input: enqueue the valid rows however many "
+                   "are rejected")
+    p.add_argument("--rejects", metavar="FILE", help="file input: write rejected rows (line,value,reason) here "
+                   "(default: FILE.rejects.csv next to the input, only if any)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="file input: progress bar on stderr (default: when stderr is a terminal)")
     p.add_argument("--strategy-name", help="callbot-list: dialling strategy name")
     for name in ("task", "order", "call"):
         p.add_argument(f"--{name}-callback-url", help=f"callbot-list: {name} callback URL")
@@ -160,8 +173,6 @@ def _payload_from_args(args: argparse.Namespace) -> dict[str, Any]:
         out = {"business_phone": args.business_phone}
     elif kind == "callbot-list":
         contacts = [_contact(c.split(",")) for c in (args.contact or [])]
-        if args.contacts:
-            contacts += _contacts_file(args.contacts)
         out = {"scene_id": args.scene_id, "task_name": args.task_name, "contacts": contacts or None,
                "strategy_name": args.strategy_name, "task_callback_url": args.task_callback_url,
                "order_callback_url": args.order_callback_url, "call_callback_url": args.call_callback_url}
@@ -183,15 +194,59 @@ def _contact(cols: list[str]) -> dict[str, Any]:
     return contact
 
 
-def _contacts_file(path: str) -> list[dict[str, Any]]:
-    try:
-        with open(path, newline="", encoding="utf-8") as fh:
-            rows = [r for r in csv.reader(fh) if r and any(c.strip() for c in r)]
-    except OSError as exc:
-        raise InvalidJob("contacts", f"cannot read {path}: {exc.strerror}") from None
-    if rows and rows[0] and rows[0][0].strip().lower() in ("user_phone", "phone", "userphone"):
-        rows = rows[1:]
-    return [_contact(r) for r in rows]
+def _submit_file(args: argparse.Namespace) -> int:
+    """Bulk: stream-validate the whole file, report rejected rows, then enqueue its rows as jobs."""
+    from nxjobs import bulk
+    from nxjobs.producers import Producer
+
+    kind = args.kind
+    path = args.file if kind == "number-check" else args.contacts
+    if kind == "number-check":
+        if args.phone:
+            raise InvalidJob("phone", "give phones with --phone or --file, not both")
+        make = bulk.number_check_payload(args.check_level, args.batch_no)
+    else:
+        if args.contact:
+            raise InvalidJob("contact", "give contacts with --contact or --contacts, not both")
+        base = {k: v for k, v in {
+            "scene_id": args.scene_id, "task_name": args.task_name, "strategy_name": args.strategy_name,
+            "task_callback_url": args.task_callback_url, "order_callback_url": args.order_callback_url,
+            "call_callback_url": args.call_callback_url}.items() if v is not None}
+        for name in ("scene_id", "task_name"):
+            if name not in base:
+                raise InvalidJob(name, "required")
+        make = bulk.callbot_payload(base)
+        # Check the job-level fields once, before reading a million rows.
+        from nxjobs.jobs import validate_payload
+        validate_payload(kind, make([{"user_phone": "8613800138000"}], 1, 1))
+    limit = bulk.MAX_PER_JOB[kind]
+    per_job = args.per_job or limit
+    if not 1 <= per_job <= limit:
+        raise InvalidJob("per_job", f"must be 1..{limit}")
+    rejects_path = args.rejects or f"{path}.rejects.csv"
+    progress = bulk.Progress(sys.stderr.isatty() if args.progress is None else args.progress)
+    with Producer() as producer:
+        result = bulk.submit_file(
+            producer, kind, path, make_payload=make, per_job=per_job,
+            max_rejects=None if args.skip_invalid else args.max_rejects, rejects_path=rejects_path,
+            progress=progress, on_job=lambda job_id: print(job_id, flush=True))
+    rej = result.rejects
+    for line, value, reason in rej.first:
+        print(f"rejected: line {line}: {value!r}: {reason}", file=sys.stderr)
+    if rej.count > len(rej.first):
+        print(f"rejected: ... {rej.count - len(rej.first):,} more", file=sys.stderr)
+    if rej.count:
+        print(f"rejected rows: {rej_count_text(rej.count)} written to {rejects_path}", file=sys.stderr)
+    if not result.enqueued:
+        return _error(f"{path}: {rej.count:,} of {result.rows:,} rows rejected (more than --max-rejects "
+                      f"{args.max_rejects}); nothing was enqueued", EXIT_INPUT)
+    print(f"{path}: {result.valid:,} of {result.rows:,} rows enqueued as {len(result.job_ids):,} {kind} job(s)"
+          f"{f', {rej.count:,} rejected' if rej.count else ''}", file=sys.stderr)
+    return EXIT_OK
+
+
+def rej_count_text(n: int) -> str:
+    return f"{n:,} row{'s' if n != 1 else ''}"
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -199,6 +254,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from nxjobs.producers import Producer
 
     get_kind(args.kind)
+    if (args.kind == "number-check" and args.file) or (args.kind == "callbot-list" and args.contacts):
+        return _submit_file(args)
+    if args.file or args.contacts:
+        raise InvalidJob("file", "--file is for number-check, --contacts for callbot-list")
     payload = _payload_from_args(args)
     with Producer() as producer:
         job_id = producer.enqueue(args.kind, payload)
@@ -242,8 +301,17 @@ def cmd_wait(args: argparse.Namespace) -> int:
     from nxjobs.producers import Producer
 
     target = JobState(args.until)
+    job_ids = _wait_ids(args)
+    show = sys.stderr.isatty() if args.progress is None else args.progress
     with Producer() as producer:
-        records = producer.wait(args.job_ids, until=target, timeout_s=args.timeout)
+        if show or len(job_ids) > _WAIT_FULL_MAX:
+            states = _wait_live(producer, job_ids, target, args.timeout, show)
+            if args.json or len(job_ids) <= _WAIT_FULL_MAX:
+                records = producer.store.get_many(job_ids)
+            else:
+                return _wait_summary(states, target)
+        else:
+            records = producer.wait(job_ids, until=target, timeout_s=args.timeout)
     ok = True
     if args.json:
         print(json.dumps({jid: (r.model_dump(mode="json") if r else None) for jid, r in records.items()},
@@ -260,6 +328,80 @@ def cmd_wait(args: argparse.Namespace) -> int:
     return EXIT_OK if ok else EXIT_JOB
 
 
+# More jobs than this: `wait` prints a summary (and the failed ones) instead of a line per job.
+_WAIT_FULL_MAX = 100
+_STATES = ("queued", "running", "retrying", "submitted", "completed", "failed")
+
+
+def _wait_ids(args: argparse.Namespace) -> list[str]:
+    ids = list(args.job_ids or [])
+    if args.ids_file:
+        try:
+            fh = sys.stdin if args.ids_file == "-" else open(args.ids_file, encoding="utf-8")
+            with fh:
+                ids += [line.strip() for line in fh if line.strip()]
+        except OSError as exc:
+            raise InvalidJob("ids_file", f"cannot read {args.ids_file}: {exc.strerror}") from None
+    if not ids:
+        raise InvalidJob("job_ids", "give job ids as arguments or with --ids-file")
+    return list(dict.fromkeys(ids))
+
+
+def _wait_live(producer, job_ids: list[str], target: JobState, timeout_s: float,
+               show: bool) -> dict[str, tuple[str | None, int, int]]:
+    """Poll (one pipelined HMGET per round, however many jobs) until all are done; redraw a progress line."""
+    from nxjobs import keys
+    from nxjobs.records import PROGRESS
+
+    started = time.monotonic()
+    deadline = started + timeout_s
+    while True:
+        pipe = producer.redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hmget(keys.job(job_id), "state", "callbacks_done", "callbacks_needed")
+        states = {jid: (st, int(done or 0), int(need or 0)) for jid, (st, done, need) in zip(job_ids, pipe.execute())}
+        counts = {name: 0 for name in _STATES}
+        missing = finished = cb_done = cb_need = 0
+        for st, done, need in states.values():
+            if st is None:
+                missing += 1
+                continue
+            counts[st] = counts.get(st, 0) + 1
+            cb_done, cb_need = cb_done + min(done, need), cb_need + need
+            if st == JobState.FAILED.value or PROGRESS.get(JobState(st), -1) >= PROGRESS[target]:
+                finished += 1
+        all_done = finished + missing == len(job_ids)
+        if show:
+            frac = finished / len(job_ids)
+            parts = " ".join(f"{name} {counts[name]:,}" for name in _STATES if counts[name])
+            cb = f"  callbacks {cb_done:,}/{cb_need:,}" if target is JobState.COMPLETED and cb_need else ""
+            gone = f"  not found {missing:,}" if missing else ""
+            sys.stderr.write(f"\r[{('=' * int(frac * 30)).ljust(30)}] {finished:,}/{len(job_ids):,} {target.value}"
+                             f" or failed  ({parts}){cb}{gone}  {time.monotonic() - started:.0f}s\x1b[K")
+            sys.stderr.flush()
+        if all_done or time.monotonic() >= deadline:
+            if show:
+                sys.stderr.write("\n")
+            return states
+        time.sleep(0.5 if len(job_ids) > 50 else 0.2)
+
+
+def _wait_summary(states: dict[str, tuple[str | None, int, int]], target: JobState) -> int:
+    """Many jobs: one line of counts, then each job that did not get there."""
+    from nxjobs.records import PROGRESS
+
+    counts: dict[str, int] = {}
+    bad = []
+    for job_id, (st, _done, _need) in states.items():
+        counts[st or "not found"] = counts.get(st or "not found", 0) + 1
+        if st is None or st == JobState.FAILED.value or PROGRESS.get(JobState(st), -1) < PROGRESS[target]:
+            bad.append((job_id, st or "not found"))
+    print(f"{len(states):,} jobs: " + ", ".join(f"{n:,} {st}" for st, n in sorted(counts.items())))
+    for job_id, st in bad:
+        print(f"{job_id}  {st}")
+    return EXIT_OK if not bad else EXIT_JOB
+
+
 # ---- main -----------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -268,6 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("worker", help="start a Celery worker (events on); options pass through: -Q, -c, --pool",
                    add_help=False)
     sub.add_parser("sandbox", help="run the local NXCloud sandbox (--host, --port, fault options)", add_help=False)
+    sub.add_parser("dead", help="dead letters: `dead list [--kind K] [--limit N] [--json]`, "
+                                "`dead replay JOB_ID | --all [--kind K]`, `dead purge [--kind K]`", add_help=False)
     sub.add_parser("callbacks", help="run the callback receiver (--host, --port, --workers); "
                                      "`callbacks unmatched [--limit N] [--json]` lists callbacks matching no job",
                    add_help=False)
@@ -276,7 +420,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job_id")
     p.add_argument("--json", action="store_true")
     p = sub.add_parser("wait", help="wait until jobs reach a state; exit 0 only if all did without failing")
-    p.add_argument("job_ids", nargs="+", metavar="JOB_ID")
+    p.add_argument("job_ids", nargs="*", metavar="JOB_ID")
+    p.add_argument("--ids-file", metavar="FILE", help="also wait for the job ids in FILE, one a line ('-' = stdin), "
+                   "e.g. what `submit --file` printed")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="live progress line on stderr (default: when stderr is a terminal)")
     p.add_argument("--until", choices=[JobState.SUBMITTED.value, JobState.COMPLETED.value],
                    default=JobState.SUBMITTED.value)
     p.add_argument("--timeout", type=float, default=60.0, help="seconds (default 60)")
@@ -293,6 +441,10 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_sandbox(argv[1:])
     if argv and argv[0] == "callbacks":
         return cmd_callbacks(argv[1:])
+    if argv and argv[0] == "dead":
+        from nxjobs.cli_dead import cmd_dead  # the dead-letter commands live there
+
+        return cmd_dead(argv[1:])
     args = build_parser().parse_args(argv)
     from nxjobs.producers import EnqueueError
     from nxjobs.redis_conn import RedisUnavailable

@@ -214,10 +214,10 @@ KINDS: dict[str, JobKind] = {
 
 
 def get_kind(name: str) -> JobKind:
-    try:
+    # Not only unknown names: a non-string (a list is unhashable) is bad input too, not a crash.
+    if isinstance(name, str) and name in KINDS:
         return KINDS[name]
-    except KeyError:
-        raise InvalidJob("kind", f"unknown job kind {name!r}; expected one of: {', '.join(KINDS)}") from None
+    raise InvalidJob("kind", f"unknown job kind {name!r}; expected one of: {', '.join(KINDS)}")
 
 
 def validate_payload(kind: str, payload: Any) -> _Payload:

@@ -72,3 +72,47 @@ CALLBACKS_UNMATCHED = f"{PREFIX}:cb:unmatched"
 def reconcile_lock(family: str) -> str:
     """Held while one reconciliation run of `family` is in progress."""
     return f"{PREFIX}:cb:reconcile-lock:{family}"
+
+
+# ---- operations metrics (nxjobs.metrics, workers/exporter.py) ------------------
+# Counters the workers and the receiver increment (one pipelined call per attempt);
+# the exporter reads them and derives everything else from Redis state.
+
+# Hash of counters: `attempt|<kind>|<outcome>`, `response|<kind>|<code>`, `throttle|<credential>`.
+METRICS_COUNTERS = f"{PREFIX}:metrics:counters"
+# Hash of histogram cells: `<name>|<label>|<le>` (non-cumulative), `<name>|<label>|sum`, `|count`.
+METRICS_HISTOGRAMS = f"{PREFIX}:metrics:histograms"
+# Hash queue -> unix time a worker last finished an attempt taken from it (the stall check).
+METRICS_CONSUMED = f"{PREFIX}:metrics:consumed"
+# Set of rate-limit names (`api2:<accessKey>`, ...) attempts went through: the exporter reads their limiter keys.
+METRICS_CREDENTIALS = f"{PREFIX}:metrics:credentials"
+
+
+# ---- delivery guarantees (tasks/base.py, nxjobs/deadletters.py) ---------------
+
+def inflight(job_id: str) -> str:
+    """Set just before a request with a side effect is sent, removed once its outcome is recorded.
+
+    A redelivered job that finds it looks the request up at the provider instead of resending."""
+    return f"{PREFIX}:inflight:{job_id}"
+
+
+# Dead letters: a sorted set of job ids (score = unix time it failed) and a hash
+# job id -> JSON entry (kind, payload to replay, reason, record snapshot).
+DEAD_INDEX = f"{PREFIX}:dead"
+
+
+def job_payload(job_id: str) -> str:
+    """The raw payload of a job not yet submitted or failed (the record's `input` is masked):
+    what the lost-message sweeper re-publishes if the broker lost the job's message."""
+    return f"{PREFIX}:job:{job_id}:payload"
+
+
+def recover_suspects(family: str) -> str:
+    """Hash job id -> unix time its message was first found missing (confirmed a sweep later)."""
+    return f"{PREFIX}:recover:suspects:{family}"
+
+
+def recover_lock(family: str) -> str:
+    return f"{PREFIX}:recover:lock:{family}"
+DEAD_ENTRIES = f"{PREFIX}:dead:entries"

@@ -12,6 +12,7 @@ so applications need neither our task code nor our service configuration.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import Any, Iterable
@@ -21,10 +22,12 @@ from celery import Celery
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from nxjobs import keys
 from nxjobs.callbacks import correlate
+from nxjobs.deadletters import DeadLetters
 from nxjobs.jobs import PRIORITY_NEW, InvalidJob, get_kind, validate_payload
 from nxjobs.records import JobRecord, JobState
-from nxjobs.redact import redact
+from nxjobs.redact import flower_repr, redact
 from nxjobs.redis_conn import RedisUnavailable, connect, describe
 from nxjobs.store import RecordStore
 
@@ -73,7 +76,8 @@ class Producer:
         kwargs = {"job_id": job_id, "payload": body}
         try:
             # With the ids its callbacks will carry, so one that beats the worker still finds the job.
-            self.store.create(job_id, kind, redact(body), expect=correlate.on_enqueue(kind, job_id, model))
+            self.store.create(job_id, kind, redact(body), expect=correlate.on_enqueue(kind, job_id, model),
+                              payload=body)
         except redis.RedisError as exc:
             raise RedisUnavailable(f"cannot reach Redis at {describe(self.redis_url)}: {exc}") from None
         try:
@@ -84,7 +88,7 @@ class Producer:
                 queue=job_kind.queue,
                 routing_key=job_kind.queue,
                 priority=PRIORITY_NEW,
-                kwargsrepr=repr(redact(kwargs)),
+                kwargsrepr=flower_repr(kwargs, kind),
                 argsrepr="()",
             )
         except Exception as exc:
@@ -92,6 +96,45 @@ class Producer:
             raise EnqueueError(f"could not enqueue {kind} job on {describe(self.redis_url)}: "
                                f"{type(exc).__name__}: {exc}") from None
         return job_id
+
+    def enqueue_many(self, kind: str, payloads: Iterable[dict[str, Any]]) -> list[str]:
+        """Validate and enqueue several jobs of one kind; return their ids, in order.
+
+        Every payload is validated before anything is written. The records are
+        created in one pipelined round trip, then the messages go out over one
+        broker connection (one LPUSH and one "sent" event each). If publishing
+        fails part way, the records of the unsent jobs are removed and
+        EnqueueError says how many were enqueued (their ids in `.job_ids`).
+        """
+        job_kind = get_kind(kind)
+        models = [validate_payload(kind, payload) for payload in payloads]
+        jobs = [(uuid.uuid4().hex, model, model.model_dump(mode="json", exclude_none=True)) for model in models]
+        try:
+            pipe = self.redis.pipeline(transaction=True)
+            for job_id, model, body in jobs:
+                self.store.create(job_id, kind, redact(body), expect=correlate.on_enqueue(kind, job_id, model),
+                                  pipe=pipe, payload=body)
+            pipe.execute()
+        except redis.RedisError as exc:
+            raise RedisUnavailable(f"cannot reach Redis at {describe(self.redis_url)}: {exc}") from None
+        sent: list[str] = []
+        try:
+            with self._celery.producer_or_acquire() as publisher:
+                for job_id, _model, body in jobs:
+                    kwargs = {"job_id": job_id, "payload": body}
+                    self._celery.send_task(
+                        job_kind.task_name, kwargs=kwargs, task_id=job_id, queue=job_kind.queue,
+                        routing_key=job_kind.queue, priority=PRIORITY_NEW, producer=publisher,
+                        kwargsrepr=flower_repr(kwargs, kind), argsrepr="()")
+                    sent.append(job_id)
+        except Exception as exc:
+            for job_id, _model, _body in jobs[len(sent):]:
+                self._forget(job_id)
+            err = EnqueueError(f"enqueued {len(sent)} of {len(jobs)} {kind} jobs on {describe(self.redis_url)}, "
+                               f"then: {type(exc).__name__}: {exc}")
+            err.job_ids = sent
+            raise err from None
+        return sent
 
     def _forget(self, job_id: str) -> None:
         try:
@@ -126,6 +169,52 @@ class Producer:
 
     def wa_calling(self, *, business_phone: str) -> str:
         return self.enqueue("wa-calling", {"business_phone": business_phone})
+
+    # ---- dead letters -----------------------------------------------------
+
+    @property
+    def dead_letters(self) -> DeadLetters:
+        return DeadLetters(self.redis)
+
+    def replay_dead(self, job_id: str) -> str:
+        """Re-enqueue a dead-lettered job under its own id and payload; returns what happened:
+        `replayed`, or `stale` (the job is no longer failed, e.g. reconciliation completed it;
+        the entry is dropped, nothing is sent). Raises KeyError if there is no such entry.
+
+        The record goes `failed` -> `queued` (counters reset, `replays` + 1) before the
+        message is sent, so the worker can claim it; if sending fails, the record and
+        the entry are put back and EnqueueError is raised."""
+        dead = self.dead_letters
+        try:
+            status, entry = dead.take(job_id, self.store.ttl_s)
+            if status == -1:
+                raise KeyError(job_id)
+            if status == 0:
+                return "stale"
+            job_kind = get_kind(entry["kind"])
+            body = entry["payload"]
+            if status == 2:  # the record expired meanwhile: a fresh queued one under the same id
+                model = validate_payload(entry["kind"], body)
+                self.store.create(job_id, entry["kind"], redact(body),
+                                  expect=correlate.on_enqueue(entry["kind"], job_id, model), payload=body)
+        except redis.RedisError as exc:
+            raise RedisUnavailable(f"cannot reach Redis at {describe(self.redis_url)}: {exc}") from None
+        kwargs = {"job_id": job_id, "payload": body}
+        try:
+            self.redis.set(keys.job_payload(job_id), json.dumps(body, ensure_ascii=False), ex=self.store.ttl_s)
+            self._celery.send_task(job_kind.task_name, kwargs=kwargs, task_id=job_id, queue=job_kind.queue,
+                                   routing_key=job_kind.queue, priority=PRIORITY_NEW,
+                                   kwargsrepr=flower_repr(kwargs), argsrepr="()")
+        except Exception as exc:
+            try:  # back to where it was: failed, and in the dead letters
+                self.redis.hset(keys.job(job_id), mapping={"state": JobState.FAILED.value,
+                                                           "error": json.dumps(entry.get("reason") or {})})
+                dead.add(job_id, entry["kind"], body, entry.get("reason") or {}, entry.get("record"))
+            except redis.RedisError:
+                pass
+            raise EnqueueError(f"could not replay {entry['kind']} job {job_id} on {describe(self.redis_url)}: "
+                               f"{type(exc).__name__}: {exc}") from None
+        return "replayed"
 
     # ---- read back --------------------------------------------------------
 

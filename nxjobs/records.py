@@ -32,6 +32,10 @@ ALLOWED_FROM: dict[JobState, frozenset[JobState]] = {
     JobState.COMPLETED: frozenset({JobState.SUBMITTED}),
     JobState.FAILED: frozenset({JobState.QUEUED, JobState.RUNNING, JobState.RETRYING, JobState.SUBMITTED}),
 }
+# The one way back: an operator's dead-letter replay moves `failed` -> `queued`
+# (nxjobs.deadletters, one Lua script that also removes the dead-letter entry
+# and resets the attempt counters). Never done by a worker.
+REPLAYABLE_FROM = frozenset({JobState.FAILED})
 
 # Order used by `wait --until`: reaching a later state implies the earlier one.
 PROGRESS = {JobState.QUEUED: 0, JobState.RUNNING: 1, JobState.RETRYING: 1, JobState.SUBMITTED: 2, JobState.COMPLETED: 3}
@@ -52,6 +56,8 @@ class JobRecord(BaseModel):
     throttles: int = 0
     # Times the job went back to the queue to wait for its rate-limit slot.
     waits: int = 0
+    # Times an operator replayed it from the dead letters (`nxjobs dead replay`).
+    replays: int = 0
     created_at: str
     updated_at: str
     input: dict[str, Any] = Field(default_factory=dict, description="producer input, phones masked")

@@ -73,3 +73,31 @@ def summarize_list(items: list[Any], keep: int = 20) -> list[Any] | dict[str, An
     if len(items) <= keep:
         return items
     return {"count": len(items), "first": items[:keep]}
+
+
+class _More:
+    """Stands for the cut tail of a list; not a str, so masking leaves it alone."""
+
+    def __init__(self, count: int):
+        self.count = count
+
+    def __repr__(self) -> str:
+        return f"'... {self.count} more'"
+
+
+def _shorten(obj: Any, keep: int) -> Any:
+    if isinstance(obj, dict):
+        return {k: _shorten(v, keep) for k, v in obj.items()}
+    if isinstance(obj, list):
+        head = [_shorten(v, keep) for v in obj[:keep]]
+        return head + [_More(len(obj) - keep)] if len(obj) > keep else head
+    return obj
+
+
+def flower_repr(kwargs: dict[str, Any], kind: str | None = None, keep: int = 5) -> str:
+    """What Flower shows as a job's arguments (`kwargsrepr`): its kind first, secrets removed,
+    phones masked, long lists cut to `keep` items plus a count (a 5 000-number check stays short)."""
+    shown = redact(_shorten(kwargs, keep))  # cut first: masking 5 000 phones to show 5 is waste
+    if kind is not None:
+        shown = {"kind": kind, **shown}
+    return repr(shown)

@@ -120,9 +120,11 @@ class RecordStore:
         self._incr = client.register_script(_INCR_IF_EXISTS_LUA)
 
     def create(self, job_id: str, kind: str, input: dict[str, Any],
-               expect: correlate.Expectation | None = None) -> JobRecord:
+               expect: correlate.Expectation | None = None, pipe=None,
+               payload: dict[str, Any] | None = None) -> JobRecord:
         """Store a new queued record; with `expect`, also register the ids its callbacks will
-        carry (same transaction), so a callback that beats the submit result finds the job."""
+        carry (same transaction), so a callback that beats the submit result finds the job.
+        With `pipe`, only queue the commands on it (bulk enqueue); the caller executes it."""
         now = utc_now_iso()
         fields = {
             "id": job_id,
@@ -136,7 +138,9 @@ class RecordStore:
             "result": None,
             "error": None,
         }
-        pipe = self.redis.pipeline(transaction=True)
+        own = pipe is None
+        if own:
+            pipe = self.redis.pipeline(transaction=True)
         pipe.hset(keys.job(job_id), mapping=_encode(fields))
         if expect is not None:
             if expect.needed is not None:
@@ -144,12 +148,17 @@ class RecordStore:
             for index_key in expect.index_keys:
                 pipe.set(index_key, job_id, ex=self.ttl_s)
         pipe.expire(keys.job(job_id), self.ttl_s)
-        pipe.execute()
+        if payload is not None:
+            # Kept until the job is submitted or failed, so a lost broker message can be re-sent.
+            pipe.set(keys.job_payload(job_id), json.dumps(payload, ensure_ascii=False, separators=(",", ":")),
+                     ex=self.ttl_s)
+        if own:
+            pipe.execute()
         return JobRecord.model_validate({**fields, "state": JobState.QUEUED})
 
     def delete(self, job_id: str) -> None:
         self.redis.delete(keys.job(job_id), keys.job_callbacks(job_id), keys.job_callback_seen(job_id),
-                          keys.job_callback_units(job_id))
+                          keys.job_callback_units(job_id), keys.job_payload(job_id))
 
     def transition(self, job_id: str, state: JobState, *, incr: Iterable[str] = (), **fields: Any) -> Transition:
         """Move `job_id` to `state`, bump the `incr` counters and set `fields`, if the

@@ -12,17 +12,20 @@ import random
 import time
 from typing import Any, Callable
 
+import redis
 from celery import Task
-from celery.exceptions import SoftTimeLimitExceeded
+from celery.exceptions import Reject, Retry, SoftTimeLimitExceeded
+from kombu.exceptions import OperationalError
 
 from nxjobs import keys
 from nxjobs.client.backoff import backoff_delay_s
-from nxjobs.client.errors import Action, NXCloudError
-from nxjobs.client.operations import AmbiguousSubmission, Outcome
+from nxjobs.callbacks import reconcile
+from nxjobs.client.errors import PERMANENT, Action, NXCloudError, TransportError
+from nxjobs.client.operations import AmbiguousSubmission, Outcome, call_order_id, number_check_batch_no
 from nxjobs.jobs import PRIORITY_NEW, PRIORITY_RESERVED_SLOT, PRIORITY_RETRY, InvalidJob, validate_payload
 from nxjobs.ratelimit.gate import SlotNotReady
 from nxjobs.ratelimit.limiter import Grant
-from nxjobs.records import TERMINAL_STATES, JobError, JobState
+from nxjobs.records import TERMINAL_STATES, JobError, JobState, utc_now_iso
 from nxjobs.redact import redact
 from nxjobs.store import Transition, TransitionRefused
 from tasks.limits import first_request
@@ -31,6 +34,20 @@ from tasks.services import Services, get_services
 log = logging.getLogger("nxjobs.jobs")
 
 Operation = Callable[[Services, str, Any, Outcome], Outcome]
+
+# Kinds whose request has a side effect worth guarding with the in-flight marker
+# (nxjobs.keys.inflight): a phone rings, a batch is billed, a task is created.
+SIDE_EFFECT_KINDS = frozenset({"call", "number-check", "callbot-list"})
+# ... and those a redelivery looks up by idempotency key before sending again.
+# callbot-list needs no lookup here: its operation saves progress after every
+# step and asks listTask before creating the task again.
+LOOKUP_KINDS = frozenset({"call", "number-check"})
+# Seconds after its marker was set that an earlier attempt may still be waiting
+# for its answer (connect + read timeout, plus this slack): a redelivery that
+# finds a younger marker waits instead of looking up, so it never races a live send.
+INFLIGHT_SLACK_S = 2.0
+# Broker/store errors: nothing about the job was decided, give the message back.
+_INFRA_ERRORS = (redis.RedisError, OperationalError)
 
 
 class JobFailed(Exception):
@@ -63,6 +80,20 @@ class JobTask(Task):
 
     def run_job(self, job_id: str, kind: str, payload: dict[str, Any], operation: Operation, *,
                 slot_at_us: int | None = None, resumed: bool = False) -> str:
+        try:
+            return self._run_job(job_id, kind, payload, operation, slot_at_us=slot_at_us, resumed=resumed)
+        except _INFRA_ERRORS as exc:
+            # Redis (store or broker) went away mid-attempt, e.g. restarting. Acking now
+            # would drop the job with its record stuck in `running`: requeue it instead
+            # (if Redis is still down the message stays unacked and comes back after the
+            # visibility timeout). The in-flight marker, if set, makes the rerun look up
+            # rather than resend.
+            log.warning("job=%s kind=%s store/broker unavailable (%s); message returned to the queue",
+                        job_id, kind, type(exc).__name__)
+            raise Reject(f"redis unavailable: {type(exc).__name__}", requeue=True) from exc
+
+    def _run_job(self, job_id: str, kind: str, payload: dict[str, Any], operation: Operation, *,
+                 slot_at_us: int | None = None, resumed: bool = False) -> str:
         svc = get_services()
         started = time.monotonic()
         try:
@@ -72,7 +103,7 @@ class JobTask(Task):
             if claim is None:
                 return "skipped"
             return self._fail(svc, job_id, kind, claim.attempts, started, JobError(
-                code="invalid_payload", message=str(exc), retryable=False))
+                code="invalid_payload", message=str(exc), retryable=False), payload=payload)
 
         # A job waiting for its slot is not running: take the slot before claiming.
         limits = svc.gate.limits_for(*first_request(kind, model))
@@ -88,17 +119,30 @@ class JobTask(Task):
             return "skipped"
 
         outcome = Outcome()
+        guard: dict[str, bool] = {}
         try:
-            operation(svc, job_id, model, outcome)
+            self._send_once(svc, job_id, kind, model, payload, outcome, operation, guard)
+        except Retry:
+            raise  # _send_once waiting for an earlier attempt that may still be in flight
         except SlotNotReady as wait:
+            if guard.get("set") and kind in LOOKUP_KINDS:
+                svc.redis.delete(keys.inflight(job_id))  # its one request was not sent
             # A later request of a multi-step job: its progress is saved, resume at the slot.
             svc.store.transition(job_id, JobState.RETRYING, incr=["waits"], request=outcome.request)
             raise self._requeue_for_slot(svc, job_id, payload, wait.grant, resumed=True)
         except AmbiguousSubmission as err:
             svc.redis.zadd(keys.RECONCILE, {job_id: time.time()})
+            # Dead-lettered too (reconciliation drops the entry if it finds the call);
+            # the marker stays, so even a replay looks the orderid up before any resend.
             return self._fail(svc, job_id, kind, claim.attempts, started,
-                              JobError(code=err.code, message=err.message, retryable=False), outcome)
+                              JobError(code=err.code, message=err.message, retryable=False), outcome,
+                              payload=payload)
         except NXCloudError as err:
+            if guard.get("set") and not (isinstance(err, TransportError) and err.may_have_reached):
+                # The provider answered our request (or was never reached): nothing happened, a
+                # resend is safe. A lost answer keeps the marker, so the retry looks it up first;
+                # so does an error of the lookup itself (guard not set yet: the doubt remains).
+                svc.redis.delete(keys.inflight(job_id))
             if err.classification.throttled:
                 return self._throttled(svc, job_id, kind, payload, claim, started, err, outcome)
             return self._retry_or_fail(svc, job_id, kind, payload, claim, started, err, outcome)
@@ -106,9 +150,14 @@ class JobTask(Task):
             if kind == "call":
                 svc.redis.zadd(keys.RECONCILE, {job_id: time.time()})
             return self._fail(svc, job_id, kind, claim.attempts, started, JobError(
-                code="time_limit", message="attempt exceeded the task time limit", retryable=False), outcome)
+                code="time_limit", message="attempt exceeded the task time limit", retryable=False), outcome,
+                payload=payload)
+        except _INFRA_ERRORS:
+            raise  # run_job gives the message back; nothing is decided
         except Exception as exc:
-            # A bug or an unreachable store: record what we can, then let Celery see it.
+            # A bug: record what we can (and dead-letter it), then let Celery see it.
+            self._dead_letter(svc, job_id, kind, payload, JobError(
+                code="internal_error", message=type(exc).__name__, retryable=False))
             try:
                 svc.store.transition(job_id, JobState.FAILED, request=outcome.request, error=JobError(
                     code="internal_error", message=type(exc).__name__, retryable=False).model_dump())
@@ -117,10 +166,72 @@ class JobTask(Task):
             raise
 
         svc.store.transition(job_id, JobState.SUBMITTED, request=outcome.request, result=outcome.result, error=None)
+        # Recorded: a redelivery now stops at the claim, and the sweeper has nothing to re-send.
+        svc.redis.delete(keys.inflight(job_id), keys.job_payload(job_id))
         _log_attempt(job_id, kind, claim.attempts, "submitted", "0", started)
         return JobState.SUBMITTED.value
 
     # ---- steps --------------------------------------------------------------
+
+    def _send_once(self, svc: Services, job_id: str, kind: str, model: Any, payload: dict[str, Any],
+                   outcome: Outcome, operation: Operation, guard: dict[str, bool]) -> None:
+        """Run `operation` so that its side effect happens at most once per job.
+
+        The in-flight marker is set right before the request is sent and removed once
+        the outcome is recorded. Finding it here means an earlier delivery may have
+        sent the request and died (or lost the answer) before recording: ask the
+        provider by idempotency key instead of resending."""
+        marker = keys.inflight(job_id)
+        if kind in LOOKUP_KINDS:
+            set_at = svc.redis.get(marker)
+            if set_at is not None:
+                http = svc.settings.http
+                busy_until = float(set_at) + http.connect_timeout_s + http.read_timeout_s + INFLIGHT_SLACK_S
+                if time.time() < busy_until:
+                    # That earlier attempt may still be waiting for its answer: come back after.
+                    kwargs = {"job_id": job_id, "payload": payload, "slot_at_us": None, "resumed": True}
+                    raise self.retry(kwargs=kwargs, countdown=busy_until - time.time(), priority=PRIORITY_RETRY,
+                                     exc=RateWait(f"{kind} job {job_id}: an earlier attempt may be in flight"))
+                found = self._look_up(svc, job_id, kind, model, outcome)
+                if found is not None:
+                    outcome.result = found
+                    log.info("job=%s kind=%s interrupted attempt found at the provider; not re-sent", job_id, kind)
+                    return
+                if kind == "call":
+                    # No CDR yet is no proof the phone did not ring: never resend; reconcile later.
+                    orderid = call_order_id(job_id, model)
+                    raise AmbiguousSubmission(TransportError(
+                        "an earlier attempt was interrupted after its makecall may have been sent, "
+                        "and no CDR has its orderid yet", code="interrupted", classification=PERMANENT,
+                        may_have_reached=True), "orderid", orderid)
+                svc.redis.delete(marker)  # the provider files a batch at once: no trace, safe to send
+        if kind in SIDE_EFFECT_KINDS:
+            svc.redis.set(marker, f"{time.time():.3f}", ex=svc.settings.record_ttl_s)
+            guard["set"] = True
+        operation(svc, job_id, model, outcome)
+
+    def _look_up(self, svc: Services, job_id: str, kind: str, model: Any, outcome: Outcome) -> dict | None:
+        if kind == "call":
+            orderid = call_order_id(job_id, model)
+            # The CDR quota is not the makecall slot this attempt holds.
+            svc.gate.begin_attempt(first_slot_paid=False)
+            outcome.request.append({"endpoint": "lookup:getSipCdrByOrderid", "body": {"orderid": orderid}})
+            return reconcile.find_call(svc.agent, orderid)
+        batch_no = number_check_batch_no(job_id, model)
+        created_at = svc.redis.hget(keys.job(job_id), "created_at") or utc_now_iso()
+        outcome.request.append({"endpoint": "lookup:" + reconcile.NUMBER_QUERY_PATH, "body": {"batchNo": batch_no}})
+        # The query spends the api2 slot this attempt holds; a resend then takes its own.
+        return reconcile.find_number_check(svc.api2, svc.settings.api2.appkey, batch_no, created_at, time.time(),
+                                           len(model.phones))
+
+    def _dead_letter(self, svc: Services, job_id: str, kind: str, payload: dict[str, Any], error: JobError) -> None:
+        try:
+            record = svc.store.get(job_id)
+            svc.dead_letters.add(job_id, kind, payload, error.model_dump(),
+                                 record.model_dump(mode="json", exclude={"callbacks"}) if record else None)
+        except redis.RedisError:
+            log.exception("job=%s could not write its dead letter", job_id)
+            raise
 
     def _claim(self, svc: Services, job_id: str, kind: str, payload: dict[str, Any], *,
                bump: bool) -> Transition | None:
@@ -149,6 +260,8 @@ class JobTask(Task):
             # spread out so the waiting backlog does not wake all at once.
             horizon = svc.settings.ratelimit.horizon_s
             countdown = max(0.5, grant.wait_s - horizon * svc.rng.uniform(0.25, 0.75))
+            # Never past max_wait_s: the held message must come back inside the visibility timeout.
+            countdown = min(countdown, svc.settings.ratelimit.max_wait_s)
             priority = PRIORITY_NEW
         kwargs = {"job_id": job_id, "payload": payload, "slot_at_us": grant.slot_at_us if grant.reserved else None,
                   "resumed": resumed}
@@ -166,7 +279,8 @@ class JobTask(Task):
         if claim.throttles + 1 > rl.max_throttles:
             svc.store.incr(job_id, "throttles")
             return self._fail(svc, job_id, kind, claim.attempts, started, error.model_copy(
-                update={"retryable": False, "message": f"{err.message} ({rl.max_throttles} times)"}), outcome)
+                update={"retryable": False, "message": f"{err.message} ({rl.max_throttles} times)"}), outcome,
+                payload=payload)
         svc.store.transition(job_id, JobState.RETRYING, incr=["throttles"], request=outcome.request,
                              error=error.model_dump())
         _log_attempt(job_id, kind, claim.attempts, f"throttled, cooldown {cooldown:.2f}s", err.code, started)
@@ -191,17 +305,39 @@ class JobTask(Task):
             raise self.retry(kwargs=kwargs, countdown=delay, priority=PRIORITY_RETRY,
                              exc=JobFailed(f"{kind} job {job_id}: {err.code} {err.message}"))
         return self._fail(svc, job_id, kind, claim.attempts, started,
-                          JobError(code=err.code, message=err.message, retryable=cls.retryable), outcome)
+                          JobError(code=err.code, message=err.message, retryable=cls.retryable), outcome,
+                          payload=payload)
 
-    def _fail(self, svc, job_id, kind, attempt, started, error: JobError, outcome: Outcome | None = None) -> str:
+    def _fail(self, svc, job_id, kind, attempt, started, error: JobError, outcome: Outcome | None = None, *,
+              payload: dict[str, Any] | None = None) -> str:
+        if payload is not None:
+            # Before the record says failed: a worker lost in between leaves at worst a
+            # stale entry (replay skips it), never a failed job missing from the dead letters.
+            self._dead_letter(svc, job_id, kind, payload, error)
         fields: dict[str, Any] = {"error": error.model_dump()}
         if outcome is not None:
             fields["request"] = outcome.request
         svc.store.transition(job_id, JobState.FAILED, **fields)
+        svc.redis.delete(keys.job_payload(job_id))  # a replay takes it from the dead letter
         _log_attempt(job_id, kind, attempt, "failed", error.code, started)
         raise JobFailed(f"{kind} job {job_id} failed: {error.code} {error.message}")
 
 
 def _log_attempt(job_id: str, kind: str, attempt: int, outcome: str, code: str, started: float) -> None:
+    """The one place an attempt is reported: one log line (fields also as structured `extra`)
+    and one pipelined Redis call of metrics (nxjobs.metrics). Never a secret or a phone."""
+    latency_s = time.monotonic() - started
     log.info("job=%s kind=%s attempt=%d outcome=%s code=%s latency_ms=%d",
-             job_id, kind, attempt, outcome, code, (time.monotonic() - started) * 1000)
+             job_id, kind, attempt, outcome, code, latency_s * 1000,
+             extra={"job_id": job_id, "kind": kind, "attempt": attempt, "outcome": outcome, "code": code,
+                    "latency_ms": round(latency_s * 1000)})
+    from nxjobs import metrics  # kept local: this function is the only user
+    from nxjobs.jobs import KINDS
+
+    try:
+        svc = get_services()
+        queue = KINDS[kind].queue if kind in KINDS else "unknown"
+        metrics.record_attempt(svc.redis, kind=kind, queue=queue, outcome=outcome, code=code, latency_s=latency_s,
+                               credentials=[lim.name for lim in svc.gate.last_limits])
+    except Exception as exc:  # metrics must never change a job's outcome
+        log.warning("job=%s metrics not recorded: %s", job_id, type(exc).__name__)

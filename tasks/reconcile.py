@@ -57,3 +57,40 @@ def reconcile_callbacks(family: str) -> dict:
     if len(report) > 1:
         log.info("reconcile %s", " ".join(f"{k}={v}" for k, v in report.items()))
     return report
+
+
+RECOVER_TASK_NAME = "nxjobs.recover_lost_messages"
+
+
+@shared_task(name=RECOVER_TASK_NAME, ignore_result=True)
+def recover_lost_messages(family: str) -> dict:
+    """Re-publish jobs of `family` whose broker message was lost (nxjobs/recover.py)."""
+    from celery import current_app
+
+    from nxjobs.jobs import KINDS, PRIORITY_RETRY
+    from nxjobs.recover import LostMessageSweeper
+    from nxjobs.redact import redact
+
+    svc = get_services()
+    lock = svc.redis.lock(keys.recover_lock(family), timeout=max(60.0, svc.settings.recover.interval_s * 4),
+                          blocking=False)
+    if not lock.acquire():
+        return {"family": family, "skipped": "another run is in progress"}
+
+    def publish(kind: str, job_id: str, payload: dict) -> None:
+        job_kind = KINDS[kind]
+        kwargs = {"job_id": job_id, "payload": payload}
+        current_app.send_task(job_kind.task_name, kwargs=kwargs, task_id=job_id, queue=job_kind.queue,
+                              routing_key=job_kind.queue, priority=PRIORITY_RETRY,
+                              kwargsrepr=repr(redact(kwargs)), argsrepr="()")
+
+    try:
+        report = LostMessageSweeper(svc.redis, publish, confirm_s=svc.settings.recover.confirm_s).run(family)
+    finally:
+        try:
+            lock.release()
+        except Exception:  # expired meanwhile: nothing to release
+            pass
+    if report.get("republished"):
+        log.warning("recover %s %s", family, " ".join(f"{k}={v}" for k, v in report.items()))
+    return {"family": family, **report}

@@ -13,6 +13,7 @@ from functools import cached_property
 from config.settings import Settings, load_settings
 from tasks.limits import limits_for
 from nxjobs.callbacks.ledger import Ledger
+from nxjobs.deadletters import DeadLetters
 from nxjobs.client.agent import AgentClient
 from nxjobs.client.api2 import Api2Client
 from nxjobs.client.callbot import CallbotClient
@@ -40,6 +41,11 @@ class Services:
     @cached_property
     def ledger(self) -> Ledger:
         return Ledger(self.redis, unmatched_max=self.settings.callbacks.unmatched_max)
+
+    @cached_property
+    def dead_letters(self) -> DeadLetters:
+        d = self.settings.dead_letters
+        return DeadLetters(self.redis, max_entries=d.max_entries, max_age_s=d.max_age_s)
 
     @cached_property
     def transport(self) -> Transport:

@@ -6,12 +6,16 @@ Start workers with `nxjobs worker` (or `python -m workers worker`), Flower with
 
 from __future__ import annotations
 
-from celery import Celery
+from celery import Celery, signals
 
 from config.settings import load_settings
+from nxjobs.jobs import KINDS
 from workers.queues import TASK_QUEUES, TASK_ROUTES
+from workers.delivery import check_visibility
 
 settings = load_settings()
+# Refuse to start if a countdown could outlive the visibility timeout (duplicate delivery).
+check_visibility(settings)
 
 app = Celery("nxjobs", include=["tasks.calls", "tasks.callbot", "tasks.api2", "tasks.reconcile"])
 app.conf.update(
@@ -40,8 +44,8 @@ app.conf.update(
     task_soft_time_limit=settings.task_soft_time_limit_s,
     # Unacked messages (including countdown retries held by a worker) come back
     # after this long if their worker vanished; it must exceed the longest
-    # countdown plus the task time limit.
-    broker_transport_options={"visibility_timeout": 3600},
+    # countdown plus the task time limit (check_visibility above enforces it).
+    broker_transport_options={"visibility_timeout": settings.broker_visibility_timeout_s},
     # Task events for Flower: states need -E (set by `nxjobs worker`) and "sent" needs this.
     worker_send_task_events=True,
     task_send_sent_event=True,
@@ -66,3 +70,40 @@ app.conf.update(
         for family in ("api2", "callbot", "agent")
     },
 )
+
+
+# Per family, on that family's queue: re-publish jobs whose broker message was lost
+# (a worker killed between kombu's BRPOP and its unacked bookkeeping; nxjobs/recover.py).
+app.conf.beat_schedule.update({
+    f"recover-lost-messages-{family}": {
+        "task": "nxjobs.recover_lost_messages",
+        "schedule": settings.recover.interval_s,
+        "args": (family,),
+        "options": {"queue": family, "routing_key": family, "expires": settings.recover.interval_s},
+    }
+    for family in ("api2", "callbot", "agent")
+})
+
+
+# Logs: JSON lines when NXJOBS_LOG_FORMAT=json (containers), Celery's text format otherwise.
+@signals.after_setup_logger.connect
+@signals.after_setup_task_logger.connect
+def _log_format(logger=None, **_kwargs) -> None:
+    from workers.logs import apply_format
+
+    apply_format(logger, settings.log_format)
+
+
+# Flower shows what the message's `kwargsrepr` header says. Every job message this app
+# publishes (retries, waits for a rate-limit slot) gets the producer's view: the kind
+# first, secrets redacted, phones masked, long lists cut (nxjobs.redact.flower_repr).
+_KIND_BY_TASK = {kind.task_name: kind.name for kind in KINDS.values()}
+
+
+@signals.before_task_publish.connect
+def _flower_kwargsrepr(sender=None, headers=None, body=None, **_kwargs) -> None:
+    kind = _KIND_BY_TASK.get(sender)
+    if kind and headers is not None and isinstance(body, (tuple, list)) and len(body) >= 2:
+        from nxjobs.redact import flower_repr
+
+        headers["kwargsrepr"] = flower_repr(body[1] or {}, kind)

@@ -7,7 +7,9 @@ any settings are loaded.
 
 ``find_redis_server`` mirrors ``scripts/ensure-redis.sh`` minus the install
 step; ``RedisServer`` is a context manager around a private ``redis-server``
-bound to 127.0.0.1 on a free port, in its own temp dir, never persisted.
+bound to 127.0.0.1 on a free port, in its own temp dir, configured like the
+shipped one: AOF persistence (fsync every second) and ``noeviction``, so a
+restart keeps the queue and a full Redis refuses writes instead of dropping.
 """
 
 from __future__ import annotations
@@ -92,7 +94,7 @@ class RedisServer:
     ...     r.url  # 'redis://127.0.0.1:PORT/0'
     """
 
-    def __init__(self, port: int | None = None, *, appendonly: bool = False,
+    def __init__(self, port: int | None = None, *, appendonly: bool = True,
                  executable: str | None = None, start_timeout: float = 10.0):
         self.executable = executable or find_redis_server()
         self._port = port or free_port()
@@ -134,6 +136,7 @@ class RedisServer:
             "--dir", str(self.dir),
             "--save", "",
             "--appendonly", "yes" if self.appendonly else "no",
+            "--appendfsync", "everysec",
             "--maxmemory-policy", "noeviction",
             "--daemonize", "no",
             "--logfile", str(self.logfile),

@@ -32,6 +32,7 @@ from nxjobs.callbacks import events
 from nxjobs.callbacks.ledger import Ledger
 from nxjobs.client import operations
 from nxjobs.client.errors import NXCloudError
+from nxjobs.deadletters import DeadLetters
 from nxjobs.records import JobError, JobRecord, JobState, utc_now_iso
 from nxjobs.store import RecordStore, TransitionRefused
 
@@ -297,6 +298,9 @@ class Reconciler:
                 self._try_apply(events.CDR, row, report)
             if found:
                 self.store.redis.zrem(keys.RECONCILE, record.id)
+                # It happened: not a dead letter, and no in-flight doubt left.
+                DeadLetters(self.store.redis).remove(record.id)
+                self.store.redis.delete(keys.inflight(record.id))
                 report.counts["ambiguous_found"] += 1
                 continue
             error = JobError(code="call_not_found", retryable=True, message=(
@@ -305,6 +309,10 @@ class Reconciler:
                 "safe to submit again"))
             changed = self._not_found(keys=[keys.job(record.id), keys.RECONCILE], args=[
                 record.id, error.model_dump_json(), utc_now_iso()])
+            if changed:
+                # Proven not placed: a replay may send it (the marker would make it look up again).
+                self.store.redis.delete(keys.inflight(record.id))
+                DeadLetters(self.store.redis).update_reason(record.id, error.model_dump())
             report.counts["ambiguous_not_found" if changed else "gone"] += 1
 
 
@@ -325,3 +333,38 @@ def _query_days(created_at: str, now: float) -> list[str]:
 def _epoch(iso: str) -> float:
     return dt.datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
+
+
+# ---- lookups for a redelivered job whose previous attempt may have sent -------
+# Used by tasks/base.py when a job starts and finds its in-flight marker: the
+# previous delivery died (or lost its answer) between sending and recording, so
+# the provider is asked whether the side effect happened before anything is
+# resent. Each returns the submit result the lost answer would have given, or
+# None if the provider has no trace of it.
+
+def find_call(agent: Any, orderid: str) -> dict[str, Any] | None:
+    """Agent: a CDR with our orderid means the phone rang. No CDR is NOT proof the call
+    was not placed (CDRs appear when the call ends), so the caller must not resend on None."""
+    for row in agent.cdr_by_orderid([orderid]):
+        if row.get("orderid") == orderid:
+            return {"orderid": orderid, "sessionid": row.get("sessionid"),
+                    "info": "found by CDR lookup after an interrupted attempt"}
+    return None
+
+
+def find_number_check(api2: Any, appkey: str | None, batch_no: str, created_at: str, now: float,
+                      numbers: int) -> dict[str, Any] | None:
+    """Number Check: the query API by batchNo (the provider files a submission at once).
+    A batch whose every number was rejected leaves no rows, so it reads as not found."""
+    for day in _query_days(created_at, now):
+        body = {"page": 1, "pageSize": 1, "date": day, "batchNo": batch_no, "appkey": appkey}
+        resp = api2.post(NUMBER_QUERY_PATH, biz_type=1, action="numbercheck", body=body)
+        rows = (resp.body.get("data") or {}).get("result") or []
+        if rows:
+            row_id = str(rows[0].get("requestId") or rows[0].get("messageId") or "")
+            # Per-number ids are <requestId>-NNNNNN; a one-number batch keeps the submit id.
+            head, _, tail = row_id.rpartition("-")
+            request_id = head if head and len(tail) == 6 and tail.isdigit() else row_id
+            return {"requestId": request_id or None, "batchNo": batch_no, "numbers": numbers, "failNumber": [],
+                    "info": "found by batchNo query after an interrupted attempt"}
+    return None

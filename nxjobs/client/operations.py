@@ -237,7 +237,7 @@ def submit_call_list(
                 body = {"userTaskID": user_task_id, "sceneID": payload.scene_id, "taskCreateSetting": setting,
                         "callInfoList": info_list(0)}
                 sent.append(_summarized("createAndCall", body))
-                resp = callbot.post("createAndCall", body)
+                resp = _post_once(callbot, "createAndCall", body, state, "create_sent", save_progress)
                 state["taskID"] = resp.body.get("taskID")
                 record_added(resp.body, total)
             else:
@@ -247,7 +247,7 @@ def submit_call_list(
                 if order_cb:
                     body["orderCallbackUrl"] = order_cb
                 sent.append(_summarized("createTask", body))
-                resp = callbot.post("createTask", body)
+                resp = _post_once(callbot, "createTask", body, state, "create_sent", save_progress)
                 state["taskID"] = resp.body.get("taskID")
                 save_progress(state)
 
@@ -262,10 +262,20 @@ def submit_call_list(
         raise ProviderError("callbot", "4", "every contact was rejected: " + str(state["rejected"][:3]),
                             endpoint="addBatchCall")
 
+    if not state.get("started") and state.get("start_sent"):
+        # An earlier attempt sent the start and lost the answer: the task may be running or,
+        # with a short list, already finished (a second start is then refused). Ask first.
+        task = _find_task(callbot, user_task_id)
+        if task and task.get("taskStatus") not in (None, 1):  # 1 = not started (reference §6)
+            state["started"] = True
+            state["taskStatus"] = task.get("taskStatus")
+            save_progress(state)
     if not state.get("started"):
+        state["start_sent"] = True  # saved first: a worker killed mid-request leaves the doubt recorded
+        save_progress(state)
         body = {"userTaskID": user_task_id, "taskOperate": 1, "delCall": 0}
         sent.append(_summarized("mgrTaskStatus", body))
-        resp = callbot.post("mgrTaskStatus", body)
+        resp = _post_once(callbot, "mgrTaskStatus", body, state, "start_sent", save_progress)
         state["started"] = True
         state["taskStatus"] = resp.body.get("taskStatus")
         save_progress(state)
@@ -273,6 +283,22 @@ def submit_call_list(
     outcome.result = {k: state.get(k) for k in ("userTaskID", "taskID", "taskStatus", "accepted", "rejected")}
     outcome.result["contacts"] = total
     return outcome
+
+
+def _post_once(callbot: CallbotClient, endpoint: str, body: dict[str, Any], state: dict[str, Any], flag: str,
+               save_progress: Callable[[dict[str, Any]], None]):
+    """Send a step whose `flag` ("sent, maybe applied") was saved just before. If it was not
+    sent (its rate-limit slot is not yet due) or was refused with an answer, nothing was
+    applied: clear the flag, so the next attempt sends it straight away instead of asking
+    the provider first and spending its reserved slot on that question (which would make
+    it wait again, for ever). Only a lost answer keeps the doubt recorded."""
+    try:
+        return callbot.post(endpoint, body)
+    except Exception as exc:
+        if not (isinstance(exc, TransportError) and exc.may_have_reached):
+            state[flag] = False
+            save_progress(state)
+        raise
 
 
 def _summarized(endpoint: str, body: dict[str, Any]) -> dict[str, Any]:

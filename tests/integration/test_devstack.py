@@ -56,10 +56,10 @@ def test_redis_server_lifecycle(redis_server_bin):
         assert r.url == f"redis://127.0.0.1:{port}/0"
         assert first_pid and r.dir is not None and r.dir.is_dir()
         assert _raw(port, b"PING\r\n").startswith(b"+PONG")
-        # Configured as a throwaway, non-evicting server.
+        # Configured like the shipped Redis: AOF persistence, never evicting (no RDB snapshots).
         assert b"noeviction" in _raw(port, b"CONFIG GET maxmemory-policy\r\n")
         assert _raw(port, b"CONFIG GET save\r\n").endswith(b"$0\r\n\r\n")
-        assert _raw(port, b"CONFIG GET appendonly\r\n").endswith(b"$2\r\nno\r\n")
+        assert _raw(port, b"CONFIG GET appendonly\r\n").endswith(b"$3\r\nyes\r\n")
 
         data_dir = r.dir
         r.restart()
