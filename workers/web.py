@@ -9,7 +9,6 @@ the token). Exits 2 with one line when the token is missing or too short.
 from __future__ import annotations
 
 import argparse
-import logging
 import socket
 import sys
 
@@ -54,8 +53,13 @@ def main(argv: list[str] | None = None) -> int:
 
     import uvicorn
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from config.settings import load_settings
+    from workers.logs import setup_logging
+
+    # JSON lines with NXJOBS_LOG_FORMAT=json; uvicorn's own loggers go through the same handler.
+    setup_logging(load_settings().log_format, args.log_level)
     common = dict(loop="uvloop", http="httptools", lifespan="on", access_log=False, log_level=args.log_level,
+                  log_config=None,
                   # NXCloud keeps connections open between callbacks; a short idle timeout frees them.
                   timeout_keep_alive=15, server_header=False,
                   # Nothing here uses the client address; skip the X-Forwarded-* rewriting per request.

@@ -27,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, Router
 
-from nxjobs import callback_urls
+from nxjobs import callback_urls, keys, metrics
 from nxjobs.callbacks import events
 from nxjobs.callbacks.ledger import BatchingApplier, Ledger
 from nxjobs.callbacks.verify import Rejected, check_callbot, check_token
@@ -125,7 +125,23 @@ def create_app(config: ReceiverConfig) -> Router:
         stats[applied.outcome] += 1
         if applied.status == 0:
             log.info("callback unmatched type=%s ids=%s", kind, event.ids)
+        elif applied.status == 1 and applied.state == "completed":
+            await observe_completion(applied.job_id)
         return Response(ok_body, media_type="application/json")
+
+    async def observe_completion(job_id: str) -> None:
+        """Submit -> final callback time, once per job (a marker field keeps later callbacks from re-counting)."""
+        try:
+            client = holder["ledger"].redis
+            job_key = keys.job(job_id)
+            pipe = client.pipeline(transaction=False)
+            pipe.hsetnx(job_key, "completion_observed", "1")
+            pipe.hmget(job_key, "kind", "submitted_at")
+            first, (kind, submitted_at) = await pipe.execute()
+            if first and kind and submitted_at:
+                await metrics.record_callback_delay(client, kind=kind, delay_s=config.clock() - float(submitted_at))
+        except (redis.RedisError, OSError, ValueError) as exc:
+            log.warning("completion metric not recorded: %s", type(exc).__name__)
 
     def unsigned(kind: str):
         async def endpoint(request: Request) -> Response:

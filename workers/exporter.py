@@ -1,0 +1,319 @@
+"""`python -m workers.exporter [--host H] [--port P]`: Prometheus metrics and the stall health check.
+
+One process per deployment. Every scrape reads Redis: the counters and histograms
+the workers and the receiver add to (nxjobs.metrics), plus state that is already
+there — queue lists, Celery's unacked hash, the callbacks waiting sets, the
+rate-limiter keys and the job records. Nothing is kept in this process except the
+cached jobs-by-state scan and when each queue was first seen non-empty.
+
+    GET /metrics   Prometheus text format
+    GET /healthz   200 {"ok": true, ...}; 503 when a queue has had messages for longer than
+                   NXJOBS_METRICS__STALL_S while no worker finished an attempt from it, or Redis is down
+    GET /livez     200 while the process serves (the container health check)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import redis
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from nxjobs import keys, metrics
+from nxjobs.jobs import KINDS, QUEUES
+from nxjobs.redis_conn import connect
+
+log = logging.getLogger("nxjobs.exporter")
+
+DEFAULT_PORT = 9808
+# kombu's Redis transport keeps one list per priority step: `<queue>`, `<queue>\x06\x163`, ...
+_PRIORITY_SEP = "\x06\x16"
+_PRIORITY_STEPS = (0, 3, 6, 9)
+# Celery's Redis transport: messages delivered to a worker but not acknowledged (running or held for a countdown).
+_UNACKED = "unacked"
+_JOB_PREFIX = f"{keys.PREFIX}:job:"
+
+
+def queue_keys(queue: str) -> list[str]:
+    return [queue if pri == 0 else f"{queue}{_PRIORITY_SEP}{pri}" for pri in _PRIORITY_STEPS]
+
+
+def dead_letter_key() -> str | None:
+    """The dead-letter index (a sorted set of job ids, nxjobs/deadletters.py); None if this build lacks it."""
+    for name in ("DEAD_INDEX",):
+        value = getattr(keys, name, None)
+        if isinstance(value, str):
+            return value
+    return None
+
+
+class Exporter:
+    """Reads the metrics from Redis; also decides health. Thread-safe (one lock)."""
+
+    def __init__(self, client: redis.Redis, *, stall_s: float, jobs_scan_interval_s: float,
+                 clock=time.time):
+        self.redis = client
+        self.stall_s = stall_s
+        self.jobs_scan_interval_s = jobs_scan_interval_s
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._jobs: dict[tuple[str, str], int] = {}
+        self._jobs_at = float("-inf")
+        self._nonempty_since: dict[str, float] = {}
+
+    # ---- reads --------------------------------------------------------------
+
+    def queue_depths(self) -> dict[str, int]:
+        pipe = self.redis.pipeline(transaction=False)
+        for queue in QUEUES:
+            for key in queue_keys(queue):
+                pipe.llen(key)
+        lengths = pipe.execute()
+        n = len(_PRIORITY_STEPS)
+        return {queue: sum(lengths[i * n:(i + 1) * n]) for i, queue in enumerate(QUEUES)}
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """Unhealthy if any queue has had messages for over stall_s with no attempt finished from it."""
+        now = self.clock()
+        try:
+            depths = self.queue_depths()
+            consumed = {q: float(t) for q, t in self.redis.hgetall(keys.METRICS_CONSUMED).items()}
+        except (redis.RedisError, OSError) as exc:
+            return False, {"ok": False, "redis": f"unreachable: {type(exc).__name__}"}
+        queues = {}
+        ok = True
+        with self._lock:
+            for queue, depth in depths.items():
+                if depth == 0:
+                    self._nonempty_since.pop(queue, None)
+                    since = None
+                else:
+                    since = self._nonempty_since.setdefault(queue, now)
+                last = consumed.get(queue)
+                idle_s = now - max(last or 0.0, since or now)
+                stalled = depth > 0 and idle_s > self.stall_s
+                ok = ok and not stalled
+                queues[queue] = {"depth": depth, "last_consumed_s_ago": None if last is None else round(now - last, 1),
+                                 "stalled": stalled}
+        return ok, {"ok": ok, "stall_s": self.stall_s, "queues": queues}
+
+    def jobs_by_state(self) -> dict[tuple[str, str], int]:
+        """(kind, state) -> number of job records, from a SCAN at most every jobs_scan_interval_s."""
+        with self._lock:
+            if self.clock() - self._jobs_at < self.jobs_scan_interval_s:
+                return dict(self._jobs)
+        counts: dict[tuple[str, str], int] = {(k, s): 0 for k in KINDS for s in
+                                              ("queued", "running", "retrying", "submitted", "completed", "failed")}
+        batch: list[str] = []
+
+        def flush() -> None:
+            pipe = self.redis.pipeline(transaction=False)
+            for key in batch:
+                pipe.hmget(key, "kind", "state")
+            for kind, state in pipe.execute():
+                if kind and state:
+                    counts[(kind, state)] = counts.get((kind, state), 0) + 1
+            batch.clear()
+
+        for key in self.redis.scan_iter(match=_JOB_PREFIX + "*", count=1000, _type="HASH"):
+            batch.append(key)
+            if len(batch) >= 1000:
+                flush()
+        if batch:
+            flush()
+        with self._lock:
+            self._jobs, self._jobs_at = counts, self.clock()
+        return dict(counts)
+
+    # ---- the Prometheus collector ---------------------------------------------
+
+    def collect(self):
+        client = self.redis
+        pipe = client.pipeline(transaction=False)
+        pipe.hgetall(keys.METRICS_COUNTERS)
+        pipe.hgetall(keys.METRICS_HISTOGRAMS)
+        pipe.hgetall(keys.METRICS_CONSUMED)
+        pipe.hlen(_UNACKED)
+        for family in QUEUES:
+            pipe.zcard(keys.callbacks_waiting(family))
+        dead = dead_letter_key()
+        if dead:
+            pipe.exists(dead)
+            pipe.type(dead)
+        pipe.time()
+        replies = pipe.execute()
+        counters, hists, consumed, unacked = replies[:4]
+        waiting = replies[4:4 + len(QUEUES)]
+        redis_now_s = float(replies[-1][0]) + float(replies[-1][1]) / 1e6
+
+        jobs = GaugeMetricFamily("nxjobs_jobs", "Job records by kind and state (records expire after NXJOBS_RECORD_TTL_S)",
+                                 labels=["kind", "state"])
+        for (kind, state), n in sorted(self.jobs_by_state().items()):
+            jobs.add_metric([kind, state], n)
+        yield jobs
+
+        attempts = CounterMetricFamily("nxjobs_attempts", "Job attempts finished, by kind and outcome",
+                                       labels=["kind", "outcome"])
+        responses = CounterMetricFamily("nxjobs_provider_responses",
+                                        "Attempt results by provider code ('0' accepted; also ambiguous, "
+                                        "read_timeout, http_5xx, ...)", labels=["kind", "code"])
+        throttles = CounterMetricFamily("nxjobs_ratelimit_throttles",
+                                        "'Too frequent' answers from the provider, per credential (hashed id)",
+                                        labels=["credential"])
+        for field, value in counters.items():
+            what, _, rest = field.partition("|")
+            if what == "attempt":
+                attempts.add_metric(rest.split("|", 1), float(value))
+            elif what == "response":
+                responses.add_metric(rest.split("|", 1), float(value))
+            elif what == "throttle":
+                throttles.add_metric([rest], float(value))
+        yield attempts
+        yield responses
+        yield throttles
+
+        for name, series, buckets, help_text in (
+            ("nxjobs_provider_latency_seconds", metrics.HIST_LATENCY, metrics.LATENCY_BUCKETS_S,
+             "Duration of one attempt: rate-limit gate, provider request(s), recording"),
+            ("nxjobs_callback_delay_seconds", metrics.HIST_CALLBACK_DELAY, metrics.CALLBACK_DELAY_BUCKETS_S,
+             "Time from the provider accepting a job to its final callback"),
+        ):
+            hist = HistogramMetricFamily(name, help_text, labels=["kind"])
+            for label, (cumulative, total) in sorted(metrics.histogram_series(hists, series, buckets).items()):
+                hist.add_metric([label], cumulative, total)
+            yield hist
+
+        wait, cooldown = self._rate_limiter(redis_now_s)
+        g = GaugeMetricFamily("nxjobs_ratelimit_wait_seconds",
+                              "Wait a new request would have now for its rate-limit slot, per credential",
+                              labels=["credential"])
+        for cred, value in sorted(wait.items()):
+            g.add_metric([cred], value)
+        yield g
+        g = GaugeMetricFamily("nxjobs_ratelimit_cooldown_seconds",
+                              "Shared cooldown left after a 'too frequent' answer, per credential",
+                              labels=["credential"])
+        for cred, value in sorted(cooldown.items()):
+            g.add_metric([cred], value)
+        yield g
+
+        g = GaugeMetricFamily("nxjobs_jobs_awaiting_callbacks", "Submitted jobs still waiting for callbacks",
+                              labels=["family"])
+        for family, n in zip(QUEUES, waiting):
+            g.add_metric([family], n)
+        yield g
+
+        g = GaugeMetricFamily("nxjobs_queue_depth", "Messages waiting in each Celery queue (all priorities)",
+                              labels=["queue"])
+        for queue, n in self.queue_depths().items():
+            g.add_metric([queue], n)
+        yield g
+        yield GaugeMetricFamily("nxjobs_queue_unacked", "Messages taken by workers and not yet acknowledged "
+                                "(running, or held for a retry/rate-limit countdown)", value=unacked)
+
+        g = GaugeMetricFamily("nxjobs_queue_last_consumed_timestamp_seconds",
+                              "Unix time a worker last finished an attempt from each queue", labels=["queue"])
+        for queue, t in sorted(consumed.items()):
+            g.add_metric([queue], float(t))
+        yield g
+
+        if dead:
+            exists, kind = replies[4 + len(QUEUES)], replies[5 + len(QUEUES)]
+            size = 0
+            if exists:
+                size = {"list": client.llen, "zset": client.zcard, "set": client.scard,
+                        "hash": client.hlen, "stream": client.xlen}.get(kind, lambda _k: 0)(dead)
+            yield GaugeMetricFamily("nxjobs_dead_letters", "Jobs in the dead-letter store", value=size)
+
+        ok, _ = self.health()
+        yield GaugeMetricFamily("nxjobs_workers_healthy",
+                                "1 unless a queue has waited NXJOBS_METRICS__STALL_S with no attempt finished",
+                                value=1 if ok else 0)
+
+    def _rate_limiter(self, now_s: float) -> tuple[dict[str, float], dict[str, float]]:
+        """Per credential the workers used: seconds until its next free slot (TAT) and cooldown left."""
+        names = sorted(self.redis.smembers(keys.METRICS_CREDENTIALS))
+        values = self.redis.mget([k for n in names for k in (keys.rate_tat(n), keys.rate_cooldown(n))]) if names else []
+        now_us = now_s * 1e6
+        wait: dict[str, float] = {}
+        cooldown: dict[str, float] = {}
+        for i, name in enumerate(names):
+            cred = metrics.credential_label(name)
+            tat, until = (float(v or 0) for v in values[2 * i:2 * i + 2])
+            wait[cred] = max(wait.get(cred, 0.0), (tat - now_us) / 1e6, (until - now_us) / 1e6, 0.0)
+            cooldown[cred] = max(cooldown.get(cred, 0.0), (until - now_us) / 1e6, 0.0)
+        return wait, cooldown
+
+
+def make_server(exporter: Exporter, host: str, port: int) -> ThreadingHTTPServer:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(exporter)
+
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "nxjobs-exporter"
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def _send(self, status: int, body: bytes, content_type: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self) -> None:
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                try:
+                    body = generate_latest(registry)
+                except (redis.RedisError, OSError) as exc:
+                    self._send(503, f"redis unreachable: {type(exc).__name__}\n".encode(), "text/plain")
+                    return
+                self._send(200, body, CONTENT_TYPE_LATEST)
+            elif path == "/healthz":
+                ok, detail = exporter.health()
+                self._send(200 if ok else 503, json.dumps(detail).encode(), "application/json")
+            elif path == "/livez":
+                self._send(200, b'{"ok": true}', "application/json")
+            else:
+                self._send(404, b"not found\n", "text/plain")
+
+    return ThreadingHTTPServer((host, port), Handler)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m workers.exporter",
+                                description="Serve nxjobs metrics (/metrics) and the stall health check (/healthz).")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help="0 = pick a free port")
+    args = p.parse_args(argv)
+
+    from config.settings import load_settings
+    from workers.logs import setup_logging
+
+    settings = load_settings()
+    setup_logging(settings.log_format)
+    exporter = Exporter(connect(settings.redis_url), stall_s=settings.metrics.stall_s,
+                        jobs_scan_interval_s=settings.metrics.jobs_scan_interval_s)
+    server = make_server(exporter, args.host, args.port)
+    host, port = server.server_address[:2]
+    print(f"exporter listening on http://{host}:{port}", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
