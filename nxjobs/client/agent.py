@@ -10,7 +10,7 @@ from typing import Any
 
 from nxjobs.client.errors import ProviderError
 from nxjobs.client.signing import serialize_body
-from nxjobs.client.transport import Gate, Response, Transport
+from nxjobs.client.transport import Gate, Response, Transport, gated
 
 TOKEN_PATH = "/v1/call/token"
 MAKECALL_PATH = "/v1/call/makecall"
@@ -50,21 +50,16 @@ class AgentClient:
         form = {"token": token, "username": username, "phone": phone, "orderid": orderid}
         if showphone:
             form["showphone"] = showphone
-        answered = self.gate(self.family, MAKECALL_PATH, form) if self.gate is not None else None
-        try:
+        with gated(self.gate, self.family, MAKECALL_PATH, form):
             resp = self.transport.post(self.base_url + MAKECALL_PATH, data=form,
                                        headers={"Content-Type": "application/x-www-form-urlencoded"})
-        finally:
-            if answered is not None:
-                answered()
         return self._check(resp, MAKECALL_PATH)
 
     def cdr_by_orderid(self, orderids: list[str]) -> list[dict[str, Any]]:
         """CDR rows for up to 20 orderids (only the last 15 days exist)."""
         if not 1 <= len(orderids) <= 20:
             raise ValueError("cdr_by_orderid takes 1 to 20 orderids")
-        answered = self.gate("cdr", CDR_BY_ORDERID_PATH, orderids) if self.gate is not None else None
-        try:
+        with gated(self.gate, "cdr", CDR_BY_ORDERID_PATH, orderids):
             text = serialize_body({"orderid": ",".join(orderids), "appkey": self.appkey,
                                    "secretkey": self._secretkey})
             resp = self.transport.post(
@@ -72,9 +67,6 @@ class AgentClient:
                 data=text.encode("utf-8"),
                 headers={"Content-Type": "application/json; charset=utf-8"},
             )
-        finally:
-            if answered is not None:
-                answered()
         code = resp.body.get("code")
         if str(code) != "0":
             raise ProviderError("cdr", code if code is not None else "missing", str(resp.body.get("info") or ""),

@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 from nxjobs.client.errors import ProviderError
 from nxjobs.client.signing import Algorithm, api2_headers, serialize_body
-from nxjobs.client.transport import Gate, Response, Transport
+from nxjobs.client.transport import Gate, Response, Transport, gated
 
 
 class Api2Client:
@@ -34,8 +34,7 @@ class Api2Client:
 
     def post(self, path: str, *, biz_type: int, action: str, body: dict[str, Any]) -> Response:
         """Sign and send `body`; return the response if its code is 0, else raise ProviderError."""
-        answered = self.gate(self.family, path, body) if self.gate is not None else None
-        try:
+        with gated(self.gate, self.family, path, body):
             text = serialize_body(body)
             headers = api2_headers(
                 access_key=self.access_key,
@@ -48,9 +47,6 @@ class Api2Client:
             )
             headers["Content-Type"] = "application/json; charset=utf-8"
             resp = self.transport.post(self.base_url + path, data=text.encode("utf-8"), headers=headers)
-        finally:
-            if answered is not None:
-                answered()
         code = resp.body.get("code")
         if code != 0 and str(code) != "0":
             # Current docs say `message`, legacy ones `msg` (reference §5).

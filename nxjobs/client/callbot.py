@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 from nxjobs.client.errors import ProviderError
 from nxjobs.client.signing import Algorithm, callbot_headers, serialize_body
-from nxjobs.client.transport import Gate, Response, Transport
+from nxjobs.client.transport import Gate, Response, Transport, gated
 
 API_PREFIX = "/callcentre/api/v3/"
 
@@ -39,8 +39,7 @@ class CallbotClient:
 
     def post(self, endpoint: str, body: dict[str, Any]) -> Response:
         """Sign and send; return the response if retCode is 0, else raise ProviderError."""
-        answered = self.gate(self.family, endpoint, body) if self.gate is not None else None
-        try:
+        with gated(self.gate, self.family, endpoint, body):
             text = serialize_body({"productID": "callbot", **body})
             headers = callbot_headers(
                 secret_key=self._secret_key,
@@ -53,9 +52,6 @@ class CallbotClient:
             headers["Content-Type"] = "application/json; charset=utf-8"
             resp = self.transport.post(self.base_url + API_PREFIX + endpoint, data=text.encode("utf-8"),
                                        headers=headers)
-        finally:
-            if answered is not None:
-                answered()
         # ping answers with `code`/`msg`; everything else with `retCode`/`retMsg`.
         code = resp.body.get("retCode", resp.body.get("code"))
         if str(code) != "0":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -16,6 +17,17 @@ from typing import Any, Callable
 # may raise to stop it (the rate limiter's SlotNotReady). What it returns, if
 # anything, is called once the answer or an error is back.
 Gate = Callable[[str, str, Any], Callable[[], None] | None]
+
+
+@contextmanager
+def gated(gate: Gate | None, family: str, endpoint: str, body: Any):
+    """Pass `gate` before the request, and tell it when the answer (or an error) is back."""
+    answered = gate(family, endpoint, body) if gate is not None else None
+    try:
+        yield
+    finally:
+        if answered is not None:
+            answered()
 
 
 import requests

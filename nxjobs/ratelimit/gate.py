@@ -49,13 +49,14 @@ class RateGate:
         self._local.member = ""
         for _ in range(20):
             grant = self.limiter.acquire(limits, prepaid_at_us=prepaid_at_us, early_s=ON_TIME_S)
-            try:
-                wait_for_slot(grant)
+            if grant.go:
                 self._local.member = grant.member
                 return
-            except _RetryNow:
-                # Slept the last few ms to our slot: spend it now.
-                prepaid_at_us = grant.slot_at_us
+            if not (grant.reserved and grant.wait_s <= MAX_INLINE_WAIT_S):
+                raise SlotNotReady(grant)
+            # Our slot is a few ms away: sleep to it and spend it.
+            time.sleep(grant.wait_s)
+            prepaid_at_us = grant.slot_at_us
         raise SlotNotReady(grant)
 
     def __call__(self, family: str, endpoint: str, body: object) -> Callable[[], None] | None:
@@ -73,16 +74,3 @@ class RateGate:
         member = getattr(self._local, "member", "")
         return lambda: self.limiter.answered(limits, member)
 
-
-def wait_for_slot(grant: Grant) -> None:
-    if grant.go:
-        return
-    if grant.reserved and grant.wait_s <= MAX_INLINE_WAIT_S:
-        time.sleep(grant.wait_s)
-        raise _RetryNow(grant)
-    raise SlotNotReady(grant)
-
-
-class _RetryNow(Exception):
-    def __init__(self, grant: Grant):
-        self.grant = grant
