@@ -1,8 +1,9 @@
 """Operations metrics kept in Redis, so every worker process, container and receiver adds
 to one set of numbers and a single exporter (workers/exporter.py) serves them.
 
-Writers call `record_attempt` (a worker, once per attempt) or `record_callback_delay`
-(the receiver, once per completed job): each is one pipelined round trip of HINCRBYs.
+Writers call `record_attempt` (a worker, once per attempt), `record_rate_wait` (a worker,
+once per re-queue for a rate-limit slot) and `observe_completion` (whoever completes a job:
+receiver, reconciliation, or the submit step itself); each write is one pipelined round trip.
 Histograms store per-bucket (non-cumulative) counts; the exporter sums them up.
 
 Labels never carry a secret or a phone number: a rate-limit credential is shown as its
@@ -13,21 +14,36 @@ Imports nothing of the service packages.
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from bisect import bisect_left
 from typing import Iterable
 
 from nxjobs import keys
 
+log = logging.getLogger("nxjobs.metrics")
+
+# Seconds of one provider HTTP request. Only bounds added below 0.05 since the first
+# release, so cells stored under the older bounds still add up.
+LATENCY_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 # Seconds. An attempt spans rate-limit gate, HTTP request(s) and recording.
-LATENCY_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+ATTEMPT_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+# Seconds a job was sent back to wait for its slot: a few ms when nearly due, up to
+# RateLimitSettings.max_wait_s (600 s) for a backlog beyond the reservation horizon.
+RATE_WAIT_BUCKETS_S = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                       120.0, 300.0, 600.0)
 # Seconds from the provider accepting a job to its final callback.
 CALLBACK_DELAY_BUCKETS_S = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 86400.0)
 
 HIST_LATENCY = "provider_latency"
+HIST_ATTEMPT = "attempt_duration"
+HIST_RATE_WAIT = "ratelimit_wait"
 HIST_CALLBACK_DELAY = "callback_delay"
+# Set on a job record by the first observation of its completion, so it is counted once
+# however many processes see it complete (a late callback re-reports "completed").
+COMPLETION_MARKER = "completion_observed"
 
-# What `_log_attempt` says happened, reduced to a bounded label set.
+# What `log_attempt` says happened, reduced to a bounded label set.
 OUTCOMES = ("submitted", "retry", "throttled", "failed")
 
 
@@ -57,10 +73,12 @@ def _observe(pipe, name: str, label: str, value: float, buckets: tuple[float, ..
     pipe.hincrbyfloat(keys.METRICS_HISTOGRAMS, f"{name}|{label}|sum", value)
 
 
-def record_attempt(client, *, kind: str, queue: str, outcome: str, code: str, latency_s: float,
-                   credentials: Iterable[str] = (), now_s: float | None = None) -> None:
-    """Count one finished attempt: outcome, provider code, latency, a throttle per credential if the
-    provider said "too frequent"; remember the credentials (rate-limit names) and mark the queue consumed."""
+def record_attempt(client, *, kind: str, queue: str, outcome: str, code: str, attempt_s: float,
+                   request_latencies_s: Iterable[float] = (), credentials: Iterable[str] = (),
+                   now_s: float | None = None) -> None:
+    """Count one finished attempt: outcome, provider code, its duration, each provider request's
+    duration, a throttle per credential if the provider said "too frequent"; remember the credentials
+    (rate-limit names) and mark the queue consumed."""
     label = outcome_label(outcome)
     pipe = client.pipeline(transaction=False)
     pipe.hincrby(keys.METRICS_COUNTERS, f"attempt|{kind}|{label}", 1)
@@ -69,9 +87,64 @@ def record_attempt(client, *, kind: str, queue: str, outcome: str, code: str, la
         pipe.sadd(keys.METRICS_CREDENTIALS, name)
         if label == "throttled":
             pipe.hincrby(keys.METRICS_COUNTERS, f"throttle|{credential_label(name)}", 1)
-    _observe(pipe, HIST_LATENCY, kind, latency_s, LATENCY_BUCKETS_S)
+    for latency_s in request_latencies_s:
+        _observe(pipe, HIST_LATENCY, kind, latency_s, LATENCY_BUCKETS_S)
+    _observe(pipe, HIST_ATTEMPT, kind, attempt_s, ATTEMPT_BUCKETS_S)
     pipe.hset(keys.METRICS_CONSUMED, queue, f"{time.time() if now_s is None else now_s:.3f}")
     pipe.execute()
+
+
+def record_rate_wait(client, *, credentials: Iterable[str], wait_s: float) -> None:
+    """Observe a wait a job was sent back to serve for its rate-limit slot, once per credential
+    it waits on. `credentials` are rate-limit names (`api2:<accessKey>`): labelled hashed here,
+    and remembered so the exporter's per-credential gauges include them."""
+    names = list(credentials)
+    if not names:
+        return
+    pipe = client.pipeline(transaction=False)
+    for name in names:
+        pipe.sadd(keys.METRICS_CREDENTIALS, name)
+        _observe(pipe, HIST_RATE_WAIT, credential_label(name), max(wait_s, 0.0), RATE_WAIT_BUCKETS_S)
+    pipe.execute()
+
+
+def queue_completion_check(pipe, job_id: str) -> None:
+    """Queue the once-per-job marker and the fields `completion_delay` decides from."""
+    job_key = keys.job(job_id)
+    pipe.hsetnx(job_key, COMPLETION_MARKER, "1")
+    pipe.hmget(job_key, "kind", "submitted_at", "callbacks_needed")
+
+
+def completion_delay(replies: list, now_s: float) -> tuple[str, float] | None:
+    """(kind, seconds since submission) if this completion is to be observed, from the replies of
+    `queue_completion_check`: only the first observation of a job that was submitted and had
+    callbacks to wait for (ota-init and wa-calling complete at submit by nature: nothing to time)."""
+    first, (kind, submitted_at, needed) = replies[-2], replies[-1]
+    if not (first and kind and submitted_at) or needed == "0":
+        return None
+    try:
+        return kind, max(now_s - float(submitted_at), 0.0)
+    except ValueError:
+        return None
+
+
+def observe_completion(client, job_id: str, *, now_s: float | None = None) -> None:
+    """Observe submit -> completion of `job_id` into callback_delay, once per job (sync client).
+    Call it wherever a job is seen to complete; never raises."""
+    try:
+        pipe = client.pipeline(transaction=False)
+        queue_completion_check(pipe, job_id)
+        replies = pipe.execute()
+        if replies[-2] and not replies[-1][0]:
+            # The record is gone: drop the marker HSETNX just made, or it lingers without a TTL.
+            client.hdel(keys.job(job_id), COMPLETION_MARKER)
+        decided = completion_delay(replies, time.time() if now_s is None else now_s)
+        if decided:
+            pipe = client.pipeline(transaction=False)
+            _observe(pipe, HIST_CALLBACK_DELAY, decided[0], decided[1], CALLBACK_DELAY_BUCKETS_S)
+            pipe.execute()
+    except Exception as exc:  # a metric must never change what the caller does next
+        log.warning("completion metric not recorded: %s", type(exc).__name__)
 
 
 async def record_callback_delay(client, *, kind: str, delay_s: float) -> None:

@@ -56,12 +56,13 @@ return 0
 # on its family's waiting set, due for reconciliation at the deadline.
 # KEYS[1] job hash, KEYS[2] waiting zset, KEYS[3..] index keys.
 # ARGV as _TRANSITION_LUA for 1-5; 6 job id, 7 units needed, 8 due-at (unix s),
-# 9 now (unix s); field/value pairs from 10. Returns as _TRANSITION_LUA.
+# 9 now (unix s); field/value pairs from 10. Returns as _TRANSITION_LUA plus the state the job
+# is left in: `completed` tells the caller the callbacks had all come before the submit result.
 _SUBMIT_LUA = """
 local cur = redis.call('HGET', KEYS[1], 'state')
-if not cur then return {-1, '', 0, 0} end
+if not cur then return {-1, '', 0, 0, ''} end
 if not string.find(',' .. ARGV[2] .. ',', ',' .. cur .. ',', 1, true) then
-  return {0, cur, 0, 0}
+  return {0, cur, 0, 0, cur}
 end
 local ttl = tonumber(ARGV[4])
 redis.call('HSET', KEYS[1], 'state', ARGV[1], 'updated_at', ARGV[3], 'submitted_at', ARGV[9],
@@ -70,14 +71,16 @@ for counter in string.gmatch(ARGV[5], '[^,]+') do redis.call('HINCRBY', KEYS[1],
 for i = 10, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 for i = 3, #KEYS do redis.call('SET', KEYS[i], ARGV[6], 'EX', ttl) end
 local done = tonumber(redis.call('HGET', KEYS[1], 'callbacks_done') or '0')
+local state = ARGV[1]
 if done >= tonumber(ARGV[7]) then
-  redis.call('HSET', KEYS[1], 'state', 'completed')
+  state = 'completed'
+  redis.call('HSET', KEYS[1], 'state', state)
 else
   redis.call('ZADD', KEYS[2], ARGV[8], ARGV[6])
 end
 redis.call('EXPIRE', KEYS[1], ttl)
 local counts = redis.call('HMGET', KEYS[1], 'attempts', 'throttles')
-return {1, cur, tonumber(counts[1] or '0'), tonumber(counts[2] or '0')}
+return {1, cur, tonumber(counts[1] or '0'), tonumber(counts[2] or '0'), state}
 """
 
 
@@ -86,6 +89,8 @@ class Transition:
     previous: str
     attempts: int
     throttles: int
+    # The state the job is left in: the one asked for, except a submit that completes the job.
+    state: str = ""
 
 
 class TransitionRefused(Exception):
@@ -169,16 +174,16 @@ class RecordStore:
         allowed = ",".join(s.value for s in ALLOWED_FROM[state])
         args: list[str] = [state.value, allowed, utc_now_iso(), str(self.ttl_s), ",".join(counters)]
         if state is JobState.SUBMITTED:
-            status, current, attempts, throttles = self._submit_with_callbacks(job_id, args, fields)
+            status, current, attempts, throttles, after = self._submit_with_callbacks(job_id, args, fields)
             if status != 1:
                 raise TransitionRefused(job_id, current or None, state)
-            return Transition(current, int(attempts), int(throttles))
+            return Transition(current, int(attempts), int(throttles), after)
         for name, value in _encode(fields).items():
             args += [name, value]
         status, current, attempts, throttles = self._transition(keys=[keys.job(job_id)], args=args)
         if status != 1:
             raise TransitionRefused(job_id, current or None, state)
-        return Transition(current, int(attempts), int(throttles))
+        return Transition(current, int(attempts), int(throttles), state.value)
 
     def _submit_with_callbacks(self, job_id: str, args: list[str], fields: dict[str, Any]) -> list:
         """The submitted transition with its callback bookkeeping (see _SUBMIT_LUA)."""

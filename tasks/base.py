@@ -95,6 +95,8 @@ class JobTask(Task):
     def _run_job(self, job_id: str, kind: str, payload: dict[str, Any], operation: Operation, *,
                  slot_at_us: int | None = None, resumed: bool = False) -> str:
         svc = get_services()
+        # Left by an earlier job on this thread that ended without a report: not this attempt's.
+        take_request_latencies(svc)
         started = time.monotonic()
         try:
             model = validate_payload(kind, payload)
@@ -165,10 +167,13 @@ class JobTask(Task):
                 log.exception("job=%s could not record internal error", job_id)
             raise
 
-        svc.store.transition(job_id, JobState.SUBMITTED, request=outcome.request, result=outcome.result, error=None)
+        submit = svc.store.transition(job_id, JobState.SUBMITTED, request=outcome.request, result=outcome.result,
+                                      error=None)
         # Recorded: a redelivery now stops at the claim, and the sweeper has nothing to re-send.
         svc.redis.delete(keys.inflight(job_id), keys.job_payload(job_id))
-        _log_attempt(job_id, kind, claim.attempts, "submitted", "0", started)
+        if submit.state == JobState.COMPLETED.value:
+            _observe_completed_at_submit(svc, job_id, kind, outcome.result)
+        log_attempt(job_id, kind, claim.attempts, "submitted", "0", started)
         return JobState.SUBMITTED.value
 
     # ---- steps --------------------------------------------------------------
@@ -265,6 +270,7 @@ class JobTask(Task):
             priority = PRIORITY_NEW
         kwargs = {"job_id": job_id, "payload": payload, "slot_at_us": grant.slot_at_us if grant.reserved else None,
                   "resumed": resumed}
+        record_job_rate_wait(svc, job_id, countdown)
         return self.retry(kwargs=kwargs, countdown=countdown, priority=priority,
                           exc=RateWait(f"waiting {countdown:.3f}s for a rate-limit slot"))
 
@@ -283,7 +289,7 @@ class JobTask(Task):
                 payload=payload)
         svc.store.transition(job_id, JobState.RETRYING, incr=["throttles"], request=outcome.request,
                              error=error.model_dump())
-        _log_attempt(job_id, kind, claim.attempts, f"throttled, cooldown {cooldown:.2f}s", err.code, started)
+        log_attempt(job_id, kind, claim.attempts, f"throttled, cooldown {cooldown:.2f}s", err.code, started)
         kwargs = {"job_id": job_id, "payload": payload, "slot_at_us": None, "resumed": False}
         raise self.retry(kwargs=kwargs, countdown=cooldown + svc.rng.uniform(0, 0.1), priority=PRIORITY_RETRY,
                          exc=RateWait(f"{kind} job {job_id}: provider said too frequent ({err.code})"))
@@ -300,7 +306,7 @@ class JobTask(Task):
             delay = backoff_delay_s(error_attempts, base_s=base, cap_s=max(retry.cap_s, base), rng=svc.rng)
             svc.store.transition(job_id, JobState.RETRYING, request=outcome.request, error=JobError(
                 code=err.code, message=err.message, retryable=True).model_dump())
-            _log_attempt(job_id, kind, claim.attempts, f"retry in {delay:.2f}s", err.code, started)
+            log_attempt(job_id, kind, claim.attempts, f"retry in {delay:.2f}s", err.code, started)
             kwargs = {"job_id": job_id, "payload": payload, "slot_at_us": None, "resumed": False}
             raise self.retry(kwargs=kwargs, countdown=delay, priority=PRIORITY_RETRY,
                              exc=JobFailed(f"{kind} job {job_id}: {err.code} {err.message}"))
@@ -319,25 +325,64 @@ class JobTask(Task):
             fields["request"] = outcome.request
         svc.store.transition(job_id, JobState.FAILED, **fields)
         svc.redis.delete(keys.job_payload(job_id))  # a replay takes it from the dead letter
-        _log_attempt(job_id, kind, attempt, "failed", error.code, started)
+        log_attempt(job_id, kind, attempt, "failed", error.code, started)
         raise JobFailed(f"{kind} job {job_id} failed: {error.code} {error.message}")
 
 
-def _log_attempt(job_id: str, kind: str, attempt: int, outcome: str, code: str, started: float) -> None:
+def log_attempt(job_id: str, kind: str, attempt: int, outcome: str, code: str, started: float) -> None:
     """The one place an attempt is reported: one log line (fields also as structured `extra`)
-    and one pipelined Redis call of metrics (nxjobs.metrics). Never a secret or a phone."""
-    latency_s = time.monotonic() - started
-    log.info("job=%s kind=%s attempt=%d outcome=%s code=%s latency_ms=%d",
-             job_id, kind, attempt, outcome, code, latency_s * 1000,
+    and one pipelined Redis call of metrics (nxjobs.metrics). Never a secret or a phone.
+    `latency_ms` is the provider's part (this attempt's requests, summed), `attempt_ms` the whole attempt."""
+    attempt_s = time.monotonic() - started
+    requests_s = take_request_latencies()
+    latency_ms, attempt_ms = round(sum(requests_s) * 1000), round(attempt_s * 1000)
+    log.info("job=%s kind=%s attempt=%d outcome=%s code=%s latency_ms=%d attempt_ms=%d",
+             job_id, kind, attempt, outcome, code, latency_ms, attempt_ms,
              extra={"job_id": job_id, "kind": kind, "attempt": attempt, "outcome": outcome, "code": code,
-                    "latency_ms": round(latency_s * 1000)})
-    from nxjobs import metrics  # kept local: this function is the only user
+                    "latency_ms": latency_ms, "attempt_ms": attempt_ms})
+    from nxjobs import metrics  # kept local: the metric helpers below are the only users
     from nxjobs.jobs import KINDS
 
     try:
         svc = get_services()
         queue = KINDS[kind].queue if kind in KINDS else "unknown"
-        metrics.record_attempt(svc.redis, kind=kind, queue=queue, outcome=outcome, code=code, latency_s=latency_s,
-                               credentials=[lim.name for lim in svc.gate.last_limits])
+        metrics.record_attempt(svc.redis, kind=kind, queue=queue, outcome=outcome, code=code, attempt_s=attempt_s,
+                               request_latencies_s=requests_s, credentials=[lim.name for lim in svc.gate.last_limits])
     except Exception as exc:  # metrics must never change a job's outcome
         log.warning("job=%s metrics not recorded: %s", job_id, type(exc).__name__)
+
+
+def take_request_latencies(svc: Services | None = None) -> list[float]:
+    """This thread's provider request durations since last taken. [] if this process has not
+    built its Transport: building one only to ask would open a connection pool for nothing."""
+    try:
+        svc = svc or get_services()
+        if "transport" not in svc.__dict__:
+            return []
+        return svc.transport.take_latencies()
+    except Exception as exc:  # metrics must never change a job's outcome
+        log.warning("provider latencies not read: %s", type(exc).__name__)
+        return []
+
+
+def record_job_rate_wait(svc: Services, job_id: str, wait_s: float) -> None:
+    """The wait this job is sent back to serve, per credential it waits on (labels hashed)."""
+    from nxjobs import metrics
+
+    try:
+        metrics.record_rate_wait(svc.redis, credentials=[lim.name for lim in svc.gate.last_limits], wait_s=wait_s)
+    except Exception as exc:  # metrics must never change a job's outcome
+        log.warning("job=%s rate-wait metric not recorded: %s", job_id, type(exc).__name__)
+
+
+def _observe_completed_at_submit(svc: Services, job_id: str, kind: str, result: dict[str, Any] | None) -> None:
+    """Every callback beat the submit result, so the receiver saw no completion to time: time it here.
+    Kinds final at submit (ota-init, wa-calling) have no callbacks and no delay to time."""
+    from nxjobs import metrics
+    from nxjobs.callbacks import correlate
+
+    try:
+        if correlate.on_submit(kind, result).needed:
+            metrics.observe_completion(svc.redis, job_id)
+    except Exception as exc:  # metrics must never change a job's outcome
+        log.warning("job=%s completion metric not recorded: %s", job_id, type(exc).__name__)

@@ -181,22 +181,26 @@ class Exporter:
         yield responses
         yield throttles
 
-        for name, series, buckets, help_text in (
-            ("nxjobs_provider_latency_seconds", metrics.HIST_LATENCY, metrics.LATENCY_BUCKETS_S,
+        for name, series, buckets, label_name, help_text in (
+            ("nxjobs_provider_latency_seconds", metrics.HIST_LATENCY, metrics.LATENCY_BUCKETS_S, "kind",
+             "Duration of one provider HTTP request (also one that timed out or failed)"),
+            ("nxjobs_attempt_duration_seconds", metrics.HIST_ATTEMPT, metrics.ATTEMPT_BUCKETS_S, "kind",
              "Duration of one attempt: rate-limit gate, provider request(s), recording"),
-            ("nxjobs_callback_delay_seconds", metrics.HIST_CALLBACK_DELAY, metrics.CALLBACK_DELAY_BUCKETS_S,
+            ("nxjobs_ratelimit_wait_seconds", metrics.HIST_RATE_WAIT, metrics.RATE_WAIT_BUCKETS_S, "credential",
+             "Waits jobs were sent back to serve for a rate-limit slot, per credential (hashed id)"),
+            ("nxjobs_callback_delay_seconds", metrics.HIST_CALLBACK_DELAY, metrics.CALLBACK_DELAY_BUCKETS_S, "kind",
              "Time from the provider accepting a job to its final callback"),
         ):
-            hist = HistogramMetricFamily(name, help_text, labels=["kind"])
+            hist = HistogramMetricFamily(name, help_text, labels=[label_name])
             for label, (cumulative, total) in sorted(metrics.histogram_series(hists, series, buckets).items()):
                 hist.add_metric([label], cumulative, total)
             yield hist
 
-        wait, cooldown = self._rate_limiter(redis_now_s)
-        g = GaugeMetricFamily("nxjobs_ratelimit_wait_seconds",
+        next_slot, cooldown = self._rate_limiter(redis_now_s)
+        g = GaugeMetricFamily("nxjobs_ratelimit_next_slot_seconds",
                               "Wait a new request would have now for its rate-limit slot, per credential",
                               labels=["credential"])
-        for cred, value in sorted(wait.items()):
+        for cred, value in sorted(next_slot.items()):
             g.add_metric([cred], value)
         yield g
         g = GaugeMetricFamily("nxjobs_ratelimit_cooldown_seconds",

@@ -3,7 +3,7 @@
 `NXJOBS_LOG_FORMAT=json` (the image sets it) turns each record into one JSON
 object: time, level, logger, process, message, plus Celery's task name/id and the
 structured fields of the per-attempt line (job_id, kind, attempt, outcome, code,
-latency_ms) — a fixed list, never arbitrary `extra` data. Text stays the default for terminals and tests.
+latency_ms, attempt_ms) — a fixed list, never arbitrary `extra` data. Text stays the default for terminals and tests.
 What is logged is already redacted at the call site; this module only formats.
 """
 
@@ -17,7 +17,7 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"
 
 # The `extra` fields emitted: ours (the per-attempt line) and Celery's task ids. Nothing else:
 # Celery attaches the raw task arguments to some records as `data`, which must never be printed.
-FIELDS = ("job_id", "kind", "attempt", "outcome", "code", "latency_ms", "task_name", "task_id")
+FIELDS = ("job_id", "kind", "attempt", "outcome", "code", "latency_ms", "attempt_ms", "task_name", "task_id")
 
 
 class JsonFormatter(logging.Formatter):

@@ -130,17 +130,16 @@ def create_app(config: ReceiverConfig) -> Router:
         return Response(ok_body, media_type="application/json")
 
     async def observe_completion(job_id: str) -> None:
-        """Submit -> final callback time, once per job (a marker field keeps later callbacks from re-counting)."""
+        """Submit -> final callback time, once per job; the rules are metrics.observe_completion's
+        (this is its asyncio twin), so a job completed elsewhere is never counted twice."""
         try:
             client = holder["ledger"].redis
-            job_key = keys.job(job_id)
             pipe = client.pipeline(transaction=False)
-            pipe.hsetnx(job_key, "completion_observed", "1")
-            pipe.hmget(job_key, "kind", "submitted_at")
-            first, (kind, submitted_at) = await pipe.execute()
-            if first and kind and submitted_at:
-                await metrics.record_callback_delay(client, kind=kind, delay_s=config.clock() - float(submitted_at))
-        except (redis.RedisError, OSError, ValueError) as exc:
+            metrics.queue_completion_check(pipe, job_id)
+            decided = metrics.completion_delay(await pipe.execute(), config.clock())
+            if decided:
+                await metrics.record_callback_delay(client, kind=decided[0], delay_s=decided[1])
+        except Exception as exc:  # a metric must never turn a stored callback into a 5xx
             log.warning("completion metric not recorded: %s", type(exc).__name__)
 
     def unsigned(kind: str):

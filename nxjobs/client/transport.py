@@ -8,7 +8,9 @@ phone twice. Business errors are not decided here: a parsed body is returned.
 from __future__ import annotations
 
 import json
+import threading
 import time
+from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -37,6 +39,11 @@ from urllib3.util.retry import Retry
 from nxjobs.client.errors import RETRY, BOUNDED, TransportError, classify_http_status
 
 
+# Request durations kept per thread until taken. A thread whose caller never takes them
+# (e.g. reconciliation) keeps only the newest, so memory stays bounded.
+MAX_KEPT_LATENCIES = 1024
+
+
 @dataclass(frozen=True)
 class Response:
     status: int
@@ -56,12 +63,46 @@ class Transport:
         )
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
+        self._local = threading.local()
 
     def post(self, url: str, *, data: bytes | dict[str, str], headers: dict[str, str]) -> Response:
         """POST and parse a JSON answer. `data` bytes are sent exactly as given."""
         started = time.monotonic()
         try:
-            resp = self.session.post(url, data=data, headers=headers, timeout=self.timeout, allow_redirects=False)
+            resp = self._send(url, data, headers)
+        finally:
+            # Also when it failed: time spent waiting on the provider is time spent.
+            latency = time.monotonic() - started
+            self._kept_latencies().append(latency)
+        if not 200 <= resp.status_code < 300:
+            raise TransportError(f"HTTP {resp.status_code} from {_origin(url)}", code=f"http_{resp.status_code}",
+                                 classification=classify_http_status(resp.status_code), may_have_reached=False)
+        try:
+            body = json.loads(resp.content)
+        except ValueError as exc:
+            raise TransportError(f"invalid JSON from {_origin(url)}", code="invalid_json",
+                                 classification=BOUNDED, may_have_reached=True) from exc
+        if not isinstance(body, dict):
+            raise TransportError(f"unexpected JSON shape from {_origin(url)}", code="invalid_json",
+                                 classification=BOUNDED, may_have_reached=True)
+        return Response(resp.status_code, body, latency)
+
+    def take_latencies(self) -> list[float]:
+        """Seconds of each request this thread sent since the last call, oldest first; clears them."""
+        kept = self._kept_latencies()
+        taken = list(kept)
+        kept.clear()
+        return taken
+
+    def _kept_latencies(self) -> deque:
+        kept = getattr(self._local, "latencies", None)
+        if kept is None:
+            kept = self._local.latencies = deque(maxlen=MAX_KEPT_LATENCIES)
+        return kept
+
+    def _send(self, url: str, data: bytes | dict[str, str], headers: dict[str, str]) -> requests.Response:
+        try:
+            return self.session.post(url, data=data, headers=headers, timeout=self.timeout, allow_redirects=False)
         except requests.ConnectTimeout as exc:
             raise TransportError(f"connect timeout to {_origin(url)}", code="connect_timeout",
                                  classification=RETRY, may_have_reached=False) from exc
@@ -75,19 +116,6 @@ class Transport:
         except requests.RequestException as exc:
             raise TransportError(f"request to {_origin(url)} failed: {type(exc).__name__}",
                                  code="request_error", classification=RETRY, may_have_reached=True) from exc
-        latency = time.monotonic() - started
-        if not 200 <= resp.status_code < 300:
-            raise TransportError(f"HTTP {resp.status_code} from {_origin(url)}", code=f"http_{resp.status_code}",
-                                 classification=classify_http_status(resp.status_code), may_have_reached=False)
-        try:
-            body = json.loads(resp.content)
-        except ValueError as exc:
-            raise TransportError(f"invalid JSON from {_origin(url)}", code="invalid_json",
-                                 classification=BOUNDED, may_have_reached=True) from exc
-        if not isinstance(body, dict):
-            raise TransportError(f"unexpected JSON shape from {_origin(url)}", code="invalid_json",
-                                 classification=BOUNDED, may_have_reached=True)
-        return Response(resp.status_code, body, latency)
 
     def close(self) -> None:
         self.session.close()

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_outcome_labels_are_a_bounded_set():
-    # Given the outcome texts _log_attempt writes, When reduced, Then only the four labels remain
+    # Given the outcome texts log_attempt writes, When reduced, Then only the four labels remain
     assert metrics.outcome_label("retry in 1.23s") == "retry"
     assert metrics.outcome_label("throttled, cooldown 0.25s") == "throttled"
     assert metrics.outcome_label("submitted") == "submitted"
@@ -106,3 +106,82 @@ def test_parts_of_a_big_file_get_their_own_task_names_and_batch_numbers():
     nc = number_check_payload(5, "B1")
     assert nc(["1"], 3, 200) == {"phones": ["1"], "check_level": 5, "batch_no": "B1-3"}
     assert nc(["1"], 1, 1)["batch_no"] == "B1"
+
+
+# ---- the metrics gaps: rate-limit waits served, provider latency per request, completions ------
+
+class _Pipe:
+    """Records the commands queued on it; `execute` is one round trip of the fake client."""
+
+    def __init__(self, client: "_Client"):
+        self.client = client
+        self.queued: list[tuple] = []
+
+    def __getattr__(self, command: str):
+        return lambda *args, **kw: self.queued.append((command, *args))
+
+    def execute(self) -> list:
+        self.client.trips += 1
+        self.client.commands += self.queued
+        return [None] * len(self.queued)
+
+
+class _Client:
+    def __init__(self):
+        self.trips = 0
+        self.commands: list[tuple] = []
+
+    def pipeline(self, transaction: bool = True) -> _Pipe:
+        return _Pipe(self)
+
+    def fields(self, command: str) -> list[str]:
+        return [c[2] for c in self.commands if c[0] == command]
+
+
+def test_a_rate_wait_is_one_round_trip_labelled_by_the_hashed_credential():
+    client = _Client()
+    # When a job waits 1.2 s on two limits of one access key
+    metrics.record_rate_wait(client, credentials=["api2:raw-access-key", "api2-big:raw-access-key"], wait_s=1.2)
+    # Then one pipelined call observes it once per credential, under the hashed label only
+    assert client.trips == 1
+    api2 = metrics.credential_label("api2:raw-access-key")
+    assert f"ratelimit_wait|{api2}|2.5" in client.fields("hincrby")
+    assert f"ratelimit_wait|{api2}|count" in client.fields("hincrby")
+    assert len([f for f in client.fields("hincrby") if f.endswith("|count")]) == 2
+    assert not any("raw-access-key" in f for f in client.fields("hincrby") + client.fields("hincrbyfloat"))
+    # And nothing at all is written for a request without limits
+    metrics.record_rate_wait(client, credentials=[], wait_s=1.0)
+    assert client.trips == 1
+
+
+def test_rate_wait_buckets_span_a_millisecond_to_the_longest_countdown():
+    buckets = metrics.RATE_WAIT_BUCKETS_S
+    assert metrics.bucket_le(0.0004, buckets) == "0.001"
+    assert metrics.bucket_le(600.0, buckets) == "600.0"  # RateLimitSettings.max_wait_s
+    assert metrics.bucket_le(600.5, buckets) == "+Inf"
+
+
+def test_an_attempt_observes_each_request_and_the_whole_attempt_in_one_round_trip():
+    client = _Client()
+    metrics.record_attempt(client, kind="call", queue="agent", outcome="submitted", code="0", attempt_s=1.4,
+                           request_latencies_s=[0.03, 0.2], credentials=["makecall:user"])
+    assert client.trips == 1
+    counted = [f for f in client.fields("hincrby") if f.endswith("|count")]
+    assert sorted(counted) == ["attempt_duration|call|count", "provider_latency|call|count",
+                               "provider_latency|call|count"]
+    assert {"provider_latency|call|0.05", "provider_latency|call|0.25", "attempt_duration|call|2.5"} <= set(
+        client.fields("hincrby"))
+
+
+def test_a_completion_is_timed_once_and_only_for_a_submitted_job_that_waited_for_callbacks():
+    now = 1_000.0
+    # Given the HSETNX marker reply and HMGET kind, submitted_at, callbacks_needed
+    assert metrics.completion_delay([1, ["call", "990.5", "1"]], now) == ("call", 9.5)
+    assert metrics.completion_delay([1, ["number-check", "990", None]], now) == ("number-check", 10.0)
+    assert metrics.completion_delay([1, ["call", "1001", "1"]], now) == ("call", 0.0)  # clocks apart
+    # Then not a second time, not before submission, not a job final at submit, not a broken field
+    assert metrics.completion_delay([0, ["call", "990", "1"]], now) is None
+    assert metrics.completion_delay([1, ["call", None, "1"]], now) is None
+    assert metrics.completion_delay([1, ["ota-init", "990", "0"]], now) is None
+    assert metrics.completion_delay([1, [None, None, None]], now) is None
+    assert metrics.completion_delay([1, ["call", "soon", "1"]], now) is None
