@@ -12,6 +12,9 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# Shared with producers, which read the same NXJOBS_COALESCE__* variables (nxjobs/producers.py).
+from nxjobs.coalesce import CoalesceSettings
+
 ENV_PREFIX = "NXJOBS_"
 
 
@@ -223,6 +226,8 @@ class Settings(BaseSettings):
     task_soft_time_limit_s: int = Field(default=240, gt=0)
     dead_letters: DeadLetterSettings = DeadLetterSettings()
     recover: RecoverSettings = RecoverSettings()
+    # Gathering one-number Number Checks into provider batches (nxjobs/coalesce.py).
+    coalesce: CoalesceSettings = CoalesceSettings()
     # Unacked messages (running jobs, and countdown retries a worker holds) come back
     # this long after their worker vanished. workers/delivery.py checks at startup that
     # it exceeds the task time limit plus the longest countdown we ever set.

@@ -123,6 +123,9 @@ def _add_submit_parser(sub) -> None:
     p.add_argument("--show-phone", help="call: caller id to display")
     p.add_argument("--check-level", type=int, help="number-check: 1 basic, 4 call, 5 HLR")
     p.add_argument("--batch-no", help="number-check: batch number (default: the job id)")
+    p.add_argument("--no-batch", dest="batch", action="store_false",
+                   help="number-check: send a one-number check in a request of its own at once, instead of "
+                        "sharing one with other one-number checks (up to NXJOBS_COALESCE__LINGER_S later)")
     p.add_argument("--user-ip", help="ota-init: IP address of the user's device")
     p.add_argument("--business-phone", help="wa-calling: WhatsApp business phone")
     p.add_argument("--scene-id", help="callbot-list: script template id")
@@ -260,7 +263,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         raise InvalidJob("file", "--file is for number-check, --contacts for callbot-list")
     payload = _payload_from_args(args)
     with Producer() as producer:
-        job_id = producer.enqueue(args.kind, payload)
+        job_id = producer.enqueue(args.kind, payload, batch=args.batch)
         if args.json:
             _print_record(producer.get(job_id), as_json=True)
         else:

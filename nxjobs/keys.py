@@ -55,7 +55,8 @@ def job_callback_units(job_id: str) -> str:
 def callback_index(id_kind: str, value: str) -> str:
     """Correlation index: an id we sent or the provider returned -> job id.
 
-    id_kind: `call` (Agent orderid), `nc-batch` (Number Check batchNo), `nc-req` (Number Check requestId).
+    id_kind: `call` (Agent orderid), `nc-batch` (Number Check batchNo), `nc-req` (Number Check requestId),
+    `nc-num` (`<batchNo>:<phone>`, one coalesced job of a shared batch, nxjobs.coalesce).
     """
     return f"{PREFIX}:cb:idx:{id_kind}:{value}"
 
@@ -116,3 +117,24 @@ def recover_suspects(family: str) -> str:
 def recover_lock(family: str) -> str:
     return f"{PREFIX}:recover:lock:{family}"
 DEAD_ENTRIES = f"{PREFIX}:dead:entries"
+
+
+# ---- coalescing (nxjobs.coalesce) ------------------------------------------------
+
+def coalesce_pending(group: str) -> str:
+    """List of `<job id>|<phone>` waiting to be sent together (group = check level, e.g. `nc1`)."""
+    return f"{PREFIX}:coalesce:{group}:pending"
+
+
+def coalesce_armed(group: str) -> str:
+    """Set while a lingering flush of `group` is on its way (expires: a lost one is re-armed)."""
+    return f"{PREFIX}:coalesce:{group}:armed"
+
+
+def coalesce_batch(batch_id: str) -> str:
+    """Hash of one built batch: group, batchNo, members JSON, created_at, attempts, throttles."""
+    return f"{PREFIX}:coalesce:batch:{batch_id}"
+
+
+# Sorted set of built, unfinished batch ids (score = unix time built), for the sweep.
+COALESCE_OPEN = f"{PREFIX}:coalesce:open"

@@ -2,8 +2,10 @@
 to one set of numbers and a single exporter (workers/exporter.py) serves them.
 
 Writers call `record_attempt` (a worker, once per attempt), `record_rate_wait` (a worker,
-once per re-queue for a rate-limit slot) and `observe_completion` (whoever completes a job:
-receiver, reconciliation, or the submit step itself); each write is one pipelined round trip.
+once per re-queue for a rate-limit slot), and time each job's completion once: the callback
+script hands `submitted_at` back with the callback that completed a job (the receiver batches
+those, reconciliation records them), and `observe_completion` covers a job completed at its
+submit step because every callback came first. Each write is one pipelined round trip.
 Histograms store per-bucket (non-cumulative) counts; the exporter sums them up.
 
 Labels never carry a secret or a phone number: a rate-limit credential is shown as its
@@ -147,12 +149,28 @@ def observe_completion(client, job_id: str, *, now_s: float | None = None) -> No
         log.warning("completion metric not recorded: %s", type(exc).__name__)
 
 
-async def record_callback_delay(client, *, kind: str, delay_s: float) -> None:
-    """Observe submit -> final callback for a job the receiver just completed (asyncio client)."""
-    pipe = client.pipeline(transaction=False)
-    _observe(pipe, HIST_CALLBACK_DELAY, kind, max(delay_s, 0.0), CALLBACK_DELAY_BUCKETS_S)
-    await pipe.execute()
+def callback_delay_s(submitted_at: str, now_s: float) -> float | None:
+    """Seconds from submission (the `submitted_at` a completing callback hands back) to now."""
+    try:
+        return max(now_s - float(submitted_at), 0.0)
+    except ValueError:
+        return None
 
+
+def queue_callback_delays(pipe, observations: Iterable[tuple[str, float]]) -> None:
+    """Queue submit -> final callback observations (kind, seconds) on a pipeline, sync or asyncio."""
+    for kind, delay_s in observations:
+        _observe(pipe, HIST_CALLBACK_DELAY, kind, max(delay_s, 0.0), CALLBACK_DELAY_BUCKETS_S)
+
+
+def record_callback_delay(client, *, kind: str, delay_s: float) -> None:
+    """Observe one completion a sync caller saw (reconciliation); never raises."""
+    try:
+        pipe = client.pipeline(transaction=False)
+        queue_callback_delays(pipe, [(kind, delay_s)])
+        pipe.execute()
+    except Exception as exc:  # a metric must never change what the caller does next
+        log.warning("completion metric not recorded: %s", type(exc).__name__)
 
 def histogram_series(cells: dict[str, str], name: str,
                      buckets: tuple[float, ...]) -> dict[str, tuple[list[tuple[str, float]], float]]:

@@ -13,6 +13,7 @@ so applications need neither our task code nor our service configuration.
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from typing import Any, Iterable
@@ -22,24 +23,29 @@ from celery import Celery
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from nxjobs import keys
+from nxjobs import coalesce, keys
+from nxjobs.coalesce import CoalesceSettings
 from nxjobs.callbacks import correlate
 from nxjobs.deadletters import DeadLetters
-from nxjobs.jobs import PRIORITY_NEW, InvalidJob, get_kind, validate_payload
-from nxjobs.records import JobRecord, JobState
+from nxjobs.jobs import PRIORITY_NEW, InvalidJob, NumberCheckPayload, get_kind, validate_payload
+from nxjobs.records import JobRecord, JobState, utc_now_iso
 from nxjobs.redact import flower_repr, redact
 from nxjobs.redis_conn import RedisUnavailable, connect, describe
 from nxjobs.store import RecordStore
+
+log = logging.getLogger("nxjobs.producer")
 
 __all__ = ["Producer", "InvalidJob", "RedisUnavailable", "EnqueueError", "JobRecord", "JobState"]
 
 
 class ProducerSettings(BaseSettings):
-    """The two settings a producer needs; same names as the service's config.settings."""
+    """The settings a producer needs; same names as the service's config.settings."""
 
-    model_config = SettingsConfigDict(env_prefix="NXJOBS_", env_file=".env", env_ignore_empty=True, extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="NXJOBS_", env_nested_delimiter="__", env_file=".env",
+                                      env_ignore_empty=True, extra="ignore")
     redis_url: str = "redis://localhost:6379/0"
     record_ttl_s: int = Field(default=7 * 24 * 3600, gt=0)
+    coalesce: CoalesceSettings = CoalesceSettings()
 
 
 class EnqueueError(RuntimeError):
@@ -52,6 +58,7 @@ class Producer:
         self.redis_url = redis_url or settings.redis_url
         self.redis = connect(self.redis_url)
         self.store = RecordStore(self.redis, ttl_s=record_ttl_s or settings.record_ttl_s)
+        self.coalesce = coalesce.CoalesceQueue(self.redis, settings.coalesce, ttl_s=self.store.ttl_s)
         self._celery = Celery("nxjobs-producer", broker=self.redis_url, set_as_current=False)
         self._celery.conf.update(
             task_serializer="json",
@@ -67,10 +74,16 @@ class Producer:
 
     # ---- enqueue ----------------------------------------------------------
 
-    def enqueue(self, kind: str, payload: dict[str, Any]) -> str:
-        """Validate `payload` for `kind`, store its record, enqueue it; return the job id."""
+    def enqueue(self, kind: str, payload: dict[str, Any], *, batch: bool = True) -> str:
+        """Validate `payload` for `kind`, store its record, enqueue it; return the job id.
+
+        A one-number Number Check (no batchNo of its own) is sent together with others in
+        one provider request (nxjobs.coalesce), unless `batch=False`: then it is sent on its
+        own at once, for a latency-sensitive check."""
         job_kind = get_kind(kind)
         model = validate_payload(kind, payload)
+        if batch and _coalescible(model):
+            return self._enqueue_coalesced([model])[0]
         body = model.model_dump(mode="json", exclude_none=True)
         job_id = uuid.uuid4().hex
         kwargs = {"job_id": job_id, "payload": body}
@@ -97,7 +110,7 @@ class Producer:
                                f"{type(exc).__name__}: {exc}") from None
         return job_id
 
-    def enqueue_many(self, kind: str, payloads: Iterable[dict[str, Any]]) -> list[str]:
+    def enqueue_many(self, kind: str, payloads: Iterable[dict[str, Any]], *, batch: bool = True) -> list[str]:
         """Validate and enqueue several jobs of one kind; return their ids, in order.
 
         Every payload is validated before anything is written. The records are
@@ -105,9 +118,13 @@ class Producer:
         broker connection (one LPUSH and one "sent" event each). If publishing
         fails part way, the records of the unsent jobs are removed and
         EnqueueError says how many were enqueued (their ids in `.job_ids`).
+        One-number Number Checks are coalesced as in `enqueue` (all of them, or none
+        if `batch=False`); they need no message of their own.
         """
         job_kind = get_kind(kind)
         models = [validate_payload(kind, payload) for payload in payloads]
+        if batch and models and all(_coalescible(m) for m in models):
+            return self._enqueue_coalesced(models)
         jobs = [(uuid.uuid4().hex, model, model.model_dump(mode="json", exclude_none=True)) for model in models]
         try:
             pipe = self.redis.pipeline(transaction=True)
@@ -136,6 +153,35 @@ class Producer:
             raise err from None
         return sent
 
+    def _enqueue_coalesced(self, models: list[NumberCheckPayload]) -> list[str]:
+        """Records plus pending entries (one atomic step per group), then the flush messages due."""
+        job_ids = [uuid.uuid4().hex for _ in models]
+        groups: dict[str, list[tuple[str, str, str]]] = {}
+        for job_id, model in zip(job_ids, models):
+            shown = redact(model.model_dump(mode="json", exclude_none=True))
+            groups.setdefault(coalesce.group_of(model.check_level), []).append(
+                (job_id, model.phones[0], json.dumps(shown, ensure_ascii=False, separators=(",", ":"))))
+        for group, jobs in groups.items():
+            try:
+                flushes = self.coalesce.enqueue(group, jobs, utc_now_iso())
+            except redis.RedisError as exc:
+                raise RedisUnavailable(f"cannot reach Redis at {describe(self.redis_url)}: {exc}") from None
+            self._send_flushes(group, flushes)
+        return job_ids
+
+    def _send_flushes(self, group: str, flushes: coalesce.Flushes) -> None:
+        try:
+            with self._celery.producer_or_acquire() as publisher:
+                for _ in range(flushes.now):
+                    coalesce.send_flush(self._celery, group, "full", producer=publisher)
+                if flushes.linger:
+                    coalesce.send_flush(self._celery, group, "linger", countdown=self.coalesce.settings.linger_s,
+                                        producer=publisher)
+        except Exception as exc:
+            # The jobs are stored and pending: the flag left armed expires, and the next push
+            # or beat's sweep sends the flush this one could not. Nothing is lost; it is late.
+            log.warning("could not send a %s flush (%s: %s); the sweep will", group, type(exc).__name__, exc)
+
     def _forget(self, job_id: str) -> None:
         try:
             self.store.delete(job_id)
@@ -161,8 +207,11 @@ class Producer:
             task_callback_url=task_callback_url, order_callback_url=order_callback_url,
             call_callback_url=call_callback_url))
 
-    def number_check(self, *, phones: list[str], check_level: int = 1, batch_no: str | None = None) -> str:
-        return self.enqueue("number-check", _drop_none(phones=phones, check_level=check_level, batch_no=batch_no))
+    def number_check(self, *, phones: list[str], check_level: int = 1, batch_no: str | None = None,
+                     batch: bool = True) -> str:
+        """`batch=False`: a one-number check gets a request of its own instead of sharing one."""
+        return self.enqueue("number-check", _drop_none(phones=phones, check_level=check_level, batch_no=batch_no),
+                            batch=batch)
 
     def ota_init(self, *, phone: str, user_ip: str) -> str:
         return self.enqueue("ota-init", {"phone": phone, "user_ip": user_ip})
@@ -245,6 +294,11 @@ class Producer:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _coalescible(model: Any) -> bool:
+    """One number and no batchNo of its own: it can share a request (nxjobs.coalesce)."""
+    return isinstance(model, NumberCheckPayload) and len(model.phones) == 1 and model.batch_no is None
 
 
 def _drop_none(**fields: Any) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from functools import cached_property
 from config.settings import Settings, load_settings
 from tasks.limits import limits_for
 from nxjobs.callbacks.ledger import Ledger
+from nxjobs.coalesce import CoalesceQueue
 from nxjobs.deadletters import DeadLetters
 from nxjobs.client.agent import AgentClient
 from nxjobs.client.api2 import Api2Client
@@ -41,6 +42,10 @@ class Services:
     @cached_property
     def ledger(self) -> Ledger:
         return Ledger(self.redis, unmatched_max=self.settings.callbacks.unmatched_max)
+
+    @cached_property
+    def coalesce(self) -> CoalesceQueue:
+        return CoalesceQueue(self.redis, self.settings.coalesce, ttl_s=self.settings.record_ttl_s)
 
     @cached_property
     def dead_letters(self) -> DeadLetters:

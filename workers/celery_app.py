@@ -17,7 +17,7 @@ settings = load_settings()
 # Refuse to start if a countdown could outlive the visibility timeout (duplicate delivery).
 check_visibility(settings)
 
-app = Celery("nxjobs", include=["tasks.calls", "tasks.callbot", "tasks.api2", "tasks.reconcile"])
+app = Celery("nxjobs", include=["tasks.calls", "tasks.callbot", "tasks.api2", "tasks.coalesce", "tasks.reconcile"])
 app.conf.update(
     broker_url=settings.redis_url,
     # https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-serializer
@@ -83,6 +83,12 @@ app.conf.beat_schedule.update({
     }
     for family in ("api2", "callbot", "agent")
 })
+# Coalesced Number Checks whose flush message was lost are flushed again (nxjobs/coalesce.py).
+app.conf.beat_schedule["coalesce-sweep"] = {
+    "task": "nxjobs.coalesce_sweep",
+    "schedule": settings.coalesce.sweep_interval_s,
+    "options": {"queue": "api2", "routing_key": "api2", "expires": settings.coalesce.sweep_interval_s},
+}
 
 
 # Logs: JSON lines when NXJOBS_LOG_FORMAT=json (containers), Celery's text format otherwise.

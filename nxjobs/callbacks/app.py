@@ -14,6 +14,7 @@ Build with `create_app(ReceiverConfig(...))`; `workers/web.py` does that from se
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import Counter
@@ -27,13 +28,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, Router
 
-from nxjobs import callback_urls, keys, metrics
+from nxjobs import callback_urls, metrics
 from nxjobs.callbacks import events
 from nxjobs.callbacks.ledger import BatchingApplier, Ledger
 from nxjobs.callbacks.verify import Rejected, check_callbot, check_token
 
 log = logging.getLogger("nxjobs.callbacks")
 
+# How often completion times collected by the receiver are written (nxjobs.metrics).
+DELAY_FLUSH_S = 0.5
 # Bodies are pre-encoded: the hot path builds no JSON for its answer.
 _OK_CALLBOT = b'{"retCode":0,"retMsg":"success"}'
 _OK_PLAIN = b'{"code":0,"message":"success"}'
@@ -102,11 +105,15 @@ def create_app(config: ReceiverConfig) -> Router:
         holder["ledger"] = ledger = Ledger(client, unmatched_max=config.unmatched_max)
         # Concurrent requests share Redis round trips (each callback still one atomic script).
         holder["applier"] = BatchingApplier(ledger)
+        holder["delays"] = []
+        flusher = asyncio.ensure_future(flush_delays_forever())
         if not callbot_ready:
             log.warning("callbot uuid/secret key not configured: Callbot callbacks will be refused (401)")
         try:
             yield
         finally:
+            flusher.cancel()
+            await flush_delays()
             await client.aclose()
 
     def reject(kind: str, exc: Rejected) -> Response:
@@ -125,22 +132,28 @@ def create_app(config: ReceiverConfig) -> Router:
         stats[applied.outcome] += 1
         if applied.status == 0:
             log.info("callback unmatched type=%s ids=%s", kind, event.ids)
-        elif applied.status == 1 and applied.state == "completed":
-            await observe_completion(applied.job_id)
+        elif applied.submitted_at:
+            delay = metrics.callback_delay_s(applied.submitted_at, config.clock())
+            if delay is not None:
+                holder["delays"].append((event.job_kind, delay))
         return Response(ok_body, media_type="application/json")
 
-    async def observe_completion(job_id: str) -> None:
-        """Submit -> final callback time, once per job; the rules are metrics.observe_completion's
-        (this is its asyncio twin), so a job completed elsewhere is never counted twice."""
+    async def flush_delays() -> None:
+        """Completion times leave in one pipelined trip per interval, not one per callback."""
+        batch, holder["delays"] = holder["delays"], []
+        if not batch:
+            return
         try:
-            client = holder["ledger"].redis
-            pipe = client.pipeline(transaction=False)
-            metrics.queue_completion_check(pipe, job_id)
-            decided = metrics.completion_delay(await pipe.execute(), config.clock())
-            if decided:
-                await metrics.record_callback_delay(client, kind=decided[0], delay_s=decided[1])
-        except Exception as exc:  # a metric must never turn a stored callback into a 5xx
-            log.warning("completion metric not recorded: %s", type(exc).__name__)
+            pipe = holder["ledger"].redis.pipeline(transaction=False)
+            metrics.queue_callback_delays(pipe, batch)
+            await pipe.execute()
+        except Exception as exc:  # a metric must never cost a stored callback
+            log.warning("%d completion metric(s) not recorded: %s", len(batch), type(exc).__name__)
+
+    async def flush_delays_forever() -> None:
+        while True:
+            await asyncio.sleep(DELAY_FLUSH_S)
+            await flush_delays()
 
     def unsigned(kind: str):
         async def endpoint(request: Request) -> Response:

@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from nxjobs import keys
+from nxjobs import coalesce, keys
 from nxjobs.redact import redact
 
 # Number Check: per-number ids are `<submit requestId>-<6 digits>` (reference §5.1).
@@ -52,6 +52,7 @@ class NumberCheckResult(_Payload):
     requestId: str | None = Field(default=None, max_length=128)
     messageId: str | None = Field(default=None, max_length=128)
     batchNo: str | None = Field(default=None, max_length=64)
+    phone: str | None = Field(default=None, max_length=32)
     code: int | str | None = None
 
     @model_validator(mode="after")
@@ -144,6 +145,9 @@ def to_event(kind: str, model: _Payload) -> Event:
         index = [keys.callback_index("nc-req", number_check_base_id(nid))]
         if model.batchNo:
             index.append(keys.callback_index("nc-batch", model.batchNo))
+            if model.phone:
+                # A coalesced job is one number of a shared batch (nxjobs.coalesce): found by both.
+                index.insert(0, coalesce.member_index_key(model.batchNo, model.phone))
         return Event(NUMBER_CHECK, "number-check", tuple(index), "", f"nc:{nid}", nid, data,
                      {"requestId": nid, "batchNo": model.batchNo})
     if isinstance(model, CallbotCall):

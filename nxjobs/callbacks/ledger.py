@@ -32,7 +32,8 @@ from nxjobs.records import utc_now_iso
 # ARGV[1] key prefix, [2] direct job id or '', [3] job kind expected, [4] dedupe key,
 #   [5] completion unit or '', [6] entry JSON (an object), [7] the correlating ids (JSON), [8] now ISO,
 #   [9] unmatched max, [10] result JSON for a call job failed as ambiguous that this proves, or ''.
-# Returns {status, job id, state}: 1 recorded, 2 duplicate (nothing written), 0 unmatched.
+# Returns {status, job id, state[, submitted_at]}: 1 recorded, 2 duplicate (nothing written), 0 unmatched;
+#   submitted_at (unix s) only from the callback that completed the job, once per job.
 _APPLY_LUA = """
 local job_id = false
 for i = 4, #KEYS do
@@ -82,9 +83,14 @@ if need >= 0 and done >= need then
   if state == 'completed' then
     redis.call('HSET', jk, 'state', 'completed')
     redis.call('ZREM', KEYS[2], job_id)
+    -- Completed by this callback: hand back when it was submitted, once per job, so the caller
+    -- can time it (nxjobs.metrics) without another round trip.
+    if redis.call('HSETNX', jk, 'completion_observed', '1') == 1 then
+      return {1, job_id, state, redis.call('HGET', jk, 'submitted_at') or ''}
+    end
   end
 end
-return {1, job_id, state}
+return {1, job_id, state, ''}
 """
 
 RECORDED, DUPLICATE, UNMATCHED = 1, 2, 0
@@ -95,6 +101,8 @@ class Applied:
     status: int  # RECORDED, DUPLICATE or UNMATCHED
     job_id: str
     state: str
+    # Set only on the callback that completed its job: when the job was submitted (unix s).
+    submitted_at: str = ""
 
     @property
     def outcome(self) -> str:
@@ -220,8 +228,8 @@ def _no_script(reply: Any) -> bool:
 
 
 def _applied(reply: list) -> Applied:
-    status, job_id, state = reply
-    return Applied(int(status), job_id or "", state or "")
+    status, job_id, state = reply[:3]
+    return Applied(int(status), job_id or "", state or "", (reply[3] if len(reply) > 3 else "") or "")
 
 
 def _dumps(value: Any) -> str:

@@ -113,29 +113,51 @@ def check_numbers(
     api2: Api2Client, *, job_id: str, payload: NumberCheckPayload, appkey: str, public_url: str | None,
     outcome: Outcome, callback_token: str | None = None,
 ) -> Outcome:
-    body: dict[str, Any] = {
-        "phone": ",".join(payload.phones),
-        "batchNo": number_check_batch_no(job_id, payload),
-        "checkLevel": payload.check_level,
-        "appkey": appkey,
+    body, sent = _number_check_request(payload.phones, number_check_batch_no(job_id, payload), payload.check_level,
+                                       appkey, public_url, callback_token)
+    outcome.request.append(sent)
+    data = _submit_number_check(api2, body)
+    outcome.result = {
+        "requestId": data["requestId"],
+        "batchNo": data["batchNo"],
+        "numbers": len(payload.phones),
+        "failNumber": redact(data["failNumber"]),
     }
+    return outcome
+
+
+def check_number_batch(
+    api2: Api2Client, *, phones: list[str], batch_no: str, check_level: int, appkey: str, public_url: str | None,
+    outcome: Outcome, callback_token: str | None = None,
+) -> dict[str, Any]:
+    """One request for many jobs' numbers (nxjobs.coalesce). Returns the answer's data with
+    `failNumber` as the provider gave it: the caller matches it to its members, then masks it."""
+    body, sent = _number_check_request(phones, batch_no, check_level, appkey, public_url, callback_token)
+    sent["body"]["phone"] = f"{len(phones)} numbers of coalesced jobs"
+    outcome.request.append(sent)
+    return _submit_number_check(api2, body)
+
+
+def _number_check_request(phones: list[str], batch_no: str, check_level: int, appkey: str, public_url: str | None,
+                          callback_token: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The body to send, and its redacted copy for the record (the callback token never reaches one)."""
+    body: dict[str, Any] = {"phone": ",".join(phones), "batchNo": batch_no, "checkLevel": check_level,
+                            "appkey": appkey}
     dr_url = callback_urls.build(public_url, callback_urls.NUMBER_CHECK, callback_token)
     if dr_url:
         body["drUrl"] = dr_url
     sent = _sent(NUMBER_CHECK_PATH, body)
     if dr_url:
-        sent["body"]["drUrl"] = callback_urls.redact_url(dr_url)  # the token never reaches a record
-    outcome.request.append(sent)
+        sent["body"]["drUrl"] = callback_urls.redact_url(dr_url)
+    return body, sent
+
+
+def _submit_number_check(api2: Api2Client, body: dict[str, Any]) -> dict[str, Any]:
     resp = api2.post(NUMBER_CHECK_PATH, biz_type=1, action="numbercheck", body=body)
     data = resp.body.get("data") or {}
-    outcome.result = {
-        # Current docs name it requestId, legacy ones messageId (reference §5.1).
-        "requestId": data.get("requestId") or data.get("messageId"),
-        "batchNo": data.get("batchNo") or body["batchNo"],
-        "numbers": len(payload.phones),
-        "failNumber": redact(data.get("failNumber") or []),
-    }
-    return outcome
+    # Current docs name it requestId, legacy ones messageId (reference §5.1).
+    return {"requestId": data.get("requestId") or data.get("messageId"),
+            "batchNo": data.get("batchNo") or body["batchNo"], "failNumber": data.get("failNumber") or []}
 
 
 def ota_init(api2: Api2Client, *, payload: OtaInitPayload, appkey: str, outcome: Outcome) -> Outcome:

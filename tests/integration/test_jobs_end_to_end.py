@@ -65,7 +65,7 @@ def test_throttled_request_is_retried_to_success_with_the_same_batch_and_fresh_s
     # Given the provider answers "too frequent" twice
     sandbox.script("/api/number/check", 2206, times=2)
     # When a number check is enqueued
-    job_id = producer.number_check(phones=["8613800138000"])
+    job_id = producer.number_check(phones=["8613800138000"], batch=False)
     record = producer.wait([job_id], timeout_s=WAIT_S)[job_id]
     # Then it succeeds on the third attempt, every attempt re-signed with a new ts but the same batchNo
     assert record.state == JobState.SUBMITTED
@@ -80,7 +80,7 @@ def test_permanent_error_fails_fast_with_the_providers_code(producer, sandbox, w
     # Given the provider says the balance is insufficient (211, permanent)
     sandbox.script("/api/number/check", 211, times=1, message="Insufficient customer balance")
     # When a number check is enqueued
-    job_id = producer.number_check(phones=["8613800138000"])
+    job_id = producer.number_check(phones=["8613800138000"], batch=False)
     record = producer.wait([job_id], timeout_s=WAIT_S)[job_id]
     # Then it fails after one attempt with the provider's code and message, not retried
     assert record.state == JobState.FAILED
@@ -93,7 +93,7 @@ def test_permanent_error_fails_fast_with_the_providers_code(producer, sandbox, w
 def test_transient_error_exhausts_bounded_retries(producer, sandbox, worker):
     # Given the check service keeps failing (206: retry, bounded to 3 attempts)
     sandbox.script("/api/number/check", 206, times=10)
-    job_id = producer.number_check(phones=["8613800138000"])
+    job_id = producer.number_check(phones=["8613800138000"], batch=False)
     record = producer.wait([job_id], timeout_s=WAIT_S)[job_id]
     assert record.state == JobState.FAILED
     assert record.attempts == 3

@@ -153,7 +153,11 @@ def test_metrics_endpoint_exposes_every_metric_after_a_demo_run(cb_producer, cb_
         records = cb_producer.wait([*ids, throttled], until="completed", timeout_s=2 * WAIT_S)
         assert all(r.state == JobState.COMPLETED for r in records.values()), \
             {i: (r.state, r.error) for i, r in records.items()}
-        # When Prometheus scrapes the exporter
+        # When Prometheus scrapes the exporter (after the receiver's next write of completion
+        # times: it batches them, every DELAY_FLUSH_S)
+        from nxjobs.callbacks.app import DELAY_FLUSH_S
+
+        time.sleep(2 * DELAY_FLUSH_S)
         resp = requests.get(f"{url}/metrics", timeout=10)
         assert resp.status_code == 200 and resp.headers["Content-Type"].startswith("text/plain")
         got = samples(resp.text)

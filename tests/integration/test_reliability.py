@@ -113,7 +113,7 @@ def test_permanent_failure_is_dead_lettered_and_replays_under_the_same_id(produc
     producer.dead_letters.purge()
     # Given a number check the provider refuses permanently (9906)
     sandbox.script("/api/number/check", 9906, times=1)
-    job_id = producer.number_check(phones=["8613800138000"], check_level=1)
+    job_id = producer.number_check(phones=["8613800138000"], check_level=1, batch=False)
     failed = _wait_state(producer, job_id, lambda r: r.state == JobState.FAILED)
     assert failed.error.code == "9906"
     # Then `nxjobs dead list` shows it with its reason, without the raw payload

@@ -79,13 +79,15 @@ def test_unsigned_urls_carry_the_token_and_records_never_do():
         callback_urls.build("https://cb.example.com", callback_urls.AGENT_CDR, None)
 
 
-def test_number_check_dr_event_correlates_by_request_id_then_batch_no():
+def test_number_check_dr_event_correlates_by_member_then_request_id_then_batch_no():
     # Given a current-shape DR and a legacy-shape one
     current = events.parse(events.NUMBER_CHECK, b'{"requestId":"abc-000002","batchNo":"B1","code":0,'
                                                 b'"phone":"8613800138000","data":{"country":"CN"}}')
     legacy = events.parse(events.NUMBER_CHECK, b'{"messageId":"abc","batchNo":"B1","code":0,"msg":"ok"}')
-    # Then both find the job by the submit's requestId first, batchNo second, and count one unit each
-    assert current.index_keys == (keys.callback_index("nc-req", "abc"), keys.callback_index("nc-batch", "B1"))
+    # Then both find the job by (batchNo, phone) of a coalesced one, then the submit's requestId,
+    # then batchNo, and count one unit each
+    assert current.index_keys == (keys.callback_index("nc-num", "B1:8613800138000"),
+                                  keys.callback_index("nc-req", "abc"), keys.callback_index("nc-batch", "B1"))
     assert (current.dedupe, current.unit, current.job_kind) == ("nc:abc-000002", "abc-000002", "number-check")
     assert legacy.index_keys[0] == keys.callback_index("nc-req", "abc")
     # and the stored data is masked

@@ -1,0 +1,93 @@
+"""The Redis side of coalescing (nxjobs.coalesce.CoalesceQueue) on a real Redis: when flushes
+are due, what a flush takes, and that a batch is built once."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+
+from nxjobs import coalesce, keys
+from nxjobs.redis_conn import connect
+
+pytestmark = pytest.mark.integration
+
+NOW = "2026-11-23T00:00:00.000Z"
+
+
+@pytest.fixture()
+def queue(redis_url):
+    client = connect(redis_url.rsplit("/", 1)[0] + "/3")
+    client.flushdb()
+    yield coalesce.CoalesceQueue(client, coalesce.CoalesceSettings(max_numbers=4, linger_s=0.5), ttl_s=600)
+    client.flushdb()
+
+
+def _jobs(phones):
+    return [(uuid.uuid4().hex, p, json.dumps({"phones": ["***"]})) for p in phones]
+
+
+def test_a_lingering_flush_is_due_once_and_a_full_one_per_filled_batch(queue):
+    # The first push arms the linger; pushes that fill a batch ask for a flush now
+    assert queue.enqueue("nc1", _jobs(["6590000001"]), NOW) == coalesce.Flushes(0, True)
+    assert queue.enqueue("nc1", _jobs(["6590000002", "6590000003"]), NOW) == coalesce.Flushes(0, False)
+    assert queue.enqueue("nc1", _jobs([f"659000001{i}" for i in range(6)]), NOW) == coalesce.Flushes(2, False)
+    assert queue.pending("nc1") == 9
+    # Each record exists, queued, waiting for one callback
+    record = queue.redis.hgetall(keys.job(queue.redis.lindex(keys.coalesce_pending("nc1"), 0).split("|")[0]))
+    assert (record["state"], record["callbacks_needed"], record["kind"]) == ("queued", "1", "number-check")
+
+
+def test_a_flush_takes_at_most_a_batch_and_never_one_phone_twice(queue):
+    jobs = _jobs(["6590000001", "6590000001", "6590000002", "6590000003", "6590000004"])
+    queue.enqueue("nc1", jobs, NOW)
+    taken = queue.take("nc1", "batch-1", 1.0, NOW)
+    # Of the first 4 (max_numbers), the duplicate phone goes back to the head for the next batch
+    assert taken.status == 2
+    assert [m[1] for m in taken.members] == ["6590000001", "6590000002", "6590000003"]
+    assert taken.pending_left == 2
+    assert queue.redis.lrange(keys.coalesce_pending("nc1"), 0, -1) == [f"{jobs[1][0]}|6590000001",
+                                                                       f"{jobs[4][0]}|6590000004"]
+    # Members run, and a callback for (batchNo, phone) finds its member already
+    assert queue.redis.hget(keys.job(jobs[0][0]), "state") == "running"
+    batch_no = coalesce.batch_no_of("batch-1")
+    assert queue.redis.get(coalesce.member_index_key(batch_no, "6590000002")) == jobs[2][0]
+
+
+def test_a_batch_is_built_once_and_a_late_duplicate_flush_stops(queue):
+    queue.enqueue("nc1", _jobs(["6590000001", "6590000002"]), NOW)
+    first = queue.take("nc1", "batch-1", 1.0, NOW)
+    queue.enqueue("nc1", _jobs(["6590000003"]), NOW)
+    # The same flush delivered again gets the same members, and takes nothing new
+    again = queue.take("nc1", "batch-1", 2.0, NOW)
+    assert (again.status, again.members) == (1, first.members)
+    assert queue.pending("nc1") == 1
+    # Once recorded, the batch is done: a later delivery of its flush finds nothing to send
+    outcomes = [coalesce.MemberOutcome(job_id, False, {"requestId": "r"}) for job_id, _ in first.members]
+    assert queue.fan_out("batch-1", [], outcomes, now_s=3.0, now_iso=NOW, due_at_s=600.0) == []
+    assert queue.take("nc1", "batch-1", 4.0, NOW).status == 3
+    assert queue.batch_state("batch-1") == "done"
+    assert queue.redis.hget(keys.job(first.members[0][0]), "state") == "submitted"
+
+
+def test_a_member_whose_callback_came_first_completes_at_fan_out(queue):
+    jobs = _jobs(["6590000001", "6590000002"])
+    queue.enqueue("nc1", jobs, NOW)
+    taken = queue.take("nc1", "batch-1", 1.0, NOW)
+    queue.redis.hset(keys.job(jobs[0][0]), "callbacks_done", 1)  # as the receiver leaves an early callback
+    outcomes = [coalesce.MemberOutcome(job_id, False, {"requestId": "r"}) for job_id, _ in taken.members]
+    assert queue.fan_out("batch-1", [], outcomes, now_s=3.0, now_iso=NOW, due_at_s=600.0) == [jobs[0][0]]
+    assert queue.redis.hget(keys.job(jobs[0][0]), "state") == "completed"
+    # the other one waits for its callback, due for reconciliation at the deadline
+    assert queue.redis.zscore(keys.callbacks_waiting("api2"), jobs[1][0]) == 600.0
+
+
+def test_the_sweep_rearms_a_group_whose_flush_was_lost_and_finds_stale_batches(queue):
+    queue.enqueue("nc1", _jobs(["6590000001", "6590000002"]), NOW)
+    queue.redis.delete(keys.coalesce_armed("nc1"))  # its lingering flush was lost with its producer
+    assert queue.unarmed_groups() == ["nc1"]
+    assert queue.unarmed_groups() == []  # armed again: one flush, not one per sweep
+    queue.take("nc1", "batch-1", 100.0, NOW)
+    assert queue.stale_batches(50.0, now_s=120.0) == []
+    assert queue.stale_batches(50.0, now_s=200.0) == [("batch-1", "nc1")]
