@@ -15,8 +15,10 @@ import pytest
 import requests
 
 from nxjobs.callbacks.verify import check_callbot
-from nxjobs.sandbox import accounts
+from nxjobs.sandbox import accounts, dispatch
+from nxjobs.sandbox.dispatch import CallbackDispatcher, _parse_response
 from nxjobs.sandbox.server import start_in_thread
+from nxjobs.sandbox.state import SandboxConfig, SandboxState
 from tests.integration.test_sandbox import NUMBER_CHECK, post_api2, post_callbot
 
 FAST = dict(callback_delay_s=0.0, callback_jitter_s=0.0, callback_retry_s=0.1, callback_retry_window_s=5.0)
@@ -199,3 +201,343 @@ def test_cdr_goes_to_the_configured_url(sb, recorder):
     assert (cdr["orderid"], cdr["sessionid"], cdr["hangup_cause"]) == ("ORDER0001", answer["sessionid"], "NORMAL_CLEARING")
     assert cdr["start_time"].isdigit()
 
+
+# ---- the sender itself: connections, failures, timeouts, stop ------------------------------------------------
+
+
+class KeepAliveRecorder:
+    """An HTTP/1.1 (keep-alive) server recording every POST with the status it answered.
+
+    `close_every`: every n-th answer says "Connection: close" and closes; `silent_close`: every
+    answer closes the connection without saying so; `statuses` are answered in turn, then 200;
+    `hang_s` delays every answer (the first `hang_count` of them) by that long.
+    """
+
+    def __init__(self, close_every: int = 0, silent_close: bool = False, hang_s: float = 0.0, hang_count: int = 0):
+        self.received: list[dict] = []
+        self.statuses: list[int] = []
+        self.connections = 0
+        self.lock = threading.Lock()
+        recorder = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def setup(self):
+                super().setup()
+                with recorder.lock:
+                    recorder.connections += 1
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with recorder.lock:
+                    n = len(recorder.received) + 1
+                    status = recorder.statuses.pop(0) if recorder.statuses else 200
+                    recorder.received.append({"headers": {k.lower(): v for k, v in self.headers.items()},
+                                              "raw": body, "status": status})
+                if hang_s and n <= (hang_count or n):
+                    time.sleep(hang_s)
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                if close_every and n % close_every == 0:
+                    self.send_header("Connection", "close")
+                self.end_headers()
+                if silent_close:
+                    self.close_connection = True
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.server.block_on_close = False  # close() must not wait for a handler that is sleeping
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _state(**changes) -> SandboxState:
+    return SandboxState(SandboxConfig(**{**FAST, **changes}))
+
+
+def _queue_drs(state: SandboxState, url: str, n: int, signed: bool = False) -> list[str]:
+    ids = [f"{'ab' * 16}-{i:06d}" for i in range(1, n + 1)]
+    for rid in ids:
+        state.queue_callback("number-check", url, {"requestId": rid, "code": 0, "batchNo": "B1"}, signed=signed)
+    return ids
+
+
+def _wait_counted(state: SandboxState, key: str, count: int, timeout_s: float = 10.0) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while state.stats()["callbacks"][key] < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.05)  # anything extra would show now
+    return state.stats()["callbacks"]
+
+
+@pytest.fixture
+def dispatcher_for():
+    started = []
+
+    def make(state: SandboxState) -> CallbackDispatcher:
+        d = CallbackDispatcher(state).start()
+        started.append(d)
+        return d
+
+    yield make
+    for d in started:
+        d.stop()
+
+
+@pytest.mark.parametrize("close", [dict(close_every=7), dict(silent_close=True)], ids=["connection-close", "silent"])
+def test_receiver_closing_keep_alive_connections_gets_every_callback_exactly_once(dispatcher_for, close):
+    # Given a keep-alive receiver that closes connections (announced, or silently after each answer)
+    rec = KeepAliveRecorder(**close)
+    try:
+        state = _state()
+        ids = _queue_drs(state, rec.url + "/dr/tok", 150)
+        # When 150 DRs are sent
+        dispatcher_for(state)
+        stats = _wait_counted(state, "delivered", 150)
+        # Then each arrived exactly once, and each was one successful attempt
+        got = [json.loads(r["raw"])["requestId"] for r in rec.received]
+        assert sorted(got) == ids
+        assert (stats["attempts"], stats["delivered"], stats["failed_attempts"]) == (150, 150, 0)
+    finally:
+        rec.close()
+
+
+def test_keep_alive_connections_are_reused():
+    # Given a keep-alive receiver
+    rec = KeepAliveRecorder()
+    state = _state()
+    _queue_drs(state, rec.url + "/dr/tok", 200)
+    # When 200 DRs are sent
+    d = CallbackDispatcher(state).start()
+    try:
+        _wait_counted(state, "delivered", 200)
+    finally:
+        d.stop()
+        rec.close()
+    # Then they shared at most the pool's connections
+    assert len(rec.received) == 200
+    assert rec.connections <= dispatch.CONNECTIONS_PER_ORIGIN
+
+
+def test_500_then_200_on_keep_alive_counts_each_callback_delivered_once(dispatcher_for):
+    # Given a keep-alive receiver whose first 5 answers are 500
+    rec = KeepAliveRecorder()
+    rec.statuses = [500] * 5
+    try:
+        state = _state()
+        ids = _queue_drs(state, rec.url + "/dr/tok", 20)
+        # When 20 DRs are sent
+        dispatcher_for(state)
+        stats = _wait_counted(state, "delivered", 20)
+        # Then the 5 refused ones came again, and every DR was accepted exactly once
+        accepted = [json.loads(r["raw"])["requestId"] for r in rec.received if r["status"] == 200]
+        assert sorted(accepted) == ids and len(rec.received) == 25
+        assert (stats["attempts"], stats["delivered"], stats["failed_attempts"], stats["expired"]) == (25, 20, 5, 0)
+        assert sorted(r["status"] for r in state.recent_callbacks(limit=100)) == [200] * 20 + [500] * 5
+    finally:
+        rec.close()
+
+
+def test_signed_callback_is_signed_afresh_on_each_attempt(dispatcher_for):
+    # Given a receiver that refuses the first attempt
+    rec = KeepAliveRecorder()
+    rec.statuses = [503]
+    try:
+        state = _state()
+        _queue_drs(state, rec.url + "/call", 1, signed=True)
+        # When one signed callback is sent
+        dispatcher_for(state)
+        _wait_counted(state, "delivered", 1)
+        # Then both attempts verify, each with its own requestID
+        assert len(rec.received) == 2
+        for r in rec.received:
+            check_callbot(r["raw"], r["headers"], uuid=accounts.CALLBOT_UUID, secret_key=accounts.CALLBOT_SECRET_KEY,
+                          default_algorithm="md5", now_s=time.time(), tolerance_s=300)
+        assert rec.received[0]["headers"]["requestid"] != rec.received[1]["headers"]["requestid"]
+    finally:
+        rec.close()
+
+
+def test_no_answer_in_time_is_a_failed_attempt_and_retried(dispatcher_for, monkeypatch):
+    # Given a 0.3 s send timeout and a receiver that answers its first request after 1 s
+    monkeypatch.setattr(dispatch, "SEND_TIMEOUT_S", 0.3)
+    rec = KeepAliveRecorder(hang_s=1.0, hang_count=1)
+    try:
+        state = _state()
+        _queue_drs(state, rec.url + "/dr/tok", 1)
+        # When one DR is sent
+        dispatcher_for(state)
+        stats = _wait_counted(state, "delivered", 1)
+        # Then the first attempt timed out, and the retry was delivered
+        assert (stats["attempts"], stats["failed_attempts"], stats["delivered"]) == (2, 1, 1)
+        assert [r["status"] for r in state.recent_callbacks()] == ["ReadTimeout", 200]
+    finally:
+        rec.close()
+
+
+def test_refused_connection_is_retried_until_expired(dispatcher_for):
+    # Given a URL nobody listens on, and a 0.35 s retry window
+    from workers.devstack import free_port
+
+    state = _state(callback_retry_window_s=0.35)
+    _queue_drs(state, f"http://127.0.0.1:{free_port()}/dr/tok", 1)
+    # When one DR is sent
+    dispatcher_for(state)
+    stats = _wait_counted(state, "expired", 1, timeout_s=3.0)
+    # Then every attempt failed to connect, and it was given up
+    assert stats["expired"] == 1 and stats["delivered"] == 0 and 3 <= stats["attempts"] <= 5
+    assert {r["status"] for r in state.recent_callbacks()} == {"ConnectionError"}
+
+
+def test_a_url_that_is_not_http_is_a_failed_attempt(dispatcher_for):
+    # Given a callback URL with a scheme we cannot POST to
+    state = _state(callback_retry_window_s=0.15)
+    _queue_drs(state, "ftp://127.0.0.1/dr", 1)
+    # When it is due
+    dispatcher_for(state)
+    stats = _wait_counted(state, "expired", 1, timeout_s=3.0)
+    # Then it failed like any unreachable URL, and was given up
+    assert stats["failed_attempts"] >= 1 and stats["expired"] == 1
+    assert {r["status"] for r in state.recent_callbacks()} == {"InvalidSchema"}
+
+
+def test_reset_forgets_callbacks_not_yet_sent():
+    # Given callbacks due in 0.3 s
+    rec = KeepAliveRecorder()
+    state = _state(callback_delay_s=0.3)
+    _queue_drs(state, rec.url + "/dr/tok", 10)
+    d = CallbackDispatcher(state).start()
+    try:
+        time.sleep(0.1)
+        assert d.pending() == 10
+        # When the sandbox is reset before they are due
+        state.reset()
+        time.sleep(0.5)
+        # Then none is sent or counted
+        assert rec.received == [] and state.stats()["callbacks"]["attempts"] == 0 and d.pending() == 0
+    finally:
+        d.stop()
+        rec.close()
+
+
+def test_stop_is_prompt_with_requests_in_flight_and_leaves_no_thread():
+    # Given a receiver that takes 3 s to answer, and callbacks in flight to it (50 queued)
+    rec = KeepAliveRecorder(hang_s=3.0)
+    before = set(threading.enumerate())
+    state = _state()
+    _queue_drs(state, rec.url + "/dr/tok", 50)
+    d = CallbackDispatcher(state).start()
+    deadline = time.monotonic() + 2
+    while len(rec.received) < dispatch.CONNECTS_PER_ORIGIN and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(rec.received) == dispatch.CONNECTS_PER_ORIGIN  # new connections wait for a first answer
+    # When the dispatcher is stopped
+    t0 = time.monotonic()
+    d.stop()
+    # Then it returns at once, and no thread of it is left running
+    assert time.monotonic() - t0 < 1.0
+    assert not d._thread.is_alive()
+    new = [t.name for t in set(threading.enumerate()) - before if "process_request_thread" not in t.name]
+    assert new == []
+    d.stop()  # twice is fine
+    rec.close()
+
+
+def test_stop_before_start_is_harmless():
+    CallbackDispatcher(_state()).stop()
+
+
+class RawServer:
+    """Answers each request it reads with the next canned response; closes after a close-delimited one."""
+
+    def __init__(self, responses: list[bytes]):
+        import socket
+
+        self.responses = list(responses)
+        self.requests = 0
+        self.lock = threading.Lock()
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn):
+        buf = b""
+        with conn:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    buf += chunk
+                head, _, rest = buf.partition(b"\r\n\r\n")
+                length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                                  if line.lower().startswith(b"content-length:")))
+                while len(rest) < length:
+                    rest += conn.recv(65536)
+                buf = rest[length:]
+                with self.lock:
+                    self.requests += 1
+                    response = self.responses.pop(0)
+                conn.sendall(response)
+                if b"content-length" not in response.lower() and b"chunked" not in response.lower():
+                    return  # close-delimited body: closing ends it
+
+    def close(self):
+        self.sock.close()
+
+
+def test_chunked_informational_and_close_delimited_answers_are_understood(dispatcher_for):
+    # Given a receiver answering in three framings
+    raw = RawServer([
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4;x=1\r\nok!!\r\n0\r\nTrailer: t\r\n\r\n",
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 202 Accepted\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end",
+    ])
+    try:
+        state = _state()
+        _queue_drs(state, raw.url + "/dr/tok", 3)
+        # When three DRs are sent
+        dispatcher_for(state)
+        stats = _wait_counted(state, "delivered", 3)
+        # Then each answer counted as a delivery
+        assert (stats["attempts"], stats["delivered"], stats["failed_attempts"]) == (3, 3, 0)
+        assert raw.requests == 3
+    finally:
+        raw.close()
+
+
+@pytest.mark.parametrize("data,eof,expected", [
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc", False, (200, True, 41)),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nab", False, None),
+    (b"HTTP/1.1 500 Oops\r\nConnection: close\r\nContent-Length: 0\r\n\r\n", False, (500, False, 59)),
+    (b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n", False, (200, True, 62)),
+    (b"HTTP/1.0 200 OK\r\n\r\nbody", False, None),
+    (b"HTTP/1.0 200 OK\r\n\r\nbody", True, (200, False, 23)),
+    (b"HTTP/1.1 204 No Content\r\n\r\n", False, (204, True, 27)),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n", False, None),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n", False, (200, True, 59)),
+])
+def test_response_framing(data, eof, expected):
+    assert _parse_response(bytearray(data), eof) == expected
+
+
+def test_garbage_answer_is_malformed():
+    with pytest.raises(ValueError):
+        _parse_response(bytearray(b"SSH-2.0-OpenSSH_9.6\r\n\r\n"), False)
