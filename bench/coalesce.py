@@ -34,39 +34,43 @@ TOKEN = "bench-coalesce-token-0123456789abcdef"
 ENQUEUE_CHUNK = 5000
 
 
-def _tree_rss_mb(pid: int) -> float:
-    """RSS of a process and its children (a prefork worker: main + pool), MB."""
-    total = 0
-    stack = [pid]
+def _tree_pids(pid: int) -> list[int]:
+    """A process and its descendants (a prefork worker: main + pool; uvicorn: manager + workers)."""
+    out, stack = [], [pid]
     while stack:
         p = stack.pop()
+        out.append(p)
         try:
-            with open(f"/proc/{p}/status") as fh:
-                for line in fh:
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1])
             with open(f"/proc/{p}/task/{p}/children") as fh:
                 stack += [int(x) for x in fh.read().split()]
         except OSError:
             continue
-    return total / 1024
+    return out
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as fh:
+            return fh.read()
+    except OSError:
+        return ""
+
+
+def _tree_rss_mb(pid: int) -> float:
+    kb = 0
+    for p in _tree_pids(pid):
+        kb += sum(int(line.split()[1]) for line in _read(f"/proc/{p}/status").splitlines() if line.startswith("VmRSS:"))
+    return kb / 1024
 
 
 def _cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process, its live children and its reaped ones."""
-    total = 0
-    stack = [pid]
-    while stack:
-        p = stack.pop()
-        try:
-            with open(f"/proc/{p}/stat") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
-            total += sum(int(x) for x in fields[11:15])
-            with open(f"/proc/{p}/task/{p}/children") as fh:
-                stack += [int(x) for x in fh.read().split()]
-        except OSError:
-            continue
-    return total / os.sysconf("SC_CLK_TCK")
+    """User + system CPU seconds of a process tree, reaped children included."""
+    ticks = 0
+    for p in _tree_pids(pid):
+        stat = _read(f"/proc/{p}/stat")
+        if stat:
+            ticks += sum(int(x) for x in stat.rsplit(")", 1)[1].split()[11:15])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def run_row(mode: str, jobs: int, quota: int, workers: int, concurrency: int, receivers: int,

@@ -8,7 +8,6 @@ outcome, then record submitted / retrying / failed. Operations never see Celery.
 from __future__ import annotations
 
 import logging
-import random
 import time
 from typing import Any, Callable
 
@@ -18,16 +17,16 @@ from celery.exceptions import Reject, Retry, SoftTimeLimitExceeded
 from kombu.exceptions import OperationalError
 
 from nxjobs import keys
-from nxjobs.client.backoff import backoff_delay_s
 from nxjobs.callbacks import reconcile
-from nxjobs.client.errors import PERMANENT, Action, NXCloudError, TransportError
+from nxjobs.client.errors import PERMANENT, NXCloudError, TransportError
 from nxjobs.client.operations import AmbiguousSubmission, Outcome, call_order_id, number_check_batch_no
-from nxjobs.jobs import PRIORITY_NEW, PRIORITY_RESERVED_SLOT, PRIORITY_RETRY, InvalidJob, validate_payload
+from nxjobs.jobs import PRIORITY_RETRY, InvalidJob, validate_payload
 from nxjobs.ratelimit.gate import SlotNotReady
 from nxjobs.ratelimit.limiter import Grant
 from nxjobs.records import TERMINAL_STATES, JobError, JobState, utc_now_iso
 from nxjobs.redact import redact
 from nxjobs.store import Transition, TransitionRefused
+from tasks import policy
 from tasks.limits import first_request
 from tasks.services import Services, get_services
 
@@ -42,10 +41,6 @@ SIDE_EFFECT_KINDS = frozenset({"call", "number-check", "callbot-list"})
 # callbot-list needs no lookup here: its operation saves progress after every
 # step and asks listTask before creating the task again.
 LOOKUP_KINDS = frozenset({"call", "number-check"})
-# Seconds after its marker was set that an earlier attempt may still be waiting
-# for its answer (connect + read timeout, plus this slack): a redelivery that
-# finds a younger marker waits instead of looking up, so it never races a live send.
-INFLIGHT_SLACK_S = 2.0
 # Broker/store errors: nothing about the job was decided, give the message back.
 _INFRA_ERRORS = (redis.RedisError, OperationalError)
 
@@ -190,8 +185,7 @@ class JobTask(Task):
         if kind in LOOKUP_KINDS:
             set_at = svc.redis.get(marker)
             if set_at is not None:
-                http = svc.settings.http
-                busy_until = float(set_at) + http.connect_timeout_s + http.read_timeout_s + INFLIGHT_SLACK_S
+                busy_until = policy.inflight_busy_until(set_at, svc.settings.http)
                 if time.time() < busy_until:
                     # That earlier attempt may still be waiting for its answer: come back after.
                     kwargs = {"job_id": job_id, "payload": payload, "slot_at_us": None, "resumed": True}
@@ -257,17 +251,7 @@ class JobTask(Task):
 
     def _requeue_for_slot(self, svc: Services, job_id: str, payload: dict[str, Any], grant: Grant, *,
                           resumed: bool):
-        if grant.reserved:
-            countdown = grant.wait_s
-            priority = PRIORITY_RESERVED_SLOT
-        else:
-            # Beyond the reservation horizon: come back while the slot is still ahead,
-            # spread out so the waiting backlog does not wake all at once.
-            horizon = svc.settings.ratelimit.horizon_s
-            countdown = max(0.5, grant.wait_s - horizon * svc.rng.uniform(0.25, 0.75))
-            # Never past max_wait_s: the held message must come back inside the visibility timeout.
-            countdown = min(countdown, svc.settings.ratelimit.max_wait_s)
-            priority = PRIORITY_NEW
+        countdown, priority = policy.slot_wait(grant, svc.settings.ratelimit, svc.rng)
         kwargs = {"job_id": job_id, "payload": payload, "slot_at_us": grant.slot_at_us if grant.reserved else None,
                   "resumed": resumed}
         record_job_rate_wait(svc, job_id, countdown)
@@ -297,13 +281,8 @@ class JobTask(Task):
     def _retry_or_fail(self, svc, job_id, kind, payload, claim: Transition, started, err: NXCloudError,
                        outcome: Outcome) -> str:
         cls = err.classification
-        retry = svc.settings.retry
-        # Throttled attempts never use up error retries.
-        error_attempts = claim.attempts - claim.throttles
-        limit = retry.bounded_attempts if (cls.bounded or cls.action is Action.REFRESH) else retry.max_attempts
-        if cls.retryable and error_attempts < limit:
-            base = max(retry.base_s, cls.min_backoff_s)
-            delay = backoff_delay_s(error_attempts, base_s=base, cap_s=max(retry.cap_s, base), rng=svc.rng)
+        delay = policy.retry_delay(cls, claim.attempts - claim.throttles, svc.settings.retry, svc.rng)
+        if delay is not None:
             svc.store.transition(job_id, JobState.RETRYING, request=outcome.request, error=JobError(
                 code=err.code, message=err.message, retryable=True).model_dump())
             log_attempt(job_id, kind, claim.attempts, f"retry in {delay:.2f}s", err.code, started)

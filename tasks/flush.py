@@ -22,14 +22,14 @@ from kombu.exceptions import OperationalError
 
 from nxjobs import coalesce, keys
 from nxjobs.callbacks import reconcile
-from nxjobs.client.backoff import backoff_delay_s
-from nxjobs.client.errors import Action, NXCloudError, TransportError
+from nxjobs.client.errors import NXCloudError, TransportError
 from nxjobs.client.operations import NUMBER_CHECK_PATH, Outcome, check_number_batch
-from nxjobs.jobs import PRIORITY_NEW, PRIORITY_RESERVED_SLOT, PRIORITY_RETRY
+from nxjobs.jobs import PRIORITY_NEW, PRIORITY_RETRY
 from nxjobs.ratelimit.gate import SlotNotReady
 from nxjobs.records import JobError, utc_now_iso
 from nxjobs.redact import mask_phone
-from tasks.base import INFLIGHT_SLACK_S, RateWait, log_attempt, record_job_rate_wait, take_request_latencies
+from tasks import policy
+from tasks.base import RateWait, log_attempt, record_job_rate_wait, take_request_latencies
 from tasks.services import Services, get_services
 
 log = logging.getLogger("nxjobs.coalesce")
@@ -102,8 +102,7 @@ def _flush(task: Task, svc: Services, *, group: str, trigger: str, slot_at_us: i
     if taken.status == 1:
         set_at = svc.redis.get(marker)
         if set_at is not None:
-            http = svc.settings.http
-            busy_until = float(set_at) + http.connect_timeout_s + http.read_timeout_s + INFLIGHT_SLACK_S
+            busy_until = policy.inflight_busy_until(set_at, svc.settings.http)
             if time.time() < busy_until:
                 raise _again(task, group, trigger, countdown=busy_until - time.time(), priority=PRIORITY_RETRY,
                              reason="an earlier attempt may still be in flight")
@@ -167,7 +166,7 @@ def _failed_attempt(task: Task, svc: Services, group: str, batch_id: str, member
                     outcome: Outcome, err: NXCloudError, attempt: int, started: float) -> str:
     """Throttled: cool down and try again. Transient: back off and try again. Else every member fails."""
     cls = err.classification
-    rl, retry = svc.settings.ratelimit, svc.settings.retry
+    rl = svc.settings.ratelimit
     if cls.throttled:
         cooldown = svc.limiter.cool_down(svc.gate.last_limits, base_s=rl.cooldown_base_s, cap_s=rl.cooldown_cap_s,
                                          repeat_within_s=rl.cooldown_repeat_s, rng=svc.rng)
@@ -178,11 +177,8 @@ def _failed_attempt(task: Task, svc: Services, group: str, batch_id: str, member
                          priority=PRIORITY_RETRY, reason=f"provider said too frequent ({err.code})")
     else:
         throttles = int(svc.redis.hget(keys.coalesce_batch(batch_id), "throttles") or 0)
-        error_attempts = attempt - throttles
-        limit = retry.bounded_attempts if (cls.bounded or cls.action is Action.REFRESH) else retry.max_attempts
-        if cls.retryable and error_attempts < limit:
-            base = max(retry.base_s, cls.min_backoff_s)
-            delay = backoff_delay_s(error_attempts, base_s=base, cap_s=max(retry.cap_s, base), rng=svc.rng)
+        delay = policy.retry_delay(cls, attempt - throttles, svc.settings.retry, svc.rng)
+        if delay is not None:
             log_attempt(batch_id, KIND, attempt, f"retry in {delay:.2f}s", err.code, started)
             raise _again(task, group, "full", countdown=delay, priority=PRIORITY_RETRY,
                          reason=f"{err.code} {err.message}")
@@ -223,14 +219,10 @@ def _observe_completions(svc: Services, job_ids: list[str]) -> None:
 
 def _wait_for_slot(task: Task, svc: Services, group: str, trigger: str, wait: SlotNotReady):
     grant = wait.grant
-    if grant.reserved:
-        record_job_rate_wait(svc, task.request.id, grant.wait_s)
-        return _again(task, group, trigger, countdown=grant.wait_s, priority=PRIORITY_RESERVED_SLOT,
-                      slot_at_us=grant.slot_at_us, reason=f"waiting {grant.wait_s:.3f}s for a rate-limit slot")
-    horizon = svc.settings.ratelimit.horizon_s
-    countdown = min(max(0.5, grant.wait_s - horizon * svc.rng.uniform(0.25, 0.75)), svc.settings.ratelimit.max_wait_s)
+    countdown, priority = policy.slot_wait(grant, svc.settings.ratelimit, svc.rng)
     record_job_rate_wait(svc, task.request.id, countdown)
-    return _again(task, group, trigger, countdown=countdown, priority=PRIORITY_NEW,
+    return _again(task, group, trigger, countdown=countdown, priority=priority,
+                  slot_at_us=grant.slot_at_us if grant.reserved else None,
                   reason=f"waiting {countdown:.3f}s for a rate-limit slot")
 
 
