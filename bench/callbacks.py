@@ -4,7 +4,7 @@ end into the job records, and the p99 time from a callback to its record update.
     .venv/bin/python bench/callbacks.py [--seconds 8] [--connections 32] [--rate 1000]
 
 Starts a private redis-server and the receiver (`python -m workers.web`, one
-uvicorn process), creates submitted jobs straight in Redis (number checks of
+receiver process), creates submitted jobs straight in Redis (number checks of
 10 numbers, callbot lists, calls), then drives real HTTP from this process
 (asyncio, raw keep-alive sockets, prebuilt requests) with a mix of callback
 types: 70 % Number Check DRs (token URL), 20 % signed Callbot call callbacks,

@@ -35,7 +35,7 @@ ENQUEUE_CHUNK = 5000
 
 
 def _tree_pids(pid: int) -> list[int]:
-    """A process and its descendants (a prefork worker: main + pool; uvicorn: manager + workers)."""
+    """A process and its descendants (a prefork worker: main + pool; receiver: supervisor + workers)."""
     out, stack = [], [pid]
     while stack:
         p = stack.pop()
@@ -74,7 +74,7 @@ def _cpu_s(pid: int) -> float:
 
 
 def run_row(mode: str, jobs: int, quota: int, workers: int, concurrency: int, receivers: int,
-            timeout_s: float) -> dict:
+            timeout_s: float, progress: bool = False) -> dict:
     from nxjobs import keys
     from nxjobs.producers import Producer
     from nxjobs.sandbox.accounts import sandbox_env
@@ -89,7 +89,7 @@ def run_row(mode: str, jobs: int, quota: int, workers: int, concurrency: int, re
                "NXJOBS_REDIS_URL": redis_server.url, "NXJOBS_API2__RATE_PER_S": str(quota),
                "NXJOBS_CALLBACKS__TOKEN": TOKEN, "PYTHONPATH": project_root()}
         try:
-            # `--workers N`: N uvicorn processes sharing one listening socket.
+            # `--workers N`: N receiver processes accepting on one listening socket.
             extra = ("--workers", str(receivers)) if receivers > 1 else ()
             proc, url = start_callbacks(env, port=free_port() if receivers > 1 else 0, extra=extra)
             procs.append(proc)
@@ -99,7 +99,10 @@ def run_row(mode: str, jobs: int, quota: int, workers: int, concurrency: int, re
             procs += worker_procs
             phones = [str(6580000000 + i) for i in range(jobs)]
             peak_rss = 0.0
-            cpu0 = {p.name: _cpu_s(p.proc.pid) for p in procs}
+            pids = {p.name: p.proc.pid for p in procs}
+            pids["redis"] = redis_server.proc.pid
+            cpu0 = {name: _cpu_s(pid) for name, pid in pids.items()}
+            own0 = time.process_time()
             with Producer(redis_server.url) as producer, SandboxControl(sandbox_url) as control:
                 t0 = time.time()
                 for start in range(0, jobs, ENQUEUE_CHUNK):
@@ -117,14 +120,19 @@ def run_row(mode: str, jobs: int, quota: int, workers: int, concurrency: int, re
                     for q in ("api2", "api2\x06\x163", "api2\x06\x166", "api2\x06\x169"):
                         pipe.llen(q)
                     pipe.hlen("unacked")
-                    busy = sum(pipe.execute())
+                    counts = pipe.execute()
+                    busy = sum(counts)
+                    if progress:
+                        print(f"  {time.time() - t0:6.2f}s waiting={counts[0]} open={counts[1]} pending={counts[2]} "
+                              f"queued={sum(counts[3:7])} unacked={counts[7]}", file=sys.stderr, flush=True)
                     peak_rss = max(peak_rss, sum(_tree_rss_mb(w.proc.pid) for w in worker_procs))
                     if busy == 0:
                         done_at = time.time()
                         break
                     time.sleep(0.1)
                 elapsed = (done_at or time.time()) - t0
-                cpu = {p.name: round(_cpu_s(p.proc.pid) - cpu0[p.name], 1) for p in procs}
+                cpu = {name: round(_cpu_s(pid) - cpu0[name], 1) for name, pid in pids.items()}
+                cpu["producer"] = round(time.process_time() - own0, 1)
                 # Verify outside the timing: every record, by state.
                 states: dict[str, int] = {}
                 ids = [k for k in producer.redis.scan_iter(match=keys.job("*"), count=5000, _type="HASH")]
@@ -135,6 +143,13 @@ def run_row(mode: str, jobs: int, quota: int, workers: int, concurrency: int, re
                     for s in pipe.execute():
                         states[s] = states.get(s, 0) + 1
                 stats = control.stats()
+                if progress:
+                    cs = producer.redis.info("commandstats")
+                    top = sorted(cs.items(), key=lambda kv: -kv[1]["usec"])[:8]
+                    print("  redis commandstats (usec total, calls, usec/call):", file=sys.stderr)
+                    for name, st in top:
+                        print(f"    {name:<28} {st['usec']:>10} {st['calls']:>8} {st['usec_per_call']:>8}",
+                              file=sys.stderr)
             completed = states.get("completed", 0)
             return {
                 "mode": mode, "jobs": jobs, "finished": done_at is not None, "seconds": round(elapsed, 2),
@@ -157,14 +172,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quota", type=int, default=10, help="sandbox api2 requests/s")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--concurrency", type=int, default=2)
-    p.add_argument("--receivers", type=int, default=1, help="uvicorn worker processes of the receiver")
+    p.add_argument("--receivers", type=int, default=1, help="receiver processes (workers.web --workers)")
     p.add_argument("--rows", default="coalesced,single")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds per row")
+    p.add_argument("--progress", action="store_true", help="print the backlog every poll (stderr)")
     args = p.parse_args(argv)
     results = []
     for mode in args.rows.split(","):
         jobs = args.jobs if mode == "coalesced" else args.single_jobs
-        row = run_row(mode, jobs, args.quota, args.workers, args.concurrency, args.receivers, args.timeout)
+        row = run_row(mode, jobs, args.quota, args.workers, args.concurrency, args.receivers, args.timeout,
+                      args.progress)
         results.append(row)
         print(row, flush=True)
     print()

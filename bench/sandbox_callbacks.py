@@ -4,7 +4,7 @@ delivers to a receiver, end to end, and the sender's CPU per 1,000 callbacks.
     .venv/bin/python bench/sandbox_callbacks.py [--count 30000] [--runs 3]
         [--baseline /tmp/dispatch_old.py] [--receiver real|sink] [--receiver-workers 1]
 
-Starts a private redis-server and the receiver (`python -m workers.web`, one uvicorn
+Starts a private redis-server and the receiver (`python -m workers.web`, one
 process unless --receiver-workers), creates submitted number-check jobs straight in
 Redis (bench/callbacks.py's build_jobs: 10 numbers each), queues one DR per number
 through `SandboxState.queue_callback` (exactly what the Number Check handler does,
@@ -30,6 +30,8 @@ if not all were delivered (then reported as such, exit 1).
 from __future__ import annotations
 
 import argparse
+import json
+import urllib.request
 import asyncio
 import importlib.util
 import os
@@ -113,7 +115,7 @@ def self_cpu() -> float:
 
 
 def group_cpu(session_id: int) -> float:
-    """user+sys seconds of every live process in a session (uvicorn --workers children too)."""
+    """user+sys seconds of every live process in a session (workers.web --workers children too)."""
     total = 0.0
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -215,7 +217,7 @@ def main() -> int:
     p.add_argument("--baseline", help="another dispatch.py to run alternately with the current one (first)")
     p.add_argument("--only-baseline", action="store_true", help="run only --baseline")
     p.add_argument("--receiver", choices=("real", "sink"), default="real")
-    p.add_argument("--receiver-workers", type=int, default=1, help="uvicorn worker processes of the receiver")
+    p.add_argument("--receiver-workers", type=int, default=1, help="receiver processes (workers.web --workers)")
     p.add_argument("--connections", type=int, default=None,
                    help="override CONNECTIONS_PER_ORIGIN if the dispatcher has it")
     p.add_argument("--serve-sink", action="store_true", help=argparse.SUPPRESS)
@@ -289,6 +291,11 @@ def main() -> int:
                         results[name].append(r)
                         print(fmt(name, r) + f"; stored {stored} "
                               f"({'OK' if stored == r['delivered'] else 'MISMATCH'}); setup {setup_s:.1f}s")
+                if args.receiver_workers == 1:  # (with several, /healthz answers for one of them)
+                    with urllib.request.urlopen(url + "/healthz", timeout=5) as resp:
+                        counts = json.loads(resp.read())["counts"]
+                    print(f"receiver: {counts.get('callbacks_applied', 0):,} callbacks in "
+                          f"{counts.get('redis_calls', 0):,} Redis calls", flush=True)
             finally:
                 receiver.stop()
                 receiver.cleanup()

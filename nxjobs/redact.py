@@ -50,21 +50,40 @@ def _mask_phone_value(value: Any) -> Any:
     return value
 
 
+_PLAIN, _SECRET, _PHONE = 0, 1, 2
+# What each key is, by its exact spelling: the receiver redacts every callback, and lower-casing
+# each key each time was a measurable part of it. Bounded: keys come from outside.
+_KEY_CLASS: dict[Any, int] = {}
+_KEY_CLASS_MAX = 4096
+
+
+def _key_class(key: Any) -> int:
+    cls = _KEY_CLASS.get(key)
+    if cls is None:
+        lower = str(key).lower()
+        cls = _SECRET if lower in _SECRET_KEYS_LOWER else _PHONE if lower in _PHONE_KEYS_LOWER else _PLAIN
+        if len(_KEY_CLASS) < _KEY_CLASS_MAX:
+            _KEY_CLASS[key] = cls
+    return cls
+
+
 def redact(obj: Any) -> Any:
     """A copy of `obj` with secrets replaced and phone numbers masked, at any depth."""
     if isinstance(obj, dict):
         out = {}
         for key, value in obj.items():
-            lower = str(key).lower()
-            if lower in _SECRET_KEYS_LOWER:
+            cls = _key_class(key)
+            if cls == _SECRET:
                 out[key] = REDACTED
-            elif lower in _PHONE_KEYS_LOWER:
+            elif cls == _PHONE:
                 out[key] = _mask_phone_value(value)
-            else:
+            elif isinstance(value, (dict, list)):
                 out[key] = redact(value)
+            else:
+                out[key] = value
         return out
     if isinstance(obj, list):
-        return [redact(v) for v in obj]
+        return [redact(v) if isinstance(v, (dict, list)) else v for v in obj]
     return obj
 
 

@@ -127,7 +127,7 @@ def callbacks_env(worker_env, callbacks_redis_url) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def receiver(callbacks_env, tmp_path_factory):
-    """The callback receiver (`python -m workers.web`, uvicorn) on a free port; yields its base URL."""
+    """The callback receiver (`python -m workers.web`) on a free port; yields its base URL."""
     from workers.devstack import start_callbacks
 
     proc, url = start_callbacks(callbacks_env, log_dir=str(tmp_path_factory.mktemp("callbacks")))

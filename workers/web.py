@@ -1,28 +1,39 @@
-"""`python -m workers.web [--host H] [--port P] [--workers N]`: the callback receiver on uvicorn.
+"""`python -m workers.web [--host H] [--port P] [--workers N]`: the callback receiver.
 
-What `nxjobs callbacks` runs. Builds the app from settings (NXJOBS_REDIS_URL,
+What `nxjobs callbacks` runs. Builds the receiver from settings (NXJOBS_REDIS_URL,
 NXJOBS_CALLBACKS__*, NXJOBS_CALLBOT__UUID/SECRET_KEY/ALGORITHM) and serves it
-with uvloop + httptools, access log off (the URL of unsigned callbacks holds
-the token). Exits 2 with one line when the token is missing or too short.
+with nxjobs.callbacks.http on uvloop; no access log (the URL of unsigned
+callbacks holds the token). Exits 2 with one line when the token is missing or
+too short.
+
+`--workers N` binds the socket once and forks N processes that accept on it (the
+kernel spreads connections); the parent restarts a process that dies and
+passes SIGTERM / SIGINT on for a graceful stop.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import logging
+import os
+import signal
 import socket
 import sys
+import time
 
 DEFAULT_PORT = 8091
 
+log = logging.getLogger("nxjobs.callbacks")
 
-def app_from_settings():
-    """ASGI app factory (also used by uvicorn's --workers mode)."""
+
+def config_from_settings():
     from config.settings import load_settings
-    from nxjobs.callbacks.app import ReceiverConfig, create_app
+    from nxjobs.callbacks.app import ReceiverConfig
 
     s = load_settings()
     cb = s.callbacks
-    return create_app(ReceiverConfig(
+    return ReceiverConfig(
         redis_url=s.redis_url,
         token=cb.token.get_secret_value() if cb.token else "",
         callbot_uuid=s.callbot.uuid,
@@ -31,54 +42,132 @@ def app_from_settings():
         max_body_bytes=cb.max_body_bytes,
         tolerance_s=cb.signature_tolerance_s,
         unmatched_max=cb.unmatched_max,
-    ))
+    )
+
+
+def _new_event_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:  # a platform without uvloop: slower, same behaviour
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def serve(sock: socket.socket, config) -> int:
+    """Serve on `sock` in this process until SIGTERM / SIGINT, then stop gracefully."""
+    from nxjobs.callbacks.app import Receiver
+    from nxjobs.callbacks.http import CallbackServer
+
+    async def run() -> None:
+        receiver = Receiver(config)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await receiver.start()
+        try:
+            await CallbackServer(receiver).serve(sock, stop)
+        finally:
+            await receiver.close()
+
+    loop = _new_event_loop()
+    try:
+        loop.run_until_complete(run())
+    finally:
+        loop.close()
+    return 0
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+def _supervise(sock: socket.socket, config, workers: int) -> int:
+    """Fork `workers` serving processes and keep that many alive until told to stop."""
+    children: dict[int, float] = {}
+    stopping = False
+
+    def spawn() -> None:
+        pid = os.fork()
+        if pid == 0:  # the child: default signal handling, then serve
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, signal.SIG_DFL)
+            code = 1
+            try:
+                code = serve(sock, config)
+            except BaseException:
+                log.exception("callback receiver process failed")
+            finally:
+                os._exit(code)
+        children[pid] = time.monotonic()
+
+    def forward(signum, frame) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in list(children):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for _ in range(workers):
+        spawn()
+    while children:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        started = children.pop(pid, None)
+        if started is None or stopping:
+            continue
+        log.error("callback receiver process %d exited (status %d); starting another", pid, status)
+        if time.monotonic() - started < 1.0:
+            time.sleep(1.0)  # a process that dies at once would otherwise be restarted in a tight loop
+        spawn()
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="nxjobs callbacks", description="Receive NXCloud callbacks into job records.")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help="0 = pick a free port")
-    p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (default 1)")
+    p.add_argument("--workers", type=int, default=1, help="receiver processes (default 1)")
     p.add_argument("--log-level", default="info")
     args = p.parse_args(argv)
 
     from pydantic import ValidationError
 
+    from nxjobs.callbacks.app import Receiver
+
     try:
-        app = app_from_settings()
+        config = config_from_settings()
+        Receiver(config)  # validates (the token) before anything listens
     except (ValidationError, ValueError) as exc:
         print(f"error: {exc}; set NXJOBS_CALLBACKS__TOKEN to a random string of 16+ characters",
               file=sys.stderr)
         return 2
 
-    import uvicorn
-
     from config.settings import load_settings
     from workers.logs import setup_logging
 
-    # JSON lines with NXJOBS_LOG_FORMAT=json; uvicorn's own loggers go through the same handler.
-    setup_logging(load_settings().log_format, args.log_level)
-    common = dict(loop="uvloop", http="httptools", lifespan="on", access_log=False, log_level=args.log_level,
-                  log_config=None,
-                  # NXCloud keeps connections open between callbacks; a short idle timeout frees them.
-                  timeout_keep_alive=15, server_header=False,
-                  # Nothing here uses the client address; skip the X-Forwarded-* rewriting per request.
-                  proxy_headers=False)
-    if args.workers > 1:
-        print(f"callbacks listening on http://{args.host}:{args.port} ({args.workers} workers)", flush=True)
-        uvicorn.run("workers.web:app_from_settings", factory=True, host=args.host, port=args.port,
-                    workers=args.workers, **common)
-        return 0
-    sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((args.host, args.port))
-    sock.listen(2048)
+    # JSON lines with NXJOBS_LOG_FORMAT=json.
+    setup_logging(load_settings().log_format, args.log_level.upper())
+    sock = _bind(args.host, args.port)
     host, port = sock.getsockname()[:2]
-    server = uvicorn.Server(uvicorn.Config(app, backlog=2048, **common))
+    host = f"[{host}]" if ":" in host else host
     # Printed before serving; the socket already accepts, so callers may connect at once.
-    print(f"callbacks listening on http://{host}:{port}", flush=True)
-    server.run(sockets=[sock])
-    return 0
+    suffix = f" ({args.workers} workers)" if args.workers > 1 else ""
+    print(f"callbacks listening on http://{host}:{port}{suffix}", flush=True)
+    if args.workers > 1:
+        return _supervise(sock, config, args.workers)
+    return serve(sock, config)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
-"""The callback receiver: a thin Starlette app. Per request: read the raw body
-(bounded) -> verify (signature or URL token) -> parse (pydantic) -> apply (one
-Lua script, one Redis round trip) -> 2xx. Nothing slow runs inline; the
+"""The callback receiver's logic, free of any web framework. Per request: the raw
+body (bounded by the HTTP layer, nxjobs.callbacks.http) -> verify (signature or
+URL token) -> parse (pydantic) -> apply (one Lua script; concurrent requests
+share Redis round trips) -> 2xx. Nothing slow runs inline; the
 answer goes out only once the callback is stored, so a 2xx means "recorded"
 and anything we could not store gets a 5xx that NXCloud retries.
 
@@ -9,28 +10,27 @@ createTs, 400 malformed body, 413 too big, 404 unknown path. Duplicates and
 callbacks matching no job are 200 (the latter kept in the unmatched list), so
 NXCloud stops retrying them. Secrets (token, sign) are never logged or stored.
 
-Build with `create_app(ReceiverConfig(...))`; `workers/web.py` does that from settings.
+Build with `Receiver(ReceiverConfig(...))`, `await start()`, then `await handle(...)` per
+request; `workers/web.py` does that from settings and serves it with nxjobs.callbacks.http.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections import Counter
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Callable, Mapping
 
 import redis
 import redis.asyncio as aioredis
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route, Router
 
 from nxjobs import callback_urls, metrics
 from nxjobs.callbacks import events
-from nxjobs.callbacks.ledger import BatchingApplier, Ledger
+from nxjobs.callbacks.applier import BatchApplier, CallbackApplyError
+from nxjobs.callbacks.ledger import Ledger
 from nxjobs.callbacks.verify import Rejected, check_callbot, check_token
 
 log = logging.getLogger("nxjobs.callbacks")
@@ -73,142 +73,173 @@ class ReceiverConfig:
         return f"ReceiverConfig(redis_url={self.redis_url!r}, callbot_uuid={self.callbot_uuid!r}, ...)"
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The raw body, refusing (413) anything over `limit` bytes before reading it all."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.isdigit():
-            raise Rejected(400, "bad Content-Length")
-        if int(declared) > limit:
-            raise Rejected(413, "body too large")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise Rejected(413, "body too large")
-        chunks.append(chunk)
-    return b"".join(chunks)
+@dataclass(frozen=True)
+class Reply:
+    """An answer: the HTTP status and a JSON body (already encoded)."""
+
+    status: int
+    body: bytes
 
 
-def create_app(config: ReceiverConfig) -> Router:
-    if len(config.token or "") < 16:
-        raise ValueError("the callbacks token must be set and at least 16 characters")
-    stats: Counter = Counter()
-    holder: dict[str, Any] = {}
-    callbot_ready = bool(config.callbot_uuid and config.callbot_secret_key)
+_REPLY_OK_CALLBOT = Reply(200, _OK_CALLBOT)
+_REPLY_OK_PLAIN = Reply(200, _OK_PLAIN)
 
-    @asynccontextmanager
-    async def lifespan(app: Router):
-        client = aioredis.Redis.from_url(config.redis_url, decode_responses=True, socket_connect_timeout=3,
-                                         socket_timeout=5, max_connections=config.max_connections)
-        holder["ledger"] = ledger = Ledger(client, unmatched_max=config.unmatched_max)
+
+def error_reply(status: int, reason: str) -> Reply:
+    return Reply(status, json.dumps({"error": reason}).encode())
+
+
+class Receiver:
+    """The receiver for one process: routes a request to its check, parse and store.
+
+    `start()` opens the Redis client (and the background flush of completion
+    times); `close()` flushes and closes it. `handle()` never raises for a bad
+    request: every refusal is a 4xx Reply, a storage failure a 503.
+    """
+
+    def __init__(self, config: ReceiverConfig):
+        if len(config.token or "") < 16:
+            raise ValueError("the callbacks token must be set and at least 16 characters")
+        self.config = config
+        self.max_body_bytes = config.max_body_bytes
+        self.stats: Counter = Counter()
+        self._callbot_ready = bool(config.callbot_uuid and config.callbot_secret_key)
+        self._ledger: Ledger | None = None
+        self._applier: BatchApplier | None = None
+        self._delays: list[tuple[str, float]] = []
+        self._flusher: asyncio.Future | None = None
+        # The unsigned paths end in "/<token>": matched by prefix, then the token checked.
+        self._unsigned = {callback_urls.NUMBER_CHECK + "/": events.NUMBER_CHECK,
+                          callback_urls.AGENT_CDR + "/": events.CDR}
+        self._signed = {callback_urls.CALLBOT_CALL: events.CALLBOT_CALL,
+                        callback_urls.CALLBOT_ORDER: events.CALLBOT_ORDER,
+                        callback_urls.CALLBOT_TASK: events.CALLBOT_TASK}
+
+    # ---- lifecycle --------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        c = self.config
+        client = aioredis.Redis.from_url(c.redis_url, decode_responses=True, socket_connect_timeout=3,
+                                         socket_timeout=5, max_connections=c.max_connections)
+        self._ledger = Ledger(client, unmatched_max=c.unmatched_max)
         # Concurrent requests share Redis round trips (each callback still one atomic script).
-        holder["applier"] = BatchingApplier(ledger)
-        holder["delays"] = []
-        flusher = asyncio.ensure_future(flush_delays_forever())
-        if not callbot_ready:
+        self._applier = BatchApplier(self._ledger)
+        self._flusher = asyncio.ensure_future(self._flush_delays_forever())
+        if not self._callbot_ready:
             log.warning("callbot uuid/secret key not configured: Callbot callbacks will be refused (401)")
-        try:
-            yield
-        finally:
-            flusher.cancel()
-            await flush_delays()
-            await client.aclose()
 
-    def reject(kind: str, exc: Rejected) -> Response:
-        stats[f"rejected_{exc.status}"] += 1
+    async def close(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+        await self._flush_delays()
+        if self._ledger is not None:
+            await self._ledger.redis.aclose()
+
+    # ---- requests -----------------------------------------------------------------------------------
+
+    async def handle(self, method: str, path: str, headers: Mapping[str, str], body: bytes) -> Reply:
+        """Answer one request. `path` has no query string; `headers` names are lower-case."""
+        for prefix, kind in self._unsigned.items():
+            if path.startswith(prefix):
+                token = path[len(prefix):]
+                if "/" in token:
+                    break
+                if method != "POST":
+                    return error_reply(405, "method not allowed")
+                return await self._unsigned_callback(kind, token, body)
+        kind = self._signed.get(path)
+        if kind is not None:
+            if method != "POST":
+                return error_reply(405, "method not allowed")
+            return await self._signed_callback(kind, headers, body)
+        if path in ("/healthz", "/readyz"):
+            if method != "GET":
+                return error_reply(405, "method not allowed")
+            return await (self._healthz() if path == "/healthz" else self._readyz())
+        return error_reply(404, "not found")
+
+    def refuse(self, kind: str, exc: Rejected) -> Reply:
+        self.stats[f"rejected_{exc.status}"] += 1
         log.warning("callback rejected type=%s status=%d reason=%s", kind, exc.status, exc.reason)
-        return JSONResponse({"error": exc.reason}, status_code=exc.status)
+        return error_reply(exc.status, exc.reason)
 
-    async def store(kind: str, event: events.Event, ok_body: bytes) -> Response:
+    def refused(self, status: int, reason: str) -> None:
+        """The HTTP layer refused a request itself (400 malformed HTTP, 408, 413, 431)."""
+        self.stats[f"rejected_{status}"] += 1
+        log.warning("request refused status=%d reason=%s", status, reason)
+
+    async def _unsigned_callback(self, kind: str, token: str, body: bytes) -> Reply:
         try:
-            applied = await holder["applier"].apply(event)
-        except (redis.RedisError, OSError) as exc:
+            check_token(token, self.config.token)
+            event = events.parse(kind, body)
+        except Rejected as exc:
+            return self.refuse(kind, exc)
+        except events.Malformed as exc:
+            return self.refuse(kind, Rejected(400, f"malformed: {exc}"))
+        return await self._store(kind, event, _REPLY_OK_PLAIN)
+
+    async def _signed_callback(self, kind: str, headers: Mapping[str, str], body: bytes) -> Reply:
+        c = self.config
+        try:
+            if not self._callbot_ready:
+                raise Rejected(401, "callbot verification not configured")
+            text = check_callbot(body, headers, uuid=c.callbot_uuid or "", secret_key=c.callbot_secret_key or "",
+                                 default_algorithm=c.callbot_algorithm, now_s=c.clock(), tolerance_s=c.tolerance_s)
+            event = events.parse(kind, text)
+        except Rejected as exc:
+            return self.refuse(kind, exc)
+        except events.Malformed as exc:
+            return self.refuse(kind, Rejected(400, f"malformed: {exc}"))
+        return await self._store(kind, event, _REPLY_OK_CALLBOT)
+
+    async def _store(self, kind: str, event: events.Event, ok: Reply) -> Reply:
+        assert self._applier is not None, "Receiver.start() was not awaited"
+        try:
+            applied = await self._applier.apply(event)
+        except (redis.RedisError, OSError, CallbackApplyError) as exc:
             # Not stored: a 5xx makes NXCloud deliver it again later.
-            stats["store_errors"] += 1
+            self.stats["store_errors"] += 1
             log.error("callback not stored type=%s: %s", kind, type(exc).__name__)
-            return JSONResponse({"error": "storage unavailable"}, status_code=503)
-        stats[applied.outcome] += 1
+            return error_reply(503, "storage unavailable")
+        self.stats[applied.outcome] += 1
         if applied.status == 0:
             log.info("callback unmatched type=%s ids=%s", kind, event.ids)
         elif applied.submitted_at:
-            delay = metrics.callback_delay_s(applied.submitted_at, config.clock())
+            delay = metrics.callback_delay_s(applied.submitted_at, self.config.clock())
             if delay is not None:
-                holder["delays"].append((event.job_kind, delay))
-        return Response(ok_body, media_type="application/json")
+                self._delays.append((applied.kind or event.job_kind, delay))
+        return ok
 
-    async def flush_delays() -> None:
+    async def _healthz(self) -> Reply:
+        counts = dict(self.stats)
+        if self._applier is not None:
+            counts["redis_calls"] = self._applier.calls
+            counts["callbacks_applied"] = self._applier.applied
+        return Reply(200, json.dumps({"ok": True, "counts": counts}).encode())
+
+    async def _readyz(self) -> Reply:
+        try:
+            assert self._ledger is not None
+            await self._ledger.redis.ping()
+        except (redis.RedisError, OSError):
+            return Reply(503, b'{"ok":false,"redis":"unreachable"}')
+        return Reply(200, b'{"ok":true}')
+
+    # ---- completion times ------------------------------------------------------------------------
+
+    async def _flush_delays(self) -> None:
         """Completion times leave in one pipelined trip per interval, not one per callback."""
-        batch, holder["delays"] = holder["delays"], []
-        if not batch:
+        batch, self._delays = self._delays, []
+        if not batch or self._ledger is None:
             return
         try:
-            pipe = holder["ledger"].redis.pipeline(transaction=False)
+            pipe = self._ledger.redis.pipeline(transaction=False)
             metrics.queue_callback_delays(pipe, batch)
             await pipe.execute()
         except Exception as exc:  # a metric must never cost a stored callback
             log.warning("%d completion metric(s) not recorded: %s", len(batch), type(exc).__name__)
 
-    async def flush_delays_forever() -> None:
+    async def _flush_delays_forever(self) -> None:
         while True:
             await asyncio.sleep(DELAY_FLUSH_S)
-            await flush_delays()
-
-    def unsigned(kind: str):
-        async def endpoint(request: Request) -> Response:
-            try:
-                check_token(request.path_params["token"], config.token)
-                raw = await read_body(request, config.max_body_bytes)
-                event = events.parse(kind, raw)
-            except Rejected as exc:
-                return reject(kind, exc)
-            except events.Malformed as exc:
-                return reject(kind, Rejected(400, f"malformed: {exc}"))
-            return await store(kind, event, _OK_PLAIN)
-
-        return endpoint
-
-    def signed(kind: str):
-        async def endpoint(request: Request) -> Response:
-            try:
-                if not callbot_ready:
-                    raise Rejected(401, "callbot verification not configured")
-                raw = await read_body(request, config.max_body_bytes)
-                text = check_callbot(
-                    raw, request.headers, uuid=config.callbot_uuid or "",
-                    secret_key=config.callbot_secret_key or "", default_algorithm=config.callbot_algorithm,
-                    now_s=config.clock(), tolerance_s=config.tolerance_s)
-                event = events.parse(kind, text)
-            except Rejected as exc:
-                return reject(kind, exc)
-            except events.Malformed as exc:
-                return reject(kind, Rejected(400, f"malformed: {exc}"))
-            return await store(kind, event, _OK_CALLBOT)
-
-        return endpoint
-
-    async def healthz(request: Request) -> Response:
-        return JSONResponse({"ok": True, "counts": dict(stats)})
-
-    async def readyz(request: Request) -> Response:
-        try:
-            await holder["ledger"].redis.ping()
-        except (redis.RedisError, OSError):
-            return JSONResponse({"ok": False, "redis": "unreachable"}, status_code=503)
-        return JSONResponse({"ok": True})
-
-    routes = [
-        Route(callback_urls.NUMBER_CHECK + "/{token}", unsigned(events.NUMBER_CHECK), methods=["POST"]),
-        Route(callback_urls.AGENT_CDR + "/{token}", unsigned(events.CDR), methods=["POST"]),
-        Route(callback_urls.CALLBOT_CALL, signed(events.CALLBOT_CALL), methods=["POST"]),
-        Route(callback_urls.CALLBOT_ORDER, signed(events.CALLBOT_ORDER), methods=["POST"]),
-        Route(callback_urls.CALLBOT_TASK, signed(events.CALLBOT_TASK), methods=["POST"]),
-        Route("/healthz", healthz, methods=["GET"]),
-        Route("/readyz", readyz, methods=["GET"]),
-    ]
-    # A bare Router (Starlette's own ASGI router) rather than the Starlette app: it skips two
-    # exception middlewares on the hot path; an unexpected error still ends as uvicorn's 500.
-    app = Router(routes=routes, lifespan=lifespan)
-    app.stats = stats  # type: ignore[attr-defined]
-    return app
+            await self._flush_delays()

@@ -9,7 +9,7 @@ set. A callback whose job is not submitted yet is kept and counted; the submit
 step (nxjobs.store, _SUBMIT_LUA) completes the job if nothing is left to wait for.
 
 `Ledger` works with a sync client (reconciliation, operators);
-`BatchingApplier` serves the asyncio receiver. The script derives the job's
+`nxjobs.callbacks.applier.BatchApplier` serves the asyncio receiver. The script derives the job's
 keys from its id, so it needs a single Redis (not a cluster), as the rest of nxjobs.
 """
 
@@ -32,8 +32,8 @@ from nxjobs.records import utc_now_iso
 # ARGV[1] key prefix, [2] direct job id or '', [3] job kind expected, [4] dedupe key,
 #   [5] completion unit or '', [6] entry JSON (an object), [7] the correlating ids (JSON), [8] now ISO,
 #   [9] unmatched max, [10] result JSON for a call job failed as ambiguous that this proves, or ''.
-# Returns {status, job id, state[, submitted_at]}: 1 recorded, 2 duplicate (nothing written), 0 unmatched;
-#   submitted_at (unix s) only from the callback that completed the job, once per job.
+# Returns {status, job id, state[, submitted_at, job kind]}: 1 recorded, 2 duplicate (nothing written),
+#   0 unmatched; submitted_at (unix s) only from the callback that completed the job, once per job.
 _APPLY_LUA = """
 local job_id = false
 for i = 4, #KEYS do
@@ -86,11 +86,11 @@ if need >= 0 and done >= need then
     -- Completed by this callback: hand back when it was submitted, once per job, so the caller
     -- can time it (nxjobs.metrics) without another round trip.
     if redis.call('HSETNX', jk, 'completion_observed', '1') == 1 then
-      return {1, job_id, state, redis.call('HGET', jk, 'submitted_at') or ''}
+      return {1, job_id, state, redis.call('HGET', jk, 'submitted_at') or '', kind}
     end
   end
 end
-return {1, job_id, state, ''}
+return {1, job_id, state, '', kind}
 """
 
 RECORDED, DUPLICATE, UNMATCHED = 1, 2, 0
@@ -103,6 +103,8 @@ class Applied:
     state: str
     # Set only on the callback that completed its job: when the job was submitted (unix s).
     submitted_at: str = ""
+    # The kind of the job it was recorded on (a Callbot order may belong to a list or a contact job).
+    kind: str = ""
 
     @property
     def outcome(self) -> str:
@@ -116,7 +118,7 @@ def family_of(job_kind: str) -> str:
 
 class Ledger:
     """Parameters: `client` a Redis client with decode_responses=True (sync for `apply` and the
-    listing methods; an asyncio one is fine for BatchingApplier);
+    listing methods; an asyncio one for BatchApplier);
     `unmatched_max` how many unmatched callbacks to keep (oldest dropped)."""
 
     def __init__(self, client: Any, *, unmatched_max: int = 10_000):
@@ -156,80 +158,16 @@ class Ledger:
         self.redis.zrem(keys.callbacks_waiting(family), job_id)
 
 
-class BatchingApplier:
-    """Applies callbacks from many concurrent requests through one asyncio Redis client,
-    several per round trip.
-
-    Each callback is still its own atomic Lua call; what is shared is the trip:
-    while one pipeline of EVALSHAs is in flight, newly arrived callbacks wait
-    and leave together in the next. Under light load a batch is one callback
-    (no added latency); under a burst, the syscalls and client overhead per
-    callback fall by the batch size (measured in bench/callbacks.py).
-
-    Parameters: `ledger` built on a `redis.asyncio.Redis`; `max_batch` callbacks per round trip.
-    """
-
-    def __init__(self, ledger: Ledger, *, max_batch: int = 256):
-        self.ledger = ledger
-        self.max_batch = max_batch
-        self._pending: list[tuple[list[str], list[str], Any]] = []
-        self._flusher: Any = None
-        self._sha: str | None = None
-
-    async def apply(self, event: Event, *, source: str = "callback") -> Applied:
-        import asyncio
-
-        keys_, args = self.ledger._call(event, source, utc_now_iso())
-        future = asyncio.get_running_loop().create_future()
-        self._pending.append((keys_, args, future))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.ensure_future(self._flush())
-        return await future
-
-    async def _flush(self) -> None:
-        client = self.ledger.redis
-        while self._pending:
-            batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch:]
-            try:
-                if self._sha is None:
-                    self._sha = await client.script_load(_APPLY_LUA)
-                replies = await self._send(client, batch)
-                if any(_no_script(r) for r in replies):  # Redis restarted and forgot the script
-                    self._sha = await client.script_load(_APPLY_LUA)
-                    replies = await self._send(client, batch)
-            except Exception as exc:  # the whole trip failed: every waiting request gets the error
-                for _, _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            for (_, _, future), reply in zip(batch, replies):
-                if future.done():
-                    continue
-                if isinstance(reply, Exception):
-                    future.set_exception(reply)
-                else:
-                    future.set_result(_applied(reply))
-
-    async def _send(self, client: Any, batch: list) -> list:
-        pipe = client.pipeline(transaction=False)
-        for keys_, args, _ in batch:
-            pipe.execute_command("EVALSHA", self._sha, len(keys_), *keys_, *args)
-        return await pipe.execute(raise_on_error=False)
-
-
 def _is_async(client: Any) -> bool:
     import redis.asyncio
 
     return isinstance(client, redis.asyncio.Redis)
 
 
-def _no_script(reply: Any) -> bool:
-    return isinstance(reply, Exception) and "NOSCRIPT" in str(reply)
-
-
 def _applied(reply: list) -> Applied:
     status, job_id, state = reply[:3]
-    return Applied(int(status), job_id or "", state or "", (reply[3] if len(reply) > 3 else "") or "")
+    return Applied(int(status), job_id or "", state or "", (reply[3] if len(reply) > 3 else "") or "",
+                   (reply[4] if len(reply) > 4 else "") or "")
 
 
 def _dumps(value: Any) -> str:

@@ -1,5 +1,5 @@
 """Callbacks end to end: the sandbox sends them (late, out of order, repeated), the
-receiver (uvicorn, real HTTP) verifies and applies them, a real worker submits
+receiver (`python -m workers.web`, real HTTP) verifies and applies them, a real worker submits
 the jobs; all on a real Redis (db 1)."""
 
 from __future__ import annotations

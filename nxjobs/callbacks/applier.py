@@ -1,0 +1,114 @@
+"""Apply the callbacks of many concurrent requests in one Redis call.
+
+The receiver's hot path. While one call is in flight, newly arrived callbacks
+wait and leave together in the next: under light load a batch is one callback
+(no added latency); under a burst of thousands per second it is dozens.
+
+A batch is ONE EVALSHA whose single argument is the JSON list of each
+callback's (keys, args), and whose script runs the ledger's per-callback
+script (nxjobs.callbacks.ledger._APPLY_LUA, unchanged) once per entry. Measured
+against a pipeline of one EVALSHA per callback, it removes redis-py's
+per-argument command packing (about a third of the receiver's CPU) and Redis's
+per-command overhead. Each callback is still applied atomically and on its own:
+one that raises a Lua error fails only its own request (pcall), never its
+neighbours. The script derives keys from arguments, as the ledger's already
+does from the job id: a single Redis, not a cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from pydantic_core import to_json
+from redis.exceptions import NoScriptError
+
+from nxjobs.callbacks.events import Event
+from nxjobs.callbacks.ledger import _APPLY_LUA, Applied, Ledger, _applied
+
+# ARGV[1] = JSON [[keys, args], ...]. Returns one reply per entry: the ledger script's reply,
+# or {-1, message} when that entry raised.
+_APPLY_BATCH_LUA = (
+    "local function apply_one(KEYS, ARGV)\n" + _APPLY_LUA + "\nend\n" + """
+local out = {}
+for i, entry in ipairs(cjson.decode(ARGV[1])) do
+  local ok, reply = pcall(apply_one, entry[1], entry[2])
+  if ok then
+    out[i] = reply
+  else
+    out[i] = {-1, tostring(reply)}
+  end
+end
+return out
+""")
+
+
+class CallbackApplyError(Exception):
+    """The ledger script raised for this one callback (it was not, or not wholly, recorded)."""
+
+
+class BatchApplier:
+    """Parameters: `ledger` built on a `redis.asyncio.Redis` (decode_responses=True);
+    `max_batch` callbacks per Redis call."""
+
+    def __init__(self, ledger: Ledger, *, max_batch: int = 256):
+        self.ledger = ledger
+        self.max_batch = max_batch
+        self._pending: list[tuple[list[str], list[str], asyncio.Future]] = []
+        self._flusher: asyncio.Future | None = None
+        self._sha: str | None = None
+        self._now_ms = -1
+        self._now_iso = ""
+        # Redis calls made and callbacks they carried (/healthz shows both).
+        self.calls = 0
+        self.applied = 0
+
+    async def apply(self, event: Event, *, source: str = "callback") -> Applied:
+        keys_, args = self.ledger._call(event, source, self._received_at())
+        future = asyncio.get_running_loop().create_future()
+        self._pending.append((keys_, args, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.ensure_future(self._flush())
+        return await future
+
+    def _received_at(self) -> str:
+        # Formatting a timestamp per callback is measurable at thousands a second; it changes per ms.
+        now = time.time()
+        ms = int(now * 1000)
+        if ms != self._now_ms:
+            self._now_ms = ms
+            # As nxjobs.records.utc_now_iso writes it.
+            self._now_iso = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{ms % 1000:03d}Z"
+        return self._now_iso
+
+    async def _flush(self) -> None:
+        client = self.ledger.redis
+        while self._pending:
+            batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch:]
+            payload = to_json([(k, a) for k, a, _ in batch]).decode("utf-8")
+            self.calls += 1
+            self.applied += len(batch)
+            try:
+                replies = await self._call(client, payload)
+            except Exception as exc:  # the whole call failed: every waiting request gets the error
+                for _, _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (_, _, future), reply in zip(batch, replies):
+                if future.done():
+                    continue
+                if int(reply[0]) == -1:
+                    future.set_exception(CallbackApplyError(str(reply[1])))
+                else:
+                    future.set_result(_applied(reply))
+
+    async def _call(self, client: Any, payload: str) -> list:
+        if self._sha is None:
+            self._sha = await client.script_load(_APPLY_BATCH_LUA)
+        try:
+            return await client.evalsha(self._sha, 0, payload)
+        except NoScriptError:  # Redis restarted and forgot the script
+            self._sha = await client.script_load(_APPLY_BATCH_LUA)
+            return await client.evalsha(self._sha, 0, payload)
