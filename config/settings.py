@@ -148,11 +148,11 @@ class CallbacksSettings(BaseModel):
     def deadlines_s(self) -> dict[str, float]:
         """Deadline per job kind that waits for callbacks (reconciliation starts after it)."""
         return {"number-check": self.number_check_deadline_s, "call": self.call_deadline_s,
-                "callbot-list": self.callbot_deadline_s}
+                "callbot-list": self.callbot_deadline_s, "callbot-contact": self.callbot_deadline_s}
 
     def give_up_s(self) -> dict[str, float]:
         return {"number-check": self.number_check_give_up_s, "call": self.call_give_up_s,
-                "callbot-list": self.callbot_give_up_s}
+                "callbot-list": self.callbot_give_up_s, "callbot-contact": self.callbot_give_up_s}
 
 
 class HttpSettings(BaseModel):
@@ -226,7 +226,7 @@ class Settings(BaseSettings):
     task_soft_time_limit_s: int = Field(default=240, gt=0)
     dead_letters: DeadLetterSettings = DeadLetterSettings()
     recover: RecoverSettings = RecoverSettings()
-    # Gathering one-number Number Checks into provider batches (nxjobs/coalesce.py).
+    # Gathering one-number Number Checks and single Callbot contacts into provider batches (nxjobs/coalesce.py).
     coalesce: CoalesceSettings = CoalesceSettings()
     # Unacked messages (running jobs, and countdown retries a worker holds) come back
     # this long after their worker vanished. workers/delivery.py checks at startup that

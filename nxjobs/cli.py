@@ -124,14 +124,17 @@ def _add_submit_parser(sub) -> None:
     p.add_argument("--check-level", type=int, help="number-check: 1 basic, 4 call, 5 HLR")
     p.add_argument("--batch-no", help="number-check: batch number (default: the job id)")
     p.add_argument("--no-batch", dest="batch", action="store_false",
-                   help="number-check: send a one-number check in a request of its own at once, instead of "
-                        "sharing one with other one-number checks (up to NXJOBS_COALESCE__LINGER_S later)")
+                   help="number-check, callbot-contact: send a one-number check (one contact) in a request of "
+                        "its own at once, instead of sharing one with others (up to NXJOBS_COALESCE__LINGER_S later)")
     p.add_argument("--user-ip", help="ota-init: IP address of the user's device")
     p.add_argument("--business-phone", help="wa-calling: WhatsApp business phone")
     p.add_argument("--scene-id", help="callbot-list: script template id")
     p.add_argument("--task-name", help="callbot-list: task name")
     p.add_argument("--contact", action="append", metavar="PHONE[,ORDER_ID[,NAME]]",
-                   help="callbot-list: one contact (repeatable)")
+                   help="callbot-list: one contact (repeatable); callbot-contact: the contact (once; order id "
+                        "default: the job id)")
+    p.add_argument("--user-task-id", help="callbot-contact: userTaskID of the existing Callbot task to add to "
+                   "(e.g. a callbot-list job's id)")
     p.add_argument("--contacts", metavar="FILE", help="callbot-list: CSV with user_phone[,order_id[,user_name]] "
                    "(any size: split into jobs of --per-job contacts)")
     p.add_argument("--file", metavar="FILE", help="number-check: CSV, one phone per row (any size: split into "
@@ -179,6 +182,10 @@ def _payload_from_args(args: argparse.Namespace) -> dict[str, Any]:
         out = {"scene_id": args.scene_id, "task_name": args.task_name, "contacts": contacts or None,
                "strategy_name": args.strategy_name, "task_callback_url": args.task_callback_url,
                "order_callback_url": args.order_callback_url, "call_callback_url": args.call_callback_url}
+    elif kind == "callbot-contact":
+        contacts = [_contact(c.split(",")) for c in (args.contact or [])]
+        _only_one(args.contact or [], "contact")
+        out = {"user_task_id": args.user_task_id, "contact": contacts[0] if contacts else None}
     return {k: v for k, v in out.items() if v is not None}
 
 
@@ -279,12 +286,12 @@ def _print_record(record: JobRecord | None, *, as_json: bool) -> None:
     if as_json:
         print(json.dumps(record.model_dump(mode="json"), ensure_ascii=False, indent=2))
         return
-    line = f"{record.id}  {record.kind:<13} {record.state.value:<9} attempts={record.attempts}"
+    line = f"{record.id}  {record.kind:<15} {record.state.value:<9} attempts={record.attempts}"
     if record.error:
         line += f"  error={record.error.code}: {record.error.message}"
     elif record.result:
         ids = {k: v for k, v in record.result.items() if k in ("orderid", "sessionid", "requestId", "taskID",
-                                                              "batchNo", "userTaskID")}
+                                                              "batchNo", "userTaskID", "orderID")}
         line += "  " + " ".join(f"{k}={v}" for k, v in ids.items())
     print(line)
 

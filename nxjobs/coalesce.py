@@ -1,21 +1,26 @@
-"""Coalescing: one-number Number Check jobs gathered into one provider request.
+"""Coalescing: one-item jobs gathered into one provider request.
 
-The provider's quota counts requests, not numbers (reference §5.1, §8): one
-request carries up to 5 000 numbers. A producer enqueueing single numbers
-(a sign-up form, a CRM row) would otherwise spend a request per number.
+The provider's quotas count requests, not items (reference §5.1, §6.3, §8): one
+Number Check request carries up to 5 000 numbers, one Callbot `addBatchCall`
+many contacts. A producer enqueueing single items (a sign-up form, a CRM row)
+would otherwise spend a request per item. Two kinds are coalesced (`Spec`):
+one-number `number-check` jobs (group = check level, key = phone) and
+`callbot-contact` jobs (group = the task's userTaskID, key = orderID). The
+machinery below is the same for both; what differs is in their Spec, and in
+the request the flush sends (tasks/flush.py).
 
-How a job travels:
+How a job travels (number checks; contacts alike, with orderID for phone):
 
 1. The producer stores the job's record (state `queued`, one callback needed)
-   and appends `<job id>|<phone>` to its group's pending list, in one script.
-   A group is one check level: every member of a batch is sent with the same
-   credential and appkey, those of the api2 workers consuming the queue.
+   and appends `<job id>|<key>[|<item>]` to its group's pending list, in one script.
+   A group is one check level (one Callbot task): every member of a batch is sent
+   with the same credential, that of the workers consuming the kind's queue.
    The script says when a flush message is due: when this push filled a whole
    batch (send one now), or when the list had no flush on its way (send one
    after the linger). That flag expires, so a flush lost with its producer is
    re-armed by the next push or by the periodic sweep.
-2. A flush (the Celery task `nxjobs.number_check_batch`) takes its rate-limit
-   slot, then takes up to `max_numbers` entries into a batch named after its
+2. A flush (the Celery task `nxjobs.number_check_batch`, `nxjobs.callbot_contact_batch`)
+   takes its rate-limit slot, then takes up to `max_numbers` (`max_contacts`) entries into a batch named after its
    own task id, in one script: members go `running`, and each member's
    correlation key `(batchNo, phone) -> job id` is set before anything is
    sent, so a callback that beats the fan-out still finds its job. A redelivered
@@ -23,12 +28,14 @@ How a job travels:
    Two jobs with the same phone never share a batch: the second waits for the next.
 3. After the answer, one script fans the result out: each member becomes
    `submitted` with its share of the result (or `failed`, if the provider
-   rejected its number in `failNumber`), or `completed` at once if its
+   rejected its number in `failNumber`, its contact in `errList`), or `completed` at once if its
    callback came early. The batch is then dropped.
 
 Callbacks carry a per-number id `<requestId>-NNNNNN` (§5.1's id rule) plus
 `batchNo` and `phone`; the receiver finds a member by `(batchNo, phone)` and
-deduplicates by the per-number id, like any Number Check result.
+deduplicates by the per-number id, like any Number Check result. A contact's
+call and order callbacks carry its orderID, indexed when the job is enqueued
+(it is ours, and globally unique), so the member is found whatever its batch.
 
 Imports nothing of the service packages: producers use the enqueue half.
 """
@@ -36,15 +43,16 @@ Imports nothing of the service packages: producers use the enqueue half.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from typing import Any, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
 
 from pydantic import BaseModel, Field
 
 from nxjobs import keys
-from nxjobs.jobs import NUMBER_CHECK_MAX_PHONES, PRIORITY_NEW
+from nxjobs.jobs import CALLBOT_CHUNK_SIZE, NUMBER_CHECK_MAX_PHONES, PRIORITY_NEW, QUEUE_API2, QUEUE_CALLBOT
 
 FLUSH_TASK = "nxjobs.number_check_batch"
+CONTACT_FLUSH_TASK = "nxjobs.callbot_contact_batch"
 SWEEP_TASK = "nxjobs.coalesce_sweep"
 # Batches above this many numbers fall under the provider's lower quota (1 request/s,
 # reference §8): 2 000-number batches at 10 requests/s carry four times as many numbers.
@@ -63,11 +71,47 @@ class CoalesceSettings(BaseModel):
     linger_s: float = Field(default=0.5, gt=0, le=60)
     # Numbers per provider request. Above 2 000 the provider allows 1 request/s instead of 10.
     max_numbers: int = Field(default=BIG_BATCH_NUMBERS, ge=1, le=NUMBER_CHECK_MAX_PHONES)
+    # Contacts per addBatchCall (the reference's chunk, §6.3 [CHOICE]; the sandbox refuses > 1 000).
+    max_contacts: int = Field(default=CALLBOT_CHUNK_SIZE, ge=1, le=1000)
     # How often beat looks for pending numbers with no flush on its way, and for stuck batches.
     sweep_interval_s: float = Field(default=5.0, gt=0)
     # A built batch untouched this long is re-flushed by the sweep (its flush message was lost).
     # Every wait or retry of a batch touches it, and none is longer than ratelimit.max_wait_s (600 s).
     stale_batch_s: float = Field(default=900.0, gt=0)
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What differs between the coalesced kinds; the queue, scripts and flush flow are shared.
+
+    Parameters: `kind` the members' job kind; `family` the queue whose workers hold the credential
+    the batch is sent with (flushes run there); `flush_task` the Celery task that sends a batch;
+    `prefix` starts every group name of the kind; `max_setting` the CoalesceSettings field that caps
+    a batch; `index_at_enqueue` / `index_at_take` key prefixes of a member's correlation index, set
+    when the job is enqueued (+ key: the id is ours and known then) or when its batch is built
+    (+ `<batchNo>:<key>`: the id is the batch's); "" = none."""
+
+    kind: str
+    family: str
+    flush_task: str
+    prefix: str
+    max_setting: str
+    index_at_enqueue: str = ""
+    index_at_take: str = ""
+
+    def max_items(self, settings: CoalesceSettings) -> int:
+        return int(getattr(settings, self.max_setting))
+
+
+NUMBER_CHECKS = Spec("number-check", QUEUE_API2, FLUSH_TASK, "nc", "max_numbers",
+                     index_at_take=keys.callback_index("nc-num", ""))
+CONTACTS = Spec("callbot-contact", QUEUE_CALLBOT, CONTACT_FLUSH_TASK, "cbt:", "max_contacts",
+                index_at_enqueue=keys.callback_index("cb-order", ""))
+SPECS = (NUMBER_CHECKS, CONTACTS)
+
+
+def spec_of(group: str) -> Spec:
+    return CONTACTS if group.startswith(CONTACTS.prefix) else NUMBER_CHECKS
 
 
 def group_of(check_level: int) -> str:
@@ -78,27 +122,41 @@ def level_of(group: str) -> int:
     return int(group.removeprefix("nc"))
 
 
+def contact_group(user_task_id: str) -> str:
+    """Contacts for one Callbot task. Every worker of the callbot queue sends with the one Callbot
+    credential of the deployment, so the task id alone names the (credential, task) pair."""
+    return CONTACTS.prefix + user_task_id
+
+
+def user_task_id_of(group: str) -> str:
+    return group.removeprefix(CONTACTS.prefix)
+
+
 def member_index_key(batch_no: str, phone: str) -> str:
     """Correlation index of one member: a callback's (batchNo, phone) -> job id."""
     return keys.callback_index("nc-num", f"{batch_no}:{phone}")
 
 
 # The producer half. KEYS[1] pending list, KEYS[2] flush-armed flag.
-# ARGV[1] key prefix, [2] record ttl s, [3] max numbers, [4] armed ttl ms, [5] now ISO, [6] group,
-# then per job: id, phone, redacted input JSON.
+# ARGV[1] key prefix, [2] record ttl s, [3] max items, [4] armed ttl ms, [5] now ISO, [6] group,
+# [7] job kind, [8] index key prefix set now (+ key) or '',
+# then per job: id, key (phone, orderID), item JSON or '', redacted input JSON.
 # Returns {flushes due now (a push filled a batch), 1 if a lingering flush must be sent}.
 _ENQUEUE_LUA = """
 local prefix, ttl, max = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local full = 0
 local len = 0
-for i = 7, #ARGV, 3 do
-  local id = ARGV[i]
+for i = 9, #ARGV, 4 do
+  local id, key, item = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local jk = prefix .. ':job:' .. id
-  redis.call('HSET', jk, 'id', id, 'kind', 'number-check', 'state', 'queued', 'attempts', 0,
-             'created_at', ARGV[5], 'updated_at', ARGV[5], 'input', ARGV[i + 2], 'request', '[]',
+  redis.call('HSET', jk, 'id', id, 'kind', ARGV[7], 'state', 'queued', 'attempts', 0,
+             'created_at', ARGV[5], 'updated_at', ARGV[5], 'input', ARGV[i + 3], 'request', '[]',
              'result', '', 'error', '', 'callbacks_needed', 1, 'coalesce_group', ARGV[6])
   redis.call('EXPIRE', jk, ttl)
-  len = redis.call('RPUSH', KEYS[1], id .. '|' .. ARGV[i + 1])
+  if ARGV[8] ~= '' then redis.call('SET', ARGV[8] .. key, id, 'EX', ttl) end
+  local entry = id .. '|' .. key
+  if item ~= '' then entry = entry .. '|' .. item end
+  len = redis.call('RPUSH', KEYS[1], entry)
   if len % max == 0 then full = full + 1 end
 end
 local linger = 0
@@ -108,49 +166,56 @@ return {full, linger}
 
 # The flush half: build batch ARGV[1] from the pending list, or return it if built before.
 # KEYS[1] batch hash, KEYS[2] pending list, KEYS[3] open batches zset, KEYS[4] flush-armed flag.
-# ARGV[1] batch id, [2] max numbers, [3] batchNo, [4] now unix s, [5] now ISO, [6] ttl s, [7] key prefix,
-# [8] member index prefix, [9] group.
+# ARGV[1] batch id, [2] max items, [3] batchNo, [4] now unix s, [5] now ISO, [6] ttl s, [7] key prefix,
+# [8] member index prefix set now (+ batchNo:key) or '', [9] group.
 # Returns {0 nothing taken | 1 built before | 2 built now | 3 already sent and recorded,
-#          members JSON [[id, phone], ...], pending left}.
+#          members JSON [[id, key], ...], pending left, items JSON {id: item JSON} (members that have one)}.
 _TAKE_LUA = """
 if redis.call('EXISTS', KEYS[1]) == 1 then
-  if redis.call('HGET', KEYS[1], 'done') then return {3, '[]', redis.call('LLEN', KEYS[2])} end
+  if redis.call('HGET', KEYS[1], 'done') then return {3, '[]', redis.call('LLEN', KEYS[2]), '{}'} end
   redis.call('ZADD', KEYS[3], 'XX', ARGV[4], ARGV[1])
-  return {1, redis.call('HGET', KEYS[1], 'members'), redis.call('LLEN', KEYS[2])}
+  return {1, redis.call('HGET', KEYS[1], 'members'), redis.call('LLEN', KEYS[2]),
+          redis.call('HGET', KEYS[1], 'items') or '{}'}
 end
 local max, ttl, prefix = tonumber(ARGV[2]), tonumber(ARGV[6]), ARGV[7]
-local items = redis.call('LRANGE', KEYS[2], 0, max - 1)
-if #items == 0 then return {0, '[]', 0} end
-redis.call('LTRIM', KEYS[2], #items, -1)
-local seen, members, again = {}, {}, {}
-for _, item in ipairs(items) do
-  local sep = string.find(item, '|', 1, true)
-  local id, phone = string.sub(item, 1, sep - 1), string.sub(item, sep + 1)
+local entries = redis.call('LRANGE', KEYS[2], 0, max - 1)
+if #entries == 0 then return {0, '[]', 0, '{}'} end
+redis.call('LTRIM', KEYS[2], #entries, -1)
+local seen, members, items, again = {}, {}, {}, {}
+local has_items = false
+for _, entry in ipairs(entries) do
+  local sep = string.find(entry, '|', 1, true)
+  local id, key = string.sub(entry, 1, sep - 1), string.sub(entry, sep + 1)
+  local sep2 = string.find(key, '|', 1, true)
+  local item = false
+  if sep2 then item, key = string.sub(key, sep2 + 1), string.sub(key, 1, sep2 - 1) end
   local jk = prefix .. ':job:' .. id
-  if seen[phone] then
-    table.insert(again, item)
+  if seen[key] then
+    table.insert(again, entry)
   elseif redis.call('HGET', jk, 'state') == 'queued' then
-    seen[phone] = true
-    table.insert(members, {id, phone})
+    seen[key] = true
+    table.insert(members, {id, key})
+    if item then items[id] = item; has_items = true end
     redis.call('HSET', jk, 'state', 'running', 'updated_at', ARGV[5], 'coalesce_batch', ARGV[1])
     redis.call('HINCRBY', jk, 'attempts', 1)
-    redis.call('SET', ARGV[8] .. ARGV[3] .. ':' .. phone, id, 'EX', ttl)
+    if ARGV[8] ~= '' then redis.call('SET', ARGV[8] .. ARGV[3] .. ':' .. key, id, 'EX', ttl) end
   end
 end
 for i = #again, 1, -1 do redis.call('LPUSH', KEYS[2], again[i]) end
 local left = redis.call('LLEN', KEYS[2])
-if #members == 0 then return {0, '[]', left} end
+if #members == 0 then return {0, '[]', left, '{}'} end
 local encoded = cjson.encode(members)
-redis.call('HSET', KEYS[1], 'group', ARGV[9], 'batch_no', ARGV[3], 'members', encoded, 'created_at', ARGV[4],
-           'created_iso', ARGV[5], 'attempts', 0, 'throttles', 0)
+local encoded_items = has_items and cjson.encode(items) or '{}'
+redis.call('HSET', KEYS[1], 'group', ARGV[9], 'batch_no', ARGV[3], 'members', encoded, 'items', encoded_items,
+           'created_at', ARGV[4], 'created_iso', ARGV[5], 'attempts', 0, 'throttles', 0)
 redis.call('EXPIRE', KEYS[1], ttl)
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
 redis.call('DEL', KEYS[4])
-return {2, encoded, left}
+return {2, encoded, left, encoded_items}
 """
 
 # Fan the provider's answer out to the members, then drop the batch.
-# KEYS[1] waiting zset (api2), KEYS[2] batch hash, KEYS[3] open batches zset.
+# KEYS[1] waiting zset (the kind's family), KEYS[2] batch hash, KEYS[3] open batches zset.
 # ARGV[1] key prefix, [2] now ISO, [3] now unix s, [4] callbacks due-at unix s, [5] ttl s, [6] batch id,
 # [7] request JSON (shared), [8] the batch's attempts, [9] its throttles,
 # then per member: id, 's' (submitted) or 'f' (failed), result or error JSON.
@@ -183,7 +248,7 @@ for i = 10, #ARGV, 3 do
   end
 end
 -- Kept (without its members) as proof it was sent: a late duplicate of its flush stops here.
-redis.call('HDEL', KEYS[2], 'members')
+redis.call('HDEL', KEYS[2], 'members', 'items')
 redis.call('HSET', KEYS[2], 'done', '1')
 redis.call('ZREM', KEYS[3], ARGV[6])
 return completed
@@ -193,8 +258,10 @@ return completed
 @dataclass(frozen=True)
 class Taken:
     status: int  # 0 nothing taken, 1 built by an earlier delivery, 2 built now, 3 already sent and recorded
-    members: list[tuple[str, str]]  # (job id, phone)
+    members: list[tuple[str, str]]  # (job id, key): the phone of a number check, the orderID of a contact
     pending_left: int
+    # job id -> what the request needs of the member beyond its key (a contact: its callList item, unmasked)
+    items: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -223,18 +290,21 @@ class CoalesceQueue:
 
     # ---- producer half ------------------------------------------------------
 
-    def enqueue(self, group: str, jobs: Iterable[tuple[str, str, str]], now_iso: str) -> Flushes:
-        """Store queued records for (job id, phone, redacted input JSON) and add them to `group`.
-        Chunks of ENQUEUE_CHUNK go to Redis in one transaction (all or nothing, and one round
-        trip): keep a call to some 10 000 jobs, which holds Redis for about 0.1 s."""
-        head = [keys.PREFIX, str(self.ttl_s), str(self.settings.max_numbers), str(self.armed_ms), now_iso, group]
+    def enqueue(self, group: str, jobs: Iterable[tuple[str, ...]], now_iso: str) -> Flushes:
+        """Store queued records for (job id, key, redacted input JSON[, item JSON]) and add them to
+        `group` (key: the phone of a number check, the orderID of a contact; item: what the request
+        needs beyond the key). Chunks of ENQUEUE_CHUNK go to Redis in one transaction (all or nothing,
+        and one round trip): keep a call to some 10 000 jobs, which holds Redis for about 0.1 s."""
+        spec = spec_of(group)
+        head = [keys.PREFIX, str(self.ttl_s), str(self.max_items(group)), str(self.armed_ms), now_iso, group,
+                spec.kind, spec.index_at_enqueue]
         script_keys = [keys.coalesce_pending(group), keys.coalesce_armed(group)]
         pipe = self.redis.pipeline(transaction=True)
         chunk: list[str] = []
         calls = 0
-        for job_id, phone, input_json in jobs:
-            chunk += [job_id, phone, input_json]
-            if len(chunk) >= 3 * ENQUEUE_CHUNK:
+        for job_id, key, input_json, *item in jobs:
+            chunk += [job_id, key, item[0] if item else "", input_json]
+            if len(chunk) >= 4 * ENQUEUE_CHUNK:
                 self._enqueue(keys=script_keys, args=head + chunk, client=pipe)
                 chunk, calls = [], calls + 1
         if chunk:
@@ -250,13 +320,18 @@ class CoalesceQueue:
     def pending(self, group: str) -> int:
         return int(self.redis.llen(keys.coalesce_pending(group)))
 
+    def max_items(self, group: str) -> int:
+        return spec_of(group).max_items(self.settings)
+
     def take(self, group: str, batch_id: str, now_s: float, now_iso: str) -> Taken:
-        status, members, left = self._take(
+        status, members, left, items = self._take(
             keys=[keys.coalesce_batch(batch_id), keys.coalesce_pending(group), keys.COALESCE_OPEN, keys.coalesce_armed(group)],
-            args=[batch_id, self.settings.max_numbers, batch_no_of(batch_id), f"{now_s:.3f}", now_iso,
-                  self.ttl_s, keys.PREFIX, keys.callback_index("nc-num", ""), group])
+            args=[batch_id, self.max_items(group), batch_no_of(batch_id), f"{now_s:.3f}", now_iso,
+                  self.ttl_s, keys.PREFIX, spec_of(group).index_at_take, group])
         decoded = json.loads(members) if members not in ("", "{}") else []
-        return Taken(int(status), [(str(m[0]), str(m[1])) for m in decoded], int(left))
+        extra = json.loads(items) if items not in ("", "{}", "[]") else {}
+        return Taken(int(status), [(str(m[0]), str(m[1])) for m in decoded], int(left),
+                     {job_id: json.loads(item) for job_id, item in extra.items()})
 
     def batch_state(self, batch_id: str) -> str | None:
         """None (not built), "built" or "done" (sent and recorded)."""
@@ -274,14 +349,15 @@ class CoalesceQueue:
         return int(self.redis.hincrby(keys.coalesce_batch(batch_id), name, 1))
 
     def fan_out(self, batch_id: str, request: list[dict[str, Any]], outcomes: list[MemberOutcome], *,
-                now_s: float, now_iso: str, due_at_s: float) -> list[str]:
-        """Record each member's outcome and mark the batch done; return members completed at once."""
+                now_s: float, now_iso: str, due_at_s: float, family: str = QUEUE_API2) -> list[str]:
+        """Record each member's outcome and mark the batch done; return members completed at once.
+        Members still waiting for their callback join `family`'s waiting set, due at `due_at_s`."""
         attempts, throttles = self.redis.hmget(keys.coalesce_batch(batch_id), "attempts", "throttles")
         args: list[Any] = [keys.PREFIX, now_iso, f"{now_s:.3f}", f"{due_at_s:.3f}", self.ttl_s, batch_id,
                            _json(request), int(attempts or 1), int(throttles or 0)]
         for o in outcomes:
             args += [o.job_id, "f" if o.failed else "s", _json(o.document)]
-        return list(self._fan_out(keys=[keys.callbacks_waiting("api2"), keys.coalesce_batch(batch_id), keys.COALESCE_OPEN],
+        return list(self._fan_out(keys=[keys.callbacks_waiting(family), keys.coalesce_batch(batch_id), keys.COALESCE_OPEN],
                                   args=args))
 
     def stale_batches(self, older_than_s: float, now_s: float) -> list[tuple[str, str]]:
@@ -300,12 +376,12 @@ class CoalesceQueue:
                 out.append((batch_id, group))
         return out
 
-    def unarmed_groups(self) -> list[str]:
-        """Groups with pending numbers and no flush on its way (its message was lost)."""
+    def unarmed_groups(self, wanted: Callable[[str], bool] = lambda group: True) -> list[str]:
+        """Groups (of those `wanted`) with pending items and no flush on its way (its message was lost)."""
         out = []
         for key in self.redis.scan_iter(match=keys.coalesce_pending("*"), count=100):
             group = key.removeprefix(f"{keys.PREFIX}:coalesce:").removesuffix(":pending")
-            if self.arm(group):
+            if wanted(group) and self.arm(group):
                 out.append(group)
         return out
 
@@ -318,10 +394,14 @@ class CoalesceQueue:
         return bool(self.redis.set(keys.coalesce_armed(group), "1", nx=True, px=self.armed_ms))
 
 
-def send_flush(app: Any, group: str, trigger: str, *, countdown: float | None = None, producer: Any = None) -> None:
-    """Publish a flush of `group` on the api2 queue ("full": a whole batch waits; "linger": send what is there)."""
-    app.send_task(FLUSH_TASK, kwargs={"group": group, "trigger": trigger, "slot_at_us": None}, queue="api2",
-                  routing_key="api2", priority=PRIORITY_NEW, countdown=countdown, producer=producer)
+def send_flush(app: Any, group: str, trigger: str, *, countdown: float | None = None, producer: Any = None,
+               task_id: str | None = None, priority: int = PRIORITY_NEW) -> None:
+    """Publish a flush of `group` on its kind's queue ("full": a whole batch waits; "linger": send what
+    is there). `task_id` names the batch: a stale batch is flushed again under its own id."""
+    spec = spec_of(group)
+    app.send_task(spec.flush_task, kwargs={"group": group, "trigger": trigger, "slot_at_us": None},
+                  queue=spec.family, routing_key=spec.family, priority=priority, countdown=countdown,
+                  producer=producer, task_id=task_id)
 
 
 def batch_no_of(batch_id: str) -> str:

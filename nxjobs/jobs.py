@@ -17,6 +17,8 @@ _PHONE_RE = re.compile(r"^[1-9][0-9]{5,19}$")
 _ORDER_ID_RE = re.compile(r"^[A-Za-z0-9]{4,32}$")
 _CONTACT_ORDER_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _BATCH_NO_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# Our own userTaskIDs are job ids (32 hex); others' may be any caller-chosen id of this shape.
+_USER_TASK_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 # Provider limits (reference §5.1, §6.3 [CHOICE], §7.2).
 NUMBER_CHECK_MAX_PHONES = 5000
@@ -81,7 +83,8 @@ class CallbotParam(_Payload):
 
 
 class Contact(_Payload):
-    """One callList entry; `order_id` defaults to ``<job id>-<index>``."""
+    """One callList entry; `order_id` defaults to ``<job id>-<index>`` in a list, to the job id alone
+    in a `callbot-contact` job."""
 
     user_phone: Phone
     order_id: str | None = None
@@ -126,6 +129,21 @@ class CallbotListPayload(_Payload):
                 raise InvalidJob(f"contacts.{i}.order_id", f"duplicate of contacts.{seen[c.order_id]}.order_id")
             seen[c.order_id] = i
         return self
+
+
+class CallbotContactPayload(_Payload):
+    """Callbot v3: add one contact to an existing task (`addBatchCall`); coalesced with others
+    for the same task unless the producer says batch=False."""
+
+    user_task_id: str
+    contact: Contact
+
+    @field_validator("user_task_id")
+    @classmethod
+    def _user_task_id(cls, v: str) -> str:
+        if not _USER_TASK_ID_RE.match(v):
+            raise ValueError("must be 1-64 letters, digits, '-' or '_' (the userTaskID of an existing task)")
+        return v
 
 
 class NumberCheckPayload(_Payload):
@@ -206,6 +224,7 @@ KINDS: dict[str, JobKind] = {
     for k in (
         JobKind("call", "nxjobs.call", QUEUE_AGENT, CallPayload),
         JobKind("callbot-list", "nxjobs.callbot_list", QUEUE_CALLBOT, CallbotListPayload),
+        JobKind("callbot-contact", "nxjobs.callbot_contact", QUEUE_CALLBOT, CallbotContactPayload),
         JobKind("number-check", "nxjobs.number_check", QUEUE_API2, NumberCheckPayload),
         JobKind("ota-init", "nxjobs.ota_init", QUEUE_API2, OtaInitPayload),
         JobKind("wa-calling", "nxjobs.wa_calling", QUEUE_API2, WaCallingPayload),

@@ -56,7 +56,8 @@ def callback_index(id_kind: str, value: str) -> str:
     """Correlation index: an id we sent or the provider returned -> job id.
 
     id_kind: `call` (Agent orderid), `nc-batch` (Number Check batchNo), `nc-req` (Number Check requestId),
-    `nc-num` (`<batchNo>:<phone>`, one coalesced job of a shared batch, nxjobs.coalesce).
+    `nc-num` (`<batchNo>:<phone>`, one coalesced job of a shared batch, nxjobs.coalesce),
+    `cb-order` (Callbot orderID of a `callbot-contact` job; orderIDs are globally unique).
     """
     return f"{PREFIX}:cb:idx:{id_kind}:{value}"
 
@@ -122,7 +123,8 @@ DEAD_ENTRIES = f"{PREFIX}:dead:entries"
 # ---- coalescing (nxjobs.coalesce) ------------------------------------------------
 
 def coalesce_pending(group: str) -> str:
-    """List of `<job id>|<phone>` waiting to be sent together (group = check level, e.g. `nc1`)."""
+    """List of `<job id>|<key>[|<item JSON>]` waiting to be sent together (nxjobs.coalesce): group `nc<level>`
+    holds one-number checks (key = phone), group `cbt:<userTaskID>` contacts for one task (key = orderID)."""
     return f"{PREFIX}:coalesce:{group}:pending"
 
 
@@ -132,7 +134,7 @@ def coalesce_armed(group: str) -> str:
 
 
 def coalesce_batch(batch_id: str) -> str:
-    """Hash of one built batch: group, batchNo, members JSON, created_at, attempts, throttles."""
+    """Hash of one built batch: group, batchNo, members JSON (and items JSON), created_at, attempts, throttles."""
     return f"{PREFIX}:coalesce:batch:{batch_id}"
 
 

@@ -27,7 +27,8 @@ from nxjobs import coalesce, keys
 from nxjobs.coalesce import CoalesceSettings
 from nxjobs.callbacks import correlate
 from nxjobs.deadletters import DeadLetters
-from nxjobs.jobs import PRIORITY_NEW, InvalidJob, NumberCheckPayload, get_kind, validate_payload
+from nxjobs.client.operations import call_list_item, contact_job_order_id
+from nxjobs.jobs import PRIORITY_NEW, CallbotContactPayload, InvalidJob, NumberCheckPayload, get_kind, validate_payload
 from nxjobs.records import JobRecord, JobState, utc_now_iso
 from nxjobs.redact import flower_repr, redact
 from nxjobs.redis_conn import RedisUnavailable, connect, describe
@@ -77,11 +78,12 @@ class Producer:
     def enqueue(self, kind: str, payload: dict[str, Any], *, batch: bool = True) -> str:
         """Validate `payload` for `kind`, store its record, enqueue it; return the job id.
 
-        A one-number Number Check (no batchNo of its own) is sent together with others in
-        one provider request (nxjobs.coalesce), unless `batch=False`: then it is sent on its
-        own at once, for a latency-sensitive check."""
+        A one-number Number Check (no batchNo of its own), or a Callbot contact, is sent together
+        with others (of its check level, of its task) in one provider request (nxjobs.coalesce),
+        unless `batch=False`: then it is sent on its own at once, for a latency-sensitive job."""
         job_kind = get_kind(kind)
         model = validate_payload(kind, payload)
+        self._check_order_ids([model])
         if batch and _coalescible(model):
             return self._enqueue_coalesced([model])[0]
         body = model.model_dump(mode="json", exclude_none=True)
@@ -123,6 +125,7 @@ class Producer:
         """
         job_kind = get_kind(kind)
         models = [validate_payload(kind, payload) for payload in payloads]
+        self._check_order_ids(models)
         if batch and models and all(_coalescible(m) for m in models):
             return self._enqueue_coalesced(models)
         jobs = [(uuid.uuid4().hex, model, model.model_dump(mode="json", exclude_none=True)) for model in models]
@@ -153,14 +156,19 @@ class Producer:
             raise err from None
         return sent
 
-    def _enqueue_coalesced(self, models: list[NumberCheckPayload]) -> list[str]:
+    def _enqueue_coalesced(self, models: list[NumberCheckPayload | CallbotContactPayload]) -> list[str]:
         """Records plus pending entries (one atomic step per group), then the flush messages due."""
         job_ids = [uuid.uuid4().hex for _ in models]
-        groups: dict[str, list[tuple[str, str, str]]] = {}
+        groups: dict[str, list[tuple[str, ...]]] = {}
         for job_id, model in zip(job_ids, models):
-            shown = redact(model.model_dump(mode="json", exclude_none=True))
-            groups.setdefault(coalesce.group_of(model.check_level), []).append(
-                (job_id, model.phones[0], json.dumps(shown, ensure_ascii=False, separators=(",", ":"))))
+            shown = _compact(redact(model.model_dump(mode="json", exclude_none=True)))
+            if isinstance(model, CallbotContactPayload):
+                # Key: the orderID (indexed at once for its callbacks); item: the callList entry to send.
+                order_id = contact_job_order_id(job_id, model)
+                groups.setdefault(coalesce.contact_group(model.user_task_id), []).append(
+                    (job_id, order_id, shown, _compact(call_list_item(model.contact, order_id))))
+            else:
+                groups.setdefault(coalesce.group_of(model.check_level), []).append((job_id, model.phones[0], shown))
         for group, jobs in groups.items():
             try:
                 flushes = self.coalesce.enqueue(group, jobs, utc_now_iso())
@@ -181,6 +189,28 @@ class Producer:
             # The jobs are stored and pending: the flag left armed expires, and the next push
             # or beat's sweep sends the flush this one could not. Nothing is lost; it is late.
             log.warning("could not send a %s flush (%s: %s); the sweep will", group, type(exc).__name__, exc)
+
+    def _check_order_ids(self, models: list[Any]) -> None:
+        """A contact's own orderID must be new: it is the contact's idempotency key and the key its
+        callbacks are found by (orderIDs are globally unique, reference §6.1). Checked before
+        anything is written; a race with another producer is the caller's (unique ids are theirs)."""
+        given = [(i, m.contact.order_id) for i, m in enumerate(models)
+                 if isinstance(m, CallbotContactPayload) and m.contact.order_id]
+        if not given:
+            return
+        prefix = "" if len(models) == 1 else "{}."
+        seen: dict[str, int] = {}
+        for i, order_id in given:
+            if order_id in seen:
+                raise InvalidJob(f"{prefix.format(i)}contact.order_id", f"duplicate of job {seen[order_id]}'s")
+            seen[order_id] = i
+        try:
+            taken = self.redis.mget([correlate.contact_index(order_id) for _, order_id in given])
+        except redis.RedisError as exc:
+            raise RedisUnavailable(f"cannot reach Redis at {describe(self.redis_url)}: {exc}") from None
+        for (i, order_id), owner in zip(given, taken):
+            if owner:
+                raise InvalidJob(f"{prefix.format(i)}contact.order_id", f"already used by job {owner}")
 
     def _forget(self, job_id: str) -> None:
         try:
@@ -206,6 +236,12 @@ class Producer:
             scene_id=scene_id, task_name=task_name, contacts=contacts, strategy_name=strategy_name,
             task_callback_url=task_callback_url, order_callback_url=order_callback_url,
             call_callback_url=call_callback_url))
+
+    def callbot_contact(self, *, user_task_id: str, contact: dict[str, Any], batch: bool = True) -> str:
+        """Add one contact to the existing Callbot task `user_task_id` (e.g. a callbot-list job's id).
+        Shares an addBatchCall with other contacts for that task (nxjobs.coalesce), unless
+        `batch=False`: then it gets a request of its own, at once."""
+        return self.enqueue("callbot-contact", {"user_task_id": user_task_id, "contact": contact}, batch=batch)
 
     def number_check(self, *, phones: list[str], check_level: int = 1, batch_no: str | None = None,
                      batch: bool = True) -> str:
@@ -297,8 +333,14 @@ class Producer:
 
 
 def _coalescible(model: Any) -> bool:
-    """One number and no batchNo of its own: it can share a request (nxjobs.coalesce)."""
+    """One number and no batchNo of its own, or one contact: it can share a request (nxjobs.coalesce)."""
+    if isinstance(model, CallbotContactPayload):
+        return True
     return isinstance(model, NumberCheckPayload) and len(model.phones) == 1 and model.batch_no is None
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
 def _drop_none(**fields: Any) -> dict[str, Any]:

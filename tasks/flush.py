@@ -1,4 +1,4 @@
-"""One flush of coalesced Number Check jobs (nxjobs.coalesce): slot, batch, request, fan-out.
+"""One flush of coalesced jobs (nxjobs.coalesce): slot, batch, request, fan-out.
 
 Reads top to bottom like JobTask: take the request's rate-limit slot (or go back
 to the queue until it comes), take the batch (or find the one an earlier
@@ -6,13 +6,19 @@ delivery of this same message built), send it once, then record every member.
 The batch is named after the flush message's task id, which retries and
 redeliveries keep, so a batch is built once and sent at most once: before a
 resend, a batch whose earlier attempt may have reached the provider is looked
-up by its batchNo.
+up (a Number Check batch by its batchNo), or sent again where the provider
+itself refuses a repeat (a contact's orderID: "already exists" counts as added).
+
+What differs per kind (its limits, lookup, request and each member's share of
+the answer) is a `Sender`; the flow is one.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -22,6 +28,7 @@ from kombu.exceptions import OperationalError
 
 from nxjobs import coalesce, keys
 from nxjobs.callbacks import reconcile
+from nxjobs.client import operations
 from nxjobs.client.errors import NXCloudError, TransportError
 from nxjobs.client.operations import NUMBER_CHECK_PATH, Outcome, check_number_batch
 from nxjobs.jobs import PRIORITY_NEW, PRIORITY_RETRY
@@ -34,8 +41,135 @@ from tasks.services import Services, get_services
 
 log = logging.getLogger("nxjobs.coalesce")
 
-KIND = "number-check"
 _INFRA_ERRORS = (redis.RedisError, OperationalError)
+_LONG_DIGITS = re.compile(r"[0-9]{7,}")
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A built batch, as the kind-specific half sees it."""
+
+    group: str
+    batch_id: str
+    batch_no: str
+    members: list[tuple[str, str]]  # (job id, key)
+    items: dict[str, dict[str, Any]]  # job id -> callList item (contacts)
+
+
+@dataclass(frozen=True)
+class Share:
+    """One member's part of the answer: its result, or the error that fails it (that job only)."""
+
+    job_id: str
+    result: dict[str, Any] | None = None
+    error: JobError | None = None
+
+
+class Sender:
+    """The kind-specific half of a flush. `look_up` answers for a batch an interrupted attempt may
+    have sent: the answer it got, or None to send it (again)."""
+
+    spec: coalesce.Spec
+
+    def limits(self, svc: Services, group: str) -> list[Any]:
+        raise NotImplementedError
+
+    def look_up(self, svc: Services, batch: Batch, outcome: Outcome) -> dict[str, Any] | None:
+        raise NotImplementedError
+
+    def send(self, svc: Services, batch: Batch, outcome: Outcome) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def shares(self, batch: Batch, answer: dict[str, Any]) -> list[Share]:
+        raise NotImplementedError
+
+    def replay_payload(self, batch: Batch, job_id: str, key: str) -> dict[str, Any]:
+        """The payload a member is replayed with from the dead letters: its own, sent on its own."""
+        raise NotImplementedError
+
+
+class NumberCheckSender(Sender):
+    spec = coalesce.NUMBER_CHECKS
+
+    def limits(self, svc: Services, group: str) -> list[Any]:
+        # Both quotas if a full batch would be big: the batch is taken only once the slot is ours.
+        return svc.gate.limits_for("api2", NUMBER_CHECK_PATH, {"phone": ",".join("0" * svc.coalesce.max_items(group))})
+
+    def look_up(self, svc: Services, batch: Batch, outcome: Outcome) -> dict[str, Any] | None:
+        created_iso = svc.redis.hget(keys.coalesce_batch(batch.batch_id), "created_iso") or utc_now_iso()
+        found = reconcile.find_number_check(svc.api2, svc.settings.api2.appkey, batch.batch_no, created_iso,
+                                            time.time(), len(batch.members))
+        outcome.request.append({"endpoint": "lookup:" + reconcile.NUMBER_QUERY_PATH,
+                                "body": {"batchNo": batch.batch_no}})
+        return None if found is None else {**found, "failNumber": []}
+
+    def send(self, svc: Services, batch: Batch, outcome: Outcome) -> dict[str, Any]:
+        callbacks = svc.settings.callbacks
+        return check_number_batch(
+            svc.api2, phones=[phone for _, phone in batch.members], batch_no=batch.batch_no,
+            check_level=coalesce.level_of(batch.group), appkey=svc.settings.api2.appkey,
+            public_url=callbacks.public_url, outcome=outcome,
+            callback_token=callbacks.token.get_secret_value() if callbacks.token else None)
+
+    def shares(self, batch: Batch, answer: dict[str, Any]) -> list[Share]:
+        rejected = coalesce.rejected_members(batch.members, answer.get("failNumber") or [])
+        share = {"requestId": answer.get("requestId"), "batchNo": answer.get("batchNo") or batch.batch_no,
+                 "numbers": 1, "failNumber": [], "coalesced": {"batch": batch.batch_id, "numbers": len(batch.members)}}
+        return [Share(job_id, error=JobError(code="number_rejected", message=f"{mask_phone(phone)}: {rejected[job_id]}",
+                                             retryable=False))
+                if job_id in rejected else Share(job_id, result=share)
+                for job_id, phone in batch.members]
+
+    def replay_payload(self, batch: Batch, job_id: str, key: str) -> dict[str, Any]:
+        return {"phones": [key], "check_level": coalesce.level_of(batch.group)}
+
+
+class ContactSender(Sender):
+    spec = coalesce.CONTACTS
+
+    def limits(self, svc: Services, group: str) -> list[Any]:
+        return svc.gate.limits_for("callbot", "addBatchCall", None)
+
+    def look_up(self, svc: Services, batch: Batch, outcome: Outcome) -> dict[str, Any] | None:
+        # Sent again as it was: the provider refuses an orderID it already has ("already exists"),
+        # which counts as added (operations.rejected_orders), so no contact is added twice.
+        return None
+
+    def send(self, svc: Services, batch: Batch, outcome: Outcome) -> dict[str, Any]:
+        return operations.add_contacts(
+            svc.callbot, user_task_id=coalesce.user_task_id_of(batch.group),
+            call_list=[batch.items[job_id] for job_id, _ in batch.members if job_id in batch.items],
+            public_url=svc.settings.callbacks.public_url, outcome=outcome, shared=True)
+
+    def shares(self, batch: Batch, answer: dict[str, Any]) -> list[Share]:
+        refused = operations.rejected_orders(answer.get("errList"))
+        share = {"userTaskID": coalesce.user_task_id_of(batch.group), "contacts": 1,
+                 "totalCount": answer.get("totalCount"), "successCount": answer.get("successCount"),
+                 "coalesced": {"batch": batch.batch_id, "contacts": len(batch.members)}}
+        out = []
+        for job_id, order_id in batch.members:
+            if job_id not in batch.items:  # cannot happen: every contact is pushed with its item
+                out.append(Share(job_id, error=JobError(code="internal_error", message="contact item missing",
+                                                        retryable=False)))
+            elif order_id in refused:
+                message = _LONG_DIGITS.sub(lambda m: mask_phone(m.group()), refused[order_id])
+                out.append(Share(job_id, error=JobError(code=operations.CONTACT_REJECTED,
+                                                        message=f"orderID {order_id}: {message}", retryable=False)))
+            else:
+                out.append(Share(job_id, result={**share, "orderID": order_id}))
+        return out
+
+    def replay_payload(self, batch: Batch, job_id: str, key: str) -> dict[str, Any]:
+        item = batch.items.get(job_id) or {}
+        return {"user_task_id": coalesce.user_task_id_of(batch.group),
+                "contact": operations.contact_of_item(item) if item else {"order_id": key}}
+
+
+SENDERS: dict[str, Sender] = {sender.spec.kind: sender for sender in (NumberCheckSender(), ContactSender())}
+
+
+def sender_of(group: str) -> Sender:
+    return SENDERS[coalesce.spec_of(group).kind]
 
 
 class FlushTask(Task):
@@ -59,6 +193,7 @@ def flush(task: Task, svc: Services, *, group: str, trigger: str, slot_at_us: in
 def _flush(task: Task, svc: Services, *, group: str, trigger: str, slot_at_us: int | None) -> str:
     queue = svc.coalesce
     cfg = svc.settings.coalesce
+    sender = sender_of(group)
     batch_id = task.request.id
     started = time.monotonic()
     take_request_latencies(svc)  # an earlier task's requests on this thread are not this batch's
@@ -69,7 +204,7 @@ def _flush(task: Task, svc: Services, *, group: str, trigger: str, slot_at_us: i
         waiting = queue.pending(group)
         if waiting == 0:
             return "empty"
-        if trigger == "full" and waiting < cfg.max_numbers:
+        if trigger == "full" and waiting < queue.max_items(group):
             # Another flush took this batch's numbers first: what is left waits out the linger,
             # rather than spending a request on a part batch now.
             if not queue.arm(group):
@@ -77,8 +212,8 @@ def _flush(task: Task, svc: Services, *, group: str, trigger: str, slot_at_us: i
             raise _again(task, group, "linger", countdown=cfg.linger_s, priority=PRIORITY_NEW,
                          reason="waiting out the linger")
 
-    # Both quotas if a full batch would be big: the batch is taken only once the slot is ours.
-    limits = svc.gate.limits_for("api2", NUMBER_CHECK_PATH, {"phone": ",".join("0" * cfg.max_numbers)})
+    # The batch is taken only once the slot is ours.
+    limits = sender.limits(svc, group)
     try:
         svc.gate.take(limits, prepaid_at_us=slot_at_us)
     except SlotNotReady as wait:
@@ -94,7 +229,7 @@ def _flush(task: Task, svc: Services, *, group: str, trigger: str, slot_at_us: i
     if taken.status == 2 and taken.pending_left and queue.arm(group):
         # Numbers left behind get their own flush after the linger (a full one is sent by the pushes).
         coalesce.send_flush(task.app, group, "linger", countdown=cfg.linger_s)
-    batch_no = coalesce.batch_no_of(batch_id)
+    batch = Batch(group, batch_id, coalesce.batch_no_of(batch_id), taken.members, taken.items)
     attempt = queue.batch_counter(batch_id, "attempts")
     outcome = Outcome()
 
@@ -106,65 +241,55 @@ def _flush(task: Task, svc: Services, *, group: str, trigger: str, slot_at_us: i
             if time.time() < busy_until:
                 raise _again(task, group, trigger, countdown=busy_until - time.time(), priority=PRIORITY_RETRY,
                              reason="an earlier attempt may still be in flight")
-            created_iso = svc.redis.hget(keys.coalesce_batch(batch_id), "created_iso") or utc_now_iso()
-            found = reconcile.find_number_check(svc.api2, svc.settings.api2.appkey, batch_no, created_iso,
-                                                time.time(), len(taken.members))
-            outcome.request.append({"endpoint": "lookup:" + reconcile.NUMBER_QUERY_PATH, "body": {"batchNo": batch_no}})
+            found = sender.look_up(svc, batch, outcome)
             if found is not None:
                 log.info("batch=%s interrupted attempt found at the provider; not re-sent", batch_id)
-                return _record(svc, batch_id, taken.members, outcome, found.get("requestId"), batch_no, [],
-                               attempt, started, code="0")
-            svc.redis.delete(marker)  # the provider files a batch at once: no trace, safe to send
+                return _record(svc, sender, batch, outcome, found, attempt, started)
+            svc.redis.delete(marker)  # no trace (or a repeat the provider refuses): safe to send
 
     svc.redis.set(marker, f"{time.time():.3f}", ex=svc.settings.record_ttl_s)
-    callbacks = svc.settings.callbacks
     try:
-        data = check_number_batch(
-            svc.api2, phones=[phone for _, phone in taken.members], batch_no=batch_no,
-            check_level=coalesce.level_of(group), appkey=svc.settings.api2.appkey, public_url=callbacks.public_url,
-            outcome=outcome, callback_token=callbacks.token.get_secret_value() if callbacks.token else None)
+        answer = sender.send(svc, batch, outcome)
     except SlotNotReady as wait:
         svc.redis.delete(marker)  # not sent
         raise _wait_for_slot(task, svc, group, trigger, wait)
     except NXCloudError as err:
         if not (isinstance(err, TransportError) and err.may_have_reached):
             svc.redis.delete(marker)  # answered, or never reached: a resend is safe
-        return _failed_attempt(task, svc, group, batch_id, taken.members, outcome, err, attempt, started)
-    return _record(svc, batch_id, taken.members, outcome, data.get("requestId"), data.get("batchNo") or batch_no,
-                   data.get("failNumber") or [], attempt, started, code="0")
+        return _failed_attempt(task, svc, sender, batch, outcome, err, attempt, started)
+    return _record(svc, sender, batch, outcome, answer, attempt, started)
 
 
-def _record(svc: Services, batch_id: str, members: list[tuple[str, str]], outcome: Outcome,
-            request_id: str | None, batch_no: str, fail_numbers: list[Any], attempt: int, started: float, *,
-            code: str) -> str:
-    """Every member gets its share: submitted with the batch's ids, or failed if its number was rejected."""
-    rejected = coalesce.rejected_members(members, fail_numbers)
-    share = {"requestId": request_id, "batchNo": batch_no, "numbers": 1, "failNumber": [],
-             "coalesced": {"batch": batch_id, "numbers": len(members)}}
+def _record(svc: Services, sender: Sender, batch: Batch, outcome: Outcome, answer: dict[str, Any], attempt: int,
+            started: float) -> str:
+    """Every member gets its share: submitted with the batch's ids, or failed (that job only) if the
+    provider refused its item."""
+    kind = sender.spec.kind
+    keys_of = dict(batch.members)
     outcomes = []
-    for job_id, phone in members:
-        if job_id in rejected:
-            error = JobError(code="number_rejected", message=f"{mask_phone(phone)}: {rejected[job_id]}",
-                             retryable=False)
-            _dead_letter(svc, job_id, phone, error, batch_id)
-            outcomes.append(coalesce.MemberOutcome(job_id, True, error.model_dump()))
+    for share in sender.shares(batch, answer):
+        if share.error is not None:
+            _dead_letter(svc, sender, batch, share.job_id, keys_of[share.job_id], share.error)
+            outcomes.append(coalesce.MemberOutcome(share.job_id, True, share.error.model_dump()))
         else:
-            outcomes.append(coalesce.MemberOutcome(job_id, False, share))
+            outcomes.append(coalesce.MemberOutcome(share.job_id, False, share.result or {}))
+    failed = sum(1 for o in outcomes if o.failed)
     now = time.time()
-    due = now + svc.settings.callbacks.deadlines_s().get(KIND, 600.0)
-    completed = svc.coalesce.fan_out(batch_id, outcome.request, outcomes, now_s=now, now_iso=utc_now_iso(),
-                                     due_at_s=due)
-    svc.redis.delete(keys.inflight(batch_id))
+    due = now + svc.settings.callbacks.deadlines_s().get(kind, 600.0)
+    completed = svc.coalesce.fan_out(batch.batch_id, outcome.request, outcomes, now_s=now, now_iso=utc_now_iso(),
+                                     due_at_s=due, family=sender.spec.family)
+    svc.redis.delete(keys.inflight(batch.batch_id))
     _observe_completions(svc, completed)
-    log_attempt(batch_id, KIND, attempt, "submitted", code, started)
-    log.info("batch=%s numbers=%d rejected=%d completed_early=%d", batch_id, len(members), len(rejected),
-             len(completed))
-    return f"submitted {len(members) - len(rejected)} of {len(members)}"
+    log_attempt(batch.batch_id, kind, attempt, "submitted", "0", started)
+    log.info("batch=%s kind=%s members=%d rejected=%d completed_early=%d", batch.batch_id, kind, len(batch.members),
+             failed, len(completed))
+    return f"submitted {len(batch.members) - failed} of {len(batch.members)}"
 
 
-def _failed_attempt(task: Task, svc: Services, group: str, batch_id: str, members: list[tuple[str, str]],
-                    outcome: Outcome, err: NXCloudError, attempt: int, started: float) -> str:
+def _failed_attempt(task: Task, svc: Services, sender: Sender, batch: Batch, outcome: Outcome, err: NXCloudError,
+                    attempt: int, started: float) -> str:
     """Throttled: cool down and try again. Transient: back off and try again. Else every member fails."""
+    group, batch_id, kind = batch.group, batch.batch_id, sender.spec.kind
     cls = err.classification
     rl = svc.settings.ratelimit
     if cls.throttled:
@@ -172,37 +297,32 @@ def _failed_attempt(task: Task, svc: Services, group: str, batch_id: str, member
                                          repeat_within_s=rl.cooldown_repeat_s, rng=svc.rng)
         throttles = svc.coalesce.batch_counter(batch_id, "throttles")
         if throttles <= rl.max_throttles:
-            log_attempt(batch_id, KIND, attempt, f"throttled, cooldown {cooldown:.2f}s", err.code, started)
+            log_attempt(batch_id, kind, attempt, f"throttled, cooldown {cooldown:.2f}s", err.code, started)
             raise _again(task, group, "full", countdown=cooldown + svc.rng.uniform(0, 0.1),
                          priority=PRIORITY_RETRY, reason=f"provider said too frequent ({err.code})")
     else:
         throttles = int(svc.redis.hget(keys.coalesce_batch(batch_id), "throttles") or 0)
         delay = policy.retry_delay(cls, attempt - throttles, svc.settings.retry, svc.rng)
         if delay is not None:
-            log_attempt(batch_id, KIND, attempt, f"retry in {delay:.2f}s", err.code, started)
+            log_attempt(batch_id, kind, attempt, f"retry in {delay:.2f}s", err.code, started)
             raise _again(task, group, "full", countdown=delay, priority=PRIORITY_RETRY,
                          reason=f"{err.code} {err.message}")
     error = JobError(code=err.code, message=err.message, retryable=False)
-    for job_id, phone in members:
-        _dead_letter(svc, job_id, phone, error, batch_id)
+    for job_id, key in batch.members:
+        _dead_letter(svc, sender, batch, job_id, key, error)
     svc.coalesce.fan_out(batch_id, outcome.request, [coalesce.MemberOutcome(job_id, True, error.model_dump())
-                                                     for job_id, _ in members],
-                         now_s=time.time(), now_iso=utc_now_iso(), due_at_s=time.time())
-    log_attempt(batch_id, KIND, attempt, "failed", err.code, started)
-    return f"failed {len(members)}: {err.code}"
+                                                     for job_id, _ in batch.members],
+                         now_s=time.time(), now_iso=utc_now_iso(), due_at_s=time.time(), family=sender.spec.family)
+    log_attempt(batch_id, kind, attempt, "failed", err.code, started)
+    return f"failed {len(batch.members)}: {err.code}"
 
 
-def _dead_letter(svc: Services, job_id: str, phone: str, error: JobError, batch_id: str) -> None:
+def _dead_letter(svc: Services, sender: Sender, batch: Batch, job_id: str, key: str, error: JobError) -> None:
     # Replayed on its own (not coalesced again): the payload a producer would have sent for it.
     record = svc.store.get(job_id)
-    svc.dead_letters.add(job_id, KIND, {"phones": [phone], "check_level": _level_of_record(record)},
-                         error.model_dump(), record.model_dump(mode="json", exclude={"callbacks"}) if record else None)
-    log.warning("job=%s batch=%s failed %s", job_id, batch_id, error.code)
-
-
-def _level_of_record(record: Any) -> int:
-    level = (record.input or {}).get("check_level") if record is not None else None
-    return int(level) if level else 1
+    svc.dead_letters.add(job_id, sender.spec.kind, sender.replay_payload(batch, job_id, key), error.model_dump(),
+                         record.model_dump(mode="json", exclude={"callbacks"}) if record else None)
+    log.warning("job=%s batch=%s failed %s", job_id, batch.batch_id, error.code)
 
 
 def _observe_completions(svc: Services, job_ids: list[str]) -> None:

@@ -43,6 +43,8 @@ def first_request(kind: str, payload: Any) -> tuple[str, str, Any]:
         return "agent", MAKECALL_PATH, None
     if kind == "callbot-list":
         return "callbot", "createAndCall", None
+    if kind == "callbot-contact":
+        return "callbot", "addBatchCall", None
     if kind == "number-check":
         return "api2", NUMBER_CHECK_PATH, {"phone": ",".join(payload.phones)}
     return "api2", "", None

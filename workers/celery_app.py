@@ -9,6 +9,7 @@ from __future__ import annotations
 from celery import Celery, signals
 
 from config.settings import load_settings
+from nxjobs.coalesce import SPECS, SWEEP_TASK
 from nxjobs.jobs import KINDS
 from workers.queues import TASK_QUEUES, TASK_ROUTES
 from workers.delivery import check_visibility
@@ -83,12 +84,15 @@ app.conf.beat_schedule.update({
     }
     for family in ("api2", "callbot", "agent")
 })
-# Coalesced Number Checks whose flush message was lost are flushed again (nxjobs/coalesce.py).
-app.conf.beat_schedule["coalesce-sweep"] = {
-    "task": "nxjobs.coalesce_sweep",
-    "schedule": settings.coalesce.sweep_interval_s,
-    "options": {"queue": "api2", "routing_key": "api2", "expires": settings.coalesce.sweep_interval_s},
-}
+# Coalesced jobs whose flush message was lost are flushed again (nxjobs/coalesce.py): a sweep per
+# family, on its own queue, so a deployment running only some families still sweeps its own.
+for _family in sorted({spec.family for spec in SPECS}):
+    app.conf.beat_schedule[f"coalesce-sweep-{_family}"] = {
+        "task": SWEEP_TASK,
+        "schedule": settings.coalesce.sweep_interval_s,
+        "kwargs": {"family": _family},
+        "options": {"queue": _family, "routing_key": _family, "expires": settings.coalesce.sweep_interval_s},
+    }
 
 
 # Logs: JSON lines when NXJOBS_LOG_FORMAT=json (containers), Celery's text format otherwise.

@@ -2,10 +2,10 @@
 
 from kombu import Queue
 
-from nxjobs.coalesce import FLUSH_TASK
-from nxjobs.jobs import KINDS, QUEUE_API2, QUEUES
+from nxjobs.coalesce import SPECS
+from nxjobs.jobs import KINDS, QUEUES
 
 TASK_QUEUES = tuple(Queue(name, routing_key=name) for name in QUEUES)
 TASK_ROUTES = {kind.task_name: {"queue": kind.queue, "routing_key": kind.queue} for kind in KINDS.values()}
-# Coalesced Number Checks are flushed where the api2 credentials are.
-TASK_ROUTES[FLUSH_TASK] = {"queue": QUEUE_API2, "routing_key": QUEUE_API2}
+# Coalesced jobs are flushed where their kind's credentials are (number checks on api2, contacts on callbot).
+TASK_ROUTES.update({spec.flush_task: {"queue": spec.family, "routing_key": spec.family} for spec in SPECS})

@@ -9,6 +9,7 @@ the store when a job is submitted (provider-chosen ids, the final count).
 | number-check | every accepted number has its result | requestId (per-number `<id>-NNNNNN`), batchNo |
 | call | its CDR arrived | orderid |
 | callbot-list | a task-status callback says finished (taskStatus 3/4) | userTaskID = job id |
+| callbot-contact | its order callback says finished | orderID (indexed at enqueue), before userTaskID |
 | ota-init, wa-calling | at once: the synchronous answer is final | — |
 """
 
@@ -21,7 +22,7 @@ from nxjobs import keys
 from nxjobs.client import operations
 
 # Defaults of config.settings.CallbacksSettings.*_deadline_s, for stores built without settings.
-DEFAULT_DEADLINES_S = {"number-check": 600.0, "call": 1800.0, "callbot-list": 3600.0}
+DEFAULT_DEADLINES_S = {"number-check": 600.0, "call": 1800.0, "callbot-list": 3600.0, "callbot-contact": 3600.0}
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,8 @@ def on_enqueue(kind: str, job_id: str, payload: Any) -> Expectation:
         return Expectation(len(payload.phones), (keys.callback_index("nc-batch", batch_no),))
     if kind == "callbot-list":
         return Expectation(1)  # userTaskID is the job id: no index needed
+    if kind == "callbot-contact":
+        return Expectation(1, (contact_index(operations.contact_job_order_id(job_id, payload)),))
     return Expectation(0)
 
 
@@ -59,4 +62,12 @@ def on_submit(kind: str | None, result: dict[str, Any] | None) -> Expectation:
         return Expectation(1, (keys.callback_index("call", str(orderid)),) if orderid else ())
     if kind == "callbot-list":
         return Expectation(1)
+    if kind == "callbot-contact":
+        order_id = result.get("orderID")
+        return Expectation(1, (contact_index(str(order_id)),) if order_id else ())
     return Expectation(0)
+
+
+def contact_index(order_id: str) -> str:
+    """A `callbot-contact` job's correlation key: its orderID (globally unique, reference §6.1)."""
+    return keys.callback_index("cb-order", order_id)

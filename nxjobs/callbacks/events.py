@@ -6,6 +6,10 @@ towards completion (unit), and what to store (the payload, redacted). The
 receiver and the reconciliation build Events the same way, so a result that
 came by callback and the same result found by a query are one and the same.
 
+A Callbot call or order callback belongs to a `callbot-contact` job when its
+orderID is indexed (the job added that contact), else to the `callbot-list`
+job whose id is its userTaskID.
+
 Dedupe keys (reference §5.4, §6.6, §7.3/7.4): Number Check = per-number id;
 Callbot call = callID; order = (orderID, finish); task = (taskStatus,
 taskStat.totalCall); CDR = sessionid (callback) or CDR id (query).
@@ -124,6 +128,20 @@ class Event:
     ids: dict[str, Any] = field(default_factory=dict)  # the correlating ids, for the unmatched list
     # Set on an Agent CDR: the result a job failed as "ambiguous" gets when this proves the call happened.
     resolves: dict[str, Any] | None = None
+    # A second job kind the callback may belong to, found by an index key, and its completion unit
+    # there: a Callbot order of a `callbot-contact` job (by orderID) counts for that job, while an
+    # order of a `callbot-list` job (by userTaskID) counts for nothing ("" = no second kind).
+    alt_kind: str = ""
+    alt_unit: str = ""
+
+
+CONTACT_KIND = "callbot-contact"
+# The completion unit of a callbot-contact job: its order finished.
+ORDER_FINISHED = "order-finished"
+
+
+def _order_index(order_id: str) -> str:
+    return keys.callback_index("cb-order", order_id)
 
 
 def _bool_flag(value: Any) -> str:
@@ -151,13 +169,18 @@ def to_event(kind: str, model: _Payload) -> Event:
         return Event(NUMBER_CHECK, "number-check", tuple(index), "", f"nc:{nid}", nid, data,
                      {"requestId": nid, "batchNo": model.batchNo})
     if isinstance(model, CallbotCall):
+        # A contact added on its own (callbot-contact) is found by its orderID; else the list job.
         call_id = model.callInfoDetail.callID
-        return Event(CALLBOT_CALL, "callbot-list", (), model.userTaskID, f"call:{call_id}", "", data,
-                     {"userTaskID": model.userTaskID, "orderID": model.orderID, "callID": call_id})
+        return Event(CALLBOT_CALL, "callbot-list", (_order_index(model.orderID),), model.userTaskID,
+                     f"call:{call_id}", "", data,
+                     {"userTaskID": model.userTaskID, "orderID": model.orderID, "callID": call_id},
+                     alt_kind=CONTACT_KIND)
     if isinstance(model, CallbotOrder):
         finish = _bool_flag(model.finish)
-        return Event(CALLBOT_ORDER, "callbot-list", (), model.userTaskID, f"order:{model.orderID}:{finish}", "",
-                     data, {"userTaskID": model.userTaskID, "orderID": model.orderID})
+        return Event(CALLBOT_ORDER, "callbot-list", (_order_index(model.orderID),), model.userTaskID,
+                     f"order:{model.orderID}:{finish}", "", data,
+                     {"userTaskID": model.userTaskID, "orderID": model.orderID},
+                     alt_kind=CONTACT_KIND, alt_unit=ORDER_FINISHED if finish == "1" else "")
     if isinstance(model, CallbotTask):
         total = model.taskStat.totalCall if model.taskStat else None
         unit = "task-finished" if model.taskStatus in TASK_FINISHED else ""

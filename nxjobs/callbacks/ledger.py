@@ -31,7 +31,8 @@ from nxjobs.records import utc_now_iso
 #   KEYS[3] the ambiguous-call reconcile zset, KEYS[4..] correlation index keys.
 # ARGV[1] key prefix, [2] direct job id or '', [3] job kind expected, [4] dedupe key,
 #   [5] completion unit or '', [6] entry JSON (an object), [7] the correlating ids (JSON), [8] now ISO,
-#   [9] unmatched max, [10] result JSON for a call job failed as ambiguous that this proves, or ''.
+#   [9] unmatched max, [10] result JSON for a call job failed as ambiguous that this proves, or '',
+#   [11] a second job kind it may belong to (found by an index key) or '', [12] its completion unit there or ''.
 # Returns {status, job id, state[, submitted_at, job kind]}: 1 recorded, 2 duplicate (nothing written),
 #   0 unmatched; submitted_at (unix s) only from the callback that completed the job, once per job.
 _APPLY_LUA = """
@@ -43,7 +44,10 @@ end
 if not job_id and ARGV[2] ~= '' then job_id = ARGV[2] end
 local jk = job_id and (ARGV[1] .. ':job:' .. job_id)
 local kind = jk and redis.call('HGET', jk, 'kind')
-if kind ~= ARGV[3] then
+local unit = ARGV[5]
+if kind and ARGV[11] and ARGV[11] ~= '' and kind == ARGV[11] then
+  unit = ARGV[12] or ''
+elseif kind ~= ARGV[3] then
   -- the entry with its ids first: {"ids":{...},"type":...}
   redis.call('LPUSH', KEYS[1], '{"ids":' .. ARGV[7] .. ',' .. string.sub(ARGV[6], 2))
   redis.call('LTRIM', KEYS[1], 0, tonumber(ARGV[9]) - 1)
@@ -58,9 +62,9 @@ local list = jk .. ':callbacks'
 redis.call('RPUSH', list, ARGV[6])
 local done = tonumber(redis.call('HGET', jk, 'callbacks_done') or '0')
 local side = {seen, list}
-if ARGV[5] ~= '' then
+if unit ~= '' then
   local units = jk .. ':cbunits'
-  done = done + redis.call('SADD', units, ARGV[5])
+  done = done + redis.call('SADD', units, unit)
   side[3] = units
 end
 if ttl > 0 then
@@ -132,7 +136,7 @@ class Ledger:
                  *event.index_keys]
         args = [keys.PREFIX, event.direct_id, event.job_kind, event.dedupe, event.unit, _dumps(entry),
                 _dumps(event.ids), received_at, str(self.unmatched_max),
-                _dumps(event.resolves) if event.resolves else ""]
+                _dumps(event.resolves) if event.resolves else "", event.alt_kind, event.alt_unit]
         return keys_, args
 
     def apply(self, event: Event, *, source: str = "callback") -> Applied:

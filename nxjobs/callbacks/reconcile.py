@@ -7,6 +7,8 @@ Run per API family on a schedule (Celery beat, `tasks/reconcile.py`):
   counted twice).
 - callbot (callbot-list): `listTask` by userTaskID; once finished (taskStatus
   3/4), `listOrderDetail` for its orders (≤500 per request), then the task status.
+  (callbot-contact): `listOrderDetail` by orderID, the late contacts of one task
+  together (≤500 per request); each finished order is applied as its order callback.
 - agent (call): `getSipCdrByOrderid` (≤20 orderids per request). Also the
   ambiguous makecalls (`nxjobs:reconcile`): found = the call happened, the job
   is completed with its CDR; not found after `ambiguous_after_s` = it never
@@ -122,11 +124,12 @@ class Reconciler:
 
     # ---- shared -----------------------------------------------------------
 
-    def _due_records(self, family: str, kind: str, report: Report) -> list[JobRecord]:
+    def _due_records(self, family: str, kind: str | tuple[str, ...], report: Report) -> list[JobRecord]:
+        kinds = (kind,) if isinstance(kind, str) else kind
         out = []
         for job_id in self.ledger.due(family, now=self.clock(), limit=self.policy.batch):
             record = self.store.get(job_id)
-            if record is None or record.state != JobState.SUBMITTED or record.kind != kind:
+            if record is None or record.state != JobState.SUBMITTED or record.kind not in kinds:
                 self.ledger.forget(family, job_id)  # completed, failed or expired meanwhile
                 report.counts["gone"] += 1
                 continue
@@ -152,7 +155,8 @@ class Reconciler:
                     raise StopRun() from exc
         raise StopRun()
 
-    def _apply(self, event: events.Event, report: Report) -> None:
+    def _apply(self, event: events.Event, report: Report, kind: str | None = None) -> None:
+        """`kind`: the job kind to time a completion under, when the event may belong to two."""
         applied = self.ledger.apply(event, source="reconcile")
         report.counts[f"callbacks_{applied.outcome}"] += 1
         if applied.submitted_at:
@@ -161,7 +165,7 @@ class Reconciler:
 
             delay = metrics.callback_delay_s(applied.submitted_at, self.clock())
             if delay is not None:
-                metrics.record_callback_delay(self.store.redis, kind=event.job_kind, delay_s=delay)
+                metrics.record_callback_delay(self.store.redis, kind=kind or event.job_kind, delay_s=delay)
 
     def _settle(self, family: str, job_id: str, report: Report, missing: str) -> None:
         """After applying what the provider had: completed, or look again later, or give up."""
@@ -228,8 +232,38 @@ class Reconciler:
     # ---- callbot lists ------------------------------------------------------
 
     def _callbot_lists(self, report: Report) -> None:
-        self._each("callbot", self._due_records("callbot", "callbot-list", report),
+        records = self._due_records("callbot", ("callbot-list", "callbot-contact"), report)
+        self._each("callbot", [r for r in records if r.kind == "callbot-list"],
                    lambda record: self._callbot_list(record, report), report)
+        self._callbot_contacts([r for r in records if r.kind == "callbot-contact"], report)
+
+    def _callbot_contacts(self, records: list[JobRecord], report: Report) -> None:
+        """Late contacts, a task's together: their orders by orderID (≤500 a request); each
+        finished one is applied as its order callback and completes its job."""
+        by_task: dict[str, dict[str, JobRecord]] = {}
+        for record in records:
+            result = record.result or {}
+            user_task_id = str(result.get("userTaskID") or record.input.get("user_task_id") or "")
+            order_id = str(result.get("orderID") or (record.input.get("contact") or {}).get("order_id") or record.id)
+            by_task.setdefault(user_task_id, {})[order_id] = record
+        for user_task_id, wanted in by_task.items():
+            order_ids = sorted(wanted)
+            try:
+                for start in range(0, len(order_ids), CALLBOT_DETAIL_CHUNK):
+                    chunk = order_ids[start:start + CALLBOT_DETAIL_CHUNK]
+                    detail = self._ask(lambda: self.clients.callbot.post(
+                        "listOrderDetail", {"userTaskID": user_task_id, "orderList": chunk}))
+                    for order in detail.body.get("orderDetailList") or []:
+                        if order.get("orderID") in wanted and _finished(order.get("finish")):
+                            self._try_apply(events.CALLBOT_ORDER, _order_row(order), report, "callbot-contact")
+            except NXCloudError as exc:
+                report.counts["query_errors"] += 1
+                log.warning("task=%s contacts reconcile query failed: %s %s", user_task_id, exc.code, exc.message)
+                for record in wanted.values():
+                    self.ledger.recheck_at("callbot", record.id, self.clock() + self.policy.recheck_s)
+                continue
+            for order_id, record in wanted.items():
+                self._settle("callbot", record.id, report, f"order {order_id} of task {user_task_id} not finished")
 
     def _callbot_list(self, record: JobRecord, report: Report) -> None:
         callbot = self.clients.callbot
@@ -246,16 +280,13 @@ class Reconciler:
                 detail = self._ask(lambda: callbot.post("listOrderDetail",
                                                         {"userTaskID": user_task_id, "orderList": chunk}))
                 for order in detail.body.get("orderDetailList") or []:
-                    calls = order.get("callInfoDetailList") or []
-                    row = {**{k: v for k, v in order.items() if k != "callInfoDetailList"},
-                           "callInfoDetail": calls[-1] if calls else None}
-                    self._try_apply(events.CALLBOT_ORDER, row, report)
+                    self._try_apply(events.CALLBOT_ORDER, _order_row(order), report)
             self._try_apply(events.CALLBOT_TASK, task, report)
         self._settle("callbot", record.id, report, f"task {user_task_id} not finished (taskStatus {status})")
 
-    def _try_apply(self, kind: str, row: dict[str, Any], report: Report) -> None:
+    def _try_apply(self, kind: str, row: dict[str, Any], report: Report, job_kind: str | None = None) -> None:
         try:
-            self._apply(events.from_dict(kind, {k: v for k, v in row.items() if v is not None}), report)
+            self._apply(events.from_dict(kind, {k: v for k, v in row.items() if v is not None}), report, job_kind)
         except events.Malformed:
             report.counts["rows_malformed"] += 1
 
@@ -325,6 +356,17 @@ class Reconciler:
                 self.store.redis.delete(keys.inflight(record.id))
                 DeadLetters(self.store.redis).update_reason(record.id, error.model_dump())
             report.counts["ambiguous_not_found" if changed else "gone"] += 1
+
+
+def _order_row(order: dict[str, Any]) -> dict[str, Any]:
+    """A listOrderDetail row in the shape of an order callback (its last call as callInfoDetail)."""
+    calls = order.get("callInfoDetailList") or []
+    return {**{k: v for k, v in order.items() if k != "callInfoDetailList"},
+            "callInfoDetail": calls[-1] if calls else None}
+
+
+def _finished(flag: Any) -> bool:
+    return flag is True or str(flag).strip().lower() in ("1", "true")
 
 
 def _orderid(record: JobRecord) -> str:

@@ -19,8 +19,10 @@ from nxjobs.client.errors import PERMANENT, NXCloudError, ProviderError, Transpo
 from nxjobs.client.token_cache import AgentTokenCache
 from nxjobs.jobs import (
     CALLBOT_CHUNK_SIZE,
+    CallbotContactPayload,
     CallbotListPayload,
     CallPayload,
+    Contact,
     NumberCheckPayload,
     OtaInitPayload,
     WaCallingPayload,
@@ -183,24 +185,96 @@ def contact_order_id(job_id: str, index: int, explicit: str | None) -> str:
     return explicit or f"{job_id}-{index}"
 
 
+def call_list_item(contact: Contact, order_id: str) -> dict[str, Any]:
+    """One callList entry (reference §6.3), unmasked: what addBatchCall sends."""
+    item: dict[str, Any] = {"orderID": order_id, "userPhone": contact.user_phone, "userName": contact.user_name}
+    if contact.params:
+        item["params"] = [{"name": p.name, "value": p.value} for p in contact.params]
+    return item
+
+
 def _call_list(job_id: str, payload: CallbotListPayload, start: int, stop: int) -> list[dict[str, Any]]:
-    items = []
-    for i in range(start, min(stop, len(payload.contacts))):
-        c = payload.contacts[i]
-        item: dict[str, Any] = {
-            "orderID": contact_order_id(job_id, i, c.order_id),
-            "userPhone": c.user_phone,
-            "userName": c.user_name,
-        }
-        if c.params:
-            item["params"] = [{"name": p.name, "value": p.value} for p in c.params]
-        items.append(item)
-    return items
+    return [call_list_item(payload.contacts[i], contact_order_id(job_id, i, payload.contacts[i].order_id))
+            for i in range(start, min(stop, len(payload.contacts)))]
 
 
 def _already_present(err: dict[str, Any]) -> bool:
     # On a resumed attempt the provider rejects orders it already has; that is success.
     return "already exist" in str(err.get("errMsg", "")).lower()
+
+
+def rejected_orders(err_list: Any) -> dict[str, str]:
+    """orderID -> errMsg of the contacts addBatchCall refused, leaving out "already exists":
+    an order the provider has is an order added (a resent request, reference §6.1)."""
+    out: dict[str, str] = {}
+    for err in err_list if isinstance(err_list, list) else []:
+        if isinstance(err, dict) and err.get("orderID") and not _already_present(err):
+            out[str(err["orderID"])] = str(err.get("errMsg") or "refused by the provider")
+    return out
+
+
+def _call_info(call_list: list[dict[str, Any]], public_url: str | None, order_cb: str | None = None,
+               call_cb: str | None = None) -> dict[str, Any]:
+    """callInfoList: the contacts, and where their order and call callbacks go."""
+    info: dict[str, Any] = {"callList": call_list}
+    order_cb = order_cb or callback_urls.build(public_url, callback_urls.CALLBOT_ORDER)
+    call_cb = call_cb or callback_urls.build(public_url, callback_urls.CALLBOT_CALL)
+    if order_cb:
+        info["orderCallbackUrl"] = order_cb
+    if call_cb:
+        info["callCallbackUrl"] = call_cb
+    return info
+
+
+# ---- Callbot v3: contacts added to an existing task (callbot-contact) -------
+
+def contact_job_order_id(job_id: str, payload: CallbotContactPayload) -> str:
+    # A uuid4 hex job id is 32 letters and digits: a valid, globally unique orderID.
+    return payload.contact.order_id or job_id
+
+
+def add_contacts(callbot: CallbotClient, *, user_task_id: str, call_list: list[dict[str, Any]],
+                 public_url: str | None, outcome: Outcome, shared: bool) -> dict[str, Any]:
+    """One addBatchCall onto task `user_task_id`; returns the answer (totalCount, successCount,
+    errList as the provider gave it: the caller matches it to its contacts). `shared`: the contacts
+    are several jobs' (nxjobs.coalesce), so the record says how many, never whose."""
+    body = {"userTaskID": user_task_id, "callInfoList": _call_info(call_list, public_url)}
+    sent = _summarized("addBatchCall", body)
+    if shared:
+        sent["body"]["callInfoList"]["callList"] = f"{len(call_list)} contacts of coalesced jobs"
+    outcome.request.append(sent)
+    resp = callbot.post("addBatchCall", body)
+    return {"totalCount": resp.body.get("totalCount"), "successCount": resp.body.get("successCount"),
+            "errList": resp.body.get("errList") or []}
+
+
+def add_contact(callbot: CallbotClient, *, job_id: str, payload: CallbotContactPayload, public_url: str | None,
+                outcome: Outcome) -> Outcome:
+    """A contact sent on its own (batch=False): a one-contact addBatchCall. Its orderID is the
+    idempotency key: a repeat is refused as already present, which counts as added."""
+    order_id = contact_job_order_id(job_id, payload)
+    answer = add_contacts(callbot, user_task_id=payload.user_task_id,
+                          call_list=[call_list_item(payload.contact, order_id)], public_url=public_url,
+                          outcome=outcome, shared=False)
+    refused = rejected_orders(answer["errList"])
+    if order_id in refused:
+        raise ProviderError("callbot", CONTACT_REJECTED, refused[order_id], endpoint="addBatchCall")
+    outcome.result = {"userTaskID": payload.user_task_id, "orderID": order_id, "contacts": 1}
+    return outcome
+
+
+def contact_of_item(item: dict[str, Any]) -> dict[str, Any]:
+    """The `contact` payload of a callList item: what a dead-lettered contact is replayed with."""
+    contact: dict[str, Any] = {"user_phone": item["userPhone"], "order_id": item["orderID"]}
+    if item.get("userName"):
+        contact["user_name"] = item["userName"]
+    if item.get("params"):
+        contact["params"] = item["params"]
+    return contact
+
+
+# The code of a contact the provider refused in addBatchCall's errList (its message is the errMsg).
+CONTACT_REJECTED = "contact_rejected"
 
 
 def submit_call_list(
@@ -228,12 +302,7 @@ def submit_call_list(
     total = len(payload.contacts)
 
     def info_list(start: int) -> dict[str, Any]:
-        info: dict[str, Any] = {"callList": _call_list(job_id, payload, start, start + CALLBOT_CHUNK_SIZE)}
-        if order_cb:
-            info["orderCallbackUrl"] = order_cb
-        if call_cb:
-            info["callCallbackUrl"] = call_cb
-        return info
+        return _call_info(_call_list(job_id, payload, start, start + CALLBOT_CHUNK_SIZE), None, order_cb, call_cb)
 
     def record_added(resp_body: dict[str, Any], count: int) -> None:
         errs = [e for e in (resp_body.get("errList") or []) if not _already_present(e)]

@@ -33,6 +33,8 @@ NUMBER_CHECK_BIG_BATCH = 2000
 CALLBOT_MAX_CALL_LIST = 1000
 CALLBOT_MAX_ORDER_DETAIL = 500
 CALLBOT_MAX_PAGE_SIZE = 100
+# Sandbox convention: addBatchCall refuses a contact whose userPhone starts so (one errList entry).
+CALLBOT_REFUSED_PREFIX = "997"
 CDR_MAX_ORDERIDS = 20
 NUMBER_QUERY_DAYS = 14
 
@@ -463,6 +465,7 @@ def _cb_maybe_finish(state: SandboxState, task: dict[str, Any]) -> None:
     if task["taskStatus"] != 2 or not orders or not all(o["finish"] for o in orders):
         return
     task["taskStatus"] = 3
+    task["_finished_by_orders"] = True
     body = {"callbackType": 1, "userTaskID": task["userTaskID"], "taskID": task["taskID"],
             "sceneID": task["sceneID"], "taskStatus": 3, "createTs": task["createTs"],
             "taskStat": _cb_task_stat(state, task)}
@@ -511,6 +514,10 @@ def _cb_add_orders(state: SandboxState, task: dict[str, Any], call_list: list[An
     order_url = info.get("orderCallbackUrl") or task.get("_orderCallbackUrl")
     errors = []
     added = 0
+    # [CHOICE] A task that completed because its orders were all dialled (not by an operator's
+    # "complete") takes new contacts, as a kept task would (funcFlag.taskKeep, reference §6.3): it
+    # runs again, dials them, and completes again (with its own task callback) when they finish.
+    reopen = task["taskStatus"] == 3 and task.get("_finished_by_orders")
     for item in call_list:
         order_id = item.get("orderID") if isinstance(item, dict) else None
         phone = item.get("userPhone") if isinstance(item, dict) else None
@@ -523,6 +530,8 @@ def _cb_add_orders(state: SandboxState, task: dict[str, Any], call_list: list[An
         elif order_id in orders:
             state.duplicate_rejections["callbot_orderid"] += 1
             errors.append({"orderID": order_id, "errMsg": "orderID already exists"})
+        elif phone.startswith(CALLBOT_REFUSED_PREFIX):
+            errors.append({"orderID": order_id, "errMsg": "userPhone is on the do-not-call list"})
         else:
             order = {
                 "orderID": order_id, "userPhone": phone, "userName": item.get("userName", ""),
@@ -534,6 +543,8 @@ def _cb_add_orders(state: SandboxState, task: dict[str, Any], call_list: list[An
             orders[order_id] = order
             task["orderIDs"].append(order_id)
             added += 1
+            if reopen:
+                task["taskStatus"], task["_finished_by_orders"], reopen = 2, False, False
             if task["taskStatus"] == 2:
                 _cb_dial(state, order, now)
     if added:
@@ -610,6 +621,7 @@ def _cb_mgr_task_status(state: SandboxState, req: _Request) -> dict[str, Any]:
     if task["taskStatus"] == 3 and new_status != 3:
         return _cb_env(req, 4, "parameter value error: task is completed")
     task["taskStatus"] = new_status
+    task["_finished_by_orders"] = False  # an operator's status sticks: completed stays completed
     if new_status == 2:
         for order_id in task["orderIDs"]:
             order = state.stores.cb_orders[order_id]

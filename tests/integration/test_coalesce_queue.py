@@ -91,3 +91,19 @@ def test_the_sweep_rearms_a_group_whose_flush_was_lost_and_finds_stale_batches(q
     queue.take("nc1", "batch-1", 100.0, NOW)
     assert queue.stale_batches(50.0, now_s=120.0) == []
     assert queue.stale_batches(50.0, now_s=200.0) == [("batch-1", "nc1")]
+
+
+def test_each_family_sweeps_only_its_own_groups(queue):
+    # Given a number-check group and a contact group, both with their flush messages lost
+    queue.enqueue("nc1", _jobs(["6590000001"]), NOW)
+    contact = (uuid.uuid4().hex, "order-1", json.dumps({"contact": {}}), json.dumps({"orderID": "order-1"}))
+    queue.enqueue(coalesce.contact_group("task-1"), [contact], NOW)
+    for group in ("nc1", coalesce.contact_group("task-1")):
+        queue.redis.delete(keys.coalesce_armed(group))
+
+    def family_is(name):
+        return lambda group: coalesce.spec_of(group).family == name
+
+    # Then the callbot sweep re-arms only the contact group, and leaves the other to the api2 sweep
+    assert queue.unarmed_groups(family_is("callbot")) == [coalesce.contact_group("task-1")]
+    assert queue.unarmed_groups(family_is("api2")) == ["nc1"]
