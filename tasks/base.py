@@ -20,17 +20,18 @@ from nxjobs import keys
 from nxjobs.callbacks import reconcile
 from nxjobs.client.errors import PERMANENT, NXCloudError, TransportError
 from nxjobs.client.operations import AmbiguousSubmission, Outcome, call_order_id, number_check_batch_no
-from nxjobs.jobs import PRIORITY_RETRY, InvalidJob, validate_payload
+from nxjobs.jobs import KINDS, PRIORITY_RETRY, InvalidJob, validate_payload
 from nxjobs.ratelimit.gate import SlotNotReady
 from nxjobs.ratelimit.limiter import Grant
 from nxjobs.records import TERMINAL_STATES, JobError, JobState, utc_now_iso
-from nxjobs.redact import redact
+from nxjobs.redact import flower_repr, redact
 from nxjobs.store import Transition, TransitionRefused
 from tasks import policy
 from tasks.limits import first_request
 from tasks.services import Services, get_services
 
 log = logging.getLogger("nxjobs.jobs")
+_KIND_BY_TASK = {kind.task_name: kind.name for kind in KINDS.values()}
 
 Operation = Callable[[Services, str, Any, Outcome], Outcome]
 
@@ -66,9 +67,12 @@ class JobTask(Task):
     max_retries = None
 
     def apply_async(self, args=None, kwargs=None, **options):
-        # Retries re-publish through here: keep Flower's view of the arguments redacted.
+        # Retries and rate-limit waits re-publish through here: Flower gets the producer's view of
+        # the arguments (kind first, redacted, masked). Set here, not only in the message header
+        # (workers/celery_app.py): Celery's "task-sent" event carries this option, and Flower keeps
+        # whichever of that event and the worker's "task-received" comes last.
         if kwargs is not None:
-            options.setdefault("kwargsrepr", repr(redact(kwargs)))
+            options.setdefault("kwargsrepr", flower_repr(kwargs, _KIND_BY_TASK.get(self.name)))
         if args:
             options.setdefault("argsrepr", repr(redact(list(args))))
         return super().apply_async(args, kwargs, **options)
