@@ -18,14 +18,17 @@ does from the job id: a single Redis, not a cluster.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from typing import Any
+from typing import Any, Callable
 
 from pydantic_core import to_json
 from redis.exceptions import NoScriptError
 
 from nxjobs.callbacks.events import Event
 from nxjobs.callbacks.ledger import _APPLY_LUA, Applied, Ledger, _applied
+
+log = logging.getLogger("nxjobs.callbacks")
 
 # ARGV[1] = JSON [[keys, args], ...]. Returns one reply per entry: the ledger script's reply,
 # or {-1, message} when that entry raised.
@@ -44,6 +47,13 @@ return out
 """)
 
 
+def _tell(done: Callable[[Applied | Exception], None], result: Applied | Exception) -> None:
+    try:
+        done(result)
+    except Exception:  # one caller's bug must not keep the others of its batch waiting
+        log.exception("callback completion handler failed")
+
+
 class CallbackApplyError(Exception):
     """The ledger script raised for this one callback (it was not, or not wholly, recorded)."""
 
@@ -55,7 +65,7 @@ class BatchApplier:
     def __init__(self, ledger: Ledger, *, max_batch: int = 256):
         self.ledger = ledger
         self.max_batch = max_batch
-        self._pending: list[tuple[list[str], list[str], asyncio.Future]] = []
+        self._pending: list[tuple[list[str], list[str], Callable[[Applied | Exception], None]]] = []
         self._flusher: asyncio.Future | None = None
         self._sha: str | None = None
         self._now_ms = -1
@@ -64,12 +74,27 @@ class BatchApplier:
         self.calls = 0
         self.applied = 0
 
-    async def apply(self, event: Event, *, source: str = "callback") -> Applied:
+    def submit(self, event: Event, done: Callable[[Applied | Exception], None], *, source: str = "callback") -> None:
+        """Queue `event`; `done` is called (on the event loop) with its Applied, or the exception
+        that kept it from being recorded. The receiver's hot path: no task or future per callback."""
         keys_, args = self.ledger._call(event, source, self._received_at())
-        future = asyncio.get_running_loop().create_future()
-        self._pending.append((keys_, args, future))
+        self._pending.append((keys_, args, done))
         if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.ensure_future(self._flush())
+            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+
+    async def apply(self, event: Event, *, source: str = "callback") -> Applied:
+        """`submit`, awaited."""
+        future = asyncio.get_running_loop().create_future()
+
+        def done(result: Applied | Exception) -> None:
+            if future.done():
+                return
+            if isinstance(result, Exception):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+
+        self.submit(event, done, source=source)
         return await future
 
     def _received_at(self) -> str:
@@ -92,17 +117,11 @@ class BatchApplier:
             try:
                 replies = await self._call(client, payload)
             except Exception as exc:  # the whole call failed: every waiting request gets the error
-                for _, _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
+                for _, _, done in batch:
+                    _tell(done, exc)
                 continue
-            for (_, _, future), reply in zip(batch, replies):
-                if future.done():
-                    continue
-                if int(reply[0]) == -1:
-                    future.set_exception(CallbackApplyError(str(reply[1])))
-                else:
-                    future.set_result(_applied(reply))
+            for (_, _, done), reply in zip(batch, replies):
+                _tell(done, CallbackApplyError(str(reply[1])) if int(reply[0]) == -1 else _applied(reply))
 
     async def _call(self, client: Any, payload: str) -> list:
         if self._sha is None:

@@ -32,7 +32,7 @@ import logging
 import socket
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Mapping, Protocol
+from typing import Any, Callable, Mapping, Protocol
 
 import httptools
 
@@ -53,7 +53,9 @@ class Answer(Protocol):
 class Handler(Protocol):
     max_body_bytes: int
 
-    async def handle(self, method: str, path: str, headers: Mapping[str, str], body: bytes) -> Answer: ...
+    def handle(self, method: str, path: str, headers: Mapping[str, str], body: bytes,
+               respond: Callable[[Answer], None]) -> None:
+        """Answer by calling `respond` exactly once, at once or later from the event loop."""
 
     def refused(self, status: int, reason: str) -> None:
         """Told of each request the HTTP layer refused itself (to log and count it)."""
@@ -113,10 +115,13 @@ class _Connection(asyncio.Protocol):
         self.transport: Any = None
         self.parser = httptools.HttpRequestParser(self)
         self.queue: deque = deque()
-        self.answering = False
+        # A request is with the handler (its answer not written yet): the next one waits, so
+        # pipelined answers go out in order.
+        self.busy = False
+        self.keep_alive = True
+        self.dispatching = False
         self.paused = False
         self.failed = False
-        self.close_after_queue = False
         self.last_active = self.loop.time()
         self.request_started: float | None = None
         self.reading_head = True
@@ -158,14 +163,12 @@ class _Connection(asyncio.Protocol):
                 self._fail(500, "internal error")
             return
         except httptools.HttpParserUpgrade:
-            # The request asking for it was parsed (and queued) first: answer it as plain HTTP,
-            # then close, since what follows on the wire would be the other protocol.
+            # The request asking for it was parsed first and is answered as plain HTTP with
+            # `connection: close` (on_message_complete); what follows would be the other protocol.
             self.failed = True
             self.transport.pause_reading()
-            if self.queue or self.answering:
-                self.close_after_queue = True
-            else:
-                self._fail(400, "protocol upgrade not supported")
+            if not (self.queue or self.busy):
+                self.transport.close()
             return
         except httptools.HttpParserError:
             self._fail(400, "malformed HTTP request")
@@ -203,7 +206,8 @@ class _Connection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         method = self.parser.get_method().decode("ascii", "replace")
         path = self._url.split(b"?", 1)[0].decode("utf-8", "replace")
-        self.queue.append((method, path, self._headers, b"".join(self._body), self.parser.should_keep_alive()))
+        keep_alive = self.parser.should_keep_alive() and not self.parser.should_upgrade()
+        self.queue.append((method, path, self._headers, b"".join(self._body), keep_alive))
         self._body = []
         self.request_started = None
         self.reading_head = True
@@ -211,36 +215,49 @@ class _Connection(asyncio.Protocol):
         if len(self.queue) >= MAX_PIPELINED and not self.paused:
             self.paused = True
             self.transport.pause_reading()
-        if not self.answering:
-            self.answering = True
-            self.loop.create_task(self._answer())
+        self._dispatch()
 
     # ---- answering ----------------------------------------------------------------------------------
 
-    async def _answer(self) -> None:
+    def _dispatch(self) -> None:
+        """Hand queued requests to the handler, one at a time; a failure answer ends the connection."""
+        if self.dispatching:  # `respond` called from inside handle(): the loop below goes on
+            return
+        self.dispatching = True
         try:
-            while self.queue:
+            while self.queue and not self.busy:
                 item = self.queue.popleft()
                 if isinstance(item, _Reply):  # queued by _fail: the last answer on this connection
                     self._write(_response(item.status, item.body, True), close=True)
+                    self.queue.clear()
                     return
-                method, path, headers, body, keep_alive = item
+                method, path, headers, body, self.keep_alive = item
+                self.busy = True
                 try:
-                    reply = await self.handler.handle(method, path, headers, body)
+                    self.handler.handle(method, path, headers, body, self._respond)
                 except Exception:
                     log.exception("callback handler failed")
-                    reply = _Reply(500, b'{"error":"internal error"}')
-                # During a stop, what was already received is still answered, then the connection closes.
-                close = not keep_alive or ((self.server.stopping or self.close_after_queue) and not self.queue)
-                self._write(_response(reply.status, reply.body, close), close=close)
-                if close or self.transport.is_closing():
-                    return
-                if self.paused and len(self.queue) < MAX_PIPELINED // 2:
-                    self.paused = False
-                    self.transport.resume_reading()
-            self.last_active = self.loop.time()
+                    if self.busy:
+                        self._respond(_Reply(500, b'{"error":"internal error"}'))
         finally:
-            self.answering = False
+            self.dispatching = False
+
+    def _respond(self, reply: Answer) -> None:
+        if not self.busy:
+            log.error("a request was answered twice; the second answer is dropped")
+            return
+        self.busy = False
+        # During a stop, what was already received is still answered, then the connection closes.
+        close = not self.keep_alive or (self.server.stopping and not self.queue)
+        self._write(_response(reply.status, reply.body, close), close=close)
+        if close or self.transport.is_closing():
+            self.queue.clear()
+            return
+        if self.paused and len(self.queue) < MAX_PIPELINED // 2:
+            self.paused = False
+            self.transport.resume_reading()
+        self.last_active = self.loop.time()
+        self._dispatch()
 
     def _write(self, data: bytes, *, close: bool) -> None:
         if self.transport.is_closing():
@@ -255,12 +272,10 @@ class _Connection(asyncio.Protocol):
         self.handler.refused(status, reason)
         self.transport.pause_reading()
         self.queue.append(_Reply(status, json.dumps({"error": reason}).encode()))
-        if not self.answering:
-            self.answering = True
-            self.loop.create_task(self._answer())
+        self._dispatch()
 
     def check_timeouts(self, now: float) -> None:
-        if self.answering or self.queue or self.failed:
+        if self.busy or self.queue or self.failed:
             return
         if self.request_started is not None:
             if now - self.request_started > self.limits.request_timeout_s:

@@ -38,15 +38,22 @@ class RecordingHandler:
         self.refusals: list[int] = []
         self.gate: asyncio.Event | None = None  # when set up, /slow waits for it
 
-    async def handle(self, method, path, headers, body):
+    def handle(self, method, path, headers, body, respond):
         self.seen.append((method, path, dict(headers), body))
-        if path == "/slow":
-            await asyncio.sleep(0.2)
-        if path == "/held" and self.gate is not None:
-            await self.gate.wait()
+        answer = _Reply(200, b'{"len":%d}' % len(body))
         if path == "/boom":
             raise RuntimeError("handler bug")
-        return _Reply(200, b'{"len":%d}' % len(body))
+        if path in ("/slow", "/held"):  # answered later, from the event loop
+            asyncio.get_running_loop().create_task(self._later(path, answer, respond))
+            return
+        respond(answer)
+
+    async def _later(self, path, answer, respond):
+        if path == "/slow":
+            await asyncio.sleep(0.2)
+        else:
+            await self.gate.wait()
+        respond(answer)
 
     def refused(self, status, reason):
         self.refusals.append(status)
