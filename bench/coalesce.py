@@ -13,7 +13,9 @@ used, peak RSS of the worker processes, and how long enqueueing took. The `singl
 row runs a bounded slice (its rate is the quota, so N would take N/Q seconds).
 
 Usage: python bench/coalesce.py [--jobs 100000] [--quota 10] [--single-jobs 300]
-       [--workers 1] [--concurrency 2] [--receivers 1] [--rows coalesced,single] [--timeout 300]
+       [--workers 1] [--concurrency 2] [--receivers 1] [--rows coalesced,single] [--timeout 300] [--progress]
+`cpu_s` in each row: CPU seconds of each process tree over the run (sandbox, receiver, workers,
+redis-server, this producer). --progress prints the backlog every poll and Redis's busiest commands.
 Every row has its own Redis, sandbox, receiver and workers, and stops by itself.
 """
 
