@@ -2,7 +2,8 @@
 
 Starts a private redis-server, the NXCloud sandbox, the callback receiver and a
 Celery worker; submits one job of each kind (the number check is first answered
-"too frequent" so the retry path runs for real); waits until every job is
+"too frequent" so the retry path runs for real; the callbot contact joins the
+callbot list's task once that exists, through the coalescing path); waits until every job is
 completed, i.e. its callbacks arrived (the sandbox sends them late, some twice,
 out of order); prints each record with its callbacks; stops everything it
 started. Exit 0 only if every job got there.
@@ -77,7 +78,13 @@ def main() -> int:
             with Producer(redis_server.url) as producer:
                 jobs = submit_all(producer)
                 for kind, job_id in jobs.items():
-                    print(f"submitted {kind:<13} {job_id}")
+                    print(f"submitted {kind:<15} {job_id}")
+                # A contact is added to an existing task: the list's, once its task was created.
+                task = jobs["callbot-list"]
+                producer.wait([task], until="submitted", timeout_s=DEMO_TIMEOUT_S)
+                jobs["callbot-contact"] = producer.callbot_contact(
+                    user_task_id=task, contact={"user_phone": "8613900139002", "user_name": "Demo Three"})
+                print(f"submitted {'callbot-contact':<15} {jobs['callbot-contact']}")
                 records = producer.wait(jobs.values(), until="completed", timeout_s=DEMO_TIMEOUT_S)
                 # Out of order: a call or order callback may land after the task callback completed
                 # its list. Let the sandbox finish sending, then read the records again.
