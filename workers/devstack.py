@@ -171,8 +171,12 @@ class RedisServer:
     def restart(self) -> "RedisServer":
         """Stop and start again on the same port and dir (data survives only
         if ``appendonly=True``)."""
-        self._terminate()
+        self.halt()
         return self.start()
+
+    def halt(self) -> None:
+        """Stop the server but keep its dir: `start()` brings it back on the same port."""
+        self._terminate()
 
     def _terminate(self, timeout: float = 10.0) -> None:
         proc, self.proc = self.proc, None
