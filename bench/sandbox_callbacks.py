@@ -149,7 +149,7 @@ def load_dispatch(path: str | None):
 
 def queue_drs(state, url: str, checks: list[tuple[str, str]], count: int) -> int:
     """One DR per number, built and queued exactly like the Number Check handler does."""
-    from nxjobs.sandbox.handlers import _nc_dr, _nc_row
+    from nxjobs.sandbox.endpoints_api2 import _nc_dr, _nc_row
 
     now = time.time()
     queued = 0

@@ -1,7 +1,8 @@
 """HTTP plumbing for the sandbox: threaded keep-alive server, in-thread handle, CLI `run`.
 
-All request logic is in handlers.py; this module only moves bytes, headers and
-the clock between the socket and `handlers.handle` / `handlers.handle_control`.
+All request logic is in handlers.py (and the endpoints_*.py it routes to); this
+module only moves bytes, headers and the clock between the socket and
+`handlers.handle` / `handlers.handle_control`.
 """
 
 from __future__ import annotations
