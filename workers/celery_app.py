@@ -10,7 +10,7 @@ from celery import Celery, signals
 
 from config.settings import load_settings
 from nxjobs.coalesce import SPECS, SWEEP_TASK
-from nxjobs.jobs import KINDS
+from nxjobs.jobs import KINDS, QUEUES
 from workers.queues import TASK_QUEUES, TASK_ROUTES
 from workers.delivery import check_visibility
 
@@ -56,43 +56,31 @@ app.conf.update(
     worker_log_format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s",
     worker_task_log_format="%(asctime)s %(levelname)s %(processName)s %(task_name)s[%(task_id)s]: %(message)s",
     enable_utc=True,
-    # https://docs.celeryq.dev/en/stable/userguide/periodic-tasks.html
-    # Run by `celery -A workers.celery_app beat` (one beat per deployment): every interval,
-    # reconcile jobs whose callbacks are late, once per API family, on that family's queue
-    # so it runs on a worker holding that family's credentials. A run that finds another
-    # still going skips (Redis lock); expires drops a tick nobody consumed in time.
-    beat_schedule={
-        f"reconcile-callbacks-{family}": {
-            "task": "nxjobs.reconcile_callbacks",
-            "schedule": settings.callbacks.reconcile_interval_s,
-            "args": (family,),
-            "options": {"queue": family, "routing_key": family, "expires": settings.callbacks.reconcile_interval_s},
-        }
-        for family in ("api2", "callbot", "agent")
-    },
 )
 
 
-# Per family, on that family's queue: re-publish jobs whose broker message was lost
-# (a worker killed between kombu's BRPOP and its unacked bookkeeping; nxjobs/recover.py).
-app.conf.beat_schedule.update({
-    f"recover-lost-messages-{family}": {
-        "task": "nxjobs.recover_lost_messages",
-        "schedule": settings.recover.interval_s,
-        "args": (family,),
-        "options": {"queue": family, "routing_key": family, "expires": settings.recover.interval_s},
-    }
-    for family in ("api2", "callbot", "agent")
-})
-# Coalesced jobs whose flush message was lost are flushed again (nxjobs/coalesce.py): a sweep per
-# family, on its own queue, so a deployment running only some families still sweeps its own.
-for _family in sorted({spec.family for spec in SPECS}):
-    app.conf.beat_schedule[f"coalesce-sweep-{_family}"] = {
-        "task": SWEEP_TASK,
-        "schedule": settings.coalesce.sweep_interval_s,
-        "kwargs": {"family": _family},
-        "options": {"queue": _family, "routing_key": _family, "expires": settings.coalesce.sweep_interval_s},
-    }
+def _per_family(name: str, task: str, interval_s: float, families) -> dict:
+    """Beat entries running `task(family)` every `interval_s`, one per API family, each on that
+    family's queue so it runs on a worker holding that family's credentials; `expires` drops a
+    tick nobody consumed in time."""
+    return {f"{name}-{family}": {"task": task, "schedule": interval_s, "args": (family,),
+                                 "options": {"queue": family, "routing_key": family, "expires": interval_s}}
+            for family in families}
+
+
+# https://docs.celeryq.dev/en/stable/userguide/periodic-tasks.html
+# Run by `celery -A workers.celery_app beat` (one beat per deployment):
+# - reconcile jobs whose callbacks are late (a run that finds another still going skips: Redis lock);
+# - re-publish jobs whose broker message was lost (a worker killed between kombu's BRPOP and its
+#   unacked bookkeeping; nxjobs/recover.py);
+# - flush again coalesced jobs whose flush message was lost (nxjobs/coalesce.py), for the families
+#   that coalesce, so a deployment running only some families still sweeps its own.
+app.conf.beat_schedule = {
+    **_per_family("reconcile-callbacks", "nxjobs.reconcile_callbacks", settings.callbacks.reconcile_interval_s, QUEUES),
+    **_per_family("recover-lost-messages", "nxjobs.recover_lost_messages", settings.recover.interval_s, QUEUES),
+    **_per_family("coalesce-sweep", SWEEP_TASK, settings.coalesce.sweep_interval_s,
+                  sorted({spec.family for spec in SPECS})),
+}
 
 
 # Logs: JSON lines when NXJOBS_LOG_FORMAT=json (containers), Celery's text format otherwise.

@@ -24,6 +24,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from nxjobs import coalesce, keys
+from nxjobs.callbacks.correlate import contact_index
 from nxjobs.redact import redact
 
 # Number Check: per-number ids are `<submit requestId>-<6 digits>` (reference §5.1).
@@ -140,10 +141,6 @@ CONTACT_KIND = "callbot-contact"
 ORDER_FINISHED = "order-finished"
 
 
-def _order_index(order_id: str) -> str:
-    return keys.callback_index("cb-order", order_id)
-
-
 def _bool_flag(value: Any) -> str:
     if isinstance(value, str):
         return "1" if value.strip().lower() in ("1", "true", "yes") else "0"
@@ -171,13 +168,13 @@ def to_event(kind: str, model: _Payload) -> Event:
     if isinstance(model, CallbotCall):
         # A contact added on its own (callbot-contact) is found by its orderID; else the list job.
         call_id = model.callInfoDetail.callID
-        return Event(CALLBOT_CALL, "callbot-list", (_order_index(model.orderID),), model.userTaskID,
+        return Event(CALLBOT_CALL, "callbot-list", (contact_index(model.orderID),), model.userTaskID,
                      f"call:{call_id}", "", data,
                      {"userTaskID": model.userTaskID, "orderID": model.orderID, "callID": call_id},
                      alt_kind=CONTACT_KIND)
     if isinstance(model, CallbotOrder):
         finish = _bool_flag(model.finish)
-        return Event(CALLBOT_ORDER, "callbot-list", (_order_index(model.orderID),), model.userTaskID,
+        return Event(CALLBOT_ORDER, "callbot-list", (contact_index(model.orderID),), model.userTaskID,
                      f"order:{model.orderID}:{finish}", "", data,
                      {"userTaskID": model.userTaskID, "orderID": model.orderID},
                      alt_kind=CONTACT_KIND, alt_unit=ORDER_FINISHED if finish == "1" else "")
