@@ -16,7 +16,7 @@ import requests
 
 from nxjobs.callbacks.verify import check_callbot
 from nxjobs.sandbox import accounts, dispatch
-from nxjobs.sandbox.dispatch import CallbackDispatcher, _parse_response
+from nxjobs.sandbox.dispatch import CallbackDispatcher, _parse_any_response, _parse_response
 from nxjobs.sandbox.server import start_in_thread
 from nxjobs.sandbox.state import SandboxConfig, SandboxState
 from tests.integration.test_sandbox import NUMBER_CHECK, post_api2, post_callbot
@@ -457,13 +457,19 @@ def test_stop_before_start_is_harmless():
 
 
 class RawServer:
-    """Answers each request it reads with the next canned response; closes after a close-delimited one."""
+    """Answers each request it reads with the next canned response; closes after a close-delimited one.
 
-    def __init__(self, responses: list[bytes]):
+    A response given as a list of byte strings is sent in those pieces, 50 ms apart. `connections`
+    counts accepted connections; `pipelined` is set if a request arrived before the previous answer.
+    """
+
+    def __init__(self, responses: list[bytes | list[bytes]]):
         import socket
 
         self.responses = list(responses)
         self.requests = 0
+        self.connections = 0
+        self.pipelined = False
         self.lock = threading.Lock()
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
@@ -475,6 +481,8 @@ class RawServer:
                 conn, _ = self.sock.accept()
             except OSError:
                 return
+            with self.lock:
+                self.connections += 1
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn):
@@ -494,9 +502,15 @@ class RawServer:
                 buf = rest[length:]
                 with self.lock:
                     self.requests += 1
+                    self.pipelined |= bool(buf)
                     response = self.responses.pop(0)
-                conn.sendall(response)
-                if b"content-length" not in response.lower() and b"chunked" not in response.lower():
+                pieces = response if isinstance(response, list) else [response]
+                for i, piece in enumerate(pieces):
+                    if i:
+                        time.sleep(0.05)
+                    conn.sendall(piece)
+                whole = b"".join(pieces).lower()
+                if b"content-length" not in whole and b"chunked" not in whole:
                     return  # close-delimited body: closing ends it
 
     def close(self):
@@ -541,3 +555,85 @@ def test_response_framing(data, eof, expected):
 def test_garbage_answer_is_malformed():
     with pytest.raises(ValueError):
         _parse_response(bytearray(b"SSH-2.0-OpenSSH_9.6\r\n\r\n"), False)
+
+
+def test_answers_in_pieces_or_with_extra_bytes_one_request_at_a_time(dispatcher_for):
+    # Given a receiver whose first answer comes in three pieces and whose second has bytes after it
+    raw = RawServer([
+        [b"HTTP/1.1 200 OK\r\nContent-Le", b"ngth: 2\r\n\r\n", b"ok"],
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+    ])
+    try:
+        state = _state()
+        dispatcher_for(state)
+        # When three DRs are sent one after another
+        for n in (1, 2, 3):
+            _queue_drs(state, raw.url + "/dr/tok", 1)
+            stats = _wait_counted(state, "delivered", n)
+        # Then each answer counted once; the pieced one kept its connection, the one with extra
+        # bytes did not; and no request was written before the previous one was answered
+        assert (stats["attempts"], stats["delivered"], stats["failed_attempts"]) == (3, 3, 0)
+        assert (raw.requests, raw.connections, raw.pipelined) == (3, 2, False)
+    finally:
+        raw.close()
+
+
+def test_many_callbacks_over_few_connections_are_never_pipelined(dispatcher_for, monkeypatch):
+    # Given at most two connections to a receiver
+    monkeypatch.setattr(dispatch, "CONNECTIONS_PER_ORIGIN", 2)
+    ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    raw = RawServer([ok] * 60)
+    try:
+        state = _state()
+        _queue_drs(state, raw.url + "/dr/tok", 60)
+        # When 60 DRs are sent at once
+        dispatcher_for(state)
+        stats = _wait_counted(state, "delivered", 60)
+        # Then every one was delivered once, one request at a time on each of the two connections
+        assert (stats["attempts"], stats["delivered"]) == (60, 60)
+        assert (raw.requests, raw.connections, raw.pipelined) == (60, 2, False)
+    finally:
+        raw.close()
+
+
+@pytest.mark.parametrize("data", [
+    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 31\r\n\r\n"
+    b'{"code":0,"message":"success"}\n',
+    b"HTTP/1.1 200 OK\r\ndate: Sat, 09 May 2026 08:00:00 GMT\r\nserver: uvicorn\r\ncontent-length: 2\r\n"
+    b"content-type: application/json\r\n\r\nok",
+    b"HTTP/1.1 503 Busy\r\ncontent-length: 2\r\n\r\nok",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\no",  # not all of the body yet
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 2\r\n\r\nok",  # the last one counts
+    b"HTTP/1.1 200 OK\r\nContent-Length : 2\r\n\r\nok",
+    b"HTTP/1.1 200 OK\r\nX-A: 1\r\n content-length: 2\r\n\r\nok",
+    b"HTTP/1.1 200 OK\r\nX-Note: content-length: 9\r\nContent-Length: 2\r\n\r\nok",
+    b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
+    b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok",
+    b"HTTP/1.1 200 OK\r\nX-Via: connection-pool\r\nContent-Length: 2\r\n\r\nok",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+    b"HTTP/1.1 204 No Content\r\nContent-Length: 2\r\n\r\n",
+    b"HTTP/1.1 304 Not Modified\r\nContent-Length: 2\r\n\r\n",
+    b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    b"HTTP/1.1 101 Switching\r\nContent-Length: 2\r\n\r\n",
+    b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    b"HTTP/1.1 200\r\nContent-Length: 2\r\n\r\nok",
+    b"HTTP/1.1 200 OK\r\n\r\nuntil the end",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2",  # not all of the head yet
+    b"HTTP/1.1 2x0 OK\r\nContent-Length: 2\r\n\r\nok",
+    b"HTTP/1.1 200 OK\r\nContent-Length: two\r\n\r\nok",
+    b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\nok",
+    b"HTTP/1.12 200 OK\r\nContent-Length: 2\r\n\r\nok",
+])
+@pytest.mark.parametrize("eof", [False, True])
+@pytest.mark.parametrize("kind", [bytes, bytearray])
+def test_common_answers_are_read_as_the_full_parser_reads_them(data, eof, kind):
+    # (_parse_response has a cached path for the usual head; _parse_any_response is the parser for all)
+    def outcome(parse):
+        try:
+            return parse(kind(data), eof)
+        except ValueError:
+            return ValueError
+
+    assert outcome(_parse_response) == outcome(_parse_any_response)
