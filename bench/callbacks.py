@@ -206,8 +206,8 @@ def stored_callbacks(client, job_ids: list[str]) -> int:
 
     pipe = client.pipeline(transaction=False)
     for job_id in job_ids:
-        pipe.llen(keys.job_callbacks(job_id))
-    return sum(pipe.execute())
+        pipe.hkeys(keys.job(job_id))
+    return sum(1 for fields in pipe.execute() for f in fields if f.startswith(keys.CALLBACK_FIELD))
 
 
 def main() -> int:

@@ -227,22 +227,23 @@ local completed = {}
 for i = 10, #ARGV, 3 do
   local id, outcome, doc = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local jk = prefix .. ':job:' .. id
-  local cur = redis.call('HGET', jk, 'state')
-  if cur == 'running' or cur == 'retrying' then
+  local cur = redis.call('HMGET', jk, 'state', 'callbacks_done')
+  if cur[1] == 'running' or cur[1] == 'retrying' then
     -- The member's own story: its request was tried as often as its batch was.
-    redis.call('HSET', jk, 'attempts', ARGV[8], 'throttles', ARGV[9])
     if outcome == 'f' then
-      redis.call('HSET', jk, 'state', 'failed', 'error', doc, 'request', ARGV[7], 'updated_at', ARGV[2])
+      redis.call('HSET', jk, 'state', 'failed', 'error', doc, 'request', ARGV[7], 'updated_at', ARGV[2],
+                 'attempts', ARGV[8], 'throttles', ARGV[9])
     else
-      redis.call('HSET', jk, 'state', 'submitted', 'result', doc, 'error', '', 'request', ARGV[7],
-                 'updated_at', ARGV[2], 'submitted_at', ARGV[3])
-      local done = tonumber(redis.call('HGET', jk, 'callbacks_done') or '0')
-      if done >= 1 then
-        redis.call('HSET', jk, 'state', 'completed')
+      -- Its callback may have come first: then it is complete now.
+      local state = 'submitted'
+      if tonumber(cur[2] or '0') >= 1 then
+        state = 'completed'
         table.insert(completed, id)
       else
         redis.call('ZADD', KEYS[1], ARGV[4], id)
       end
+      redis.call('HSET', jk, 'state', state, 'result', doc, 'error', '', 'request', ARGV[7],
+                 'updated_at', ARGV[2], 'submitted_at', ARGV[3], 'attempts', ARGV[8], 'throttles', ARGV[9])
     end
     redis.call('EXPIRE', jk, ttl)
   end

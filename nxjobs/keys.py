@@ -7,10 +7,6 @@ def job(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}"
 
 
-def job_callbacks(job_id: str) -> str:
-    return f"{PREFIX}:job:{job_id}:callbacks"
-
-
 def agent_token(appkey: str) -> str:
     return f"{PREFIX}:agent:token:{appkey}"
 
@@ -42,14 +38,11 @@ def rate_log(limit_name: str) -> str:
 
 # ---- callbacks (nxjobs.callbacks) --------------------------------------------
 
-def job_callback_seen(job_id: str) -> str:
-    """Set of dedupe keys of the callbacks already recorded for a job (NXCloud retries for an hour)."""
-    return f"{PREFIX}:job:{job_id}:cbseen"
-
-
-def job_callback_units(job_id: str) -> str:
-    """Set of completion units received (one per number checked, "cdr", "task-finished")."""
-    return f"{PREFIX}:job:{job_id}:cbunits"
+# A job's callbacks live in its own hash (one key per job, one TTL), as fields:
+# CALLBACK_FIELD + dedupe key -> the callback entry (JSON); UNIT_FIELD + unit -> "1" (a completion
+# unit counted). Record fields never contain ":".
+CALLBACK_FIELD = "cb:"
+UNIT_FIELD = "cu:"
 
 
 def callback_index(id_kind: str, value: str) -> str:

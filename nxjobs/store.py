@@ -1,4 +1,4 @@
-"""Job records in Redis: one hash per job plus a list of its callbacks.
+"""Job records in Redis: one hash per job, its callbacks included (nxjobs.keys.CALLBACK_FIELD).
 
 State changes go through a Lua script so the check "may this state follow
 the current one?" and the write happen atomically in a single round trip; the
@@ -162,8 +162,7 @@ class RecordStore:
         return JobRecord.model_validate({**fields, "state": JobState.QUEUED})
 
     def delete(self, job_id: str) -> None:
-        self.redis.delete(keys.job(job_id), keys.job_callbacks(job_id), keys.job_callback_seen(job_id),
-                          keys.job_callback_units(job_id), keys.job_payload(job_id))
+        self.redis.delete(keys.job(job_id), keys.job_payload(job_id))
 
     def transition(self, job_id: str, state: JobState, *, incr: Iterable[str] = (), **fields: Any) -> Transition:
         """Move `job_id` to `state`, bump the `incr` counters and set `fields`, if the
@@ -212,29 +211,25 @@ class RecordStore:
         return json.loads(raw) if raw else {}
 
     def get(self, job_id: str) -> JobRecord | None:
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.hgetall(keys.job(job_id))
-        pipe.lrange(keys.job_callbacks(job_id), 0, -1)
-        raw, callbacks = pipe.execute()
-        if not raw:
-            return None
-        return _decode(raw, callbacks)
+        raw = self.redis.hgetall(keys.job(job_id))
+        return _decode(raw) if raw else None
 
     def get_many(self, job_ids: Iterable[str]) -> dict[str, JobRecord | None]:
         ids = list(job_ids)
         pipe = self.redis.pipeline(transaction=False)
         for job_id in ids:
             pipe.hgetall(keys.job(job_id))
-            pipe.lrange(keys.job_callbacks(job_id), 0, -1)
-        replies = pipe.execute()
-        return {
-            job_id: (_decode(replies[2 * i], replies[2 * i + 1]) if replies[2 * i] else None)
-            for i, job_id in enumerate(ids)
-        }
+        return {job_id: (_decode(raw) if raw else None) for job_id, raw in zip(ids, pipe.execute())}
 
 
-def _decode(raw: dict[str, str], callbacks: list[str]) -> JobRecord:
-    data: dict[str, Any] = dict(raw)
+def _decode(raw: dict[str, str]) -> JobRecord:
+    data: dict[str, Any] = {}
+    callbacks = []
+    for name, value in raw.items():
+        if name.startswith(keys.CALLBACK_FIELD):
+            callbacks.append(json.loads(value))
+        elif not name.startswith(keys.UNIT_FIELD):
+            data[name] = value
     for name in _JSON_FIELDS:
         value = data.get(name)
         data[name] = json.loads(value) if value else None
@@ -242,5 +237,6 @@ def _decode(raw: dict[str, str], callbacks: list[str]) -> JobRecord:
     data["request"] = data["request"] or []
     for counter in _COUNTERS:
         data[counter] = int(data.get(counter, 0))
-    data["callbacks"] = [json.loads(c) for c in callbacks]
+    # Oldest first; callbacks stored within the same millisecond keep no order among them.
+    data["callbacks"] = sorted(callbacks, key=lambda c: c.get("received_at") or "")
     return JobRecord.model_validate(data)

@@ -2,8 +2,9 @@
 unmatched ones, and the waiting sets reconciliation works from.
 
 One Lua script per callback finds the job (correlation index keys, then a
-direct id), drops a repeat (per-job set of dedupe keys), appends the entry to
-the job's callbacks list, counts completion units and, when the last one
+direct id), drops a repeat, stores the entry in the job's own hash (field
+`cb:<dedupe key>`, nxjobs.keys.CALLBACK_FIELD: one key per job, so one TTL and
+no key to create per callback), counts completion units and, when the last one
 arrived and the job is submitted, completes it and takes it off the waiting
 set. A callback whose job is not submitted yet is kept and counted; the submit
 step (nxjobs.store, _SUBMIT_LUA) completes the job if nothing is left to wait for.
@@ -17,8 +18,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic_core import to_json
 
@@ -30,7 +30,8 @@ from nxjobs.records import utc_now_iso
 # KEYS[1] unmatched list, KEYS[2] waiting zset of the job kind's family,
 #   KEYS[3] the ambiguous-call reconcile zset, KEYS[4..] correlation index keys.
 # ARGV[1] key prefix, [2] direct job id or '', [3] job kind expected, [4] dedupe key,
-#   [5] completion unit or '', [6] entry JSON (an object), [7] the correlating ids (JSON), [8] now ISO,
+#   [5] completion unit or '' (equal to [4]: each distinct callback is one), [6] entry JSON (an object),
+#   [7] the correlating ids (JSON), [8] now ISO,
 #   [9] unmatched max, [10] result JSON for a call job failed as ambiguous that this proves, or '',
 #   [11] a second job kind it may belong to (found by an index key) or '', [12] its completion unit there or ''.
 # Returns {status, job id, state[, submitted_at, job kind]}: 1 recorded, 2 duplicate (nothing written),
@@ -43,7 +44,11 @@ for i = 4, #KEYS do
 end
 if not job_id and ARGV[2] ~= '' then job_id = ARGV[2] end
 local jk = job_id and (ARGV[1] .. ':job:' .. job_id)
-local kind = jk and redis.call('HGET', jk, 'kind')
+local kind, state, done, need = false, false, 0, -1
+if jk then
+  local h = redis.call('HMGET', jk, 'kind', 'state', 'callbacks_done', 'callbacks_needed')
+  kind, state, done, need = h[1], h[2], tonumber(h[3] or '0'), tonumber(h[4] or '-1')
+end
 local unit = ARGV[5]
 if kind and ARGV[11] and ARGV[11] ~= '' and kind == ARGV[11] then
   unit = ARGV[12] or ''
@@ -53,55 +58,50 @@ elseif kind ~= ARGV[3] then
   redis.call('LTRIM', KEYS[1], 0, tonumber(ARGV[9]) - 1)
   return {0, '', ''}
 end
-local seen = jk .. ':cbseen'
-if redis.call('SADD', seen, ARGV[4]) == 0 then
-  return {2, job_id, redis.call('HGET', jk, 'state')}
+-- Stored in the job's own hash, keyed by its dedupe key: a repeat writes nothing.
+if redis.call('HSETNX', jk, 'cb:' .. ARGV[4], ARGV[6]) == 0 then
+  return {2, job_id, state}
 end
-local ttl = redis.call('TTL', jk)
-local list = jk .. ':callbacks'
-redis.call('RPUSH', list, ARGV[6])
-local done = tonumber(redis.call('HGET', jk, 'callbacks_done') or '0')
-local side = {seen, list}
-if unit ~= '' then
-  local units = jk .. ':cbunits'
-  done = done + redis.call('SADD', units, unit)
-  side[3] = units
+if unit == ARGV[4] then
+  -- Each distinct callback is a unit (a Number Check DR): the line above has just counted it.
+  done = done + 1
+elseif unit ~= '' then
+  done = done + redis.call('HSETNX', jk, 'cu:' .. unit, '1')
 end
-if ttl > 0 then
-  for _, k in ipairs(side) do redis.call('EXPIRE', k, ttl) end
-end
-local state = redis.call('HGET', jk, 'state')
-local need = tonumber(redis.call('HGET', jk, 'callbacks_needed') or '-1')
-redis.call('HSET', jk, 'callbacks_done', done, 'updated_at', ARGV[8])
+local completes = false
 if need >= 0 and done >= need then
   if state == 'submitted' then
-    state = 'completed'
-  elseif state == 'failed' and ARGV[10] ~= '' and (
-         string.find(redis.call('HGET', jk, 'error') or '', '"code":"ambiguous"', 1, true) or
-         string.find(redis.call('HGET', jk, 'error') or '', '"code":"call_not_found"', 1, true)) then
-    -- The makecall whose answer was lost did reach the provider: this CDR proves it.
-    state = 'completed'
-    redis.call('HSET', jk, 'error', '', 'result', ARGV[10])
-    redis.call('ZREM', KEYS[3], job_id)
-  end
-  if state == 'completed' then
-    redis.call('HSET', jk, 'state', 'completed')
-    redis.call('ZREM', KEYS[2], job_id)
-    -- Completed by this callback: hand back when it was submitted, once per job, so the caller
-    -- can time it (nxjobs.metrics) without another round trip.
-    if redis.call('HSETNX', jk, 'completion_observed', '1') == 1 then
-      return {1, job_id, state, redis.call('HGET', jk, 'submitted_at') or '', kind}
+    completes = true
+  elseif state == 'failed' and ARGV[10] ~= '' then
+    local err = redis.call('HGET', jk, 'error') or ''
+    if string.find(err, '"code":"ambiguous"', 1, true) or string.find(err, '"code":"call_not_found"', 1, true) then
+      -- The makecall whose answer was lost did reach the provider: this CDR proves it.
+      completes = true
+      redis.call('HSET', jk, 'error', '', 'result', ARGV[10])
+      redis.call('ZREM', KEYS[3], job_id)
     end
   end
 end
-return {1, job_id, state, '', kind}
+if not completes then
+  redis.call('HSET', jk, 'callbacks_done', done, 'updated_at', ARGV[8])
+  return {1, job_id, state, '', kind}
+end
+redis.call('HSET', jk, 'callbacks_done', done, 'updated_at', ARGV[8], 'state', 'completed')
+redis.call('ZREM', KEYS[2], job_id)
+-- Completed by this callback: hand back when it was submitted, once per job, so the caller
+-- can time it (nxjobs.metrics) without another round trip.
+if redis.call('HSETNX', jk, 'completion_observed', '1') == 1 then
+  return {1, job_id, 'completed', redis.call('HGET', jk, 'submitted_at') or '', kind}
+end
+return {1, job_id, 'completed', '', kind}
 """
 
 RECORDED, DUPLICATE, UNMATCHED = 1, 2, 0
+_OUTCOMES = {RECORDED: "recorded", DUPLICATE: "duplicate", UNMATCHED: "unmatched"}
 
 
-@dataclass(frozen=True)
-class Applied:
+class Applied(NamedTuple):
+    # A NamedTuple rather than a frozen dataclass: one is built per callback, 3-4x faster.
     status: int  # RECORDED, DUPLICATE or UNMATCHED
     job_id: str
     state: str
@@ -112,7 +112,7 @@ class Applied:
 
     @property
     def outcome(self) -> str:
-        return {RECORDED: "recorded", DUPLICATE: "duplicate", UNMATCHED: "unmatched"}[self.status]
+        return _OUTCOMES[self.status]
 
 
 def family_of(job_kind: str) -> str:

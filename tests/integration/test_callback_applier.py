@@ -70,7 +70,7 @@ def test_concurrent_callbacks_share_a_call_and_each_is_recorded(db_url):
     out = asyncio.run(apply_all(db_url, evs))
     # Then each has its own outcome, and the job completed once every number had its result
     assert [a.outcome for a in out] == ["recorded"] * 30 + ["duplicate"]
-    assert sync.llen(keys.job_callbacks(job_id)) == 30
+    assert len(store.get(job_id).callbacks) == 30
     assert store.get(job_id).state == JobState.COMPLETED
 
 

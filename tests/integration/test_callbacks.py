@@ -166,8 +166,7 @@ def test_unmatched_callback_is_kept_and_listed_for_operators(cb_producer, receiv
 # ---- authenticity: 4xx and nothing stored --------------------------------------------------------
 
 def _snapshot(redis_client, job_id: str) -> dict:
-    names = [keys.job(job_id), keys.job_callbacks(job_id), keys.job_callback_seen(job_id),
-             keys.job_callback_units(job_id), keys.CALLBACKS_UNMATCHED]
+    names = [keys.job(job_id), keys.CALLBACKS_UNMATCHED]
     # Every key of ours but the metrics, which a receiver or worker may be writing for earlier jobs.
     ours = sorted(k for k in redis_client.scan_iter(match=f"{keys.PREFIX}:*", count=1000)
                   if not k.startswith(f"{keys.PREFIX}:metrics:".encode()))

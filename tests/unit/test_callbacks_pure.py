@@ -88,7 +88,7 @@ def test_number_check_dr_event_correlates_by_member_then_request_id_then_batch_n
     # then batchNo, and count one unit each
     assert current.index_keys == (keys.callback_index("nc-num", "B1:8613800138000"),
                                   keys.callback_index("nc-req", "abc"), keys.callback_index("nc-batch", "B1"))
-    assert (current.dedupe, current.unit, current.job_kind) == ("nc:abc-000002", "abc-000002", "number-check")
+    assert (current.dedupe, current.unit, current.job_kind) == ("nc:abc-000002", "nc:abc-000002", "number-check")
     assert legacy.index_keys[0] == keys.callback_index("nc-req", "abc")
     # and the stored data is masked
     assert current.data["phone"] == "861******8000"
