@@ -202,12 +202,10 @@ def pct(values: list[float], p: float) -> float:
 
 
 def stored_callbacks(client, job_ids: list[str]) -> int:
-    from nxjobs import keys
+    from nxjobs.store import RecordStore
 
-    pipe = client.pipeline(transaction=False)
-    for job_id in job_ids:
-        pipe.hkeys(keys.job(job_id))
-    return sum(1 for fields in pipe.execute() for f in fields if f.startswith(keys.CALLBACK_FIELD))
+    records = RecordStore(client).get_many(job_ids).values()
+    return sum(len(record.callbacks) for record in records if record is not None)
 
 
 def main() -> int:

@@ -154,10 +154,10 @@ def number_check_base_id(number_id: str) -> str:
     return _PER_NUMBER_SUFFIX.sub("", number_id)
 
 
-def to_event(kind: str, model: _Payload, payload: dict[str, Any] | None = None) -> Event:
-    """The Event for a validated payload of callback type `kind`; `payload` is what `model` was
-    validated from (stored, redacted, as it came), else the model's own fields are stored."""
-    data = redact(payload if payload is not None else model.model_dump(mode="json", exclude_none=True))
+def to_event(kind: str, model: _Payload, payload: dict[str, Any]) -> Event:
+    """The Event for callback type `kind`: `model` routes it, `payload` (what `model` was validated
+    from) is stored as it came, redacted."""
+    data = redact(payload)
     if isinstance(model, NumberCheckResult):
         nid = model.number_id
         index = [keys.callback_index("nc-req", number_check_base_id(nid))]
