@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, NamedTuple
 
 from pydantic import BaseModel, Field
 
@@ -192,13 +192,16 @@ for _, entry in ipairs(entries) do
   local jk = prefix .. ':job:' .. id
   if seen[key] then
     table.insert(again, entry)
-  elseif redis.call('HGET', jk, 'state') == 'queued' then
-    seen[key] = true
-    table.insert(members, {id, key})
-    if item then items[id] = item; has_items = true end
-    redis.call('HSET', jk, 'state', 'running', 'updated_at', ARGV[5], 'coalesce_batch', ARGV[1])
-    redis.call('HINCRBY', jk, 'attempts', 1)
-    if ARGV[8] ~= '' then redis.call('SET', ARGV[8] .. ARGV[3] .. ':' .. key, id, 'EX', ttl) end
+  else
+    local cur = redis.call('HMGET', jk, 'state', 'attempts')
+    if cur[1] == 'queued' then
+      seen[key] = true
+      table.insert(members, {id, key})
+      if item then items[id] = item; has_items = true end
+      redis.call('HSET', jk, 'state', 'running', 'updated_at', ARGV[5], 'coalesce_batch', ARGV[1],
+                 'attempts', (tonumber(cur[2]) or 0) + 1)
+      if ARGV[8] ~= '' then redis.call('SET', ARGV[8] .. ARGV[3] .. ':' .. key, id, 'EX', ttl) end
+    end
   end
 end
 for i = #again, 1, -1 do redis.call('LPUSH', KEYS[2], again[i]) end
@@ -218,35 +221,43 @@ return {2, encoded, left, encoded_items}
 # KEYS[1] waiting zset (the kind's family), KEYS[2] batch hash, KEYS[3] open batches zset.
 # ARGV[1] key prefix, [2] now ISO, [3] now unix s, [4] callbacks due-at unix s, [5] ttl s, [6] batch id,
 # [7] request JSON (shared), [8] the batch's attempts, [9] its throttles,
-# then per member: id, 's' (submitted) or 'f' (failed), result or error JSON.
+# [10] the result JSON most members share, [11] JSON list of the ids of the members submitted with it
+# (a number check's whole batch in two arguments, not three per member),
+# then per other member: id, 's' (submitted) or 'f' (failed), its own result or error JSON.
 # A member no longer running (e.g. failed by an operator) is left as it is. The batch is marked done.
 # Returns the ids of members completed at once (their callback came first).
 _FAN_OUT_LUA = """
 local prefix, ttl = ARGV[1], tonumber(ARGV[5])
 local completed = {}
-for i = 10, #ARGV, 3 do
-  local id, outcome, doc = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+local waiting = {}
+local function record(id, outcome, doc)
   local jk = prefix .. ':job:' .. id
   local cur = redis.call('HMGET', jk, 'state', 'callbacks_done')
-  if cur[1] == 'running' or cur[1] == 'retrying' then
-    -- The member's own story: its request was tried as often as its batch was.
-    if outcome == 'f' then
-      redis.call('HSET', jk, 'state', 'failed', 'error', doc, 'request', ARGV[7], 'updated_at', ARGV[2],
-                 'attempts', ARGV[8], 'throttles', ARGV[9])
+  if cur[1] ~= 'running' and cur[1] ~= 'retrying' then return end
+  -- The member's own story: its request was tried as often as its batch was.
+  if outcome == 'f' then
+    redis.call('HSET', jk, 'state', 'failed', 'error', doc, 'request', ARGV[7], 'updated_at', ARGV[2],
+               'attempts', ARGV[8], 'throttles', ARGV[9])
+  else
+    -- Its callback may have come first: then it is complete now.
+    local state = 'submitted'
+    if tonumber(cur[2] or '0') >= 1 then
+      state = 'completed'
+      table.insert(completed, id)
     else
-      -- Its callback may have come first: then it is complete now.
-      local state = 'submitted'
-      if tonumber(cur[2] or '0') >= 1 then
-        state = 'completed'
-        table.insert(completed, id)
-      else
-        redis.call('ZADD', KEYS[1], ARGV[4], id)
-      end
-      redis.call('HSET', jk, 'state', state, 'result', doc, 'error', '', 'request', ARGV[7],
-                 'updated_at', ARGV[2], 'submitted_at', ARGV[3], 'attempts', ARGV[8], 'throttles', ARGV[9])
+      table.insert(waiting, ARGV[4])
+      table.insert(waiting, id)
     end
-    redis.call('EXPIRE', jk, ttl)
+    redis.call('HSET', jk, 'state', state, 'result', doc, 'error', '', 'request', ARGV[7],
+               'updated_at', ARGV[2], 'submitted_at', ARGV[3], 'attempts', ARGV[8], 'throttles', ARGV[9])
   end
+  redis.call('EXPIRE', jk, ttl)
+end
+for _, id in ipairs(cjson.decode(ARGV[11])) do record(id, 's', ARGV[10]) end
+for i = 12, #ARGV, 3 do record(ARGV[i], ARGV[i + 1], ARGV[i + 2]) end
+-- One ZADD per 1 000 members rather than one per member (unpack is bounded by Lua's C stack).
+for i = 1, #waiting, 2000 do
+  redis.call('ZADD', KEYS[1], unpack(waiting, i, math.min(i + 1999, #waiting)))
 end
 -- Kept (without its members) as proof it was sent: a late duplicate of its flush stops here.
 redis.call('HDEL', KEYS[2], 'members', 'items')
@@ -271,8 +282,8 @@ class Flushes:
     linger: bool  # a flush to send after the linger
 
 
-@dataclass(frozen=True)
-class MemberOutcome:
+class MemberOutcome(NamedTuple):
+    # A NamedTuple: one per member, thousands per batch, where a frozen dataclass costs 3-4x to build.
     job_id: str
     failed: bool
     document: dict[str, Any]  # the member's result, or its error
@@ -354,10 +365,15 @@ class CoalesceQueue:
         """Record each member's outcome and mark the batch done; return members completed at once.
         Members still waiting for their callback join `family`'s waiting set, due at `due_at_s`."""
         attempts, throttles = self.redis.hmget(keys.coalesce_batch(batch_id), "attempts", "throttles")
+        # Members of one answer share one result object (their share of it): sent once, with their ids.
+        shared = next((o.document for o in outcomes if not o.failed), None)
+        sharing = [o.job_id for o in outcomes if not o.failed and o.document is shared]
         args: list[Any] = [keys.PREFIX, now_iso, f"{now_s:.3f}", f"{due_at_s:.3f}", self.ttl_s, batch_id,
-                           _json(request), int(attempts or 1), int(throttles or 0)]
+                           _json(request), int(attempts or 1), int(throttles or 0),
+                           _json(shared) if shared is not None else "", _json(sharing)]
         for o in outcomes:
-            args += [o.job_id, "f" if o.failed else "s", _json(o.document)]
+            if o.failed or o.document is not shared:
+                args += [o.job_id, "f" if o.failed else "s", _json(o.document)]
         return list(self._fan_out(keys=[keys.callbacks_waiting(family), keys.coalesce_batch(batch_id), keys.COALESCE_OPEN],
                                   args=args))
 

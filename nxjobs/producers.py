@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 import uuid
 from typing import Any, Iterable
@@ -129,7 +130,8 @@ class Producer:
         self._check_order_ids(models)
         if batch and models and all(_coalescible(m) for m in models):
             return self._enqueue_coalesced(models)
-        jobs = [(uuid.uuid4().hex, model, model.model_dump(mode="json", exclude_none=True)) for model in models]
+        jobs = [(job_id, model, model.model_dump(mode="json", exclude_none=True))
+                for job_id, model in zip(new_job_ids(len(models)), models)]
         try:
             pipe = self.redis.pipeline(transaction=True)
             for job_id, model, body in jobs:
@@ -159,7 +161,7 @@ class Producer:
 
     def _enqueue_coalesced(self, models: list[NumberCheckPayload | CallbotContactPayload]) -> list[str]:
         """Records plus pending entries (one atomic step per group), then the flush messages due."""
-        job_ids = [uuid.uuid4().hex for _ in models]
+        job_ids = new_job_ids(len(models))
         groups: dict[str, list[tuple[str, ...]]] = {}
         for job_id, model in zip(job_ids, models):
             shown = _compact(redact(model.model_dump(mode="json", exclude_none=True)))
@@ -331,6 +333,18 @@ class Producer:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+_UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
+_UUID4_SET = (0x4000 << 64) | (0x8000 << 48)
+
+
+def new_job_ids(count: int) -> list[str]:
+    """`count` random (version 4) UUIDs as 32 hex digits, from one read of the OS's randomness:
+    `uuid.uuid4()` reads it once per id, a sixth of a coalesced enqueue's CPU."""
+    raw = os.urandom(16 * count)
+    return ["%032x" % (int.from_bytes(raw[i:i + 16], "big") & _UUID4_CLEAR | _UUID4_SET)
+            for i in range(0, 16 * count, 16)]
 
 
 def _coalescible(model: Any) -> bool:

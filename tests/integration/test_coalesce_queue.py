@@ -83,6 +83,25 @@ def test_a_member_whose_callback_came_first_completes_at_fan_out(queue):
     assert queue.redis.zscore(keys.callbacks_waiting("api2"), jobs[1][0]) == 600.0
 
 
+def test_fan_out_sends_a_shared_result_once_and_still_gives_each_member_its_own_story(queue):
+    # Given a batch of four: two share one result object, one has its own, one was rejected
+    jobs = _jobs(["6590000001", "6590000002", "6590000003", "6590000004"])
+    queue.enqueue("nc1", jobs, NOW)
+    taken = queue.take("nc1", "batch-1", 1.0, NOW)
+    (a, _), (b, _), (c, _), (d, _) = taken.members
+    shared = {"requestId": "r-shared", "numbers": 1}
+    outcomes = [coalesce.MemberOutcome(a, False, shared), coalesce.MemberOutcome(b, True, {"code": "number_rejected"}),
+                coalesce.MemberOutcome(c, False, shared), coalesce.MemberOutcome(d, False, {"requestId": "r-own"})]
+    assert queue.fan_out("batch-1", [{"endpoint": "x"}], outcomes, now_s=3.0, now_iso=NOW, due_at_s=600.0) == []
+    stored = {job_id: queue.redis.hmget(keys.job(job_id), "state", "result", "error") for job_id in (a, b, c, d)}
+    assert stored[a] == stored[c] == ["submitted", json.dumps(shared, separators=(",", ":")), ""]
+    assert stored[d][:2] == ["submitted", '{"requestId":"r-own"}']
+    assert stored[b][0] == "failed" and json.loads(stored[b][2]) == {"code": "number_rejected"}
+    # Only the submitted ones wait for a callback (one ZADD for all of them)
+    waiting = queue.redis.zrange(keys.callbacks_waiting("api2"), 0, -1, withscores=True)
+    assert sorted(waiting) == sorted([(a, 600.0), (c, 600.0), (d, 600.0)])
+
+
 def test_the_sweep_rearms_a_group_whose_flush_was_lost_and_finds_stale_batches(queue):
     queue.enqueue("nc1", _jobs(["6590000001", "6590000002"]), NOW)
     queue.redis.delete(keys.coalesce_armed("nc1"))  # its lingering flush was lost with its producer

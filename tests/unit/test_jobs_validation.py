@@ -67,3 +67,17 @@ def test_every_kind_has_a_distinct_task_name_and_a_known_queue():
     names = [k.task_name for k in KINDS.values()]
     assert len(set(names)) == len(names)
     assert {k.queue for k in KINDS.values()} == {"agent", "callbot", "api2"}
+
+
+def test_new_job_ids_are_distinct_version_4_uuids_in_32_hex_digits():
+    import uuid
+
+    from nxjobs.producers import new_job_ids
+
+    ids = new_job_ids(2000)
+    assert len(set(ids)) == 2000
+    for job_id in ids[:50]:
+        parsed = uuid.UUID(job_id)
+        assert len(job_id) == 32 and parsed.hex == job_id
+        assert (parsed.version, parsed.variant) == (4, uuid.RFC_4122)
+    assert new_job_ids(0) == []
