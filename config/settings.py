@@ -133,12 +133,39 @@ class CallbacksSettings(BaseModel):
     # How often Celery beat runs the reconciliation, and how many jobs one run looks at per family.
     reconcile_interval_s: float = Field(default=30, gt=0)
     reconcile_batch: int = Field(default=50, ge=1)
-    # Callbacks that match no job are kept for operators, newest first, at most this many.
+    # Callbacks that match no job are kept for operators, newest first, at most this many,
+    # and at most this many bytes in all (each entry's body is cut to unmatched_body_bytes).
     unmatched_max: int = Field(default=10_000, ge=1)
+    unmatched_max_bytes: int = Field(default=8 * 1024 * 1024, ge=4096)
+    unmatched_body_bytes: int = Field(default=2048, ge=64, le=65536)
+    # The receiver's HTTP limits against any client (nxjobs/callbacks/http.py). Everything of a
+    # request but its body (request line, headers, chunk framing and extensions, trailers).
+    max_head_bytes: int = Field(default=16 * 1024, ge=1024, le=1024 * 1024)
+    # Open connections per receiver process; at the cap, idle then slow ones are closed first.
+    # Kept below the process's descriptor limit at startup.
+    max_connections: int = Field(default=512, ge=2)
+    # Answers a client has not read, per connection, before its requests stop being read.
+    write_buffer_bytes: int = Field(default=64 * 1024, ge=4096)
+    keep_alive_s: float = Field(default=15.0, gt=0)
+    # A request's head must arrive within head_timeout_s of its first byte, all of it within request_timeout_s.
+    head_timeout_s: float = Field(default=10.0, gt=0)
+    request_timeout_s: float = Field(default=30.0, gt=0)
+    # A connection is closed (after its answer) past this many requests or this age.
+    max_requests_per_connection: int = Field(default=10_000, ge=1)
+    max_connection_age_s: float = Field(default=600.0, gt=0)
 
     @model_validator(mode="after")
     def _token_with_public_url(self) -> "CallbacksSettings":
         token = self.token.get_secret_value() if self.token else ""
+        # Example values the repo has shipped (.env.example, the old compose default) and the usual
+        # stand-ins: a receiver started with one has a callback URL anyone could guess.
+        placeholders = {"change-me-to-a-long-random-token", "sandbox-callbacks-token-not-a-secret",
+                        "changeme", "change-me", "change_me"}
+        folded = token.strip().lower()
+        if token and (folded in placeholders or folded.startswith(("change-me", "changeme", "change_me",
+                                                                   "replace-me", "replaceme"))):
+            raise ValueError("NXJOBS_CALLBACKS__TOKEN is a placeholder from the examples: set a random one "
+                             "(python -c \"import secrets; print(secrets.token_urlsafe(32))\")")
         if token and len(token) < 16:
             raise ValueError("NXJOBS_CALLBACKS__TOKEN must be at least 16 characters (use a random one)")
         if self.public_url and not token:

@@ -4,24 +4,35 @@ One process per deployment. Every scrape reads Redis: the counters and histogram
 the workers and the receiver add to (nxjobs.metrics), plus state that is already
 there — queue lists, Celery's unacked hash, the callbacks waiting sets, the
 rate-limiter keys and the job records. Nothing is kept in this process except the
-cached jobs-by-state scan and when each queue was first seen non-empty.
+cached jobs-by-state scan, when each queue was first seen non-empty, and its own two counters.
 
     GET /metrics   Prometheus text format
     GET /healthz   200 {"ok": true, ...}; 503 when a queue has had messages for longer than
                    NXJOBS_METRICS__STALL_S while no worker finished an attempt from it, or Redis is down
     GET /livez     200 while the process serves (the container health check)
+
+The HTTP server is bounded against slow or idle clients: a fixed pool of handler threads
+(--threads), a short queue of accepted connections waiting for one (--pending; beyond it a
+new connection gets a 503 and is closed at once, never a thread of its own), and a deadline
+for each request (--read-timeout-s: a client that sends nothing, or trickles its request,
+is disconnected once it passes). Scrapes that arrive while one is being computed wait for
+that one's answer instead of reading Redis again, and the job-record SCAN runs once at a
+time (nxjobs_exporter_scans_total counts them).
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
+import queue
+import socket
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import Any, Callable, Generic, TypeVar
 
 import redis
 from prometheus_client import CollectorRegistry, generate_latest
@@ -41,6 +52,65 @@ _PRIORITY_STEPS = (0, 3, 6, 9)
 # Celery's Redis transport: messages delivered to a worker but not acknowledged (running or held for a countdown).
 _UNACKED = "unacked"
 _JOB_PREFIX = f"{keys.PREFIX}:job:"
+
+# HTTP server bounds (see the module docstring); each is a command-line option.
+DEFAULT_THREADS = 8
+DEFAULT_PENDING = 16
+DEFAULT_READ_TIMEOUT_S = 5.0
+# Sending an answer: a client that does not read it for this long is dropped.
+WRITE_TIMEOUT_S = 10.0
+# A scrape waiting for another's answer gives up after this long (Redis calls are bounded
+# well below it by nxjobs.redis_conn's timeouts and retries).
+SHARED_WAIT_S = 60.0
+
+T = TypeVar("T")
+
+
+class SingleFlight(Generic[T]):
+    """Runs fn() for the first caller; callers arriving while it runs wait for that result
+    (or that exception) instead of running fn() again. The next call after it ends runs anew."""
+
+    class _Call:
+        def __init__(self) -> None:
+            self.done = threading.Event()
+            self.result: Any = None
+            self.error: BaseException | None = None
+
+    def __init__(self, wait_s: float = SHARED_WAIT_S) -> None:
+        self.wait_s = wait_s
+        self._lock = threading.Lock()
+        self._call: SingleFlight._Call | None = None
+        # Callers currently waiting for someone else's call (read by tests and nothing else).
+        self.waiting = 0
+
+    def do(self, fn: Callable[[], T]) -> T:
+        with self._lock:
+            call, leader = self._call, self._call is None
+            if leader:
+                call = self._call = self._Call()
+            else:
+                self.waiting += 1
+        assert call is not None
+        if leader:
+            try:
+                call.result = fn()
+            except BaseException as exc:
+                call.error = exc
+            finally:
+                with self._lock:
+                    self._call = None
+                call.done.set()
+        else:
+            try:
+                finished = call.done.wait(self.wait_s)
+            finally:
+                with self._lock:
+                    self.waiting -= 1
+            if not finished:
+                raise TimeoutError(f"shared call still running after {self.wait_s:g}s")
+        if call.error is not None:
+            raise call.error
+        return call.result
 
 
 def queue_keys(queue: str) -> list[str]:
@@ -69,6 +139,12 @@ class Exporter:
         self._jobs: dict[tuple[str, str], int] = {}
         self._jobs_at = float("-inf")
         self._nonempty_since: dict[str, float] = {}
+        # One job-record SCAN at a time, shared by the scrapes that need it meanwhile.
+        self._scan_flight: SingleFlight[dict[tuple[str, str], int]] = SingleFlight()
+        # One /metrics answer at a time, shared by the scrapes that arrive while it is computed.
+        self.metrics_flight: SingleFlight[bytes] = SingleFlight()
+        self.scans = 0  # job-record SCANs started (nxjobs_exporter_scans_total)
+        self.refused = 0  # connections closed unserved, pool busy (nxjobs_exporter_connections_refused_total)
 
     # ---- reads --------------------------------------------------------------
 
@@ -107,10 +183,16 @@ class Exporter:
         return ok, {"ok": ok, "stall_s": self.stall_s, "queues": queues}
 
     def jobs_by_state(self) -> dict[tuple[str, str], int]:
-        """(kind, state) -> number of job records, from a SCAN at most every jobs_scan_interval_s."""
+        """(kind, state) -> number of job records, from a SCAN at most every jobs_scan_interval_s.
+        A caller arriving while a SCAN runs gets that SCAN's counts."""
         with self._lock:
             if self.clock() - self._jobs_at < self.jobs_scan_interval_s:
                 return dict(self._jobs)
+        return dict(self._scan_flight.do(self._scan_jobs))
+
+    def _scan_jobs(self) -> dict[tuple[str, str], int]:
+        with self._lock:
+            self.scans += 1
         counts: dict[tuple[str, str], int] = {(k, s): 0 for k in KINDS for s in
                                               ("queued", "running", "retrying", "submitted", "completed", "failed")}
         batch: list[str] = []
@@ -132,7 +214,7 @@ class Exporter:
             flush()
         with self._lock:
             self._jobs, self._jobs_at = counts, self.clock()
-        return dict(counts)
+        return counts
 
     # ---- the Prometheus collector ---------------------------------------------
 
@@ -243,6 +325,17 @@ class Exporter:
                                 "1 unless a queue has waited NXJOBS_METRICS__STALL_S with no attempt finished",
                                 value=1 if ok else 0)
 
+        with self._lock:
+            scans, refused = self.scans, self.refused
+        yield CounterMetricFamily("nxjobs_exporter_scans", "SCANs of the job records this exporter process ran "
+                                  "(concurrent scrapes share one)", value=scans)
+        yield CounterMetricFamily("nxjobs_exporter_connections_refused",
+                                  "Connections closed unserved because every handler thread was busy", value=refused)
+
+    def count_refused(self) -> None:
+        with self._lock:
+            self.refused += 1
+
     def _rate_limiter(self, now_s: float) -> tuple[dict[str, float], dict[str, float]]:
         """Per credential the workers used: seconds until its next free slot (TAT) and cooldown left."""
         names = sorted(self.redis.smembers(keys.METRICS_CREDENTIALS))
@@ -258,16 +351,176 @@ class Exporter:
         return wait, cooldown
 
 
-def make_server(exporter: Exporter, host: str, port: int) -> ThreadingHTTPServer:
+class _Overlong(TimeoutError):
+    """A request head past MAX_HEAD_BYTES. A TimeoutError so that BaseHTTPRequestHandler
+    discards the connection quietly, as it does for a request that took too long."""
+
+
+# GET requests only: the request line and headers of a scrape fit in far less.
+MAX_HEAD_BYTES = 64 * 1024
+
+
+class _DeadlineReader(io.RawIOBase):
+    """The socket's read side, failing with TimeoutError once the handler's deadline passes:
+    each recv waits at most the time left, so a client trickling bytes cannot extend it."""
+
+    def __init__(self, sock: socket.socket, handler: "_Handler") -> None:
+        self._sock = sock
+        self._handler = handler
+        self._read = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        left = self._handler.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("request not received in time")
+        if self._read >= MAX_HEAD_BYTES:
+            raise _Overlong(f"request head over {MAX_HEAD_BYTES} bytes")
+        self._sock.settimeout(left)
+        with memoryview(buffer) as view:
+            n = self._sock.recv_into(view[:MAX_HEAD_BYTES - self._read])
+        self._read += n
+        return n
+
+
+class _TimedWriter(io.BufferedIOBase):
+    """The socket's write side: every write completes within WRITE_TIMEOUT_S or fails."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        self._sock.settimeout(WRITE_TIMEOUT_S)
+        self._sock.sendall(data)
+        with memoryview(data) as view:
+            return view.nbytes
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """HTTP/1.0: one request per connection, read within read_timeout_s of the handler taking it."""
+
+    server_version = "nxjobs-exporter"
+    read_timeout_s = DEFAULT_READ_TIMEOUT_S
+    deadline = 0.0
+
+    def setup(self) -> None:
+        # StreamRequestHandler.setup, with the bounded reader and writer instead of makefile().
+        self.connection = self.request
+        self.rfile = io.BufferedReader(_DeadlineReader(self.connection, self))
+        self.wfile = _TimedWriter(self.connection)
+
+    def handle_one_request(self) -> None:
+        self.deadline = time.monotonic() + self.read_timeout_s
+        super().handle_one_request()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+_BUSY = (b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n"
+         b"Connection: close\r\n\r\nbusy\n")
+
+
+class BoundedHTTPServer(HTTPServer):
+    """An HTTPServer whose connections are served by a fixed pool of `threads` threads.
+
+    Accepted connections wait in a queue of at most `pending` for a free thread; one that
+    finds the queue full gets a 503 (best effort, never blocking) and is closed at once.
+    """
+
+    request_queue_size = 128  # the kernel's listen backlog: bursts are accepted, then sorted out here
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], *,
+                 threads: int = DEFAULT_THREADS, pending: int = DEFAULT_PENDING,
+                 on_refused: Callable[[], None] | None = None) -> None:
+        if threads < 1 or pending < 0:
+            raise ValueError("threads must be >= 1 and pending >= 0")
+        super().__init__(address, handler)
+        # Never more than threads + pending entries: process_request counts them in _busy.
+        self._queue: queue.Queue = queue.Queue()
+        self._pending = pending
+        self._busy = 0  # connections handed over and not yet closed (queued or being served)
+        self._busy_lock = threading.Lock()
+        self._threads_n = threads
+        self._on_refused = on_refused
+        self._pool = [threading.Thread(target=self._serve_queue, name=f"exporter-http-{i}", daemon=True)
+                      for i in range(threads)]
+        for thread in self._pool:
+            thread.start()
+
+    def process_request(self, request, client_address) -> None:
+        # Called by serve_forever's thread for each accepted connection: hand it over, never block.
+        with self._busy_lock:
+            room = self._busy < self._threads_n + self._pending
+            if room:
+                self._busy += 1
+                self._queue.put_nowait((request, client_address))
+        if not room:
+            self._refuse(request)
+
+    def _refuse(self, request: socket.socket) -> None:
+        if self._on_refused is not None:
+            self._on_refused()
+        try:
+            request.setblocking(False)
+            request.send(_BUSY)
+        except OSError:
+            pass
+        self.shutdown_request(request)
+
+    def _serve_queue(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            request, client_address = item
+            try:
+                self.finish_request(request, client_address)
+            except Exception:
+                self.handle_error(request, client_address)
+            finally:
+                self.shutdown_request(request)
+                with self._busy_lock:
+                    self._busy -= 1
+
+    def handle_error(self, request, client_address) -> None:
+        exc = sys.exc_info()[1]
+        peer = client_address[0] if client_address else "?"
+        if isinstance(exc, OSError):  # the client went away or stopped reading: nothing to fix here
+            log.debug("exporter: connection from %s ended: %r", peer, exc)
+        else:
+            log.warning("exporter: error serving %s", peer, exc_info=True)
+
+    def server_close(self) -> None:
+        super().server_close()
+        # Connections still queued are closed unserved; each pool thread then gets its stop mark.
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                self.shutdown_request(item[0])
+        for _ in self._pool:
+            self._queue.put(None)
+        # Wait a bounded time for threads still serving; they are daemons, so none holds the process.
+        deadline = time.monotonic() + WRITE_TIMEOUT_S + DEFAULT_READ_TIMEOUT_S
+        for thread in self._pool:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+
+
+def make_server(exporter: Exporter, host: str, port: int, *, threads: int = DEFAULT_THREADS,
+                pending: int = DEFAULT_PENDING,
+                read_timeout_s: float = DEFAULT_READ_TIMEOUT_S) -> BoundedHTTPServer:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(exporter)
 
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "nxjobs-exporter"
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
+    class Handler(_Handler):
         def _send(self, status: int, body: bytes, content_type: str) -> None:
             self.send_response(status)
             self.send_header("Content-Type", content_type)
@@ -279,7 +532,7 @@ def make_server(exporter: Exporter, host: str, port: int) -> ThreadingHTTPServer
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
                 try:
-                    body = generate_latest(registry)
+                    body = exporter.metrics_flight.do(lambda: generate_latest(registry))
                 except (redis.RedisError, OSError) as exc:
                     self._send(503, f"redis unreachable: {type(exc).__name__}\n".encode(), "text/plain")
                     return
@@ -292,7 +545,9 @@ def make_server(exporter: Exporter, host: str, port: int) -> ThreadingHTTPServer
             else:
                 self._send(404, b"not found\n", "text/plain")
 
-    return ThreadingHTTPServer((host, port), Handler)
+    Handler.read_timeout_s = read_timeout_s
+    return BoundedHTTPServer((host, port), Handler, threads=threads, pending=pending,
+                             on_refused=exporter.count_refused)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -300,7 +555,14 @@ def main(argv: list[str] | None = None) -> int:
                                 description="Serve nxjobs metrics (/metrics) and the stall health check (/healthz).")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help="0 = pick a free port")
+    p.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="HTTP handler threads (fixed pool)")
+    p.add_argument("--pending", type=int, default=DEFAULT_PENDING,
+                   help="accepted connections that may wait for a handler thread; beyond: 503 and closed")
+    p.add_argument("--read-timeout-s", type=float, default=DEFAULT_READ_TIMEOUT_S,
+                   help="a request must arrive within this long of its connection being taken up")
     args = p.parse_args(argv)
+    if args.threads < 1 or args.pending < 0 or args.read_timeout_s <= 0:
+        p.error("--threads must be >= 1, --pending >= 0 and --read-timeout-s > 0")
 
     from config.settings import load_settings
     from workers.logs import setup_logging
@@ -309,13 +571,16 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(settings.log_format)
     exporter = Exporter(connect(settings.redis_url), stall_s=settings.metrics.stall_s,
                         jobs_scan_interval_s=settings.metrics.jobs_scan_interval_s)
-    server = make_server(exporter, args.host, args.port)
+    server = make_server(exporter, args.host, args.port, threads=args.threads, pending=args.pending,
+                         read_timeout_s=args.read_timeout_s)
     host, port = server.server_address[:2]
     print(f"exporter listening on http://{host}:{port}", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         pass
+    finally:
+        server.server_close()
     return 0
 
 
