@@ -90,8 +90,9 @@ def cmd_unmatched(rest: list[str]) -> int:
     url = ProducerSettings().redis_url
     try:
         client = connect(url)
-        rows = Ledger(client).unmatched(args.limit)
-        total = client.llen(keys.CALLBACKS_UNMATCHED)
+        ledger = Ledger(client)
+        rows = ledger.unmatched(args.limit)
+        total = ledger.unmatched_count()
     except redis.RedisError as exc:
         return _error(f"cannot reach Redis at {describe(url)}: {exc}", EXIT_REDIS)
     if args.json:
@@ -100,7 +101,9 @@ def cmd_unmatched(rest: list[str]) -> int:
     print(f"{total} unmatched callback(s); newest {len(rows)}:")
     for row in rows:
         ids = " ".join(f"{k}={v}" for k, v in (row.get("ids") or {}).items() if v is not None)
-        print(f"{row.get('received_at')}  {row.get('type'):<14} {row.get('source'):<9} {ids}")
+        repeats = f"  (x{row['repeats']})" if row.get("repeats", 1) > 1 else ""
+        print(f"{row.get('received_at')}  {row.get('type'):<14} {row.get('source'):<9} {ids}  "
+              f"[{row.get('reason')}]{repeats}")
     return EXIT_OK
 
 

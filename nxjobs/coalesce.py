@@ -49,6 +49,7 @@ from typing import Any, Callable, Iterable, NamedTuple
 from pydantic import BaseModel, Field
 
 from nxjobs import keys
+from nxjobs.callbacks import correlate
 from nxjobs.jobs import CALLBOT_CHUNK_SIZE, NUMBER_CHECK_MAX_PHONES, PRIORITY_NEW, QUEUE_API2, QUEUE_CALLBOT
 
 FLUSH_TASK = "nxjobs.number_check_batch"
@@ -139,19 +140,21 @@ def member_index_key(batch_no: str, phone: str) -> str:
 
 # The producer half. KEYS[1] pending list, KEYS[2] flush-armed flag.
 # ARGV[1] key prefix, [2] record ttl s, [3] max items, [4] armed ttl ms, [5] now ISO, [6] group,
-# [7] job kind, [8] index key prefix set now (+ key) or '',
-# then per job: id, key (phone, orderID), item JSON or '', redacted input JSON.
+# [7] job kind, [8] index key prefix set now (+ key) or '', [9] callback entries a member may store,
+# then per job: id, key (phone, orderID), item JSON or '', redacted input JSON, and the record field
+# and value a callback's ids are proved against (nxjobs.callbacks.correlate.member_proof).
 # Returns {flushes due now (a push filled a batch), 1 if a lingering flush must be sent}.
 _ENQUEUE_LUA = """
 local prefix, ttl, max = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local full = 0
 local len = 0
-for i = 9, #ARGV, 4 do
+for i = 10, #ARGV, 6 do
   local id, key, item = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local jk = prefix .. ':job:' .. id
   redis.call('HSET', jk, 'id', id, 'kind', ARGV[7], 'state', 'queued', 'attempts', 0,
              'created_at', ARGV[5], 'updated_at', ARGV[5], 'input', ARGV[i + 3], 'request', '[]',
-             'result', '', 'error', '', 'callbacks_needed', 1, 'coalesce_group', ARGV[6])
+             'result', '', 'error', '', 'callbacks_needed', 1, 'coalesce_group', ARGV[6],
+             'callbacks_max', ARGV[9], ARGV[i + 4], ARGV[i + 5])
   redis.call('EXPIRE', jk, ttl)
   if ARGV[8] ~= '' then redis.call('SET', ARGV[8] .. key, id, 'EX', ttl) end
   local entry = id .. '|' .. key
@@ -200,7 +203,11 @@ for _, entry in ipairs(entries) do
       if item then items[id] = item; has_items = true end
       redis.call('HSET', jk, 'state', 'running', 'updated_at', ARGV[5], 'coalesce_batch', ARGV[1],
                  'attempts', (tonumber(cur[2]) or 0) + 1)
-      if ARGV[8] ~= '' then redis.call('SET', ARGV[8] .. ARGV[3] .. ':' .. key, id, 'EX', ttl) end
+      if ARGV[8] ~= '' then
+        redis.call('SET', ARGV[8] .. ARGV[3] .. ':' .. key, id, 'EX', ttl)
+        -- Its callbacks must carry the batch's batchNo (nxjobs.callbacks.ledger).
+        redis.call('HSET', jk, '""" + keys.PROOF_BATCH + """', ARGV[3])
+      end
     end
   end
 end
@@ -222,18 +229,23 @@ return {2, encoded, left, encoded_items}
 # ARGV[1] key prefix, [2] now ISO, [3] now unix s, [4] callbacks due-at unix s, [5] ttl s, [6] batch id,
 # [7] request JSON (shared), [8] the batch's attempts, [9] its throttles,
 # [10] the result JSON most members share, [11] JSON list of the ids of the members submitted with it
-# (a number check's whole batch in two arguments, not three per member),
+# (a number check's whole batch in two arguments, not three per member), [12] the provider id the
+# members' callbacks must prove (the batch's requestId) or '',
 # then per other member: id, 's' (submitted) or 'f' (failed), its own result or error JSON.
 # A member no longer running (e.g. failed by an operator) is left as it is. The batch is marked done.
 # Returns the ids of members completed at once (their callback came first).
-_FAN_OUT_LUA = """
+_FAN_OUT_LUA = correlate.PROVE_EARLY_LUA + """
 local prefix, ttl = ARGV[1], tonumber(ARGV[5])
 local completed = {}
 local waiting = {}
 local function record(id, outcome, doc)
   local jk = prefix .. ':job:' .. id
-  local cur = redis.call('HMGET', jk, 'state', 'callbacks_done')
+  local cur = redis.call('HMGET', jk, 'state', 'callbacks_done', '""" + keys.PROOF_SEEN + """')
   if cur[1] ~= 'running' and cur[1] ~= 'retrying' then return end
+  if outcome ~= 'f' and ARGV[12] ~= '' and cur[3] and cur[3] ~= ARGV[12] then
+    prove_early(jk, ARGV[12], cur[3])
+    cur[2] = '0'
+  end
   -- The member's own story: its request was tried as often as its batch was.
   if outcome == 'f' then
     redis.call('HSET', jk, 'state', 'failed', 'error', doc, 'request', ARGV[7], 'updated_at', ARGV[2],
@@ -250,11 +262,12 @@ local function record(id, outcome, doc)
     end
     redis.call('HSET', jk, 'state', state, 'result', doc, 'error', '', 'request', ARGV[7],
                'updated_at', ARGV[2], 'submitted_at', ARGV[3], 'attempts', ARGV[8], 'throttles', ARGV[9])
+    if ARGV[12] ~= '' then redis.call('HSET', jk, '""" + keys.PROOF_ID + """', ARGV[12]) end
   end
   redis.call('EXPIRE', jk, ttl)
 end
 for _, id in ipairs(cjson.decode(ARGV[11])) do record(id, 's', ARGV[10]) end
-for i = 12, #ARGV, 3 do record(ARGV[i], ARGV[i + 1], ARGV[i + 2]) end
+for i = 13, #ARGV, 3 do record(ARGV[i], ARGV[i + 1], ARGV[i + 2]) end
 -- One ZADD per 1 000 members rather than one per member (unpack is bounded by Lua's C stack).
 for i = 1, #waiting, 2000 do
   redis.call('ZADD', KEYS[1], unpack(waiting, i, math.min(i + 1999, #waiting)))
@@ -309,14 +322,15 @@ class CoalesceQueue:
         and one round trip): keep a call to some 10 000 jobs, which holds Redis for about 0.1 s."""
         spec = spec_of(group)
         head = [keys.PREFIX, str(self.ttl_s), str(self.max_items(group)), str(self.armed_ms), now_iso, group,
-                spec.kind, spec.index_at_enqueue]
+                spec.kind, spec.index_at_enqueue, str(correlate.member_callbacks_max(spec.kind))]
         script_keys = [keys.coalesce_pending(group), keys.coalesce_armed(group)]
         pipe = self.redis.pipeline(transaction=True)
         chunk: list[str] = []
         calls = 0
+        task = user_task_id_of(group)
         for job_id, key, input_json, *item in jobs:
-            chunk += [job_id, key, item[0] if item else "", input_json]
-            if len(chunk) >= 4 * ENQUEUE_CHUNK:
+            chunk += [job_id, key, item[0] if item else "", input_json, *correlate.member_proof(spec.kind, key, task)]
+            if len(chunk) >= 6 * ENQUEUE_CHUNK:
                 self._enqueue(keys=script_keys, args=head + chunk, client=pipe)
                 chunk, calls = [], calls + 1
         if chunk:
@@ -368,9 +382,11 @@ class CoalesceQueue:
         # Members of one answer share one result object (their share of it): sent once, with their ids.
         shared = next((o.document for o in outcomes if not o.failed), None)
         sharing = [o.job_id for o in outcomes if not o.failed and o.document is shared]
+        # A number check's callbacks must carry its batch's requestId (nxjobs.callbacks.ledger).
+        request_id = (shared or {}).get("requestId") if family == QUEUE_API2 else None
         args: list[Any] = [keys.PREFIX, now_iso, f"{now_s:.3f}", f"{due_at_s:.3f}", self.ttl_s, batch_id,
                            _json(request), int(attempts or 1), int(throttles or 0),
-                           _json(shared) if shared is not None else "", _json(sharing)]
+                           _json(shared) if shared is not None else "", _json(sharing), request_id or ""]
         for o in outcomes:
             if o.failed or o.document is not shared:
                 args += [o.job_id, "f" if o.failed else "s", _json(o.document)]

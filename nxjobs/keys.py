@@ -44,6 +44,26 @@ def rate_log(limit_name: str) -> str:
 CALLBACK_FIELD = "cb:"
 UNIT_FIELD = "cu:"
 
+# Record fields the ledger proves a callback's ids against (nxjobs.callbacks.ledger). The first
+# four are plain fields; PHONE_FIELD / ORDER_FIELD + value mark each number / explicit orderID.
+# PROOF_ID: the provider id the submit answer gave (Number Check requestId, makecall sessionid);
+# PROOF_SEEN: the id the first callback before that answer carried, checked when it comes.
+PROOF_ID = "v_id"
+PROOF_SEEN = "v_seen"
+PROOF_BATCH = "v_batch"  # Number Check batchNo
+PROOF_TASK = "v_task"  # a callbot-contact's userTaskID
+PROOF_ORDERS = "v_orders"  # a callbot-list's contact count: orders `<job id>-<index>` below it
+PHONE_FIELD = "np:"
+ORDER_FIELD = "no:"
+
+
+def proof_phone(phone_key: str) -> str:
+    return PHONE_FIELD + phone_key
+
+
+def proof_order(order_id: str) -> str:
+    return ORDER_FIELD + order_id
+
 
 def callback_index(id_kind: str, value: str) -> str:
     """Correlation index: an id we sent or the provider returned -> job id.
@@ -60,8 +80,16 @@ def callbacks_waiting(family: str) -> str:
     return f"{PREFIX}:cb:waiting:{family}"
 
 
-# Capped list (newest first) of callbacks that matched no job, for operators.
+# Callbacks that matched no job (or whose ids disagree with it), for operators, bounded in count
+# and bytes: a sorted set fingerprint -> last seen (ms), and a hash of `e:<fingerprint>` -> entry
+# JSON, `n:<fingerprint>` -> times repeated, `bytes` -> total entry bytes.
 CALLBACKS_UNMATCHED = f"{PREFIX}:cb:unmatched"
+CALLBACKS_UNMATCHED_ENTRIES = f"{PREFIX}:cb:unmatched:entries"
+
+
+def callback_replay(signature: str) -> str:
+    """A signed callback seen, by its signature: a replay within the tolerance window is dropped."""
+    return f"{PREFIX}:cb:seen:{signature}"
 
 
 def reconcile_lock(family: str) -> str:

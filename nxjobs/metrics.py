@@ -177,6 +177,13 @@ def queue_callback_delays(pipe, observations: Iterable[tuple[str, float]]) -> No
             pipe.hincrby(keys.METRICS_HISTOGRAMS, cell, int(value))
 
 
+def queue_callback_outcomes(pipe, counts: dict[str, int]) -> None:
+    """Queue the receiver's per-outcome counts (`recorded`, `unmatched`, `refused:401:bad token`...):
+    a bounded vocabulary of our own words, so the counters hash stays small whatever is sent."""
+    for outcome, n in counts.items():
+        pipe.hincrby(keys.METRICS_COUNTERS, f"callback|{outcome}", n)
+
+
 def record_callback_delay(client, *, kind: str, delay_s: float) -> None:
     """Observe one completion a sync caller saw (reconciliation); never raises."""
     try:

@@ -69,6 +69,8 @@ class JobRecord(BaseModel):
     # Completion units the job waits for (numbers checked, 1 CDR, 1 finished task) and how many came.
     callbacks_needed: int | None = None
     callbacks_done: int = 0
+    # Distinct callbacks past what the job can have (more results than numbers...): counted, not kept.
+    callbacks_dropped: int = 0
 
     def reached(self, state: JobState) -> bool:
         """True if this job has got as far as `state` (and has not failed)."""

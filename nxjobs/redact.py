@@ -7,11 +7,13 @@ from __future__ import annotations
 
 from typing import Any
 
-# Keys (any spelling the APIs use) whose values are phone numbers.
+# Keys (any spelling the APIs use) whose values are phone numbers, in requests, answers and every
+# callback shape: Number Check DRs (current `phone`; legacy `data.basic.nationalNumber`/`standNumber`),
+# failNumber entries (`number`), Callbot call/order callbacks (`userPhone`, `callInfoDetail.callingNumber`),
+# Agent CDRs and CDR rows (`phone`, `show_phone`, `effective_called_number`). Compared case-insensitively.
 PHONE_KEYS = frozenset(
     {"phone", "phones", "userPhone", "user_phone", "business_phone", "mobile", "number", "showphone", "show_phone",
-     # CDR rows and Callbot call records (callbacks).
-     "effective_called_number", "callingNumber"}
+     "effective_called_number", "callingNumber", "nationalNumber", "standNumber", "calledNumber", "callerNumber"}
 )
 # Keys whose values are credentials and never leave the worker.
 SECRET_KEYS = frozenset(
@@ -47,6 +49,11 @@ def _mask_phone_value(value: Any) -> Any:
     if isinstance(value, str):
         # Number Check sends many numbers in one comma-separated string.
         return ",".join(mask_phone(p) for p in value.split(",")) if value else value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        # A number sent as a JSON number is still a number: masked, as text.
+        return mask_phone(str(int(value)) if isinstance(value, float) and value.is_integer() else str(value))
+    if isinstance(value, dict):
+        return redact(value)
     return value
 
 

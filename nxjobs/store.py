@@ -22,6 +22,7 @@ from nxjobs.records import ALLOWED_FROM, JobRecord, JobState, utc_now_iso
 
 _JSON_FIELDS = ("input", "request", "result", "error", "progress")
 
+
 # KEYS[1] job hash. ARGV: new state, allowed-from (comma list), now, ttl
 # seconds, counters to increment (comma list, may be empty), then field/value
 # pairs to set. Returns {status, state before, attempts, throttles}: status 1
@@ -56,7 +57,8 @@ return 0
 # on its family's waiting set, due for reconciliation at the deadline.
 # KEYS[1] job hash, KEYS[2] waiting zset, KEYS[3..] index keys.
 # ARGV as _TRANSITION_LUA for 1-5; 6 job id, 7 units needed, 8 due-at (unix s),
-# 9 now (unix s); field/value pairs from 10. Returns as _TRANSITION_LUA plus the state the job
+# 9 now (unix s), 10 the provider id callbacks must prove (keys.PROOF_ID) or '';
+# field/value pairs from 11. Returns as _TRANSITION_LUA plus the state the job
 # is left in: `completed` tells the caller the callbacks had all come before the submit result.
 _SUBMIT_LUA = """
 local cur = redis.call('HGET', KEYS[1], 'state')
@@ -68,8 +70,13 @@ local ttl = tonumber(ARGV[4])
 redis.call('HSET', KEYS[1], 'state', ARGV[1], 'updated_at', ARGV[3], 'submitted_at', ARGV[9],
            'callbacks_needed', ARGV[7])
 for counter in string.gmatch(ARGV[5], '[^,]+') do redis.call('HINCRBY', KEYS[1], counter, 1) end
-for i = 10, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+for i = 11, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 for i = 3, #KEYS do redis.call('SET', KEYS[i], ARGV[6], 'EX', ttl) end
+""" + correlate.PROVE_EARLY_LUA + """
+if ARGV[10] ~= '' then
+  prove_early(KEYS[1], ARGV[10], redis.call('HGET', KEYS[1], '""" + keys.PROOF_SEEN + """'))
+  redis.call('HSET', KEYS[1], '""" + keys.PROOF_ID + """', ARGV[10])
+end
 local done = tonumber(redis.call('HGET', KEYS[1], 'callbacks_done') or '0')
 local state = ARGV[1]
 if done >= tonumber(ARGV[7]) then
@@ -150,6 +157,10 @@ class RecordStore:
         if expect is not None:
             if expect.needed is not None:
                 pipe.hset(keys.job(job_id), "callbacks_needed", expect.needed)
+            if expect.callbacks_max is not None:
+                pipe.hset(keys.job(job_id), "callbacks_max", expect.callbacks_max)
+            if expect.proof:
+                pipe.hset(keys.job(job_id), mapping=expect.proof)
             for index_key in expect.index_keys:
                 pipe.set(index_key, job_id, ex=self.ttl_s)
         pipe.expire(keys.job(job_id), self.ttl_s)
@@ -191,7 +202,8 @@ class RecordStore:
         now = time.time()
         family = KINDS[kind].queue if kind in KINDS else "none"
         due_at = now + float(self.callback_deadlines_s.get(kind or "", 0.0))
-        args = args + [job_id, str(expect.needed or 0), f"{due_at:.3f}", f"{now:.3f}"]
+        proof_id = (expect.proof or {}).get(keys.PROOF_ID, "")
+        args = args + [job_id, str(expect.needed or 0), f"{due_at:.3f}", f"{now:.3f}", proof_id]
         for name, value in _encode(fields).items():
             args += [name, value]
         return self._submit(keys=[keys.job(job_id), keys.callbacks_waiting(family), *expect.index_keys], args=args)
@@ -222,13 +234,17 @@ class RecordStore:
         return {job_id: (_decode(raw) if raw else None) for job_id, raw in zip(ids, pipe.execute())}
 
 
+# Callback bookkeeping kept in the job's hash, not part of the record a producer reads.
+_NOT_RECORD_FIELDS = (keys.UNIT_FIELD, keys.PHONE_FIELD, keys.ORDER_FIELD)
+
+
 def _decode(raw: dict[str, str]) -> JobRecord:
     data: dict[str, Any] = {}
     callbacks = []
     for name, value in raw.items():
         if name.startswith(keys.CALLBACK_FIELD):
             callbacks.append(json.loads(value))
-        elif not name.startswith(keys.UNIT_FIELD):
+        elif not name.startswith(_NOT_RECORD_FIELDS):
             data[name] = value
     for name in _JSON_FIELDS:
         value = data.get(name)

@@ -41,7 +41,9 @@ class Services:
 
     @cached_property
     def ledger(self) -> Ledger:
-        return Ledger(self.redis, unmatched_max=self.settings.callbacks.unmatched_max)
+        cb = self.settings.callbacks
+        return Ledger(self.redis, unmatched_max=cb.unmatched_max, unmatched_max_bytes=cb.unmatched_max_bytes,
+                      unmatched_body_bytes=cb.unmatched_body_bytes)
 
     @cached_property
     def coalesce(self) -> CoalesceQueue:

@@ -251,6 +251,10 @@ class Exporter:
         throttles = CounterMetricFamily("nxjobs_ratelimit_throttles",
                                         "'Too frequent' answers from the provider, per credential (hashed id)",
                                         labels=["credential"])
+        callbacks = CounterMetricFamily("nxjobs_callbacks",
+                                        "Requests the callback receiver answered, by outcome (recorded, duplicate, "
+                                        "unmatched, dropped, deferred, store_error, refused) and refusal reason",
+                                        labels=["outcome", "reason"])
         for field, value in counters.items():
             what, _, rest = field.partition("|")
             if what == "attempt":
@@ -259,9 +263,14 @@ class Exporter:
                 responses.add_metric(rest.split("|", 1), float(value))
             elif what == "throttle":
                 throttles.add_metric([rest], float(value))
+            elif what == "callback":
+                # `refused:<status>:<reason>` or a plain outcome (nxjobs.metrics.queue_callback_outcomes).
+                outcome, _, reason = rest.partition(":")
+                callbacks.add_metric([outcome, reason], float(value))
         yield attempts
         yield responses
         yield throttles
+        yield callbacks
 
         for name, series, buckets, label_name, help_text in (
             ("nxjobs_provider_latency_seconds", metrics.HIST_LATENCY, metrics.LATENCY_BUCKETS_S, "kind",

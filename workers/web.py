@@ -9,6 +9,11 @@ too short.
 `--workers N` binds the socket once and forks N processes that accept on it (the
 kernel spreads connections); the parent restarts a process that dies and
 passes SIGTERM / SIGINT on for a graceful stop.
+
+The HTTP limits (NXJOBS_CALLBACKS__MAX_HEAD_BYTES, __MAX_CONNECTIONS, ...) apply
+per process. The connection cap is kept below the descriptor limit: the soft
+RLIMIT_NOFILE is raised (up to the hard one) to make room for it, and if that is
+not enough the cap is lowered, with one warning line.
 """
 
 from __future__ import annotations
@@ -17,12 +22,16 @@ import argparse
 import asyncio
 import logging
 import os
+import resource
 import signal
 import socket
 import sys
 import time
 
 DEFAULT_PORT = 8091
+# Descriptors kept for what is not a client connection: the listening socket, logs, and slack
+# (the Redis pool's connections are added to it).
+FD_RESERVE = 32
 
 log = logging.getLogger("nxjobs.callbacks")
 
@@ -42,7 +51,50 @@ def config_from_settings():
         max_body_bytes=cb.max_body_bytes,
         tolerance_s=cb.signature_tolerance_s,
         unmatched_max=cb.unmatched_max,
+        unmatched_max_bytes=cb.unmatched_max_bytes,
+        unmatched_body_bytes=cb.unmatched_body_bytes,
     )
+
+
+def limits_from_settings(redis_connections: int):
+    """The HTTP limits from settings, the connection cap fitted to the descriptor limit."""
+    from config.settings import load_settings
+    from nxjobs.callbacks.http import HttpLimits
+
+    cb = load_settings().callbacks
+    return HttpLimits(
+        max_head_bytes=cb.max_head_bytes,
+        max_connections=fit_connection_cap(cb.max_connections, FD_RESERVE + redis_connections),
+        write_buffer_bytes=cb.write_buffer_bytes,
+        keep_alive_s=cb.keep_alive_s,
+        head_timeout_s=cb.head_timeout_s,
+        request_timeout_s=cb.request_timeout_s,
+        max_requests_per_connection=cb.max_requests_per_connection,
+        max_connection_age_s=cb.max_connection_age_s,
+    )
+
+
+def fit_connection_cap(wanted: int, reserve: int) -> int:
+    """`wanted`, or less if the process may not open `wanted + reserve` descriptors.
+
+    Raises the soft RLIMIT_NOFILE towards the hard one first (forked processes inherit it)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = wanted + reserve
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return wanted
+    raised = need if hard == resource.RLIM_INFINITY else min(need, hard)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+        soft = raised
+    except (ValueError, OSError):
+        pass
+    if soft >= need:
+        return wanted
+    cap = max(1, soft - reserve)
+    log.warning("callbacks max_connections lowered from %d to %d: the descriptor limit is %d (hard %s), "
+                "%d kept for Redis and the rest", wanted, cap, soft,
+                "unlimited" if hard == resource.RLIM_INFINITY else hard, reserve)
+    return cap
 
 
 def _new_event_loop() -> asyncio.AbstractEventLoop:
@@ -53,10 +105,10 @@ def _new_event_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
-def serve(sock: socket.socket, config) -> int:
+def serve(sock: socket.socket, config, limits=None) -> int:
     """Serve on `sock` in this process until SIGTERM / SIGINT, then stop gracefully."""
     from nxjobs.callbacks.app import Receiver
-    from nxjobs.callbacks.http import CallbackServer
+    from nxjobs.callbacks.http import CallbackServer, HttpLimits
 
     async def run() -> None:
         receiver = Receiver(config)
@@ -66,7 +118,7 @@ def serve(sock: socket.socket, config) -> int:
             loop.add_signal_handler(sig, stop.set)
         await receiver.start()
         try:
-            await CallbackServer(receiver).serve(sock, stop)
+            await CallbackServer(receiver, limits or HttpLimits()).serve(sock, stop)
         finally:
             await receiver.close()
 
@@ -87,7 +139,7 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _supervise(sock: socket.socket, config, workers: int) -> int:
+def _supervise(sock: socket.socket, config, limits, workers: int) -> int:
     """Fork `workers` serving processes and keep that many alive until told to stop."""
     children: dict[int, float] = {}
     stopping = False
@@ -99,7 +151,7 @@ def _supervise(sock: socket.socket, config, workers: int) -> int:
                 signal.signal(sig, signal.SIG_DFL)
             code = 1
             try:
-                code = serve(sock, config)
+                code = serve(sock, config, limits)
             except BaseException:
                 log.exception("callback receiver process failed")
             finally:
@@ -159,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # JSON lines with NXJOBS_LOG_FORMAT=json.
     setup_logging(load_settings().log_format, args.log_level.upper())
+    limits = limits_from_settings(config.max_connections)
     sock = _bind(args.host, args.port)
     host, port = sock.getsockname()[:2]
     host = f"[{host}]" if ":" in host else host
@@ -166,8 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     suffix = f" ({args.workers} workers)" if args.workers > 1 else ""
     print(f"callbacks listening on http://{host}:{port}{suffix}", flush=True)
     if args.workers > 1:
-        return _supervise(sock, config, args.workers)
-    return serve(sock, config)
+        return _supervise(sock, config, limits, args.workers)
+    return serve(sock, config, limits)
 
 
 if __name__ == "__main__":

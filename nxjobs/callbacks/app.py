@@ -28,9 +28,10 @@ import redis
 import redis.asyncio as aioredis
 
 from nxjobs import callback_urls, metrics
+from nxjobs.log_limit import LogLimiter
 from nxjobs.callbacks import events
 from nxjobs.callbacks.applier import BatchApplier
-from nxjobs.callbacks.ledger import Applied, Ledger
+from nxjobs.callbacks.ledger import UNMATCHED, Applied, Ledger
 from nxjobs.callbacks.verify import Rejected, check_callbot, check_token
 
 log = logging.getLogger("nxjobs.callbacks")
@@ -54,7 +55,9 @@ class ReceiverConfig:
         without them Callbot callbacks are refused (401).
     max_body_bytes: larger bodies get 413.
     tolerance_s: allowed |now - createTs| of a signed callback, seconds.
-    unmatched_max: how many unmatched callbacks to keep.
+    unmatched_max, unmatched_max_bytes: how many unmatched callbacks to keep, and their bytes in all;
+    unmatched_body_bytes: how much of each one's body is kept.
+    log_interval_s: at most one refusal log line per reason this often.
     clock: returns epoch seconds (tests pin it).
     """
 
@@ -66,6 +69,9 @@ class ReceiverConfig:
     max_body_bytes: int = 64 * 1024
     tolerance_s: float = 300.0
     unmatched_max: int = 10_000
+    unmatched_max_bytes: int = 8 * 1024 * 1024
+    unmatched_body_bytes: int = 2048
+    log_interval_s: float = 60.0
     clock: Callable[[], float] = time.time
     max_connections: int = 64
 
@@ -75,19 +81,30 @@ class ReceiverConfig:
 
 @dataclass(frozen=True)
 class Reply:
-    """An answer: the HTTP status and a JSON body (already encoded)."""
+    """An answer: the HTTP status, a JSON body (already encoded) and any extra header fields as
+    (name, value) pairs (the HTTP layer adds content-type, content-length and connection)."""
 
     status: int
     body: bytes
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 _REPLY_OK_CALLBOT = Reply(200, _OK_CALLBOT)
 _REPLY_OK_PLAIN = Reply(200, _OK_PLAIN)
 _REPLY_UNAVAILABLE = Reply(503, b'{"error":"storage unavailable"}')
+# One body for every authentication failure: the reason goes to a counter and the log, never to the
+# client, which must not learn which check it failed.
+_REPLY_UNAUTHORIZED = Reply(401, b'{"error":"unauthorized"}')
 
 
-def error_reply(status: int, reason: str) -> Reply:
-    return Reply(status, json.dumps({"error": reason}).encode())
+def error_reply(status: int, reason: str, headers: tuple[tuple[str, str], ...] = ()) -> Reply:
+    return Reply(status, json.dumps({"error": reason}).encode(), headers)
+
+
+# Answers to requests any client can repeat as fast as it likes: built once.
+_REPLY_NOT_FOUND = error_reply(404, "not found")
+_REPLY_POST_ONLY = error_reply(405, "method not allowed", (("allow", "POST"),))
+_REPLY_GET_ONLY = error_reply(405, "method not allowed", (("allow", "GET, HEAD"),))
 
 
 class Receiver:
@@ -104,6 +121,9 @@ class Receiver:
         self.config = config
         self.max_body_bytes = config.max_body_bytes
         self.stats: Counter = Counter()
+        self._quiet = LogLimiter(log, config.log_interval_s)
+        # Outcome and refusal counts not yet added to the shared metrics (nxjobs.metrics).
+        self._outcomes: Counter = Counter()
         self._callbot_ready = bool(config.callbot_uuid and config.callbot_secret_key)
         self._ledger: Ledger | None = None
         self._applier: BatchApplier | None = None
@@ -122,7 +142,8 @@ class Receiver:
         c = self.config
         client = aioredis.Redis.from_url(c.redis_url, decode_responses=True, socket_connect_timeout=3,
                                          socket_timeout=5, max_connections=c.max_connections)
-        self._ledger = Ledger(client, unmatched_max=c.unmatched_max)
+        self._ledger = Ledger(client, unmatched_max=c.unmatched_max, unmatched_max_bytes=c.unmatched_max_bytes,
+                              unmatched_body_bytes=c.unmatched_body_bytes)
         # Concurrent requests share Redis round trips (each callback still one atomic script).
         self._applier = BatchApplier(self._ledger)
         self._flusher = asyncio.ensure_future(self._flush_delays_forever())
@@ -157,31 +178,40 @@ class Receiver:
                 if "/" in token:
                     break
                 if method != "POST":
-                    return error_reply(405, "method not allowed")
+                    return _REPLY_POST_ONLY
                 return self._callback(kind, _REPLY_OK_PLAIN, respond, self._unsigned_body, token, body)
         kind = self._signed.get(path)
         if kind is not None:
             if method != "POST":
-                return error_reply(405, "method not allowed")
+                return _REPLY_POST_ONLY
             return self._callback(kind, _REPLY_OK_CALLBOT, respond, self._signed_body, headers, body)
         if path in ("/healthz", "/readyz"):
-            if method != "GET":
-                return error_reply(405, "method not allowed")
+            # HEAD is answered as GET would be; the HTTP layer leaves the body out.
+            if method != "GET" and method != "HEAD":
+                return _REPLY_GET_ONLY
             if path == "/healthz":
                 return self._healthz()
             asyncio.get_running_loop().create_task(self._readyz(respond))
             return None
-        return error_reply(404, "not found")
+        return _REPLY_NOT_FOUND
 
     def refuse(self, kind: str, exc: Rejected) -> Reply:
-        self.stats[f"rejected_{exc.status}"] += 1
-        log.warning("callback rejected type=%s status=%d reason=%s", kind, exc.status, exc.reason)
-        return error_reply(exc.status, exc.reason)
+        self._count_refusal(exc.status, exc.reason)
+        self._quiet.warning(f"{exc.status} {exc.reason}", "callback rejected type=%s status=%d reason=%s",
+                            kind, exc.status, exc.reason)
+        return _REPLY_UNAUTHORIZED if exc.status == 401 else error_reply(exc.status, exc.reason)
 
     def refused(self, status: int, reason: str) -> None:
         """The HTTP layer refused a request itself (400 malformed HTTP, 408, 413, 431)."""
+        self._count_refusal(status, reason)
+        self._quiet.warning(f"{status} {reason}", "request refused status=%d reason=%s", status, reason)
+
+    def _count_refusal(self, status: int, reason: str) -> None:
+        # Reasons are our own fixed phrases; a malformed body's detail (after ":") is left out.
+        label = reason.split(":", 1)[0]
         self.stats[f"rejected_{status}"] += 1
-        log.warning("request refused status=%d reason=%s", status, reason)
+        self.stats[f"rejected_{status}:{label}"] += 1
+        self._outcomes[f"refused:{status}:{label}"] += 1
 
     def _callback(self, kind: str, ok: Reply, respond: Callable[[Reply], None],
                   authentic: Callable[..., bytes | str], *request: Any) -> Reply | None:
@@ -192,6 +222,8 @@ class Receiver:
             return self.refuse(kind, exc)
         except events.Malformed as exc:
             return self.refuse(kind, Rejected(400, f"malformed: {exc}"))
+        if authentic == self._signed_body:
+            event = self._replay_guard(event, request[0])
         self._store(kind, event, ok, respond)
         return None
 
@@ -204,7 +236,13 @@ class Receiver:
         if not self._callbot_ready:
             raise Rejected(401, "callbot verification not configured")
         return check_callbot(body, headers, uuid=c.callbot_uuid or "", secret_key=c.callbot_secret_key or "",
-                             default_algorithm=c.callbot_algorithm, now_s=c.clock(), tolerance_s=c.tolerance_s)
+                             algorithm=c.callbot_algorithm, now_s=c.clock(), tolerance_s=c.tolerance_s)
+
+    def _replay_guard(self, event: events.Event, headers: Mapping[str, str]) -> events.Event:
+        """A verified signed callback is remembered by its signature while its createTs is within the
+        tolerance: a replay of it is answered 200 and stored nowhere (nxjobs.callbacks.ledger)."""
+        until = int(headers.get("createts", "0")) + int(self.config.tolerance_s) + 1
+        return event._replace(replay=headers.get("sign", "").upper(), replay_until=until)
 
     def _store(self, kind: str, event: events.Event, ok: Reply, respond: Callable[[Reply], None]) -> None:
         assert self._applier is not None, "Receiver.start() was not awaited"
@@ -215,11 +253,13 @@ class Receiver:
             # Not stored (Redis unreachable, or the script failed on this one): a 5xx makes
             # NXCloud deliver it again later.
             self.stats["store_errors"] += 1
-            log.error("callback not stored type=%s: %s", kind, type(result).__name__)
+            self._outcomes["store_error"] += 1
+            self._quiet.warning("store error", "callback not stored type=%s: %s", kind, type(result).__name__)
             return _REPLY_UNAVAILABLE
         self.stats[result.outcome] += 1
-        if result.status == 0:
-            log.info("callback unmatched type=%s ids=%s", kind, event.ids)
+        self._outcomes[result.outcome] += 1
+        if result.status == UNMATCHED:
+            self._quiet.warning(f"unmatched {kind}", "callback unmatched type=%s ids=%s", kind, event.ids)
         elif result.submitted_at:
             delay = metrics.callback_delay_s(result.submitted_at, self.config.clock())
             if delay is not None:
@@ -245,13 +285,16 @@ class Receiver:
     # ---- completion times ------------------------------------------------------------------------
 
     async def _flush_delays(self) -> None:
-        """Completion times leave in one pipelined trip per interval, not one per callback."""
+        """Completion times and outcome counts leave in one pipelined trip per interval, not one
+        per callback."""
         batch, self._delays = self._delays, []
-        if not batch or self._ledger is None:
+        outcomes, self._outcomes = self._outcomes, Counter()
+        if not (batch or outcomes) or self._ledger is None:
             return
         try:
             pipe = self._ledger.redis.pipeline(transaction=False)
             metrics.queue_callback_delays(pipe, batch)
+            metrics.queue_callback_outcomes(pipe, outcomes)
             await pipe.execute()
         except Exception as exc:  # a metric must never cost a stored callback
             log.warning("%d completion metric(s) not recorded: %s", len(batch), type(exc).__name__)

@@ -20,9 +20,39 @@ from typing import Any
 
 from nxjobs import keys
 from nxjobs.client import operations
+from nxjobs.redact import mask_phone
 
 # Defaults of config.settings.CallbacksSettings.*_deadline_s, for stores built without settings.
 DEFAULT_DEADLINES_S = {"number-check": 600.0, "call": 1800.0, "callbot-list": 3600.0, "callbot-contact": 3600.0}
+
+
+# Callback entries a job stores at most (beyond them, distinct callbacks are counted and dropped):
+# a call has one CDR, a contact a few call attempts and its order, a list that much per contact.
+CALL_CALLBACKS_MAX = 8
+CONTACT_CALLBACKS_MAX = 64
+
+
+# Lua: the submit answer names the provider id (requestId, sessionid) callbacks must prove. Callbacks
+# that came before it were taken on the id the first of them carried (keys.PROOF_SEEN, passed in as
+# `seen`); if that is not the answer's id they were forged: drop them all, so the job counts only its
+# own. The caller records the id itself (keys.PROOF_ID) in the write it makes anyway.
+# Shared by the submit script (nxjobs.store) and the coalescing fan-out (nxjobs.coalesce).
+PROVE_EARLY_LUA = """
+local function prove_early(jk, id, seen)
+  if not seen or seen == id then return end
+  local dropped = 0
+  for _, f in ipairs(redis.call('HKEYS', jk)) do
+    local p = string.sub(f, 1, 3)
+    if p == '""" + keys.CALLBACK_FIELD + """' or p == '""" + keys.UNIT_FIELD + """' then
+      redis.call('HDEL', jk, f)
+      if p == '""" + keys.CALLBACK_FIELD + """' then dropped = dropped + 1 end
+    end
+  end
+  redis.call('HDEL', jk, '""" + keys.PROOF_SEEN + """')
+  redis.call('HSET', jk, 'callbacks_done', 0, 'callbacks_stored', 0)
+  redis.call('HINCRBY', jk, 'callbacks_dropped', dropped)
+end
+"""
 
 
 @dataclass(frozen=True)
@@ -31,20 +61,51 @@ class Expectation:
     needed: int | None
     # Correlation index keys that must point at the job.
     index_keys: tuple[str, ...] = ()
+    # Record fields that let the ledger check a callback's ids (keys.PROOF_* / keys.proof_*), and
+    # how many callback entries the job may store (None = no cap).
+    proof: dict[str, str] | None = None
+    callbacks_max: int | None = None
+
+
+def phone_key(phone: str) -> str:
+    """How a callback's number is compared with the job's: masked, as the provider may mask it
+    (`999***6789`): the first three and last digits of the same length must agree."""
+    digits = "".join(ch for ch in str(phone) if ch.isdigit() or ch == "*")
+    return mask_phone(digits) if digits else ""
 
 
 def on_enqueue(kind: str, job_id: str, payload: Any) -> Expectation:
     """What we know before anything is sent: the ids we choose, and an upper bound of units."""
     if kind == "call":
-        return Expectation(1, (keys.callback_index("call", operations.call_order_id(job_id, payload)),))
+        return Expectation(1, (keys.callback_index("call", operations.call_order_id(job_id, payload)),),
+                           callbacks_max=CALL_CALLBACKS_MAX)
     if kind == "number-check":
         batch_no = operations.number_check_batch_no(job_id, payload)
-        return Expectation(len(payload.phones), (keys.callback_index("nc-batch", batch_no),))
+        proof = {keys.PROOF_BATCH: batch_no, **{keys.proof_phone(phone_key(p)): "1" for p in payload.phones}}
+        return Expectation(len(payload.phones), (keys.callback_index("nc-batch", batch_no),), proof,
+                           callbacks_max=len(payload.phones))
     if kind == "callbot-list":
-        return Expectation(1)  # userTaskID is the job id: no index needed
+        # userTaskID is the job id: no index needed. Its orders: `<job id>-<index>`, or the explicit ones.
+        contacts = payload.contacts
+        proof = {keys.PROOF_ORDERS: str(len(contacts)),
+                 **{keys.proof_order(c.order_id): "1" for c in contacts if c.order_id}}
+        return Expectation(1, (), proof, callbacks_max=CONTACT_CALLBACKS_MAX * (len(contacts) + 1))
     if kind == "callbot-contact":
-        return Expectation(1, (contact_index(operations.contact_job_order_id(job_id, payload)),))
+        return Expectation(1, (contact_index(operations.contact_job_order_id(job_id, payload)),),
+                           {keys.PROOF_TASK: payload.user_task_id}, callbacks_max=CONTACT_CALLBACKS_MAX)
     return Expectation(0)
+
+
+def member_proof(kind: str, key: str, user_task_id: str) -> tuple[str, str]:
+    """The record field and value a coalesced member's callbacks are proved against: a number
+    check's number (its key), a contact's task."""
+    if kind == "number-check":
+        return keys.proof_phone(phone_key(key)), "1"
+    return keys.PROOF_TASK, user_task_id
+
+
+def member_callbacks_max(kind: str) -> int:
+    return 1 if kind == "number-check" else CONTACT_CALLBACKS_MAX
 
 
 def on_submit(kind: str | None, result: dict[str, Any] | None) -> Expectation:
@@ -56,10 +117,14 @@ def on_submit(kind: str | None, result: dict[str, Any] | None) -> Expectation:
                       (("nc-req", "requestId"), ("nc-batch", "batchNo")) if result.get(field))
         numbers = int(result.get("numbers") or 0)
         rejected = len(result.get("failNumber") or [])
-        return Expectation(max(numbers - rejected, 0), index)
+        request_id = result.get("requestId")
+        return Expectation(max(numbers - rejected, 0), index,
+                           {keys.PROOF_ID: str(request_id)} if request_id else None)
     if kind == "call":
         orderid = result.get("orderid")
-        return Expectation(1, (keys.callback_index("call", str(orderid)),) if orderid else ())
+        sessionid = result.get("sessionid")
+        return Expectation(1, (keys.callback_index("call", str(orderid)),) if orderid else (),
+                           {keys.PROOF_ID: str(sessionid)} if sessionid else None)
     if kind == "callbot-list":
         return Expectation(1)
     if kind == "callbot-contact":

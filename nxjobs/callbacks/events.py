@@ -13,6 +13,10 @@ job whose id is its userTaskID.
 Dedupe keys (reference §5.4, §6.6, §7.3/7.4): Number Check = per-number id;
 Callbot call = callID; order = (orderID, finish); task = (taskStatus,
 taskStat.totalCall); CDR = sessionid (callback) or CDR id (query).
+
+Finding a job is not proof the callback is its own: each Event also carries
+the ids the ledger checks against what the job recorded (`check`, `proof`),
+so a callback changes only the job its ids prove (docs in nxjobs.callbacks.ledger).
 """
 
 from __future__ import annotations
@@ -20,11 +24,11 @@ from __future__ import annotations
 import re
 from typing import Any, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import from_json
 
 from nxjobs import coalesce, keys
-from nxjobs.callbacks.correlate import contact_index
+from nxjobs.callbacks.correlate import contact_index, phone_key
 from nxjobs.redact import redact
 
 # Number Check: per-number ids are `<submit requestId>-<6 digits>` (reference §5.1).
@@ -40,6 +44,11 @@ CALLBOT_ORDER = "callbot-order"
 CALLBOT_TASK = "callbot-task"
 CDR = "cdr"
 TYPES = (NUMBER_CHECK, CALLBOT_CALL, CALLBOT_ORDER, CALLBOT_TASK, CDR)
+
+# What the ledger checks an Event's ids against (Event.check; the ids are Event.proof):
+CHECK_NUMBER = "nc"  # (request id, batchNo, phone key): the job's requestId, batchNo and one of its numbers
+CHECK_CDR = "cdr"  # (sessionid,): the makecall's sessionid; a failed/ambiguous call is looked up instead
+CHECK_ORDER = "order"  # (userTaskID, orderID): the contact's task, or an order of the list job
 
 
 class Malformed(ValueError):
@@ -59,6 +68,12 @@ class NumberCheckResult(_Payload):
     batchNo: str | None = Field(default=None, max_length=64)
     phone: str | None = Field(default=None, max_length=32)
     code: int | str | None = None
+
+    @field_validator("phone", mode="before")
+    @classmethod
+    def _phone_text(cls, value: Any) -> Any:
+        # Some senders write the number as a JSON number.
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
     @model_validator(mode="after")
     def _has_id(self) -> "NumberCheckResult":
@@ -136,6 +151,13 @@ class Event(NamedTuple):
     # order of a `callbot-list` job (by userTaskID) counts for nothing ("" = no second kind).
     alt_kind: str = ""
     alt_unit: str = ""
+    # How the ledger proves the job is this callback's own (CHECK_*; "" = finding it is enough),
+    # and the ids it compares with what the job recorded.
+    check: str = ""
+    proof: tuple[str, ...] = ()
+    # A signed callback's replay key ("" = unsigned), remembered until `replay_until` (unix s).
+    replay: str = ""
+    replay_until: int = 0
 
 
 CONTACT_KIND = "callbot-contact"
@@ -160,28 +182,32 @@ def to_event(kind: str, model: _Payload, payload: dict[str, Any]) -> Event:
     data = redact(payload)
     if isinstance(model, NumberCheckResult):
         nid = model.number_id
-        index = [keys.callback_index("nc-req", number_check_base_id(nid))]
+        base = number_check_base_id(nid)
+        phone = model.phone or ""
+        index = [keys.callback_index("nc-req", base)]
         if model.batchNo:
             index.append(keys.callback_index("nc-batch", model.batchNo))
-            if model.phone:
+            if phone:
                 # A coalesced job is one number of a shared batch (nxjobs.coalesce): found by both.
-                index.insert(0, coalesce.member_index_key(model.batchNo, model.phone))
+                index.insert(0, coalesce.member_index_key(model.batchNo, phone))
         dedupe = f"nc:{nid}"
         return Event(NUMBER_CHECK, "number-check", tuple(index), "", dedupe, dedupe, data,
-                     {"requestId": nid, "batchNo": model.batchNo})
+                     {"requestId": nid, "batchNo": model.batchNo}, check=CHECK_NUMBER,
+                     proof=(base, model.batchNo or "", phone_key(phone)))
     if isinstance(model, CallbotCall):
         # A contact added on its own (callbot-contact) is found by its orderID; else the list job.
         call_id = model.callInfoDetail.callID
         return Event(CALLBOT_CALL, "callbot-list", (contact_index(model.orderID),), model.userTaskID,
                      f"call:{call_id}", "", data,
                      {"userTaskID": model.userTaskID, "orderID": model.orderID, "callID": call_id},
-                     alt_kind=CONTACT_KIND)
+                     alt_kind=CONTACT_KIND, check=CHECK_ORDER, proof=(model.userTaskID, model.orderID))
     if isinstance(model, CallbotOrder):
         finish = _bool_flag(model.finish)
         return Event(CALLBOT_ORDER, "callbot-list", (contact_index(model.orderID),), model.userTaskID,
                      f"order:{model.orderID}:{finish}", "", data,
                      {"userTaskID": model.userTaskID, "orderID": model.orderID},
-                     alt_kind=CONTACT_KIND, alt_unit=ORDER_FINISHED if finish == "1" else "")
+                     alt_kind=CONTACT_KIND, alt_unit=ORDER_FINISHED if finish == "1" else "",
+                     check=CHECK_ORDER, proof=(model.userTaskID, model.orderID))
     if isinstance(model, CallbotTask):
         total = model.taskStat.totalCall if model.taskStat else None
         unit = "task-finished" if model.taskStatus in TASK_FINISHED else ""
@@ -193,7 +219,8 @@ def to_event(kind: str, model: _Payload, payload: dict[str, Any]) -> Event:
         if model.sessionid:
             resolves["sessionid"] = model.sessionid
         return Event(CDR, "call", (keys.callback_index("call", model.orderid),), model.orderid, f"cdr:{one}", "cdr",
-                     data, {"orderid": model.orderid, "sessionid": model.sessionid}, resolves)
+                     data, {"orderid": model.orderid, "sessionid": model.sessionid}, resolves,
+                     check=CHECK_CDR, proof=(model.sessionid or "",))
     raise TypeError(f"no event for {type(model).__name__}")
 
 
@@ -202,7 +229,8 @@ def parse(kind: str, raw: bytes | str) -> Event:
     # Parsed once to a dict, validated, and that dict stored: the receiver's hot path, where
     # validating the JSON into a model and dumping the model back cost twice as much.
     try:
-        payload = from_json(raw)
+        # Strict JSON (RFC 8259): NaN and Infinity are not numbers a callback may carry.
+        payload = from_json(raw, allow_inf_nan=False)
     except ValueError as exc:
         raise Malformed(f"body: Invalid JSON: {exc}") from None
     return from_dict(kind, payload)

@@ -36,11 +36,12 @@ def check_callbot(
     *,
     uuid: str,
     secret_key: str,
-    default_algorithm: str,
+    algorithm: str,
     now_s: float,
     tolerance_s: float,
 ) -> str:
-    """Verify a signed Callbot callback; return its body text. `headers` names are lower-case."""
+    """Verify a signed Callbot callback; return its body text. `headers` names are lower-case.
+    `algorithm` is the account's (md5 or sha256): a sender may not choose another."""
     sign = headers.get("sign", "")
     given_uuid = headers.get("uuid", "")
     create_ts = headers.get("createts", "")
@@ -51,10 +52,15 @@ def check_callbot(
         raise Rejected(401, "unknown uuid")
     if not create_ts.isdigit():
         raise Rejected(401, "bad createTs")
-    # Spelled MD5 / SHA256 / sha-256 in the wild; the account setting when absent.
-    algorithm = (headers.get("algorithm") or default_algorithm).lower().replace("-", "")
-    if algorithm not in ("md5", "sha256"):
+    # Spelled MD5 / SHA256 / sha-256 in the wild. Only the account's own is accepted, so a forger
+    # cannot pick the weaker one (a downgrade).
+    account = algorithm.lower().replace("-", "")
+    given = headers.get("algorithm")
+    if given is not None and given.lower().replace("-", "") != account:
+        raise Rejected(401, "algorithm is not the account's")
+    if account not in ("md5", "sha256"):
         raise Rejected(401, "unsupported algorithm")
+    algorithm = account
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:

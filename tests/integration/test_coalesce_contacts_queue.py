@@ -81,7 +81,8 @@ def test_an_order_callback_completes_its_contact_job_and_a_list_job_keeps_its_ow
     assert ledger.apply(_order(jobs[1][1])).outcome == "duplicate"
     # A list job (userTaskID = its id) still gets its orders, which complete nothing on it
     store.create("list-1", "callbot-list", {}, expect=None)
-    client.hset(keys.job("list-1"), mapping={"state": "submitted", "callbacks_needed": 1})
+    # (a list of one contact, whose order is `list-1-0`)
+    client.hset(keys.job("list-1"), mapping={"state": "submitted", "callbacks_needed": 1, keys.PROOF_ORDERS: 1})
     applied = ledger.apply(_order("list-1-0", user_task_id="list-1"))
     assert (applied.job_id, applied.state) == ("list-1", "submitted")
     assert client.hget(keys.job("list-1"), "callbacks_done") == "0"

@@ -122,7 +122,7 @@ def test_flower_lists_a_job_with_its_kind_id_and_masked_arguments(flower, produc
 METRICS = ("nxjobs_jobs", "nxjobs_attempts_total", "nxjobs_provider_responses_total",
            "nxjobs_provider_latency_seconds_bucket", "nxjobs_attempt_duration_seconds_bucket",
            "nxjobs_ratelimit_next_slot_seconds", "nxjobs_ratelimit_throttles_total",
-           "nxjobs_callback_delay_seconds_bucket",
+           "nxjobs_callback_delay_seconds_bucket", "nxjobs_callbacks_total",
            "nxjobs_jobs_awaiting_callbacks", "nxjobs_dead_letters", "nxjobs_queue_depth",
            "nxjobs_workers_healthy")
 
@@ -175,6 +175,7 @@ def test_metrics_endpoint_exposes_every_metric_after_a_demo_run(cb_producer, cb_
         assert value("nxjobs_provider_responses_total", kind="wa-calling", code="0") >= 1
         assert value("nxjobs_provider_responses_total", kind="wa-calling", code="2206") >= 1
         assert value("nxjobs_ratelimit_throttles_total") >= 1
+        assert value("nxjobs_callbacks_total", outcome="recorded") >= 3
         assert value("nxjobs_provider_latency_seconds_count", kind="ota-init") >= 1
         assert value("nxjobs_attempt_duration_seconds_count", kind="ota-init") >= 1
         # Every job with callbacks is timed, also one whose callbacks all beat its submit result

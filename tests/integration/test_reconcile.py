@@ -120,3 +120,25 @@ def test_ambiguous_makecall_not_found_is_marked_safe_to_resend(cb_producer, cb_s
     assert record.error.code == "call_not_found" and record.error.retryable is True
     assert "safe to submit again" in record.error.message
     assert cb_producer.redis.zscore(keys.RECONCILE, job_id) is None
+
+
+def test_a_forged_cdr_for_an_ambiguous_call_is_looked_up_not_believed(cb_producer, cb_sandbox, beat, receiver):
+    import uuid
+
+    from tests.integration.test_callbacks import post_token
+
+    # Given a call that failed as ambiguous, and a provider with no CDR for it (it was never placed)
+    warm = cb_producer.call(phone="8613800138000")
+    assert cb_producer.wait([warm], until="completed", timeout_s=WAIT_S)[warm].state == JobState.COMPLETED
+    cb_sandbox.configure(slow_rate=1.0, slow_seconds=2.5, callback_drop_rate=1.0)
+    job_id = cb_producer.call(phone="8613800138004")
+    assert cb_producer.wait([job_id], until="submitted", timeout_s=WAIT_S)[job_id].error.code == "ambiguous"
+    cb_sandbox.configure(slow_rate=0.0)
+    cb_sandbox.script("/api/voiceSms/getSipCdrByOrderid", "0", times=1000)
+    # When a CDR callback with its orderid arrives from whoever holds the URL token
+    forged = {"sessionid": str(uuid.uuid4()), "orderid": job_id, "phone": "8613800138004", "duration": 30}
+    assert post_token(receiver.url, "/callbacks/agent/cdr", forged).status_code == 200
+    # Then only the provider's answer decides: no CDR there, so the call stays failed, safe to resend
+    record = poll(cb_producer, job_id, lambda r: r.error is None or r.error.code != "ambiguous")
+    assert record.state == JobState.FAILED and record.error.code == "call_not_found"
+    assert record.callbacks == []

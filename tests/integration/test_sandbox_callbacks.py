@@ -126,7 +126,7 @@ def test_callbot_callbacks_are_signed_the_way_our_receiver_checks(sb, recorder):
     assert sorted(r["path"] for r in got) == ["/call", "/order", "/task"]
     for r in got:
         text = check_callbot(r["raw"], r["headers"], uuid=accounts.CALLBOT_UUID, secret_key=accounts.CALLBOT_SECRET_KEY,
-                             default_algorithm="md5", now_s=time.time(), tolerance_s=300)
+                             algorithm="md5", now_s=time.time(), tolerance_s=300)
         body = json.loads(text)
         assert body["userTaskID"] == "T1"
     task = next(json.loads(r["raw"]) for r in got if r["path"] == "/task")
@@ -361,7 +361,7 @@ def test_signed_callback_is_signed_afresh_on_each_attempt(dispatcher_for):
         assert len(rec.received) == 2
         for r in rec.received:
             check_callbot(r["raw"], r["headers"], uuid=accounts.CALLBOT_UUID, secret_key=accounts.CALLBOT_SECRET_KEY,
-                          default_algorithm="md5", now_s=time.time(), tolerance_s=300)
+                          algorithm="md5", now_s=time.time(), tolerance_s=300)
         assert rec.received[0]["headers"]["requestid"] != rec.received[1]["headers"]["requestid"]
     finally:
         rec.close()

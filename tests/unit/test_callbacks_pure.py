@@ -22,8 +22,8 @@ def signed(body: str = BODY, *, ts: int = NOW, secret: str = SECRET, algorithm: 
     return {k.lower(): v for k, v in h.items()}
 
 
-def check(raw: bytes, headers: dict[str, str], now: float = NOW) -> str:
-    return check_callbot(raw, headers, uuid=UUID, secret_key=SECRET, default_algorithm="md5", now_s=now,
+def check(raw: bytes, headers: dict[str, str], now: float = NOW, account: str = "md5") -> str:
+    return check_callbot(raw, headers, uuid=UUID, secret_key=SECRET, algorithm=account, now_s=now,
                          tolerance_s=300)
 
 
@@ -38,8 +38,25 @@ def test_reference_vector_c1_verifies():
 
 @pytest.mark.parametrize("algorithm", ["md5", "sha256"])
 def test_valid_signature_passes_within_tolerance(algorithm):
-    assert check(BODY.encode(), signed(algorithm=algorithm), now=NOW + 299) == BODY
-    assert check(BODY.encode(), signed(algorithm=algorithm), now=NOW - 299) == BODY
+    assert check(BODY.encode(), signed(algorithm=algorithm), now=NOW + 299, account=algorithm) == BODY
+    assert check(BODY.encode(), signed(algorithm=algorithm), now=NOW - 299, account=algorithm) == BODY
+
+
+@pytest.mark.parametrize("spelling", ["SHA256", "sha-256", "sha256"])
+def test_the_account_algorithm_is_accepted_in_any_spelling(spelling):
+    headers = {**signed(algorithm="sha256"), "algorithm": spelling}
+    assert check(BODY.encode(), headers, account="sha256") == BODY
+
+
+def test_a_sender_cannot_downgrade_a_sha256_account_to_md5():
+    # Given an account set to SHA-256, and a callback correctly signed with MD5 that says so
+    headers = {**signed(algorithm="md5"), "algorithm": "MD5"}
+    # Then it is refused, as is the same MD5 sign with no algorithm header (the account's applies)
+    with pytest.raises(Rejected) as caught:
+        check(BODY.encode(), headers, account="sha256")
+    assert caught.value.status == 401
+    with pytest.raises(Rejected):
+        check(BODY.encode(), signed(algorithm="md5"), account="sha256")
 
 
 @pytest.mark.parametrize("case, raw, headers, now, status", [
@@ -133,15 +150,36 @@ def test_correlation_rules_per_kind():
     # The ids we choose are registered before the job runs...
     call = validate_payload("call", {"phone": "8613800138000", "order_id": "ORDER1"})
     nc = validate_payload("number-check", {"phones": ["8613800138000", "6591234567"]})
-    assert correlate.on_enqueue("call", "J", call) == correlate.Expectation(1, (keys.callback_index("call", "ORDER1"),))
+    assert correlate.on_enqueue("call", "J", call) == correlate.Expectation(
+        1, (keys.callback_index("call", "ORDER1"),), callbacks_max=correlate.CALL_CALLBACKS_MAX)
+    # ...with what a callback must prove: the batchNo, and each number (masked, as the provider may send it)
     assert correlate.on_enqueue("number-check", "J", nc) == correlate.Expectation(
-        2, (keys.callback_index("nc-batch", "J"),))
+        2, (keys.callback_index("nc-batch", "J"),),
+        {keys.PROOF_BATCH: "J", keys.proof_phone("861******8000"): "1", keys.proof_phone("659***4567"): "1"},
+        callbacks_max=2)
     assert correlate.on_enqueue("ota-init", "J", None).needed == 0
     # ...and the submit answer adds the provider's id and drops numbers rejected up front
     after = correlate.on_submit("number-check", {"requestId": "R", "batchNo": "J", "numbers": 3,
                                                  "failNumber": [{"number": "999***567"}]})
     assert after.needed == 2 and keys.callback_index("nc-req", "R") in after.index_keys
+    assert after.proof == {keys.PROOF_ID: "R"}
+    assert correlate.on_submit("call", {"orderid": "O", "sessionid": "S"}).proof == {keys.PROOF_ID: "S"}
     assert correlate.on_submit("wa-calling", {}).needed == 0
+
+
+@pytest.mark.parametrize("given, job, same", [
+    ("8613800138000", "8613800138000", True), ("+86 138 0013 8000", "8613800138000", True),
+    # The provider may mask a number: head, tail and length must still agree
+    ("861******8000", "8613800138000", True), ("861*****8000", "8613800138000", False),
+    ("862******8000", "8613800138000", False), ("861******8001", "8613800138000", False),
+])
+def test_a_callback_number_is_compared_masked(given, job, same):
+    assert (correlate.phone_key(given) == correlate.phone_key(job)) is same
+
+
+def test_different_numbers_have_different_keys():
+    assert correlate.phone_key("8613800138000") != correlate.phone_key("8613800139999")
+    assert correlate.phone_key("8613800138000") != correlate.phone_key("861380013800")
 
 
 def test_public_url_needs_a_long_enough_token(monkeypatch):

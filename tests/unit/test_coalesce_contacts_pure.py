@@ -41,7 +41,8 @@ def test_a_call_callback_belongs_to_the_contact_job_but_completes_nothing():
 def test_a_contact_job_is_correlated_by_its_order_id_from_enqueue_to_submit():
     model = validate_payload("callbot-contact", {"user_task_id": "t", "contact": {"user_phone": "8613800138000"}})
     assert correlate.on_enqueue("callbot-contact", "job1", model) == \
-        correlate.Expectation(1, (keys.callback_index("cb-order", "job1"),))
+        correlate.Expectation(1, (keys.callback_index("cb-order", "job1"),), {keys.PROOF_TASK: "t"},
+                              callbacks_max=correlate.CONTACT_CALLBACKS_MAX)
     own = validate_payload("callbot-contact", {"user_task_id": "t", "contact": {"user_phone": "8613800138000",
                                                                                 "order_id": "mine"}})
     assert correlate.on_enqueue("callbot-contact", "job1", own).index_keys == (correlate.contact_index("mine"),)

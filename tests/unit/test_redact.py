@@ -30,3 +30,28 @@ def test_comma_separated_numbers_are_masked_one_by_one():
 def test_summarize_list():
     assert summarize_list([1, 2], keep=5) == [1, 2]
     assert summarize_list(list(range(10)), keep=3) == {"count": 10, "first": [0, 1, 2]}
+
+
+def test_numbers_sent_as_json_numbers_are_masked():
+    shown = redact({"phone": 8613800138000, "data": {"basic": {"nationalNumber": 13800138000}}})
+    assert shown == {"phone": "861******8000", "data": {"basic": {"nationalNumber": "138****8000"}}}
+
+
+def test_every_callback_shape_has_its_numbers_masked():
+    # Number Check (current and legacy), Callbot call/order, Agent CDR and CDR query rows
+    shapes = [
+        {"requestId": "r-000001", "batchNo": "b", "phone": "8613800138000"},
+        {"messageId": "m", "phone": "8613800138000",
+         "data": {"basic": {"nationalNumber": "13800138000", "standNumber": "+8613800138000"}}},
+        {"userTaskID": "t", "orderID": "o", "userPhone": "8613800138000",
+         "callInfoDetail": {"callID": "c", "callingNumber": "8613800138000"}},
+        {"sessionid": "s", "orderid": "o", "phone": "8613800138000", "show_phone": "8613800138000"},
+        {"id": 1, "orderid": "o", "phone": "8613800138000", "effective_called_number": "8613800138000"},
+        {"failNumber": [{"number": "8613800138000", "reason": "x"}]},
+    ]
+    for shape in shapes:
+        assert "138001" not in repr(redact(shape)), shape
+
+
+def test_a_flag_is_not_a_number():
+    assert redact({"phone": True}) == {"phone": True}
