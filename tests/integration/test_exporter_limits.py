@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import select
 import socket
-import sys
 import threading
 import time
 from pathlib import Path
@@ -18,8 +17,8 @@ import redis
 import requests
 
 from nxjobs.redis_conn import connect
-from tests.integration.test_operations import samples
-from workers.devstack import ServiceProcess, _wait_ready, project_root
+from tests.integration.test_operations import samples, start_exporter
+from workers.devstack import ServiceProcess
 from workers.exporter import DEFAULT_READ_TIMEOUT_S, Exporter, SingleFlight, make_server
 
 pytestmark = pytest.mark.integration
@@ -39,15 +38,7 @@ def db_url(redis_url) -> str:
 def start(env_url: str, log_dir: Path, *args: str) -> tuple[ServiceProcess, str, tuple[str, int]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("NXJOBS_")}
     env["NXJOBS_REDIS_URL"] = env_url
-    proc = ServiceProcess("exporter", [sys.executable, "-m", "workers.exporter", "--port", "0", *args], env=env,
-                          log_dir=str(log_dir), cwd=project_root()).start()
-    try:
-        line = proc.wait_for_log("exporter listening on ", 20)
-        url = line.split("exporter listening on ", 1)[1].strip()
-        _wait_ready(proc, url + "/livez", 20)
-    except BaseException:
-        proc.stop()
-        raise
+    proc, url = start_exporter(env, str(log_dir), *args)
     host, port = url.removeprefix("http://").rsplit(":", 1)
     return proc, url, (host, int(port))
 

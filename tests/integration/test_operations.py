@@ -24,8 +24,8 @@ WAIT_S = 20
 SECRETS = (accounts.API2_ACCESS_SECRET, accounts.CALLBOT_SECRET_KEY, accounts.AGENT_SECRETKEY)
 
 
-def start_exporter(env: dict[str, str], log_dir: str) -> tuple[ServiceProcess, str]:
-    proc = ServiceProcess("exporter", [sys.executable, "-m", "workers.exporter", "--port", "0"], env=env,
+def start_exporter(env: dict[str, str], log_dir: str, *args: str) -> tuple[ServiceProcess, str]:
+    proc = ServiceProcess("exporter", [sys.executable, "-m", "workers.exporter", "--port", "0", *args], env=env,
                           log_dir=log_dir, cwd=project_root()).start()
     try:
         line = proc.wait_for_log("exporter listening on ", 20)
