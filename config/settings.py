@@ -35,14 +35,14 @@ REQUIRED_CREDENTIALS = {
 
 
 class Api2Settings(BaseModel):
-    """api2 open platform: Number Check, OTA, WhatsApp (reference §2)."""
+    """api2 open platform: Number Check, OTA, WhatsApp (docs/provider.md §2)."""
 
     base_url: str = "https://api2.nxcloud.com"
     access_key: str | None = None
     access_secret: SecretStr | None = None
     appkey: str | None = None
     algorithm: Literal["md5", "sha256"] = "md5"
-    # Quota per accessKey shared by every worker (reference §8 [CHOICE]); 0 = unlimited.
+    # Quota per accessKey shared by every worker (docs/provider.md §8, our choice); 0 = unlimited.
     rate_per_s: float = Field(default=10.0, ge=0)
     # Number Check batches of more than 2 000 numbers have their own, lower quota.
     big_batch_rate_per_s: float = Field(default=1.0, ge=0)
@@ -50,20 +50,20 @@ class Api2Settings(BaseModel):
 
 
 class CallbotSettings(BaseModel):
-    """Callbot v3 (reference §3, §6)."""
+    """Callbot v3 (docs/provider.md §3, §6)."""
 
     base_url: str = "https://nxbot.nxcloud.com"
     uuid: str | None = None
     secret_key: SecretStr | None = None
     algorithm: Literal["md5", "sha256"] = "md5"
     strategy_name: str = "Default Strategy"
-    # Quota per uuid shared by every worker (reference §8 [CHOICE]); 0 = unlimited.
+    # Quota per uuid shared by every worker (docs/provider.md §8, our choice); 0 = unlimited.
     rate_per_s: float = Field(default=10.0, ge=0)
     burst: int = Field(default=1, ge=1)
 
 
 class AgentSettings(BaseModel):
-    """Legacy Agent API: token + makecall on as01, CDR lookups on api.nxcloud.com (reference §7)."""
+    """Legacy Agent API: token + makecall on as01, CDR lookups on api.nxcloud.com (docs/provider.md §7)."""
 
     base_url: str = "https://as01.nxcloud.com"
     cdr_base_url: str = "https://api.nxcloud.com"
@@ -72,9 +72,9 @@ class AgentSettings(BaseModel):
     username: str | None = None
     # Caller id shown to the callee; None lets NXCloud use its default ("nxcloud").
     show_phone: str | None = None
-    # Renew when less than this share of the token's lifetime is left (reference §7.1 [CHOICE]).
+    # Renew when less than this share of the token's lifetime is left (docs/provider.md §7.1, our choice).
     token_renew_fraction: float = Field(default=0.2, gt=0, lt=1)
-    # makecall quota per phone account (username), and CDR lookups per appkey (reference §8).
+    # makecall quota per phone account (username), and CDR lookups per appkey (docs/provider.md §8).
     rate_per_s: float = Field(default=1.0, ge=0)
     burst: int = Field(default=1, ge=1)
     cdr_rate_per_s: float = Field(default=1.0, ge=0)
@@ -110,11 +110,11 @@ class CallbacksSettings(BaseModel):
     # Base URL NXCloud can reach; the callback URLs sent with each request are built from it.
     public_url: str | None = None
     # Unguessable per-deployment secret in the URL of the unsigned callbacks (Number Check DR,
-    # Agent CDR), reference §4. Required when public_url is set; also needed by the receiver.
+    # Agent CDR), docs/provider.md §4. Required when public_url is set; also needed by the receiver.
     token: SecretStr | None = None
     # Bigger bodies are refused with 413 before they are read to the end.
     max_body_bytes: int = Field(default=64 * 1024, gt=0)
-    # Signed (Callbot) callbacks: |now - createTs| must be within this (reference §4 [CHOICE]).
+    # Signed (Callbot) callbacks: |now - createTs| must be within this (docs/provider.md §4, our choice).
     signature_tolerance_s: int = Field(default=300, gt=0)
     # A submitted job still missing callbacks this long after submission is looked up with the
     # query APIs (Number Check query, Callbot listTask/listOrderDetail, CDR by orderid).
@@ -207,7 +207,7 @@ class RecoverSettings(BaseModel):
 
 
 class RetrySettings(BaseModel):
-    """Capped exponential backoff with full jitter (reference §8 [CHOICE])."""
+    """Capped exponential backoff with full jitter (docs/provider.md §8, our choice)."""
 
     max_attempts: int = Field(default=8, ge=1, description="for codes classed 'retry'")
     bounded_attempts: int = Field(default=3, ge=1, description="for codes classed 'retry bounded'")

@@ -3,7 +3,7 @@
 The receiver (nxjobs.callbacks.app) serves these paths; keeping both sides on
 this one module means they cannot drift apart.
 
-Callbot callbacks are signed (reference §4), so their URLs are plain. Number
+Callbot callbacks are signed (docs/provider.md §4), so their URLs are plain. Number
 Check DRs and Agent CDRs are not signed: their URL ends in the per-deployment
 token (``/callbacks/number-check/<token>``), which the receiver compares in
 constant time. A path segment rather than a query string, so proxies that log

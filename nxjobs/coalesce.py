@@ -1,6 +1,6 @@
 """Coalescing: one-item jobs gathered into one provider request.
 
-The provider's quotas count requests, not items (reference §5.1, §6.3, §8): one
+The provider's quotas count requests, not items (docs/provider.md §5.1, §6.3, §8): one
 Number Check request carries up to 5 000 numbers, one Callbot `addBatchCall`
 many contacts. A producer enqueueing single items (a sign-up form, a CRM row)
 would otherwise spend a request per item. Two kinds are coalesced (`Spec`):
@@ -56,7 +56,7 @@ FLUSH_TASK = "nxjobs.number_check_batch"
 CONTACT_FLUSH_TASK = "nxjobs.callbot_contact_batch"
 SWEEP_TASK = "nxjobs.coalesce_sweep"
 # Batches above this many numbers fall under the provider's lower quota (1 request/s,
-# reference §8): 2 000-number batches at 10 requests/s carry four times as many numbers.
+# docs/provider.md §8): 2 000-number batches at 10 requests/s carry four times as many numbers.
 BIG_BATCH_NUMBERS = 2000
 # Jobs per enqueue script call: bounds one script's time inside Redis.
 ENQUEUE_CHUNK = 1000
@@ -72,7 +72,7 @@ class CoalesceSettings(BaseModel):
     linger_s: float = Field(default=0.5, gt=0, le=60)
     # Numbers per provider request. Above 2 000 the provider allows 1 request/s instead of 10.
     max_numbers: int = Field(default=BIG_BATCH_NUMBERS, ge=1, le=NUMBER_CHECK_MAX_PHONES)
-    # Contacts per addBatchCall (the reference's chunk, §6.3 [CHOICE]; the sandbox refuses > 1 000).
+    # Contacts per addBatchCall (docs/provider.md §6.3, our choice; the sandbox refuses > 1 000).
     max_contacts: int = Field(default=CALLBOT_CHUNK_SIZE, ge=1, le=1000)
     # How often beat looks for pending numbers with no flush on its way, and for stuck batches.
     sweep_interval_s: float = Field(default=5.0, gt=0)
@@ -449,7 +449,7 @@ def _json(value: Any) -> str:
 def rejected_members(members: list[tuple[str, str]], fail_numbers: list[Any]) -> dict[str, str]:
     """job id -> reason, for members whose number the provider listed in `failNumber`.
 
-    Entries may carry the number whole or masked (`999***6789`, reference §5.1). A masked entry
+    Entries may carry the number whole or masked (`999***6789`, docs/provider.md §5.1). A masked entry
     that fits more than one member names none of them for sure: those members stay submitted,
     and their callback (or reconciliation's query) settles them. Never fails a job on a guess."""
     by_phone = {phone: job_id for job_id, phone in members}

@@ -20,7 +20,7 @@ _BATCH_NO_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # Our own userTaskIDs are job ids (32 hex); others' may be any caller-chosen id of this shape.
 _USER_TASK_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
-# Provider limits (reference §5.1, §6.3 [CHOICE], §7.2).
+# Provider limits (docs/provider.md §5.1, §6.3, our choice, §7.2).
 NUMBER_CHECK_MAX_PHONES = 5000
 CALLBOT_CHUNK_SIZE = 500
 CALLBOT_MAX_CONTACTS = 100_000

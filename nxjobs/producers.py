@@ -195,7 +195,7 @@ class Producer:
 
     def _check_order_ids(self, models: list[Any]) -> None:
         """A contact's own orderID must be new: it is the contact's idempotency key and the key its
-        callbacks are found by (orderIDs are globally unique, reference §6.1). Checked before
+        callbacks are found by (orderIDs are globally unique, docs/provider.md §6.1). Checked before
         anything is written; a race with another producer is the caller's (unique ids are theirs)."""
         given = [(i, m.contact.order_id) for i, m in enumerate(models)
                  if isinstance(m, CallbotContactPayload) and m.contact.order_id]

@@ -1,4 +1,4 @@
-"""Which quotas a provider request spends, from settings (reference §8).
+"""Which quotas a provider request spends, from settings (docs/provider.md §8).
 
 Keyed by credential and API family, so different credentials never wait on
 each other and every worker using one credential shares one quota.

@@ -134,5 +134,5 @@ def on_submit(kind: str | None, result: dict[str, Any] | None) -> Expectation:
 
 
 def contact_index(order_id: str) -> str:
-    """A `callbot-contact` job's correlation key: its orderID (globally unique, reference §6.1)."""
+    """A `callbot-contact` job's correlation key: its orderID (globally unique, docs/provider.md §6.1)."""
     return keys.callback_index("cb-order", order_id)

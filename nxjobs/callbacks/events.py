@@ -10,7 +10,7 @@ A Callbot call or order callback belongs to a `callbot-contact` job when its
 orderID is indexed (the job added that contact), else to the `callbot-list`
 job whose id is its userTaskID.
 
-Dedupe keys (reference §5.4, §6.6, §7.3/7.4): Number Check = per-number id;
+Dedupe keys (docs/provider.md §5.4, §6.6, §7.3/7.4): Number Check = per-number id;
 Callbot call = callID; order = (orderID, finish); task = (taskStatus,
 taskStat.totalCall); CDR = sessionid (callback) or CDR id (query).
 
@@ -31,11 +31,11 @@ from nxjobs import coalesce, keys
 from nxjobs.callbacks.correlate import contact_index, phone_key
 from nxjobs.redact import redact
 
-# Number Check: per-number ids are `<submit requestId>-<6 digits>` (reference §5.1).
+# Number Check: per-number ids are `<submit requestId>-<6 digits>` (docs/provider.md §5.1).
 _PER_NUMBER_SUFFIX = re.compile(r"-[0-9]{6}$")
 _ID = dict(min_length=1, max_length=128)
 
-# Callbot taskStatus values meaning "will not dial any more" (reference §6.4).
+# Callbot taskStatus values meaning "will not dial any more" (docs/provider.md §6.4).
 TASK_FINISHED = frozenset({3, 4})
 
 NUMBER_CHECK = "number-check"

@@ -1,6 +1,6 @@
 """Pure authenticity checks on a callback's raw request, before any parsing.
 
-Callbot callbacks are signed like Callbot requests (reference §3.2, §4): the
+Callbot callbacks are signed like Callbot requests (docs/provider.md §3.2, §4): the
 sign is recomputed over the raw body text, compared in constant time, and the
 createTs must be within a tolerance. Unsigned callbacks (Number Check DR, Agent
 CDR) must arrive on a URL carrying the per-deployment token, also compared in

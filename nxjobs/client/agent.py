@@ -1,4 +1,4 @@
-"""Agent API client (legacy): token, makecall and CDR lookup (reference §7).
+"""Agent API client (legacy): token, makecall and CDR lookup (docs/provider.md §7).
 
 Credentials travel in form fields, not signatures; none of them is ever
 returned, logged or put in an exception message.

@@ -1,4 +1,4 @@
-"""api2 open-platform client (Number Check, OTA, WhatsApp): signed JSON POSTs (reference §2)."""
+"""api2 open-platform client (Number Check, OTA, WhatsApp): signed JSON POSTs (docs/provider.md §2)."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ class Api2Client:
             resp = self.transport.post(self.base_url + path, data=text.encode("utf-8"), headers=headers)
         code = resp.body.get("code")
         if code != 0 and str(code) != "0":
-            # Current docs say `message`, legacy ones `msg` (reference §5).
+            # Current docs say `message`, legacy ones `msg` (docs/provider.md §5).
             message = resp.body.get("message") or resp.body.get("msg") or ""
             raise ProviderError(self.family, code if code is not None else "missing", str(message), endpoint=path)
         return resp

@@ -1,4 +1,4 @@
-"""Callbot v3 client: signed JSON POSTs under /callcentre/api/v3/ (reference §3, §6)."""
+"""Callbot v3 client: signed JSON POSTs under /callcentre/api/v3/ (docs/provider.md §3, §6)."""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ Error tree::
     └── TransportError           no usable answer: connect failure, timeout, HTTP 5xx/4xx, garbage body
 
 Every error carries a `Classification`: what the caller should do next.
-`classify()` is pure and table-driven (reference §9); unknown codes are permanent.
+`classify()` is pure and table-driven (docs/provider.md §9); unknown codes are permanent.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ class Action(str, Enum):
 @dataclass(frozen=True)
 class Classification:
     action: Action
-    # Bounded retries stop after RetrySettings.bounded_attempts (reference §9 "retry bounded").
+    # Bounded retries stop after RetrySettings.bounded_attempts (docs/provider.md §9 "retry bounded").
     bounded: bool = False
     # The provider's "too frequent" signal: the caller should slow down, not just retry.
     throttled: bool = False
@@ -98,7 +98,7 @@ def classify(family: str, code: int | str, message: str = "") -> Classification:
 
 
 def classify_http_status(status: int) -> Classification:
-    """Transport-level outcome of a non-2xx HTTP status (reference §9 last paragraph)."""
+    """Transport-level outcome of a non-2xx HTTP status (docs/provider.md §9 last paragraph)."""
     if status == 429:
         return THROTTLED
     if status >= 500:

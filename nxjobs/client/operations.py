@@ -157,7 +157,7 @@ def _number_check_request(phones: list[str], batch_no: str, check_level: int, ap
 def _submit_number_check(api2: Api2Client, body: dict[str, Any]) -> dict[str, Any]:
     resp = api2.post(NUMBER_CHECK_PATH, biz_type=1, action="numbercheck", body=body)
     data = resp.body.get("data") or {}
-    # Current docs name it requestId, legacy ones messageId (reference §5.1).
+    # Current docs name it requestId, legacy ones messageId (docs/provider.md §5.1).
     return {"requestId": data.get("requestId") or data.get("messageId"),
             "batchNo": data.get("batchNo") or body["batchNo"], "failNumber": data.get("failNumber") or []}
 
@@ -186,7 +186,7 @@ def contact_order_id(job_id: str, index: int, explicit: str | None) -> str:
 
 
 def call_list_item(contact: Contact, order_id: str) -> dict[str, Any]:
-    """One callList entry (reference §6.3), unmasked: what addBatchCall sends."""
+    """One callList entry (docs/provider.md §6.3), unmasked: what addBatchCall sends."""
     item: dict[str, Any] = {"orderID": order_id, "userPhone": contact.user_phone, "userName": contact.user_name}
     if contact.params:
         item["params"] = [{"name": p.name, "value": p.value} for p in contact.params]
@@ -205,7 +205,7 @@ def _already_present(err: dict[str, Any]) -> bool:
 
 def rejected_orders(err_list: Any) -> dict[str, str]:
     """orderID -> errMsg of the contacts addBatchCall refused, leaving out "already exists":
-    an order the provider has is an order added (a resent request, reference §6.1)."""
+    an order the provider has is an order added (a resent request, docs/provider.md §6.1)."""
     out: dict[str, str] = {}
     for err in err_list if isinstance(err_list, list) else []:
         if isinstance(err, dict) and err.get("orderID") and not _already_present(err):
@@ -357,7 +357,7 @@ def submit_call_list(
         # An earlier attempt sent the start and lost the answer: the task may be running or,
         # with a short list, already finished (a second start is then refused). Ask first.
         task = _find_task(callbot, user_task_id)
-        if task and task.get("taskStatus") not in (None, 1):  # 1 = not started (reference §6)
+        if task and task.get("taskStatus") not in (None, 1):  # 1 = not started (docs/provider.md §6)
             state["started"] = True
             state["taskStatus"] = task.get("taskStatus")
             save_progress(state)

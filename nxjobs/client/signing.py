@@ -1,4 +1,4 @@
-"""Pure signers for the three NXCloud auth schemes (reference §2, §3, §7).
+"""Pure signers for the three NXCloud auth schemes (docs/provider.md §2, §3, §7).
 
 No clocks, no randomness, no I/O: timestamps and request ids are arguments so
 tests can pin them to the published vectors.
@@ -16,7 +16,7 @@ Algorithm = Literal["md5", "sha256"]
 def serialize_body(body: Any) -> str:
     """Serialise a JSON body once; callers sign and send exactly this text.
 
-    Compact separators and raw UTF-8 (reference §3.2 [CHOICE]); the server never
+    Compact separators and raw UTF-8 (docs/provider.md §3.2, our choice); the server never
     re-canonicalises, so any other spelling would change the sign.
     """
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
@@ -49,7 +49,7 @@ def api2_sign(
     body_text: str | None,
     algorithm: Algorithm = "md5",
 ) -> str:
-    """api2 `sign` header: lowercase hex MD5/SHA-256 (reference §2.2)."""
+    """api2 `sign` header: lowercase hex MD5/SHA-256 (docs/provider.md §2.2)."""
     text = api2_string_to_sign(
         access_key=access_key, action=action, biz_type=biz_type, ts_ms=ts_ms, body_text=body_text
     )
@@ -96,7 +96,7 @@ def callbot_sign(
     body_text: str,
     algorithm: Algorithm = "md5",
 ) -> str:
-    """Callbot v3 `sign`: uppercase hex over the fixed-order authRaw (reference §3.2)."""
+    """Callbot v3 `sign`: uppercase hex over the fixed-order authRaw (docs/provider.md §3.2)."""
     auth_raw = f"{secret_key}&body={body_text}&createTs={create_ts_s}&requestID={request_id}&uuid={uuid}"
     return _digest(auth_raw, algorithm).upper()
 

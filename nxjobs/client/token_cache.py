@@ -1,6 +1,6 @@
 """The Agent API token, cached in Redis and shared by every worker.
 
-One token per appkey; the cache entry expires when renewal is due (reference
+One token per appkey; the cache entry expires when renewal is due (docs/provider.md
 §7.1: renew with 20 % of the lifetime left), so whichever worker next needs it
 fetches a new one under a short Redis lock while the others wait for it.
 """

@@ -5,17 +5,17 @@ Imports nothing; safe to use from tests, the CLI and docker-compose helpers.
 
 from __future__ import annotations
 
-# api2 open platform (Number Check, OTA, WhatsApp), reference §2.
+# api2 open platform (Number Check, OTA, WhatsApp), docs/provider.md §2.
 API2_ACCESS_KEY = "sandbox-access-key"
 API2_ACCESS_SECRET = "sandbox-access-secret"
 API2_APPKEY = "sandbox-appkey"
 
-# Callbot v3, reference §3.
+# Callbot v3, docs/provider.md §3.
 CALLBOT_UUID = "sandbox-callbot-uuid"
 CALLBOT_SECRET_KEY = "sandbox-callbot-secret"
 CALLBOT_ALGORITHM = "md5"
 
-# Legacy Agent API (token / makecall / CDR), reference §7.
+# Legacy Agent API (token / makecall / CDR), docs/provider.md §7.
 AGENT_APPKEY = "sandbox-agent-appkey"
 AGENT_SECRETKEY = "sandbox-agent-secretkey"
 AGENT_USERNAME = "sandbox-agent"

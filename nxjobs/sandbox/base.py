@@ -77,7 +77,7 @@ def _country(phone: str) -> tuple[str, str]:
 @dataclass(frozen=True)
 class _Outcome:
     answered: bool
-    call_status: int  # Callbot callStatus as simulated (reference §6.4 [CHOICE])
+    call_status: int  # Callbot callStatus as simulated (docs/provider.md §6.4, our choice)
     hangup_cause: str
     sip_code: str
 

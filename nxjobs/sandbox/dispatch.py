@@ -4,7 +4,7 @@ Handlers only append to `state.stores.outbox` (they stay pure); this thread
 takes the outbox, rolls the dice (drop, duplicate), schedules each delivery
 `callback_delay_s` (+ up to `callback_jitter_s`, which reorders them) ahead,
 and sends when due. Callbot callbacks are signed like NXCloud signs them
-(reference §4: requestID, uuid, createTs, sign over the raw body), freshly on
+(docs/provider.md §4: requestID, uuid, createTs, sign over the raw body), freshly on
 every attempt. Anything but a 2xx is tried again every `callback_retry_s`
 until `callback_retry_window_s` after the first attempt (NXCloud: every minute
 for up to an hour, §5.4), then given up.

@@ -1,4 +1,4 @@
-"""The sandbox's Agent API (token, makecall, CDR by orderid), reference §7."""
+"""The sandbox's Agent API (token, makecall, CDR by orderid), docs/provider.md §7."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def _token_verify(state: SandboxState, req: _Request) -> None:
 def _token(state: SandboxState, req: _Request) -> dict[str, Any]:
     ttl = state.config.token_ttl_s
     token = uuid.uuid4().hex.upper()
-    # Older tokens stay valid until their own expiry (reference §7.1 [CHOICE]).
+    # Older tokens stay valid until their own expiry (docs/provider.md §7.1, our choice).
     state.stores.tokens[token] = {"appkey": req.credential, "expires_at": req.now + ttl}
     state.accepted["agent_token"] += 1
     return {"code": 0, "token": token, "expireinterval": ttl}
@@ -77,7 +77,7 @@ def _makecall(state: SandboxState, req: _Request) -> dict[str, Any]:
             return {"code": 1007, "info": "orderid format error"}
     session_id = str(uuid.uuid4())
     stores = state.stores
-    # No dedupe, like the real API as far as we know (reference §7.2 [CHOICE]); a repeat rings twice.
+    # No dedupe, like the real API as far as we know (docs/provider.md §7.2, our choice); a repeat rings twice.
     if order_id and order_id in stores.called_orderids:
         state.duplicates["makecall_orderid"] += 1
     if order_id:
@@ -88,7 +88,7 @@ def _makecall(state: SandboxState, req: _Request) -> dict[str, Any]:
     }
     stores.calls.append(call)
     state.accepted["makecall"] += 1
-    # The CDR arrives when the call ends, at the URL registered with the vendor (reference §7.3).
+    # The CDR arrives when the call ends, at the URL registered with the vendor (docs/provider.md §7.3).
     state.queue_callback("cdr", state.config.cdr_callback_url, _cdr_callback(call), signed=False)
     return {"code": 0, "orderid": order_id, "sessionid": session_id, "info": "success"}
 
@@ -125,7 +125,7 @@ def _cdr_row(call: dict[str, Any]) -> dict[str, Any]:
 
 
 def _cdr_callback(call: dict[str, Any]) -> dict[str, Any]:
-    """The CDR callback of a call (reference §7.3): times are Unix seconds as strings."""
+    """The CDR callback of a call (docs/provider.md §7.3): times are Unix seconds as strings."""
     row = _cdr_row(call)
     start = int(call["created"]) + 1
     answered = row["duration"] > 0

@@ -1,4 +1,4 @@
-"""The sandbox's api2 family (Number Check, OTA, WhatsApp calling), reference §2, §5:
+"""The sandbox's api2 family (Number Check, OTA, WhatsApp calling), docs/provider.md §2, §5:
 signature check, quotas and the endpoints."""
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ def _nc_record(state: SandboxState, request_id: str, batch_no: str, given_batch:
 
 
 def _nc_dr(state: SandboxState, row: dict[str, Any]) -> dict[str, Any]:
-    """The result callback of one number (reference §5.4), in the configured shape."""
+    """The result callback of one number (docs/provider.md §5.4), in the configured shape."""
     cost = {"price": row["price"], "currency": row["currency"]}
     if state.config.number_check_shape == "legacy":
         basic = {"preCheck": "YES", "regionCode": row["country"], "countryCode": _country(row["phone"])[0],
@@ -140,7 +140,7 @@ def _number_check(state: SandboxState, req: _Request) -> dict[str, Any]:
     request_id = _hex32()
     failed = [n for n in numbers if n.startswith("999")]
     ok = [n for n in numbers if not n.startswith("999")]
-    # Reference §5.1: a single-number batch keeps the submit id; otherwise id-<6 digits>.
+    # docs/provider.md §5.1: a single-number batch keeps the submit id; otherwise id-<6 digits>.
     rows = [
         _nc_row(request_id if len(numbers) == 1 else f"{request_id}-{i:06d}", batch_no, n, level, req.now)
         for i, n in enumerate(ok, start=1)

@@ -1,4 +1,4 @@
-"""The sandbox's Callbot v3, reference §3, §6: signature check, tasks, orders, dialling, and
+"""The sandbox's Callbot v3, docs/provider.md §3, §6: signature check, tasks, orders, dialling, and
 the call, order and task callbacks they send."""
 
 from __future__ import annotations
@@ -141,8 +141,8 @@ def _cb_add_orders(state: SandboxState, task: dict[str, Any], call_list: list[An
     order_url = info.get("orderCallbackUrl") or task.get("_orderCallbackUrl")
     errors = []
     added = 0
-    # [CHOICE] A task that completed because its orders were all dialled (not by an operator's
-    # "complete") takes new contacts, as a kept task would (funcFlag.taskKeep, reference §6.3): it
+    #, our choice A task that completed because its orders were all dialled (not by an operator's
+    # "complete") takes new contacts, as a kept task would (funcFlag.taskKeep, docs/provider.md §6.3): it
     # runs again, dials them, and completes again (with its own task callback) when they finish.
     reopen = task["taskStatus"] == 3 and task.get("_finished_by_orders")
     for item in call_list:
@@ -194,7 +194,7 @@ def _cb_new_task(state: SandboxState, req: _Request) -> dict[str, Any]:
         "userTaskID": user_task_id, "taskID": str(uuid.uuid4().int % 10**12).zfill(12), "sceneID": b["sceneID"],
         "taskName": setting.get("taskName") or b.get("taskName") or "",
         "taskStatus": 1, "createTs": int(req.now), "orderIDs": [],
-        # Where its callbacks go (reference §6.3: top level in createTask, in the setting otherwise).
+        # Where its callbacks go (docs/provider.md §6.3: top level in createTask, in the setting otherwise).
         "_taskCallbackUrl": setting.get("taskCallbackUrl") or b.get("taskCallbackUrl"),
         "_orderCallbackUrl": b.get("orderCallbackUrl"), "_callCallbackUrl": b.get("callCallbackUrl"),
     }

@@ -46,7 +46,7 @@ class SandboxConfig:
     """
 
     api2_rate: int = 10
-    # Number Check batches of more than 2 000 numbers (reference §8 [CHOICE]).
+    # Number Check batches of more than 2 000 numbers (docs/provider.md §8, our choice).
     number_check_big_rate: int = 1
     callbot_rate: int = 10
     makecall_rate: int = 1
@@ -58,7 +58,7 @@ class SandboxConfig:
     slow_seconds: float = 5.0
     number_check_shape: str = "current"
     seed: int | None = None
-    # Callbacks (sent by the dispatcher thread, reference §5.4, §6.6, §7.3). Number Check and
+    # Callbacks (sent by the dispatcher thread, docs/provider.md §5.4, §6.6, §7.3). Number Check and
     # Callbot callbacks go to the URLs the client sent; the Agent CDR has no per-request URL, so
     # it goes here ("" = no CDR callbacks), like the URL a customer registers with the vendor.
     cdr_callback_url: str = ""

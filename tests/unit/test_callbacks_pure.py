@@ -28,7 +28,7 @@ def check(raw: bytes, headers: dict[str, str], now: float = NOW, account: str = 
 
 
 def test_reference_vector_c1_verifies():
-    # Given the reference's vector C1 (§3.3): body, createTs, requestID and its MD5 sign
+    # Given vector C1 (docs/provider.md §3.3): body, createTs, requestID and its MD5 sign
     body = '{"customerId": "1234", "appKey": "xxxxxx", "status": 1}'
     headers = {"uuid": UUID, "createts": "1700000000", "requestid": "0123456789abcdef0123456789abcdef",
                "sign": "5D9DF0A715F076BD80045812AB251F08"}

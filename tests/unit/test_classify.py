@@ -1,4 +1,4 @@
-"""The classification table against every code documented in reference §9."""
+"""The classification table against every code documented in docs/provider.md §9."""
 
 import pytest
 
@@ -6,7 +6,7 @@ from nxjobs.client.errors import Action, ProviderError, classify, classify_http_
 
 S, R, F, P = Action.SUCCESS, Action.RETRY, Action.REFRESH, Action.PERMANENT
 
-# (family, code, action, bounded) straight from the reference's tables.
+# (family, code, action, bounded) straight from docs/provider.md's tables.
 DOCUMENTED = [
     # §9.1
     ("api2", 1001, P, False), ("api2", 1002, P, False), ("api2", 1003, P, False), ("api2", 1004, R, True),

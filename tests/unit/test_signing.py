@@ -1,4 +1,4 @@
-"""Every published and self-computed signing vector (reference §2.3, §2.4, §3.3)."""
+"""Every published and self-computed signing vector (docs/provider.md §2.3, §2.4, §3.3)."""
 
 import pytest
 
