@@ -12,9 +12,6 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-# Shared with producers, which read the same NXJOBS_COALESCE__* variables (nxjobs/producers.py).
-from nxjobs.coalesce import CoalesceSettings
-
 ENV_PREFIX = "NXJOBS_"
 
 
@@ -223,6 +220,24 @@ class MetricsSettings(BaseModel):
     stall_s: float = Field(default=300.0, gt=0)
     # Jobs by kind and state come from a scan of the job records, at most this often.
     jobs_scan_interval_s: float = Field(default=30.0, ge=0)
+
+
+class CoalesceSettings(BaseModel):
+    """Gathering one-number Number Checks and single Callbot contacts into provider batches.
+    Producers read the first three from the same variables (nxjobs.producers.ProducerSettings)."""
+
+    # Longest a queued number waits for company before its batch is sent anyway.
+    linger_s: float = Field(default=0.5, gt=0, le=60)
+    # Numbers per provider request (at most 5 000, docs/provider.md §8). Above 2 000 the
+    # provider allows 1 request/s instead of 10.
+    max_numbers: int = Field(default=2000, ge=1, le=5000)
+    # Contacts per addBatchCall (docs/provider.md §6.3, our choice; the sandbox refuses > 1 000).
+    max_contacts: int = Field(default=500, ge=1, le=1000)
+    # How often beat looks for pending numbers with no flush on its way, and for stuck batches.
+    sweep_interval_s: float = Field(default=5.0, gt=0)
+    # A built batch untouched this long is re-flushed by the sweep (its flush message was lost).
+    # Every wait or retry of a batch touches it, and none is longer than ratelimit.max_wait_s (600 s).
+    stale_batch_s: float = Field(default=900.0, gt=0)
 
 
 class Settings(BaseSettings):

@@ -44,13 +44,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, NamedTuple
-
-from pydantic import BaseModel, Field
+from typing import Any, Callable, Iterable, NamedTuple, Protocol
 
 from nxjobs import keys
 from nxjobs.callbacks import correlate
-from nxjobs.jobs import CALLBOT_CHUNK_SIZE, NUMBER_CHECK_MAX_PHONES, PRIORITY_NEW, QUEUE_API2, QUEUE_CALLBOT
+from nxjobs.jobs import PRIORITY_NEW, QUEUE_API2, QUEUE_CALLBOT
 
 FLUSH_TASK = "nxjobs.number_check_batch"
 CONTACT_FLUSH_TASK = "nxjobs.callbot_contact_batch"
@@ -65,20 +63,15 @@ ENQUEUE_CHUNK = 1000
 ARMED_GRACE_S = 30.0
 
 
-class CoalesceSettings(BaseModel):
-    """Shared by producers (when to send a flush) and workers (how much a flush takes)."""
+class BatchSizing(Protocol):
+    """The coalesce settings the queue reads: the service's config and a producer's settings
+    both provide them (same NXJOBS_COALESCE__* variables)."""
 
     # Longest a queued number waits for company before its batch is sent anyway.
-    linger_s: float = Field(default=0.5, gt=0, le=60)
-    # Numbers per provider request. Above 2 000 the provider allows 1 request/s instead of 10.
-    max_numbers: int = Field(default=BIG_BATCH_NUMBERS, ge=1, le=NUMBER_CHECK_MAX_PHONES)
-    # Contacts per addBatchCall (docs/provider.md §6.3, our choice; the sandbox refuses > 1 000).
-    max_contacts: int = Field(default=CALLBOT_CHUNK_SIZE, ge=1, le=1000)
-    # How often beat looks for pending numbers with no flush on its way, and for stuck batches.
-    sweep_interval_s: float = Field(default=5.0, gt=0)
-    # A built batch untouched this long is re-flushed by the sweep (its flush message was lost).
-    # Every wait or retry of a batch touches it, and none is longer than ratelimit.max_wait_s (600 s).
-    stale_batch_s: float = Field(default=900.0, gt=0)
+    linger_s: float
+    # Numbers per provider request, contacts per addBatchCall.
+    max_numbers: int
+    max_contacts: int
 
 
 @dataclass(frozen=True)
@@ -87,7 +80,7 @@ class Spec:
 
     Parameters: `kind` the members' job kind; `family` the queue whose workers hold the credential
     the batch is sent with (flushes run there); `flush_task` the Celery task that sends a batch;
-    `prefix` starts every group name of the kind; `max_setting` the CoalesceSettings field that caps
+    `prefix` starts every group name of the kind; `max_setting` the BatchSizing field that caps
     a batch; `index_at_enqueue` / `index_at_take` key prefixes of a member's correlation index, set
     when the job is enqueued (+ key: the id is ours and known then) or when its batch is built
     (+ `<batchNo>:<key>`: the id is the batch's); "" = none."""
@@ -100,7 +93,7 @@ class Spec:
     index_at_enqueue: str = ""
     index_at_take: str = ""
 
-    def max_items(self, settings: CoalesceSettings) -> int:
+    def max_items(self, settings: BatchSizing) -> int:
         return int(getattr(settings, self.max_setting))
 
 
@@ -305,7 +298,7 @@ class MemberOutcome(NamedTuple):
 class CoalesceQueue:
     """The Redis side of coalescing; `client` is a sync redis client (decode_responses=True)."""
 
-    def __init__(self, client: Any, settings: CoalesceSettings, *, ttl_s: int):
+    def __init__(self, client: Any, settings: BatchSizing, *, ttl_s: int):
         self.redis = client
         self.settings = settings
         self.ttl_s = ttl_s

@@ -22,23 +22,31 @@ from typing import Any, Iterable
 import redis
 from pydantic_core import to_json
 from celery import Celery
-from pydantic import Field
+from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from nxjobs import coalesce, keys
-from nxjobs.coalesce import CoalesceSettings
 from nxjobs.callbacks import correlate
 from nxjobs.deadletters import DeadLetters
-from nxjobs.client.operations import call_list_item, contact_job_order_id
-from nxjobs.jobs import PRIORITY_NEW, CallbotContactPayload, InvalidJob, NumberCheckPayload, get_kind, validate_payload
+from nxjobs.jobs import CALLBOT_CHUNK_SIZE, NUMBER_CHECK_MAX_PHONES, PRIORITY_NEW, CallbotContactPayload, InvalidJob, NumberCheckPayload, get_kind, validate_payload
 from nxjobs.records import JobRecord, JobState, utc_now_iso
 from nxjobs.redact import flower_repr, redact
 from nxjobs.redis_conn import RedisUnavailable, connect, describe
 from nxjobs.store import RecordStore
+from nxjobs.wire import call_list_item, contact_job_order_id
 
 log = logging.getLogger("nxjobs.producer")
 
 __all__ = ["Producer", "InvalidJob", "RedisUnavailable", "EnqueueError", "JobRecord", "JobState"]
+
+
+class ProducerCoalesceSettings(BaseModel):
+    """The coalesce settings a producer needs: when a batch is full, how long it lingers.
+    Same variables, defaults and bounds as the service's (tests/unit/test_settings_shared.py)."""
+
+    linger_s: float = Field(default=0.5, gt=0, le=60)
+    max_numbers: int = Field(default=coalesce.BIG_BATCH_NUMBERS, ge=1, le=NUMBER_CHECK_MAX_PHONES)
+    max_contacts: int = Field(default=CALLBOT_CHUNK_SIZE, ge=1, le=1000)
 
 
 class ProducerSettings(BaseSettings):
@@ -48,7 +56,7 @@ class ProducerSettings(BaseSettings):
                                       env_ignore_empty=True, extra="ignore")
     redis_url: str = "redis://localhost:6379/0"
     record_ttl_s: int = Field(default=7 * 24 * 3600, gt=0)
-    coalesce: CoalesceSettings = CoalesceSettings()
+    coalesce: ProducerCoalesceSettings = ProducerCoalesceSettings()
 
 
 class EnqueueError(RuntimeError):

@@ -19,7 +19,8 @@ from kombu.exceptions import OperationalError
 from nxjobs import keys
 from nxjobs.callbacks import reconcile
 from nxjobs.client.errors import PERMANENT, NXCloudError, TransportError
-from nxjobs.client.operations import AmbiguousSubmission, Outcome, call_order_id, number_check_batch_no
+from nxjobs.client.operations import AmbiguousSubmission, Outcome
+from nxjobs.wire import call_order_id, number_check_batch_no
 from nxjobs.jobs import KINDS, PRIORITY_RETRY, InvalidJob, validate_payload
 from nxjobs.ratelimit.gate import SlotNotReady
 from nxjobs.ratelimit.limiter import Grant

@@ -26,6 +26,7 @@ from celery import Task
 from celery.exceptions import Reject
 from kombu.exceptions import OperationalError
 
+from nxjobs import wire
 from nxjobs import coalesce, keys
 from nxjobs.callbacks import reconcile
 from nxjobs.client import operations
@@ -162,7 +163,7 @@ class ContactSender(Sender):
     def replay_payload(self, batch: Batch, job_id: str, key: str) -> dict[str, Any]:
         item = batch.items.get(job_id) or {}
         return {"user_task_id": coalesce.user_task_id_of(batch.group),
-                "contact": operations.contact_of_item(item) if item else {"order_id": key}}
+                "contact": wire.contact_of_item(item) if item else {"order_id": key}}
 
 
 SENDERS: dict[str, Sender] = {sender.spec.kind: sender for sender in (NumberCheckSender(), ContactSender())}

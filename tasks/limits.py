@@ -11,10 +11,9 @@ from typing import Any
 from config.settings import Settings
 from nxjobs.client.agent import CDR_BY_ORDERID_PATH, MAKECALL_PATH
 from nxjobs.client.operations import NUMBER_CHECK_PATH
-from nxjobs.ratelimit.limiter import Limit
-
 # Number Check batches above this many numbers fall under the lower quota.
-BIG_BATCH_NUMBERS = 2000
+from nxjobs.coalesce import BIG_BATCH_NUMBERS
+from nxjobs.ratelimit.limiter import Limit
 
 
 def limits_for(settings: Settings, family: str, endpoint: str, body: Any) -> list[Limit]:

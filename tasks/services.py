@@ -18,7 +18,7 @@ from nxjobs.deadletters import DeadLetters
 from nxjobs.client.agent import AgentClient
 from nxjobs.client.api2 import Api2Client
 from nxjobs.client.callbot import CallbotClient
-from nxjobs.client.token_cache import AgentTokenCache
+from nxjobs.agent_tokens import AgentTokenCache
 from nxjobs.client.transport import Transport
 from nxjobs.ratelimit.gate import RateGate
 from nxjobs.ratelimit.limiter import RateLimiter

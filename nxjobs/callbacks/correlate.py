@@ -18,8 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from nxjobs import wire
 from nxjobs import keys
-from nxjobs.client import operations
 from nxjobs.redact import mask_phone
 
 # Defaults of config.settings.CallbacksSettings.*_deadline_s, for stores built without settings.
@@ -77,10 +77,10 @@ def phone_key(phone: str) -> str:
 def on_enqueue(kind: str, job_id: str, payload: Any) -> Expectation:
     """What we know before anything is sent: the ids we choose, and an upper bound of units."""
     if kind == "call":
-        return Expectation(1, (keys.callback_index("call", operations.call_order_id(job_id, payload)),),
+        return Expectation(1, (keys.callback_index("call", wire.call_order_id(job_id, payload)),),
                            callbacks_max=CALL_CALLBACKS_MAX)
     if kind == "number-check":
-        batch_no = operations.number_check_batch_no(job_id, payload)
+        batch_no = wire.number_check_batch_no(job_id, payload)
         proof = {keys.PROOF_BATCH: batch_no, **{keys.proof_phone(phone_key(p)): "1" for p in payload.phones}}
         return Expectation(len(payload.phones), (keys.callback_index("nc-batch", batch_no),), proof,
                            callbacks_max=len(payload.phones))
@@ -91,7 +91,7 @@ def on_enqueue(kind: str, job_id: str, payload: Any) -> Expectation:
                  **{keys.proof_order(c.order_id): "1" for c in contacts if c.order_id}}
         return Expectation(1, (), proof, callbacks_max=CONTACT_CALLBACKS_MAX * (len(contacts) + 1))
     if kind == "callbot-contact":
-        return Expectation(1, (contact_index(operations.contact_job_order_id(job_id, payload)),),
+        return Expectation(1, (contact_index(wire.contact_job_order_id(job_id, payload)),),
                            {keys.PROOF_TASK: payload.user_task_id}, callbacks_max=CONTACT_CALLBACKS_MAX)
     return Expectation(0)
 

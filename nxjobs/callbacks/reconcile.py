@@ -29,10 +29,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
+from nxjobs import wire
 from nxjobs import keys
 from nxjobs.callbacks import events
 from nxjobs.callbacks.ledger import Ledger
-from nxjobs.client import operations
 from nxjobs.client.errors import NXCloudError
 from nxjobs.deadletters import DeadLetters
 from nxjobs.records import JobError, JobRecord, JobState, utc_now_iso
@@ -273,7 +273,7 @@ class Reconciler:
         task = next((t for t in resp.body.get("taskData") or [] if t.get("userTaskID") == user_task_id), None)
         status = task.get("taskStatus") if task else None
         if task and status in events.TASK_FINISHED:
-            order_ids = [operations.contact_order_id(record.id, i, c.get("order_id"))
+            order_ids = [wire.contact_order_id(record.id, i, c.get("order_id"))
                          for i, c in enumerate(record.input.get("contacts") or [])]
             for start in range(0, len(order_ids), CALLBOT_DETAIL_CHUNK):
                 chunk = order_ids[start:start + CALLBOT_DETAIL_CHUNK]

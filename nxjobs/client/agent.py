@@ -6,7 +6,7 @@ returned, logged or put in an exception message.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, Protocol, TypeVar
 
 from nxjobs.client.errors import ProviderError
 from nxjobs.client.signing import serialize_body
@@ -15,6 +15,17 @@ from nxjobs.client.transport import Gate, Response, Transport, gated
 TOKEN_PATH = "/v1/call/token"
 MAKECALL_PATH = "/v1/call/makecall"
 CDR_BY_ORDERID_PATH = "/api/voiceSms/getSipCdrByOrderid"
+
+T = TypeVar("T")
+
+
+class TokenSource(Protocol):
+    """Where makecall gets its token: shared by every worker (nxjobs.agent_tokens keeps it in
+    Redis), so the client itself holds no store."""
+
+    def call(self, fn: Callable[[str], T]) -> T:
+        """Run `fn(token)`, refreshing the token once if the provider says it is stale."""
+        ...
 
 
 class AgentClient:

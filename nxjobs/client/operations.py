@@ -12,22 +12,27 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from nxjobs import callback_urls
-from nxjobs.client.agent import MAKECALL_PATH, AgentClient
+from nxjobs.client.agent import MAKECALL_PATH, AgentClient, TokenSource
 from nxjobs.client.api2 import Api2Client
 from nxjobs.client.callbot import CallbotClient
 from nxjobs.client.errors import PERMANENT, NXCloudError, ProviderError, TransportError
-from nxjobs.client.token_cache import AgentTokenCache
 from nxjobs.jobs import (
     CALLBOT_CHUNK_SIZE,
     CallbotContactPayload,
     CallbotListPayload,
     CallPayload,
-    Contact,
     NumberCheckPayload,
     OtaInitPayload,
     WaCallingPayload,
 )
 from nxjobs.redact import redact, summarize_list
+from nxjobs.wire import (
+    call_list_item,
+    call_order_id,
+    contact_job_order_id,
+    contact_order_id,
+    number_check_batch_no,
+)
 
 
 @dataclass
@@ -59,14 +64,9 @@ def _sent(endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
 
 # ---- Agent API ------------------------------------------------------------
 
-def call_order_id(job_id: str, payload: CallPayload) -> str:
-    # A uuid4 hex job id is 32 alphanumerics: exactly the longest orderid allowed.
-    return payload.order_id or job_id
-
-
 def place_call(
     agent: AgentClient,
-    tokens: AgentTokenCache,
+    tokens: TokenSource,
     *,
     job_id: str,
     payload: CallPayload,
@@ -105,10 +105,6 @@ def place_call(
 NUMBER_CHECK_PATH = "/api/number/check"
 OTA_INIT_PATH = "/api/ota/init"
 WA_CALLING_PATH = "/api/wa/calling/get"
-
-
-def number_check_batch_no(job_id: str, payload: NumberCheckPayload) -> str:
-    return payload.batch_no or job_id
 
 
 def check_numbers(
@@ -181,18 +177,6 @@ def wa_calling(api2: Api2Client, *, payload: WaCallingPayload, appkey: str, outc
 
 # ---- Callbot v3 -----------------------------------------------------------
 
-def contact_order_id(job_id: str, index: int, explicit: str | None) -> str:
-    return explicit or f"{job_id}-{index}"
-
-
-def call_list_item(contact: Contact, order_id: str) -> dict[str, Any]:
-    """One callList entry (docs/provider.md §6.3), unmasked: what addBatchCall sends."""
-    item: dict[str, Any] = {"orderID": order_id, "userPhone": contact.user_phone, "userName": contact.user_name}
-    if contact.params:
-        item["params"] = [{"name": p.name, "value": p.value} for p in contact.params]
-    return item
-
-
 def _call_list(job_id: str, payload: CallbotListPayload, start: int, stop: int) -> list[dict[str, Any]]:
     return [call_list_item(payload.contacts[i], contact_order_id(job_id, i, payload.contacts[i].order_id))
             for i in range(start, min(stop, len(payload.contacts)))]
@@ -228,11 +212,6 @@ def _call_info(call_list: list[dict[str, Any]], public_url: str | None, order_cb
 
 # ---- Callbot v3: contacts added to an existing task (callbot-contact) -------
 
-def contact_job_order_id(job_id: str, payload: CallbotContactPayload) -> str:
-    # A uuid4 hex job id is 32 letters and digits: a valid, globally unique orderID.
-    return payload.contact.order_id or job_id
-
-
 def add_contacts(callbot: CallbotClient, *, user_task_id: str, call_list: list[dict[str, Any]],
                  public_url: str | None, outcome: Outcome, shared: bool) -> dict[str, Any]:
     """One addBatchCall onto task `user_task_id`; returns the answer (totalCount, successCount,
@@ -261,16 +240,6 @@ def add_contact(callbot: CallbotClient, *, job_id: str, payload: CallbotContactP
         raise ProviderError("callbot", CONTACT_REJECTED, refused[order_id], endpoint="addBatchCall")
     outcome.result = {"userTaskID": payload.user_task_id, "orderID": order_id, "contacts": 1}
     return outcome
-
-
-def contact_of_item(item: dict[str, Any]) -> dict[str, Any]:
-    """The `contact` payload of a callList item: what a dead-lettered contact is replayed with."""
-    contact: dict[str, Any] = {"user_phone": item["userPhone"], "order_id": item["orderID"]}
-    if item.get("userName"):
-        contact["user_name"] = item["userName"]
-    if item.get("params"):
-        contact["params"] = item["params"]
-    return contact
 
 
 # The code of a contact the provider refused in addBatchCall's errList (its message is the errMsg).

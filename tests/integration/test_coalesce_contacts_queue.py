@@ -9,6 +9,7 @@ import uuid
 
 import pytest
 
+from config.settings import CoalesceSettings
 from nxjobs import coalesce, keys
 from nxjobs.callbacks import events
 from nxjobs.callbacks.ledger import Ledger
@@ -31,7 +32,7 @@ def client(redis_url):
 
 @pytest.fixture()
 def queue(client):
-    return coalesce.CoalesceQueue(client, coalesce.CoalesceSettings(max_contacts=3, max_numbers=2), ttl_s=600)
+    return coalesce.CoalesceQueue(client, CoalesceSettings(max_contacts=3, max_numbers=2), ttl_s=600)
 
 
 def _contacts(n: int) -> list[tuple[str, str, str, str]]:

@@ -8,6 +8,7 @@ import uuid
 
 import pytest
 
+from config.settings import CoalesceSettings
 from nxjobs import coalesce, keys
 from nxjobs.redis_conn import connect
 
@@ -20,7 +21,7 @@ NOW = "2026-11-23T00:00:00.000Z"
 def queue(redis_url):
     client = connect(redis_url.rsplit("/", 1)[0] + "/3")
     client.flushdb()
-    yield coalesce.CoalesceQueue(client, coalesce.CoalesceSettings(max_numbers=4, linger_s=0.5), ttl_s=600)
+    yield coalesce.CoalesceQueue(client, CoalesceSettings(max_numbers=4, linger_s=0.5), ttl_s=600)
     client.flushdb()
 
 

@@ -1,6 +1,8 @@
 """Pure parts of coalescing Callbot contacts: groups, correlation of call/order callbacks by orderID,
 which errList entries fail a member, and each member's share of an addBatchCall answer."""
 
+from config.settings import CoalesceSettings
+from nxjobs import wire
 from nxjobs import coalesce, keys
 from nxjobs.callbacks import correlate, events
 from nxjobs.client import operations
@@ -15,9 +17,9 @@ def test_contact_groups_name_their_task_and_flush_on_the_callbot_queue():
     assert coalesce.user_task_id_of(group) == "task-1"
     assert coalesce.spec_of(group) is coalesce.CONTACTS and coalesce.spec_of("nc1") is coalesce.NUMBER_CHECKS
     assert (coalesce.CONTACTS.family, coalesce.CONTACTS.flush_task) == ("callbot", "nxjobs.callbot_contact_batch")
-    settings = coalesce.CoalesceSettings(max_contacts=7)
+    settings = CoalesceSettings(max_contacts=7)
     assert coalesce.CONTACTS.max_items(settings) == 7 and coalesce.NUMBER_CHECKS.max_items(settings) == 2000
-    assert coalesce.CoalesceSettings().max_contacts == 500
+    assert CoalesceSettings().max_contacts == 500
     assert isinstance(sender_of(group), ContactSender)
 
 
@@ -59,10 +61,10 @@ def test_already_present_is_added_and_anything_else_refused():
 def test_a_call_list_item_round_trips_to_the_contact_a_replay_sends():
     model = validate_payload("callbot-contact", {"user_task_id": "t", "contact": {
         "user_phone": "8613800138000", "user_name": "Li", "params": [{"name": "amount", "value": "42"}]}})
-    item = operations.call_list_item(model.contact, "job1")
+    item = wire.call_list_item(model.contact, "job1")
     assert item == {"orderID": "job1", "userPhone": "8613800138000", "userName": "Li",
                     "params": [{"name": "amount", "value": "42"}]}
-    replay = validate_payload("callbot-contact", {"user_task_id": "t", "contact": operations.contact_of_item(item)})
+    replay = validate_payload("callbot-contact", {"user_task_id": "t", "contact": wire.contact_of_item(item)})
     assert replay.contact == model.contact.model_copy(update={"order_id": "job1"})
 
 
