@@ -15,10 +15,10 @@ import pytest
 import requests
 
 from nxjobs.callbacks.verify import check_callbot
-from nxjobs.sandbox import accounts, dispatch
-from nxjobs.sandbox.dispatch import CallbackDispatcher, _parse_any_response, _parse_response
-from nxjobs.sandbox.server import start_in_thread
-from nxjobs.sandbox.state import SandboxConfig, SandboxState
+from sandbox import accounts, dispatch
+from sandbox.dispatch import CallbackDispatcher, _parse_any_response, _parse_response
+from sandbox.server import start_in_thread
+from sandbox.state import SandboxConfig, SandboxState
 from tests.integration.test_sandbox import NUMBER_CHECK, post_api2, post_callbot
 
 FAST = dict(callback_delay_s=0.0, callback_jitter_s=0.0, callback_retry_s=0.1, callback_retry_window_s=5.0)

@@ -43,8 +43,8 @@ from urllib.parse import quote, unquote, urlsplit
 from pydantic_core import to_json
 
 from nxjobs.client.signing import callbot_headers
-from nxjobs.sandbox import accounts
-from nxjobs.sandbox.state import SandboxState
+from sandbox import accounts
+from sandbox.state import SandboxState
 
 # Connect timeout, and the longest silence while waiting for an answer (requests' timeout=).
 SEND_TIMEOUT_S = 5.0
