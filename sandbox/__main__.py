@@ -1,6 +1,6 @@
-"""`python -m sandbox [--host H] [--port P] [fault options]`: serve the fake NXCloud until SIGTERM/SIGINT.
+"""`python -m sandbox [--host H] [--port P] [fault options]`: the fake NXCloud until SIGTERM/SIGINT.
 
-Runs from the repo root (or the sandbox image's workdir): the sandbox is not part of the nxjobs wheel.
+Run from the repo root (or the sandbox image's workdir): it is not part of the nxjobs wheel.
 """
 
 import sys
