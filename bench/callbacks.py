@@ -76,7 +76,7 @@ def build_jobs(store, n_checks: int, n_lists: int, n_calls: int):
 def build_requests(host: str, checks, lists, calls, count: int) -> list[bytes]:
     """`count` distinct raw HTTP requests: 70 % DRs, 20 % signed call callbacks, 10 % CDRs."""
     from nxjobs.client.signing import callbot_headers, serialize_body
-    from nxjobs.sandbox import accounts
+    from sandbox import accounts
 
     out: list[bytes] = []
     now = int(time.time())
@@ -218,7 +218,7 @@ def main() -> int:
 
     import redis
 
-    from nxjobs.sandbox.accounts import sandbox_env
+    from sandbox.accounts import sandbox_env
     from nxjobs.store import RecordStore
     from workers.devstack import RedisServer, start_callbacks
 

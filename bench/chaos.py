@@ -134,7 +134,7 @@ class Stack:
     """Redis + sandbox + receiver + beat + workers for one scenario; stop() ends all of it."""
 
     def __init__(self, workers: int, concurrency: int):
-        from nxjobs.sandbox.accounts import sandbox_env
+        from sandbox.accounts import sandbox_env
 
         self.n_workers, self.concurrency = workers, concurrency
         self.redis = RedisServer(appendonly=True).start()
@@ -215,7 +215,7 @@ def run_scenario(name: str, jobs: int = 300, timeout_s: float = 180.0, *, worker
     """Run one scenario to the end (or `timeout_s`) and return its counts."""
     from nxjobs.producers import EnqueueError, Producer
     from nxjobs.redis_conn import RedisUnavailable
-    from nxjobs.sandbox.control import SandboxControl
+    from sandbox.control import SandboxControl
 
     rng = random.Random(seed)
     kinds = [k for k, w in KIND_MIX for _ in range(w)]

@@ -79,8 +79,8 @@ def run_row(mode: str, jobs: int, quota: int, workers: int, concurrency: int, re
             timeout_s: float, progress: bool = False) -> dict:
     from nxjobs import keys
     from nxjobs.producers import Producer
-    from nxjobs.sandbox.accounts import sandbox_env
-    from nxjobs.sandbox.control import SandboxControl
+    from sandbox.accounts import sandbox_env
+    from sandbox.control import SandboxControl
 
     procs: list[ServiceProcess] = []
     with RedisServer(appendonly=False) as redis_server:

@@ -54,8 +54,8 @@ def _states(producer, job_ids: list[str]) -> dict[str, int]:
 
 def run_row(mode: str, jobs: int, quota: int, concurrency: int, timeout_s: float) -> dict:
     from nxjobs.producers import Producer
-    from nxjobs.sandbox.accounts import sandbox_env
-    from nxjobs.sandbox.control import SandboxControl
+    from sandbox.accounts import sandbox_env
+    from sandbox.control import SandboxControl
 
     procs: list[ServiceProcess] = []
     with RedisServer(appendonly=False) as redis_server:

@@ -34,8 +34,8 @@ def _iso_to_epoch(text: str) -> float:
 def run_row(system: str, workers: int, quota: int, jobs: int, timeout_s: float) -> dict:
     from nxjobs.producers import Producer
     from nxjobs.records import JobState
-    from nxjobs.sandbox.accounts import sandbox_env
-    from nxjobs.sandbox.control import SandboxControl
+    from sandbox.accounts import sandbox_env
+    from sandbox.control import SandboxControl
 
     with RedisServer() as redis_server:
         sandbox, url = start_sandbox("--api2-rate", str(quota))

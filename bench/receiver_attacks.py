@@ -54,7 +54,7 @@ class Receiver:
     """`python -m workers.web` from `root`, its descriptor limit `nofile`; sampled while attacked."""
 
     def __init__(self, root: Path, redis_url: str, nofile: int, env: dict[str, str]):
-        from nxjobs.sandbox.accounts import sandbox_env
+        from sandbox.accounts import sandbox_env
 
         self.log = tempfile.NamedTemporaryFile(prefix="nxjobs-attack-receiver-", suffix=".log", delete=False)
         full_env = {**os.environ, **sandbox_env("http://127.0.0.1:9"), "NXJOBS_REDIS_URL": redis_url,
@@ -530,7 +530,7 @@ def repeated_unknown(run: Run) -> str:
 def signed_replay(run: Run) -> str:
     """A signed Callbot task callback for an unknown task, the same request sent 20 times."""
     from nxjobs.client.signing import callbot_headers, serialize_body
-    from nxjobs.sandbox import accounts
+    from sandbox import accounts
 
     text = serialize_body({"callbackType": 1, "userTaskID": "unknown-" + uuid.uuid4().hex[:8], "taskID": "1",
                            "taskStatus": 3, "taskStat": {"totalCall": 1}})

@@ -19,7 +19,7 @@ answers 200 to everything: what the dispatcher can do when the receiver costs no
 Sender CPU is this process's user+sys time over the delivery (the dispatcher's
 threads; the main thread only polls a counter). Receiver and Redis CPU come from
 /proc. `--baseline FILE` loads another dispatch.py (e.g. `git show
-HEAD:nxjobs/sandbox/dispatch.py > /tmp/dispatch_old.py`) and runs it alternately with
+HEAD:sandbox/dispatch.py > /tmp/dispatch_old.py`) and runs it alternately with
 the current one against the same receiver, baseline first, so both see the same
 machine noise; medians are printed at the end.
 
@@ -138,7 +138,7 @@ def pid_cpu(pid: int) -> float:
 
 def load_dispatch(path: str | None):
     if path is None:
-        from nxjobs.sandbox import dispatch
+        from sandbox import dispatch
         return dispatch
     spec = importlib.util.spec_from_file_location(f"dispatch_{abs(hash(path))}", path)
     module = importlib.util.module_from_spec(spec)
@@ -149,7 +149,7 @@ def load_dispatch(path: str | None):
 
 def queue_drs(state, url: str, checks: list[tuple[str, str]], count: int) -> int:
     """One DR per number, built and queued exactly like the Number Check handler does."""
-    from nxjobs.sandbox.endpoints_api2 import _nc_dr, _nc_row
+    from sandbox.endpoints_api2 import _nc_dr, _nc_row
 
     now = time.time()
     queued = 0
@@ -165,7 +165,7 @@ def queue_drs(state, url: str, checks: list[tuple[str, str]], count: int) -> int
 
 def one_run(module, *, dr_url: str, checks, count: int, seconds: float, connections: int | None,
             receiver_sid: int | None, redis_pid: int | None) -> dict:
-    from nxjobs.sandbox.state import SandboxConfig, SandboxState
+    from sandbox.state import SandboxConfig, SandboxState
 
     # Every DR due at once; a failed attempt is retried after 1 s so a hiccup shows, not hides.
     state = SandboxState(SandboxConfig(callback_delay_s=0.0, callback_jitter_s=0.0, callback_retry_s=1.0,
@@ -229,7 +229,7 @@ def main() -> int:
 
     import redis
 
-    from nxjobs.sandbox.accounts import sandbox_env
+    from sandbox.accounts import sandbox_env
     from nxjobs.store import RecordStore
     from workers.devstack import RedisServer, ServiceProcess, free_port, project_root, start_callbacks
 

@@ -1,4 +1,4 @@
-"""`nxjobs` command line: worker, sandbox, callbacks, submit, status, wait.
+"""`nxjobs` command line: worker, callbacks, dead, submit, status, wait.
 
 Exit codes: 0 success; 1 a job failed, timed out or was not found; 2 bad input
 (nothing was enqueued) or bad configuration; 3 Redis unreachable.
@@ -32,7 +32,7 @@ def _error(message: str, code: int) -> int:
     return code
 
 
-# ---- worker / sandbox -----------------------------------------------------
+# ---- worker ---------------------------------------------------------------
 
 def cmd_worker(rest: list[str]) -> int:
     """Run `python -m workers worker ...` from wherever the service packages live."""
@@ -105,12 +105,6 @@ def cmd_unmatched(rest: list[str]) -> int:
         print(f"{row.get('received_at')}  {row.get('type'):<14} {row.get('source'):<9} {ids}  "
               f"[{row.get('reason')}]{repeats}")
     return EXIT_OK
-
-
-def cmd_sandbox(rest: list[str]) -> int:
-    from nxjobs.sandbox.server import run
-
-    return run(rest)
 
 
 # ---- submit ---------------------------------------------------------------
@@ -422,7 +416,6 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("worker", help="start a Celery worker (events on); options pass through: -Q, -c, --pool",
                    add_help=False)
-    sub.add_parser("sandbox", help="run the local NXCloud sandbox (--host, --port, fault options)", add_help=False)
     sub.add_parser("dead", help="dead letters: `dead list [--kind K] [--limit N] [--json]`, "
                                 "`dead replay JOB_ID | --all [--kind K]`, `dead purge [--kind K]`", add_help=False)
     sub.add_parser("callbacks", help="run the callback receiver (--host, --port, --workers); "
@@ -447,11 +440,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    # worker and sandbox own their options; hand them everything after the name.
+    # worker owns its options; hand it everything after the name.
     if argv and argv[0] == "worker":
         return cmd_worker(argv[1:])
     if argv and argv[0] == "sandbox":
-        return cmd_sandbox(argv[1:])
+        # The fake NXCloud is not in the wheel (no producer should install a test double).
+        return _error("the sandbox is not part of the nxjobs package; "
+                      "run `python -m sandbox` from the repo root", EXIT_INPUT)
     if argv and argv[0] == "callbacks":
         return cmd_callbacks(argv[1:])
     if argv and argv[0] == "dead":

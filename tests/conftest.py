@@ -48,7 +48,7 @@ def redis_url(redis_server) -> str:
 
 @pytest.fixture(scope="session")
 def sandbox_handle():
-    from nxjobs.sandbox.server import start_in_thread
+    from sandbox.server import start_in_thread
 
     with start_in_thread() as handle:
         yield handle
@@ -57,7 +57,7 @@ def sandbox_handle():
 @pytest.fixture()
 def sandbox(sandbox_handle):
     """Control client for the session's sandbox, reset to relaxed quotas and no faults."""
-    from nxjobs.sandbox.control import SandboxControl
+    from sandbox.control import SandboxControl
 
     with SandboxControl(sandbox_handle.url) as control:
         control.reset()
@@ -67,7 +67,7 @@ def sandbox(sandbox_handle):
 
 @pytest.fixture(scope="session")
 def worker_env(redis_url, sandbox_handle, tmp_path_factory) -> dict[str, str]:
-    from nxjobs.sandbox.accounts import sandbox_env
+    from sandbox.accounts import sandbox_env
 
     clean = {k: v for k, v in os.environ.items() if not k.startswith("NXJOBS_")}
     return {**clean, **sandbox_env(sandbox_handle.url), **WORKER_ENV, "NXJOBS_REDIS_URL": redis_url}

@@ -51,8 +51,8 @@ def _wait_sent(control, timeout_s: float) -> None:
 
 def main() -> int:
     from nxjobs.producers import Producer
-    from nxjobs.sandbox.accounts import sandbox_env
-    from nxjobs.sandbox.control import SandboxControl
+    from sandbox.accounts import sandbox_env
+    from sandbox.control import SandboxControl
 
     started = time.monotonic()
     worker = sandbox = receiver = None

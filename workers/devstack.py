@@ -305,8 +305,8 @@ def project_root() -> str:
 
 def start_sandbox(*args: str, log_dir: str | None = None, env: dict[str, str] | None = None,
                   timeout_s: float = 20.0) -> tuple[ServiceProcess, str]:
-    """`nxjobs sandbox --port 0 ARGS`; returns the process and its base URL."""
-    proc = ServiceProcess("sandbox", [_python(), "-m", "nxjobs.cli", "sandbox", "--port", "0", *args],
+    """`python -m sandbox --port 0 ARGS` from the repo root; returns the process and its base URL."""
+    proc = ServiceProcess("sandbox", [_python(), "-m", "sandbox", "--port", "0", *args],
                           env=env, log_dir=log_dir, cwd=project_root()).start()
     line = proc.wait_for_log("sandbox listening on ", timeout_s)
     return proc, line.split("sandbox listening on ", 1)[1].strip()

@@ -21,7 +21,7 @@ from nxjobs.callbacks.ledger import Ledger
 from nxjobs.client.signing import callbot_headers, serialize_body
 from nxjobs.jobs import validate_payload
 from nxjobs.records import JobError, JobState
-from nxjobs.sandbox import accounts
+from sandbox import accounts
 from nxjobs.store import RecordStore
 from tests.conftest import CALLBACK_TOKEN
 

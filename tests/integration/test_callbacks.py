@@ -16,7 +16,7 @@ import requests
 from nxjobs import keys
 from nxjobs.client.signing import callbot_headers, serialize_body
 from nxjobs.records import JobState
-from nxjobs.sandbox import accounts
+from sandbox import accounts
 from tests.conftest import CALLBACK_TOKEN
 
 pytestmark = pytest.mark.integration

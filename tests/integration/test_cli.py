@@ -82,3 +82,10 @@ def test_unreachable_redis_exits_3_with_a_clear_message(tmp_path):
                           env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 3
     assert "cannot reach Redis at redis://127.0.0.1:1/0" in proc.stderr
+
+
+def test_sandbox_is_not_a_subcommand_and_the_error_names_the_repo_command(nxjobs):
+    # The fake NXCloud is not in the installed package: the CLI points at the repo's entry point
+    proc = nxjobs("sandbox", "--port", "0", timeout=20)
+    assert proc.returncode == 2
+    assert "python -m sandbox" in proc.stderr and "Traceback" not in proc.stderr

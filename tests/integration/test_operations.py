@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from nxjobs.records import JobState
-from nxjobs.sandbox import accounts
+from sandbox import accounts
 from workers.devstack import ServiceProcess, _wait_ready, free_port, project_root, start_worker
 
 pytestmark = pytest.mark.integration

@@ -18,9 +18,9 @@ import pytest
 import requests
 
 from nxjobs.client.signing import api2_headers, callbot_headers, serialize_body
-from nxjobs.sandbox import accounts
-from nxjobs.sandbox.control import SandboxControl
-from nxjobs.sandbox.server import start_in_thread
+from sandbox import accounts
+from sandbox.control import SandboxControl
+from sandbox.server import start_in_thread
 
 NUMBER_CHECK = "/api/number/check"
 CB = "/callcentre/api/v3/"
@@ -303,7 +303,7 @@ def test_slow_rate_applies_the_effect_then_answers_late(sb, http, control):
 
 def test_run_prints_listening_line_and_exits_0_on_sigterm():
     # Given the CLI entry point started in its own process on a free port
-    code = "import sys; from nxjobs.sandbox.server import run; sys.exit(run(sys.argv[1:]))"
+    code = "import sys; from sandbox.server import run; sys.exit(run(sys.argv[1:]))"
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     with subprocess.Popen([sys.executable, "-c", code, "--port", "0"], stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True, env=env, cwd=REPO_ROOT) as proc:

@@ -15,10 +15,10 @@ import pytest
 import requests
 
 from nxjobs.callbacks.verify import check_callbot
-from nxjobs.sandbox import accounts, dispatch
-from nxjobs.sandbox.dispatch import CallbackDispatcher, _parse_any_response, _parse_response
-from nxjobs.sandbox.server import start_in_thread
-from nxjobs.sandbox.state import SandboxConfig, SandboxState
+from sandbox import accounts, dispatch
+from sandbox.dispatch import CallbackDispatcher
+from sandbox.server import start_in_thread
+from sandbox.state import SandboxConfig, SandboxState
 from tests.integration.test_sandbox import NUMBER_CHECK, post_api2, post_callbot
 
 FAST = dict(callback_delay_s=0.0, callback_jitter_s=0.0, callback_retry_s=0.1, callback_retry_window_s=5.0)
@@ -537,26 +537,6 @@ def test_chunked_informational_and_close_delimited_answers_are_understood(dispat
         raw.close()
 
 
-@pytest.mark.parametrize("data,eof,expected", [
-    (b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc", False, (200, True, 41)),
-    (b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nab", False, None),
-    (b"HTTP/1.1 500 Oops\r\nConnection: close\r\nContent-Length: 0\r\n\r\n", False, (500, False, 59)),
-    (b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n", False, (200, True, 62)),
-    (b"HTTP/1.0 200 OK\r\n\r\nbody", False, None),
-    (b"HTTP/1.0 200 OK\r\n\r\nbody", True, (200, False, 23)),
-    (b"HTTP/1.1 204 No Content\r\n\r\n", False, (204, True, 27)),
-    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n", False, None),
-    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n", False, (200, True, 59)),
-])
-def test_response_framing(data, eof, expected):
-    assert _parse_response(bytearray(data), eof) == expected
-
-
-def test_garbage_answer_is_malformed():
-    with pytest.raises(ValueError):
-        _parse_response(bytearray(b"SSH-2.0-OpenSSH_9.6\r\n\r\n"), False)
-
-
 def test_answers_in_pieces_or_with_extra_bytes_one_request_at_a_time(dispatcher_for):
     # Given a receiver whose first answer comes in three pieces and whose second has bytes after it
     raw = RawServer([
@@ -597,43 +577,21 @@ def test_many_callbacks_over_few_connections_are_never_pipelined(dispatcher_for,
         raw.close()
 
 
-@pytest.mark.parametrize("data", [
-    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 31\r\n\r\n"
-    b'{"code":0,"message":"success"}\n',
-    b"HTTP/1.1 200 OK\r\ndate: Sat, 09 May 2026 08:00:00 GMT\r\nserver: uvicorn\r\ncontent-length: 2\r\n"
-    b"content-type: application/json\r\n\r\nok",
-    b"HTTP/1.1 503 Busy\r\ncontent-length: 2\r\n\r\nok",
-    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\no",  # not all of the body yet
-    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA",
-    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 2\r\n\r\nok",  # the last one counts
-    b"HTTP/1.1 200 OK\r\nContent-Length : 2\r\n\r\nok",
-    b"HTTP/1.1 200 OK\r\nX-A: 1\r\n content-length: 2\r\n\r\nok",
-    b"HTTP/1.1 200 OK\r\nX-Note: content-length: 9\r\nContent-Length: 2\r\n\r\nok",
-    b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
-    b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok",
-    b"HTTP/1.1 200 OK\r\nX-Via: connection-pool\r\nContent-Length: 2\r\n\r\nok",
-    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\n\r\n2\r\nok\r\n0\r\n\r\n",
-    b"HTTP/1.1 204 No Content\r\nContent-Length: 2\r\n\r\n",
-    b"HTTP/1.1 304 Not Modified\r\nContent-Length: 2\r\n\r\n",
-    b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
-    b"HTTP/1.1 101 Switching\r\nContent-Length: 2\r\n\r\n",
-    b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok",
-    b"HTTP/1.1 200\r\nContent-Length: 2\r\n\r\nok",
-    b"HTTP/1.1 200 OK\r\n\r\nuntil the end",
-    b"HTTP/1.1 200 OK\r\nContent-Length: 2",  # not all of the head yet
-    b"HTTP/1.1 2x0 OK\r\nContent-Length: 2\r\n\r\nok",
-    b"HTTP/1.1 200 OK\r\nContent-Length: two\r\n\r\nok",
-    b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\nok",
-    b"HTTP/1.12 200 OK\r\nContent-Length: 2\r\n\r\nok",
-])
-@pytest.mark.parametrize("eof", [False, True])
-@pytest.mark.parametrize("kind", [bytes, bytearray])
-def test_common_answers_are_read_as_the_full_parser_reads_them(data, eof, kind):
-    # (_parse_response has a cached path for the usual head; _parse_any_response is the parser for all)
-    def outcome(parse):
-        try:
-            return parse(kind(data), eof)
-        except ValueError:
-            return ValueError
-
-    assert outcome(_parse_response) == outcome(_parse_any_response)
+def test_a_malformed_answer_is_a_failed_attempt_and_retried_on_a_new_connection(dispatcher_for):
+    # Given a receiver whose first answer has two Content-Lengths (ambiguous framing)
+    raw = RawServer([
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 5\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+    ])
+    try:
+        state = _state()
+        _queue_drs(state, raw.url + "/dr/tok", 1)
+        # When one DR is sent
+        dispatcher_for(state)
+        stats = _wait_counted(state, "delivered", 1)
+        # Then the first attempt failed like a broken connection, and the retry was delivered
+        assert (stats["attempts"], stats["failed_attempts"], stats["delivered"]) == (2, 1, 1)
+        assert [r["status"] for r in state.recent_callbacks()] == ["ConnectionError", 200]
+        assert (raw.requests, raw.connections) == (2, 2)
+    finally:
+        raw.close()

@@ -8,11 +8,11 @@ import uuid
 from typing import Any, Callable
 
 from nxjobs.client.signing import callbot_sign
-from nxjobs.sandbox import accounts
-from nxjobs.sandbox.base import (
+from sandbox import accounts
+from sandbox.base import (
     _Answer, _as_int, _decode, _DIGITS, _hex32, _json_object, _nonempty, _outcome, _Request,
 )
-from nxjobs.sandbox.state import SandboxState
+from sandbox.state import SandboxState
 
 CALLBOT_TS_WINDOW_S = 60
 CALLBOT_MAX_CALL_LIST = 1000

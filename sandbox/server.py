@@ -20,9 +20,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 from urllib.parse import parse_qsl, urlsplit
 
-from nxjobs.sandbox.dispatch import CallbackDispatcher
-from nxjobs.sandbox.handlers import CONTROL_PREFIX, Reply, handle, handle_control
-from nxjobs.sandbox.state import SandboxConfig, SandboxState
+from sandbox.dispatch import CallbackDispatcher
+from sandbox.handlers import CONTROL_PREFIX, Reply, handle, handle_control
+from sandbox.state import SandboxConfig, SandboxState
 
 DEFAULT_PORT = 8090
 
@@ -161,7 +161,7 @@ def start_in_thread(
 
 def _parser() -> argparse.ArgumentParser:
     d = SandboxConfig()
-    p = argparse.ArgumentParser(prog="nxjobs sandbox", description="Fake NXCloud HTTP APIs for tests and demos.")
+    p = argparse.ArgumentParser(prog="python -m sandbox", description="Fake NXCloud HTTP APIs for tests and demos.")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help="0 = pick a free port")
     p.add_argument("--api2-rate", type=int, default=d.api2_rate, help="req/s per accessKey, 0 = unlimited")

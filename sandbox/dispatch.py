@@ -11,13 +11,12 @@ for up to an hour, §5.4), then given up.
 
 Sending is one asyncio event loop in that thread (uvloop when installed) with
 up to CONNECTIONS_PER_ORIGIN keep-alive HTTP/1.1 connections per (scheme, host,
-port), each carrying one request at a time, written as prebuilt bytes. A
-benchmark feeds ~100 000 DRs at thousands per second to a receiver on the same
-2 cores, so CPU spent here is CPU the receiver lacks (bench/sandbox_callbacks.py,
-CPU per callback): `requests` from 8 threads spent ~2 ms per POST and topped
-out near 500/s; a coroutine awaiting a future per request 0.042-0.043 ms
-against an idle receiver (`--receiver sink`) and 0.058-0.066 ms against ours;
-now 0.026-0.032 and 0.041-0.046 ms. A kept-alive connection is driven by
+port), each carrying one request at a time, written as prebuilt bytes; answers
+are read by httptools' response parser (llhttp, as the receiver's server uses).
+A benchmark feeds ~100 000 DRs at thousands per second to a receiver on the same
+2 cores, so CPU spent here is CPU the receiver lacks (bench/sandbox_callbacks.py
+measures CPU per callback; `requests` from threads and a coroutine awaiting a
+future per request both cost clearly more). A kept-alive connection is driven by
 callbacks: its answer counts the attempt in `data_received` and queues the
 connection, and once the loop iteration has read every answer it got, the next
 requests go out together. Only opening a connection is a coroutine. What is
@@ -40,11 +39,12 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
+import httptools
 from pydantic_core import to_json
 
 from nxjobs.client.signing import callbot_headers
-from nxjobs.sandbox import accounts
-from nxjobs.sandbox.state import SandboxState
+from sandbox import accounts
+from sandbox.state import SandboxState
 
 # Connect timeout, and the longest silence while waiting for an answer (requests' timeout=).
 SEND_TIMEOUT_S = 5.0
@@ -100,102 +100,76 @@ def _target(url: str) -> tuple[tuple[str, str, int], bytes] | str:
     return (scheme, parts.hostname, port or (443 if scheme == "https" else 80)), head.encode("latin-1", "replace")
 
 
-def _parse_response(buf: bytes | bytearray, eof: bool) -> tuple[int, bool, int] | None:
-    """(status, reusable, bytes used) of the first complete final response in `buf`, or None for "need more".
+class _ResponseReader:
+    """The answers on one connection, read with httptools (llhttp): one final response per request.
 
-    Handles Content-Length, chunked and close-delimited bodies, skips 1xx; raises ValueError if malformed.
+    `expect()` before each request; `feed()` gives (status, reusable) once the final response is
+    complete (1xx skipped), None for "need more", and raises ValueError if the answer is malformed.
+    Content-Length, chunked and close-delimited bodies (`eof()` settles those) are understood.
     """
-    end = buf.find(b"\r\n\r\n")
-    if end > 0:
-        simple = _simple_head(bytes(buf[:end]))
-        if simple is not None:
-            used = end + 4 + simple[1]
-            return (simple[0], True, used) if len(buf) >= used else None
-    return _parse_any_response(buf, eof)
 
+    __slots__ = ("parser", "status", "keep_alive", "framed", "head_done", "done", "head_bytes")
 
-@lru_cache(maxsize=64)
-def _simple_head(head: bytes) -> tuple[int, int] | None:
-    """(status, Content-Length) if `head` is what receivers nearly always send, else None.
+    def __init__(self) -> None:
+        # One parser per connection: after a keep-alive answer it reads the next one.
+        self.parser = httptools.HttpResponseParser(self)
+        self.expect()
 
-    That is: HTTP/1.1, a final status with a body, exactly one Content-Length and neither Connection
-    nor Transfer-Encoding (not even inside a value), so the answer is keep-alive and the full parser
-    would read it the same way. A receiver sends the same few heads over and over (one a second with
-    a Date header), so they are parsed once: a cache hit costs a seventh of parsing.
-    """
-    if not head.startswith(b"HTTP/1.1 ") or head[12:13] != b" ":
-        return None
-    status = int(head[9:12])  # raises ValueError like the full parser would
-    if status < 200 or status == 204 or status == 304:
-        return None
-    lower = head.lower()
-    if lower.count(b"content-length") != 1 or b"connection" in lower or b"transfer-encoding" in lower:
-        return None
-    at = lower.find(b"\r\ncontent-length:")
-    if at < 0:
-        return None
-    stop = lower.find(b"\r\n", at + 17)
-    return status, int(lower[at + 17:stop if stop >= 0 else None])
+    def expect(self) -> None:
+        self.status = 0
+        self.keep_alive = False
+        self.framed = False  # a Content-Length or chunked body (else: until the server closes)
+        self.head_done = False  # the final (not 1xx) response's head was read
+        self.done = False
+        self.head_bytes = 0
 
-
-def _parse_any_response(buf: bytes | bytearray, eof: bool) -> tuple[int, bool, int] | None:
-    """`_parse_response` for every framing."""
-    start = 0
-    while True:
-        end = buf.find(b"\r\n\r\n", start)
-        if end < 0:
-            if len(buf) - start > MAX_HEAD_BYTES:
+    def feed(self, data: bytes) -> tuple[int, bool] | None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:  # 101: the connection is no longer HTTP
+            return self.status, False
+        except httptools.HttpParserError as exc:
+            if self.done:  # bytes after the answer (or after Connection: close): not reusable
+                return self.status, False
+            raise ValueError(f"malformed response: {exc}") from None
+        if self.done:
+            return self.status, self.keep_alive
+        if not self.head_done:
+            self.head_bytes += len(data)
+            if self.head_bytes > MAX_HEAD_BYTES:
                 raise ValueError("response head too large")
-            return None
-        lines = bytes(buf[start:end]).split(b"\r\n")
-        line = lines[0]
-        if not line.startswith(b"HTTP/1.") or len(line) < 12 or line[12:13] not in (b"", b" "):
-            raise ValueError("not an HTTP/1.x status line")
-        status = int(line[9:12])
-        keep_alive = line[7:8] == b"1"  # HTTP/1.1 persists by default, 1.0 does not
-        length: int | None = None
-        chunked = False
-        for header in lines[1:]:
-            name, _, value = header.partition(b":")
-            name = name.strip().lower()
-            if name == b"content-length":
-                length = int(value)
-            elif name == b"transfer-encoding":
-                chunked = b"chunked" in value.lower()
-            elif name == b"connection":
-                value = value.lower()
-                if b"close" in value:
-                    keep_alive = False
-                elif b"keep-alive" in value:
-                    keep_alive = True
-        body = end + 4
-        if 100 <= status < 200 and status != 101:
-            start = body
-            continue
-        if status in (101, 204, 304):
-            return status, keep_alive and status != 101, body
-        if chunked:
-            pos = body
-            while True:
-                nl = buf.find(b"\r\n", pos)
-                if nl < 0:
-                    return None
-                size = int(bytes(buf[pos:nl]).split(b";")[0], 16)
-                pos = nl + 2
-                if size == 0:
-                    while True:  # trailers, up to an empty line
-                        nl = buf.find(b"\r\n", pos)
-                        if nl < 0:
-                            return None
-                        if nl == pos:
-                            return status, keep_alive, nl + 2
-                        pos = nl + 2
-                pos += size + 2
-                if pos > len(buf):
-                    return None
-        if length is not None:
-            return (status, keep_alive, body + length) if len(buf) >= body + length else None
-        return (status, False, len(buf)) if eof else None
+        return None
+
+    def eof(self) -> int | None:
+        """The status if the server's close ended the answer (a close-delimited body), else None."""
+        if self.done or (self.head_done and not self.framed):
+            return self.status
+        return None
+
+    # httptools callbacks
+
+    def on_message_begin(self) -> None:
+        if self.done:
+            raise BufferError("bytes after the answer")  # stops the parser; feed() reports it
+        self.framed = False
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        if name == b"content-length":
+            self.framed = True
+        elif name == b"transfer-encoding" and b"chunked" in value.lower():
+            self.framed = True
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if not 100 <= status < 200 or status == 101:
+            self.status, self.head_done = status, True
+
+    def on_message_complete(self) -> None:
+        if self.head_done:
+            self.done = True
+            # Read now: llhttp forgets the answer's Connection header once the next one begins.
+            self.keep_alive = self.parser.should_keep_alive()
 
 
 class _Conn(asyncio.Protocol):
@@ -206,7 +180,7 @@ class _Conn(asyncio.Protocol):
     for the coroutine that opened it.
     """
 
-    __slots__ = ("owner", "origin", "loop", "transport", "closed", "buf", "d", "started", "data", "waiter",
+    __slots__ = ("owner", "origin", "loop", "transport", "closed", "reader", "d", "started", "data", "waiter",
                  "deadline", "got_bytes", "used", "idle_since")
 
     def __init__(self, owner: CallbackDispatcher, origin: _Origin, loop: asyncio.AbstractEventLoop):
@@ -215,7 +189,7 @@ class _Conn(asyncio.Protocol):
         self.loop = loop
         self.transport: asyncio.Transport | None = None
         self.closed = False
-        self.buf = bytearray()  # a partial answer
+        self.reader = _ResponseReader()
         self.d: _Delivery | None = None  # the delivery in flight
         self.started = 0.0  # its attempt's start (monotonic)
         self.data = b""  # its request bytes, for a re-send on a new connection
@@ -241,6 +215,7 @@ class _Conn(asyncio.Protocol):
     def send(self, d: _Delivery, started: float, data: bytes) -> None:
         self.d, self.started, self.data = d, started, data
         self.got_bytes = False
+        self.reader.expect()
         self.deadline = self.loop.time() + SEND_TIMEOUT_S
         try:
             self.transport.write(data)  # type: ignore[union-attr]
@@ -251,29 +226,18 @@ class _Conn(asyncio.Protocol):
         if self.d is None:
             self.abort()  # nothing was asked: the stream is out of step
             return
-        buf = self.buf
-        if buf:
-            buf += data
-            data = buf  # type: ignore[assignment]
         try:
-            parsed = _parse_response(data, False)
+            parsed = self.reader.feed(data)
         except ValueError:
             self.got_bytes = True
             self._fail("ConnectionError")
             return
-        if parsed is None:  # a partial answer: keep it, and the silence timer restarts
-            if data is not buf:
-                buf += data
+        if parsed is None:  # a partial answer (the parser keeps it): the silence timer restarts
             self.got_bytes = True
             self.deadline = self.loop.time() + SEND_TIMEOUT_S
             return
-        status, keep_alive, used = parsed
-        # Extra bytes after the answer: the connection cannot be trusted with another request.
-        reusable = keep_alive and used == len(data)
-        if buf:
-            buf.clear()
         self.used += 1
-        self._finish(status, reusable)
+        self._finish(*parsed)
 
     def _finish(self, status: int | str, reusable: bool) -> None:
         d, self.d = self.d, None
@@ -302,15 +266,12 @@ class _Conn(asyncio.Protocol):
         self.owner._conns.discard(self)
         if self.d is None:
             return
-        try:
-            parsed = _parse_response(self.buf, True)
-        except ValueError:
-            parsed = None
-        if parsed is None:
+        status = self.reader.eof()
+        if status is None:
             self._finish("ConnectionError", False)
         else:
             self.used += 1
-            self._finish(parsed[0], False)
+            self._finish(status, False)
 
     def abandon(self) -> None:
         """stop(): close without answering anyone."""

@@ -6,11 +6,11 @@ import re
 import uuid
 from typing import Any
 
-from nxjobs.sandbox import accounts
-from nxjobs.sandbox.base import (
+from sandbox import accounts
+from sandbox.base import (
     _Answer, _country, _decode, _fmt_time, _form, _hex32, _json_object, _outcome, _Request,
 )
-from nxjobs.sandbox.state import SandboxState
+from sandbox.state import SandboxState
 
 CDR_MAX_ORDERIDS = 20
 CDR_PATH = "/api/voiceSms/getSipCdrByOrderid"

@@ -9,11 +9,11 @@ import secrets
 from typing import Any, Callable
 
 from nxjobs.client.signing import api2_sign
-from nxjobs.sandbox import accounts
-from nxjobs.sandbox.base import (
+from sandbox import accounts
+from sandbox.base import (
     _Answer, _as_int, _country, _decode, _DIGITS, _hex32, _json_object, _nonempty, _Request,
 )
-from nxjobs.sandbox.state import SandboxState
+from sandbox.state import SandboxState
 
 API2_TS_WINDOW_MS = 60_000
 NUMBER_CHECK_MAX = 5000

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 from urllib.parse import parse_qs
 
-from nxjobs.sandbox.state import SandboxState
+from sandbox.state import SandboxState
 
 _DIGITS = re.compile(r"[0-9]+")
 # Longest-prefix match is enough for plausible fake rows.

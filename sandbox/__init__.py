@@ -1,9 +1,13 @@
 """Sandbox: a local fake of the NXCloud HTTP APIs (api2, Callbot v3, Agent) for tests and demos.
 
+A top-level package of the repo, like config/ and workers/: never in the nxjobs wheel, so no
+producer installs it. It imports nxjobs (the signing code), never the other way round.
+Start it with `python -m sandbox` from the repo root.
+
 Modules: accounts (fake credentials, worker env), state (config, storage, quotas,
 counters), handlers (request -> response logic), server (HTTP, CLI `run`),
 control (client for /_sandbox/*). Names below are imported lazily so
-`python -m nxjobs.sandbox.server` does not import the server module twice.
+`python -m sandbox.server` does not import the server module twice.
 """
 
 from __future__ import annotations
