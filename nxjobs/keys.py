@@ -111,7 +111,7 @@ METRICS_CONSUMED = f"{PREFIX}:metrics:consumed"
 METRICS_CREDENTIALS = f"{PREFIX}:metrics:credentials"
 
 
-# ---- delivery guarantees (tasks/base.py, nxjobs/deadletters.py) ---------------
+# ---- delivery guarantees (nxjobs/attempts/, nxjobs/deadletters.py) -----------
 
 def inflight(job_id: str) -> str:
     """Set just before a request with a side effect is sent, removed once its outcome is recorded.

@@ -36,19 +36,6 @@ def limits_for(settings: Settings, family: str, endpoint: str, body: Any) -> lis
     return []  # token fetches: no published quota
 
 
-def first_request(kind: str, payload: Any) -> tuple[str, str, Any]:
-    """(family, endpoint, body) of a job's first rate-limited request, to take its slot before claiming."""
-    if kind == "call":
-        return "agent", MAKECALL_PATH, None
-    if kind == "callbot-list":
-        return "callbot", "createAndCall", None
-    if kind == "callbot-contact":
-        return "callbot", "addBatchCall", None
-    if kind == "number-check":
-        return "api2", NUMBER_CHECK_PATH, {"phone": ",".join(payload.phones)}
-    return "api2", "", None
-
-
 def _numbers(body: Any) -> int:
     phone = body.get("phone") if isinstance(body, dict) else None
     return phone.count(",") + 1 if phone else 0

@@ -32,23 +32,25 @@ def reconcile_callbacks(family: str) -> dict:
     if not lock.acquire():
         return {"family": family, "skipped": "another run is in progress"}
     try:
-        svc.gate.begin_attempt(first_slot_paid=False)
+        with svc.gate.bind() as slots:
 
-        def wait_slot(exc: BaseException) -> bool:
-            grant = exc.grant  # type: ignore[attr-defined]
-            if not grant.reserved or grant.wait_s > MAX_SLOT_WAIT_S:
-                return False
-            time.sleep(grant.wait_s)
-            svc.gate.begin_attempt(prepaid_at_us=grant.slot_at_us)  # the next request spends this slot
-            return True
+            def wait_slot(exc: BaseException) -> bool:
+                grant = exc.grant  # type: ignore[attr-defined]
+                if not grant.reserved or grant.wait_s > MAX_SLOT_WAIT_S:
+                    return False
+                time.sleep(grant.wait_s)
+                slots.prepay(grant.slot_at_us)  # the next request spends this slot
+                return True
 
-        clients = Clients(
-            api2=svc.api2 if family == "api2" else None, api2_appkey=svc.settings.api2.appkey,
-            callbot=svc.callbot if family == "callbot" else None, agent=svc.agent if family == "agent" else None,
-            not_now=(SlotNotReady,), wait_slot=wait_slot)
-        policy = Policy(deadlines_s=cb.deadlines_s(), give_up_s=cb.give_up_s(), recheck_s=cb.recheck_s,
-                        ambiguous_after_s=cb.ambiguous_lookup_after_s, batch=cb.reconcile_batch)
-        report = Reconciler(svc.store, svc.ledger, policy, clients).run(family).as_dict()
+            clients = Clients(
+                api2=svc.api2 if family == "api2" else None, api2_appkey=svc.settings.api2.appkey,
+                callbot=svc.callbot if family == "callbot" else None,
+                agent=svc.agent if family == "agent" else None, not_now=(SlotNotReady,),
+                wait_slot=wait_slot)
+            policy = Policy(deadlines_s=cb.deadlines_s(), give_up_s=cb.give_up_s(),
+                            recheck_s=cb.recheck_s, ambiguous_after_s=cb.ambiguous_lookup_after_s,
+                            batch=cb.reconcile_batch)
+            report = Reconciler(svc.store, svc.ledger, policy, clients).run(family).as_dict()
     finally:
         try:
             lock.release()

@@ -22,7 +22,7 @@ class DeliveryTimingError(RuntimeError):
 
 
 def countdown_bounds_s(settings: Settings) -> dict[str, float]:
-    """The longest countdown each re-queue path can set (tasks/base.py), by name."""
+    """The longest countdown each re-queue path can set (nxjobs/attempts/), by name."""
     rl, retry = settings.ratelimit, settings.retry
     return {
         "NXJOBS_RATELIMIT__HORIZON_S (reserved rate-limit slot)": rl.horizon_s,

@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterable
 
 from nxjobs import wire
 from nxjobs import keys
+from nxjobs.attempts.marker import InflightMarker
 from nxjobs.callbacks import events
 from nxjobs.callbacks.ledger import Ledger
 from nxjobs.client.errors import NXCloudError
@@ -342,7 +343,7 @@ class Reconciler:
                 self.store.redis.zrem(keys.RECONCILE, record.id)
                 # It happened: not a dead letter, and no in-flight doubt left.
                 DeadLetters(self.store.redis).remove(record.id)
-                self.store.redis.delete(keys.inflight(record.id))
+                InflightMarker(self.store.redis, record.id).clear()
                 report.counts["ambiguous_found"] += 1
                 continue
             error = JobError(code="call_not_found", retryable=True, message=(
@@ -353,7 +354,7 @@ class Reconciler:
                 record.id, error.model_dump_json(), utc_now_iso()])
             if changed:
                 # Proven not placed: a replay may send it (the marker would make it look up again).
-                self.store.redis.delete(keys.inflight(record.id))
+                InflightMarker(self.store.redis, record.id).clear()
                 DeadLetters(self.store.redis).update_reason(record.id, error.model_dump())
             report.counts["ambiguous_not_found" if changed else "gone"] += 1
 
@@ -389,7 +390,7 @@ def _epoch(iso: str) -> float:
 
 
 # ---- lookups for a redelivered job whose previous attempt may have sent -------
-# Used by tasks/base.py when a job starts and finds its in-flight marker: the
+# Used by nxjobs/attempts/job.py when a job starts and finds its in-flight marker: the
 # previous delivery died (or lost its answer) between sending and recording, so
 # the provider is asked whether the side effect happened before anything is
 # resent. Each returns the submit result the lost answer would have given, or

@@ -155,23 +155,22 @@ def test_every_request_is_timed_also_when_it_fails(slow_server):
         transport.close()
 
 
-def test_an_attempt_reports_its_requests_apart_from_the_whole_attempt(db, slow_server, monkeypatch, caplog):
-    import tasks.base as base
+def test_an_attempt_reports_its_requests_apart_from_the_whole_attempt(db, slow_server, caplog):
+    from nxjobs.attempts import report
 
     transport = Transport(connect_timeout_s=1, read_timeout_s=2)
-    svc = SimpleNamespace(redis=db, transport=transport, gate=SimpleNamespace(last_limits=()))
-    monkeypatch.setattr(base, "get_services", lambda: svc)
+    svc = SimpleNamespace(redis=db, transport=transport)
     try:
         # Given a request left over from an earlier job on this thread
         transport.post(f"{slow_server}/sleep/10", data=b"{}", headers={})
-        base.take_request_latencies(svc)  # what the start of an attempt does
+        report.take_request_latencies(svc)  # what the start of an attempt does
         # When an attempt sends two requests (200 ms and 100 ms) and takes 200 ms more for itself
         started = time.monotonic()
         for ms in (200, 100):
             transport.post(f"{slow_server}/sleep/{ms}", data=b"{}", headers={})
         time.sleep(0.2)
         with caplog.at_level(logging.INFO, logger="nxjobs.jobs"):
-            base.log_attempt("job-latency", "ota-init", 1, "submitted", "0", started)
+            report.log_attempt(svc, "job-latency", "ota-init", 1, "submitted", "0", started)
     finally:
         transport.close()
     # Then provider latency has exactly those two requests, and the attempt its own duration
@@ -185,15 +184,14 @@ def test_an_attempt_reports_its_requests_apart_from_the_whole_attempt(db, slow_s
     assert f"latency_ms={line.latency_ms} attempt_ms={line.attempt_ms}" in line.getMessage()
 
 
-def test_an_attempt_in_a_process_without_a_transport_does_not_build_one(db, monkeypatch):
-    import tasks.base as base
+def test_an_attempt_in_a_process_without_a_transport_does_not_build_one(db):
     from config.settings import Settings
+    from nxjobs.attempts import report
     from tasks.services import Services
 
     svc = Services(Settings(redis_url=_url_of(db)))
-    monkeypatch.setattr(base, "get_services", lambda: svc)
     # When an attempt that sent nothing (an invalid payload) is reported
-    base.log_attempt("job-none", "ota-init", 1, "failed", "invalid_payload", time.monotonic())
+    report.log_attempt(svc, "job-none", "ota-init", 1, "failed", "invalid_payload", time.monotonic())
     # Then it is counted, with no provider latency, and no HTTP pool was opened for it
     assert cell(db, "attempt_duration|ota-init|count") == 1
     assert cell(db, "provider_latency|ota-init|count") == 0

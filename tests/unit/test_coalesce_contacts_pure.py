@@ -7,7 +7,7 @@ from nxjobs import coalesce, keys
 from nxjobs.callbacks import correlate, events
 from nxjobs.client import operations
 from nxjobs.jobs import validate_payload
-from tasks.flush import Batch, ContactSender, sender_of
+from nxjobs.attempts.senders import Batch, ContactSender, sender_of
 
 ORDER = b'{"userTaskID": "task-1", "orderID": "o-1", "finish": %s, "userPhone": "8613900139000"}'
 

@@ -5,7 +5,6 @@ someone raises a countdown bound, or the time limit, past it."""
 from __future__ import annotations
 
 import random
-from types import SimpleNamespace
 
 import pytest
 
@@ -40,11 +39,11 @@ def test_the_celery_app_uses_the_checked_visibility_timeout():
 
 def test_a_slot_far_behind_the_horizon_waits_at_most_max_wait_s():
     # A backlog of hours must not become a countdown of hours (pure logic: retry is captured).
+    from nxjobs.attempts.job import wait_for_slot
     from nxjobs.ratelimit.limiter import Grant
     from tasks.base import JobTask
 
     settings = Settings(_env_file=None)
-    svc = SimpleNamespace(settings=settings, rng=random.Random(1))
     task = JobTask()
     seen = {}
 
@@ -54,5 +53,6 @@ def test_a_slot_far_behind_the_horizon_waits_at_most_max_wait_s():
 
     task.retry = retry
     grant = Grant(go=False, reserved=False, wait_s=50_000.0, slot_at_us=0, member="")
-    task._requeue_for_slot(svc, "j", {}, grant, resumed=False)
+    with pytest.raises(RuntimeError):
+        task.carry_out("j", {}, wait_for_slot(grant, settings.ratelimit, random.Random(1)))
     assert 0 < seen["countdown"] <= settings.ratelimit.max_wait_s

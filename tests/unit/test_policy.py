@@ -1,4 +1,4 @@
-"""Re-queue decisions shared by single jobs and coalesced batches (tasks/policy.py)."""
+"""Re-queue decisions shared by single jobs and coalesced batches (nxjobs/attempts/policy.py)."""
 
 import random
 
@@ -6,7 +6,7 @@ from config.settings import HttpSettings, RateLimitSettings, RetrySettings
 from nxjobs.client.errors import BOUNDED, PERMANENT, RETRY
 from nxjobs.jobs import PRIORITY_NEW, PRIORITY_RESERVED_SLOT
 from nxjobs.ratelimit.limiter import Grant
-from tasks import policy
+from nxjobs.attempts import policy
 
 
 def test_a_reserved_slot_is_waited_for_exactly_and_jumps_the_queue():

@@ -1,11 +1,12 @@
 """When a job (or a coalesced batch) goes back to the queue, and how soon: pure decisions
-shared by tasks/base.py (one job) and tasks/flush.py (a batch of them)."""
+shared by job.py (one job) and batch.py (a batch of them). Settings arrive as arguments
+(config.settings' RetrySettings, RateLimitSettings, HttpSettings, or anything shaped alike)."""
 
 from __future__ import annotations
 
 import random
+from typing import Any
 
-from config.settings import HttpSettings, RateLimitSettings, RetrySettings
 from nxjobs.client.backoff import backoff_delay_s
 from nxjobs.client.errors import Action, Classification
 from nxjobs.jobs import PRIORITY_NEW, PRIORITY_RESERVED_SLOT
@@ -17,7 +18,7 @@ from nxjobs.ratelimit.limiter import Grant
 INFLIGHT_SLACK_S = 2.0
 
 
-def slot_wait(grant: Grant, limits: RateLimitSettings, rng: random.Random) -> tuple[float, int]:
+def slot_wait(grant: Grant, limits: Any, rng: random.Random) -> tuple[float, int]:
     """(countdown s, broker priority) of a re-queue that waits for a rate-limit slot."""
     if grant.reserved:
         return grant.wait_s, PRIORITY_RESERVED_SLOT
@@ -28,17 +29,18 @@ def slot_wait(grant: Grant, limits: RateLimitSettings, rng: random.Random) -> tu
     return min(countdown, limits.max_wait_s), PRIORITY_NEW
 
 
-def retry_delay(cls: Classification, error_attempts: int, retry: RetrySettings,
+def retry_delay(cls: Classification, error_attempts: int, retry: Any,
                 rng: random.Random) -> float | None:
     """Seconds to back off before the next attempt, or None if this error is final.
     `error_attempts` excludes "too frequent" answers: they never use up error retries."""
-    limit = retry.bounded_attempts if (cls.bounded or cls.action is Action.REFRESH) else retry.max_attempts
+    bounded = cls.bounded or cls.action is Action.REFRESH
+    limit = retry.bounded_attempts if bounded else retry.max_attempts
     if not cls.retryable or error_attempts >= limit:
         return None
     base = max(retry.base_s, cls.min_backoff_s)
     return backoff_delay_s(error_attempts, base_s=base, cap_s=max(retry.cap_s, base), rng=rng)
 
 
-def inflight_busy_until(marker_set_at: str, http: HttpSettings) -> float:
+def inflight_busy_until(marker_set_at: str, http: Any) -> float:
     """Unix time until which the attempt that set an in-flight marker may still be in flight."""
     return float(marker_set_at) + http.connect_timeout_s + http.read_timeout_s + INFLIGHT_SLACK_S
