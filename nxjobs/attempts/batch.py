@@ -34,7 +34,7 @@ from nxjobs.attempts.decisions import (
     WaitForSlot,
 )
 from nxjobs.attempts.job import wait_for_slot
-from nxjobs.attempts.marker import InflightMarker
+from nxjobs.inflight import InflightMarker
 from nxjobs.attempts.senders import Batch, Sender
 from nxjobs.client.errors import NXCloudError
 from nxjobs.client.operations import Outcome

@@ -25,7 +25,7 @@ from nxjobs.attempts.decisions import (
     Submitted,
     WaitForSlot,
 )
-from nxjobs.attempts.marker import InflightMarker
+from nxjobs.inflight import InflightMarker
 from nxjobs.callbacks import reconcile
 from nxjobs.client.agent import MAKECALL_PATH
 from nxjobs.client.errors import PERMANENT, NXCloudError, TransportError

@@ -12,10 +12,6 @@ from nxjobs.client.errors import Action, Classification
 from nxjobs.jobs import PRIORITY_NEW, PRIORITY_RESERVED_SLOT
 from nxjobs.ratelimit.limiter import Grant
 
-# Seconds after its in-flight marker was set that an earlier attempt may still be waiting
-# for its answer (connect + read timeout, plus this slack): a redelivery that finds a younger
-# marker waits instead of looking up, so it never races a live send.
-INFLIGHT_SLACK_S = 2.0
 
 
 def slot_wait(grant: Grant, limits: Any, rng: random.Random) -> tuple[float, int]:
@@ -39,8 +35,3 @@ def retry_delay(cls: Classification, error_attempts: int, retry: Any,
         return None
     base = max(retry.base_s, cls.min_backoff_s)
     return backoff_delay_s(error_attempts, base_s=base, cap_s=max(retry.cap_s, base), rng=rng)
-
-
-def inflight_busy_until(marker_set_at: str, http: Any) -> float:
-    """Unix time until which the attempt that set an in-flight marker may still be in flight."""
-    return float(marker_set_at) + http.connect_timeout_s + http.read_timeout_s + INFLIGHT_SLACK_S

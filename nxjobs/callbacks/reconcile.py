@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterable
 
 from nxjobs import wire
 from nxjobs import keys
-from nxjobs.attempts.marker import InflightMarker
+from nxjobs.inflight import InflightMarker
 from nxjobs.callbacks import events
 from nxjobs.callbacks.ledger import Ledger
 from nxjobs.client.errors import NXCloudError

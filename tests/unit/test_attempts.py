@@ -18,8 +18,8 @@ from nxjobs import coalesce, keys
 from nxjobs.attempts import decisions
 from nxjobs.attempts.batch import BatchAttempt
 from nxjobs.attempts.job import JobAttempt
-from nxjobs.attempts.marker import InflightMarker
-from nxjobs.attempts.policy import INFLIGHT_SLACK_S
+from nxjobs.inflight import InflightMarker
+from nxjobs.inflight import INFLIGHT_SLACK_S
 from nxjobs.attempts.senders import Sender, Share
 from nxjobs.client.agent import CDR_BY_ORDERID_PATH, MAKECALL_PATH
 from nxjobs.client.errors import PERMANENT, RETRY, THROTTLED, ProviderError, TransportError

@@ -6,6 +6,7 @@ from config.settings import HttpSettings, RateLimitSettings, RetrySettings
 from nxjobs.client.errors import BOUNDED, PERMANENT, RETRY
 from nxjobs.jobs import PRIORITY_NEW, PRIORITY_RESERVED_SLOT
 from nxjobs.ratelimit.limiter import Grant
+from nxjobs import inflight
 from nxjobs.attempts import policy
 
 
@@ -35,4 +36,4 @@ def test_retries_stop_at_the_limit_of_their_class():
 
 def test_an_in_flight_marker_is_busy_for_connect_plus_read_timeout_plus_slack():
     http = HttpSettings(connect_timeout_s=3, read_timeout_s=15)
-    assert policy.inflight_busy_until("100.0", http) == 100 + 3 + 15 + policy.INFLIGHT_SLACK_S
+    assert inflight.inflight_busy_until("100.0", http) == 100 + 3 + 15 + inflight.INFLIGHT_SLACK_S

@@ -13,8 +13,17 @@ import time
 from typing import Any
 
 from nxjobs import keys
-from nxjobs.attempts.policy import inflight_busy_until
 from nxjobs.client.errors import TransportError
+
+# Seconds after its in-flight marker was set that an earlier attempt may still be waiting
+# for its answer (connect + read timeout, plus this slack): a redelivery that finds a younger
+# marker waits instead of looking up, so it never races a live send.
+INFLIGHT_SLACK_S = 2.0
+
+
+def inflight_busy_until(marker_set_at: str, http: Any) -> float:
+    """Unix time until which the attempt that set an in-flight marker may still be in flight."""
+    return float(marker_set_at) + http.connect_timeout_s + http.read_timeout_s + INFLIGHT_SLACK_S
 
 
 class InflightMarker:
