@@ -48,8 +48,7 @@ from typing import Any, Callable, Iterable, NamedTuple
 
 from pydantic import BaseModel, Field
 
-from nxjobs import keys
-from nxjobs.callbacks import correlate
+from nxjobs import correlate, keys
 from nxjobs.jobs import CALLBOT_CHUNK_SIZE, NUMBER_CHECK_MAX_PHONES, PRIORITY_NEW, QUEUE_API2, QUEUE_CALLBOT
 
 FLUSH_TASK = "nxjobs.number_check_batch"
@@ -142,7 +141,7 @@ def member_index_key(batch_no: str, phone: str) -> str:
 # ARGV[1] key prefix, [2] record ttl s, [3] max items, [4] armed ttl ms, [5] now ISO, [6] group,
 # [7] job kind, [8] index key prefix set now (+ key) or '', [9] callback entries a member may store,
 # then per job: id, key (phone, orderID), item JSON or '', redacted input JSON, and the record field
-# and value a callback's ids are proved against (nxjobs.callbacks.correlate.member_proof).
+# and value a callback's ids are proved against (nxjobs.correlate.member_proof).
 # Returns {flushes due now (a push filled a batch), 1 if a lingering flush must be sent}.
 _ENQUEUE_LUA = """
 local prefix, ttl, max = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])

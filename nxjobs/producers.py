@@ -25,9 +25,8 @@ from celery import Celery
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from nxjobs import coalesce, keys
+from nxjobs import coalesce, correlate, keys
 from nxjobs.coalesce import CoalesceSettings
-from nxjobs.callbacks import correlate
 from nxjobs.deadletters import DeadLetters
 from nxjobs.client.operations import call_list_item, contact_job_order_id
 from nxjobs.jobs import PRIORITY_NEW, CallbotContactPayload, InvalidJob, NumberCheckPayload, get_kind, validate_payload

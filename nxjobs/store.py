@@ -15,8 +15,7 @@ from typing import Any, Iterable
 
 import redis
 
-from nxjobs import keys
-from nxjobs.callbacks import correlate
+from nxjobs import correlate, keys
 from nxjobs.jobs import KINDS
 from nxjobs.records import ALLOWED_FROM, JobRecord, JobState, utc_now_iso
 

@@ -362,7 +362,7 @@ def _observe_completed_at_submit(svc: Services, job_id: str, kind: str, result: 
     """Every callback beat the submit result, so the receiver saw no completion to time: time it here.
     Kinds final at submit (ota-init, wa-calling) have no callbacks and no delay to time."""
     from nxjobs import metrics
-    from nxjobs.callbacks import correlate
+    from nxjobs import correlate
 
     try:
         if correlate.on_submit(kind, result).needed:

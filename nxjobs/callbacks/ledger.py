@@ -17,7 +17,7 @@ its ids agree with what the job recorded (nxjobs.keys.PROOF_*):
   (compared masked), and its per-number id `<requestId>-<suffix>` carries the
   job's requestId (a coalesced member's: its batch's). Before the submit answer
   names the requestId, the first DR fixes it and the submit step drops every
-  early DR if the answer names another (nxjobs.callbacks.correlate.PROVE_EARLY_LUA).
+  early DR if the answer names another (nxjobs.correlate.PROVE_EARLY_LUA).
 - Agent CDR: its sessionid is the makecall's (the same early rule). A call that
   failed `ambiguous` or `call_not_found` is never resolved by a callback: the
   callback makes its provider lookup due now, and only that answer moves it.

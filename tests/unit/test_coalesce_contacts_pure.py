@@ -1,8 +1,8 @@
 """Pure parts of coalescing Callbot contacts: groups, correlation of call/order callbacks by orderID,
 which errList entries fail a member, and each member's share of an addBatchCall answer."""
 
-from nxjobs import coalesce, keys
-from nxjobs.callbacks import correlate, events
+from nxjobs import coalesce, correlate, keys
+from nxjobs.callbacks import events
 from nxjobs.client import operations
 from nxjobs.jobs import validate_payload
 from tasks.flush import Batch, ContactSender, sender_of
