@@ -294,8 +294,7 @@ class Producer:
                                    kwargsrepr=flower_repr(kwargs), argsrepr="()")
         except Exception as exc:
             try:  # back to where it was: failed, and in the dead letters
-                self.redis.hset(keys.job(job_id), mapping={"state": JobState.FAILED.value,
-                                                           "error": json.dumps(entry.get("reason") or {})})
+                self.store.restore_failed(job_id, entry.get("reason") or {})
                 dead.add(job_id, entry["kind"], body, entry.get("reason") or {}, entry.get("record"))
             except redis.RedisError:
                 pass

@@ -17,10 +17,53 @@ import redis
 
 from nxjobs import correlate, keys, scripts
 from nxjobs.jobs import KINDS
-from nxjobs.records import ALLOWED_FROM, JobRecord, JobState, utc_now_iso
+from nxjobs.records import JobRecord, JobState, utc_now_iso
 
 _JSON_FIELDS = ("input", "request", "result", "error", "progress")
 _COUNTERS = frozenset({"attempts", "throttles", "waits"})
+
+# The state machine: which states each state may be entered from (None: no record yet), each
+# with the code paths that make the move. It lists every move that happens and nothing else.
+# Every write of `state` is checked against it: in Lua by set_state (nxjobs/lua/lib/state.lua,
+# which gets this table rendered in, and refuses too a move the running script does not declare
+# in its `-- moves:` header), in Python only by RecordStore.create (CREATED_BY_STORE).
+# States move forward, so a late or redelivered worker never drags a job back; the one way
+# back is an operator's replay of a dead letter (failed -> queued).
+ALLOWED_FROM: dict[JobState, frozenset[JobState | None]] = {
+    JobState.QUEUED: frozenset({
+        # RecordStore.create: a producer's job, a worker's job with no record (tasks/base.py),
+        # a replay whose record expired (Producer.replay_dead); coalesce_enqueue.lua.
+        None,
+        JobState.FAILED,  # deadletters_take.lua: `nxjobs dead replay` (Producer.replay_dead)
+    }),
+    JobState.RUNNING: frozenset({
+        JobState.QUEUED,  # store_transition.lua: a claim (tasks/base.py); coalesce_take.lua
+        JobState.RUNNING,  # store_transition.lua: a redelivery after a worker died mid-task
+        JobState.RETRYING,  # store_transition.lua: the claim of a retry
+    }),
+    JobState.RETRYING: frozenset({
+        JobState.RUNNING,  # store_transition.lua: retry, throttled, a later step waits for a slot
+    }),
+    JobState.SUBMITTED: frozenset({
+        JobState.RUNNING,  # store_submit.lua (tasks/base.py); coalesce_fan_out.lua
+        JobState.RETRYING,  # coalesce_fan_out.lua: it submits a member it finds retrying
+    }),
+    JobState.COMPLETED: frozenset({
+        # callbacks_apply.lua: the last callback; store_submit.lua and coalesce_fan_out.lua: every
+        # callback came before the submit answer; store_transition.lua allows it (no caller).
+        JobState.SUBMITTED,
+        # callbacks_apply.lua: the CDR lookup of reconciliation finds an ambiguous makecall.
+        JobState.FAILED,
+    }),
+    JobState.FAILED: frozenset({
+        JobState.QUEUED,  # store_transition.lua: a replay whose message could not be sent
+        JobState.RUNNING,  # store_transition.lua (tasks/base.py); coalesce_fan_out.lua
+        JobState.RETRYING,  # coalesce_fan_out.lua; store_transition.lua allows it
+        JobState.SUBMITTED,  # store_transition.lua: reconciliation gives up (callbacks_timeout)
+    }),
+}
+# The moves Python makes itself, outside any script: RecordStore.create writes a queued record.
+CREATED_BY_STORE = frozenset({(None, JobState.QUEUED)})
 
 
 @dataclass(frozen=True)
@@ -113,13 +156,13 @@ class RecordStore:
         counters = list(incr)
         if not set(counters) <= _COUNTERS:
             raise ValueError(f"unknown counters {counters}")
-        allowed = ",".join(s.value for s in ALLOWED_FROM[state])
-        args: list[str] = [state.value, allowed, utc_now_iso(), str(self.ttl_s), ",".join(counters)]
+        args: list[str] = [utc_now_iso(), str(self.ttl_s), ",".join(counters)]
         if state is JobState.SUBMITTED:
             status, current, attempts, throttles, after = self._submit_with_callbacks(job_id, args, fields)
             if status != 1:
                 raise TransitionRefused(job_id, current or None, state)
             return Transition(current, int(attempts), int(throttles), after)
+        args = [state.value, *args]
         for name, value in _encode(fields).items():
             args += [name, value]
         status, current, attempts, throttles = self._transition(keys=[keys.job(job_id)], args=args)
@@ -139,6 +182,15 @@ class RecordStore:
         for name, value in _encode(fields).items():
             args += [name, value]
         return self._submit(keys=[keys.job(job_id), keys.callbacks_waiting(family), *expect.index_keys], args=args)
+
+    def restore_failed(self, job_id: str, error: dict[str, Any]) -> bool:
+        """Put a replayed job back to `failed` with `error` when its message could not be sent
+        (Producer.replay_dead). False if the job has moved on meanwhile: it is left alone."""
+        try:
+            self.transition(job_id, JobState.FAILED, error=error)
+        except TransitionRefused:
+            return False
+        return True
 
     def incr(self, job_id: str, counter: str) -> None:
         if counter not in _COUNTERS:

@@ -20,6 +20,8 @@
 --   (nothing written), 0 unmatched, 3 dropped (the job has all the callbacks it can have:
 --   counted), 4 deferred (a failed call is looked up at the provider instead); submitted_at
 --   (unix s) only from the callback that completed the job, once per job.
+-- moves: submitted -> completed, failed -> completed
+--#include lib/state.lua
 --#include lib/fields.lua
 local replay = ARGV[18] ~= ''
 if replay and redis.call('EXISTS', KEYS[5]) == 1 then return {2, '', ''} end
@@ -106,7 +108,8 @@ elseif check == 'cdr' and not trusted then
     local err = redis.call('HGET', jk, 'error') or ''
     if string.find(err, '"code":"ambiguous"', 1, true) or
        string.find(err, '"code":"call_not_found"', 1, true) then
-      -- A call whose placing is in doubt is settled by the provider's lookup (now), never a callback.
+      -- A call whose placing is in doubt is settled by the provider's lookup (now), never by
+      -- a callback.
       redis.call('ZADD', KEYS[4], 0, job_id)
       return seen({4, job_id, state})
     end
@@ -161,12 +164,11 @@ if need >= 0 and done >= need then
     end
   end
 end
-if not completes then
+if not (completes and set_state(jk, 'completed', 'callbacks_done', done, 'callbacks_stored', stored,
+                               'updated_at', ARGV[8])) then
   redis.call('HSET', jk, 'callbacks_done', done, 'callbacks_stored', stored, 'updated_at', ARGV[8])
   return seen({1, job_id, state, '', kind})
 end
-redis.call('HSET', jk, 'callbacks_done', done, 'callbacks_stored', stored, 'updated_at', ARGV[8],
-           'state', 'completed')
 redis.call('ZREM', KEYS[3], job_id)
 -- Completed by this callback: hand back when it was submitted, once per job, so the caller
 -- can time it (nxjobs.metrics) without another round trip.

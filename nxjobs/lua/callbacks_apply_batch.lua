@@ -5,6 +5,7 @@
 -- ARGV[1] JSON [[keys, args], ...], each as callbacks_apply.lua takes them.
 -- Returns one reply per entry: callbacks_apply.lua's, or {-1, message} when that entry raised.
 -- Included here, above apply_one, so their tables are built once per call, not per callback.
+--#include lib/state.lua
 --#include lib/fields.lua
 local function apply_one(KEYS, ARGV)
 --#include callbacks_apply.lua

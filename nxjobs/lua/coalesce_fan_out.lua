@@ -10,6 +10,9 @@
 --   prove (the batch's requestId) or '', then per other member (3 each): id, 's' (submitted)
 --   or 'f' (failed), its own result or error JSON.
 -- Returns the ids of members completed at once (their callback came first).
+-- moves: running -> submitted, retrying -> submitted, submitted -> completed
+-- moves: running -> failed, retrying -> failed
+--#include lib/state.lua
 --#include lib/prove_early.lua
 local prefix, ttl = ARGV[1], tonumber(ARGV[5])
 local completed = {}
@@ -24,21 +27,19 @@ local function record(id, outcome, doc)
   end
   -- The member's own story: its request was tried as often as its batch was.
   if outcome == 'f' then
-    redis.call('HSET', jk, 'state', 'failed', 'error', doc, 'request', ARGV[7],
-               'updated_at', ARGV[2], 'attempts', ARGV[8], 'throttles', ARGV[9])
+    set_state(jk, 'failed', 'error', doc, 'request', ARGV[7], 'updated_at', ARGV[2],
+              'attempts', ARGV[8], 'throttles', ARGV[9])
   else
+    set_state(jk, 'submitted', 'result', doc, 'error', '', 'request', ARGV[7],
+              'updated_at', ARGV[2], 'submitted_at', ARGV[3], 'attempts', ARGV[8],
+              'throttles', ARGV[9])
     -- Its callback may have come first: then it is complete now.
-    local state = 'submitted'
-    if tonumber(cur[2] or '0') >= 1 then
-      state = 'completed'
+    if tonumber(cur[2] or '0') >= 1 and set_state(jk, 'completed') then
       table.insert(completed, id)
     else
       table.insert(waiting, ARGV[4])
       table.insert(waiting, id)
     end
-    redis.call('HSET', jk, 'state', state, 'result', doc, 'error', '', 'request', ARGV[7],
-               'updated_at', ARGV[2], 'submitted_at', ARGV[3], 'attempts', ARGV[8],
-               'throttles', ARGV[9])
     if ARGV[12] ~= '' then redis.call('HSET', jk, FIELD.PROOF_ID, ARGV[12]) end
   end
   redis.call('EXPIRE', jk, ttl)

@@ -7,6 +7,8 @@
 --   (nxjobs.keys.member_index(batchNo), the key is appended) or '', [9] group.
 -- Returns {0 nothing taken | 1 built before | 2 built now | 3 already sent and recorded,
 --          members JSON [[id, key], ...], pending left, items JSON {id: item JSON}}.
+-- moves: queued -> running
+--#include lib/state.lua
 --#include lib/fields.lua
 if redis.call('EXISTS', KEYS[1]) == 1 then
   if redis.call('HGET', KEYS[1], 'done') then
@@ -33,12 +35,12 @@ for _, entry in ipairs(entries) do
     table.insert(again, entry)
   else
     local cur = redis.call('HMGET', jk, 'state', 'attempts')
-    if cur[1] == 'queued' then
+    if cur[1] == 'queued' and set_state(jk, 'running', 'updated_at', ARGV[5],
+                                        'coalesce_batch', ARGV[1],
+                                        'attempts', (tonumber(cur[2]) or 0) + 1) then
       seen[key] = true
       table.insert(members, {id, key})
       if item then items[id] = item; has_items = true end
-      redis.call('HSET', jk, 'state', 'running', 'updated_at', ARGV[5], 'coalesce_batch', ARGV[1],
-                 'attempts', (tonumber(cur[2]) or 0) + 1)
       if ARGV[8] ~= '' then
         redis.call('SET', ARGV[8] .. key, id, 'EX', ttl)
         -- Its callbacks must carry the batch's batchNo (nxjobs.callbacks.ledger).

@@ -7,15 +7,16 @@
 --    2 record expired (the caller creates it again); entry removed
 --    0 record is no longer failed (e.g. reconciliation completed it): stale entry removed
 --   -1 no such entry
+-- moves: failed -> queued
+--#include lib/state.lua
 local entry = redis.call('HGET', KEYS[3], ARGV[1])
 if not entry then return {-1, ''} end
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('HDEL', KEYS[3], ARGV[1])
-local state = redis.call('HGET', KEYS[1], 'state')
+local moved, state = set_state(KEYS[1], 'queued', 'updated_at', ARGV[2], 'attempts', 0,
+                               'throttles', 0, 'waits', 0, 'error', '')
 if not state then return {2, entry} end
-if state ~= 'failed' then return {0, state} end
-redis.call('HSET', KEYS[1], 'state', 'queued', 'updated_at', ARGV[2], 'attempts', 0, 'throttles', 0,
-           'waits', 0, 'error', '')
+if not moved then return {0, state} end
 redis.call('HINCRBY', KEYS[1], 'replays', 1)
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
 return {1, entry}

@@ -104,3 +104,101 @@ def test_an_include_is_resolved_once_and_a_cycle_is_refused(tmp_path, monkeypatc
             scripts.load("loop")
     finally:
         scripts.load.cache_clear()
+
+
+# ---- one state machine -----------------------------------------------------------------
+
+STATE_LIB = "lib/state.lua"
+READS = {"HGET", "HMGET"}
+
+
+def redis_calls(source: str) -> list[tuple[str, list[str]]]:
+    """(command, string literals among its arguments) of each redis.call in `source`."""
+    out = []
+    for found in re.finditer(r"redis\.call\(", source):
+        depth, j = 1, found.end()
+        while depth:
+            if source[j] in "'\"":
+                j = source.index(source[j], j + 1)
+            depth += {"(": 1, ")": -1}.get(source[j], 0)
+            j += 1
+        literals = lua_strings(source[found.end():j - 1])
+        out.append((literals[0].upper() if literals else "", literals[1:]))
+    return out
+
+
+def set_state_targets(source: str) -> list[str]:
+    """The second argument of each set_state call: a literal state, or '*' when computed."""
+    code = "\n".join(line.split("--", 1)[0] for line in source.splitlines())
+    out = []
+    for found in re.finditer(r"(?<!function )\bset_state\(\s*[^,]+,\s*('([a-z]+)'|[^,)]+)", code):
+        out.append(found.group(2) or "*")
+    return out
+
+
+def table_pairs() -> set[tuple[str, str]]:
+    return {(frm, to) for to, froms in scripts.transition_table().items() for frm in froms}
+
+
+def test_the_state_checks_read_what_they_must():
+    src = "redis.call('HSET', jk, 'state', 'x') local a = redis.call('HMGET', jk, 'state', f(1))"
+    assert redis_calls(src) == [("HSET", ["state", "x"]), ("HMGET", ["state"])]
+    assert set_state_targets("set_state(KEYS[1], 'failed', 'a', 1) -- set_state(x, 'queued')\n"
+                             "if set_state(jk, ARGV[1]) then") == ["failed", "*"]
+
+
+@pytest.mark.parametrize("path", [p for p in scripts.files() if p != STATE_LIB])
+def test_only_the_state_library_writes_state(path):
+    source = scripts.text(path)
+    code = "\n".join(line.split("--", 1)[0] for line in source.splitlines())
+    reads = sum(args.count("state") for cmd, args in redis_calls(source) if cmd in READS)
+    # Every 'state' literal of the file sits in a read: none is written, nor held for a write.
+    assert lua_strings(code).count("state") == reads, \
+        f"{path} names the `state` field outside HGET/HMGET: write it through set_state"
+
+
+@pytest.mark.parametrize("path", scripts.files())
+def test_each_script_declares_the_moves_it_makes_and_the_table_allows_them(path):
+    source = scripts.text(path)
+    declared = scripts.declared_moves(path)
+    targets = set_state_targets(source)
+    assert declared <= table_pairs(), f"{path} declares moves the table lacks"
+    assert bool(declared) == bool(targets), f"{path}: set_state calls and `-- moves:` disagree"
+    literal = {t for t in targets if t != "*"}
+    assert literal <= {to for _, to in declared}, f"{path} moves to an undeclared state"
+    if "*" in targets:
+        # The target is the caller's: what it may be is the header's list, enforced by MOVES.
+        assert {to for _, to in declared} - literal, f"{path}: its computed target is not declared"
+
+
+def test_the_table_lists_no_move_that_no_script_or_the_store_makes():
+    from nxjobs.store import CREATED_BY_STORE
+
+    made = {("" if frm is None else frm.value, to.value) for frm, to in CREATED_BY_STORE}
+    for path in scripts.files():
+        made |= scripts.declared_moves(path)
+    assert made == table_pairs()
+
+
+def test_every_script_writing_state_renders_the_python_table():
+    from nxjobs.store import ALLOWED_FROM
+
+    for name in scripts.names():
+        loaded = scripts.load(name)
+        if "set_state" not in loaded.source:
+            continue
+        assert scripts.render_states(loaded.moves) in loaded.source
+        assert loaded.moves <= table_pairs()
+    assert set(scripts.transition_table()) == {s.value for s in ALLOWED_FROM}
+
+
+def test_a_move_the_table_lacks_is_refused_when_the_script_is_loaded(tmp_path, monkeypatch):
+    monkeypatch.setattr(scripts, "_root", lambda: tmp_path)
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "back.lua").write_text("-- moves: completed -> running\nreturn 0\n")
+    scripts.load.cache_clear()
+    try:
+        with pytest.raises(scripts.ScriptError, match="completed -> running"):
+            scripts.load("back")
+    finally:
+        scripts.load.cache_clear()
