@@ -202,3 +202,16 @@ def test_a_move_the_table_lacks_is_refused_when_the_script_is_loaded(tmp_path, m
             scripts.load("back")
     finally:
         scripts.load.cache_clear()
+
+
+def test_the_store_and_the_coalescing_queue_import_nothing_of_the_callbacks_package():
+    # nxjobs.callbacks imports both: an import back would be a cycle.
+    import ast
+    from pathlib import Path
+
+    root = Path(scripts.__file__).parent
+    for path in [root / "store.py", root / "coalesce.py", root / "correlate.py", root / "scripts.py"]:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            assert not any(n.startswith("nxjobs.callbacks") for n in names), f"{path.name} imports {names}"
