@@ -41,7 +41,7 @@ NUMBERS_PER_CHECK = 10
 
 def build_jobs(store, n_checks: int, n_lists: int, n_calls: int):
     """Submitted jobs in Redis, as the worker leaves them; returns their correlating ids."""
-    from nxjobs.callbacks import correlate
+    from nxjobs import correlate
     from nxjobs.jobs import validate_payload
     from nxjobs.records import JobState
 

@@ -413,7 +413,7 @@ def _post(session, port: int, path: str, body: dict) -> int:
 
 
 def _check_job(run: Run, phones: list[str]) -> tuple[str, str]:
-    from nxjobs.callbacks import correlate
+    from nxjobs import correlate
     from nxjobs.jobs import validate_payload
     from nxjobs.records import JobState
     from nxjobs.store import RecordStore
@@ -477,7 +477,7 @@ def completed_job_growth(run: Run) -> str:
 def forged_cdr_for_ambiguous_call(run: Run) -> str:
     """A CDR with the orderid of a call whose makecall answer was lost (failed `ambiguous`)."""
     from nxjobs import keys
-    from nxjobs.callbacks import correlate
+    from nxjobs import correlate
     from nxjobs.jobs import validate_payload
     from nxjobs.records import JobError, JobState
     from nxjobs.store import RecordStore

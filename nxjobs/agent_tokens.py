@@ -13,16 +13,11 @@ from typing import Callable, TypeVar
 
 import redis
 
-from nxjobs import keys
+from nxjobs import keys, scripts
 from nxjobs.client.agent import AgentClient
 from nxjobs.client.errors import Action, ProviderError
 
 T = TypeVar("T")
-
-_DELETE_IF_EQUAL = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 
 LOCK_TTL_MS = 15_000
 WAIT_FOR_OTHER_FETCH_S = 5.0
@@ -35,7 +30,7 @@ class AgentTokenCache:
         self.renew_fraction = renew_fraction
         self.key = keys.agent_token(agent.appkey)
         self.lock_key = keys.agent_token_lock(agent.appkey)
-        self._delete_if_equal = client.register_script(_DELETE_IF_EQUAL)
+        self._delete_if_equal = scripts.register(client, "token_delete_if_equal")
 
     def get(self) -> str:
         token = self.redis.get(self.key)

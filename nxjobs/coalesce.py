@@ -46,8 +46,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, NamedTuple, Protocol
 
-from nxjobs import keys
-from nxjobs.callbacks import correlate
+from nxjobs import correlate, keys, scripts, store
 from nxjobs.jobs import PRIORITY_NEW, QUEUE_API2, QUEUE_CALLBOT
 
 FLUSH_TASK = "nxjobs.number_check_batch"
@@ -81,26 +80,27 @@ class Spec:
     Parameters: `kind` the members' job kind; `family` the queue whose workers hold the credential
     the batch is sent with (flushes run there); `flush_task` the Celery task that sends a batch;
     `prefix` starts every group name of the kind; `max_setting` the BatchSizing field that caps
-    a batch; `index_at_enqueue` / `index_at_take` key prefixes of a member's correlation index, set
-    when the job is enqueued (+ key: the id is ours and known then) or when its batch is built
-    (+ `<batchNo>:<key>`: the id is the batch's); "" = none."""
+    a batch; `index_at_enqueue` builds a member's correlation index key from its key, set when the
+    job is enqueued (the id is ours and known then); `index_at_take` builds, from a batch's batchNo,
+    the prefix its members' index keys share (+ key), set when the batch is built (the id is the
+    batch's); None = no such index."""
 
     kind: str
     family: str
     flush_task: str
     prefix: str
     max_setting: str
-    index_at_enqueue: str = ""
-    index_at_take: str = ""
+    index_at_enqueue: Callable[[str], str] | None = None
+    index_at_take: Callable[[str], str] | None = None
 
     def max_items(self, settings: BatchSizing) -> int:
         return int(getattr(settings, self.max_setting))
 
 
 NUMBER_CHECKS = Spec("number-check", QUEUE_API2, FLUSH_TASK, "nc", "max_numbers",
-                     index_at_take=keys.callback_index("nc-num", ""))
+                     index_at_take=keys.member_index)
 CONTACTS = Spec("callbot-contact", QUEUE_CALLBOT, CONTACT_FLUSH_TASK, "cbt:", "max_contacts",
-                index_at_enqueue=keys.callback_index("cb-order", ""))
+                index_at_enqueue=correlate.contact_index)
 SPECS = (NUMBER_CHECKS, CONTACTS)
 
 
@@ -128,149 +128,8 @@ def user_task_id_of(group: str) -> str:
 
 def member_index_key(batch_no: str, phone: str) -> str:
     """Correlation index of one member: a callback's (batchNo, phone) -> job id."""
-    return keys.callback_index("nc-num", f"{batch_no}:{phone}")
+    return keys.member_index(batch_no, phone)
 
-
-# The producer half. KEYS[1] pending list, KEYS[2] flush-armed flag.
-# ARGV[1] key prefix, [2] record ttl s, [3] max items, [4] armed ttl ms, [5] now ISO, [6] group,
-# [7] job kind, [8] index key prefix set now (+ key) or '', [9] callback entries a member may store,
-# then per job: id, key (phone, orderID), item JSON or '', redacted input JSON, and the record field
-# and value a callback's ids are proved against (nxjobs.callbacks.correlate.member_proof).
-# Returns {flushes due now (a push filled a batch), 1 if a lingering flush must be sent}.
-_ENQUEUE_LUA = """
-local prefix, ttl, max = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local full = 0
-local len = 0
-for i = 10, #ARGV, 6 do
-  local id, key, item = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  local jk = prefix .. ':job:' .. id
-  redis.call('HSET', jk, 'id', id, 'kind', ARGV[7], 'state', 'queued', 'attempts', 0,
-             'created_at', ARGV[5], 'updated_at', ARGV[5], 'input', ARGV[i + 3], 'request', '[]',
-             'result', '', 'error', '', 'callbacks_needed', 1, 'coalesce_group', ARGV[6],
-             'callbacks_max', ARGV[9], ARGV[i + 4], ARGV[i + 5])
-  redis.call('EXPIRE', jk, ttl)
-  if ARGV[8] ~= '' then redis.call('SET', ARGV[8] .. key, id, 'EX', ttl) end
-  local entry = id .. '|' .. key
-  if item ~= '' then entry = entry .. '|' .. item end
-  len = redis.call('RPUSH', KEYS[1], entry)
-  if len % max == 0 then full = full + 1 end
-end
-local linger = 0
-if len % max ~= 0 and redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[4]) then linger = 1 end
-return {full, linger}
-"""
-
-# The flush half: build batch ARGV[1] from the pending list, or return it if built before.
-# KEYS[1] batch hash, KEYS[2] pending list, KEYS[3] open batches zset, KEYS[4] flush-armed flag.
-# ARGV[1] batch id, [2] max items, [3] batchNo, [4] now unix s, [5] now ISO, [6] ttl s, [7] key prefix,
-# [8] member index prefix set now (+ batchNo:key) or '', [9] group.
-# Returns {0 nothing taken | 1 built before | 2 built now | 3 already sent and recorded,
-#          members JSON [[id, key], ...], pending left, items JSON {id: item JSON} (members that have one)}.
-_TAKE_LUA = """
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  if redis.call('HGET', KEYS[1], 'done') then return {3, '[]', redis.call('LLEN', KEYS[2]), '{}'} end
-  redis.call('ZADD', KEYS[3], 'XX', ARGV[4], ARGV[1])
-  return {1, redis.call('HGET', KEYS[1], 'members'), redis.call('LLEN', KEYS[2]),
-          redis.call('HGET', KEYS[1], 'items') or '{}'}
-end
-local max, ttl, prefix = tonumber(ARGV[2]), tonumber(ARGV[6]), ARGV[7]
-local entries = redis.call('LRANGE', KEYS[2], 0, max - 1)
-if #entries == 0 then return {0, '[]', 0, '{}'} end
-redis.call('LTRIM', KEYS[2], #entries, -1)
-local seen, members, items, again = {}, {}, {}, {}
-local has_items = false
-for _, entry in ipairs(entries) do
-  local sep = string.find(entry, '|', 1, true)
-  local id, key = string.sub(entry, 1, sep - 1), string.sub(entry, sep + 1)
-  local sep2 = string.find(key, '|', 1, true)
-  local item = false
-  if sep2 then item, key = string.sub(key, sep2 + 1), string.sub(key, 1, sep2 - 1) end
-  local jk = prefix .. ':job:' .. id
-  if seen[key] then
-    table.insert(again, entry)
-  else
-    local cur = redis.call('HMGET', jk, 'state', 'attempts')
-    if cur[1] == 'queued' then
-      seen[key] = true
-      table.insert(members, {id, key})
-      if item then items[id] = item; has_items = true end
-      redis.call('HSET', jk, 'state', 'running', 'updated_at', ARGV[5], 'coalesce_batch', ARGV[1],
-                 'attempts', (tonumber(cur[2]) or 0) + 1)
-      if ARGV[8] ~= '' then
-        redis.call('SET', ARGV[8] .. ARGV[3] .. ':' .. key, id, 'EX', ttl)
-        -- Its callbacks must carry the batch's batchNo (nxjobs.callbacks.ledger).
-        redis.call('HSET', jk, '""" + keys.PROOF_BATCH + """', ARGV[3])
-      end
-    end
-  end
-end
-for i = #again, 1, -1 do redis.call('LPUSH', KEYS[2], again[i]) end
-local left = redis.call('LLEN', KEYS[2])
-if #members == 0 then return {0, '[]', left, '{}'} end
-local encoded = cjson.encode(members)
-local encoded_items = has_items and cjson.encode(items) or '{}'
-redis.call('HSET', KEYS[1], 'group', ARGV[9], 'batch_no', ARGV[3], 'members', encoded, 'items', encoded_items,
-           'created_at', ARGV[4], 'created_iso', ARGV[5], 'attempts', 0, 'throttles', 0)
-redis.call('EXPIRE', KEYS[1], ttl)
-redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
-redis.call('DEL', KEYS[4])
-return {2, encoded, left, encoded_items}
-"""
-
-# Fan the provider's answer out to the members, then drop the batch.
-# KEYS[1] waiting zset (the kind's family), KEYS[2] batch hash, KEYS[3] open batches zset.
-# ARGV[1] key prefix, [2] now ISO, [3] now unix s, [4] callbacks due-at unix s, [5] ttl s, [6] batch id,
-# [7] request JSON (shared), [8] the batch's attempts, [9] its throttles,
-# [10] the result JSON most members share, [11] JSON list of the ids of the members submitted with it
-# (a number check's whole batch in two arguments, not three per member), [12] the provider id the
-# members' callbacks must prove (the batch's requestId) or '',
-# then per other member: id, 's' (submitted) or 'f' (failed), its own result or error JSON.
-# A member no longer running (e.g. failed by an operator) is left as it is. The batch is marked done.
-# Returns the ids of members completed at once (their callback came first).
-_FAN_OUT_LUA = correlate.PROVE_EARLY_LUA + """
-local prefix, ttl = ARGV[1], tonumber(ARGV[5])
-local completed = {}
-local waiting = {}
-local function record(id, outcome, doc)
-  local jk = prefix .. ':job:' .. id
-  local cur = redis.call('HMGET', jk, 'state', 'callbacks_done', '""" + keys.PROOF_SEEN + """')
-  if cur[1] ~= 'running' and cur[1] ~= 'retrying' then return end
-  if outcome ~= 'f' and ARGV[12] ~= '' and cur[3] and cur[3] ~= ARGV[12] then
-    prove_early(jk, ARGV[12], cur[3])
-    cur[2] = '0'
-  end
-  -- The member's own story: its request was tried as often as its batch was.
-  if outcome == 'f' then
-    redis.call('HSET', jk, 'state', 'failed', 'error', doc, 'request', ARGV[7], 'updated_at', ARGV[2],
-               'attempts', ARGV[8], 'throttles', ARGV[9])
-  else
-    -- Its callback may have come first: then it is complete now.
-    local state = 'submitted'
-    if tonumber(cur[2] or '0') >= 1 then
-      state = 'completed'
-      table.insert(completed, id)
-    else
-      table.insert(waiting, ARGV[4])
-      table.insert(waiting, id)
-    end
-    redis.call('HSET', jk, 'state', state, 'result', doc, 'error', '', 'request', ARGV[7],
-               'updated_at', ARGV[2], 'submitted_at', ARGV[3], 'attempts', ARGV[8], 'throttles', ARGV[9])
-    if ARGV[12] ~= '' then redis.call('HSET', jk, '""" + keys.PROOF_ID + """', ARGV[12]) end
-  end
-  redis.call('EXPIRE', jk, ttl)
-end
-for _, id in ipairs(cjson.decode(ARGV[11])) do record(id, 's', ARGV[10]) end
-for i = 13, #ARGV, 3 do record(ARGV[i], ARGV[i + 1], ARGV[i + 2]) end
--- One ZADD per 1 000 members rather than one per member (unpack is bounded by Lua's C stack).
-for i = 1, #waiting, 2000 do
-  redis.call('ZADD', KEYS[1], unpack(waiting, i, math.min(i + 1999, #waiting)))
-end
--- Kept (without its members) as proof it was sent: a late duplicate of its flush stops here.
-redis.call('HDEL', KEYS[2], 'members', 'items')
-redis.call('HSET', KEYS[2], 'done', '1')
-redis.call('ZREM', KEYS[3], ARGV[6])
-return completed
-"""
 
 
 @dataclass(frozen=True)
@@ -302,9 +161,9 @@ class CoalesceQueue:
         self.redis = client
         self.settings = settings
         self.ttl_s = ttl_s
-        self._enqueue = client.register_script(_ENQUEUE_LUA)
-        self._take = client.register_script(_TAKE_LUA)
-        self._fan_out = client.register_script(_FAN_OUT_LUA)
+        self._enqueue = store.register_script(client, "coalesce_enqueue")
+        self._take = store.register_script(client, "coalesce_take")
+        self._fan_out = store.register_script(client, "coalesce_fan_out")
 
     # ---- producer half ------------------------------------------------------
 
@@ -314,20 +173,23 @@ class CoalesceQueue:
         needs beyond the key). Chunks of ENQUEUE_CHUNK go to Redis in one transaction (all or nothing,
         and one round trip): keep a call to some 10 000 jobs, which holds Redis for about 0.1 s."""
         spec = spec_of(group)
-        head = [keys.PREFIX, str(self.ttl_s), str(self.max_items(group)), str(self.armed_ms), now_iso, group,
-                spec.kind, spec.index_at_enqueue, str(correlate.member_callbacks_max(spec.kind))]
-        script_keys = [keys.coalesce_pending(group), keys.coalesce_armed(group)]
+        index = spec.index_at_enqueue
+        head = [str(self.ttl_s), str(self.max_items(group)), str(self.armed_ms), now_iso, group,
+                spec.kind, "2" if index else "1", str(correlate.member_callbacks_max(spec.kind))]
+        head_keys = [keys.coalesce_pending(group), keys.coalesce_armed(group)]
         pipe = self.redis.pipeline(transaction=True)
         chunk: list[str] = []
+        chunk_keys: list[str] = []
         calls = 0
         task = user_task_id_of(group)
         for job_id, key, input_json, *item in jobs:
             chunk += [job_id, key, item[0] if item else "", input_json, *correlate.member_proof(spec.kind, key, task)]
+            chunk_keys += [keys.job(job_id), index(key)] if index else [keys.job(job_id)]
             if len(chunk) >= 6 * ENQUEUE_CHUNK:
-                self._enqueue(keys=script_keys, args=head + chunk, client=pipe)
-                chunk, calls = [], calls + 1
+                self._enqueue(keys=head_keys + chunk_keys, args=head + chunk, client=pipe)
+                chunk, chunk_keys, calls = [], [], calls + 1
         if chunk:
-            self._enqueue(keys=script_keys, args=head + chunk, client=pipe)
+            self._enqueue(keys=head_keys + chunk_keys, args=head + chunk, client=pipe)
             calls += 1
         if not calls:
             return Flushes(0, False)
@@ -343,10 +205,12 @@ class CoalesceQueue:
         return spec_of(group).max_items(self.settings)
 
     def take(self, group: str, batch_id: str, now_s: float, now_iso: str) -> Taken:
+        batch_no = batch_no_of(batch_id)
+        index = spec_of(group).index_at_take
         status, members, left, items = self._take(
             keys=[keys.coalesce_batch(batch_id), keys.coalesce_pending(group), keys.COALESCE_OPEN, keys.coalesce_armed(group)],
-            args=[batch_id, self.max_items(group), batch_no_of(batch_id), f"{now_s:.3f}", now_iso,
-                  self.ttl_s, keys.PREFIX, spec_of(group).index_at_take, group])
+            args=[batch_id, self.max_items(group), batch_no, f"{now_s:.3f}", now_iso,
+                  self.ttl_s, keys.JOB_KEY_PREFIX, index(batch_no) if index else "", group])
         decoded = json.loads(members) if members not in ("", "{}") else []
         extra = json.loads(items) if items not in ("", "{}", "[]") else {}
         return Taken(int(status), [(str(m[0]), str(m[1])) for m in decoded], int(left),
@@ -377,8 +241,8 @@ class CoalesceQueue:
         sharing = [o.job_id for o in outcomes if not o.failed and o.document is shared]
         # A number check's callbacks must carry its batch's requestId (nxjobs.callbacks.ledger).
         request_id = (shared or {}).get("requestId") if family == QUEUE_API2 else None
-        args: list[Any] = [keys.PREFIX, now_iso, f"{now_s:.3f}", f"{due_at_s:.3f}", self.ttl_s, batch_id,
-                           _json(request), int(attempts or 1), int(throttles or 0),
+        args: list[Any] = [keys.JOB_KEY_PREFIX, now_iso, f"{now_s:.3f}", f"{due_at_s:.3f}", self.ttl_s,
+                           batch_id, _json(request), int(attempts or 1), int(throttles or 0),
                            _json(shared) if shared is not None else "", _json(sharing), request_id or ""]
         for o in outcomes:
             if o.failed or o.document is not shared:

@@ -24,48 +24,9 @@ from typing import Any
 
 import redis
 
-from nxjobs import keys
+from nxjobs import keys, scripts, store
 from nxjobs.records import utc_now_iso
 
-# KEYS[1] index zset, KEYS[2] entries hash. ARGV: job id, score, entry JSON,
-# max entries, oldest score to keep. Returns entries dropped by the bounds.
-_ADD_LUA = """
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
-local dropped = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[5])
-local extra = redis.call('ZCARD', KEYS[1]) - #dropped - tonumber(ARGV[4])
-if extra > 0 then
-  for _, id in ipairs(redis.call('ZRANGE', KEYS[1], #dropped, #dropped + extra - 1)) do
-    table.insert(dropped, id)
-  end
-end
-for _, id in ipairs(dropped) do
-  redis.call('ZREM', KEYS[1], id)
-  redis.call('HDEL', KEYS[2], id)
-end
-return #dropped
-"""
-
-# Take an entry for replay. KEYS[1] job hash, KEYS[2] index, KEYS[3] entries.
-# ARGV: job id, now (ISO), record ttl. Returns {status, entry or state}:
-#  1 record moved failed -> queued, counters reset, `replays` bumped; entry removed
-#  2 record expired (caller recreates it); entry removed
-#  0 record is no longer failed (e.g. reconciliation completed it): stale entry removed
-# -1 no such entry
-_TAKE_LUA = """
-local entry = redis.call('HGET', KEYS[3], ARGV[1])
-if not entry then return {-1, ''} end
-redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('HDEL', KEYS[3], ARGV[1])
-local state = redis.call('HGET', KEYS[1], 'state')
-if not state then return {2, entry} end
-if state ~= 'failed' then return {0, state} end
-redis.call('HSET', KEYS[1], 'state', 'queued', 'updated_at', ARGV[2], 'attempts', 0, 'throttles', 0,
-           'waits', 0, 'error', '')
-redis.call('HINCRBY', KEYS[1], 'replays', 1)
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
-return {1, entry}
-"""
 
 
 class DeadLetters:
@@ -73,8 +34,8 @@ class DeadLetters:
         self.redis = client
         self.max_entries = max_entries
         self.max_age_s = max_age_s
-        self._add = client.register_script(_ADD_LUA)
-        self._take = client.register_script(_TAKE_LUA)
+        self._add = scripts.register(client, "deadletters_add")
+        self._take = store.register_script(client, "deadletters_take")
 
     def add(self, job_id: str, kind: str, payload: dict[str, Any], error: dict[str, Any],
             record: dict[str, Any] | None = None) -> None:
@@ -126,6 +87,7 @@ class DeadLetters:
         return int(self.redis.zcard(keys.DEAD_INDEX))
 
     def take(self, job_id: str, record_ttl_s: int) -> tuple[int, Any]:
+        """Take the entry for replay (nxjobs/lua/deadletters_take.lua): (status, entry or state)."""
         status, value = self._take(keys=[keys.job(job_id), keys.DEAD_INDEX, keys.DEAD_ENTRIES],
                                    args=[job_id, utc_now_iso(), record_ttl_s])
         status = int(status)

@@ -7,6 +7,10 @@ def job(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}"
 
 
+# What every job key starts with: scripts that find a job from an id take it as an argument.
+JOB_KEY_PREFIX = job("")
+
+
 def agent_token(appkey: str) -> str:
     return f"{PREFIX}:agent:token:{appkey}"
 
@@ -73,6 +77,12 @@ def callback_index(id_kind: str, value: str) -> str:
     `cb-order` (Callbot orderID of a `callbot-contact` job; orderIDs are globally unique).
     """
     return f"{PREFIX}:cb:idx:{id_kind}:{value}"
+
+
+def member_index(batch_no: str, key: str = "") -> str:
+    """Correlation index of one coalesced number check: a callback's (batchNo, phone) -> job id.
+    Without `key`: what every member index of the batch starts with (the take script adds it)."""
+    return callback_index("nc-num", f"{batch_no}:{key}")
 
 
 def callbacks_waiting(family: str) -> str:

@@ -25,8 +25,7 @@ from celery import Celery
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from nxjobs import coalesce, keys
-from nxjobs.callbacks import correlate
+from nxjobs import coalesce, correlate, keys
 from nxjobs.deadletters import DeadLetters
 from nxjobs.jobs import CALLBOT_CHUNK_SIZE, NUMBER_CHECK_MAX_PHONES, PRIORITY_NEW, CallbotContactPayload, InvalidJob, NumberCheckPayload, get_kind, validate_payload
 from nxjobs.records import JobRecord, JobState, utc_now_iso
@@ -303,8 +302,7 @@ class Producer:
                                    kwargsrepr=flower_repr(kwargs), argsrepr="()")
         except Exception as exc:
             try:  # back to where it was: failed, and in the dead letters
-                self.redis.hset(keys.job(job_id), mapping={"state": JobState.FAILED.value,
-                                                           "error": json.dumps(entry.get("reason") or {})})
+                self.store.restore_failed(job_id, entry.get("reason") or {})
                 dead.add(job_id, entry["kind"], body, entry.get("reason") or {}, entry.get("record"))
             except redis.RedisError:
                 pass

@@ -1,5 +1,5 @@
-"""The job record: what a producer reads back about one job, and the allowed
-state transitions. Pure data; storage lives in store.py.
+"""The job record: what a producer reads back about one job. Pure data; storage,
+and the transitions allowed between states, live in store.py.
 """
 
 from __future__ import annotations
@@ -21,21 +21,6 @@ class JobState(str, Enum):
 
 
 TERMINAL_STATES = frozenset({JobState.COMPLETED, JobState.FAILED})
-
-# Which states each state may be entered from. States only move forward, so a
-# late or redelivered worker can never drag a submitted job back to running.
-# running -> running is a redelivery after a worker died mid-task.
-ALLOWED_FROM: dict[JobState, frozenset[JobState]] = {
-    JobState.RUNNING: frozenset({JobState.QUEUED, JobState.RUNNING, JobState.RETRYING}),
-    JobState.RETRYING: frozenset({JobState.RUNNING}),
-    JobState.SUBMITTED: frozenset({JobState.RUNNING}),
-    JobState.COMPLETED: frozenset({JobState.SUBMITTED}),
-    JobState.FAILED: frozenset({JobState.QUEUED, JobState.RUNNING, JobState.RETRYING, JobState.SUBMITTED}),
-}
-# The one way back: an operator's dead-letter replay moves `failed` -> `queued`
-# (nxjobs.deadletters, one Lua script that also removes the dead-letter entry
-# and resets the attempt counters). Never done by a worker.
-REPLAYABLE_FROM = frozenset({JobState.FAILED})
 
 # Order used by `wait --until`: reaching a later state implies the earlier one.
 PROGRESS = {JobState.QUEUED: 0, JobState.RUNNING: 1, JobState.RETRYING: 1, JobState.SUBMITTED: 2, JobState.COMPLETED: 3}

@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 import redis
 
-from nxjobs import keys
+from nxjobs import keys, scripts
 from nxjobs.jobs import KINDS
 from nxjobs.records import JobState
 
@@ -38,22 +38,6 @@ UNACKED_KEY = "unacked"
 SCAN_CHUNK = 2000
 ACTIVE = (JobState.QUEUED.value, JobState.RUNNING.value, JobState.RETRYING.value)
 
-# KEYS[1] a queue list or the unacked hash. ARGV: 'list'|'hash', start, stop.
-# Returns the message ids (Celery's headers.id = our job id) in that chunk, so
-# only ids cross the network, never the messages.
-_IDS_LUA = """
-local items
-if ARGV[1] == 'list' then
-  items = redis.call('LRANGE', KEYS[1], tonumber(ARGV[2]), tonumber(ARGV[3]))
-else
-  items = redis.call('HVALS', KEYS[1])
-end
-local ids = {}
-for _, el in ipairs(items) do
-  for id in string.gmatch(el, '"id":%s*"([^"]+)"') do table.insert(ids, id) end
-end
-return ids
-"""
 
 
 class LostMessageSweeper:
@@ -63,7 +47,7 @@ class LostMessageSweeper:
         self.publish = publish  # (kind, job id, payload) -> sends the task message
         self.confirm_s = confirm_s
         self.clock = clock
-        self._ids = client.register_script(_IDS_LUA)
+        self._ids = scripts.register(client, "recover_ids")
 
     def run(self, family: str) -> dict[str, int]:
         counts = {"candidates": 0, "suspects": 0, "republished": 0}

@@ -1,9 +1,9 @@
 """Job records in Redis: one hash per job, its callbacks included (nxjobs.keys.CALLBACK_FIELD).
 
-State changes go through a Lua script so the check "may this state follow
-the current one?" and the write happen atomically in a single round trip; the
-move to `submitted` has its own script that also does the callback bookkeeping
-(nxjobs.callbacks: correlation ids, units needed, completion, deadline).
+State changes go through a Lua script (nxjobs/lua/store_transition.lua) so the check "may
+this state follow the current one?" and the write happen atomically in a single round trip;
+the move to `submitted` has its own script (store_submit.lua) that also does the callback
+bookkeeping (nxjobs.callbacks: correlation ids, units needed, completion, deadline).
 """
 
 from __future__ import annotations
@@ -15,80 +15,74 @@ from typing import Any, Iterable
 
 import redis
 
-from nxjobs import keys
-from nxjobs.callbacks import correlate
+from nxjobs import correlate, keys, scripts
 from nxjobs.jobs import KINDS
-from nxjobs.records import ALLOWED_FROM, JobRecord, JobState, utc_now_iso
+from nxjobs.records import JobRecord, JobState, utc_now_iso
 
 _JSON_FIELDS = ("input", "request", "result", "error", "progress")
-
-
-# KEYS[1] job hash. ARGV: new state, allowed-from (comma list), now, ttl
-# seconds, counters to increment (comma list, may be empty), then field/value
-# pairs to set. Returns {status, state before, attempts, throttles}: status 1
-# on success, 0 if the state may not follow the current one, -1 if missing.
-_TRANSITION_LUA = """
-local cur = redis.call('HGET', KEYS[1], 'state')
-if not cur then return {-1, '', 0, 0} end
-if not string.find(',' .. ARGV[2] .. ',', ',' .. cur .. ',', 1, true) then
-  return {0, cur, 0, 0}
-end
-redis.call('HSET', KEYS[1], 'state', ARGV[1], 'updated_at', ARGV[3])
-for counter in string.gmatch(ARGV[5], '[^,]+') do redis.call('HINCRBY', KEYS[1], counter, 1) end
-for i = 6, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[4]))
-local counts = redis.call('HMGET', KEYS[1], 'attempts', 'throttles')
-return {1, cur, tonumber(counts[1] or '0'), tonumber(counts[2] or '0')}
-"""
-
 _COUNTERS = frozenset({"attempts", "throttles", "waits"})
 
-# Count on an existing record only; never create a partial one.
-_INCR_IF_EXISTS_LUA = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('HINCRBY', KEYS[1], ARGV[1], 1) end
-return 0
-"""
+# The state machine: which states each state may be entered from (None: no record yet), each
+# with the code paths that make the move. It lists every move that happens and nothing else.
+# Every write of `state` is checked against it: in Lua by set_state (nxjobs/lua/lib/state.lua,
+# which gets this table rendered in, and refuses too a move the running script does not declare
+# in its `-- moves:` header), in Python only by RecordStore.create (CREATED_BY_STORE).
+# States move forward, so a late or redelivered worker never drags a job back; the one way
+# back is an operator's replay of a dead letter (failed -> queued).
+ALLOWED_FROM: dict[JobState, frozenset[JobState | None]] = {
+    JobState.QUEUED: frozenset({
+        # RecordStore.create: a producer's job, a worker's job with no record (tasks/base.py),
+        # a replay whose record expired (Producer.replay_dead); coalesce_enqueue.lua.
+        None,
+        JobState.FAILED,  # deadletters_take.lua: `nxjobs dead replay` (Producer.replay_dead)
+    }),
+    JobState.RUNNING: frozenset({
+        JobState.QUEUED,  # store_transition.lua: a claim (tasks/base.py); coalesce_take.lua
+        JobState.RUNNING,  # store_transition.lua: a redelivery after a worker died mid-task
+        JobState.RETRYING,  # store_transition.lua: the claim of a retry
+    }),
+    JobState.RETRYING: frozenset({
+        JobState.RUNNING,  # store_transition.lua: retry, throttled, a later step waits for a slot
+    }),
+    JobState.SUBMITTED: frozenset({
+        JobState.RUNNING,  # store_submit.lua (tasks/base.py); coalesce_fan_out.lua
+        JobState.RETRYING,  # coalesce_fan_out.lua: it submits a member it finds retrying
+    }),
+    JobState.COMPLETED: frozenset({
+        # callbacks_apply.lua: the last callback; store_submit.lua and coalesce_fan_out.lua: every
+        # callback came before the submit answer; store_transition.lua allows it (no caller).
+        JobState.SUBMITTED,
+        # callbacks_apply.lua: the CDR lookup of reconciliation finds an ambiguous makecall.
+        JobState.FAILED,
+    }),
+    JobState.FAILED: frozenset({
+        JobState.QUEUED,  # store_transition.lua: a replay whose message could not be sent
+        JobState.RUNNING,  # store_transition.lua (tasks/base.py); coalesce_fan_out.lua
+        JobState.RETRYING,  # coalesce_fan_out.lua; store_transition.lua allows it
+        JobState.SUBMITTED,  # store_transition.lua: reconciliation gives up (callbacks_timeout)
+    }),
+}
+# The moves Python makes itself, outside any script: RecordStore.create writes a queued record.
+CREATED_BY_STORE = frozenset({(None, JobState.QUEUED)})
+# The table as the scripts get it: (from, to) values, from "" = no record yet.
+STATE_MOVES: scripts.Moves = frozenset(
+    ("" if frm is None else frm.value, to.value) for to, froms in ALLOWED_FROM.items() for frm in froms)
 
 
-# The transition to `submitted`, plus the callback bookkeeping that must happen
-# in the same step (nxjobs.callbacks): point the correlation index keys at the
-# job, set how many completion units it needs, and then either complete it at
-# once (nothing to wait for, or every callback already came early) or put it
-# on its family's waiting set, due for reconciliation at the deadline.
-# KEYS[1] job hash, KEYS[2] waiting zset, KEYS[3..] index keys.
-# ARGV as _TRANSITION_LUA for 1-5; 6 job id, 7 units needed, 8 due-at (unix s),
-# 9 now (unix s), 10 the provider id callbacks must prove (keys.PROOF_ID) or '';
-# field/value pairs from 11. Returns as _TRANSITION_LUA plus the state the job
-# is left in: `completed` tells the caller the callbacks had all come before the submit result.
-_SUBMIT_LUA = """
-local cur = redis.call('HGET', KEYS[1], 'state')
-if not cur then return {-1, '', 0, 0, ''} end
-if not string.find(',' .. ARGV[2] .. ',', ',' .. cur .. ',', 1, true) then
-  return {0, cur, 0, 0, cur}
-end
-local ttl = tonumber(ARGV[4])
-redis.call('HSET', KEYS[1], 'state', ARGV[1], 'updated_at', ARGV[3], 'submitted_at', ARGV[9],
-           'callbacks_needed', ARGV[7])
-for counter in string.gmatch(ARGV[5], '[^,]+') do redis.call('HINCRBY', KEYS[1], counter, 1) end
-for i = 11, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-for i = 3, #KEYS do redis.call('SET', KEYS[i], ARGV[6], 'EX', ttl) end
-""" + correlate.PROVE_EARLY_LUA + """
-if ARGV[10] ~= '' then
-  prove_early(KEYS[1], ARGV[10], redis.call('HGET', KEYS[1], '""" + keys.PROOF_SEEN + """'))
-  redis.call('HSET', KEYS[1], '""" + keys.PROOF_ID + """', ARGV[10])
-end
-local done = tonumber(redis.call('HGET', KEYS[1], 'callbacks_done') or '0')
-local state = ARGV[1]
-if done >= tonumber(ARGV[7]) then
-  state = 'completed'
-  redis.call('HSET', KEYS[1], 'state', state)
-else
-  redis.call('ZADD', KEYS[2], ARGV[8], ARGV[6])
-end
-redis.call('EXPIRE', KEYS[1], ttl)
-local counts = redis.call('HMGET', KEYS[1], 'attempts', 'throttles')
-return {1, cur, tonumber(counts[1] or '0'), tonumber(counts[2] or '0'), state}
-"""
+def register_script(client: Any, name: str) -> Any:
+    """A script that writes `state`, rendered with the transition table and registered on a sync
+    client. Every such script is loaded here (nxjobs.scripts refuses them otherwise)."""
+    return scripts.register(client, name, STATE_MOVES)
+
+
+def async_script(name: str) -> scripts.AsyncScript:
+    """As register_script, for a redis.asyncio client (the receiver's applier)."""
+    return scripts.AsyncScript(name, STATE_MOVES)
+
+
+def load_script(name: str) -> scripts.Loaded:
+    """The resolved text of any script, state writers rendered with the table (tests read it)."""
+    return scripts.load(name, STATE_MOVES)
 
 
 @dataclass(frozen=True)
@@ -127,9 +121,9 @@ class RecordStore:
         self.ttl_s = ttl_s
         # Per job kind: seconds after submission before a job missing callbacks is reconciled.
         self.callback_deadlines_s = callback_deadlines_s or correlate.DEFAULT_DEADLINES_S
-        self._transition = client.register_script(_TRANSITION_LUA)
-        self._submit = client.register_script(_SUBMIT_LUA)
-        self._incr = client.register_script(_INCR_IF_EXISTS_LUA)
+        self._transition = register_script(client, "store_transition")
+        self._submit = register_script(client, "store_submit")
+        self._incr = scripts.register(client, "store_incr_if_exists")
 
     def create(self, job_id: str, kind: str, input: dict[str, Any],
                expect: correlate.Expectation | None = None, pipe=None,
@@ -181,13 +175,13 @@ class RecordStore:
         counters = list(incr)
         if not set(counters) <= _COUNTERS:
             raise ValueError(f"unknown counters {counters}")
-        allowed = ",".join(s.value for s in ALLOWED_FROM[state])
-        args: list[str] = [state.value, allowed, utc_now_iso(), str(self.ttl_s), ",".join(counters)]
+        args: list[str] = [utc_now_iso(), str(self.ttl_s), ",".join(counters)]
         if state is JobState.SUBMITTED:
             status, current, attempts, throttles, after = self._submit_with_callbacks(job_id, args, fields)
             if status != 1:
                 raise TransitionRefused(job_id, current or None, state)
             return Transition(current, int(attempts), int(throttles), after)
+        args = [state.value, *args]
         for name, value in _encode(fields).items():
             args += [name, value]
         status, current, attempts, throttles = self._transition(keys=[keys.job(job_id)], args=args)
@@ -196,7 +190,7 @@ class RecordStore:
         return Transition(current, int(attempts), int(throttles), state.value)
 
     def _submit_with_callbacks(self, job_id: str, args: list[str], fields: dict[str, Any]) -> list:
-        """The submitted transition with its callback bookkeeping (see _SUBMIT_LUA)."""
+        """The submitted transition with its callback bookkeeping (nxjobs/lua/store_submit.lua)."""
         kind = self.redis.hget(keys.job(job_id), "kind")
         expect = correlate.on_submit(kind, fields.get("result"))
         now = time.time()
@@ -207,6 +201,15 @@ class RecordStore:
         for name, value in _encode(fields).items():
             args += [name, value]
         return self._submit(keys=[keys.job(job_id), keys.callbacks_waiting(family), *expect.index_keys], args=args)
+
+    def restore_failed(self, job_id: str, error: dict[str, Any]) -> bool:
+        """Put a replayed job back to `failed` with `error` when its message could not be sent
+        (Producer.replay_dead). False if the job has moved on meanwhile: it is left alone."""
+        try:
+            self.transition(job_id, JobState.FAILED, error=error)
+        except TransitionRefused:
+            return False
+        return True
 
     def incr(self, job_id: str, counter: str) -> None:
         if counter not in _COUNTERS:

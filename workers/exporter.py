@@ -51,7 +51,7 @@ _PRIORITY_SEP = "\x06\x16"
 _PRIORITY_STEPS = (0, 3, 6, 9)
 # Celery's Redis transport: messages delivered to a worker but not acknowledged (running or held for a countdown).
 _UNACKED = "unacked"
-_JOB_PREFIX = f"{keys.PREFIX}:job:"
+_JOB_PREFIX = keys.JOB_KEY_PREFIX
 
 # HTTP server bounds (see the module docstring); each is a command-line option.
 DEFAULT_THREADS = 8

@@ -95,7 +95,7 @@ def observe_completed_at_submit(
     here.
     Kinds final at submit (ota-init, wa-calling) have no callbacks and no delay to time."""
     from nxjobs import metrics
-    from nxjobs.callbacks import correlate
+    from nxjobs import correlate
 
     try:
         if correlate.on_submit(kind, result).needed:

@@ -6,7 +6,7 @@ wait and leave together in the next: under light load a batch is one callback
 
 A batch is ONE EVALSHA whose single argument is the JSON list of each
 callback's (keys, args), and whose script runs the ledger's per-callback
-script (nxjobs.callbacks.ledger._APPLY_LUA, unchanged) once per entry. Measured
+script (nxjobs/lua/callbacks_apply.lua, unchanged) once per entry. Measured
 against a pipeline of one EVALSHA per callback, it removes redis-py's
 per-argument command packing (about a third of the receiver's CPU) and Redis's
 per-command overhead. Each callback is still applied atomically and on its own:
@@ -23,28 +23,12 @@ import time
 from typing import Any, Callable
 
 from pydantic_core import to_json
-from redis.exceptions import NoScriptError
 
+from nxjobs import store
 from nxjobs.callbacks.events import Event
-from nxjobs.callbacks.ledger import _APPLY_LUA, Applied, Ledger, _applied
+from nxjobs.callbacks.ledger import Applied, Ledger, _applied
 
 log = logging.getLogger("nxjobs.callbacks")
-
-# ARGV[1] = JSON [[keys, args], ...]. Returns one reply per entry: the ledger script's reply,
-# or {-1, message} when that entry raised.
-_APPLY_BATCH_LUA = (
-    "local function apply_one(KEYS, ARGV)\n" + _APPLY_LUA + "\nend\n" + """
-local out = {}
-for i, entry in ipairs(cjson.decode(ARGV[1])) do
-  local ok, reply = pcall(apply_one, entry[1], entry[2])
-  if ok then
-    out[i] = reply
-  else
-    out[i] = {-1, tostring(reply)}
-  end
-end
-return out
-""")
 
 
 def _tell(done: Callable[[Applied | Exception], None], result: Applied | Exception) -> None:
@@ -67,7 +51,8 @@ class BatchApplier:
         self.max_batch = max_batch
         self._pending: list[tuple[list[str], list[str], Callable[[Applied | Exception], None]]] = []
         self._flusher: asyncio.Future | None = None
-        self._sha: str | None = None
+        # nxjobs/lua/callbacks_apply_batch.lua: loaded on first use, again after NOSCRIPT.
+        self._script = store.async_script("callbacks_apply_batch")
         self._now_ms = -1
         self._now_iso = ""
         # Redis calls made and callbacks they carried (/healthz shows both).
@@ -124,10 +109,4 @@ class BatchApplier:
                 _tell(done, CallbackApplyError(str(reply[1])) if int(reply[0]) == -1 else _applied(reply))
 
     async def _call(self, client: Any, payload: str) -> list:
-        if self._sha is None:
-            self._sha = await client.script_load(_APPLY_BATCH_LUA)
-        try:
-            return await client.evalsha(self._sha, 0, payload)
-        except NoScriptError:  # Redis restarted and forgot the script
-            self._sha = await client.script_load(_APPLY_BATCH_LUA)
-            return await client.evalsha(self._sha, 0, payload)
+        return await self._script(client, args=[payload])

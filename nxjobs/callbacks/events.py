@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import from_json
 
 from nxjobs import coalesce, keys
-from nxjobs.callbacks.correlate import contact_index, phone_key
+from nxjobs.correlate import contact_index, phone_key
 from nxjobs.redact import redact
 
 # Number Check: per-number ids are `<submit requestId>-<6 digits>` (docs/provider.md §5.1).

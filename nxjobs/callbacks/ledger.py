@@ -1,13 +1,13 @@
 """The Redis side of callbacks: apply one in a single round trip, list the
 unmatched ones, and the waiting sets reconciliation works from.
 
-One Lua script per callback finds the job (correlation index keys, then a
-direct id), proves the callback is the job's own, drops a repeat, stores the
-entry in the job's own hash (field `cb:<dedupe key>`, nxjobs.keys.CALLBACK_FIELD:
+One Lua script per callback (nxjobs/lua/callbacks_apply.lua) finds the job
+(correlation index keys, then a direct id), proves the callback is the job's
+own, drops a repeat, stores the entry in the job's own hash (field `cb:<dedupe key>`, nxjobs.keys.CALLBACK_FIELD:
 one key per job, so one TTL and no key to create per callback), counts
 completion units and, when the last one arrived and the job is submitted,
 completes it and takes it off the waiting set. A callback whose job is not
-submitted yet is kept and counted; the submit step (nxjobs.store, _SUBMIT_LUA)
+submitted yet is kept and counted; the submit step (nxjobs/lua/store_submit.lua)
 completes the job if nothing is left to wait for.
 
 Whoever holds the URL token can post an unsigned callback, so finding a job
@@ -17,7 +17,7 @@ its ids agree with what the job recorded (nxjobs.keys.PROOF_*):
   (compared masked), and its per-number id `<requestId>-<suffix>` carries the
   job's requestId (a coalesced member's: its batch's). Before the submit answer
   names the requestId, the first DR fixes it and the submit step drops every
-  early DR if the answer names another (nxjobs.callbacks.correlate.PROVE_EARLY_LUA).
+  early DR if the answer names another (nxjobs/lua/lib/prove_early.lua).
 - Agent CDR: its sessionid is the makecall's (the same early rule). A call that
   failed `ambiguous` or `call_not_found` is never resolved by a callback: the
   callback makes its provider lookup due now, and only that answer moves it.
@@ -45,173 +45,10 @@ from typing import Any, NamedTuple
 
 from pydantic_core import to_json
 
-from nxjobs import keys
+from nxjobs import keys, store
 from nxjobs.callbacks.events import Event
 from nxjobs.jobs import KINDS
 from nxjobs.records import utc_now_iso
-
-# KEYS[1] unmatched zset, KEYS[2] unmatched entries hash, KEYS[3] waiting zset of the job kind's
-#   family, KEYS[4] the ambiguous-call reconcile zset, KEYS[5] this callback's replay key,
-#   KEYS[6..] correlation index keys.
-# ARGV[1] key prefix, [2] direct job id or '', [3] job kind expected, [4] dedupe key,
-#   [5] completion unit or '' (equal to [4]: each distinct callback is one), [6] entry JSON (an object),
-#   [7] the correlating ids (JSON), [8] now ISO,
-#   [9] unmatched max count, [10] result JSON for a call job failed as ambiguous that this proves, or '',
-#   [11] a second job kind it may belong to (found by an index key) or '', [12] its completion unit there or '',
-#   [13] source ('callback' is proved against the job; any other is the provider's own query answer),
-#   [14] check (events.CHECK_*) or '', [15..17] its proof ids, [18] replay key expiry (unix s) or '' (unsigned),
-#   [19] unmatched max bytes, [20] unmatched body bytes kept, [21] now (unix ms), [22] callback type.
-# Returns {status, job id, state[, submitted_at, job kind]}: 1 recorded, 2 duplicate or replay (nothing
-#   written), 0 unmatched, 3 dropped (the job has all the callbacks it can have: counted), 4 deferred
-#   (a failed call is looked up at the provider instead); submitted_at (unix s) only from the callback
-#   that completed the job, once per job.
-_APPLY_LUA = """
-local replay = ARGV[18] ~= ''
-if replay and redis.call('EXISTS', KEYS[5]) == 1 then return {2, '', ''} end
-local function seen(reply)
-  if replay then redis.call('SET', KEYS[5], '1', 'EXAT', ARGV[18]) end
-  return reply
-end
-local function unmatched(reason)
-  local fp, eh = ARGV[4], KEYS[2]
-  redis.call('ZADD', KEYS[1], ARGV[21], fp)
-  if redis.call('HINCRBY', eh, 'n:' .. fp, 1) > 1 then return seen({0, '', ''}) end
-  local body, n = ARGV[6], tonumber(ARGV[20])
-  local cut = #body > n
-  if cut then
-    -- Never cut inside a UTF-8 sequence: back off continuation bytes.
-    while n > 0 and string.byte(body, n + 1) >= 128 and string.byte(body, n + 1) < 192 do n = n - 1 end
-    body = string.sub(body, 1, n)
-  end
-  local entry = '{"ids":' .. ARGV[7] .. ',"reason":' .. cjson.encode(reason) .. ',"type":"' .. ARGV[22] ..
-    '","source":"' .. ARGV[13] .. '","received_at":"' .. ARGV[8] .. '","truncated":' .. tostring(cut) ..
-    ',"callback":' .. cjson.encode(body) .. '}'
-  redis.call('HSET', eh, 'e:' .. fp, entry)
-  local total = redis.call('HINCRBY', eh, 'bytes', #entry)
-  local max_n, max_b = tonumber(ARGV[9]), tonumber(ARGV[19])
-  while total > max_b or redis.call('ZCARD', KEYS[1]) > max_n do
-    local oldest = redis.call('ZPOPMIN', KEYS[1])
-    if #oldest == 0 then break end
-    local len = redis.call('HSTRLEN', eh, 'e:' .. oldest[1])
-    redis.call('HDEL', eh, 'e:' .. oldest[1], 'n:' .. oldest[1])
-    total = redis.call('HINCRBY', eh, 'bytes', -len)
-  end
-  return seen({0, '', ''})
-end
-local job_id = false
-for i = 6, #KEYS do
-  job_id = redis.call('GET', KEYS[i])
-  if job_id then break end
-end
-if not job_id and ARGV[2] ~= '' then job_id = ARGV[2] end
-local jk = job_id and (ARGV[1] .. ':job:' .. job_id)
-local kind, state, done, need, stored, cap = false, false, 0, -1, 0, false
--- What the proof needs comes in the same read: keys.PROOF_ID, PROOF_SEEN, PROOF_BATCH, PROOF_TASK, PROOF_ORDERS.
-local proof = {}
-if jk then
-  local h = redis.call('HMGET', jk, 'kind', 'state', 'callbacks_done', 'callbacks_needed', 'callbacks_stored',
-                       'callbacks_max', '""" + keys.PROOF_ID + """', '""" + keys.PROOF_SEEN + """',
-                       '""" + keys.PROOF_BATCH + """', '""" + keys.PROOF_TASK + """', '""" + keys.PROOF_ORDERS + """')
-  kind, state, done, need = h[1], h[2], tonumber(h[3] or '0'), tonumber(h[4] or '-1')
-  stored, cap = tonumber(h[5] or '0'), tonumber(h[6] or '')
-  proof = {id = h[7], seen = h[8], batch = h[9], task = h[10], orders = tonumber(h[11] or '0')}
-end
-local unit = ARGV[5]
-local alt = kind and ARGV[11] ~= '' and kind == ARGV[11]
-if alt then
-  unit = ARGV[12]
-elseif kind ~= ARGV[3] then
-  return unmatched(kind and 'job of another kind' or 'no job')
-end
--- Finding the job is not enough: its ids must be the ones the job recorded (keys.PROOF_*).
-local check, trusted = ARGV[14], ARGV[13] ~= 'callback'
-local function provisional(id)
-  if proof.id then return proof.id == id end
-  if proof.seen then return proof.seen == id end
-  -- The submit answer (and its id) is not recorded yet: the first callback fixes the id the rest
-  -- must carry, and the submit step drops them all if the answer names another (correlate.PROVE_EARLY_LUA).
-  if state == 'queued' or state == 'running' or state == 'retrying' then
-    redis.call('HSET', jk, '""" + keys.PROOF_SEEN + """', id)
-  end
-  return true
-end
-if check == 'nc' and not trusted then
-  if ARGV[16] == '' or proof.batch ~= ARGV[16] then
-    return unmatched('batchNo disagrees')
-  end
-  if ARGV[17] == '' or redis.call('HEXISTS', jk, '""" + keys.PHONE_FIELD + """' .. ARGV[17]) == 0 then
-    return unmatched('phone not in the job')
-  end
-  if not provisional(ARGV[15]) then return unmatched('requestId disagrees') end
-elseif check == 'cdr' and not trusted then
-  if state == 'failed' then
-    local err = redis.call('HGET', jk, 'error') or ''
-    if string.find(err, '"code":"ambiguous"', 1, true) or string.find(err, '"code":"call_not_found"', 1, true) then
-      -- A callback never resolves a call whose placing is in doubt: the provider's lookup does (now).
-      redis.call('ZADD', KEYS[4], 0, job_id)
-      return seen({4, job_id, state})
-    end
-  end
-  if ARGV[15] == '' or not provisional(ARGV[15]) then return unmatched('sessionid disagrees') end
-elseif check == 'order' and not trusted then
-  if alt then
-    if proof.task ~= ARGV[15] then
-      return unmatched('userTaskID disagrees')
-    end
-  else
-    local oid, head = ARGV[16], job_id .. '-'
-    local index = string.sub(oid, 1, #head) == head and string.match(string.sub(oid, #head + 1), '^%d+$')
-    if not ((index and tonumber(index) < proof.orders) or
-            redis.call('HEXISTS', jk, '""" + keys.ORDER_FIELD + """' .. oid) == 1) then
-      return unmatched('orderID not in the task')
-    end
-  end
-end
--- Stored in the job's own hash, keyed by its dedupe key: a repeat writes nothing. A job holds at
--- most `callbacks_max` entries (a Number Check: one per number); distinct ones past it are counted.
-if cap and stored >= cap then
-  if redis.call('HEXISTS', jk, 'cb:' .. ARGV[4]) == 1 then return seen({2, job_id, state}) end
-  redis.call('HINCRBY', jk, 'callbacks_dropped', 1)
-  return seen({3, job_id, state})
-end
-if redis.call('HSETNX', jk, 'cb:' .. ARGV[4], ARGV[6]) == 0 then
-  return seen({2, job_id, state})
-end
-stored = stored + 1
-if unit == ARGV[4] then
-  -- Each distinct callback is a unit (a Number Check DR): the line above has just counted it.
-  done = done + 1
-elseif unit ~= '' then
-  done = done + redis.call('HSETNX', jk, 'cu:' .. unit, '1')
-end
-local completes = false
-if need >= 0 and done >= need then
-  if state == 'submitted' then
-    completes = true
-  elseif state == 'failed' and ARGV[10] ~= '' and trusted then
-    local err = redis.call('HGET', jk, 'error') or ''
-    if string.find(err, '"code":"ambiguous"', 1, true) or string.find(err, '"code":"call_not_found"', 1, true) then
-      -- The makecall whose answer was lost did reach the provider: its CDR lookup proves it.
-      completes = true
-      redis.call('HSET', jk, 'error', '', 'result', ARGV[10])
-      redis.call('ZREM', KEYS[4], job_id)
-    end
-  end
-end
-if not completes then
-  redis.call('HSET', jk, 'callbacks_done', done, 'callbacks_stored', stored, 'updated_at', ARGV[8])
-  return seen({1, job_id, state, '', kind})
-end
-redis.call('HSET', jk, 'callbacks_done', done, 'callbacks_stored', stored, 'updated_at', ARGV[8],
-           'state', 'completed')
-redis.call('ZREM', KEYS[3], job_id)
--- Completed by this callback: hand back when it was submitted, once per job, so the caller
--- can time it (nxjobs.metrics) without another round trip.
-if redis.call('HSETNX', jk, 'completion_observed', '1') == 1 then
-  return seen({1, job_id, 'completed', redis.call('HGET', jk, 'submitted_at') or '', kind})
-end
-return seen({1, job_id, 'completed', '', kind})
-"""
 
 RECORDED, DUPLICATE, UNMATCHED, DROPPED, DEFERRED = 1, 2, 0, 3, 4
 _OUTCOMES = {RECORDED: "recorded", DUPLICATE: "duplicate", UNMATCHED: "unmatched", DROPPED: "dropped",
@@ -250,7 +87,7 @@ class Ledger:
         self.unmatched_max = unmatched_max
         self.unmatched_max_bytes = unmatched_max_bytes
         self.unmatched_body_bytes = unmatched_body_bytes
-        self._apply = client.register_script(_APPLY_LUA) if not _is_async(client) else None
+        self._apply = store.register_script(client, "callbacks_apply") if not _is_async(client) else None
 
     def _call(self, event: Event, source: str, received_at: str) -> tuple[list[str], list[str]]:
         entry = {"type": event.type, "source": source, "received_at": received_at, "data": event.data}
@@ -259,8 +96,8 @@ class Ledger:
                  keys.callbacks_waiting(family_of(event.job_kind)), keys.RECONCILE,
                  keys.callback_replay(event.replay) if event.replay else keys.callback_replay("-"),
                  *event.index_keys]
-        args = [keys.PREFIX, event.direct_id, event.job_kind, event.dedupe, event.unit, _dumps(entry),
-                _dumps(event.ids), received_at, str(self.unmatched_max),
+        args = [keys.JOB_KEY_PREFIX, event.direct_id, event.job_kind, event.dedupe, event.unit,
+                _dumps(entry), _dumps(event.ids), received_at, str(self.unmatched_max),
                 _dumps(event.resolves) if event.resolves else "", event.alt_kind, event.alt_unit,
                 source, event.check, *proof, str(event.replay_until) if event.replay else "",
                 str(self.unmatched_max_bytes), str(self.unmatched_body_bytes), str(int(time.time() * 1000)),

@@ -29,8 +29,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-from nxjobs import wire
-from nxjobs import keys
+from nxjobs import keys, scripts, wire
 from nxjobs.inflight import InflightMarker
 from nxjobs.callbacks import events
 from nxjobs.callbacks.ledger import Ledger
@@ -45,17 +44,6 @@ NUMBER_QUERY_PATH = "/api/number/query"
 NUMBER_QUERY_PAGE = 100
 CALLBOT_DETAIL_CHUNK = 500
 CDR_ORDERIDS_PER_REQUEST = 20
-# Lua: the ambiguous call is still failed/ambiguous -> mark it call_not_found and drop it from the set.
-_NOT_FOUND_LUA = """
-local err = redis.call('HGET', KEYS[1], 'error') or ''
-if redis.call('HGET', KEYS[1], 'state') ~= 'failed' or not string.find(err, '"code":"ambiguous"', 1, true) then
-  redis.call('ZREM', KEYS[2], ARGV[1])
-  return 0
-end
-redis.call('HSET', KEYS[1], 'error', ARGV[2], 'updated_at', ARGV[3])
-redis.call('ZREM', KEYS[2], ARGV[1])
-return 1
-"""
 
 
 class StopRun(Exception):
@@ -105,7 +93,7 @@ class Reconciler:
         self.policy = policy
         self.clients = clients
         self.clock = clock
-        self._not_found = store.redis.register_script(_NOT_FOUND_LUA)
+        self._not_found = scripts.register(store.redis, "callbacks_not_found")
 
     def run(self, family: str) -> Report:
         report = Report(family)
@@ -337,7 +325,7 @@ class Reconciler:
         for record in records:
             found = rows.get(orderids[record.id], [])
             for row in found:
-                # The CDR event resolves the ambiguous failure (see ledger._APPLY_LUA).
+                # The CDR event resolves the ambiguous failure (see nxjobs/lua/callbacks_apply.lua).
                 self._try_apply(events.CDR, row, report)
             if found:
                 self.store.redis.zrem(keys.RECONCILE, record.id)

@@ -1,7 +1,8 @@
 """A Redis-backed GCRA limiter that hands out *future* slots.
 
 Each request reserves the next free slot for its credential (one Lua script,
-one round trip, Redis's own clock so worker hosts may disagree about time). The
+nxjobs/lua/ratelimit_acquire.lua: one round trip, Redis's own clock so worker
+hosts may disagree about time). The
 job then waits for its slot outside the worker (a countdown re-queue) and
 sends exactly then, so requests leave evenly spaced at the quota: no double
 rate at window edges, no herd at a window start. A shared cooldown, set when
@@ -18,110 +19,7 @@ from typing import Sequence
 
 import redis
 
-from nxjobs import keys
-
-# Two checks in one script. Scheduling: GCRA over a TAT (theoretical arrival
-# time) per limit hands out evenly spaced future slots. Sending: when a slot is
-# due, an exact sliding-window log of real sends (what the provider itself
-# counts) must have room, so a late sender delays the next by a few ms rather
-# than putting quota + 1 requests inside one provider window.
-# KEYS: per limit i: TAT, cooldown-until, send log (3 keys each).
-# ARGV: n, horizon_us, prepaid_us (0 = none), early_us, then per limit:
-#       interval_us, tolerance_us, window_limit (0 = no log), window_us.
-# Returns {status, wait_us, slot_us, log member}:
-#   2 = go now (the send is logged under that member); 1 = slot_us is reserved for us, come back in wait_us;
-#   0 = nothing reserved: the next slot is beyond the horizon, come back in about wait_us.
-_ACQUIRE_LUA = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local n = tonumber(ARGV[1])
-local horizon = tonumber(ARGV[2])
-local prepaid = tonumber(ARGV[3])
-local early = tonumber(ARGV[4])
-local function arg(i, j) return tonumber(ARGV[4 + 4 * (i - 1) + j]) end
-local start = now
-for i = 1, n do
-  local cd = tonumber(redis.call('GET', KEYS[3 * i - 1]) or '0')
-  if cd > start then start = cd end
-end
-local slot
-if prepaid > 0 and start == now then
-  slot = prepaid  -- reserved earlier, and no cooldown began since
-else
-  slot = start
-  local tats = {}
-  for i = 1, n do
-    local tat = tonumber(redis.call('GET', KEYS[3 * i - 2]) or '0')
-    tats[i] = tat
-    if tat - arg(i, 2) > slot then slot = tat - arg(i, 2) end
-  end
-  if slot - now > horizon then return {0, slot - now, slot} end
-  for i = 1, n do
-    local new_tat = math.max(tats[i], slot) + arg(i, 1)
-    redis.call('SET', KEYS[3 * i - 2], string.format('%d', new_tat), 'PX', math.floor((new_tat - now) / 1000) + 1000)
-  end
-end
-if slot - now > early then return {1, slot - now, slot} end
-local hold = 0
-for i = 1, n do
-  local limit, window = arg(i, 3), arg(i, 4)
-  if limit > 0 then
-    redis.call('ZREMRANGEBYSCORE', KEYS[3 * i], '-inf', now - window)
-    if redis.call('ZCARD', KEYS[3 * i]) >= limit then
-      local oldest = tonumber(redis.call('ZRANGE', KEYS[3 * i], 0, 0, 'WITHSCORES')[2])
-      if oldest + window - now > hold then hold = oldest + window - now end
-    end
-  end
-end
-if hold > 0 then return {1, hold, now + hold} end
-local member = string.format('%d-%d', now, slot)
-for i = 1, n do
-  if arg(i, 3) > 0 then
-    redis.call('ZADD', KEYS[3 * i], now, member)
-    redis.call('PEXPIRE', KEYS[3 * i], math.floor(arg(i, 4) / 1000) + 1000)
-  end
-end
-return {2, 0, slot, member}
-"""
-
-# The provider counts a request when it arrives, which on a busy host can be
-# well after we logged it. Once its answer is back we know it arrived no later
-# than now: move its log entry there, so the window never undercounts it.
-# KEYS: send logs. ARGV: member.
-_ANSWERED_LUA = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-for i = 1, #KEYS do redis.call('ZADD', KEYS[i], 'XX', now, ARGV[1]) end
-return 0
-"""
-
-# KEYS: per limit i, KEYS[2i-1] = strikes counter, KEYS[2i] = cooldown-until.
-# ARGV: n, base_us, cap_us, jitter (0..1, fraction of the step to randomise), strike_ttl_ms.
-# Returns the cooldown length in microseconds.
-_COOLDOWN_LUA = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local n = tonumber(ARGV[1])
-local base = tonumber(ARGV[2])
-local cap = tonumber(ARGV[3])
-local jitter = tonumber(ARGV[4])
-local longest = 0
-for i = 1, n do
-  local strikes = redis.call('INCR', KEYS[2 * i - 1])
-  redis.call('PEXPIRE', KEYS[2 * i - 1], tonumber(ARGV[5]))
-  local step = math.min(cap, base * 2 ^ (strikes - 1))
-  local length = step * (1 - jitter)
-  local untl = now + length
-  local cur = tonumber(redis.call('GET', KEYS[2 * i]) or '0')
-  if untl > cur then
-    redis.call('SET', KEYS[2 * i], string.format('%d', untl), 'PX', math.floor(length / 1000) + 1000)
-    cur = untl
-  end
-  if cur - now > longest then longest = cur - now end
-end
-return longest
-"""
-
+from nxjobs import keys, scripts
 
 # Entries are re-scored when their answer arrives (an upper bound on when the
 # provider counted them), and the oldest entry of a one-second window has long
@@ -177,9 +75,9 @@ class RateLimiter:
     def __init__(self, client: redis.Redis, *, horizon_s: float = 30.0):
         self.redis = client
         self.horizon_us = int(horizon_s * 1_000_000)
-        self._acquire = client.register_script(_ACQUIRE_LUA)
-        self._cooldown = client.register_script(_COOLDOWN_LUA)
-        self._answered = client.register_script(_ANSWERED_LUA)
+        self._acquire = scripts.register(client, "ratelimit_acquire")
+        self._cooldown = scripts.register(client, "ratelimit_cooldown")
+        self._answered = scripts.register(client, "ratelimit_answered")
 
     def acquire(self, limits: Sequence[Limit], *, prepaid_at_us: int | None = None, early_s: float = 0.0) -> Grant:
         """Reserve the next slot free under every limit (or spend `prepaid_at_us`)."""

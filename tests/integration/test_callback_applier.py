@@ -10,8 +10,8 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from nxjobs import keys
-from nxjobs.callbacks import correlate, events
+from nxjobs import correlate, keys
+from nxjobs.callbacks import events
 from nxjobs.callbacks.applier import BatchApplier, CallbackApplyError
 from nxjobs.callbacks.ledger import Ledger
 from nxjobs.jobs import validate_payload

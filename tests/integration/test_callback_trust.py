@@ -15,8 +15,8 @@ import pytest
 import redis
 import requests
 
-from nxjobs import keys
-from nxjobs.callbacks import correlate, events
+from nxjobs import correlate, keys
+from nxjobs.callbacks import events
 from nxjobs.callbacks.ledger import Ledger
 from nxjobs.client.signing import callbot_headers, serialize_body
 from nxjobs.jobs import validate_payload

@@ -68,7 +68,7 @@ def test_a_callback_redis_could_not_take_gets_a_503_and_is_stored_when_sent_agai
 
     import redis
 
-    from nxjobs.callbacks import correlate
+    from nxjobs import correlate
     from nxjobs.jobs import validate_payload
     from nxjobs.records import JobState
     from nxjobs.store import RecordStore

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from nxjobs import callback_urls, keys
-from nxjobs.callbacks import correlate, events
+from nxjobs import callback_urls, correlate, keys
+from nxjobs.callbacks import events
 from nxjobs.callbacks.verify import Rejected, check_callbot, check_token
 from nxjobs.client.signing import callbot_headers
 from nxjobs.jobs import validate_payload

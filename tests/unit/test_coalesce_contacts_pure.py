@@ -2,9 +2,8 @@
 which errList entries fail a member, and each member's share of an addBatchCall answer."""
 
 from config.settings import CoalesceSettings
-from nxjobs import wire
-from nxjobs import coalesce, keys
-from nxjobs.callbacks import correlate, events
+from nxjobs import coalesce, correlate, keys, wire
+from nxjobs.callbacks import events
 from nxjobs.client import operations
 from nxjobs.jobs import validate_payload
 from nxjobs.attempts.senders import Batch, ContactSender, sender_of

@@ -32,29 +32,6 @@ CALL_CALLBACKS_MAX = 8
 CONTACT_CALLBACKS_MAX = 64
 
 
-# Lua: the submit answer names the provider id (requestId, sessionid) callbacks must prove. Callbacks
-# that came before it were taken on the id the first of them carried (keys.PROOF_SEEN, passed in as
-# `seen`); if that is not the answer's id they were forged: drop them all, so the job counts only its
-# own. The caller records the id itself (keys.PROOF_ID) in the write it makes anyway.
-# Shared by the submit script (nxjobs.store) and the coalescing fan-out (nxjobs.coalesce).
-PROVE_EARLY_LUA = """
-local function prove_early(jk, id, seen)
-  if not seen or seen == id then return end
-  local dropped = 0
-  for _, f in ipairs(redis.call('HKEYS', jk)) do
-    local p = string.sub(f, 1, 3)
-    if p == '""" + keys.CALLBACK_FIELD + """' or p == '""" + keys.UNIT_FIELD + """' then
-      redis.call('HDEL', jk, f)
-      if p == '""" + keys.CALLBACK_FIELD + """' then dropped = dropped + 1 end
-    end
-  end
-  redis.call('HDEL', jk, '""" + keys.PROOF_SEEN + """')
-  redis.call('HSET', jk, 'callbacks_done', 0, 'callbacks_stored', 0)
-  redis.call('HINCRBY', jk, 'callbacks_dropped', dropped)
-end
-"""
-
-
 @dataclass(frozen=True)
 class Expectation:
     # Completion units needed (None = not known yet); 0 means complete on submit.

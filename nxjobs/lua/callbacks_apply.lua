@@ -1,0 +1,178 @@
+-- Apply one callback to its job (Ledger.apply; callbacks_apply_batch.lua runs it per entry):
+-- find the job (correlation index keys, then a direct id), prove the callback is the job's own,
+-- drop a repeat, store the entry in the job's hash, count completion units and, when the last
+-- one arrived and the job is submitted, complete it and take it off the waiting set. Whatever
+-- proves nothing goes to the bounded unmatched store with its reason.
+-- KEYS[1] unmatched zset, KEYS[2] unmatched entries hash, KEYS[3] waiting zset of the job kind's
+--   family, KEYS[4] the ambiguous-call reconcile zset, KEYS[5] this callback's replay key,
+--   KEYS[6..] correlation index keys.
+-- ARGV[1] job key prefix (nxjobs.keys.JOB_KEY_PREFIX), [2] direct job id or '', [3] job kind
+--   expected, [4] dedupe key, [5] completion unit or '' (equal to [4]: each distinct callback is
+--   one), [6] entry JSON (an object), [7] the correlating ids (JSON), [8] now ISO,
+--   [9] unmatched max count, [10] result JSON for a call job failed as ambiguous that this
+--   proves, or '', [11] a second job kind it may belong to (found by an index key) or '',
+--   [12] its completion unit there or '', [13] source ('callback' is proved against the job; any
+--   other is the provider's own query answer), [14] check (events.CHECK_*) or '',
+--   [15..17] its proof ids, [18] replay key expiry (unix s) or '' (unsigned),
+--   [19] unmatched max bytes, [20] unmatched body bytes kept, [21] now (unix ms),
+--   [22] callback type.
+-- Returns {status, job id, state[, submitted_at, job kind]}: 1 recorded, 2 duplicate or replay
+--   (nothing written), 0 unmatched, 3 dropped (the job has all the callbacks it can have:
+--   counted), 4 deferred (a failed call is looked up at the provider instead); submitted_at
+--   (unix s) only from the callback that completed the job, once per job.
+-- moves: submitted -> completed, failed -> completed
+--#include lib/state.lua
+--#include lib/fields.lua
+local replay = ARGV[18] ~= ''
+if replay and redis.call('EXISTS', KEYS[5]) == 1 then return {2, '', ''} end
+local function seen(reply)
+  if replay then redis.call('SET', KEYS[5], '1', 'EXAT', ARGV[18]) end
+  return reply
+end
+local function unmatched(reason)
+  local fp, eh = ARGV[4], KEYS[2]
+  redis.call('ZADD', KEYS[1], ARGV[21], fp)
+  if redis.call('HINCRBY', eh, 'n:' .. fp, 1) > 1 then return seen({0, '', ''}) end
+  local body, n = ARGV[6], tonumber(ARGV[20])
+  local cut = #body > n
+  if cut then
+    -- Never cut inside a UTF-8 sequence: back off continuation bytes.
+    while n > 0 and string.byte(body, n + 1) >= 128 and string.byte(body, n + 1) < 192 do
+      n = n - 1
+    end
+    body = string.sub(body, 1, n)
+  end
+  local entry = '{"ids":' .. ARGV[7] .. ',"reason":' .. cjson.encode(reason) .. ',"type":"' ..
+    ARGV[22] .. '","source":"' .. ARGV[13] .. '","received_at":"' .. ARGV[8] .. '","truncated":' ..
+    tostring(cut) .. ',"callback":' .. cjson.encode(body) .. '}'
+  redis.call('HSET', eh, 'e:' .. fp, entry)
+  local total = redis.call('HINCRBY', eh, 'bytes', #entry)
+  local max_n, max_b = tonumber(ARGV[9]), tonumber(ARGV[19])
+  while total > max_b or redis.call('ZCARD', KEYS[1]) > max_n do
+    local oldest = redis.call('ZPOPMIN', KEYS[1])
+    if #oldest == 0 then break end
+    local len = redis.call('HSTRLEN', eh, 'e:' .. oldest[1])
+    redis.call('HDEL', eh, 'e:' .. oldest[1], 'n:' .. oldest[1])
+    total = redis.call('HINCRBY', eh, 'bytes', -len)
+  end
+  return seen({0, '', ''})
+end
+local job_id = false
+for i = 6, #KEYS do
+  job_id = redis.call('GET', KEYS[i])
+  if job_id then break end
+end
+if not job_id and ARGV[2] ~= '' then job_id = ARGV[2] end
+local jk = job_id and (ARGV[1] .. job_id)
+local kind, state, done, need, stored, cap = false, false, 0, -1, 0, false
+-- What the proof needs comes in the same read (FIELD.PROOF_*).
+local proof = {}
+if jk then
+  local h = redis.call('HMGET', jk, 'kind', 'state', 'callbacks_done', 'callbacks_needed',
+                       'callbacks_stored', 'callbacks_max', FIELD.PROOF_ID, FIELD.PROOF_SEEN,
+                       FIELD.PROOF_BATCH, FIELD.PROOF_TASK, FIELD.PROOF_ORDERS)
+  kind, state, done, need = h[1], h[2], tonumber(h[3] or '0'), tonumber(h[4] or '-1')
+  stored, cap = tonumber(h[5] or '0'), tonumber(h[6] or '')
+  proof = {id = h[7], seen = h[8], batch = h[9], task = h[10], orders = tonumber(h[11] or '0')}
+end
+local unit = ARGV[5]
+local alt = kind and ARGV[11] ~= '' and kind == ARGV[11]
+if alt then
+  unit = ARGV[12]
+elseif kind ~= ARGV[3] then
+  return unmatched(kind and 'job of another kind' or 'no job')
+end
+-- Finding the job is not enough: its ids must be the ones the job recorded (FIELD.PROOF_*).
+local check, trusted = ARGV[14], ARGV[13] ~= 'callback'
+local function provisional(id)
+  if proof.id then return proof.id == id end
+  if proof.seen then return proof.seen == id end
+  -- The submit answer (and its id) is not recorded yet: the first callback fixes the id the rest
+  -- must carry, and the submit step drops them all if the answer names another
+  -- (lib/prove_early.lua).
+  if state == 'queued' or state == 'running' or state == 'retrying' then
+    redis.call('HSET', jk, FIELD.PROOF_SEEN, id)
+  end
+  return true
+end
+if check == 'nc' and not trusted then
+  if ARGV[16] == '' or proof.batch ~= ARGV[16] then
+    return unmatched('batchNo disagrees')
+  end
+  if ARGV[17] == '' or redis.call('HEXISTS', jk, FIELD.PHONE_FIELD .. ARGV[17]) == 0 then
+    return unmatched('phone not in the job')
+  end
+  if not provisional(ARGV[15]) then return unmatched('requestId disagrees') end
+elseif check == 'cdr' and not trusted then
+  if state == 'failed' then
+    local err = redis.call('HGET', jk, 'error') or ''
+    if string.find(err, '"code":"ambiguous"', 1, true) or
+       string.find(err, '"code":"call_not_found"', 1, true) then
+      -- A call whose placing is in doubt is settled by the provider's lookup (now), never by
+      -- a callback.
+      redis.call('ZADD', KEYS[4], 0, job_id)
+      return seen({4, job_id, state})
+    end
+  end
+  if ARGV[15] == '' or not provisional(ARGV[15]) then return unmatched('sessionid disagrees') end
+elseif check == 'order' and not trusted then
+  if alt then
+    if proof.task ~= ARGV[15] then
+      return unmatched('userTaskID disagrees')
+    end
+  else
+    local oid, head = ARGV[16], job_id .. '-'
+    local index = string.sub(oid, 1, #head) == head and
+                  string.match(string.sub(oid, #head + 1), '^%d+$')
+    if not ((index and tonumber(index) < proof.orders) or
+            redis.call('HEXISTS', jk, FIELD.ORDER_FIELD .. oid) == 1) then
+      return unmatched('orderID not in the task')
+    end
+  end
+end
+-- Stored in the job's own hash, keyed by its dedupe key: a repeat writes nothing. A job holds at
+-- most `callbacks_max` entries (a Number Check: one per number); distinct ones past it are counted.
+if cap and stored >= cap then
+  if redis.call('HEXISTS', jk, FIELD.CALLBACK_FIELD .. ARGV[4]) == 1 then
+    return seen({2, job_id, state})
+  end
+  redis.call('HINCRBY', jk, 'callbacks_dropped', 1)
+  return seen({3, job_id, state})
+end
+if redis.call('HSETNX', jk, FIELD.CALLBACK_FIELD .. ARGV[4], ARGV[6]) == 0 then
+  return seen({2, job_id, state})
+end
+stored = stored + 1
+if unit == ARGV[4] then
+  -- Each distinct callback is a unit (a Number Check DR): the line above has just counted it.
+  done = done + 1
+elseif unit ~= '' then
+  done = done + redis.call('HSETNX', jk, FIELD.UNIT_FIELD .. unit, '1')
+end
+local completes = false
+if need >= 0 and done >= need then
+  if state == 'submitted' then
+    completes = true
+  elseif state == 'failed' and ARGV[10] ~= '' and trusted then
+    local err = redis.call('HGET', jk, 'error') or ''
+    if string.find(err, '"code":"ambiguous"', 1, true) or
+       string.find(err, '"code":"call_not_found"', 1, true) then
+      -- The makecall whose answer was lost did reach the provider: its CDR lookup proves it.
+      completes = true
+      redis.call('HSET', jk, 'error', '', 'result', ARGV[10])
+      redis.call('ZREM', KEYS[4], job_id)
+    end
+  end
+end
+if not (completes and set_state(jk, 'completed', 'callbacks_done', done, 'callbacks_stored', stored,
+                               'updated_at', ARGV[8])) then
+  redis.call('HSET', jk, 'callbacks_done', done, 'callbacks_stored', stored, 'updated_at', ARGV[8])
+  return seen({1, job_id, state, '', kind})
+end
+redis.call('ZREM', KEYS[3], job_id)
+-- Completed by this callback: hand back when it was submitted, once per job, so the caller
+-- can time it (nxjobs.metrics) without another round trip.
+if redis.call('HSETNX', jk, 'completion_observed', '1') == 1 then
+  return seen({1, job_id, 'completed', redis.call('HGET', jk, 'submitted_at') or '', kind})
+end
+return seen({1, job_id, 'completed', '', kind})

@@ -1,0 +1,57 @@
+-- Fan a coalesced batch's answer out to its members (CoalesceQueue.fan_out), then mark the
+-- batch done. A member no longer running or retrying (e.g. failed by an operator) is left as
+-- it is. A member whose callback came first is completed at once.
+-- KEYS[1] waiting zset (the kind's family), KEYS[2] batch hash, KEYS[3] open batches zset.
+-- ARGV[1] job key prefix (nxjobs.keys.JOB_KEY_PREFIX), [2] now ISO, [3] now unix s,
+--   [4] callbacks due-at unix s, [5] ttl s, [6] batch id, [7] request JSON (shared),
+--   [8] the batch's attempts, [9] its throttles, [10] the result JSON most members share,
+--   [11] JSON list of the ids of the members submitted with it (a number check's whole batch in
+--   two arguments, not three per member), [12] the provider id the members' callbacks must
+--   prove (the batch's requestId) or '', then per other member (3 each): id, 's' (submitted)
+--   or 'f' (failed), its own result or error JSON.
+-- Returns the ids of members completed at once (their callback came first).
+-- moves: running -> submitted, retrying -> submitted, submitted -> completed
+-- moves: running -> failed, retrying -> failed
+--#include lib/state.lua
+--#include lib/prove_early.lua
+local prefix, ttl = ARGV[1], tonumber(ARGV[5])
+local completed = {}
+local waiting = {}
+local function record(id, outcome, doc)
+  local jk = prefix .. id
+  local cur = redis.call('HMGET', jk, 'state', 'callbacks_done', FIELD.PROOF_SEEN)
+  if cur[1] ~= 'running' and cur[1] ~= 'retrying' then return end
+  if outcome ~= 'f' and ARGV[12] ~= '' and cur[3] and cur[3] ~= ARGV[12] then
+    prove_early(jk, ARGV[12], cur[3])
+    cur[2] = '0'
+  end
+  -- The member's own story: its request was tried as often as its batch was.
+  if outcome == 'f' then
+    set_state(jk, 'failed', 'error', doc, 'request', ARGV[7], 'updated_at', ARGV[2],
+              'attempts', ARGV[8], 'throttles', ARGV[9])
+  else
+    set_state(jk, 'submitted', 'result', doc, 'error', '', 'request', ARGV[7],
+              'updated_at', ARGV[2], 'submitted_at', ARGV[3], 'attempts', ARGV[8],
+              'throttles', ARGV[9])
+    -- Its callback may have come first: then it is complete now.
+    if tonumber(cur[2] or '0') >= 1 and set_state(jk, 'completed') then
+      table.insert(completed, id)
+    else
+      table.insert(waiting, ARGV[4])
+      table.insert(waiting, id)
+    end
+    if ARGV[12] ~= '' then redis.call('HSET', jk, FIELD.PROOF_ID, ARGV[12]) end
+  end
+  redis.call('EXPIRE', jk, ttl)
+end
+for _, id in ipairs(cjson.decode(ARGV[11])) do record(id, 's', ARGV[10]) end
+for i = 13, #ARGV, 3 do record(ARGV[i], ARGV[i + 1], ARGV[i + 2]) end
+-- One ZADD per 1 000 members rather than one per member (unpack is bounded by Lua's C stack).
+for i = 1, #waiting, 2000 do
+  redis.call('ZADD', KEYS[1], unpack(waiting, i, math.min(i + 1999, #waiting)))
+end
+-- Kept (without its members) as proof it was sent: a late duplicate of its flush stops here.
+redis.call('HDEL', KEYS[2], 'members', 'items')
+redis.call('HSET', KEYS[2], 'done', '1')
+redis.call('ZREM', KEYS[3], ARGV[6])
+return completed

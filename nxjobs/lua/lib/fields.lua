@@ -1,0 +1,3 @@
+-- Record field names shared with nxjobs.keys (CALLBACK_FIELD, PROOF_ID, ...), as FIELD.<name>:
+-- rendered from Python when a script is loaded, so the two cannot disagree.
+--#render fields
