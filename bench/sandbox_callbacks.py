@@ -30,16 +30,16 @@ if not all were delivered (then reported as such, exit 1).
 from __future__ import annotations
 
 import argparse
-import json
-import urllib.request
 import asyncio
 import importlib.util
+import json
 import os
 import resource
 import statistics
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -229,9 +229,15 @@ def main() -> int:
 
     import redis
 
-    from sandbox.accounts import sandbox_env
     from nxjobs.store import RecordStore
-    from workers.devstack import RedisServer, ServiceProcess, free_port, project_root, start_callbacks
+    from sandbox.accounts import sandbox_env
+    from workers.devstack import (
+        RedisServer,
+        ServiceProcess,
+        free_port,
+        project_root,
+        start_callbacks,
+    )
 
     contenders = []
     if args.baseline:

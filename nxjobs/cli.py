@@ -454,9 +454,10 @@ def main(argv: list[str] | None = None) -> int:
 
         return cmd_dead(argv[1:])
     args = build_parser().parse_args(argv)
+    import redis
+
     from nxjobs.producers import EnqueueError
     from nxjobs.redis_conn import RedisUnavailable
-    import redis
 
     try:
         return {"submit": cmd_submit, "status": cmd_status, "wait": cmd_wait}[args.command](args)

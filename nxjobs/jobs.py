@@ -11,7 +11,15 @@ import re
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 _PHONE_RE = re.compile(r"^[1-9][0-9]{5,19}$")
 _ORDER_ID_RE = re.compile(r"^[A-Za-z0-9]{4,32}$")

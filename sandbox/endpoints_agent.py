@@ -8,7 +8,15 @@ from typing import Any
 
 from sandbox import accounts
 from sandbox.base import (
-    _Answer, _country, _decode, _fmt_time, _form, _hex32, _json_object, _outcome, _Request,
+    _Answer,
+    _country,
+    _decode,
+    _fmt_time,
+    _form,
+    _hex32,
+    _json_object,
+    _outcome,
+    _Request,
 )
 from sandbox.state import SandboxState
 

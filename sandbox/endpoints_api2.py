@@ -11,7 +11,15 @@ from typing import Any, Callable
 from nxjobs.client.signing import api2_sign
 from sandbox import accounts
 from sandbox.base import (
-    _Answer, _as_int, _country, _decode, _DIGITS, _hex32, _json_object, _nonempty, _Request,
+    _DIGITS,
+    _Answer,
+    _as_int,
+    _country,
+    _decode,
+    _hex32,
+    _json_object,
+    _nonempty,
+    _Request,
 )
 from sandbox.state import SandboxState
 

@@ -10,7 +10,15 @@ from typing import Any, Callable
 from nxjobs.client.signing import callbot_sign
 from sandbox import accounts
 from sandbox.base import (
-    _Answer, _as_int, _decode, _DIGITS, _hex32, _json_object, _nonempty, _outcome, _Request,
+    _DIGITS,
+    _Answer,
+    _as_int,
+    _decode,
+    _hex32,
+    _json_object,
+    _nonempty,
+    _outcome,
+    _Request,
 )
 from sandbox.state import SandboxState
 

@@ -11,6 +11,7 @@ from typing import Any
 from config.settings import Settings
 from nxjobs.client.agent import CDR_BY_ORDERID_PATH, MAKECALL_PATH
 from nxjobs.client.operations import NUMBER_CHECK_PATH
+
 # Number Check batches above this many numbers fall under the lower quota.
 from nxjobs.coalesce import BIG_BATCH_NUMBERS
 from nxjobs.ratelimit.limiter import Limit

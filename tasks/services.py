@@ -11,19 +11,19 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from config.settings import Settings, load_settings
-from tasks.limits import limits_for
+from nxjobs.agent_tokens import AgentTokenCache
 from nxjobs.callbacks.ledger import Ledger
-from nxjobs.coalesce import CoalesceQueue
-from nxjobs.deadletters import DeadLetters
 from nxjobs.client.agent import AgentClient
 from nxjobs.client.api2 import Api2Client
 from nxjobs.client.callbot import CallbotClient
-from nxjobs.agent_tokens import AgentTokenCache
 from nxjobs.client.transport import Transport
+from nxjobs.coalesce import CoalesceQueue
+from nxjobs.deadletters import DeadLetters
 from nxjobs.ratelimit.gate import RateGate
 from nxjobs.ratelimit.limiter import RateLimiter
 from nxjobs.redis_conn import connect
 from nxjobs.store import RecordStore
+from tasks.limits import limits_for
 
 
 @dataclass

@@ -22,8 +22,8 @@ from typing import Any, Callable
 from nxjobs import coalesce, keys
 from nxjobs.attempts import policy, report
 from nxjobs.attempts.decisions import (
-    AlreadySent,
     Again,
+    AlreadySent,
     BatchFailed,
     BatchSubmitted,
     CoolDown,
@@ -34,10 +34,10 @@ from nxjobs.attempts.decisions import (
     WaitForSlot,
 )
 from nxjobs.attempts.job import wait_for_slot
-from nxjobs.inflight import InflightMarker
 from nxjobs.attempts.senders import Batch, Sender
 from nxjobs.client.errors import NXCloudError
 from nxjobs.client.operations import Outcome
+from nxjobs.inflight import InflightMarker
 from nxjobs.jobs import PRIORITY_NEW, PRIORITY_RETRY
 from nxjobs.ratelimit.gate import SlotNotReady, Slots
 from nxjobs.records import JobError, utc_now_iso

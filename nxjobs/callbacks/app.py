@@ -28,11 +28,11 @@ import redis
 import redis.asyncio as aioredis
 
 from nxjobs import callback_urls, metrics
-from nxjobs.log_limit import LogLimiter
 from nxjobs.callbacks import events
 from nxjobs.callbacks.applier import BatchApplier
 from nxjobs.callbacks.ledger import UNMATCHED, Applied, Ledger
 from nxjobs.callbacks.verify import Rejected, check_callbot, check_token
+from nxjobs.log_limit import LogLimiter
 
 log = logging.getLogger("nxjobs.callbacks")
 

@@ -36,8 +36,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-from nxjobs.client.errors import RETRY, BOUNDED, TransportError, classify_http_status
-
+from nxjobs.client.errors import BOUNDED, RETRY, TransportError, classify_http_status
 
 # Request durations kept per thread until taken. A thread whose caller never takes them
 # (e.g. reconciliation) keeps only the newest, so memory stays bounded.

@@ -2,12 +2,11 @@
 which errList entries fail a member, and each member's share of an addBatchCall answer."""
 
 from config.settings import CoalesceSettings
-from nxjobs import wire
-from nxjobs import coalesce, keys
+from nxjobs import coalesce, keys, wire
+from nxjobs.attempts.senders import Batch, ContactSender, sender_of
 from nxjobs.callbacks import correlate, events
 from nxjobs.client import operations
 from nxjobs.jobs import validate_payload
-from nxjobs.attempts.senders import Batch, ContactSender, sender_of
 
 ORDER = b'{"userTaskID": "task-1", "orderID": "o-1", "finish": %s, "userPhone": "8613900139000"}'
 
