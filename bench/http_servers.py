@@ -376,7 +376,7 @@ def loadavg() -> str:
 class Server:
     def __init__(self, cand: Candidate, appdir: Path, opts: dict | None = None):
         if cand.name == "nxjobs":
-            stamp = f"{datetime.datetime.now(datetime.timezone.utc):%H:%M:%S}"
+            stamp = f"{datetime.datetime.now(datetime.UTC):%H:%M:%S}"
             NX_VERSIONS.setdefault(http_py_digest(), [stamp, stamp])[1] = stamp
         self.cand, self.port = cand, free_port()
         self.log = appdir / f"{cand.name}-{self.port}.log"
@@ -438,7 +438,7 @@ def read_response(sock: socket.socket, deadline: float, head_request: bool = Fal
         sock.settimeout(left)
         try:
             data = sock.recv(65536)
-        except (socket.timeout, OSError):
+        except (TimeoutError, OSError):
             return False
         if not data:
             return False
@@ -500,7 +500,7 @@ def exchange(port: int, data: bytes, timeout: float = 2.0, head_request: bool = 
                 more = s.recv(65536)
                 extra += more
                 closed = not more
-            except socket.timeout:
+            except TimeoutError:
                 pass
             except OSError:
                 closed = True
@@ -577,7 +577,7 @@ def load_python(port: int, n: int, conns: int) -> tuple[int, int, str]:
                 if b"connection: close" in head.lower():
                     writer.close()
                     writer = None
-            except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, asyncio.LimitOverrunError):
+            except (TimeoutError, OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
                 state["errors"] += 1
                 writer.close()
                 writer = None
@@ -641,7 +641,7 @@ def probes(port: int) -> dict[str, str]:
             s.settimeout(2)
             try:
                 data = s.recv(200)
-            except socket.timeout:
+            except TimeoutError:
                 return "no answer in 2 s, open"
             except OSError:
                 return "reset"
@@ -991,7 +991,7 @@ def facts(args, client: str) -> list[str]:
 
     try:
         digest = http_py_digest()
-        mtime = datetime.datetime.fromtimestamp(HTTP_PY.stat().st_mtime, datetime.timezone.utc)
+        mtime = datetime.datetime.fromtimestamp(HTTP_PY.stat().st_mtime, datetime.UTC)
     except OSError:
         digest, mtime = "?", None
     changed = git("diff", "--stat", "HEAD", "--", "nxjobs/callbacks/http.py")
@@ -1001,7 +1001,7 @@ def facts(args, client: str) -> list[str]:
     except Exception as exc:
         limits = f"not importable ({type(exc).__name__})"
     return [
-        f"date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M:%S} UTC; nproc: {os.cpu_count()}; "
+        f"date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M:%S} UTC; nproc: {os.cpu_count()}; "
         f"load average {loadavg()} (the machine is shared: other processes run beside this); "
         f"HEAD {git('rev-parse', '--short', 'HEAD')}; python {sys.version.split()[0]}",
         f"nxjobs/callbacks/http.py: sha256 {digest}, mtime {mtime:%Y-%m-%d %H:%M:%S} UTC, "

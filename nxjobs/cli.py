@@ -82,7 +82,6 @@ def cmd_unmatched(rest: list[str]) -> int:
     args = p.parse_args(rest)
     import redis
 
-    from nxjobs import keys
     from nxjobs.callbacks.ledger import Ledger
     from nxjobs.producers import ProducerSettings
     from nxjobs.redis_conn import connect, describe

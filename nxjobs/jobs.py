@@ -128,7 +128,7 @@ class CallbotListPayload(_Payload):
     call_callback_url: OptionalUrl = None
 
     @model_validator(mode="after")
-    def _unique_order_ids(self) -> "CallbotListPayload":
+    def _unique_order_ids(self) -> CallbotListPayload:
         seen: dict[str, int] = {}
         for i, c in enumerate(self.contacts):
             if c.order_id is None:
@@ -176,7 +176,7 @@ class NumberCheckPayload(_Payload):
         return v
 
     @model_validator(mode="after")
-    def _unique_phones(self) -> "NumberCheckPayload":
+    def _unique_phones(self) -> NumberCheckPayload:
         seen: dict[str, int] = {}
         for i, p in enumerate(self.phones):
             if p in seen:

@@ -336,7 +336,7 @@ class CallbackDispatcher:
         self._ssl: ssl.SSLContext | None = None
         self._thread = threading.Thread(target=self._run, name="sandbox-callbacks", daemon=True)
 
-    def start(self) -> "CallbackDispatcher":
+    def start(self) -> CallbackDispatcher:
         self._thread.start()
         return self
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import datetime as dt
 import hmac
 import secrets
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from nxjobs.client.signing import api2_sign
 from sandbox import accounts
@@ -195,7 +196,7 @@ def _number_query(state: SandboxState, req: _Request) -> dict[str, Any]:
         day = dt.date.fromisoformat(str(b.get("date")))
     except ValueError:
         return _nc_error(state, 88, "Request failed: date must be yyyy-MM-dd")
-    today = dt.datetime.fromtimestamp(req.now, dt.timezone.utc).date()
+    today = dt.datetime.fromtimestamp(req.now, dt.UTC).date()
     # One day of slack for clients east of UTC.
     if not today - dt.timedelta(days=NUMBER_QUERY_DAYS) <= day <= today + dt.timedelta(days=1):
         return _nc_error(state, 88, "Request failed: date outside the last 14 days")

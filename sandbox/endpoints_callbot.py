@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import hmac
 import uuid
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from nxjobs.client.signing import callbot_sign
 from sandbox import accounts

@@ -14,7 +14,8 @@ Everything before "endpoint" is free of side effects.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from sandbox.base import Reply, _Answer, _decode, _form, _json_object, _Request, _Route
 from sandbox.endpoints_agent import (

@@ -15,9 +15,10 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from sandbox.dispatch import CallbackDispatcher
@@ -132,7 +133,7 @@ class SandboxHandle:
         self.server.server_close()
         self.thread.join(timeout=5)
 
-    def __enter__(self) -> "SandboxHandle":
+    def __enter__(self) -> SandboxHandle:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -11,8 +11,9 @@ import random
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any, Callable
+from typing import Any
 
 REQUEST_LOG_SIZE = 2000
 QUOTA_WINDOW_S = 1.0
@@ -74,7 +75,7 @@ class SandboxConfig:
     callback_retry_s: float = 60.0
     callback_retry_window_s: float = 3600.0
 
-    def updated(self, **changes: Any) -> "SandboxConfig":
+    def updated(self, **changes: Any) -> SandboxConfig:
         """A copy with `changes` applied after type coercion and range checks (ValueError)."""
         types = {f.name: f.type for f in fields(self)}
         clean: dict[str, Any] = {}

@@ -31,8 +31,9 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, HTTPServer
-from typing import Any, Callable, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import redis
 from prometheus_client import CollectorRegistry, generate_latest
@@ -373,7 +374,7 @@ class _DeadlineReader(io.RawIOBase):
     """The socket's read side, failing with TimeoutError once the handler's deadline passes:
     each recv waits at most the time left, so a client trickling bytes cannot extend it."""
 
-    def __init__(self, sock: socket.socket, handler: "_Handler") -> None:
+    def __init__(self, sock: socket.socket, handler: _Handler) -> None:
         self._sock = sock
         self._handler = handler
         self._read = 0

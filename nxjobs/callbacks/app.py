@@ -21,8 +21,9 @@ import json
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import redis
 import redis.asyncio as aioredis

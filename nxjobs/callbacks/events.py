@@ -76,7 +76,7 @@ class NumberCheckResult(_Payload):
         return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
     @model_validator(mode="after")
-    def _has_id(self) -> "NumberCheckResult":
+    def _has_id(self) -> NumberCheckResult:
         if not (self.requestId or self.messageId):
             raise ValueError("requestId (or legacy messageId) is required")
         return self
@@ -120,7 +120,7 @@ class AgentCdr(_Payload):
     id: str | int | None = None
 
     @model_validator(mode="after")
-    def _has_id(self) -> "AgentCdr":
+    def _has_id(self) -> AgentCdr:
         if not (self.sessionid or self.id):
             raise ValueError("sessionid (callback) or id (query row) is required")
         return self

@@ -51,8 +51,9 @@ import json
 import logging
 import socket
 from collections import deque
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import Any, Protocol
 
 import httptools
 
@@ -166,7 +167,7 @@ class _Connection(asyncio.BufferedProtocol):
                  "completed", "_url", "_headers", "fields", "_body", "_size", "read_view", "small_view",
                  "order", "__weakref__")
 
-    def __init__(self, server: "CallbackServer"):
+    def __init__(self, server: CallbackServer):
         self.server = server
         self.handler = server.handler
         self.limits = server.limits

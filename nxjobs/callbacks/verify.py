@@ -10,7 +10,7 @@ constant time. No clock, no I/O: `now_s` is an argument.
 from __future__ import annotations
 
 import hmac
-from typing import Mapping
+from collections.abc import Mapping
 
 from nxjobs.client.signing import callbot_sign
 

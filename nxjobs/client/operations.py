@@ -8,8 +8,9 @@ so every attempt reuses them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from nxjobs import callback_urls
 from nxjobs.client.agent import MAKECALL_PATH, AgentClient, TokenSource

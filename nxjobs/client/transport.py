@@ -11,9 +11,10 @@ import json
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 # Called as gate(family, endpoint, body) before a request is signed and sent;
 # may raise to stop it (the rate limiter's SlotNotReady). What it returns, if
