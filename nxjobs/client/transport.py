@@ -16,6 +16,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+from nxjobs.client.errors import BOUNDED, RETRY, TransportError, classify_http_status
+
 # Called as gate(family, endpoint, body) before a request is signed and sent;
 # may raise to stop it (the rate limiter's SlotNotReady). What it returns, if
 # anything, is called once the answer or an error is back.
@@ -32,12 +38,6 @@ def gated(gate: Gate | None, family: str, endpoint: str, body: Any):
         if answered is not None:
             answered()
 
-
-import requests
-from requests.adapters import HTTPAdapter
-from urllib3.util.retry import Retry
-
-from nxjobs.client.errors import BOUNDED, RETRY, TransportError, classify_http_status
 
 # Request durations kept per thread until taken. A thread whose caller never takes them
 # (e.g. reconciliation) keeps only the newest, so memory stays bounded.
