@@ -205,7 +205,7 @@ class BatchAttempt:
     ) -> Decision:
         """Throttled: cool down and try again. Transient: back off and try again. Else every
         member fails."""
-        svc, batch_id, kind = self.svc, self.batch_id, self.kind
+        svc, batch_id = self.svc, self.batch_id
         cls = err.classification
         rl = svc.settings.ratelimit
         if cls.throttled:
