@@ -595,7 +595,7 @@ def print_results(results: list[Result]) -> None:
              f"{_mb(r.redis[0])} / {_mb(r.redis[1])}", r.legit_during, r.legit_after, f"{r.seconds:.1f}"]
             for r in results]
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers)]
-    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"  # noqa: E731
     print(line(headers))
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for row in rows:

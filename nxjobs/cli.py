@@ -365,7 +365,7 @@ def _wait_live(producer, job_ids: list[str], target: JobState, timeout_s: float,
         pipe = producer.redis.pipeline(transaction=False)
         for job_id in job_ids:
             pipe.hmget(keys.job(job_id), "state", "callbacks_done", "callbacks_needed")
-        states = {jid: (st, int(done or 0), int(need or 0)) for jid, (st, done, need) in zip(job_ids, pipe.execute())}
+        states = {jid: (st, int(done or 0), int(need or 0)) for jid, (st, done, need) in zip(job_ids, pipe.execute(), strict=True)}
         counts = {name: 0 for name in _STATES}
         missing = finished = cb_done = cb_need = 0
         for st, done, need in states.values():

@@ -304,7 +304,7 @@ class Exporter:
 
         g = GaugeMetricFamily("nxjobs_jobs_awaiting_callbacks", "Submitted jobs still waiting for callbacks",
                               labels=["family"])
-        for family, n in zip(QUEUES, waiting):
+        for family, n in zip(QUEUES, waiting, strict=True):
             g.add_metric([family], n)
         yield g
 
