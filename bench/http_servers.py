@@ -736,7 +736,7 @@ def pump(sock: socket.socket, data: bytes, seconds: float, after_s: float = 3.0)
             sel.modify(sock, selectors.EVENT_READ)
             deadline = min(deadline, time.monotonic() + after_s)
             after_s = 1e9
-        for key, ev in sel.select(0.2):
+        for _key, ev in sel.select(0.2):
             if ev & selectors.EVENT_READ:
                 try:
                     chunk = sock.recv(65536)

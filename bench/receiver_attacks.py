@@ -591,7 +591,7 @@ def run_attack(attack: Callable[[Run], str], root: Path, redis_url: str, client,
 def print_results(results: list[Result]) -> None:
     headers = ["attack", "receiver", "attacker saw", "RSS MB before/after/peak", "fds before/after/peak",
                "Redis used_memory before/after", "legit during", "legit after", "s"]
-    rows = [[r.attack, r.root, r.saw, "%.1f / %.1f / %.1f" % r.rss, "%d / %d / %d" % r.fds,
+    rows = [[r.attack, r.root, r.saw, "{:.1f} / {:.1f} / {:.1f}".format(*r.rss), "{:d} / {:d} / {:d}".format(*r.fds),
              f"{_mb(r.redis[0])} / {_mb(r.redis[1])}", r.legit_during, r.legit_after, f"{r.seconds:.1f}"]
             for r in results]
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers)]
