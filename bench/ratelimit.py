@@ -82,8 +82,8 @@ def run_row(system: str, workers: int, quota: int, jobs: int, timeout_s: float) 
                 if os.environ.get("DEBUG_LATENESS"):
                     lat = sorted(float(x) / 1000 for x in producer.redis.lrange("debug:lateness", 0, -1))
                     if lat:
-                        print("lateness ms: p50 {:.1f} p90 {:.1f} p99 {:.1f} max {:.1f} n={:d}".format(
-                            lat[len(lat) // 2], lat[int(len(lat) * .9)], lat[int(len(lat) * .99)], lat[-1], len(lat)))
+                        print(f"lateness ms: p50 {lat[len(lat) // 2]:.1f} p90 {lat[int(len(lat) * .9)]:.1f} "
+                              f"p99 {lat[int(len(lat) * .99)]:.1f} max {lat[-1]:.1f} n={len(lat):d}")
                 if system == "nxjobs":
                     recs = producer.store.get_many(ids)
                     # wa-calling has no callbacks: it completes in the same step as it is submitted.

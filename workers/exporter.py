@@ -151,8 +151,8 @@ class Exporter:
 
     def queue_depths(self) -> dict[str, int]:
         pipe = self.redis.pipeline(transaction=False)
-        for queue in QUEUES:
-            for key in queue_keys(queue):
+        for qname in QUEUES:
+            for key in queue_keys(qname):
                 pipe.llen(key)
         lengths = pipe.execute()
         n = len(_PRIORITY_STEPS)
@@ -310,16 +310,16 @@ class Exporter:
 
         g = GaugeMetricFamily("nxjobs_queue_depth", "Messages waiting in each Celery queue (all priorities)",
                               labels=["queue"])
-        for queue, n in self.queue_depths().items():
-            g.add_metric([queue], n)
+        for qname, n in self.queue_depths().items():
+            g.add_metric([qname], n)
         yield g
         yield GaugeMetricFamily("nxjobs_queue_unacked", "Messages taken by workers and not yet acknowledged "
                                 "(running, or held for a retry/rate-limit countdown)", value=unacked)
 
         g = GaugeMetricFamily("nxjobs_queue_last_consumed_timestamp_seconds",
                               "Unix time a worker last finished an attempt from each queue", labels=["queue"])
-        for queue, t in sorted(consumed.items()):
-            g.add_metric([queue], float(t))
+        for qname, t in sorted(consumed.items()):
+            g.add_metric([qname], float(t))
         yield g
 
         if dead:
