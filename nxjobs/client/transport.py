@@ -11,7 +11,7 @@ import json
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -29,7 +29,7 @@ Gate = Callable[[str, str, Any], Callable[[], None] | None]
 
 
 @contextmanager
-def gated(gate: Gate | None, family: str, endpoint: str, body: Any):
+def gated(gate: Gate | None, family: str, endpoint: str, body: Any) -> Iterator[None]:
     """Pass `gate` before the request, and tell it when the answer (or an error) is back."""
     answered = gate(family, endpoint, body) if gate is not None else None
     try:
@@ -94,8 +94,8 @@ class Transport:
         kept.clear()
         return taken
 
-    def _kept_latencies(self) -> deque:
-        kept = getattr(self._local, "latencies", None)
+    def _kept_latencies(self) -> deque[float]:
+        kept: deque[float] | None = getattr(self._local, "latencies", None)
         if kept is None:
             kept = self._local.latencies = deque(maxlen=MAX_KEPT_LATENCIES)
         return kept
