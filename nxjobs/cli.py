@@ -154,7 +154,7 @@ def _payload_from_args(args: argparse.Namespace) -> dict[str, Any]:
     if args.payload is not None:
         try:
             payload = json.loads(args.payload)
-        except ValueError as exc:
+        except json.JSONDecodeError as exc:
             raise InvalidJob("payload", f"not valid JSON ({exc.msg} at position {exc.pos})") from None
         if not isinstance(payload, dict):
             raise InvalidJob("payload", "must be a JSON object")

@@ -18,12 +18,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from nxjobs import coalesce, keys
 from nxjobs.attempts import policy, report
 from nxjobs.attempts.decisions import (
-    Again,
     AlreadySent,
     BatchFailed,
     BatchSubmitted,
@@ -44,6 +43,9 @@ from nxjobs.ratelimit.gate import SlotNotReady, Slots
 from nxjobs.records import JobError, utc_now_iso
 
 log = logging.getLogger("nxjobs.coalesce")
+
+# What a flush re-queues itself as (each one a Decision).
+_Requeue = TypeVar("_Requeue", WaitForSlot, RetryLater, CoolDown)
 
 # (group, trigger, countdown s): publish another flush of `group` (the runner owns the broker).
 SendFlush = Callable[[str, str, float], None]
@@ -287,14 +289,14 @@ class BatchAttempt:
 
     def _again(
         self,
-        decision: type[Again],
+        decision: type[_Requeue],
         trigger: str,
         *,
         countdown: float,
         priority: int,
         reason: str,
         **fields: Any,
-    ) -> Decision:
+    ) -> _Requeue:
         """The same message (same task id, so the same batch) back on the queue after
         `countdown`."""
         self.svc.coalesce.touch(self.batch_id, time.time())
