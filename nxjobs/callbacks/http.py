@@ -77,10 +77,14 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 class Answer(Protocol):
-    status: int
-    body: bytes
+    # Read-only members, so frozen dataclasses (the handler's replies) qualify.
+    @property
+    def status(self) -> int: ...
+    @property
+    def body(self) -> bytes: ...
     # Extra (name, value) header fields, e.g. Allow on a 405; optional.
-    headers: Sequence[tuple[str, str]]
+    @property
+    def headers(self) -> Sequence[tuple[str, str]]: ...
 
 
 class Handler(Protocol):
@@ -147,7 +151,7 @@ class _Refuse(Exception):
 class _Reply:
     status: int
     body: bytes
-    headers: tuple = ()
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 class _Dropped(dict):
