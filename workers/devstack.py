@@ -228,6 +228,8 @@ class ServiceProcess:
         self.log_dir = Path(log_dir or tempfile.mkdtemp(prefix=f"nxjobs-{name}-"))
         self.logfile = self.log_dir / f"{name}.log"
         self.proc: subprocess.Popen | None = None
+        # Celery node name of a worker (set by start_worker), for remote control.
+        self.node_name: str | None = None
 
     def start(self) -> ServiceProcess:
         self.log_dir.mkdir(parents=True, exist_ok=True)
