@@ -33,7 +33,7 @@ import threading
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, HTTPServer
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 import redis
 from prometheus_client import CollectorRegistry, generate_latest
@@ -348,7 +348,8 @@ class Exporter:
 
     def _rate_limiter(self, now_s: float) -> tuple[dict[str, float], dict[str, float]]:
         """Per credential the workers used: seconds until its next free slot (TAT) and cooldown left."""
-        names = sorted(self.redis.smembers(keys.METRICS_CREDENTIALS))
+        # str members: the client decodes responses (nxjobs.redis_conn.connect).
+        names = sorted(cast(set[str], self.redis.smembers(keys.METRICS_CREDENTIALS)))
         values = self.redis.mget([k for n in names for k in (keys.rate_tat(n), keys.rate_cooldown(n))]) if names else []
         now_us = now_s * 1e6
         wait: dict[str, float] = {}
@@ -583,7 +584,7 @@ def main(argv: list[str] | None = None) -> int:
                         jobs_scan_interval_s=settings.metrics.jobs_scan_interval_s)
     server = make_server(exporter, args.host, args.port, threads=args.threads, pending=args.pending,
                          read_timeout_s=args.read_timeout_s)
-    host, port = server.server_address[:2]
+    host, port = cast(tuple[str, int], server.server_address[:2])  # bound: getsockname() gives a str host
     print(f"exporter listening on http://{host}:{port}", flush=True)
     try:
         server.serve_forever()
