@@ -104,7 +104,7 @@ def _makecall(state: SandboxState, req: _Request) -> dict[str, Any]:
 def _cdr_verify(state: SandboxState, req: _Request) -> None:
     body = _json_object(_decode(req.raw))
     appkey = body.get("appkey") if body else None
-    if not appkey or accounts.AGENT_SECRETS.get(appkey) != body.get("secretkey"):
+    if body is None or not appkey or accounts.AGENT_SECRETS.get(appkey) != body.get("secretkey"):
         raise _Answer({"code": "1", "info": "params invalid"})
     req.body, req.credential = body, appkey
 

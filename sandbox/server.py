@@ -18,7 +18,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qsl, urlsplit
 
 from sandbox.dispatch import CallbackDispatcher
@@ -67,7 +67,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _read_body(self) -> bytes:
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            chunks = []
+            chunks: list[bytes] = []
             while True:
                 size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
                 if size == 0:
@@ -116,7 +116,7 @@ class SandboxHandle:
 
     @property
     def host(self) -> str:
-        return self.server.server_address[0]
+        return cast(str, self.server.server_address[0])  # bound: getsockname() gives a str host
 
     @property
     def port(self) -> int:

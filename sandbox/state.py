@@ -167,14 +167,14 @@ class SandboxState:
         self.scripts: dict[str, deque[Script]] = {}
         self.windows: dict[tuple[str, str], deque[float]] = {}
         self.request_log: deque[dict[str, Any]] = deque(maxlen=REQUEST_LOG_SIZE)
-        self.requests = Counter()
+        self.requests: Counter[str] = Counter()
         self.responses: dict[str, Counter] = {}
         self.throttled = Counter({f: 0 for f in FAMILIES})
         self.faults = Counter({k: 0 for k in ("error", "slow", "throttle", "scripted")})
         self.duplicates = Counter({k: 0 for k in DUPLICATE_KINDS})
         # Retries the sandbox refused as "already exists" (no side effect): the healthy case.
         self.duplicate_rejections = Counter({k: 0 for k in DUPLICATE_KINDS})
-        self.accepted = Counter()
+        self.accepted: Counter[str] = Counter()
         self.callbacks = Counter({k: 0 for k in CALLBACK_COUNTERS})
         self.callback_log: deque[dict[str, Any]] = deque(maxlen=REQUEST_LOG_SIZE)
         # Bumped by reset(): the dispatcher discards deliveries scheduled before it.
