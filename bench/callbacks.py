@@ -218,8 +218,8 @@ def main() -> int:
 
     import redis
 
-    from sandbox.accounts import sandbox_env
     from nxjobs.store import RecordStore
+    from sandbox.accounts import sandbox_env
     from workers.devstack import RedisServer, start_callbacks
 
     try:

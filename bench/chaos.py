@@ -232,7 +232,7 @@ def run_scenario(name: str, jobs: int = 300, timeout_s: float = 180.0, *, worker
 
         def submit() -> None:
             # Paced over submit_s; an enqueue that raises is retried (bounded), as an application would.
-            for i in range(jobs):
+            for _job in range(jobs):
                 kind = rng.choice(kinds)
                 payload = _payload(kind, rng)
                 for _ in range(30):

@@ -29,8 +29,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from workers.devstack import RedisServer, ServiceProcess, free_port, project_root, start_callbacks, \
-    start_sandbox, start_worker  # noqa: E402
+from workers.devstack import (  # noqa: E402
+    RedisServer,
+    ServiceProcess,
+    free_port,
+    project_root,
+    start_callbacks,
+    start_sandbox,
+    start_worker,
+)
 
 TOKEN = "bench-coalesce-token-0123456789abcdef"
 ENQUEUE_CHUNK = 5000

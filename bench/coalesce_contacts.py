@@ -31,8 +31,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.coalesce import _cpu_s, _tree_rss_mb  # noqa: E402
-from workers.devstack import RedisServer, ServiceProcess, project_root, start_callbacks, start_sandbox, \
-    start_worker  # noqa: E402
+from workers.devstack import (  # noqa: E402
+    RedisServer,
+    ServiceProcess,
+    project_root,
+    start_callbacks,
+    start_sandbox,
+    start_worker,
+)
 
 TOKEN = "bench-contacts-token-0123456789abcdef"
 ENQUEUE_CHUNK = 1000

@@ -376,7 +376,7 @@ def loadavg() -> str:
 class Server:
     def __init__(self, cand: Candidate, appdir: Path, opts: dict | None = None):
         if cand.name == "nxjobs":
-            stamp = f"{datetime.datetime.now(datetime.timezone.utc):%H:%M:%S}"
+            stamp = f"{datetime.datetime.now(datetime.UTC):%H:%M:%S}"
             NX_VERSIONS.setdefault(http_py_digest(), [stamp, stamp])[1] = stamp
         self.cand, self.port = cand, free_port()
         self.log = appdir / f"{cand.name}-{self.port}.log"
@@ -438,7 +438,7 @@ def read_response(sock: socket.socket, deadline: float, head_request: bool = Fal
         sock.settimeout(left)
         try:
             data = sock.recv(65536)
-        except (socket.timeout, OSError):
+        except (TimeoutError, OSError):
             return False
         if not data:
             return False
@@ -500,7 +500,7 @@ def exchange(port: int, data: bytes, timeout: float = 2.0, head_request: bool = 
                 more = s.recv(65536)
                 extra += more
                 closed = not more
-            except socket.timeout:
+            except TimeoutError:
                 pass
             except OSError:
                 closed = True
@@ -577,7 +577,7 @@ def load_python(port: int, n: int, conns: int) -> tuple[int, int, str]:
                 if b"connection: close" in head.lower():
                     writer.close()
                     writer = None
-            except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, asyncio.LimitOverrunError):
+            except (TimeoutError, OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
                 state["errors"] += 1
                 writer.close()
                 writer = None
@@ -641,7 +641,7 @@ def probes(port: int) -> dict[str, str]:
             s.settimeout(2)
             try:
                 data = s.recv(200)
-            except socket.timeout:
+            except TimeoutError:
                 return "no answer in 2 s, open"
             except OSError:
                 return "reset"
@@ -736,7 +736,7 @@ def pump(sock: socket.socket, data: bytes, seconds: float, after_s: float = 3.0)
             sel.modify(sock, selectors.EVENT_READ)
             deadline = min(deadline, time.monotonic() + after_s)
             after_s = 1e9
-        for key, ev in sel.select(0.2):
+        for _key, ev in sel.select(0.2):
             if ev & selectors.EVENT_READ:
                 try:
                     chunk = sock.recv(65536)
@@ -972,7 +972,7 @@ def run_attack(cand: Candidate, appdir: Path, name: str, fn, opts: dict | None =
 
 def table(headers: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"  # noqa: E731
     return "\n".join([line(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(r) for r in rows])
 
 
@@ -991,7 +991,7 @@ def facts(args, client: str) -> list[str]:
 
     try:
         digest = http_py_digest()
-        mtime = datetime.datetime.fromtimestamp(HTTP_PY.stat().st_mtime, datetime.timezone.utc)
+        mtime = datetime.datetime.fromtimestamp(HTTP_PY.stat().st_mtime, datetime.UTC)
     except OSError:
         digest, mtime = "?", None
     changed = git("diff", "--stat", "HEAD", "--", "nxjobs/callbacks/http.py")
@@ -1001,7 +1001,7 @@ def facts(args, client: str) -> list[str]:
     except Exception as exc:
         limits = f"not importable ({type(exc).__name__})"
     return [
-        f"date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M:%S} UTC; nproc: {os.cpu_count()}; "
+        f"date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M:%S} UTC; nproc: {os.cpu_count()}; "
         f"load average {loadavg()} (the machine is shared: other processes run beside this); "
         f"HEAD {git('rev-parse', '--short', 'HEAD')}; python {sys.version.split()[0]}",
         f"nxjobs/callbacks/http.py: sha256 {digest}, mtime {mtime:%Y-%m-%d %H:%M:%S} UTC, "

@@ -36,6 +36,6 @@ def wa_calling(self, business_phone: str) -> None:
                      body={"appkey": os.environ["NXJOBS_API2__APPKEY"], "business_phone": business_phone})
     except ProviderError as err:
         if err.code == "2206":
-            raise self.retry(countdown=1)
+            raise self.retry(countdown=1) from err
         raise
     _redis.rpush("bench:plain:accepted", time.time())

@@ -82,8 +82,8 @@ def run_row(system: str, workers: int, quota: int, jobs: int, timeout_s: float) 
                 if os.environ.get("DEBUG_LATENESS"):
                     lat = sorted(float(x) / 1000 for x in producer.redis.lrange("debug:lateness", 0, -1))
                     if lat:
-                        print("lateness ms: p50 %.1f p90 %.1f p99 %.1f max %.1f n=%d" % (
-                            lat[len(lat) // 2], lat[int(len(lat) * .9)], lat[int(len(lat) * .99)], lat[-1], len(lat)))
+                        print(f"lateness ms: p50 {lat[len(lat) // 2]:.1f} p90 {lat[int(len(lat) * .9)]:.1f} "
+                              f"p99 {lat[int(len(lat) * .99)]:.1f} max {lat[-1]:.1f} n={len(lat):d}")
                 if system == "nxjobs":
                     recs = producer.store.get_many(ids)
                     # wa-calling has no callbacks: it completes in the same step as it is submitted.
@@ -91,10 +91,9 @@ def run_row(system: str, workers: int, quota: int, jobs: int, timeout_s: float) 
                                       if r and r.reached(JobState.SUBMITTED))
                     failed = sum(1 for r in recs.values() if r and r.state.value == "failed")
                     waits = [r.waits for r in recs.values() if r]
-                    throttles = sum(r.throttles for r in recs.values() if r)
                 else:
                     accepted = sorted(float(x) for x in producer.redis.lrange("bench:plain:accepted", 0, -1))
-                    failed, waits, throttles = 0, [0], None
+                    failed, waits = 0, [0]
             with SandboxControl(url) as control:
                 responses = control.stats()["responses"].get("/api/wa/calling/get", {})
                 if os.environ.get("BENCH_DEBUG"):

@@ -36,9 +36,9 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -210,7 +210,7 @@ def legit_callback(port: int) -> str:
                 if not chunk:
                     return "closed, no answer"
                 data += chunk
-    except (socket.timeout, TimeoutError):
+    except TimeoutError:
         return f"no answer in {LEGIT_TIMEOUT_S:.0f} s"
     except OSError as exc:
         return f"{type(exc).__name__}"
@@ -227,7 +227,7 @@ def read_answer(s: socket.socket, timeout: float = 5) -> str:
             if not chunk:
                 return "closed, no answer"
             data += chunk
-    except (socket.timeout, TimeoutError):
+    except TimeoutError:
         return f"no answer in {timeout:.0f} s"
     except ConnectionResetError:
         return "reset, no answer"
@@ -591,11 +591,11 @@ def run_attack(attack: Callable[[Run], str], root: Path, redis_url: str, client,
 def print_results(results: list[Result]) -> None:
     headers = ["attack", "receiver", "attacker saw", "RSS MB before/after/peak", "fds before/after/peak",
                "Redis used_memory before/after", "legit during", "legit after", "s"]
-    rows = [[r.attack, r.root, r.saw, "%.1f / %.1f / %.1f" % r.rss, "%d / %d / %d" % r.fds,
+    rows = [[r.attack, r.root, r.saw, "{:.1f} / {:.1f} / {:.1f}".format(*r.rss), "{:d} / {:d} / {:d}".format(*r.fds),
              f"{_mb(r.redis[0])} / {_mb(r.redis[1])}", r.legit_during, r.legit_after, f"{r.seconds:.1f}"]
             for r in results]
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers)]
-    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"  # noqa: E731
     print(line(headers))
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for row in rows:

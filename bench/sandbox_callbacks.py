@@ -30,16 +30,16 @@ if not all were delivered (then reported as such, exit 1).
 from __future__ import annotations
 
 import argparse
-import json
-import urllib.request
 import asyncio
 import importlib.util
+import json
 import os
 import resource
 import statistics
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -229,9 +229,15 @@ def main() -> int:
 
     import redis
 
-    from sandbox.accounts import sandbox_env
     from nxjobs.store import RecordStore
-    from workers.devstack import RedisServer, ServiceProcess, free_port, project_root, start_callbacks
+    from sandbox.accounts import sandbox_env
+    from workers.devstack import (
+        RedisServer,
+        ServiceProcess,
+        free_port,
+        project_root,
+        start_callbacks,
+    )
 
     contenders = []
     if args.baseline:
@@ -247,7 +253,7 @@ def main() -> int:
         try:
             url = sink.wait_for_log("sink listening on ", 20).split("sink listening on ", 1)[1].strip()
             print(f"receiver: idle sink {url} (no Redis); cpus={os.cpu_count()}")
-            for run in range(args.runs):
+            for _run in range(args.runs):
                 for name, module in contenders:
                     before = sink_count(url)
                     checks = [(uuid.uuid4().hex, uuid.uuid4().hex) for _ in range(n_checks)]
@@ -276,7 +282,7 @@ def main() -> int:
                 store = RecordStore(client)
                 print(f"receiver: {url} ({args.receiver_workers} process(es), pid {receiver.proc.pid}), "
                       f"redis pid {server.pid}; cpus={os.cpu_count()}", flush=True)
-                for run in range(args.runs):
+                for _run in range(args.runs):
                     for name, module in contenders:
                         t = time.perf_counter()
                         checks, _, _ = build_jobs(store, n_checks, 0, 0)

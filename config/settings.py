@@ -152,7 +152,7 @@ class CallbacksSettings(BaseModel):
     max_connection_age_s: float = Field(default=600.0, gt=0)
 
     @model_validator(mode="after")
-    def _token_with_public_url(self) -> "CallbacksSettings":
+    def _token_with_public_url(self) -> CallbacksSettings:
         token = self.token.get_secret_value() if self.token else ""
         # Example values the repo has shipped (.env.example, the old compose default) and the usual
         # stand-ins: a receiver started with one has a callback URL anyone could guess.

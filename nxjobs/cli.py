@@ -82,7 +82,6 @@ def cmd_unmatched(rest: list[str]) -> int:
     args = p.parse_args(rest)
     import redis
 
-    from nxjobs import keys
     from nxjobs.callbacks.ledger import Ledger
     from nxjobs.producers import ProducerSettings
     from nxjobs.redis_conn import connect, describe
@@ -155,7 +154,7 @@ def _payload_from_args(args: argparse.Namespace) -> dict[str, Any]:
     if args.payload is not None:
         try:
             payload = json.loads(args.payload)
-        except ValueError as exc:
+        except json.JSONDecodeError as exc:
             raise InvalidJob("payload", f"not valid JSON ({exc.msg} at position {exc.pos})") from None
         if not isinstance(payload, dict):
             raise InvalidJob("payload", "must be a JSON object")
@@ -366,7 +365,7 @@ def _wait_live(producer, job_ids: list[str], target: JobState, timeout_s: float,
         pipe = producer.redis.pipeline(transaction=False)
         for job_id in job_ids:
             pipe.hmget(keys.job(job_id), "state", "callbacks_done", "callbacks_needed")
-        states = {jid: (st, int(done or 0), int(need or 0)) for jid, (st, done, need) in zip(job_ids, pipe.execute())}
+        states = {jid: (st, int(done or 0), int(need or 0)) for jid, (st, done, need) in zip(job_ids, pipe.execute(), strict=True)}
         counts = {name: 0 for name in _STATES}
         missing = finished = cb_done = cb_need = 0
         for st, done, need in states.values():
@@ -454,9 +453,10 @@ def main(argv: list[str] | None = None) -> int:
 
         return cmd_dead(argv[1:])
     args = build_parser().parse_args(argv)
+    import redis
+
     from nxjobs.producers import EnqueueError
     from nxjobs.redis_conn import RedisUnavailable
-    import redis
 
     try:
         return {"submit": cmd_submit, "status": cmd_status, "wait": cmd_wait}[args.command](args)

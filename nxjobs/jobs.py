@@ -11,7 +11,15 @@ import re
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 _PHONE_RE = re.compile(r"^[1-9][0-9]{5,19}$")
 _ORDER_ID_RE = re.compile(r"^[A-Za-z0-9]{4,32}$")
@@ -120,7 +128,7 @@ class CallbotListPayload(_Payload):
     call_callback_url: OptionalUrl = None
 
     @model_validator(mode="after")
-    def _unique_order_ids(self) -> "CallbotListPayload":
+    def _unique_order_ids(self) -> CallbotListPayload:
         seen: dict[str, int] = {}
         for i, c in enumerate(self.contacts):
             if c.order_id is None:
@@ -168,7 +176,7 @@ class NumberCheckPayload(_Payload):
         return v
 
     @model_validator(mode="after")
-    def _unique_phones(self) -> "NumberCheckPayload":
+    def _unique_phones(self) -> NumberCheckPayload:
         seen: dict[str, int] = {}
         for i, p in enumerate(self.phones):
             if p in seen:

@@ -19,7 +19,7 @@ import hashlib
 import logging
 import time
 from bisect import bisect_left
-from typing import Iterable
+from collections.abc import Iterable
 
 from nxjobs import keys
 

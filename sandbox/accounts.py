@@ -5,6 +5,8 @@ Imports nothing; safe to use from tests, the CLI and docker-compose helpers.
 
 from __future__ import annotations
 
+from typing import Final
+
 # api2 open platform (Number Check, OTA, WhatsApp), docs/provider.md §2.
 API2_ACCESS_KEY = "sandbox-access-key"
 API2_ACCESS_SECRET = "sandbox-access-secret"
@@ -13,7 +15,7 @@ API2_APPKEY = "sandbox-appkey"
 # Callbot v3, docs/provider.md §3.
 CALLBOT_UUID = "sandbox-callbot-uuid"
 CALLBOT_SECRET_KEY = "sandbox-callbot-secret"
-CALLBOT_ALGORITHM = "md5"
+CALLBOT_ALGORITHM: Final = "md5"
 
 # Legacy Agent API (token / makecall / CDR), docs/provider.md §7.
 AGENT_APPKEY = "sandbox-agent-appkey"

@@ -7,8 +7,9 @@ import datetime as dt
 import json
 import re
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 from urllib.parse import parse_qs
 
 from sandbox.state import SandboxState
@@ -92,7 +93,7 @@ def _outcome(phone: str) -> _Outcome:
 
 
 def _fmt_time(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _decode(raw: bytes) -> str | None:

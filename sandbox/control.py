@@ -73,7 +73,7 @@ class SandboxControl:
     def close(self) -> None:
         self._session.close()
 
-    def __enter__(self) -> "SandboxControl":
+    def __enter__(self) -> SandboxControl:
         return self
 
     def __exit__(self, *exc: Any) -> None:

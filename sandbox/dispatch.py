@@ -336,7 +336,7 @@ class CallbackDispatcher:
         self._ssl: ssl.SSLContext | None = None
         self._thread = threading.Thread(target=self._run, name="sandbox-callbacks", daemon=True)
 
-    def start(self) -> "CallbackDispatcher":
+    def start(self) -> CallbackDispatcher:
         self._thread.start()
         return self
 
@@ -588,12 +588,14 @@ class CallbackDispatcher:
             context = self._ssl
         _, conn = await asyncio.wait_for(
             loop.create_connection(lambda: _Conn(self, origin, loop), host, port, ssl=context), SEND_TIMEOUT_S)
-        return conn  # type: ignore[return-value]
+        return conn
 
     def _request_bytes(self, d: _Delivery) -> bytes:
         if d.raw is not None:
             return d.raw
-        head = _target(d.url)[1]  # type: ignore[index]
+        target = _target(d.url)
+        assert not isinstance(target, str)  # only deliveries to a valid URL reach an origin
+        head = target[1]
         body = d.text.encode("utf-8")
         if d.signed:
             headers = callbot_headers(

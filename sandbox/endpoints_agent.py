@@ -8,7 +8,15 @@ from typing import Any
 
 from sandbox import accounts
 from sandbox.base import (
-    _Answer, _country, _decode, _fmt_time, _form, _hex32, _json_object, _outcome, _Request,
+    _Answer,
+    _country,
+    _decode,
+    _fmt_time,
+    _form,
+    _hex32,
+    _json_object,
+    _outcome,
+    _Request,
 )
 from sandbox.state import SandboxState
 
@@ -96,7 +104,7 @@ def _makecall(state: SandboxState, req: _Request) -> dict[str, Any]:
 def _cdr_verify(state: SandboxState, req: _Request) -> None:
     body = _json_object(_decode(req.raw))
     appkey = body.get("appkey") if body else None
-    if not appkey or accounts.AGENT_SECRETS.get(appkey) != body.get("secretkey"):
+    if body is None or not appkey or accounts.AGENT_SECRETS.get(appkey) != body.get("secretkey"):
         raise _Answer({"code": "1", "info": "params invalid"})
     req.body, req.credential = body, appkey
 

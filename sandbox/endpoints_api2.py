@@ -6,12 +6,21 @@ from __future__ import annotations
 import datetime as dt
 import hmac
 import secrets
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
-from nxjobs.client.signing import api2_sign
+from nxjobs.client.signing import Algorithm, api2_sign
 from sandbox import accounts
 from sandbox.base import (
-    _Answer, _as_int, _country, _decode, _DIGITS, _hex32, _json_object, _nonempty, _Request,
+    _DIGITS,
+    _Answer,
+    _as_int,
+    _country,
+    _decode,
+    _hex32,
+    _json_object,
+    _nonempty,
+    _Request,
 )
 from sandbox.state import SandboxState
 
@@ -19,6 +28,8 @@ API2_TS_WINDOW_MS = 60_000
 NUMBER_CHECK_MAX = 5000
 NUMBER_CHECK_BIG_BATCH = 2000
 NUMBER_QUERY_DAYS = 14
+# The algorithm header's accepted values (lower-cased).
+_ALGORITHMS: dict[str, Algorithm] = {"md5": "md5", "sha256": "sha256"}
 
 
 def _api2_env(req: _Request, code: Any, message: str) -> dict[str, Any]:
@@ -47,8 +58,8 @@ def _api2_verifier(biz_type: str, action: str) -> Callable[[SandboxState, _Reque
         ts_ms = _as_int(h["ts"])
         if ts_ms is None or abs(req.now * 1000 - ts_ms) > API2_TS_WINDOW_MS:
             raise _Answer(_api2_env(req, 1004, "ts is outside the allowed 60 s window"))
-        algorithm = h.get("algorithm", "md5").lower()
-        if algorithm not in ("md5", "sha256"):
+        algorithm = _ALGORITHMS.get(h.get("algorithm", "md5").lower())
+        if algorithm is None:
             raise _Answer(_api2_env(req, 1003, "unsupported algorithm"))
         # Signed over the bytes as received: re-serialising would hide client bugs.
         expected = api2_sign(
@@ -187,7 +198,7 @@ def _number_query(state: SandboxState, req: _Request) -> dict[str, Any]:
         day = dt.date.fromisoformat(str(b.get("date")))
     except ValueError:
         return _nc_error(state, 88, "Request failed: date must be yyyy-MM-dd")
-    today = dt.datetime.fromtimestamp(req.now, dt.timezone.utc).date()
+    today = dt.datetime.fromtimestamp(req.now, dt.UTC).date()
     # One day of slack for clients east of UTC.
     if not today - dt.timedelta(days=NUMBER_QUERY_DAYS) <= day <= today + dt.timedelta(days=1):
         return _nc_error(state, 88, "Request failed: date outside the last 14 days")

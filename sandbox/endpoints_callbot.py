@@ -5,12 +5,21 @@ from __future__ import annotations
 
 import hmac
 import uuid
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
-from nxjobs.client.signing import callbot_sign
+from nxjobs.client.signing import Algorithm, callbot_sign
 from sandbox import accounts
 from sandbox.base import (
-    _Answer, _as_int, _decode, _DIGITS, _hex32, _json_object, _nonempty, _outcome, _Request,
+    _DIGITS,
+    _Answer,
+    _as_int,
+    _decode,
+    _hex32,
+    _json_object,
+    _nonempty,
+    _outcome,
+    _Request,
 )
 from sandbox.state import SandboxState
 
@@ -20,6 +29,8 @@ CALLBOT_MAX_ORDER_DETAIL = 500
 CALLBOT_MAX_PAGE_SIZE = 100
 # Sandbox convention: addBatchCall refuses a contact whose userPhone starts so (one errList entry).
 CALLBOT_REFUSED_PREFIX = "997"
+# The algorithm header's accepted values (upper-cased, without "-").
+_ALGORITHMS: dict[str, Algorithm] = {"MD5": "md5", "SHA256": "sha256"}
 
 
 def _cb_env(req: _Request, code: Any, message: str) -> dict[str, Any]:
@@ -44,15 +55,15 @@ def _cb_verifier(needs_product: bool) -> Callable[[SandboxState, _Request], None
         create_ts = _as_int(h.get("createts", ""))
         if create_ts is None or abs(req.now - create_ts) > CALLBOT_TS_WINDOW_S:
             raise _Answer(_cb_env(req, 6, "incorrect signature: createTs outside the 60 s window"))
-        algorithm = h.get("algorithm", "MD5").upper().replace("-", "")
-        if algorithm not in ("MD5", "SHA256"):
+        algorithm = _ALGORITHMS.get(h.get("algorithm", "MD5").upper().replace("-", ""))
+        if algorithm is None:
             raise _Answer(_cb_env(req, 6, "incorrect signature: unsupported algorithm"))
         text = _decode(req.raw)
         if text is None:
             raise _Answer(_cb_env(req, 3, "parameter format error: body is not UTF-8"))
         expected = callbot_sign(
             secret_key=secret, uuid=h["uuid"], request_id=h.get("requestid", ""), create_ts_s=h["createts"],
-            body_text=text, algorithm=algorithm.lower(),
+            body_text=text, algorithm=algorithm,
         )
         if not hmac.compare_digest(expected, h["sign"].upper()):
             raise _Answer(_cb_env(req, 6, "incorrect signature"))
@@ -241,7 +252,8 @@ def _cb_mgr_task_status(state: SandboxState, req: _Request) -> dict[str, Any]:
     operate = req.body.get("taskOperate")
     if operate is None:
         return _cb_env(req, 2, "missing parameter: taskOperate")
-    new_status = {1: 2, 2: 5, 3: 3}.get(_as_int(operate))
+    operate_code = _as_int(operate)
+    new_status = {1: 2, 2: 5, 3: 3}.get(operate_code) if operate_code is not None else None
     if new_status is None:
         return _cb_env(req, 4, "parameter value error: taskOperate must be 1, 2 or 3")
     task = _cb_task(state, req)

@@ -14,20 +14,46 @@ Everything before "endpoint" is free of side effects.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from sandbox.base import Reply, _Answer, _decode, _form, _json_object, _Request, _Route
+from sandbox.endpoints_agent import (
+    CDR_PATH,
+    _agent_env,
+    _agent_throttle,
+    _cdr_by_orderid,
+    _cdr_quotas,
+    _cdr_verify,
+    _makecall,
+    _makecall_quotas,
+    _makecall_verify,
+    _token,
+    _token_verify,
+)
 from sandbox.endpoints_api2 import (
-    _api2_env, _api2_quotas, _api2_throttle, _api2_verifier, _number_check, _number_check_get, _number_query,
-    _ota_init, _wa_calling_get,
+    _api2_env,
+    _api2_quotas,
+    _api2_throttle,
+    _api2_verifier,
+    _number_check,
+    _number_check_get,
+    _number_query,
+    _ota_init,
+    _wa_calling_get,
 )
 from sandbox.endpoints_callbot import (
-    _cb_add_batch_call, _cb_create_and_call, _cb_create_task, _cb_env, _cb_list_order_detail, _cb_list_task,
-    _cb_mgr_task_status, _cb_ping, _cb_quotas, _cb_throttle, _cb_verifier,
-)
-from sandbox.endpoints_agent import (
-    CDR_PATH, _agent_env, _agent_throttle, _cdr_by_orderid, _cdr_quotas, _cdr_verify, _makecall,
-    _makecall_quotas, _makecall_verify, _token, _token_verify,
+    _cb_add_batch_call,
+    _cb_create_and_call,
+    _cb_create_task,
+    _cb_env,
+    _cb_list_order_detail,
+    _cb_list_task,
+    _cb_mgr_task_status,
+    _cb_ping,
+    _cb_quotas,
+    _cb_throttle,
+    _cb_verifier,
 )
 from sandbox.state import SandboxState
 

@@ -15,9 +15,10 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import Any, cast
 from urllib.parse import parse_qsl, urlsplit
 
 from sandbox.dispatch import CallbackDispatcher
@@ -66,7 +67,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _read_body(self) -> bytes:
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            chunks = []
+            chunks: list[bytes] = []
             while True:
                 size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
                 if size == 0:
@@ -115,7 +116,7 @@ class SandboxHandle:
 
     @property
     def host(self) -> str:
-        return self.server.server_address[0]
+        return cast(str, self.server.server_address[0])  # bound: getsockname() gives a str host
 
     @property
     def port(self) -> int:
@@ -132,7 +133,7 @@ class SandboxHandle:
         self.server.server_close()
         self.thread.join(timeout=5)
 
-    def __enter__(self) -> "SandboxHandle":
+    def __enter__(self) -> SandboxHandle:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -11,8 +11,9 @@ import random
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any, Callable
+from typing import Any
 
 REQUEST_LOG_SIZE = 2000
 QUOTA_WINDOW_S = 1.0
@@ -74,7 +75,7 @@ class SandboxConfig:
     callback_retry_s: float = 60.0
     callback_retry_window_s: float = 3600.0
 
-    def updated(self, **changes: Any) -> "SandboxConfig":
+    def updated(self, **changes: Any) -> SandboxConfig:
         """A copy with `changes` applied after type coercion and range checks (ValueError)."""
         types = {f.name: f.type for f in fields(self)}
         clean: dict[str, Any] = {}
@@ -166,14 +167,14 @@ class SandboxState:
         self.scripts: dict[str, deque[Script]] = {}
         self.windows: dict[tuple[str, str], deque[float]] = {}
         self.request_log: deque[dict[str, Any]] = deque(maxlen=REQUEST_LOG_SIZE)
-        self.requests = Counter()
+        self.requests: Counter[str] = Counter()
         self.responses: dict[str, Counter] = {}
         self.throttled = Counter({f: 0 for f in FAMILIES})
         self.faults = Counter({k: 0 for k in ("error", "slow", "throttle", "scripted")})
         self.duplicates = Counter({k: 0 for k in DUPLICATE_KINDS})
         # Retries the sandbox refused as "already exists" (no side effect): the healthy case.
         self.duplicate_rejections = Counter({k: 0 for k in DUPLICATE_KINDS})
-        self.accepted = Counter()
+        self.accepted: Counter[str] = Counter()
         self.callbacks = Counter({k: 0 for k in CALLBACK_COUNTERS})
         self.callback_log: deque[dict[str, Any]] = deque(maxlen=REQUEST_LOG_SIZE)
         # Bumped by reset(): the dispatcher discards deliveries scheduled before it.

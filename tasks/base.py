@@ -16,7 +16,14 @@ from celery.exceptions import Reject, SoftTimeLimitExceeded
 from kombu.exceptions import OperationalError
 
 from nxjobs.attempts.decisions import (
-    Again, Decision, Failed, RetryLater, Skipped, Submitted, WaitForSlot)
+    Again,
+    Decision,
+    Failed,
+    RetryLater,
+    Skipped,
+    Submitted,
+    WaitForSlot,
+)
 from nxjobs.attempts.job import JobAttempt, Operation
 from nxjobs.jobs import KINDS
 from nxjobs.records import JobState

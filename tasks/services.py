@@ -11,19 +11,19 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from config.settings import Settings, load_settings
-from tasks.limits import limits_for
+from nxjobs.agent_tokens import AgentTokenCache
 from nxjobs.callbacks.ledger import Ledger
-from nxjobs.coalesce import CoalesceQueue
-from nxjobs.deadletters import DeadLetters
 from nxjobs.client.agent import AgentClient
 from nxjobs.client.api2 import Api2Client
 from nxjobs.client.callbot import CallbotClient
-from nxjobs.agent_tokens import AgentTokenCache
 from nxjobs.client.transport import Transport
+from nxjobs.coalesce import CoalesceQueue
+from nxjobs.deadletters import DeadLetters
 from nxjobs.ratelimit.gate import RateGate
 from nxjobs.ratelimit.limiter import RateLimiter
 from nxjobs.redis_conn import connect
 from nxjobs.store import RecordStore
+from tasks.limits import limits_for
 
 
 @dataclass
@@ -75,6 +75,7 @@ class Services:
     def api2(self) -> Api2Client:
         self.settings.require("api2")
         s = self.settings.api2
+        assert s.access_key and s.access_secret  # require() checked them
         return Api2Client(self.transport, base_url=s.base_url, access_key=s.access_key,
                           access_secret=s.access_secret.get_secret_value(), algorithm=s.algorithm, gate=self.gate)
 
@@ -82,6 +83,7 @@ class Services:
     def callbot(self) -> CallbotClient:
         self.settings.require("callbot")
         s = self.settings.callbot
+        assert s.uuid and s.secret_key  # require() checked them
         return CallbotClient(self.transport, base_url=s.base_url, uuid=s.uuid,
                              secret_key=s.secret_key.get_secret_value(), algorithm=s.algorithm, gate=self.gate)
 
@@ -89,6 +91,7 @@ class Services:
     def agent(self) -> AgentClient:
         self.settings.require("agent")
         s = self.settings.agent
+        assert s.appkey and s.secretkey  # require() checked them
         return AgentClient(self.transport, base_url=s.base_url, cdr_base_url=s.cdr_base_url, appkey=s.appkey,
                            secretkey=s.secretkey.get_secret_value(), gate=self.gate)
 

@@ -11,8 +11,8 @@ from celery import Celery, signals
 from config.settings import load_settings
 from nxjobs.coalesce import SPECS, SWEEP_TASK
 from nxjobs.jobs import KINDS, QUEUES
-from workers.queues import TASK_QUEUES, TASK_ROUTES
 from workers.delivery import check_visibility
+from workers.queues import TASK_QUEUES, TASK_ROUTES
 
 settings = load_settings()
 # Refuse to start if a countdown could outlive the visibility timeout (duplicate delivery).

@@ -51,6 +51,7 @@ def _wait_sent(control, timeout_s: float) -> None:
 
 def main() -> int:
     from nxjobs.producers import Producer
+    from nxjobs.records import JobState
     from sandbox.accounts import sandbox_env
     from sandbox.control import SandboxControl
 
@@ -92,14 +93,16 @@ def main() -> int:
                 records = producer.store.get_many(jobs.values())
 
             ok = True
+            parts = []
             for kind, job_id in jobs.items():
                 record = records[job_id]
                 print(f"\n== {kind} {job_id}")
                 print(json.dumps(record.model_dump(mode="json") if record else None, ensure_ascii=False, indent=2))
-                if record is None or not record.reached("completed"):
+                if record is None or not record.reached(JobState.COMPLETED):
                     ok = False
-            summary = ", ".join(f"{k}={records[j].state.value if records[j] else 'missing'}"
-                                f"({len(records[j].callbacks) if records[j] else 0} callbacks)" for k, j in jobs.items())
+                parts.append(f"{kind}={record.state.value if record else 'missing'}"
+                             f"({len(record.callbacks) if record else 0} callbacks)")
+            summary = ", ".join(parts)
             print(f"\n{'OK' if ok else 'FAILED'}: {summary} ({time.monotonic() - started:.1f}s)")
             if not ok:
                 print("worker log tail:\n" + worker.log_tail(40), file=sys.stderr)

@@ -123,7 +123,7 @@ class RedisServer:
         return self.dir / "redis.log"
 
     # -- lifecycle ----------------------------------------------------------
-    def start(self) -> "RedisServer":
+    def start(self) -> RedisServer:
         if self.proc and self.proc.poll() is None:
             return self
         if self.dir is None:
@@ -168,7 +168,7 @@ class RedisServer:
             self._tmp = None
             self.dir = None
 
-    def restart(self) -> "RedisServer":
+    def restart(self) -> RedisServer:
         """Stop and start again on the same port and dir (data survives only
         if ``appendonly=True``)."""
         self.halt()
@@ -195,7 +195,7 @@ class RedisServer:
         except OSError:
             return "(no log)"
 
-    def __enter__(self) -> "RedisServer":
+    def __enter__(self) -> RedisServer:
         try:
             return self.start()
         except BaseException:
@@ -228,8 +228,10 @@ class ServiceProcess:
         self.log_dir = Path(log_dir or tempfile.mkdtemp(prefix=f"nxjobs-{name}-"))
         self.logfile = self.log_dir / f"{name}.log"
         self.proc: subprocess.Popen | None = None
+        # Celery node name of a worker (set by start_worker), for remote control.
+        self.node_name: str | None = None
 
-    def start(self) -> "ServiceProcess":
+    def start(self) -> ServiceProcess:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.logfile, "ab")
         try:

@@ -31,8 +31,9 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, HTTPServer
-from typing import Any, Callable, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 import redis
 from prometheus_client import CollectorRegistry, generate_latest
@@ -150,8 +151,8 @@ class Exporter:
 
     def queue_depths(self) -> dict[str, int]:
         pipe = self.redis.pipeline(transaction=False)
-        for queue in QUEUES:
-            for key in queue_keys(queue):
+        for qname in QUEUES:
+            for key in queue_keys(qname):
                 pipe.llen(key)
         lengths = pipe.execute()
         n = len(_PRIORITY_STEPS)
@@ -303,22 +304,22 @@ class Exporter:
 
         g = GaugeMetricFamily("nxjobs_jobs_awaiting_callbacks", "Submitted jobs still waiting for callbacks",
                               labels=["family"])
-        for family, n in zip(QUEUES, waiting):
+        for family, n in zip(QUEUES, waiting, strict=True):
             g.add_metric([family], n)
         yield g
 
         g = GaugeMetricFamily("nxjobs_queue_depth", "Messages waiting in each Celery queue (all priorities)",
                               labels=["queue"])
-        for queue, n in self.queue_depths().items():
-            g.add_metric([queue], n)
+        for qname, n in self.queue_depths().items():
+            g.add_metric([qname], n)
         yield g
         yield GaugeMetricFamily("nxjobs_queue_unacked", "Messages taken by workers and not yet acknowledged "
                                 "(running, or held for a retry/rate-limit countdown)", value=unacked)
 
         g = GaugeMetricFamily("nxjobs_queue_last_consumed_timestamp_seconds",
                               "Unix time a worker last finished an attempt from each queue", labels=["queue"])
-        for queue, t in sorted(consumed.items()):
-            g.add_metric([queue], float(t))
+        for qname, t in sorted(consumed.items()):
+            g.add_metric([qname], float(t))
         yield g
 
         if dead:
@@ -347,7 +348,8 @@ class Exporter:
 
     def _rate_limiter(self, now_s: float) -> tuple[dict[str, float], dict[str, float]]:
         """Per credential the workers used: seconds until its next free slot (TAT) and cooldown left."""
-        names = sorted(self.redis.smembers(keys.METRICS_CREDENTIALS))
+        # str members: the client decodes responses (nxjobs.redis_conn.connect).
+        names = sorted(cast(set[str], self.redis.smembers(keys.METRICS_CREDENTIALS)))
         values = self.redis.mget([k for n in names for k in (keys.rate_tat(n), keys.rate_cooldown(n))]) if names else []
         now_us = now_s * 1e6
         wait: dict[str, float] = {}
@@ -373,7 +375,7 @@ class _DeadlineReader(io.RawIOBase):
     """The socket's read side, failing with TimeoutError once the handler's deadline passes:
     each recv waits at most the time left, so a client trickling bytes cannot extend it."""
 
-    def __init__(self, sock: socket.socket, handler: "_Handler") -> None:
+    def __init__(self, sock: socket.socket, handler: _Handler) -> None:
         self._sock = sock
         self._handler = handler
         self._read = 0
@@ -582,7 +584,7 @@ def main(argv: list[str] | None = None) -> int:
                         jobs_scan_interval_s=settings.metrics.jobs_scan_interval_s)
     server = make_server(exporter, args.host, args.port, threads=args.threads, pending=args.pending,
                          read_timeout_s=args.read_timeout_s)
-    host, port = server.server_address[:2]
+    host, port = cast(tuple[str, int], server.server_address[:2])  # bound: getsockname() gives a str host
     print(f"exporter listening on http://{host}:{port}", flush=True)
     try:
         server.serve_forever()

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from nxjobs import coalesce, keys
 from nxjobs.attempts import policy, report
 from nxjobs.attempts.decisions import (
     AlreadySent,
-    Again,
     BatchFailed,
     BatchSubmitted,
     CoolDown,
@@ -34,15 +34,18 @@ from nxjobs.attempts.decisions import (
     WaitForSlot,
 )
 from nxjobs.attempts.job import wait_for_slot
-from nxjobs.inflight import InflightMarker
 from nxjobs.attempts.senders import Batch, Sender
 from nxjobs.client.errors import NXCloudError
 from nxjobs.client.operations import Outcome
+from nxjobs.inflight import InflightMarker
 from nxjobs.jobs import PRIORITY_NEW, PRIORITY_RETRY
 from nxjobs.ratelimit.gate import SlotNotReady, Slots
 from nxjobs.records import JobError, utc_now_iso
 
 log = logging.getLogger("nxjobs.coalesce")
+
+# What a flush re-queues itself as (each one a Decision).
+_Requeue = TypeVar("_Requeue", WaitForSlot, RetryLater, CoolDown)
 
 # (group, trigger, countdown s): publish another flush of `group` (the runner owns the broker).
 SendFlush = Callable[[str, str, float], None]
@@ -204,7 +207,7 @@ class BatchAttempt:
     ) -> Decision:
         """Throttled: cool down and try again. Transient: back off and try again. Else every
         member fails."""
-        svc, batch_id, kind = self.svc, self.batch_id, self.kind
+        svc, batch_id = self.svc, self.batch_id
         cls = err.classification
         rl = svc.settings.ratelimit
         if cls.throttled:
@@ -286,14 +289,14 @@ class BatchAttempt:
 
     def _again(
         self,
-        decision: type[Again],
+        decision: type[_Requeue],
         trigger: str,
         *,
         countdown: float,
         priority: int,
         reason: str,
         **fields: Any,
-    ) -> Decision:
+    ) -> _Requeue:
         """The same message (same task id, so the same batch) back on the queue after
         `countdown`."""
         self.svc.coalesce.touch(self.batch_id, time.time())

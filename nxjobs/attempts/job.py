@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import redis
 
@@ -25,7 +26,6 @@ from nxjobs.attempts.decisions import (
     Submitted,
     WaitForSlot,
 )
-from nxjobs.inflight import InflightMarker
 from nxjobs.callbacks import reconcile
 from nxjobs.client.agent import MAKECALL_PATH
 from nxjobs.client.errors import PERMANENT, NXCloudError, TransportError
@@ -34,13 +34,14 @@ from nxjobs.client.operations import (
     AmbiguousSubmission,
     Outcome,
 )
+from nxjobs.inflight import InflightMarker
 from nxjobs.jobs import PRIORITY_RETRY, InvalidJob, validate_payload
 from nxjobs.ratelimit.gate import Permit, SlotNotReady, Slots
 from nxjobs.ratelimit.limiter import Grant
-from nxjobs.wire import call_order_id, number_check_batch_no
 from nxjobs.records import TERMINAL_STATES, JobError, JobState, utc_now_iso
 from nxjobs.redact import redact
 from nxjobs.store import Transition, TransitionRefused
+from nxjobs.wire import call_order_id, number_check_batch_no
 
 log = logging.getLogger("nxjobs.jobs")
 

@@ -13,7 +13,6 @@ from nxjobs.jobs import PRIORITY_NEW, PRIORITY_RESERVED_SLOT
 from nxjobs.ratelimit.limiter import Grant
 
 
-
 def slot_wait(grant: Grant, limits: Any, rng: random.Random) -> tuple[float, int]:
     """(countdown s, broker priority) of a re-queue that waits for a rate-limit slot."""
     if grant.reserved:

@@ -105,7 +105,7 @@ class NumberCheckSender(Sender):
 
     def shares(self, batch: Batch, answer: dict[str, Any]) -> list[Share]:
         rejected = coalesce.rejected_members(batch.members, answer.get("failNumber") or [])
-        share = {
+        share: dict[str, Any] = {
             "requestId": answer.get("requestId"),
             "batchNo": answer.get("batchNo") or batch.batch_no,
             "numbers": 1,

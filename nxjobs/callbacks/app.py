@@ -21,18 +21,19 @@ import json
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import redis
 import redis.asyncio as aioredis
 
 from nxjobs import callback_urls, metrics
-from nxjobs.log_limit import LogLimiter
 from nxjobs.callbacks import events
 from nxjobs.callbacks.applier import BatchApplier
 from nxjobs.callbacks.ledger import UNMATCHED, Applied, Ledger
 from nxjobs.callbacks.verify import Rejected, check_callbot, check_token
+from nxjobs.log_limit import LogLimiter
 
 log = logging.getLogger("nxjobs.callbacks")
 
@@ -180,11 +181,11 @@ class Receiver:
                 if method != "POST":
                     return _REPLY_POST_ONLY
                 return self._callback(kind, _REPLY_OK_PLAIN, respond, self._unsigned_body, token, body)
-        kind = self._signed.get(path)
-        if kind is not None:
+        signed_kind = self._signed.get(path)
+        if signed_kind is not None:
             if method != "POST":
                 return _REPLY_POST_ONLY
-            return self._callback(kind, _REPLY_OK_CALLBOT, respond, self._signed_body, headers, body)
+            return self._callback(signed_kind, _REPLY_OK_CALLBOT, respond, self._signed_body, headers, body)
         if path in ("/healthz", "/readyz"):
             # HEAD is answered as GET would be; the HTTP layer leaves the body out.
             if method != "GET" and method != "HEAD":

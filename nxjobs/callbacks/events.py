@@ -22,7 +22,7 @@ so a callback changes only the job its ids prove (docs in nxjobs.callbacks.ledge
 from __future__ import annotations
 
 import re
-from typing import Any, NamedTuple
+from typing import Annotated, Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import from_json
@@ -33,7 +33,7 @@ from nxjobs.redact import redact
 
 # Number Check: per-number ids are `<submit requestId>-<6 digits>` (docs/provider.md §5.1).
 _PER_NUMBER_SUFFIX = re.compile(r"-[0-9]{6}$")
-_ID = dict(min_length=1, max_length=128)
+_Id = Annotated[str, Field(min_length=1, max_length=128)]
 
 # Callbot taskStatus values meaning "will not dial any more" (docs/provider.md §6.4).
 TASK_FINISHED = frozenset({3, 4})
@@ -76,7 +76,7 @@ class NumberCheckResult(_Payload):
         return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
     @model_validator(mode="after")
-    def _has_id(self) -> "NumberCheckResult":
+    def _has_id(self) -> NumberCheckResult:
         if not (self.requestId or self.messageId):
             raise ValueError("requestId (or legacy messageId) is required")
         return self
@@ -87,18 +87,18 @@ class NumberCheckResult(_Payload):
 
 
 class CallInfo(_Payload):
-    callID: str = Field(**_ID)
+    callID: _Id
 
 
 class CallbotCall(_Payload):
-    userTaskID: str = Field(**_ID)
-    orderID: str = Field(**_ID)
+    userTaskID: _Id
+    orderID: _Id
     callInfoDetail: CallInfo
 
 
 class CallbotOrder(_Payload):
-    userTaskID: str = Field(**_ID)
-    orderID: str = Field(**_ID)
+    userTaskID: _Id
+    orderID: _Id
     finish: bool | int | str | None = None
 
 
@@ -107,7 +107,7 @@ class TaskStat(_Payload):
 
 
 class CallbotTask(_Payload):
-    userTaskID: str = Field(**_ID)
+    userTaskID: _Id
     taskStatus: int
     taskStat: TaskStat | None = None
 
@@ -115,12 +115,12 @@ class CallbotTask(_Payload):
 class AgentCdr(_Payload):
     """CDR callback (§7.3, has sessionid) or a CDR-by-orderid row (§7.4, has id)."""
 
-    orderid: str = Field(**_ID)
+    orderid: _Id
     sessionid: str | None = Field(default=None, max_length=128)
     id: str | int | None = None
 
     @model_validator(mode="after")
-    def _has_id(self) -> "AgentCdr":
+    def _has_id(self) -> AgentCdr:
         if not (self.sessionid or self.id):
             raise ValueError("sessionid (callback) or id (query row) is required")
         return self

@@ -51,8 +51,9 @@ import json
 import logging
 import socket
 from collections import deque
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import Any, Protocol
 
 import httptools
 
@@ -76,10 +77,14 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 class Answer(Protocol):
-    status: int
-    body: bytes
+    # Read-only members, so frozen dataclasses (the handler's replies) qualify.
+    @property
+    def status(self) -> int: ...
+    @property
+    def body(self) -> bytes: ...
     # Extra (name, value) header fields, e.g. Allow on a 405; optional.
-    headers: Sequence[tuple[str, str]]
+    @property
+    def headers(self) -> Sequence[tuple[str, str]]: ...
 
 
 class Handler(Protocol):
@@ -146,7 +151,7 @@ class _Refuse(Exception):
 class _Reply:
     status: int
     body: bytes
-    headers: tuple = ()
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 class _Dropped(dict):
@@ -166,7 +171,7 @@ class _Connection(asyncio.BufferedProtocol):
                  "completed", "_url", "_headers", "fields", "_body", "_size", "read_view", "small_view",
                  "order", "__weakref__")
 
-    def __init__(self, server: "CallbackServer"):
+    def __init__(self, server: CallbackServer):
         self.server = server
         self.handler = server.handler
         self.limits = server.limits

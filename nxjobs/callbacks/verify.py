@@ -10,9 +10,12 @@ constant time. No clock, no I/O: `now_s` is an argument.
 from __future__ import annotations
 
 import hmac
-from typing import Mapping
+from collections.abc import Mapping
 
-from nxjobs.client.signing import callbot_sign
+from nxjobs.client.signing import Algorithm, callbot_sign
+
+# The signing algorithms, as spelled once lower-cased and without "-".
+_ALGORITHMS: dict[str, Algorithm] = {"md5": "md5", "sha256": "sha256"}
 
 
 class Rejected(Exception):
@@ -58,15 +61,15 @@ def check_callbot(
     given = headers.get("algorithm")
     if given is not None and given.lower().replace("-", "") != account:
         raise Rejected(401, "algorithm is not the account's")
-    if account not in ("md5", "sha256"):
+    known = _ALGORITHMS.get(account)
+    if known is None:
         raise Rejected(401, "unsupported algorithm")
-    algorithm = account
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise Rejected(400, "body is not UTF-8") from None
     expected = callbot_sign(secret_key=secret_key, uuid=uuid, request_id=request_id, create_ts_s=create_ts,
-                            body_text=text, algorithm=algorithm)  # type: ignore[arg-type]
+                            body_text=text, algorithm=known)
     if not hmac.compare_digest(expected.encode("ascii"), sign.upper().encode("utf-8", "replace")):
         raise Rejected(401, "bad signature")
     # createTs is inside the signed text, so a replay cannot refresh it.

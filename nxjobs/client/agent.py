@@ -6,7 +6,8 @@ returned, logged or put in an exception message.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol, TypeVar
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
 
 from nxjobs.client.errors import ProviderError
 from nxjobs.client.signing import serialize_body

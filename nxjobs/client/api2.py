@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from nxjobs.client.errors import ProviderError
 from nxjobs.client.signing import Algorithm, api2_headers, serialize_body

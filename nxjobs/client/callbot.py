@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from nxjobs.client.errors import ProviderError
 from nxjobs.client.signing import Algorithm, callbot_headers, serialize_body

@@ -13,10 +13,10 @@ Every error carries a `Classification`: what the caller should do next.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 
-class Action(str, Enum):
+class Action(StrEnum):
     SUCCESS = "success"
     RETRY = "retry"  # transient: back off, re-sign, resend with the same idempotency key
     REFRESH = "refresh"  # credentials stale: refresh them, then retry once

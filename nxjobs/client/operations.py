@@ -8,14 +8,16 @@ so every attempt reuses them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from nxjobs import callback_urls
 from nxjobs.client.agent import MAKECALL_PATH, AgentClient, TokenSource
 from nxjobs.client.api2 import Api2Client
 from nxjobs.client.callbot import CallbotClient
 from nxjobs.client.errors import PERMANENT, NXCloudError, ProviderError, TransportError
+from nxjobs.client.transport import Response
 from nxjobs.jobs import (
     CALLBOT_CHUNK_SIZE,
     CallbotContactPayload,
@@ -81,7 +83,7 @@ def place_call(
         form["showphone"] = showphone
     outcome.request.append(_sent(MAKECALL_PATH, form))
 
-    def send(token: str):
+    def send(token: str) -> Response:
         try:
             return agent.make_call(token=token, username=username, phone=payload.phone, orderid=orderid,
                                    showphone=showphone)
@@ -294,8 +296,8 @@ def submit_call_list(
             state["create_mode"] = "createAndCall" if total <= CALLBOT_CHUNK_SIZE else "createTask"
             save_progress(state)
             if state["create_mode"] == "createAndCall":
-                body = {"userTaskID": user_task_id, "sceneID": payload.scene_id, "taskCreateSetting": setting,
-                        "callInfoList": info_list(0)}
+                body: dict[str, Any] = {"userTaskID": user_task_id, "sceneID": payload.scene_id,
+                                        "taskCreateSetting": setting, "callInfoList": info_list(0)}
                 sent.append(_summarized("createAndCall", body))
                 resp = _post_once(callbot, "createAndCall", body, state, "create_sent", save_progress)
                 state["taskID"] = resp.body.get("taskID")
@@ -346,7 +348,7 @@ def submit_call_list(
 
 
 def _post_once(callbot: CallbotClient, endpoint: str, body: dict[str, Any], state: dict[str, Any], flag: str,
-               save_progress: Callable[[dict[str, Any]], None]):
+               save_progress: Callable[[dict[str, Any]], None]) -> Response:
     """Send a step whose `flag` ("sent, maybe applied") was saved just before. If it was not
     sent (its rate-limit slot is not yet due) or was refused with an answer, nothing was
     applied: clear the flag, so the next attempt sends it straight away instead of asking
@@ -371,7 +373,8 @@ def _summarized(endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
 
 def _find_task(callbot: CallbotClient, user_task_id: str) -> dict[str, Any] | None:
     resp = callbot.post("listTask", {"page": 1, "size": 1, "queryConditions": {"userTaskID": [user_task_id]}})
-    for task in resp.body.get("taskData") or []:
+    tasks: list[dict[str, Any]] = resp.body.get("taskData") or []
+    for task in tasks:
         if task.get("userTaskID") == user_task_id:
             return task
     return None

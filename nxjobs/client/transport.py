@@ -11,9 +11,16 @@ import json
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+from nxjobs.client.errors import BOUNDED, RETRY, TransportError, classify_http_status
 
 # Called as gate(family, endpoint, body) before a request is signed and sent;
 # may raise to stop it (the rate limiter's SlotNotReady). What it returns, if
@@ -22,7 +29,7 @@ Gate = Callable[[str, str, Any], Callable[[], None] | None]
 
 
 @contextmanager
-def gated(gate: Gate | None, family: str, endpoint: str, body: Any):
+def gated(gate: Gate | None, family: str, endpoint: str, body: Any) -> Iterator[None]:
     """Pass `gate` before the request, and tell it when the answer (or an error) is back."""
     answered = gate(family, endpoint, body) if gate is not None else None
     try:
@@ -30,13 +37,6 @@ def gated(gate: Gate | None, family: str, endpoint: str, body: Any):
     finally:
         if answered is not None:
             answered()
-
-
-import requests
-from requests.adapters import HTTPAdapter
-from urllib3.util.retry import Retry
-
-from nxjobs.client.errors import RETRY, BOUNDED, TransportError, classify_http_status
 
 
 # Request durations kept per thread until taken. A thread whose caller never takes them
@@ -94,8 +94,8 @@ class Transport:
         kept.clear()
         return taken
 
-    def _kept_latencies(self) -> deque:
-        kept = getattr(self._local, "latencies", None)
+    def _kept_latencies(self) -> deque[float]:
+        kept: deque[float] | None = getattr(self._local, "latencies", None)
         if kept is None:
             kept = self._local.latencies = deque(maxlen=MAX_KEPT_LATENCIES)
         return kept

@@ -12,10 +12,10 @@ clients' hook spends it on the first request and takes each later slot on its ow
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
-from typing import Callable, Iterator, Sequence
 
 from nxjobs.ratelimit.limiter import Grant, Limit, RateLimiter
 

@@ -21,8 +21,8 @@ from nxjobs.callbacks.ledger import Ledger
 from nxjobs.client.signing import callbot_headers, serialize_body
 from nxjobs.jobs import validate_payload
 from nxjobs.records import JobError, JobState
-from sandbox import accounts
 from nxjobs.store import RecordStore
+from sandbox import accounts
 from tests.conftest import CALLBACK_TOKEN
 
 pytestmark = pytest.mark.integration

@@ -35,7 +35,7 @@ def test_single_numbers_share_one_request_and_each_job_gets_its_own_callback(cb_
     batches = _batches(cb_sandbox, set(phones))
     assert len(batches) == 1 and sorted(batches[0]) == sorted(phones)
     # and each accepted job completed with exactly its own number's result
-    for job_id, phone in zip(job_ids[:-1], phones[:-1]):
+    for job_id, phone in zip(job_ids[:-1], phones[:-1], strict=True):
         record = records[job_id]
         assert record.state == JobState.COMPLETED, (record.state, record.error)
         assert (record.callbacks_needed, record.callbacks_done) == (1, 1)

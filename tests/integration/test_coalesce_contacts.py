@@ -57,7 +57,7 @@ def test_single_contacts_share_one_request_and_each_job_completes_by_its_own_ord
     # Then one addBatchCall carried all 20 contacts, under orderIDs derived from the job ids
     assert _adds(cb_sandbox, task_id) == [job_ids[:-1] + ["crm-row-77"]]
     # and each job completed by its own order callback, correlated by its orderID
-    for job_id, phone in zip(job_ids, phones):
+    for job_id, phone in zip(job_ids, phones, strict=True):
         record = records[job_id]
         assert record.state == JobState.COMPLETED, (record.state, record.error)
         order_id = "crm-row-77" if job_id == job_ids[-1] else job_id

@@ -24,8 +24,8 @@ from nxjobs.client.errors import TransportError
 from nxjobs.client.transport import Transport
 from nxjobs.records import JobState
 from nxjobs.redis_conn import connect
-from sandbox import accounts
 from nxjobs.store import RecordStore
+from sandbox import accounts
 from tests.integration.test_operations import samples, start_exporter
 from workers.devstack import free_port, start_worker
 

@@ -61,7 +61,7 @@ def test_slots_are_evenly_spaced_reservations(redis_url):
     grants = [limiter.acquire([limit]) for _ in range(5)]
     # Given 10/s, Then five immediate asks get slots 100 ms apart, the first one now
     assert grants[0].go and all(g.reserved for g in grants)
-    gaps = [b.slot_at_us - a.slot_at_us for a, b in zip(grants, grants[1:])]
+    gaps = [b.slot_at_us - a.slot_at_us for a, b in zip(grants, grants[1:], strict=False)]
     assert gaps == [100_000] * 4
 
 
@@ -82,7 +82,7 @@ def test_cooldown_grows_on_repeats_up_to_the_cap(redis_url):
     limit = Limit(f"strikes-{uuid.uuid4().hex}", 10)
     lengths = [limiter.cool_down([limit], base_s=0.5, cap_s=2.0) for _ in range(4)]
     # jitter keeps each cooldown within [step/2, step]; steps 0.5, 1, 2, 2 (capped)
-    for got, step in zip(lengths, [0.5, 1.0, 2.0, 2.0]):
+    for got, step in zip(lengths, [0.5, 1.0, 2.0, 2.0], strict=True):
         assert step / 2 - 0.01 <= got <= step + 0.01, lengths
 
 

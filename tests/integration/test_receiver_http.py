@@ -162,7 +162,7 @@ def closed_by_server(s: socket.socket, within_s: float) -> bool:
     s.settimeout(within_s)
     try:
         return s.recv(1) == b""
-    except (socket.timeout, TimeoutError):
+    except TimeoutError:
         return False
     except ConnectionResetError:
         return True

@@ -120,7 +120,7 @@ def closed_by_server(s: socket.socket, within_s: float) -> bool:
         while True:
             if not s.recv(65536):
                 return True
-    except (socket.timeout, TimeoutError):
+    except TimeoutError:
         return False
     except ConnectionResetError:
         return True

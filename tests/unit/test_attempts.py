@@ -4,7 +4,6 @@ RateGate, InflightMarker, policy and decisions."""
 
 from __future__ import annotations
 
-import logging
 import random
 import time
 from dataclasses import dataclass, field
@@ -18,12 +17,11 @@ from nxjobs import coalesce, keys
 from nxjobs.attempts import decisions
 from nxjobs.attempts.batch import BatchAttempt
 from nxjobs.attempts.job import JobAttempt
-from nxjobs.inflight import InflightMarker
-from nxjobs.inflight import INFLIGHT_SLACK_S
 from nxjobs.attempts.senders import Sender, Share
 from nxjobs.client.agent import CDR_BY_ORDERID_PATH, MAKECALL_PATH
-from nxjobs.client.errors import PERMANENT, RETRY, THROTTLED, ProviderError, TransportError
+from nxjobs.client.errors import RETRY, ProviderError, TransportError
 from nxjobs.client.operations import NUMBER_CHECK_PATH
+from nxjobs.inflight import INFLIGHT_SLACK_S, InflightMarker
 from nxjobs.jobs import PRIORITY_NEW, PRIORITY_RESERVED_SLOT, PRIORITY_RETRY
 from nxjobs.ratelimit.gate import RateGate, SlotNotReady
 from nxjobs.ratelimit.limiter import Grant, Limit

@@ -3,10 +3,10 @@ which errList entries fail a member, and each member's share of an addBatchCall 
 
 from config.settings import CoalesceSettings
 from nxjobs import coalesce, correlate, keys, wire
+from nxjobs.attempts.senders import Batch, ContactSender, sender_of
 from nxjobs.callbacks import events
 from nxjobs.client import operations
 from nxjobs.jobs import validate_payload
-from nxjobs.attempts.senders import Batch, ContactSender, sender_of
 
 ORDER = b'{"userTaskID": "task-1", "orderID": "o-1", "finish": %s, "userPhone": "8613900139000"}'
 

@@ -113,7 +113,7 @@ def test_parts_of_a_big_file_get_their_own_task_names_and_batch_numbers():
 class _Pipe:
     """Records the commands queued on it; `execute` is one round trip of the fake client."""
 
-    def __init__(self, client: "_Client"):
+    def __init__(self, client: _Client):
         self.client = client
         self.queued: list[tuple] = []
 

@@ -3,11 +3,11 @@
 import random
 
 from config.settings import HttpSettings, RateLimitSettings, RetrySettings
+from nxjobs import inflight
+from nxjobs.attempts import policy
 from nxjobs.client.errors import BOUNDED, PERMANENT, RETRY
 from nxjobs.jobs import PRIORITY_NEW, PRIORITY_RESERVED_SLOT
 from nxjobs.ratelimit.limiter import Grant
-from nxjobs import inflight
-from nxjobs.attempts import policy
 
 
 def test_a_reserved_slot_is_waited_for_exactly_and_jumps_the_queue():
