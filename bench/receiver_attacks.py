@@ -476,8 +476,7 @@ def completed_job_growth(run: Run) -> str:
 
 def forged_cdr_for_ambiguous_call(run: Run) -> str:
     """A CDR with the orderid of a call whose makecall answer was lost (failed `ambiguous`)."""
-    from nxjobs import keys
-    from nxjobs import correlate
+    from nxjobs import correlate, keys
     from nxjobs.jobs import validate_payload
     from nxjobs.records import JobError, JobState
     from nxjobs.store import RecordStore

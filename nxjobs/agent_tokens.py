@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Callable, TypeVar
-
-import redis
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from nxjobs import keys, scripts
 from nxjobs.client.agent import AgentClient
@@ -24,7 +23,8 @@ WAIT_FOR_OTHER_FETCH_S = 5.0
 
 
 class AgentTokenCache:
-    def __init__(self, client: redis.Redis, agent: AgentClient, *, renew_fraction: float = 0.2):
+    # `client`: decode_responses=True, so replies are str (redis-py types them bytes | str).
+    def __init__(self, client: Any, agent: AgentClient, *, renew_fraction: float = 0.2):
         self.redis = client
         self.agent = agent
         self.renew_fraction = renew_fraction

@@ -43,10 +43,11 @@ Imports nothing of the service packages: producers use the enqueue half.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
-from nxjobs import correlate, keys, scripts, store
+from nxjobs import compact_json, correlate, keys, store
 from nxjobs.jobs import PRIORITY_NEW, QUEUE_API2, QUEUE_CALLBOT
 
 FLUSH_TASK = "nxjobs.number_check_batch"
@@ -148,7 +149,6 @@ class Flushes:
 
 
 class MemberOutcome(NamedTuple):
-    # A NamedTuple: one per member, thousands per batch, where a frozen dataclass costs 3-4x to build.
     job_id: str
     failed: bool
     document: dict[str, Any]  # the member's result, or its error
@@ -242,11 +242,11 @@ class CoalesceQueue:
         # A number check's callbacks must carry its batch's requestId (nxjobs.callbacks.ledger).
         request_id = (shared or {}).get("requestId") if family == QUEUE_API2 else None
         args: list[Any] = [keys.JOB_KEY_PREFIX, now_iso, f"{now_s:.3f}", f"{due_at_s:.3f}", self.ttl_s,
-                           batch_id, _json(request), int(attempts or 1), int(throttles or 0),
-                           _json(shared) if shared is not None else "", _json(sharing), request_id or ""]
+                           batch_id, compact_json.dumps(request), int(attempts or 1), int(throttles or 0),
+                           compact_json.dumps(shared) if shared is not None else "", compact_json.dumps(sharing), request_id or ""]
         for o in outcomes:
             if o.failed or o.document is not shared:
-                args += [o.job_id, "f" if o.failed else "s", _json(o.document)]
+                args += [o.job_id, "f" if o.failed else "s", compact_json.dumps(o.document)]
         return list(self._fan_out(keys=[keys.callbacks_waiting(family), keys.coalesce_batch(batch_id), keys.COALESCE_OPEN],
                                   args=args))
 
@@ -259,7 +259,7 @@ class CoalesceQueue:
         for batch_id in ids:
             pipe.hget(keys.coalesce_batch(batch_id), "group")
         out = []
-        for batch_id, group in zip(ids, pipe.execute()):
+        for batch_id, group in zip(ids, pipe.execute(), strict=True):
             if group is None:
                 self.redis.zrem(keys.COALESCE_OPEN, batch_id)  # expired with its record ttl
             else:
@@ -298,9 +298,6 @@ def batch_no_of(batch_id: str) -> str:
     # The flush task id (a uuid) without dashes: 32 characters, within the 64 allowed.
     return batch_id.replace("-", "")
 
-
-def _json(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
 def rejected_members(members: list[tuple[str, str]], fail_numbers: list[Any]) -> dict[str, str]:

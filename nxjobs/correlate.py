@@ -18,8 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from nxjobs import wire
-from nxjobs import keys
+from nxjobs import keys, wire
 from nxjobs.redact import mask_phone
 
 # Defaults of config.settings.CallbacksSettings.*_deadline_s, for stores built without settings.

@@ -24,9 +24,8 @@ from typing import Any
 
 import redis
 
-from nxjobs import keys, scripts, store
+from nxjobs import compact_json, keys, scripts, store
 from nxjobs.records import utc_now_iso
-
 
 
 class DeadLetters:
@@ -45,13 +44,13 @@ class DeadLetters:
         entry = {"job_id": job_id, "kind": kind, "failed_at": utc_now_iso(), "reason": error,
                  "payload": payload, "record": record}
         self._add(keys=[keys.DEAD_INDEX, keys.DEAD_ENTRIES], args=[
-            job_id, f"{now:.3f}", json.dumps(entry, ensure_ascii=False, separators=(",", ":")),
+            job_id, f"{now:.3f}", compact_json.dumps(entry),
             self.max_entries, f"{now - self.max_age_s:.3f}"])
 
     def list(self, *, kind: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
         """Entries newest first (age bound applied on read too), optionally of one kind."""
         cutoff = time.time() - self.max_age_s
-        ids = self.redis.zrevrangebyscore(keys.DEAD_INDEX, "+inf", f"{cutoff:.3f}")
+        ids: list[Any] = self.redis.zrevrangebyscore(keys.DEAD_INDEX, "+inf", f"{cutoff:.3f}")
         out = []
         for raw in (self.redis.hmget(keys.DEAD_ENTRIES, ids) if ids else []):
             if not raw:
@@ -65,7 +64,7 @@ class DeadLetters:
         pipe = self.redis.pipeline(transaction=False)
         for entry in out:
             pipe.hget(keys.job(entry["job_id"]), "state")
-        for entry, state in zip(out, pipe.execute() if out else []):
+        for entry, state in zip(out, pipe.execute() if out else [], strict=True):
             entry["state"] = state or "expired"
         return out
 
@@ -81,7 +80,7 @@ class DeadLetters:
         if raw:
             entry = json.loads(raw)
             entry["reason"] = reason
-            self.redis.hset(keys.DEAD_ENTRIES, job_id, json.dumps(entry, ensure_ascii=False, separators=(",", ":")))
+            self.redis.hset(keys.DEAD_ENTRIES, job_id, compact_json.dumps(entry))
 
     def count(self) -> int:
         return int(self.redis.zcard(keys.DEAD_INDEX))

@@ -12,22 +12,30 @@ so applications need neither our task code nor our service configuration.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
 import uuid
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any, TypeGuard
 
 import redis
-from pydantic_core import to_json
 from celery import Celery
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from nxjobs import coalesce, correlate, keys
+from nxjobs import coalesce, compact_json, correlate, keys
 from nxjobs.deadletters import DeadLetters
-from nxjobs.jobs import CALLBOT_CHUNK_SIZE, NUMBER_CHECK_MAX_PHONES, PRIORITY_NEW, CallbotContactPayload, InvalidJob, NumberCheckPayload, get_kind, validate_payload
+from nxjobs.jobs import (
+    CALLBOT_CHUNK_SIZE,
+    NUMBER_CHECK_MAX_PHONES,
+    PRIORITY_NEW,
+    CallbotContactPayload,
+    InvalidJob,
+    NumberCheckPayload,
+    get_kind,
+    validate_payload,
+)
 from nxjobs.records import JobRecord, JobState, utc_now_iso
 from nxjobs.redact import flower_repr, redact
 from nxjobs.redis_conn import RedisUnavailable, connect, describe
@@ -59,7 +67,10 @@ class ProducerSettings(BaseSettings):
 
 
 class EnqueueError(RuntimeError):
-    """The job was valid but could not be enqueued; nothing was left behind."""
+    """The job was valid but could not be enqueued; nothing was left behind. `job_ids`: of a
+    batch, the jobs enqueued before the failure (they stand)."""
+
+    job_ids: list[str]
 
 
 class Producer:
@@ -135,10 +146,11 @@ class Producer:
         job_kind = get_kind(kind)
         models = [validate_payload(kind, payload) for payload in payloads]
         self._check_order_ids(models)
-        if batch and models and all(_coalescible(m) for m in models):
-            return self._enqueue_coalesced(models)
+        coalescible = [m for m in models if _coalescible(m)] if batch else []
+        if models and len(coalescible) == len(models):
+            return self._enqueue_coalesced(coalescible)
         jobs = [(job_id, model, model.model_dump(mode="json", exclude_none=True))
-                for job_id, model in zip(new_job_ids(len(models)), models)]
+                for job_id, model in zip(new_job_ids(len(models)), models, strict=True)]
         try:
             pipe = self.redis.pipeline(transaction=True)
             for job_id, model, body in jobs:
@@ -170,13 +182,13 @@ class Producer:
         """Records plus pending entries (one atomic step per group), then the flush messages due."""
         job_ids = new_job_ids(len(models))
         groups: dict[str, list[tuple[str, ...]]] = {}
-        for job_id, model in zip(job_ids, models):
-            shown = _compact(redact(model.model_dump(mode="json", exclude_none=True)))
+        for job_id, model in zip(job_ids, models, strict=True):
+            shown = compact_json.dumps(redact(model.model_dump(mode="json", exclude_none=True)))
             if isinstance(model, CallbotContactPayload):
                 # Key: the orderID (indexed at once for its callbacks); item: the callList entry to send.
                 order_id = contact_job_order_id(job_id, model)
                 groups.setdefault(coalesce.contact_group(model.user_task_id), []).append(
-                    (job_id, order_id, shown, _compact(call_list_item(model.contact, order_id))))
+                    (job_id, order_id, shown, compact_json.dumps(call_list_item(model.contact, order_id))))
             else:
                 groups.setdefault(coalesce.group_of(model.check_level), []).append((job_id, model.phones[0], shown))
         for group, jobs in groups.items():
@@ -215,10 +227,10 @@ class Producer:
                 raise InvalidJob(f"{prefix.format(i)}contact.order_id", f"duplicate of job {seen[order_id]}'s")
             seen[order_id] = i
         try:
-            taken = self.redis.mget([correlate.contact_index(order_id) for _, order_id in given])
+            taken: list[Any] = self.redis.mget([correlate.contact_index(order_id) for _, order_id in given])
         except redis.RedisError as exc:
             raise RedisUnavailable(f"cannot reach Redis at {describe(self.redis_url)}: {exc}") from None
-        for (i, order_id), owner in zip(given, taken):
+        for (i, _order_id), owner in zip(given, taken, strict=True):
             if owner:
                 raise InvalidJob(f"{prefix.format(i)}contact.order_id", f"already used by job {owner}")
 
@@ -296,7 +308,7 @@ class Producer:
             raise RedisUnavailable(f"cannot reach Redis at {describe(self.redis_url)}: {exc}") from None
         kwargs = {"job_id": job_id, "payload": body}
         try:
-            self.redis.set(keys.job_payload(job_id), json.dumps(body, ensure_ascii=False), ex=self.store.ttl_s)
+            self.redis.set(keys.job_payload(job_id), compact_json.dumps(body), ex=self.store.ttl_s)
             self._celery.send_task(job_kind.task_name, kwargs=kwargs, task_id=job_id, queue=job_kind.queue,
                                    routing_key=job_kind.queue, priority=PRIORITY_NEW,
                                    kwargsrepr=flower_repr(kwargs), argsrepr="()")
@@ -334,7 +346,7 @@ class Producer:
         self.redis.close()
         self._celery.close()
 
-    def __enter__(self) -> "Producer":
+    def __enter__(self) -> Producer:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -346,23 +358,19 @@ _UUID4_SET = (0x4000 << 64) | (0x8000 << 48)
 
 
 def new_job_ids(count: int) -> list[str]:
-    """`count` random (version 4) UUIDs as 32 hex digits, from one read of the OS's randomness:
-    `uuid.uuid4()` reads it once per id, a sixth of a coalesced enqueue's CPU."""
+    """`count` random (version 4) UUIDs as 32 hex digits, from one read of the OS's randomness
+    (`uuid.uuid4()` reads it once per id)."""
     raw = os.urandom(16 * count)
     return ["%032x" % (int.from_bytes(raw[i:i + 16], "big") & _UUID4_CLEAR | _UUID4_SET)
             for i in range(0, 16 * count, 16)]
 
 
-def _coalescible(model: Any) -> bool:
+def _coalescible(model: Any) -> TypeGuard[NumberCheckPayload | CallbotContactPayload]:
     """One number and no batchNo of its own, or one contact: it can share a request (nxjobs.coalesce)."""
     if isinstance(model, CallbotContactPayload):
         return True
     return isinstance(model, NumberCheckPayload) and len(model.phones) == 1 and model.batch_no is None
 
-
-def _compact(value: Any) -> str:
-    # Compact UTF-8 JSON; pydantic-core's encoder, as the stores use (several times json.dumps's speed).
-    return to_json(value).decode("utf-8")
 
 
 def _drop_none(**fields: Any) -> dict[str, Any]:

@@ -3,8 +3,8 @@
 Kombu's Redis transport pops a message (BRPOP) before it records it as
 unacked; a worker process killed in between, or holding a popped reply in the
 socket of a paused BRPOP while it is busy, takes the message with it. The
-visibility timeout cannot bring it back: Redis no longer has it. This is the
-case a `kill -9` of a whole worker can hit (bench/chaos.py found it).
+visibility timeout cannot bring it back: Redis no longer has it. A `kill -9`
+of a whole worker can land there (docs/delivery.md).
 
 Every job keeps its raw payload (`nxjobs:job:<id>:payload`) until it is
 submitted or failed. The sweeper, run by beat per queue family, takes jobs of
@@ -23,11 +23,12 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import redis
 
-from nxjobs import keys, scripts
+from nxjobs import compact_json, keys, scripts
 from nxjobs.jobs import KINDS
 from nxjobs.records import JobState
 
@@ -65,7 +66,7 @@ class LostMessageSweeper:
         for job_id in missing:
             entry = suspects.get(job_id)
             if entry is None or job_id in stale:
-                self.redis.hset(suspects_key, job_id, json.dumps(
+                self.redis.hset(suspects_key, job_id, compact_json.dumps(
                     {"since": now, "updated_at": candidates[job_id]["updated_at"]}))
                 counts["suspects"] += 1
                 continue
@@ -94,7 +95,7 @@ class LostMessageSweeper:
             pipe = self.redis.pipeline(transaction=False)
             for job_id in chunk:
                 pipe.hmget(keys.job(job_id), "state", "kind", "updated_at")
-            for job_id, (state, kind, updated) in zip(chunk, pipe.execute()):
+            for job_id, (state, kind, updated) in zip(chunk, pipe.execute(), strict=True):
                 if state not in ACTIVE or kind not in KINDS or KINDS[kind].queue != family or not updated:
                     continue
                 if _epoch(updated) <= cutoff:

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
-import redis
-
-from nxjobs import correlate, keys, scripts
+from nxjobs import compact_json, correlate, keys, scripts
 from nxjobs.jobs import KINDS
 from nxjobs.records import JobRecord, JobState, utc_now_iso
 
@@ -108,14 +107,15 @@ def _encode(fields: dict[str, Any]) -> dict[str, str]:
     out = {}
     for name, value in fields.items():
         if name in _JSON_FIELDS:
-            out[name] = "" if value is None else json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+            out[name] = "" if value is None else compact_json.dumps(value)
         else:
             out[name] = str(value)
     return out
 
 
 class RecordStore:
-    def __init__(self, client: redis.Redis, ttl_s: int = 7 * 24 * 3600,
+    # `client`: a sync redis client with decode_responses=True (redis-py types replies bytes | str).
+    def __init__(self, client: Any, ttl_s: int = 7 * 24 * 3600,
                  callback_deadlines_s: dict[str, float] | None = None):
         self.redis = client
         self.ttl_s = ttl_s
@@ -126,7 +126,7 @@ class RecordStore:
         self._incr = scripts.register(client, "store_incr_if_exists")
 
     def create(self, job_id: str, kind: str, input: dict[str, Any],
-               expect: correlate.Expectation | None = None, pipe=None,
+               expect: correlate.Expectation | None = None, pipe: Any = None,
                payload: dict[str, Any] | None = None) -> JobRecord:
         """Store a new queued record; with `expect`, also register the ids its callbacks will
         carry (same transaction), so a callback that beats the submit result finds the job.
@@ -160,7 +160,7 @@ class RecordStore:
         pipe.expire(keys.job(job_id), self.ttl_s)
         if payload is not None:
             # Kept until the job is submitted or failed, so a lost broker message can be re-sent.
-            pipe.set(keys.job_payload(job_id), json.dumps(payload, ensure_ascii=False, separators=(",", ":")),
+            pipe.set(keys.job_payload(job_id), compact_json.dumps(payload),
                      ex=self.ttl_s)
         if own:
             pipe.execute()
@@ -189,7 +189,7 @@ class RecordStore:
             raise TransitionRefused(job_id, current or None, state)
         return Transition(current, int(attempts), int(throttles), state.value)
 
-    def _submit_with_callbacks(self, job_id: str, args: list[str], fields: dict[str, Any]) -> list:
+    def _submit_with_callbacks(self, job_id: str, args: list[str], fields: dict[str, Any]) -> list[Any]:
         """The submitted transition with its callback bookkeeping (nxjobs/lua/store_submit.lua)."""
         kind = self.redis.hget(keys.job(job_id), "kind")
         expect = correlate.on_submit(kind, fields.get("result"))
@@ -200,7 +200,9 @@ class RecordStore:
         args = args + [job_id, str(expect.needed or 0), f"{due_at:.3f}", f"{now:.3f}", proof_id]
         for name, value in _encode(fields).items():
             args += [name, value]
-        return self._submit(keys=[keys.job(job_id), keys.callbacks_waiting(family), *expect.index_keys], args=args)
+        reply: list[Any] = self._submit(keys=[keys.job(job_id), keys.callbacks_waiting(family), *expect.index_keys],
+                                        args=args)
+        return reply
 
     def restore_failed(self, job_id: str, error: dict[str, Any]) -> bool:
         """Put a replayed job back to `failed` with `error` when its message could not be sent
@@ -234,7 +236,7 @@ class RecordStore:
         pipe = self.redis.pipeline(transaction=False)
         for job_id in ids:
             pipe.hgetall(keys.job(job_id))
-        return {job_id: (_decode(raw) if raw else None) for job_id, raw in zip(ids, pipe.execute())}
+        return {job_id: (_decode(raw) if raw else None) for job_id, raw in zip(ids, pipe.execute(), strict=True)}
 
 
 # Callback bookkeeping kept in the job's hash, not part of the record a producer reads.
@@ -250,8 +252,8 @@ def _decode(raw: dict[str, str]) -> JobRecord:
         elif not name.startswith(_NOT_RECORD_FIELDS):
             data[name] = value
     for name in _JSON_FIELDS:
-        value = data.get(name)
-        data[name] = json.loads(value) if value else None
+        text = data.get(name)
+        data[name] = json.loads(text) if text else None
     data["input"] = data["input"] or {}
     data["request"] = data["request"] or []
     for counter in _COUNTERS:

@@ -13,10 +13,9 @@ Sending is one asyncio event loop in that thread (uvloop when installed) with
 up to CONNECTIONS_PER_ORIGIN keep-alive HTTP/1.1 connections per (scheme, host,
 port), each carrying one request at a time, written as prebuilt bytes; answers
 are read by httptools' response parser (llhttp, as the receiver's server uses).
-A benchmark feeds ~100 000 DRs at thousands per second to a receiver on the same
-2 cores, so CPU spent here is CPU the receiver lacks (bench/sandbox_callbacks.py
-measures CPU per callback; `requests` from threads and a coroutine awaiting a
-future per request both cost clearly more). A kept-alive connection is driven by
+Benchmarks feed thousands of DRs a second to a receiver on the same machine, so
+CPU spent here is CPU the receiver lacks (`requests` from threads and a coroutine
+awaiting a future per request both cost more). A kept-alive connection is driven by
 callbacks: its answer counts the attempt in `data_received` and queues the
 connection, and once the loop iteration has read every answer it got, the next
 requests go out together. Only opening a connection is a coroutine. What is
@@ -530,9 +529,8 @@ class CallbackDispatcher:
                 return
         self._account(d, conn.started, status)
         # The next requests go out together once this loop iteration has read every answer it got,
-        # and the receiver takes them in a burst. Written one by one from here, each tended to wake an
-        # idle receiver, and its answer us, for about one request: ~20% more CPU per callback here and
-        # ~10% more there against bench/sandbox_callbacks.py's sink; against ours, no worse.
+        # and the receiver takes them in a burst: written one by one from here, each would wake an
+        # idle receiver, and its answer us, for about one request.
         self._answered_conns.append(conn)
         if len(self._answered_conns) == 1:
             self._loop.call_soon(self._feed_answered)  # type: ignore[union-attr]

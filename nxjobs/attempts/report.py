@@ -95,8 +95,7 @@ def observe_completed_at_submit(
     """Every callback beat the submit result, so the receiver saw no completion to time: time it
     here.
     Kinds final at submit (ota-init, wa-calling) have no callbacks and no delay to time."""
-    from nxjobs import metrics
-    from nxjobs import correlate
+    from nxjobs import correlate, metrics
 
     try:
         if correlate.on_submit(kind, result).needed:

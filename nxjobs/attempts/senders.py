@@ -30,8 +30,7 @@ class Batch:
 
 
 class Share(NamedTuple):
-    """One member's part of the answer: its result, or the error that fails it (that job only).
-    A NamedTuple: one per member, thousands per batch."""
+    """One member's part of the answer: its result, or the error that fails it (that job only)."""
 
     job_id: str
     result: dict[str, Any] | None = None

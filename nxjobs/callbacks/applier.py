@@ -6,10 +6,9 @@ wait and leave together in the next: under light load a batch is one callback
 
 A batch is ONE EVALSHA whose single argument is the JSON list of each
 callback's (keys, args), and whose script runs the ledger's per-callback
-script (nxjobs/lua/callbacks_apply.lua, unchanged) once per entry. Measured
-against a pipeline of one EVALSHA per callback, it removes redis-py's
-per-argument command packing (about a third of the receiver's CPU) and Redis's
-per-command overhead. Each callback is still applied atomically and on its own:
+script (nxjobs/lua/callbacks_apply.lua, unchanged) once per entry. Unlike a
+pipeline of one EVALSHA per callback, it skips redis-py's per-argument command
+packing and Redis's per-command overhead (bench/README.md). Each callback is still applied atomically and on its own:
 one that raises a Lua error fails only its own request (pcall), never its
 neighbours. The script derives keys from arguments, as the ledger's already
 does from the job id: a single Redis, not a cluster.
@@ -20,11 +19,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
-from pydantic_core import to_json
-
-from nxjobs import store
+from nxjobs import compact_json, store
 from nxjobs.callbacks.events import Event
 from nxjobs.callbacks.ledger import Applied, Ledger, _applied
 
@@ -96,7 +94,7 @@ class BatchApplier:
         client = self.ledger.redis
         while self._pending:
             batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch:]
-            payload = to_json([(k, a) for k, a, _ in batch]).decode("utf-8")
+            payload = compact_json.dumps([(k, a) for k, a, _ in batch])
             self.calls += 1
             self.applied += len(batch)
             try:
@@ -105,7 +103,7 @@ class BatchApplier:
                 for _, _, done in batch:
                     _tell(done, exc)
                 continue
-            for (_, _, done), reply in zip(batch, replies):
+            for (_, _, done), reply in zip(batch, replies, strict=True):
                 _tell(done, CallbackApplyError(str(reply[1])) if int(reply[0]) == -1 else _applied(reply))
 
     async def _call(self, client: Any, payload: str) -> list:

@@ -3,9 +3,8 @@ httptools, uvicorn's own parser, doing the parsing.
 
 Why not uvicorn, granian or hypercorn: NXCloud sends one short JSON POST per
 checked number, so the per-request cost of the HTTP layer is the receiver's
-throughput, and none of them enforces every limit below (docs/callbacks.md,
-"The receiver's HTTP server", has the measurements; bench/http_servers.py
-makes them). Parsing, the part that must be exact, stays in httptools; this
+throughput, and none of them enforces every limit below (docs/callbacks.md;
+the figures are in bench/README.md). Parsing, the part that must be exact, stays in httptools; this
 module adds only what a callback endpoint needs, and bounds what any client can
 make it hold (bench/receiver_attacks.py runs the attacks):
 

@@ -43,9 +43,7 @@ import json
 import time
 from typing import Any, NamedTuple
 
-from pydantic_core import to_json
-
-from nxjobs import keys, store
+from nxjobs import compact_json, keys, store
 from nxjobs.callbacks.events import Event
 from nxjobs.jobs import KINDS
 from nxjobs.records import utc_now_iso
@@ -56,7 +54,6 @@ _OUTCOMES = {RECORDED: "recorded", DUPLICATE: "duplicate", UNMATCHED: "unmatched
 
 
 class Applied(NamedTuple):
-    # A NamedTuple rather than a frozen dataclass: one is built per callback, 3-4x faster.
     status: int  # RECORDED, DUPLICATE, UNMATCHED, DROPPED or DEFERRED
     job_id: str
     state: str
@@ -97,8 +94,8 @@ class Ledger:
                  keys.callback_replay(event.replay) if event.replay else keys.callback_replay("-"),
                  *event.index_keys]
         args = [keys.JOB_KEY_PREFIX, event.direct_id, event.job_kind, event.dedupe, event.unit,
-                _dumps(entry), _dumps(event.ids), received_at, str(self.unmatched_max),
-                _dumps(event.resolves) if event.resolves else "", event.alt_kind, event.alt_unit,
+                compact_json.dumps(entry), compact_json.dumps(event.ids), received_at, str(self.unmatched_max),
+                compact_json.dumps(event.resolves) if event.resolves else "", event.alt_kind, event.alt_unit,
                 source, event.check, *proof, str(event.replay_until) if event.replay else "",
                 str(self.unmatched_max_bytes), str(self.unmatched_body_bytes), str(int(time.time() * 1000)),
                 event.type]
@@ -106,6 +103,7 @@ class Ledger:
 
     def apply(self, event: Event, *, source: str = "callback") -> Applied:
         """Record `event` on its job (one round trip, sync client)."""
+        assert self._apply is not None, "Ledger.apply needs a sync client (the applier batches async)"
         keys_, args = self._call(event, source, utc_now_iso())
         return _applied(self._apply(keys=keys_, args=args))
 
@@ -120,7 +118,7 @@ class Ledger:
         fields = [f"{p}:{fp}" for fp in fps for p in ("e", "n")]
         values = self.redis.hmget(keys.CALLBACKS_UNMATCHED_ENTRIES, fields)
         out = []
-        for entry, repeats in zip(values[::2], values[1::2]):
+        for entry, repeats in zip(values[::2], values[1::2], strict=True):
             if entry is None:
                 continue
             row = json.loads(entry)
@@ -159,7 +157,3 @@ def _applied(reply: list) -> Applied:
     return Applied(int(status), job_id or "", state or "", (reply[3] if len(reply) > 3 else "") or "",
                    (reply[4] if len(reply) > 4 else "") or "")
 
-
-def _dumps(value: Any) -> str:
-    # Compact UTF-8 JSON, as nxjobs.store writes; pydantic-core's encoder is several times faster.
-    return to_json(value).decode("utf-8")

@@ -26,15 +26,17 @@ import datetime as dt
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from functools import partial
+from typing import Any
 
 from nxjobs import keys, scripts, wire
-from nxjobs.inflight import InflightMarker
 from nxjobs.callbacks import events
 from nxjobs.callbacks.ledger import Ledger
 from nxjobs.client.errors import NXCloudError
 from nxjobs.deadletters import DeadLetters
+from nxjobs.inflight import InflightMarker
 from nxjobs.records import JobError, JobRecord, JobState, utc_now_iso
 from nxjobs.store import RecordStore, TransitionRefused
 
@@ -211,7 +213,7 @@ class Reconciler:
         while True:
             body = {"page": page, "pageSize": NUMBER_QUERY_PAGE, "date": day, "requestId": request_id,
                     "appkey": self.clients.api2_appkey}
-            resp = self._ask(lambda: api2.post(NUMBER_QUERY_PATH, biz_type=1, action="numbercheck", body=body))
+            resp = self._ask(partial(api2.post, NUMBER_QUERY_PATH, biz_type=1, action="numbercheck", body=body))
             data = resp.body.get("data") or {}
             yield from data.get("result") or []
             if page >= int(data.get("totalPage") or 0):
@@ -240,8 +242,8 @@ class Reconciler:
             try:
                 for start in range(0, len(order_ids), CALLBOT_DETAIL_CHUNK):
                     chunk = order_ids[start:start + CALLBOT_DETAIL_CHUNK]
-                    detail = self._ask(lambda: self.clients.callbot.post(
-                        "listOrderDetail", {"userTaskID": user_task_id, "orderList": chunk}))
+                    detail = self._ask(partial(self.clients.callbot.post, "listOrderDetail",
+                                               {"userTaskID": user_task_id, "orderList": chunk}))
                     for order in detail.body.get("orderDetailList") or []:
                         if order.get("orderID") in wanted and _finished(order.get("finish")):
                             self._try_apply(events.CALLBOT_ORDER, _order_row(order), report, "callbot-contact")
@@ -266,8 +268,8 @@ class Reconciler:
                          for i, c in enumerate(record.input.get("contacts") or [])]
             for start in range(0, len(order_ids), CALLBOT_DETAIL_CHUNK):
                 chunk = order_ids[start:start + CALLBOT_DETAIL_CHUNK]
-                detail = self._ask(lambda: callbot.post("listOrderDetail",
-                                                        {"userTaskID": user_task_id, "orderList": chunk}))
+                detail = self._ask(partial(callbot.post, "listOrderDetail",
+                                           {"userTaskID": user_task_id, "orderList": chunk}))
                 for order in detail.body.get("orderDetailList") or []:
                     self._try_apply(events.CALLBOT_ORDER, _order_row(order), report)
             self._try_apply(events.CALLBOT_TASK, task, report)
@@ -285,7 +287,7 @@ class Reconciler:
         found: dict[str, list[dict[str, Any]]] = {o: [] for o in orderids}
         for start in range(0, len(orderids), CDR_ORDERIDS_PER_REQUEST):
             chunk = orderids[start:start + CDR_ORDERIDS_PER_REQUEST]
-            for row in self._ask(lambda: self.clients.agent.cdr_by_orderid(chunk)):
+            for row in self._ask(partial(self.clients.agent.cdr_by_orderid, chunk)):
                 if row.get("orderid") in found:
                     found[row["orderid"]].append(row)
         return found
@@ -365,7 +367,7 @@ def _orderid(record: JobRecord) -> str:
 def _query_days(created_at: str, now: float) -> list[str]:
     """The UTC dates a submission may be filed under (its day, and the next if it ran past midnight)."""
     start = dt.datetime.fromisoformat(created_at.replace("Z", "+00:00")).date()
-    end = dt.datetime.fromtimestamp(now, dt.timezone.utc).date()
+    end = dt.datetime.fromtimestamp(now, dt.UTC).date()
     days = [start]
     if end > start:
         days.append(start + dt.timedelta(days=1))

@@ -14,8 +14,8 @@ Times inside Redis are integer microseconds since the epoch (Redis TIME).
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import redis
 

@@ -39,7 +39,7 @@ def key_segments() -> set[str]:
     """Every ':'-separated word of the key names nxjobs.keys builds (`job`, `cb`, `coalesce`...)."""
     sentinel = "\x00"
     built = []
-    for name, value in vars(keys).items():
+    for value in vars(keys).values():
         if inspect.isfunction(value) and value.__module__ == keys.__name__:
             params = inspect.signature(value).parameters.values()
             built.append(value(*[sentinel] * sum(p.default is p.empty for p in params)))
@@ -185,9 +185,7 @@ def test_the_table_lists_no_move_that_no_script_or_the_store_makes():
 
 
 def test_every_script_writing_state_renders_the_python_table():
-    from nxjobs.store import ALLOWED_FROM
-
-    from nxjobs.store import STATE_MOVES, load_script
+    from nxjobs.store import ALLOWED_FROM, STATE_MOVES, load_script
 
     for name in scripts.names():
         loaded = load_script(name)
