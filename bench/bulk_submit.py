@@ -39,8 +39,11 @@ def write_file(path: Path, kind: str, rows: int) -> int:
         w.writerow(["phone"] if kind == "number-check" else ["user_phone", "order_id", "user_name"])
         for i in range(rows):
             if i % 250_000 == 7:
-                w.writerow([BAD_ROWS[bad % len(BAD_ROWS)]] if kind == "number-check"
-                           else [BAD_ROWS[bad % len(BAD_ROWS)], "", ""])
+                w.writerow(
+                    [BAD_ROWS[bad % len(BAD_ROWS)]]
+                    if kind == "number-check"
+                    else [BAD_ROWS[bad % len(BAD_ROWS)], "", ""]
+                )
                 bad += 1
                 continue
             phone = f"86{13_000_000_000 + i}"
@@ -53,13 +56,28 @@ def run(rows: int, kind: str, bound_mb: float) -> int:
         data = Path(tmp) / "rows.csv"
         t0 = time.monotonic()
         bad = write_file(data, kind, rows)
-        print(f"wrote {rows:,} rows ({bad} bad) to a {data.stat().st_size / 1e6:.1f} MB CSV "
-              f"in {time.monotonic() - t0:.1f}s")
+        print(
+            f"wrote {rows:,} rows ({bad} bad) to a {data.stat().st_size / 1e6:.1f} MB CSV "
+            f"in {time.monotonic() - t0:.1f}s"
+        )
         env = {**os.environ, "NXJOBS_REDIS_URL": redis_server.url}
-        args = ([sys.executable, "-m", "nxjobs.cli", "submit", "number-check", "--file", str(data)]
-                if kind == "number-check" else
-                [sys.executable, "-m", "nxjobs.cli", "submit", "callbot-list", "--scene-id", "1",
-                 "--task-name", "bench", "--contacts", str(data)])
+        args = (
+            [sys.executable, "-m", "nxjobs.cli", "submit", "number-check", "--file", str(data)]
+            if kind == "number-check"
+            else [
+                sys.executable,
+                "-m",
+                "nxjobs.cli",
+                "submit",
+                "callbot-list",
+                "--scene-id",
+                "1",
+                "--task-name",
+                "bench",
+                "--contacts",
+                str(data),
+            ]
+        )
         args += ["--skip-invalid", "--no-progress", "--rejects", str(Path(tmp) / "rejects.csv")]
         before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         t0 = time.monotonic()
@@ -79,11 +97,20 @@ def run(rows: int, kind: str, bound_mb: float) -> int:
             inp = json.loads(client.hget(f"nxjobs:job:{job_id}", "input"))
             counted += len(inp["phones"] if kind == "number-check" else inp["contacts"])
         rejected = sum(1 for _ in open(Path(tmp) / "rejects.csv")) - 1
-        print(f"submit: {elapsed:.1f}s for {rows:,} rows ({rows / elapsed:,.0f} rows/s); "
-              f"{len(job_ids)} jobs, {queued} messages queued, {counted:,} rows in them, {rejected} rejected")
-        print(f"peak RSS of the submit process: {peak_mb:.0f} MB (bound {bound_mb:.0f} MB)"
-              + ("" if before == 0 else " [note: an earlier child set the high-water mark]"))
-        ok = counted == rows - bad and rejected == bad and queued == len(job_ids) and peak_mb <= bound_mb
+        print(
+            f"submit: {elapsed:.1f}s for {rows:,} rows ({rows / elapsed:,.0f} rows/s); "
+            f"{len(job_ids)} jobs, {queued} messages queued, {counted:,} rows in them, {rejected} rejected"
+        )
+        print(
+            f"peak RSS of the submit process: {peak_mb:.0f} MB (bound {bound_mb:.0f} MB)"
+            + ("" if before == 0 else " [note: an earlier child set the high-water mark]")
+        )
+        ok = (
+            counted == rows - bad
+            and rejected == bad
+            and queued == len(job_ids)
+            and peak_mb <= bound_mb
+        )
         print("OK" if ok else "FAILED")
         return 0 if ok else 1
 

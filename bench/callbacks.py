@@ -50,16 +50,36 @@ def build_jobs(store, n_checks: int, n_lists: int, n_calls: int):
     nc_payload = validate_payload("number-check", {"phones": phones})
     for _ in range(n_checks):
         job_id, request_id = uuid.uuid4().hex, uuid.uuid4().hex
-        store.create(job_id, "number-check", {}, expect=correlate.on_enqueue("number-check", job_id, nc_payload))
+        store.create(
+            job_id,
+            "number-check",
+            {},
+            expect=correlate.on_enqueue("number-check", job_id, nc_payload),
+        )
         store.transition(job_id, JobState.RUNNING)
-        store.transition(job_id, JobState.SUBMITTED, result={"requestId": request_id, "batchNo": job_id,
-                                                             "numbers": NUMBERS_PER_CHECK, "failNumber": []})
+        store.transition(
+            job_id,
+            JobState.SUBMITTED,
+            result={
+                "requestId": request_id,
+                "batchNo": job_id,
+                "numbers": NUMBERS_PER_CHECK,
+                "failNumber": [],
+            },
+        )
         checks.append((job_id, request_id))
-    cb_payload = validate_payload("callbot-list", {"scene_id": "s", "task_name": "t",
-                                                   "contacts": [{"user_phone": "8613900139000"}]})
+    cb_payload = validate_payload(
+        "callbot-list",
+        {"scene_id": "s", "task_name": "t", "contacts": [{"user_phone": "8613900139000"}]},
+    )
     for _ in range(n_lists):
         job_id = uuid.uuid4().hex
-        store.create(job_id, "callbot-list", {}, expect=correlate.on_enqueue("callbot-list", job_id, cb_payload))
+        store.create(
+            job_id,
+            "callbot-list",
+            {},
+            expect=correlate.on_enqueue("callbot-list", job_id, cb_payload),
+        )
         store.transition(job_id, JobState.RUNNING)
         store.transition(job_id, JobState.SUBMITTED, result={"userTaskID": job_id, "taskID": "1"})
         lists.append(job_id)
@@ -68,7 +88,9 @@ def build_jobs(store, n_checks: int, n_lists: int, n_calls: int):
         job_id = uuid.uuid4().hex
         store.create(job_id, "call", {}, expect=correlate.on_enqueue("call", job_id, call_payload))
         store.transition(job_id, JobState.RUNNING)
-        store.transition(job_id, JobState.SUBMITTED, result={"orderid": job_id, "sessionid": str(uuid.uuid4())})
+        store.transition(
+            job_id, JobState.SUBMITTED, result={"orderid": job_id, "sessionid": str(uuid.uuid4())}
+        )
         calls.append(job_id)
     return checks, lists, calls
 
@@ -85,8 +107,12 @@ def build_requests(host: str, checks, lists, calls, count: int) -> list[bytes]:
 
     def raw(path: str, body: dict, headers: dict[str, str] | None = None) -> bytes:
         text = serialize_body(body)
-        head = [f"POST {path} HTTP/1.1", f"Host: {host}", "Content-Type: application/json",
-                f"Content-Length: {len(text.encode())}"]
+        head = [
+            f"POST {path} HTTP/1.1",
+            f"Host: {host}",
+            "Content-Type: application/json",
+            f"Content-Length: {len(text.encode())}",
+        ]
         head += [f"{k}: {v}" for k, v in (headers or {}).items()]
         return ("\r\n".join(head) + "\r\n\r\n").encode() + text.encode()
 
@@ -95,26 +121,57 @@ def build_requests(host: str, checks, lists, calls, count: int) -> list[bytes]:
         if slot < 7 and i_dr < len(dr_slots):
             job, rid, n = dr_slots[i_dr]
             i_dr += 1
-            body = {"requestId": f"{rid}-{n:06d}", "code": 0, "message": "success", "batchNo": job,
-                    "phone": f"65910000{n:02d}", "data": {"numberType": "mobile", "operator": "Bench Mobile",
-                                                           "country": "SG"}, "cost": {"price": 0.005, "currency": "USD"}}
+            body = {
+                "requestId": f"{rid}-{n:06d}",
+                "code": 0,
+                "message": "success",
+                "batchNo": job,
+                "phone": f"65910000{n:02d}",
+                "data": {"numberType": "mobile", "operator": "Bench Mobile", "country": "SG"},
+                "cost": {"price": 0.005, "currency": "USD"},
+            }
             out.append(raw(f"/callbacks/number-check/{TOKEN}", body))
         elif slot < 9:
             job = lists[i_call % len(lists)]
             i_call += 1
-            body = {"callbackType": 3, "orderID": f"{job}-0", "userPhone": "8613900139000", "userName": "B",
-                    "sceneID": "s", "userTaskID": job, "taskID": "1", "finish": True, "other": "",
-                    "callInfoDetail": {"callID": uuid.uuid4().hex, "callStatus": 1, "callDuration": 30,
-                                       "hangupCause": "NORMAL_CLEARING"}}
+            body = {
+                "callbackType": 3,
+                "orderID": f"{job}-0",
+                "userPhone": "8613900139000",
+                "userName": "B",
+                "sceneID": "s",
+                "userTaskID": job,
+                "taskID": "1",
+                "finish": True,
+                "other": "",
+                "callInfoDetail": {
+                    "callID": uuid.uuid4().hex,
+                    "callStatus": 1,
+                    "callDuration": 30,
+                    "hangupCause": "NORMAL_CLEARING",
+                },
+            }
             text = serialize_body(body)
-            headers = callbot_headers(secret_key=accounts.CALLBOT_SECRET_KEY, uuid=accounts.CALLBOT_UUID,
-                                      request_id=uuid.uuid4().hex, create_ts_s=now, body_text=text)
+            headers = callbot_headers(
+                secret_key=accounts.CALLBOT_SECRET_KEY,
+                uuid=accounts.CALLBOT_UUID,
+                request_id=uuid.uuid4().hex,
+                create_ts_s=now,
+                body_text=text,
+            )
             out.append(raw("/callbacks/callbot/call", body, headers))
         else:
             job = calls[i_cdr % len(calls)]
             i_cdr += 1
-            body = {"sessionid": str(uuid.uuid4()), "orderid": job, "phone": "8613800138000", "duration": 30,
-                    "direction": 1, "hangup_cause": "NORMAL_CLEARING", "start_time": str(now)}
+            body = {
+                "sessionid": str(uuid.uuid4()),
+                "orderid": job,
+                "phone": "8613800138000",
+                "duration": 30,
+                "direction": 1,
+                "hangup_cause": "NORMAL_CLEARING",
+                "start_time": str(now),
+            }
             out.append(raw(f"/callbacks/agent/cdr/{TOKEN}", body))
     return out
 
@@ -211,7 +268,9 @@ def stored_callbacks(client, job_ids: list[str]) -> int:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seconds", type=float, default=8.0, help="time cap of each phase")
-    p.add_argument("--count", type=int, default=24_000, help="callbacks in the throughput phase (cap)")
+    p.add_argument(
+        "--count", type=int, default=24_000, help="callbacks in the throughput phase (cap)"
+    )
     p.add_argument("--connections", type=int, default=32)
     p.add_argument("--rate", type=float, default=1000.0, help="callbacks/s in the latency phase")
     args = p.parse_args()
@@ -224,6 +283,7 @@ def main() -> int:
 
     try:
         import uvloop
+
         uvloop.install()
     except ImportError:
         pass
@@ -232,8 +292,12 @@ def main() -> int:
     total = args.count + latency_n
     n_checks = int(total * 0.7 / NUMBERS_PER_CHECK) + 2
     with RedisServer() as server:
-        env = {**os.environ, **sandbox_env("http://127.0.0.1:9"), "NXJOBS_REDIS_URL": server.url,
-               "NXJOBS_CALLBACKS__TOKEN": TOKEN}
+        env = {
+            **os.environ,
+            **sandbox_env("http://127.0.0.1:9"),
+            "NXJOBS_REDIS_URL": server.url,
+            "NXJOBS_CALLBACKS__TOKEN": TOKEN,
+        }
         receiver, url = start_callbacks(env, extra=("--log-level", "warning"))
         try:
             client = redis.Redis.from_url(server.url, decode_responses=True)
@@ -243,31 +307,51 @@ def main() -> int:
             host, port = url.removeprefix("http://").split(":")
             reqs = build_requests(f"{host}:{port}", checks, lists, calls, total)
             jobs = [j for j, _ in checks] + lists + calls
-            print(f"setup: {len(jobs)} submitted jobs, {total} distinct callbacks prebuilt "
-                  f"({time.perf_counter() - t0:.1f}s); receiver {url} (1 process); cpus={os.cpu_count()}")
+            print(
+                f"setup: {len(jobs)} submitted jobs, {total} distinct callbacks prebuilt "
+                f"({time.perf_counter() - t0:.1f}s); receiver {url} (1 process); cpus={os.cpu_count()}"
+            )
 
             before = stored_callbacks(client, jobs)
-            elapsed, lat, statuses = asyncio.run(closed_loop(host, int(port), reqs[:args.count],
-                                                             args.connections, args.seconds))
+            elapsed, lat, statuses = asyncio.run(
+                closed_loop(host, int(port), reqs[: args.count], args.connections, args.seconds)
+            )
             accepted = sum(v for k, v in statuses.items() if 200 <= k < 300)
             stored = stored_callbacks(client, jobs) - before
-            print(f"throughput: {accepted} callbacks accepted in {elapsed:.2f}s = {accepted / elapsed:,.0f}/s "
-                  f"on {args.connections} connections; statuses {statuses}")
-            print(f"  stored in job records: {stored} (must equal accepted: {'OK' if stored == accepted else 'MISMATCH'})")
-            print(f"  latency under saturation: p50 {pct(lat, 50):.1f} ms  p99 {pct(lat, 99):.1f} ms")
+            print(
+                f"throughput: {accepted} callbacks accepted in {elapsed:.2f}s = {accepted / elapsed:,.0f}/s "
+                f"on {args.connections} connections; statuses {statuses}"
+            )
+            print(
+                f"  stored in job records: {stored} (must equal accepted: {'OK' if stored == accepted else 'MISMATCH'})"
+            )
+            print(
+                f"  latency under saturation: p50 {pct(lat, 50):.1f} ms  p99 {pct(lat, 99):.1f} ms"
+            )
 
             before = stored_callbacks(client, jobs)
-            n, lat2, statuses2 = asyncio.run(open_loop(host, int(port), reqs[args.count:], args.connections,
-                                                       args.rate, args.seconds))
+            n, lat2, statuses2 = asyncio.run(
+                open_loop(
+                    host, int(port), reqs[args.count :], args.connections, args.rate, args.seconds
+                )
+            )
             accepted2 = sum(v for k, v in statuses2.items() if 200 <= k < 300)
             stored2 = stored_callbacks(client, jobs) - before
-            print(f"latency at {args.rate:,.0f}/s (open loop, {n} callbacks): callback -> record updated "
-                  f"p50 {pct(lat2, 50):.1f} ms  p99 {pct(lat2, 99):.1f} ms  max {max(lat2) * 1000:.1f} ms "
-                  f"(mean {statistics.mean(lat2) * 1000:.1f} ms); accepted {accepted2}, stored {stored2}")
-            completed = sum(1 for j in jobs if client.hget(f"nxjobs:job:{j}", "state") == "completed")
+            print(
+                f"latency at {args.rate:,.0f}/s (open loop, {n} callbacks): callback -> record updated "
+                f"p50 {pct(lat2, 50):.1f} ms  p99 {pct(lat2, 99):.1f} ms  max {max(lat2) * 1000:.1f} ms "
+                f"(mean {statistics.mean(lat2) * 1000:.1f} ms); accepted {accepted2}, stored {stored2}"
+            )
+            completed = sum(
+                1 for j in jobs if client.hget(f"nxjobs:job:{j}", "state") == "completed"
+            )
             print(f"jobs completed by these callbacks: {completed} of {len(jobs)}")
             # Exit 1 if any accepted callback is missing from the records (or any was refused).
-            ok = stored == accepted and stored2 == accepted2 and set(statuses) | set(statuses2) <= {200}
+            ok = (
+                stored == accepted
+                and stored2 == accepted2
+                and set(statuses) | set(statuses2) <= {200}
+            )
             return 0 if ok else 1
         finally:
             receiver.stop()

@@ -51,7 +51,9 @@ SCENARIOS = ("kill", "redis", "faults", "sigterm")
 FAULTS = dict(throttle_rate=0.3, error_rate=0.1, slow_rate=0.05, slow_seconds=2.5)
 # Our quotas are the sandbox's (relaxed so a run takes seconds, not minutes); the
 # faults above are injected regardless of quotas.
-SANDBOX_QUOTAS = dict(api2_rate=0, number_check_big_rate=0, callbot_rate=0, makecall_rate=0, cdr_rate=0)
+SANDBOX_QUOTAS = dict(
+    api2_rate=0, number_check_big_rate=0, callbot_rate=0, makecall_rate=0, cdr_rate=0
+)
 # Worker timings scaled down so a run takes a minute; the startup check
 # (workers/delivery.py) still holds: visibility 50 > time limit 10 + 30 (callbot
 # maintenance backoff) + 5. The read timeout (1 s) is below slow_seconds (2.5 s).
@@ -82,7 +84,13 @@ WORKER_ENV = {
     "NXJOBS_RECOVER__INTERVAL_S": "2",
     "NXJOBS_RECOVER__CONFIRM_S": "8",
 }
-KIND_MIX = (("call", 35), ("number-check", 25), ("callbot-list", 10), ("ota-init", 15), ("wa-calling", 15))
+KIND_MIX = (
+    ("call", 35),
+    ("number-check", 25),
+    ("callbot-list", 10),
+    ("ota-init", 15),
+    ("wa-calling", 15),
+)
 UNFINISHED = ("queued", "running", "retrying")
 
 
@@ -95,7 +103,9 @@ class Result:
     failed: Counter = field(default_factory=Counter)
     lost: int = 0
     lost_ids: list = field(default_factory=list)
-    failed_detail: list = field(default_factory=list)  # (job id, kind, error, endpoints sent, attempts, throttles)
+    failed_detail: list = field(
+        default_factory=list
+    )  # (job id, kind, error, endpoints sent, attempts, throttles)
     duplicates: int = 0
     duplicate_kinds: dict = field(default_factory=dict)
     producer_errors: int = 0  # enqueue raised a clear error (Redis down); retried by the harness
@@ -106,25 +116,33 @@ class Result:
     def row(self) -> str:
         failed = sum(self.failed.values())
         reasons = ", ".join(f"{k} {v}" for k, v in self.failed.most_common()) or "-"
-        return (f"| {self.scenario} | {self.submitted} | {self.completed} | {self.awaiting_callbacks} | "
-                f"{failed} ({reasons}) | {self.lost} | {self.duplicates} | {self.producer_errors} | "
-                f"{self.seconds:.0f} s |")
+        return (
+            f"| {self.scenario} | {self.submitted} | {self.completed} | {self.awaiting_callbacks} | "
+            f"{failed} ({reasons}) | {self.lost} | {self.duplicates} | {self.producer_errors} | "
+            f"{self.seconds:.0f} s |"
+        )
 
 
-HEADER = ("| scenario | submitted | completed | submitted, callbacks pending | failed (reasons) | lost | "
-          "duplicate side effects | producer errors (retried) | time |\n|---|---|---|---|---|---|---|---|---|")
+HEADER = (
+    "| scenario | submitted | completed | submitted, callbacks pending | failed (reasons) | lost | "
+    "duplicate side effects | producer errors (retried) | time |\n|---|---|---|---|---|---|---|---|---|"
+)
 
 
 def _payload(kind: str, rng: random.Random) -> dict:
     def phone() -> str:
         return f"86138{rng.randrange(10**6, 10**7)}"
+
     if kind == "call":
         return {"phone": phone()}
     if kind == "number-check":
         return {"phones": [phone(), phone()], "check_level": 1}
     if kind == "callbot-list":
-        return {"scene_id": "chaos", "task_name": "chaos",
-                "contacts": [{"user_phone": phone(), "user_name": f"c{i}"} for i in range(3)]}
+        return {
+            "scene_id": "chaos",
+            "task_name": "chaos",
+            "contacts": [{"user_phone": phone(), "user_name": f"c{i}"} for i in range(3)],
+        }
     if kind == "ota-init":
         return {"phone": phone(), "user_ip": "203.0.113.7"}
     return {"business_phone": f"6581{rng.randrange(10**6, 10**7)}"}
@@ -140,13 +158,26 @@ class Stack:
         self.redis = RedisServer(appendonly=True).start()
         self.procs: list[ServiceProcess] = []
         self.workers: list[ServiceProcess] = []
-        self.sandbox, self.sandbox_url = start_sandbox("--callback-delay", "0.2", "--callback-jitter", "0.5",
-                                                       "--callback-retry", "1", "--callback-retry-window", "600")
+        self.sandbox, self.sandbox_url = start_sandbox(
+            "--callback-delay",
+            "0.2",
+            "--callback-jitter",
+            "0.5",
+            "--callback-retry",
+            "1",
+            "--callback-retry-window",
+            "600",
+        )
         self.procs.append(self.sandbox)
         token = secrets.token_urlsafe(24)
-        self.env = {**{k: v for k, v in os.environ.items() if not k.startswith("NXJOBS_")},
-                    **sandbox_env(self.sandbox_url), **WORKER_ENV, "NXJOBS_REDIS_URL": self.redis.url,
-                    "NXJOBS_CALLBACKS__TOKEN": token, "PYTHONPATH": project_root()}
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("NXJOBS_")},
+            **sandbox_env(self.sandbox_url),
+            **WORKER_ENV,
+            "NXJOBS_REDIS_URL": self.redis.url,
+            "NXJOBS_CALLBACKS__TOKEN": token,
+            "PYTHONPATH": project_root(),
+        }
         receiver, self.receiver_url = start_callbacks(self.env)
         self.procs.append(receiver)
         self.env["NXJOBS_CALLBACKS__PUBLIC_URL"] = self.receiver_url
@@ -210,8 +241,17 @@ def inject(name: str, stack: Stack, kill_mode: str) -> None:
         stack.start_workers()
 
 
-def run_scenario(name: str, jobs: int = 300, timeout_s: float = 180.0, *, workers: int = 2, concurrency: int = 3,
-                 submit_s: float = 8.0, kill_mode: str = "group", seed: int = 7) -> Result:
+def run_scenario(
+    name: str,
+    jobs: int = 300,
+    timeout_s: float = 180.0,
+    *,
+    workers: int = 2,
+    concurrency: int = 3,
+    submit_s: float = 8.0,
+    kill_mode: str = "group",
+    seed: int = 7,
+) -> Result:
     """Run one scenario to the end (or `timeout_s`) and return its counts."""
     from nxjobs.producers import EnqueueError, Producer
     from nxjobs.redis_conn import RedisUnavailable
@@ -258,8 +298,14 @@ def run_scenario(name: str, jobs: int = 300, timeout_s: float = 180.0, *, worker
         deadline = started + timeout_s
         while time.monotonic() < deadline:
             records = producer.store.get_many(ids)
-            pending = [r for r in records.values() if r is None or r.state.value in UNFINISHED or
-                       r.state.value == "submitted" or (r.error is not None and r.error.code == "ambiguous")]
+            pending = [
+                r
+                for r in records.values()
+                if r is None
+                or r.state.value in UNFINISHED
+                or r.state.value == "submitted"
+                or (r.error is not None and r.error.code == "ambiguous")
+            ]
             if not pending:
                 break
             time.sleep(0.5)
@@ -274,8 +320,16 @@ def run_scenario(name: str, jobs: int = 300, timeout_s: float = 180.0, *, worker
                 result.awaiting_callbacks += 1
             else:
                 result.failed[r.error.code if r.error else "?"] += 1
-                result.failed_detail.append((job_id, r.kind, r.error.model_dump() if r.error else None,
-                                             [q.get("endpoint") for q in r.request], r.attempts, r.throttles))
+                result.failed_detail.append(
+                    (
+                        job_id,
+                        r.kind,
+                        r.error.model_dump() if r.error else None,
+                        [q.get("endpoint") for q in r.request],
+                        r.attempts,
+                        r.throttles,
+                    )
+                )
         stats = control.stats()
         result.faults = stats["faults"]
         result.retried = sum(1 for r in records.values() if r is not None and r.attempts > 1)
@@ -291,14 +345,18 @@ def run_scenario(name: str, jobs: int = 300, timeout_s: float = 180.0, *, worker
 
 
 def _unfinished(producer, ids) -> bool:
-    return any(r is None or r.state.value in UNFINISHED for r in producer.store.get_many(ids).values())
+    return any(
+        r is None or r.state.value in UNFINISHED for r in producer.store.get_many(ids).values()
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--jobs", type=int, default=300)
     p.add_argument("--scenarios", default=",".join(SCENARIOS))
-    p.add_argument("--timeout", type=float, default=180.0, help="seconds per scenario (default 180)")
+    p.add_argument(
+        "--timeout", type=float, default=180.0, help="seconds per scenario (default 180)"
+    )
     p.add_argument("--kill-mode", choices=("group", "children"), default="group")
     args = p.parse_args(argv)
     results = []

@@ -68,7 +68,11 @@ def _read(path: str) -> str:
 def _tree_rss_mb(pid: int) -> float:
     kb = 0
     for p in _tree_pids(pid):
-        kb += sum(int(line.split()[1]) for line in _read(f"/proc/{p}/status").splitlines() if line.startswith("VmRSS:"))
+        kb += sum(
+            int(line.split()[1])
+            for line in _read(f"/proc/{p}/status").splitlines()
+            if line.startswith("VmRSS:")
+        )
     return kb / 1024
 
 
@@ -82,8 +86,16 @@ def _cpu_s(pid: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def run_row(mode: str, jobs: int, quota: int, workers: int, concurrency: int, receivers: int,
-            timeout_s: float, progress: bool = False) -> dict:
+def run_row(
+    mode: str,
+    jobs: int,
+    quota: int,
+    workers: int,
+    concurrency: int,
+    receivers: int,
+    timeout_s: float,
+    progress: bool = False,
+) -> dict:
     from nxjobs import keys
     from nxjobs.producers import Producer
     from sandbox.accounts import sandbox_env
@@ -91,20 +103,35 @@ def run_row(mode: str, jobs: int, quota: int, workers: int, concurrency: int, re
 
     procs: list[ServiceProcess] = []
     with RedisServer(appendonly=False) as redis_server:
-        sandbox, sandbox_url = start_sandbox("--api2-rate", str(quota), "--number-check-big-rate", "1",
-                                             "--callback-delay", "0", "--callback-jitter", "0")
+        sandbox, sandbox_url = start_sandbox(
+            "--api2-rate",
+            str(quota),
+            "--number-check-big-rate",
+            "1",
+            "--callback-delay",
+            "0",
+            "--callback-jitter",
+            "0",
+        )
         procs.append(sandbox)
-        env = {**{k: v for k, v in os.environ.items() if not k.startswith("NXJOBS_")}, **sandbox_env(sandbox_url),
-               "NXJOBS_REDIS_URL": redis_server.url, "NXJOBS_API2__RATE_PER_S": str(quota),
-               "NXJOBS_CALLBACKS__TOKEN": TOKEN, "PYTHONPATH": project_root()}
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("NXJOBS_")},
+            **sandbox_env(sandbox_url),
+            "NXJOBS_REDIS_URL": redis_server.url,
+            "NXJOBS_API2__RATE_PER_S": str(quota),
+            "NXJOBS_CALLBACKS__TOKEN": TOKEN,
+            "PYTHONPATH": project_root(),
+        }
         try:
             # `--workers N`: N receiver processes accepting on one listening socket.
             extra = ("--workers", str(receivers)) if receivers > 1 else ()
             proc, url = start_callbacks(env, port=free_port() if receivers > 1 else 0, extra=extra)
             procs.append(proc)
             env["NXJOBS_CALLBACKS__PUBLIC_URL"] = url
-            worker_procs = [start_worker(env, queues="api2", concurrency=concurrency, name=f"coalesce{i}")
-                            for i in range(workers)]
+            worker_procs = [
+                start_worker(env, queues="api2", concurrency=concurrency, name=f"coalesce{i}")
+                for i in range(workers)
+            ]
             procs += worker_procs
             phones = [str(6580000000 + i) for i in range(jobs)]
             peak_rss = 0.0
@@ -115,8 +142,11 @@ def run_row(mode: str, jobs: int, quota: int, workers: int, concurrency: int, re
             with Producer(redis_server.url) as producer, SandboxControl(sandbox_url) as control:
                 t0 = time.time()
                 for start in range(0, jobs, ENQUEUE_CHUNK):
-                    producer.enqueue_many("number-check", [{"phones": [p]} for p in phones[start:start + ENQUEUE_CHUNK]],
-                                          batch=(mode == "coalesced"))
+                    producer.enqueue_many(
+                        "number-check",
+                        [{"phones": [p]} for p in phones[start : start + ENQUEUE_CHUNK]],
+                        batch=(mode == "coalesced"),
+                    )
                     peak_rss = max(peak_rss, sum(_tree_rss_mb(w.proc.pid) for w in worker_procs))
                 enqueued_s = time.time() - t0
                 deadline = t0 + timeout_s
@@ -132,8 +162,12 @@ def run_row(mode: str, jobs: int, quota: int, workers: int, concurrency: int, re
                     counts = pipe.execute()
                     busy = sum(counts)
                     if progress:
-                        print(f"  {time.time() - t0:6.2f}s waiting={counts[0]} open={counts[1]} pending={counts[2]} "
-                              f"queued={sum(counts[3:7])} unacked={counts[7]}", file=sys.stderr, flush=True)
+                        print(
+                            f"  {time.time() - t0:6.2f}s waiting={counts[0]} open={counts[1]} pending={counts[2]} "
+                            f"queued={sum(counts[3:7])} unacked={counts[7]}",
+                            file=sys.stderr,
+                            flush=True,
+                        )
                     peak_rss = max(peak_rss, sum(_tree_rss_mb(w.proc.pid) for w in worker_procs))
                     if busy == 0:
                         done_at = time.time()
@@ -144,10 +178,13 @@ def run_row(mode: str, jobs: int, quota: int, workers: int, concurrency: int, re
                 cpu["producer"] = round(time.process_time() - own0, 1)
                 # Verify outside the timing: every record, by state.
                 states: dict[str, int] = {}
-                ids = [k for k in producer.redis.scan_iter(match=keys.job("*"), count=5000, _type="HASH")]
+                ids = [
+                    k
+                    for k in producer.redis.scan_iter(match=keys.job("*"), count=5000, _type="HASH")
+                ]
                 for start in range(0, len(ids), 5000):
                     pipe = producer.redis.pipeline(transaction=False)
-                    for k in ids[start:start + 5000]:
+                    for k in ids[start : start + 5000]:
                         pipe.hget(k, "state")
                     for s in pipe.execute():
                         states[s] = states.get(s, 0) + 1
@@ -157,17 +194,25 @@ def run_row(mode: str, jobs: int, quota: int, workers: int, concurrency: int, re
                     top = sorted(cs.items(), key=lambda kv: -kv[1]["usec"])[:8]
                     print("  redis commandstats (usec total, calls, usec/call):", file=sys.stderr)
                     for name, st in top:
-                        print(f"    {name:<28} {st['usec']:>10} {st['calls']:>8} {st['usec_per_call']:>8}",
-                              file=sys.stderr)
+                        print(
+                            f"    {name:<28} {st['usec']:>10} {st['calls']:>8} {st['usec_per_call']:>8}",
+                            file=sys.stderr,
+                        )
             completed = states.get("completed", 0)
             return {
-                "mode": mode, "jobs": jobs, "finished": done_at is not None, "seconds": round(elapsed, 2),
+                "mode": mode,
+                "jobs": jobs,
+                "finished": done_at is not None,
+                "seconds": round(elapsed, 2),
                 "numbers_per_s": round(completed / elapsed, 1) if elapsed else 0.0,
-                "enqueue_s": round(enqueued_s, 2), "states": states,
+                "enqueue_s": round(enqueued_s, 2),
+                "states": states,
                 "provider_requests": stats["accepted"].get("number_check", 0),
-                "too_frequent": sum(stats.get("throttled", {}).values()) if isinstance(stats.get("throttled"), dict)
+                "too_frequent": sum(stats.get("throttled", {}).values())
+                if isinstance(stats.get("throttled"), dict)
                 else stats.get("throttled", 0),
-                "peak_worker_rss_mb": round(peak_rss, 1), "cpu_s": cpu,
+                "peak_worker_rss_mb": round(peak_rss, 1),
+                "cpu_s": cpu,
             }
         finally:
             for p in reversed(procs):
@@ -175,13 +220,22 @@ def run_row(mode: str, jobs: int, quota: int, workers: int, concurrency: int, re
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--jobs", type=int, default=100_000)
-    p.add_argument("--single-jobs", type=int, default=300, help="jobs of the batch=False row (it runs at the quota)")
+    p.add_argument(
+        "--single-jobs",
+        type=int,
+        default=300,
+        help="jobs of the batch=False row (it runs at the quota)",
+    )
     p.add_argument("--quota", type=int, default=10, help="sandbox api2 requests/s")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--concurrency", type=int, default=2)
-    p.add_argument("--receivers", type=int, default=1, help="receiver processes (workers.web --workers)")
+    p.add_argument(
+        "--receivers", type=int, default=1, help="receiver processes (workers.web --workers)"
+    )
     p.add_argument("--rows", default="coalesced,single")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds per row")
     p.add_argument("--progress", action="store_true", help="print the backlog every poll (stderr)")
@@ -189,16 +243,28 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for mode in args.rows.split(","):
         jobs = args.jobs if mode == "coalesced" else args.single_jobs
-        row = run_row(mode, jobs, args.quota, args.workers, args.concurrency, args.receivers, args.timeout,
-                      args.progress)
+        row = run_row(
+            mode,
+            jobs,
+            args.quota,
+            args.workers,
+            args.concurrency,
+            args.receivers,
+            args.timeout,
+            args.progress,
+        )
         results.append(row)
         print(row, flush=True)
     print()
-    print(f"{'mode':<10} {'jobs':>7} {'numbers/s':>10} {'seconds':>8} {'requests':>9} {'2206':>5} "
-          f"{'worker RSS MB':>13} {'enqueue s':>9}  states")
+    print(
+        f"{'mode':<10} {'jobs':>7} {'numbers/s':>10} {'seconds':>8} {'requests':>9} {'2206':>5} "
+        f"{'worker RSS MB':>13} {'enqueue s':>9}  states"
+    )
     for r in results:
-        print(f"{r['mode']:<10} {r['jobs']:>7} {r['numbers_per_s']:>10} {r['seconds']:>8} {r['provider_requests']:>9} "
-              f"{r['too_frequent']:>5} {r['peak_worker_rss_mb']:>13} {r['enqueue_s']:>9}  {r['states']}")
+        print(
+            f"{r['mode']:<10} {r['jobs']:>7} {r['numbers_per_s']:>10} {r['seconds']:>8} {r['provider_requests']:>9} "
+            f"{r['too_frequent']:>5} {r['peak_worker_rss_mb']:>13} {r['enqueue_s']:>9}  {r['states']}"
+        )
     return 0
 
 

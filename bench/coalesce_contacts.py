@@ -51,7 +51,7 @@ def _states(producer, job_ids: list[str]) -> dict[str, int]:
     out: dict[str, int] = {}
     for start in range(0, len(job_ids), 5000):
         pipe = producer.redis.pipeline(transaction=False)
-        for job_id in job_ids[start:start + 5000]:
+        for job_id in job_ids[start : start + 5000]:
             pipe.hget(keys.job(job_id), "state")
         for state in pipe.execute():
             out[state] = out.get(state, 0) + 1
@@ -65,12 +65,18 @@ def run_row(mode: str, jobs: int, quota: int, concurrency: int, timeout_s: float
 
     procs: list[ServiceProcess] = []
     with RedisServer(appendonly=False) as redis_server:
-        sandbox, sandbox_url = start_sandbox("--callbot-rate", str(quota), "--callback-delay", "0",
-                                             "--callback-jitter", "0")
+        sandbox, sandbox_url = start_sandbox(
+            "--callbot-rate", str(quota), "--callback-delay", "0", "--callback-jitter", "0"
+        )
         procs.append(sandbox)
-        env = {**{k: v for k, v in os.environ.items() if not k.startswith("NXJOBS_")}, **sandbox_env(sandbox_url),
-               "NXJOBS_REDIS_URL": redis_server.url, "NXJOBS_CALLBOT__RATE_PER_S": str(quota),
-               "NXJOBS_CALLBACKS__TOKEN": TOKEN, "PYTHONPATH": project_root()}
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("NXJOBS_")},
+            **sandbox_env(sandbox_url),
+            "NXJOBS_REDIS_URL": redis_server.url,
+            "NXJOBS_CALLBOT__RATE_PER_S": str(quota),
+            "NXJOBS_CALLBACKS__TOKEN": TOKEN,
+            "PYTHONPATH": project_root(),
+        }
         try:
             proc, url = start_callbacks(env)
             procs.append(proc)
@@ -79,19 +85,27 @@ def run_row(mode: str, jobs: int, quota: int, concurrency: int, timeout_s: float
             procs.append(worker)
             with Producer(redis_server.url) as producer, SandboxControl(sandbox_url) as control:
                 # The existing task the contacts are added to (a callbot-list job; not timed).
-                task_id = producer.callbot_list(scene_id="scene-1", task_name="bench",
-                                                contacts=[{"user_phone": "8613900139000"}])
+                task_id = producer.callbot_list(
+                    scene_id="scene-1",
+                    task_name="bench",
+                    contacts=[{"user_phone": "8613900139000"}],
+                )
                 producer.wait([task_id], until="completed", timeout_s=60)
                 before = control.stats()
-                payloads = [{"user_task_id": task_id, "contact": {"user_phone": str(8613800000000 + i)}}
-                            for i in range(jobs)]
+                payloads = [
+                    {"user_task_id": task_id, "contact": {"user_phone": str(8613800000000 + i)}}
+                    for i in range(jobs)
+                ]
                 cpu0 = {p.name: _cpu_s(p.proc.pid) for p in procs}
                 peak_rss = 0.0
                 t0 = time.time()
                 job_ids: list[str] = []
                 for start in range(0, jobs, ENQUEUE_CHUNK):
-                    job_ids += producer.enqueue_many("callbot-contact", payloads[start:start + ENQUEUE_CHUNK],
-                                                     batch=(mode == "coalesced"))
+                    job_ids += producer.enqueue_many(
+                        "callbot-contact",
+                        payloads[start : start + ENQUEUE_CHUNK],
+                        batch=(mode == "coalesced"),
+                    )
                 enqueued_s = time.time() - t0
                 done_at = None
                 states: dict[str, int] = {}
@@ -111,16 +125,22 @@ def run_row(mode: str, jobs: int, quota: int, concurrency: int, timeout_s: float
 
             completed = states.get("completed", 0)
             return {
-                "mode": mode, "jobs": jobs, "finished": done_at is not None, "seconds": round(elapsed, 2),
+                "mode": mode,
+                "jobs": jobs,
+                "finished": done_at is not None,
+                "seconds": round(elapsed, 2),
                 "contacts_per_s": round(completed / elapsed, 1) if elapsed else 0.0,
-                "enqueue_s": round(enqueued_s, 2), "states": states,
+                "enqueue_s": round(enqueued_s, 2),
+                "states": states,
                 "provider_requests": sum(stats["responses"].get(ADD_PATH, {}).values())
                 - sum(before["responses"].get(ADD_PATH, {}).values()),
                 "orders_added": delta("accepted", "callbot_orders"),
                 "repeats_refused": delta("duplicate_rejections", "callbot_orderid"),
                 "added_twice": delta("duplicates", "callbot_orderid"),
-                "too_frequent": sum(stats["throttled"].values()) - sum(before["throttled"].values()),
-                "peak_worker_rss_mb": round(peak_rss, 1), "cpu_s": cpu,
+                "too_frequent": sum(stats["throttled"].values())
+                - sum(before["throttled"].values()),
+                "peak_worker_rss_mb": round(peak_rss, 1),
+                "cpu_s": cpu,
             }
         finally:
             for service in procs[::-1]:
@@ -140,7 +160,9 @@ OPTIONS = (
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     for option, kind, default, text in OPTIONS:
         parser.add_argument(option, type=kind, default=default, help=text)
     args = parser.parse_args(argv)
@@ -157,12 +179,16 @@ def main(argv: list[str] | None = None) -> int:
         row["all_runs_per_s"] = [r["contacts_per_s"] for r in runs]
         results.append(row)
     print()
-    print(f"{'mode':<10} {'jobs':>6} {'contacts/s':>10} {'seconds':>8} {'requests':>9} {'added':>6} "
-          f"{'twice':>5} {'retCode 7':>9} {'worker RSS MB':>13} {'enqueue s':>9}  runs (contacts/s)  states")
+    print(
+        f"{'mode':<10} {'jobs':>6} {'contacts/s':>10} {'seconds':>8} {'requests':>9} {'added':>6} "
+        f"{'twice':>5} {'retCode 7':>9} {'worker RSS MB':>13} {'enqueue s':>9}  runs (contacts/s)  states"
+    )
     for r in results:
-        print(f"{r['mode']:<10} {r['jobs']:>6} {r['contacts_per_s']:>10} {r['seconds']:>8} {r['provider_requests']:>9} "
-              f"{r['orders_added']:>6} {r['added_twice']:>5} {r['too_frequent']:>9} {r['peak_worker_rss_mb']:>13} "
-              f"{r['enqueue_s']:>9}  {r['all_runs_per_s']}  {r['states']}")
+        print(
+            f"{r['mode']:<10} {r['jobs']:>6} {r['contacts_per_s']:>10} {r['seconds']:>8} {r['provider_requests']:>9} "
+            f"{r['orders_added']:>6} {r['added_twice']:>5} {r['too_frequent']:>9} {r['peak_worker_rss_mb']:>13} "
+            f"{r['enqueue_s']:>9}  {r['all_runs_per_s']}  {r['states']}"
+        )
     return 0
 
 

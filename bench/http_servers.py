@@ -77,24 +77,40 @@ PATH = "/callbacks/number-check?token=bench-callback-token-0123456789abcdef"
 ANSWER = b'{"code":0,"message":"success"}'
 
 # A Number Check callback as NXCloud sends it (~350 bytes).
-NC_BODY = json.dumps({
-    "requestId": "9f1c2e4b7a6d4c0e8b3f5a2d1e0c9b8a-000001", "code": 0, "message": "success",
-    "batchNo": "b1", "phone": "8613800000000",
-    "data": {"numberType": "mobile", "operator": "China Mobile Communications Corporation",
-             "country": "CN", "region": "Guangdong", "city": "Shenzhen", "status": "active",
-             "ported": False, "roaming": False},
-    "cost": {"price": 0.001, "currency": "USD"}, "createTs": 1764626244000,
-}, separators=(",", ":")).encode()
+NC_BODY = json.dumps(
+    {
+        "requestId": "9f1c2e4b7a6d4c0e8b3f5a2d1e0c9b8a-000001",
+        "code": 0,
+        "message": "success",
+        "batchNo": "b1",
+        "phone": "8613800000000",
+        "data": {
+            "numberType": "mobile",
+            "operator": "China Mobile Communications Corporation",
+            "country": "CN",
+            "region": "Guangdong",
+            "city": "Shenzhen",
+            "status": "active",
+            "ported": False,
+            "roaming": False,
+        },
+        "cost": {"price": 0.001, "currency": "USD"},
+        "createTs": 1764626244000,
+    },
+    separators=(",", ":"),
+).encode()
 
 
 def nc_request(host: str = "127.0.0.1") -> bytes:
-    return (f"POST {PATH} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(NC_BODY)}\r\n\r\n").encode() + NC_BODY
+    return (
+        f"POST {PATH} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(NC_BODY)}\r\n\r\n"
+    ).encode() + NC_BODY
 
 
 # ---- the candidates' apps (written to a temp dir) ---------------------------------------------------
 
-NXJOBS_SERVER = '''
+NXJOBS_SERVER = """
 import asyncio, dataclasses, json, signal, socket, sys
 sys.path.insert(0, {repo!r})
 import uvloop
@@ -150,9 +166,9 @@ def main():
 
 
 main()
-'''
+"""
 
-ASGI_APP = '''
+ASGI_APP = """
 BODY = {answer!r}
 OK_HEADERS = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(BODY))]
 NOT_ALLOWED = b'{{"error":"method not allowed"}}'
@@ -183,9 +199,9 @@ async def app(scope, receive, send):
     else:
         await send({{"type": "http.response.start", "status": 405, "headers": NA_HEADERS}})
         await send({{"type": "http.response.body", "body": NOT_ALLOWED}})
-'''
+"""
 
-RSGI_APP = '''
+RSGI_APP = """
 BODY = {answer!r}
 OK_HEADERS = [("content-type", "application/json")]
 NA_HEADERS = [("content-type", "application/json"), ("allow", "POST")]
@@ -197,7 +213,7 @@ async def app(scope, protocol):
         protocol.response_bytes(200, OK_HEADERS, BODY)
     else:
         protocol.response_bytes(405, NA_HEADERS, b'{{"error":"method not allowed"}}')
-'''
+"""
 
 
 @dataclasses.dataclass
@@ -220,9 +236,29 @@ def _nx_argv(port, d, opts):
 def _uvicorn_argv(http):
     def argv(port, d, opts):
         extra = ["--limit-concurrency", str(opts["cap"])] if "cap" in opts else []
-        return [sys.executable, "-m", "uvicorn", "asgi_app:app", "--app-dir", str(d), "--host", "127.0.0.1",
-                "--port", str(port), "--loop", "uvloop", "--http", http, "--no-access-log",
-                "--lifespan", "off", "--log-level", "warning", *extra]
+        return [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "asgi_app:app",
+            "--app-dir",
+            str(d),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--loop",
+            "uvloop",
+            "--http",
+            http,
+            "--no-access-log",
+            "--lifespan",
+            "off",
+            "--log-level",
+            "warning",
+            *extra,
+        ]
+
     return argv
 
 
@@ -230,15 +266,51 @@ def _granian_argv(interface):
     def argv(port, d, opts):
         extra = ["--backpressure", str(opts["cap"])] if "cap" in opts else []
         module = "asgi_app:app" if interface == "asgi" else "rsgi_app:app"
-        return [sys.executable, "-m", "granian", "--interface", interface, "--host", "127.0.0.1",
-                "--port", str(port), "--workers", "1", "--runtime-threads", "1", "--loop", "uvloop",
-                "--http", "1", "--no-ws", "--log-level", "warning", "--working-dir", str(d), *extra, module]
+        return [
+            sys.executable,
+            "-m",
+            "granian",
+            "--interface",
+            interface,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--runtime-threads",
+            "1",
+            "--loop",
+            "uvloop",
+            "--http",
+            "1",
+            "--no-ws",
+            "--log-level",
+            "warning",
+            "--working-dir",
+            str(d),
+            *extra,
+            module,
+        ]
+
     return argv
 
 
 def _hypercorn_argv(port, d, opts):
-    return [sys.executable, "-m", "hypercorn", "-k", "uvloop", "-w", "0", "-b", f"127.0.0.1:{port}",
-            "--log-level", "warning", "asgi_app:app"]
+    return [
+        sys.executable,
+        "-m",
+        "hypercorn",
+        "-k",
+        "uvloop",
+        "-w",
+        "0",
+        "-b",
+        f"127.0.0.1:{port}",
+        "--log-level",
+        "warning",
+        "asgi_app:app",
+    ]
 
 
 def nx_limit_names() -> set[str]:
@@ -255,9 +327,15 @@ def nx_has_cap() -> str | None:
 
 CANDIDATES = [
     Candidate("nxjobs", ("httptools", "uvloop"), _nx_argv, nx_has_cap()),
-    Candidate("uvicorn-httptools", ("uvicorn", "httptools", "uvloop"), _uvicorn_argv("httptools"),
-              "--limit-concurrency N"),
-    Candidate("uvicorn-h11", ("uvicorn", "h11", "uvloop"), _uvicorn_argv("h11"), "--limit-concurrency N"),
+    Candidate(
+        "uvicorn-httptools",
+        ("uvicorn", "httptools", "uvloop"),
+        _uvicorn_argv("httptools"),
+        "--limit-concurrency N",
+    ),
+    Candidate(
+        "uvicorn-h11", ("uvicorn", "h11", "uvloop"), _uvicorn_argv("h11"), "--limit-concurrency N"
+    ),
     Candidate("granian-asgi", ("granian", "uvloop"), _granian_argv("asgi"), "--backpressure N"),
     Candidate("granian-rsgi", ("granian", "uvloop"), _granian_argv("rsgi"), "--backpressure N"),
     Candidate("hypercorn", ("hypercorn", "uvloop"), _hypercorn_argv, None),
@@ -269,6 +347,7 @@ def missing(c: Candidate) -> list[str]:
 
 
 # ---- /proc ------------------------------------------------------------------------------------------
+
 
 def tree_pids(root: int) -> list[int]:
     kids: dict[int, list[int]] = {}
@@ -347,6 +426,7 @@ class Monitor(threading.Thread):
 
 # ---- servers ----------------------------------------------------------------------------------------
 
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -382,8 +462,14 @@ class Server:
         self.log = appdir / f"{cand.name}-{self.port}.log"
         self.argv = cand.argv(self.port, appdir, opts or {})
         with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen(self.argv, cwd=appdir, stdin=subprocess.DEVNULL, stdout=out,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(
+                self.argv,
+                cwd=appdir,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self.pid = self.proc.pid
 
     def wait_ready(self, timeout: float = 20.0) -> None:
@@ -427,9 +513,12 @@ class Server:
 
 # ---- small HTTP client pieces -----------------------------------------------------------------------
 
-def read_response(sock: socket.socket, deadline: float, head_request: bool = False,
-                  buf: bytes = b"") -> tuple[int | None, dict, bytes, bytes]:
+
+def read_response(
+    sock: socket.socket, deadline: float, head_request: bool = False, buf: bytes = b""
+) -> tuple[int | None, dict, bytes, bytes]:
     """One response: (status, headers, body, bytes after it); status None on timeout/close."""
+
     def fill() -> bool:
         nonlocal buf
         left = deadline - time.monotonic()
@@ -529,7 +618,11 @@ end
 
 
 def lua_string(b: bytes) -> str:
-    return '"' + "".join(f"\\{c:03d}" if c < 32 or c in (34, 92) or c > 126 else chr(c) for c in b) + '"'
+    return (
+        '"'
+        + "".join(f"\\{c:03d}" if c < 32 or c in (34, 92) or c > 126 else chr(c) for c in b)
+        + '"'
+    )
 
 
 def load_wrk(port: int, seconds: float, conns: int, workdir: Path) -> tuple[int, int, str]:
@@ -537,8 +630,22 @@ def load_wrk(port: int, seconds: float, conns: int, workdir: Path) -> tuple[int,
     script = workdir / "post.lua"
     script.write_text(WRK_LUA % (PATH, lua_string(NC_BODY)))
     secs = max(1, round(seconds))
-    out = subprocess.run(["wrk", "-t1", f"-c{conns}", f"-d{secs}s", "--timeout", "10s", "-s", str(script),
-                          f"http://127.0.0.1:{port}"], capture_output=True, text=True, timeout=secs + 60)
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t1",
+            f"-c{conns}",
+            f"-d{secs}s",
+            "--timeout",
+            "10s",
+            "-s",
+            str(script),
+            f"http://127.0.0.1:{port}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=secs + 60,
+    )
     m = re.search(r"BENCH responses=(\d+) bad=(\d+)", out.stdout)
     if not m:
         raise RuntimeError(f"wrk: {out.stdout[-300:]} {out.stderr[-300:]}")
@@ -589,6 +696,7 @@ def load_python(port: int, n: int, conns: int) -> tuple[int, int, str]:
 
     try:
         import uvloop
+
         runner = uvloop.run
     except ImportError:
         runner = asyncio.run
@@ -601,7 +709,9 @@ def measure_cpu(server: Server, n: int, conns: int, client: str, workdir: Path) 
         t = time.monotonic()
         warm, _, _ = load_wrk(server.port, 2, conns, workdir)
         rate = warm / (time.monotonic() - t)
-        load = lambda: load_wrk(server.port, min(120.0, max(2.0, n / max(rate, 1.0))), conns, workdir)  # noqa: E731
+        load = lambda: load_wrk(
+            server.port, min(120.0, max(2.0, n / max(rate, 1.0))), conns, workdir
+        )  # noqa: E731
     else:
         load_python(server.port, max(2000, n // 10), conns)
         load = lambda: load_python(server.port, n, conns)  # noqa: E731
@@ -612,11 +722,19 @@ def measure_cpu(server: Server, n: int, conns: int, client: str, workdir: Path) 
     time.sleep(0.3)  # in-flight requests the client abandoned at its count
     c1, t1 = cpu_seconds(tree_pids(server.pid)), time.monotonic()
     wall = t1 - t0 - 0.3
-    return {"us": (c1 - c0) / max(1, served) * 1e6, "served": served, "bad": bad, "errs": errs,
-            "cpu_share": (c1 - c0) / wall, "rps": served / wall, "procs": len(pids)}
+    return {
+        "us": (c1 - c0) / max(1, served) * 1e6,
+        "served": served,
+        "bad": bad,
+        "errs": errs,
+        "cpu_share": (c1 - c0) / wall,
+        "rps": served / wall,
+        "procs": len(pids),
+    }
 
 
 # ---- probes -----------------------------------------------------------------------------------------
+
 
 def probes(port: int) -> dict[str, str]:
     out: dict[str, str] = {}
@@ -628,11 +746,16 @@ def probes(port: int) -> dict[str, str]:
             out[name] = f"error {type(exc).__name__}"
 
     def show(status, closed=False):
-        return "no answer" + (", closed" if closed else "") if status is None else \
-            f"{status}" + (", closed" if closed else "")
+        return (
+            "no answer" + (", closed" if closed else "")
+            if status is None
+            else f"{status}" + (", closed" if closed else "")
+        )
 
     def no_host():
-        st, _, _, _, closed = exchange(port, f"POST {PATH} HTTP/1.1\r\nContent-Length: 2\r\n\r\n{{}}".encode())
+        st, _, _, _, closed = exchange(
+            port, f"POST {PATH} HTTP/1.1\r\nContent-Length: 2\r\n\r\n{{}}".encode()
+        )
         return show(st, closed)
 
     def http09():
@@ -651,47 +774,66 @@ def probes(port: int) -> dict[str, str]:
         return first.split(" ")[1] if first.startswith("HTTP/") else f"answered {data[:20]!r}"
 
     def head():
-        st, hd, _, extra, _ = exchange(port, f"HEAD {PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode(),
-                                       head_request=True)
+        st, hd, _, extra, _ = exchange(
+            port, f"HEAD {PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode(), head_request=True
+        )
         if st is None:
             return "no answer"
         return f"{st}, " + (f"{len(extra)} body bytes sent (wrong)" if extra else "no body")
 
     def expect():
         with socket.create_connection(("127.0.0.1", port), timeout=3) as s:
-            s.sendall((f"POST {PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                       f"Content-Length: {len(NC_BODY)}\r\nExpect: 100-continue\r\n\r\n").encode())
+            s.sendall(
+                (
+                    f"POST {PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                    f"Content-Length: {len(NC_BODY)}\r\nExpect: 100-continue\r\n\r\n"
+                ).encode()
+            )
             t0 = time.monotonic()
             st, _, _, rest = read_response(s, t0 + 1.5)
             got100 = st == 100
             waited = time.monotonic() - t0
             s.sendall(NC_BODY)
             final, _, _, _ = read_response(s, time.monotonic() + 2, buf=rest if got100 else b"")
-        return (f"100 in {waited * 1000:.0f} ms, then {show(final)}" if got100
-                else f"no 100 within 1.5 s (client waits), then {show(st if st else final)}")
+        return (
+            f"100 in {waited * 1000:.0f} ms, then {show(final)}"
+            if got100
+            else f"no 100 within 1.5 s (client waits), then {show(st if st else final)}"
+        )
 
     def big_header(size):
         def probe():
             try:
                 st, _, _, _, closed = exchange(
-                    port, f"POST {PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: {'a' * size}\r\n"
-                          f"Content-Length: 2\r\n\r\n{{}}".encode(), timeout=3.0)
+                    port,
+                    f"POST {PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: {'a' * size}\r\n"
+                    f"Content-Length: 2\r\n\r\n{{}}".encode(),
+                    timeout=3.0,
+                )
             except OSError as exc:  # refused while we were still sending
                 return f"{type(exc).__name__} while sending"
             return show(st, closed)
+
         return probe
 
     def big_body():
         t0 = time.monotonic()
         st, _, _, _, closed = exchange(
-            port, f"POST {PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 104857600\r\n\r\n".encode(),
-            timeout=2.0)
-        return ("waits for the body (no answer in 2 s)" if st is None
-                else f"{show(st, closed)} in {(time.monotonic() - t0) * 1000:.0f} ms")
+            port,
+            f"POST {PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 104857600\r\n\r\n".encode(),
+            timeout=2.0,
+        )
+        return (
+            "waits for the body (no answer in 2 s)"
+            if st is None
+            else f"{show(st, closed)} in {(time.monotonic() - t0) * 1000:.0f} ms"
+        )
 
     def put():
-        st, hd, _, _, _ = exchange(port, f"PUT {PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2"
-                                         f"\r\n\r\n{{}}".encode())
+        st, hd, _, _, _ = exchange(
+            port,
+            f"PUT {PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n\r\n{{}}".encode(),
+        )
         return show(st) + (f", Allow: {hd['allow']}" if "allow" in hd else ", no Allow")
 
     def per_connection():
@@ -712,16 +854,23 @@ def probes(port: int) -> dict[str, str]:
                     break
         return "all 1100 served" if served == 1100 else f"closed after {served}"
 
-    for name, fn in [("HTTP/1.1 without Host", no_host), ("HTTP/0.9 request", http09), ("HEAD", head),
-                     ("Expect: 100-continue", expect), ("32 KiB header", big_header(32 * 1024)),
-                     ("1 MiB header", big_header(1024 * 1024)),
-                     ("declared 100 MB body", big_body), ("PUT", put), ("1,100 requests on one connection",
-                                                                      per_connection)]:
+    for name, fn in [
+        ("HTTP/1.1 without Host", no_host),
+        ("HTTP/0.9 request", http09),
+        ("HEAD", head),
+        ("Expect: 100-continue", expect),
+        ("32 KiB header", big_header(32 * 1024)),
+        ("1 MiB header", big_header(1024 * 1024)),
+        ("declared 100 MB body", big_body),
+        ("PUT", put),
+        ("1,100 requests on one connection", per_connection),
+    ]:
         run(name, fn)
     return out
 
 
 # ---- attacks ----------------------------------------------------------------------------------------
+
 
 def pump(sock: socket.socket, data: bytes, seconds: float, after_s: float = 3.0) -> dict:
     """Send `data` while reading whatever comes back, for at most `seconds`; then read `after_s` more."""
@@ -752,7 +901,7 @@ def pump(sock: socket.socket, data: bytes, seconds: float, after_s: float = 3.0)
                     got += chunk[:4096]
             if ev & selectors.EVENT_WRITE and sent < len(data):
                 try:
-                    k = sock.send(view[sent:sent + 262144])
+                    k = sock.send(view[sent : sent + 262144])
                     sent += k
                 except BlockingIOError:
                     pass
@@ -766,8 +915,13 @@ def pump(sock: socket.socket, data: bytes, seconds: float, after_s: float = 3.0)
             status = int(got.split(b" ", 2)[1])
         except (IndexError, ValueError):
             pass
-    return {"sent": sent, "total": len(data), "status": status, "closed": closed,
-            "secs": time.monotonic() - t0}
+    return {
+        "sent": sent,
+        "total": len(data),
+        "status": status,
+        "closed": closed,
+        "secs": time.monotonic() - t0,
+    }
 
 
 def mib(n: float) -> str:
@@ -775,8 +929,10 @@ def mib(n: float) -> str:
 
 
 def attack_trailers(port: int) -> str:
-    head = (f"POST {PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-            "Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n").encode()
+    head = (
+        f"POST {PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        "Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n"
+    ).encode()
     line = "a" * 1000
     trailers = "".join(f"X-Trailer-{i:06d}: {line}\r\n" for i in range(16 * 1024 * 1024 // 1020))
     data = head + trailers.encode() + b"\r\n"
@@ -786,8 +942,14 @@ def attack_trailers(port: int) -> str:
 
 
 def attack_chunk_ext(port: int) -> str:
-    data = (f"POST {PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-            "Transfer-Encoding: chunked\r\n\r\n2;ext=").encode() + b"a" * (16 * 1024 * 1024) + b"\r\n{}\r\n0\r\n\r\n"
+    data = (
+        (
+            f"POST {PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            "Transfer-Encoding: chunked\r\n\r\n2;ext="
+        ).encode()
+        + b"a" * (16 * 1024 * 1024)
+        + b"\r\n{}\r\n0\r\n\r\n"
+    )
     with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
         r = pump(s, data, 10.0)
     return describe(r)
@@ -813,7 +975,9 @@ def attack_pipeline(port: int, count: int = 300_000, seconds: float = 10.0) -> t
     deadline, last_progress, closed = t0 + seconds, t0, ""
     while sent < total and time.monotonic() < deadline:
         try:
-            k = s.send(block[sent % len(block):] if total - sent >= len(block) else block[:total - sent])
+            k = s.send(
+                block[sent % len(block) :] if total - sent >= len(block) else block[: total - sent]
+            )
             sent += k
             last_progress = time.monotonic()
         except BlockingIOError:
@@ -830,8 +994,11 @@ def attack_pipeline(port: int, count: int = 300_000, seconds: float = 10.0) -> t
     legit = legit_post(port, 5.0)
     time.sleep(1.0)
     s.close()
-    text = (f"{pushed:,} requests pushed in {took:.1f} s"
-            + (" (server stopped reading)" if stalled else "") + (f", {closed}" if closed else ""))
+    text = (
+        f"{pushed:,} requests pushed in {took:.1f} s"
+        + (" (server stopped reading)" if stalled else "")
+        + (f", {closed}" if closed else "")
+    )
     return text, legit
 
 
@@ -857,7 +1024,9 @@ def open_idle(port: int, n: int, seconds: float = 10.0) -> list[socket.socket]:
     return socks
 
 
-def watch_closes(socks: dict[str, list[socket.socket]], t_open: dict[str, float], window: float) -> dict:
+def watch_closes(
+    socks: dict[str, list[socket.socket]], t_open: dict[str, float], window: float
+) -> dict:
     """For each group: when the server closed its sockets (seconds since they were opened)."""
     sel = selectors.DefaultSelector()
     for group, ss in socks.items():
@@ -886,13 +1055,19 @@ def watch_closes(socks: dict[str, list[socket.socket]], t_open: dict[str, float]
     out = {}
     for group, ss in socks.items():
         times = sorted(closed[group])
-        answer = f" (answered {first[group].split(b' ')[1].decode(errors='replace')})" \
-            if group in first and first[group].startswith(b"HTTP/") else ""
+        answer = (
+            f" (answered {first[group].split(b' ')[1].decode(errors='replace')})"
+            if group in first and first[group].startswith(b"HTTP/")
+            else ""
+        )
         if not times:
             out[group] = f"none closed in {window:.0f} s{answer}"
         elif len(times) == len(ss):
-            out[group] = (f"closed after {times[-1]:.1f} s" if len(ss) == 1
-                          else f"all closed by {times[-1]:.1f} s (first {times[0]:.1f} s)") + answer
+            out[group] = (
+                f"closed after {times[-1]:.1f} s"
+                if len(ss) == 1
+                else f"all closed by {times[-1]:.1f} s (first {times[0]:.1f} s)"
+            ) + answer
         else:
             out[group] = f"{len(times)}/{len(ss)} closed by {times[-1]:.1f} s{answer}"
     return out
@@ -907,12 +1082,21 @@ def attack_idle(port: int, window: float, n: int = 1000) -> tuple[str, tuple, di
     partial = socket.create_connection(("127.0.0.1", port), timeout=2)
     partial.sendall(f"POST {PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\n".encode())
     stalled = socket.create_connection(("127.0.0.1", port), timeout=2)
-    stalled.sendall(f"POST {PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n0123456789".encode())
+    stalled.sendall(
+        f"POST {PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n0123456789".encode()
+    )
     t1 = time.monotonic()
     for s in (partial, stalled):
         s.setblocking(False)
-    closes = watch_closes({"idle": socks, "partial head": [partial], "stalled body": [stalled]},
-                          {"idle": t0, "partial head": t1, "stalled body": t1}, window) if window > 0 else {}
+    closes = (
+        watch_closes(
+            {"idle": socks, "partial head": [partial], "stalled body": [stalled]},
+            {"idle": t0, "partial head": t1, "stalled body": t1},
+            window,
+        )
+        if window > 0
+        else {}
+    )
     for s in socks + [partial, stalled]:
         s.close()
     return f"{n} idle", legit, closes
@@ -958,9 +1142,16 @@ def run_attack(cand: Candidate, appdir: Path, name: str, fn, opts: dict | None =
                 result = show_legit(result)
             else:
                 result = result[0]
-        row.update(outcome=result, **extra, rss=(mon.before[0], mon.peak_rss, after[0]),
-                   fds=(mon.before[1], mon.peak_fds, after[1]), alive=server.alive())
-        row["legit after"] = show_legit(legit_post(server.port, 5.0)) if server.alive() else "server gone"
+        row.update(
+            outcome=result,
+            **extra,
+            rss=(mon.before[0], mon.peak_rss, after[0]),
+            fds=(mon.before[1], mon.peak_fds, after[1]),
+            alive=server.alive(),
+        )
+        row["legit after"] = (
+            show_legit(legit_post(server.port, 5.0)) if server.alive() else "server gone"
+        )
     except Exception as exc:
         row.update(outcome=f"not run: {exc}")
     finally:
@@ -970,10 +1161,18 @@ def run_attack(cand: Candidate, appdir: Path, name: str, fn, opts: dict | None =
 
 # ---- report -----------------------------------------------------------------------------------------
 
+
 def table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"  # noqa: E731
-    return "\n".join([line(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(r) for r in rows])
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
+    ]
+    line = lambda cells: (
+        "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
+    )  # noqa: E731
+    return "\n".join(
+        [line(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+        + [line(r) for r in rows]
+    )
 
 
 def facts(args, client: str) -> list[str]:
@@ -985,7 +1184,9 @@ def facts(args, client: str) -> list[str]:
 
     def git(*a):
         try:
-            return subprocess.run(["git", "-C", str(REPO), *a], capture_output=True, text=True, timeout=10).stdout.strip()
+            return subprocess.run(
+                ["git", "-C", str(REPO), *a], capture_output=True, text=True, timeout=10
+            ).stdout.strip()
         except (OSError, subprocess.TimeoutExpired):
             return "?"
 
@@ -997,6 +1198,7 @@ def facts(args, client: str) -> list[str]:
     changed = git("diff", "--stat", "HEAD", "--", "nxjobs/callbacks/http.py")
     try:
         from nxjobs.callbacks.http import HttpLimits
+
         limits = ", ".join(f"{f.name}={f.default}" for f in dataclasses.fields(HttpLimits))
     except Exception as exc:
         limits = f"not importable ({type(exc).__name__})"
@@ -1006,14 +1208,18 @@ def facts(args, client: str) -> list[str]:
         f"HEAD {git('rev-parse', '--short', 'HEAD')}; python {sys.version.split()[0]}",
         f"nxjobs/callbacks/http.py: sha256 {digest}, mtime {mtime:%Y-%m-%d %H:%M:%S} UTC, "
         f"{'modified vs HEAD (uncommitted work): ' + changed.splitlines()[-1].strip() if changed else 'as in HEAD'}"
-        if mtime else "nxjobs/callbacks/http.py: missing",
+        if mtime
+        else "nxjobs/callbacks/http.py: missing",
         f"HttpLimits defaults: {limits}",
         f"versions: uvicorn {ver('uvicorn')}, granian {ver('granian')}, hypercorn {ver('hypercorn')}, "
         f"httptools {ver('httptools')}, uvloop {ver('uvloop')}, h11 {ver('h11')}",
         f"load: ~{args.requests:,} POSTs of {len(NC_BODY)} bytes ({len(nc_request())} on the wire) per run over "
         f"{args.connections} keep-alive connections, client {client}"
-        + (f" {subprocess.run(['wrk', '-v'], capture_output=True, text=True).stdout.split()[1]}"
-           if client == "wrk" else ""),
+        + (
+            f" {subprocess.run(['wrk', '-v'], capture_output=True, text=True).stdout.split()[1]}"
+            if client == "wrk"
+            else ""
+        ),
     ]
 
 
@@ -1025,8 +1231,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", default="", help="comma-separated candidate names")
     p.add_argument("--skip-cpu", action="store_true")
     p.add_argument("--skip-attacks", action="store_true")
-    p.add_argument("--idle-window", type=float, default=35.0,
-                   help="seconds to watch idle / partial / stalled connections in attack (c)")
+    p.add_argument(
+        "--idle-window",
+        type=float,
+        default=35.0,
+        help="seconds to watch idle / partial / stalled connections in attack (c)",
+    )
     p.add_argument("--client", choices=("auto", "wrk", "python"), default="auto")
     p.add_argument("--markdown", default="", help="also write the tables to this file")
     args = p.parse_args(argv)
@@ -1081,10 +1291,13 @@ def main(argv: list[str] | None = None) -> int:
                         server.wait_ready()
                         r = measure_cpu(server, args.requests, args.connections, client, appdir)
                         results[c.name].append(r)
-                        print(f"  run {run + 1} {c.name}: load {loadavg()}, {r['us']:.1f} us/request, {r['served']:,} served, "
-                              f"server CPU {r['cpu_share'] * 100:.0f} % of a core, {r['rps']:,.0f} req/s"
-                              + (f", {r['bad']} non-200" if r["bad"] else "") + (f", {r['errs']}" if r["errs"] else ""),
-                              flush=True)
+                        print(
+                            f"  run {run + 1} {c.name}: load {loadavg()}, {r['us']:.1f} us/request, {r['served']:,} served, "
+                            f"server CPU {r['cpu_share'] * 100:.0f} % of a core, {r['rps']:,.0f} req/s"
+                            + (f", {r['bad']} non-200" if r["bad"] else "")
+                            + (f", {r['errs']}" if r["errs"] else ""),
+                            flush=True,
+                        )
                     except Exception as exc:
                         failed[c.name] = str(exc)[:300]
                         print(f"  {c.name} failed: {failed[c.name]}", flush=True)
@@ -1092,21 +1305,44 @@ def main(argv: list[str] | None = None) -> int:
                         server.stop()
             emit("## Per-request server CPU (us of server CPU per request; lower is better)\n")
             rows = []
-            for c in sorted(cands, key=lambda c: statistics.median([r["us"] for r in results[c.name]])
-                            if results[c.name] else 1e9):
+            for c in sorted(
+                cands,
+                key=lambda c: (
+                    statistics.median([r["us"] for r in results[c.name]])
+                    if results[c.name]
+                    else 1e9
+                ),
+            ):
                 rs = results[c.name]
                 if not rs:
                     rows.append([c.name, "failed", failed.get(c.name, ""), "", "", "", ""])
                     continue
-                rows.append([c.name, f"{statistics.median(r['us'] for r in rs):.1f}",
-                             " / ".join(f"{r['us']:.1f}" for r in rs),
-                             f"{min(r['served'] for r in rs):,}-{max(r['served'] for r in rs):,}",
-                             f"{statistics.median(r['cpu_share'] for r in rs) * 100:.0f} %",
-                             f"{statistics.median(r['rps'] for r in rs):,.0f}",
-                             f"{rs[0]['procs']}; {sum(r['bad'] for r in rs)} non-200"
-                             + (f"; {rs[-1]['errs']}" if rs[-1]["errs"] else "")])
-            emit(table(["candidate", "median us/req", "runs", "requests per run", "server CPU (1 core = 100 %)",
-                        "req/s (client-bound, info)", "processes; errors"], rows))
+                rows.append(
+                    [
+                        c.name,
+                        f"{statistics.median(r['us'] for r in rs):.1f}",
+                        " / ".join(f"{r['us']:.1f}" for r in rs),
+                        f"{min(r['served'] for r in rs):,}-{max(r['served'] for r in rs):,}",
+                        f"{statistics.median(r['cpu_share'] for r in rs) * 100:.0f} %",
+                        f"{statistics.median(r['rps'] for r in rs):,.0f}",
+                        f"{rs[0]['procs']}; {sum(r['bad'] for r in rs)} non-200"
+                        + (f"; {rs[-1]['errs']}" if rs[-1]["errs"] else ""),
+                    ]
+                )
+            emit(
+                table(
+                    [
+                        "candidate",
+                        "median us/req",
+                        "runs",
+                        "requests per run",
+                        "server CPU (1 core = 100 %)",
+                        "req/s (client-bound, info)",
+                        "processes; errors",
+                    ],
+                    rows,
+                )
+            )
             emit()
 
         if args.skip_attacks:
@@ -1125,14 +1361,21 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 server.stop()
         names = list(dict.fromkeys(k for v in probe_rows.values() for k in v))
-        emit(table(["probe", *probe_rows], [[n, *(probe_rows[c].get(n, "") for c in probe_rows)] for n in names]))
+        emit(
+            table(
+                ["probe", *probe_rows],
+                [[n, *(probe_rows[c].get(n, "") for c in probe_rows)] for n in names],
+            )
+        )
         emit()
 
         # ---- 3. attacks ----
-        attacks = [("(a) 16 MiB trailers", lambda port: (attack_trailers(port),)),
-                   ("(a2) 16 MiB chunk ext", lambda port: (attack_chunk_ext(port),)),
-                   ("(b) 300k pipelined, unread", attack_pipeline),
-                   ("(c) 1000 idle + 1 POST", lambda port: attack_idle(port, args.idle_window))]
+        attacks = [
+            ("(a) 16 MiB trailers", lambda port: (attack_trailers(port),)),
+            ("(a2) 16 MiB chunk ext", lambda port: (attack_chunk_ext(port),)),
+            ("(b) 300k pipelined, unread", attack_pipeline),
+            ("(c) 1000 idle + 1 POST", lambda port: attack_idle(port, args.idle_window)),
+        ]
         rows = []
         for c in cands:
             for name, fn in attacks:
@@ -1143,33 +1386,63 @@ def main(argv: list[str] | None = None) -> int:
                 # the write-side flow control alone must bound what the server holds.
                 name = "(b) same, max_requests_per_connection=10^7"
                 print(f"  {c.name} {name} ...", flush=True)
-                rows.append(run_attack(c, appdir, name, attack_pipeline,
-                                       {"limits": {"max_requests_per_connection": 10_000_000}}))
+                rows.append(
+                    run_attack(
+                        c,
+                        appdir,
+                        name,
+                        attack_pipeline,
+                        {"limits": {"max_requests_per_connection": 10_000_000}},
+                    )
+                )
             if c.cap_option:
                 name = f"(c-cap500) {c.cap_option.replace('N', '500')}"
                 print(f"  {c.name} {name} ...", flush=True)
                 rows.append(run_attack(c, appdir, name, attack_cap, {"cap": 500}))
         emit("## Attacks (fresh server each; RSS = sum of VmRSS over the server's processes)\n")
-        cols = ["candidate", "attack", "outcome", "RSS MiB before / peak / after", "fds before / peak / after",
-                "server alive", "legit POST after"]
+        cols = [
+            "candidate",
+            "attack",
+            "outcome",
+            "RSS MiB before / peak / after",
+            "fds before / peak / after",
+            "server alive",
+            "legit POST after",
+        ]
         trows = []
         for r in rows:
-            extra = "; ".join(f"{k}: {r[k]}" for k in ("legit during", "idle", "partial head", "stalled body")
-                              if k in r)
+            extra = "; ".join(
+                f"{k}: {r[k]}"
+                for k in ("legit during", "idle", "partial head", "stalled body")
+                if k in r
+            )
             rss = " / ".join(f"{x / 1024:.0f}" for x in r["rss"]) if "rss" in r else ""
             fds = " / ".join(str(x) for x in r["fds"]) if "fds" in r else ""
-            trows.append([r["candidate"], r["attack"], r["outcome"] + (f"; {extra}" if extra else ""), rss, fds,
-                          ("yes" if r.get("alive") else "NO") if "alive" in r else "", r.get("legit after", "")])
+            trows.append(
+                [
+                    r["candidate"],
+                    r["attack"],
+                    r["outcome"] + (f"; {extra}" if extra else ""),
+                    rss,
+                    fds,
+                    ("yes" if r.get("alive") else "NO") if "alive" in r else "",
+                    r.get("legit after", ""),
+                ]
+            )
         emit(table(cols, trows))
         emit()
-        emit("(b) `legit during`: a POST on a new connection while the attack connection is open and unread. "
-             "(c) outcome: the legitimate POST on a new connection after the 1,000 idle ones; `idle` / "
-             "`partial head` / `stalled body`: when the server closed those connections (seconds since opened).")
+        emit(
+            "(b) `legit during`: a POST on a new connection while the attack connection is open and unread. "
+            "(c) outcome: the legitimate POST on a new connection after the 1,000 idle ones; `idle` / "
+            "`partial head` / `stalled body`: when the server closed those connections (seconds since opened)."
+        )
         return 0
     finally:
         if NX_VERSIONS:
-            emit("\nnxjobs/callbacks/http.py versions measured (sha256[:12]: first-last nxjobs start, UTC): "
-                 + "; ".join(f"{k}: {v[0]}-{v[1]}" for k, v in NX_VERSIONS.items()))
+            emit(
+                "\nnxjobs/callbacks/http.py versions measured (sha256[:12]: first-last nxjobs start, UTC): "
+                + "; ".join(f"{k}: {v[0]}-{v[1]}" for k, v in NX_VERSIONS.items())
+            )
         if args.markdown:
             Path(args.markdown).write_text("\n".join(out) + "\n")
         shutil.rmtree(appdir, ignore_errors=True)

@@ -40,20 +40,45 @@ def run_row(system: str, workers: int, quota: int, jobs: int, timeout_s: float) 
     with RedisServer() as redis_server:
         sandbox, url = start_sandbox("--api2-rate", str(quota))
         # Tuning knobs (NXJOBS_RATELIMIT__*) pass through; everything else comes from the sandbox.
-        env = {**{k: v for k, v in os.environ.items()
-                  if not k.startswith("NXJOBS_") or k.startswith("NXJOBS_RATELIMIT__")},
-               **sandbox_env(url), "NXJOBS_REDIS_URL": redis_server.url, "NXJOBS_API2__RATE_PER_S": str(quota),
-               "BENCH_QUOTA": str(quota), "PYTHONPATH": project_root()}
+        env = {
+            **{
+                k: v
+                for k, v in os.environ.items()
+                if not k.startswith("NXJOBS_") or k.startswith("NXJOBS_RATELIMIT__")
+            },
+            **sandbox_env(url),
+            "NXJOBS_REDIS_URL": redis_server.url,
+            "NXJOBS_API2__RATE_PER_S": str(quota),
+            "BENCH_QUOTA": str(quota),
+            "PYTHONPATH": project_root(),
+        }
         procs: list[ServiceProcess] = []
         try:
             for i in range(workers):
                 if system == "nxjobs":
                     procs.append(start_worker(env, queues="api2", concurrency=4, name=f"bench{i}"))
                 else:
-                    p = ServiceProcess(f"plain{i}", [sys.executable, "-m", "celery", "-A", "bench.plain_celery_app",
-                                                     "worker", "-c", "4", "-n", f"plain{i}@%h", "--without-mingle",
-                                                     "--without-gossip", "-l", "INFO"], env=env,
-                                       cwd=project_root()).start()
+                    p = ServiceProcess(
+                        f"plain{i}",
+                        [
+                            sys.executable,
+                            "-m",
+                            "celery",
+                            "-A",
+                            "bench.plain_celery_app",
+                            "worker",
+                            "-c",
+                            "4",
+                            "-n",
+                            f"plain{i}@%h",
+                            "--without-mingle",
+                            "--without-gossip",
+                            "-l",
+                            "INFO",
+                        ],
+                        env=env,
+                        cwd=project_root(),
+                    ).start()
                     p.wait_for_log(" ready.", 60)
                     procs.append(p)
             phones = [str(6581000000 + i) for i in range(jobs)]
@@ -72,27 +97,39 @@ def run_row(system: str, workers: int, quota: int, jobs: int, timeout_s: float) 
                 while time.time() < deadline:
                     if system == "nxjobs":
                         recs = producer.store.get_many(ids)
-                        done = sum(1 for r in recs.values() if r and (r.reached(JobState.SUBMITTED)
-                                                                     or r.state == JobState.FAILED))
+                        done = sum(
+                            1
+                            for r in recs.values()
+                            if r and (r.reached(JobState.SUBMITTED) or r.state == JobState.FAILED)
+                        )
                     else:
                         done = producer.redis.llen("bench:plain:accepted")
                     if done >= jobs:
                         break
                     time.sleep(0.5)
                 if os.environ.get("DEBUG_LATENESS"):
-                    lat = sorted(float(x) / 1000 for x in producer.redis.lrange("debug:lateness", 0, -1))
+                    lat = sorted(
+                        float(x) / 1000 for x in producer.redis.lrange("debug:lateness", 0, -1)
+                    )
                     if lat:
-                        print(f"lateness ms: p50 {lat[len(lat) // 2]:.1f} p90 {lat[int(len(lat) * .9)]:.1f} "
-                              f"p99 {lat[int(len(lat) * .99)]:.1f} max {lat[-1]:.1f} n={len(lat):d}")
+                        print(
+                            f"lateness ms: p50 {lat[len(lat) // 2]:.1f} p90 {lat[int(len(lat) * 0.9)]:.1f} "
+                            f"p99 {lat[int(len(lat) * 0.99)]:.1f} max {lat[-1]:.1f} n={len(lat):d}"
+                        )
                 if system == "nxjobs":
                     recs = producer.store.get_many(ids)
                     # wa-calling has no callbacks: it completes in the same step as it is submitted.
-                    accepted = sorted(_iso_to_epoch(r.updated_at) for r in recs.values()
-                                      if r and r.reached(JobState.SUBMITTED))
+                    accepted = sorted(
+                        _iso_to_epoch(r.updated_at)
+                        for r in recs.values()
+                        if r and r.reached(JobState.SUBMITTED)
+                    )
                     failed = sum(1 for r in recs.values() if r and r.state.value == "failed")
                     waits = [r.waits for r in recs.values() if r]
                 else:
-                    accepted = sorted(float(x) for x in producer.redis.lrange("bench:plain:accepted", 0, -1))
+                    accepted = sorted(
+                        float(x) for x in producer.redis.lrange("bench:plain:accepted", 0, -1)
+                    )
                     failed, waits = 0, [0]
             with SandboxControl(url) as control:
                 responses = control.stats()["responses"].get("/api/wa/calling/get", {})
@@ -117,11 +154,20 @@ def run_row(system: str, workers: int, quota: int, jobs: int, timeout_s: float) 
     window = max(window_end - accepted[0], 1e-9) if accepted else float("nan")
     rate = (len(accepted) - 1) / window if len(accepted) > 1 else 0.0
     return {
-        "system": system, "workers": workers, "jobs": jobs, "accepted": len(accepted), "failed": failed,
-        "drained": drained, "window_s": window, "rate": rate, "ratio": rate / quota,
-        "requests": total_requests, "too_frequent": too_frequent,
+        "system": system,
+        "workers": workers,
+        "jobs": jobs,
+        "accepted": len(accepted),
+        "failed": failed,
+        "drained": drained,
+        "window_s": window,
+        "rate": rate,
+        "ratio": rate / quota,
+        "requests": total_requests,
+        "too_frequent": too_frequent,
         "throttled_share": too_frequent / total_requests if total_requests else 0.0,
-        "waits_median": statistics.median(waits), "enqueue_s": enqueue_s,
+        "waits_median": statistics.median(waits),
+        "enqueue_s": enqueue_s,
     }
 
 
@@ -141,24 +187,33 @@ def _explain_throttles(control, quota: int, t0: float) -> None:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--quota", type=int, default=20, help="sandbox api2 quota, requests/s")
     ap.add_argument("--seconds", type=float, default=35, help="backlog length at the quota")
     ap.add_argument("--rows", default="nxjobs:2,plain:2,nxjobs:4", help="system:workers,...")
     ap.add_argument("--timeout", type=float, default=120, help="per-row cap, seconds")
     args = ap.parse_args()
     jobs = int(args.quota * args.seconds)
-    print(f"quota Q={args.quota}/s, {jobs} single-request jobs per row, each worker process -c 4, "
-          f"machine: {os.cpu_count()} cores")
-    header = (f"{'system':<8} {'workers':>7} {'accepted':>9} {'window_s':>9} {'rate/s':>8} {'ratio':>6} "
-              f"{'requests':>9} {'2206':>6} {'2206 %':>7} {'drained':>8}")
+    print(
+        f"quota Q={args.quota}/s, {jobs} single-request jobs per row, each worker process -c 4, "
+        f"machine: {os.cpu_count()} cores"
+    )
+    header = (
+        f"{'system':<8} {'workers':>7} {'accepted':>9} {'window_s':>9} {'rate/s':>8} {'ratio':>6} "
+        f"{'requests':>9} {'2206':>6} {'2206 %':>7} {'drained':>8}"
+    )
     print(header)
     for spec in args.rows.split(","):
         system, workers = spec.split(":")
         row = run_row(system, int(workers), args.quota, jobs, args.timeout)
-        print(f"{row['system']:<8} {row['workers']:>7} {row['accepted']:>9} {row['window_s']:>9.1f} "
-              f"{row['rate']:>8.2f} {row['ratio']:>6.3f} {row['requests']:>9} {row['too_frequent']:>6} "
-              f"{100 * row['throttled_share']:>6.2f}% {str(row['drained']):>8}", flush=True)
+        print(
+            f"{row['system']:<8} {row['workers']:>7} {row['accepted']:>9} {row['window_s']:>9.1f} "
+            f"{row['rate']:>8.2f} {row['ratio']:>6.3f} {row['requests']:>9} {row['too_frequent']:>6} "
+            f"{100 * row['throttled_share']:>6.2f}% {str(row['drained']):>8}",
+            flush=True,
+        )
     return 0
 
 

@@ -50,22 +50,36 @@ LEGIT_TIMEOUT_S = 5.0
 
 # ---- the receiver under attack ---------------------------------------------------------------------
 
+
 class Receiver:
     """`python -m workers.web` from `root`, its descriptor limit `nofile`; sampled while attacked."""
 
     def __init__(self, root: Path, redis_url: str, nofile: int, env: dict[str, str]):
         from sandbox.accounts import sandbox_env
 
-        self.log = tempfile.NamedTemporaryFile(prefix="nxjobs-attack-receiver-", suffix=".log", delete=False)
-        full_env = {**os.environ, **sandbox_env("http://127.0.0.1:9"), "NXJOBS_REDIS_URL": redis_url,
-                    "NXJOBS_CALLBACKS__TOKEN": TOKEN, **env}
+        self.log = tempfile.NamedTemporaryFile(
+            prefix="nxjobs-attack-receiver-", suffix=".log", delete=False
+        )
+        full_env = {
+            **os.environ,
+            **sandbox_env("http://127.0.0.1:9"),
+            "NXJOBS_REDIS_URL": redis_url,
+            "NXJOBS_CALLBACKS__TOKEN": TOKEN,
+            **env,
+        }
 
         def limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
 
-        self.proc = subprocess.Popen([sys.executable, "-m", "workers.web", "--port", "0", "--log-level", "warning"],
-                                     cwd=root, env=full_env, stdout=self.log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, preexec_fn=limit)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "workers.web", "--port", "0", "--log-level", "warning"],
+            cwd=root,
+            env=full_env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=limit,
+        )
         self.pid = self.proc.pid
         self.port = self._wait_listening()
         self._wait_ready()
@@ -148,6 +162,7 @@ class Receiver:
 
 # ---- one attack's run --------------------------------------------------------------------------------
 
+
 @dataclass
 class Result:
     attack: str
@@ -196,10 +211,18 @@ class Run:
 
 def legit_callback(port: int) -> str:
     """A valid callback on a new connection: '200 in 3 ms', or why there was no answer."""
-    body = json.dumps({"requestId": uuid.uuid4().hex + "-000001", "code": 0, "phone": "6591000001",
-                       "batchNo": uuid.uuid4().hex}).encode()
-    raw = (f"POST /callbacks/number-check/{TOKEN} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-           f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+    body = json.dumps(
+        {
+            "requestId": uuid.uuid4().hex + "-000001",
+            "code": 0,
+            "phone": "6591000001",
+            "batchNo": uuid.uuid4().hex,
+        }
+    ).encode()
+    raw = (
+        f"POST /callbacks/number-check/{TOKEN} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
     t0 = time.monotonic()
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=LEGIT_TIMEOUT_S) as s:
@@ -234,15 +257,21 @@ def read_answer(s: socket.socket, timeout: float = 5) -> str:
     return data.split()[1].decode()
 
 
-def send_until_stalled(s: socket.socket, data: bytes, *, stall_s: float = 3.0, max_s: float = 30.0) -> int:
+def send_until_stalled(
+    s: socket.socket, data: bytes, *, stall_s: float = 3.0, max_s: float = 30.0
+) -> int:
     """Non-blocking sends of `data`; stops when done, when nothing was taken for `stall_s`, or at `max_s`."""
     s.setblocking(False)
     view, sent = memoryview(data), 0
     t0 = progress = time.monotonic()
     try:
-        while sent < len(data) and time.monotonic() - t0 < max_s and time.monotonic() - progress < stall_s:
+        while (
+            sent < len(data)
+            and time.monotonic() - t0 < max_s
+            and time.monotonic() - progress < stall_s
+        ):
             try:
-                sent += s.send(view[sent:sent + 256 * 1024])
+                sent += s.send(view[sent : sent + 256 * 1024])
                 progress = time.monotonic()
             except BlockingIOError:
                 select.select([], [s], [], 0.05)
@@ -258,8 +287,10 @@ def _mb(n: int) -> str:
 
 # ---- the attacks ---------------------------------------------------------------------------------------
 
-CHUNKED = (b"POST /callbacks/number-check/" + TOKEN.encode() + b" HTTP/1.1\r\nHost: x\r\n"
-           b"Transfer-Encoding: chunked\r\n\r\n")
+CHUNKED = (
+    b"POST /callbacks/number-check/" + TOKEN.encode() + b" HTTP/1.1\r\nHost: x\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\n"
+)
 
 
 def _flood(run: Run, payload: bytes) -> str:
@@ -305,7 +336,9 @@ def pipelined_unread(run: Run) -> str:
     sent = send_until_stalled(s, burst, stall_s=2.0)
     time.sleep(1.0)
     run.legit_during()
-    return f"sent {sent // (len(burst) // count):,} of {count:,} requests ({_mb(sent)}), read nothing"
+    return (
+        f"sent {sent // (len(burst) // count):,} of {count:,} requests ({_mb(sent)}), read nothing"
+    )
 
 
 def idle_sockets(run: Run) -> str:
@@ -381,25 +414,35 @@ def _trickle(run: Run, first: bytes, byte: bytes, count: int, seconds: float) ->
         except OSError:
             key = "closed"
         answers[key] = answers.get(key, 0) + 1
-    return f"{opened} trickling {seconds:.0f} s: " + ", ".join(f"{v} {k}" for k, v in sorted(answers.items()))
+    return f"{opened} trickling {seconds:.0f} s: " + ", ".join(
+        f"{v} {k}" for k, v in sorted(answers.items())
+    )
 
 
 def slowloris_heads(run: Run) -> str:
     """1 000 connections sending a head one byte every 0.5 s (longer than the default head timeout)."""
-    return _trickle(run, b"POST /callbacks/number-check/" + TOKEN.encode() + b" HTTP/1.1\r\nHost: x\r\nX-Slow: ",
-                    b"a", run.size(1000, 100), run.size(13, 4))
+    return _trickle(
+        run,
+        b"POST /callbacks/number-check/" + TOKEN.encode() + b" HTTP/1.1\r\nHost: x\r\nX-Slow: ",
+        b"a",
+        run.size(1000, 100),
+        run.size(13, 4),
+    )
 
 
 def slowloris_bodies(run: Run) -> str:
     """1 000 connections sending a body one byte every 0.5 s (longer than the default request timeout)."""
-    head = (b"POST /callbacks/number-check/" + TOKEN.encode() + b" HTTP/1.1\r\nHost: x\r\n"
-            b"Content-Length: 60000\r\n\r\n")
+    head = (
+        b"POST /callbacks/number-check/" + TOKEN.encode() + b" HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Length: 60000\r\n\r\n"
+    )
     return _trickle(run, head, b"{", run.size(1000, 100), run.size(33, 4))
 
 
 # ---- attacks by someone who holds the URL token (or replays a signed callback) --------------------------
 # Each works through real HTTP on the receiver; the job records they aim at are written with this tree's
 # record store, as a worker would have left them.
+
 
 def _session():
     import requests
@@ -408,8 +451,12 @@ def _session():
 
 
 def _post(session, port: int, path: str, body: dict) -> int:
-    return session.post(f"http://127.0.0.1:{port}{path}", data=json.dumps(body).encode(), timeout=10,
-                        headers={"Content-Type": "application/json"}).status_code
+    return session.post(
+        f"http://127.0.0.1:{port}{path}",
+        data=json.dumps(body).encode(),
+        timeout=10,
+        headers={"Content-Type": "application/json"},
+    ).status_code
 
 
 def _check_job(run: Run, phones: list[str]) -> tuple[str, str]:
@@ -421,16 +468,32 @@ def _check_job(run: Run, phones: list[str]) -> tuple[str, str]:
     store = RecordStore(run.redis)
     job_id, request_id = uuid.uuid4().hex, uuid.uuid4().hex
     payload = validate_payload("number-check", {"phones": phones})
-    store.create(job_id, "number-check", {}, expect=correlate.on_enqueue("number-check", job_id, payload))
+    store.create(
+        job_id, "number-check", {}, expect=correlate.on_enqueue("number-check", job_id, payload)
+    )
     store.transition(job_id, JobState.RUNNING)
-    store.transition(job_id, JobState.SUBMITTED, result={"requestId": request_id, "batchNo": job_id,
-                                                         "numbers": len(phones), "failNumber": []})
+    store.transition(
+        job_id,
+        JobState.SUBMITTED,
+        result={
+            "requestId": request_id,
+            "batchNo": job_id,
+            "numbers": len(phones),
+            "failNumber": [],
+        },
+    )
     return job_id, request_id
 
 
 def _dr(request_id: str, n: int, phone: str, batch_no: str, pad: int = 0) -> dict:
-    body = {"requestId": f"{request_id}-{n:06d}", "code": 0, "message": "success", "batchNo": batch_no,
-            "phone": phone, "data": {"numberType": "mobile", "country": "SG"}}
+    body = {
+        "requestId": f"{request_id}-{n:06d}",
+        "code": 0,
+        "message": "success",
+        "batchNo": batch_no,
+        "phone": phone,
+        "data": {"numberType": "mobile", "country": "SG"},
+    }
     if pad:
         body["pad"] = "x" * pad
     return body
@@ -483,18 +546,42 @@ def forged_cdr_for_ambiguous_call(run: Run) -> str:
 
     store = RecordStore(run.redis)
     job_id = uuid.uuid4().hex
-    store.create(job_id, "call", {}, expect=correlate.on_enqueue(
-        "call", job_id, validate_payload("call", {"phone": "8613800138000"})))
+    store.create(
+        job_id,
+        "call",
+        {},
+        expect=correlate.on_enqueue(
+            "call", job_id, validate_payload("call", {"phone": "8613800138000"})
+        ),
+    )
     store.transition(job_id, JobState.RUNNING)
-    store.transition(job_id, JobState.FAILED, error=JobError(code="ambiguous", message="answer lost",
-                                                              retryable=False).model_dump())
+    store.transition(
+        job_id,
+        JobState.FAILED,
+        error=JobError(code="ambiguous", message="answer lost", retryable=False).model_dump(),
+    )
     run.redis.zadd(keys.RECONCILE, {job_id: time.time()})
     with _session() as s:
-        _post(s, run.port, f"/callbacks/agent/cdr/{TOKEN}",
-              {"sessionid": str(uuid.uuid4()), "orderid": job_id, "phone": "8613800138000", "duration": 30})
+        _post(
+            s,
+            run.port,
+            f"/callbacks/agent/cdr/{TOKEN}",
+            {
+                "sessionid": str(uuid.uuid4()),
+                "orderid": job_id,
+                "phone": "8613800138000",
+                "duration": 30,
+            },
+        )
     run.legit_during()
     due = run.redis.zscore(keys.RECONCILE, job_id)
-    lookup = "no lookup" if due is None else "lookup due now" if due <= time.time() else "lookup not due yet"
+    lookup = (
+        "no lookup"
+        if due is None
+        else "lookup due now"
+        if due <= time.time()
+        else "lookup not due yet"
+    )
     return f"job {run.redis.hget(keys.job(job_id), 'state')}, {lookup}"
 
 
@@ -502,7 +589,11 @@ def _unmatched(run: Run) -> str:
     from nxjobs import keys
 
     kind = run.redis.type(keys.CALLBACKS_UNMATCHED)
-    count = run.redis.llen(keys.CALLBACKS_UNMATCHED) if kind == "list" else run.redis.zcard(keys.CALLBACKS_UNMATCHED)
+    count = (
+        run.redis.llen(keys.CALLBACKS_UNMATCHED)
+        if kind == "list"
+        else run.redis.zcard(keys.CALLBACKS_UNMATCHED)
+    )
     return f"unmatched entries {count}"
 
 
@@ -510,8 +601,12 @@ def unmatched_flood(run: Run) -> str:
     """Unknown DRs of 64 KB each (just under the body limit), all distinct."""
     n = run.size(10_000, 500)
     with _session() as s:
-        codes = {_post(s, run.port, NC, _dr(uuid.uuid4().hex, 1, PHONES[0], uuid.uuid4().hex, pad=63_000))
-                 for _ in range(n)}
+        codes = {
+            _post(
+                s, run.port, NC, _dr(uuid.uuid4().hex, 1, PHONES[0], uuid.uuid4().hex, pad=63_000)
+            )
+            for _ in range(n)
+        }
     run.legit_during()
     return f"{n} sent, answers {sorted(codes)}; {_unmatched(run)}"
 
@@ -531,27 +626,61 @@ def signed_replay(run: Run) -> str:
     from nxjobs.client.signing import callbot_headers, serialize_body
     from sandbox import accounts
 
-    text = serialize_body({"callbackType": 1, "userTaskID": "unknown-" + uuid.uuid4().hex[:8], "taskID": "1",
-                           "taskStatus": 3, "taskStat": {"totalCall": 1}})
-    headers = {**callbot_headers(secret_key=accounts.CALLBOT_SECRET_KEY, uuid=accounts.CALLBOT_UUID,
-                                 request_id=uuid.uuid4().hex, create_ts_s=int(time.time()), body_text=text),
-               "Content-Type": "application/json"}
+    text = serialize_body(
+        {
+            "callbackType": 1,
+            "userTaskID": "unknown-" + uuid.uuid4().hex[:8],
+            "taskID": "1",
+            "taskStatus": 3,
+            "taskStat": {"totalCall": 1},
+        }
+    )
+    headers = {
+        **callbot_headers(
+            secret_key=accounts.CALLBOT_SECRET_KEY,
+            uuid=accounts.CALLBOT_UUID,
+            request_id=uuid.uuid4().hex,
+            create_ts_s=int(time.time()),
+            body_text=text,
+        ),
+        "Content-Type": "application/json",
+    }
     with _session() as s:
-        codes = {s.post(f"http://127.0.0.1:{run.port}/callbacks/callbot/task", data=text.encode(),
-                        headers=headers, timeout=10).status_code for _ in range(20)}
+        codes = {
+            s.post(
+                f"http://127.0.0.1:{run.port}/callbacks/callbot/task",
+                data=text.encode(),
+                headers=headers,
+                timeout=10,
+            ).status_code
+            for _ in range(20)
+        }
     run.legit_during()
     return f"answers {sorted(codes)}; {_unmatched(run)}"
 
 
-ATTACKS: list[Callable[[Run], str]] = [trailer_flood, trailer_value, chunk_extension, tiny_chunks,
-                                       pipelined_unread, idle_sockets, idle_past_the_fd_limit,
-                                       slowloris_heads, slowloris_bodies,
-                                       forged_completion, mixed_job_ids, completed_job_growth,
-                                       forged_cdr_for_ambiguous_call, unmatched_flood, repeated_unknown,
-                                       signed_replay]
+ATTACKS: list[Callable[[Run], str]] = [
+    trailer_flood,
+    trailer_value,
+    chunk_extension,
+    tiny_chunks,
+    pipelined_unread,
+    idle_sockets,
+    idle_past_the_fd_limit,
+    slowloris_heads,
+    slowloris_bodies,
+    forged_completion,
+    mixed_job_ids,
+    completed_job_growth,
+    forged_cdr_for_ambiguous_call,
+    unmatched_flood,
+    repeated_unknown,
+    signed_replay,
+]
 
 
 # ---- running and reporting -------------------------------------------------------------------------------
+
 
 def redis_used_memory(client) -> int:
     return int(client.info("memory")["used_memory"])
@@ -567,7 +696,13 @@ def run_attack(attack: Callable[[Run], str], root: Path, redis_url: str, client,
         time.sleep(0.3)
         rss0, fds0, redis0 = receiver.rss_mb(), receiver.fds(), redis_used_memory(client)
         receiver.start_sampling()
-        run = Run(receiver, args.short, args.nofile, result, redis.Redis.from_url(redis_url, decode_responses=True))
+        run = Run(
+            receiver,
+            args.short,
+            args.nofile,
+            result,
+            redis.Redis.from_url(redis_url, decode_responses=True),
+        )
         t0 = time.monotonic()
         try:
             result.saw = attack(run)
@@ -588,13 +723,35 @@ def run_attack(attack: Callable[[Run], str], root: Path, redis_url: str, client,
 
 
 def print_results(results: list[Result]) -> None:
-    headers = ["attack", "receiver", "attacker saw", "RSS MB before/after/peak", "fds before/after/peak",
-               "Redis used_memory before/after", "legit during", "legit after", "s"]
-    rows = [[r.attack, r.root, r.saw, "{:.1f} / {:.1f} / {:.1f}".format(*r.rss), "{:d} / {:d} / {:d}".format(*r.fds),
-             f"{_mb(r.redis[0])} / {_mb(r.redis[1])}", r.legit_during, r.legit_after, f"{r.seconds:.1f}"]
-            for r in results]
+    headers = [
+        "attack",
+        "receiver",
+        "attacker saw",
+        "RSS MB before/after/peak",
+        "fds before/after/peak",
+        "Redis used_memory before/after",
+        "legit during",
+        "legit after",
+        "s",
+    ]
+    rows = [
+        [
+            r.attack,
+            r.root,
+            r.saw,
+            "{:.1f} / {:.1f} / {:.1f}".format(*r.rss),
+            "{:d} / {:d} / {:d}".format(*r.fds),
+            f"{_mb(r.redis[0])} / {_mb(r.redis[1])}",
+            r.legit_during,
+            r.legit_after,
+            f"{r.seconds:.1f}",
+        ]
+        for r in results
+    ]
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers)]
-    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"  # noqa: E731
+    line = lambda cells: (
+        "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
+    )  # noqa: E731
     print(line(headers))
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for row in rows:
@@ -603,12 +760,23 @@ def print_results(results: list[Result]) -> None:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--short", action="store_true", help="a fraction of each attack's size (a quick look)")
+    p.add_argument(
+        "--short", action="store_true", help="a fraction of each attack's size (a quick look)"
+    )
     p.add_argument("--only", nargs="*", default=[], help="attack names to run (default: all)")
-    p.add_argument("--receiver-root", action="append", default=[], type=Path,
-                   help="a checkout to run `python -m workers.web` from (repeat to compare; default: this tree)")
-    p.add_argument("--nofile", type=int, default=1024, help="the receiver's descriptor limit (soft and hard)")
-    p.add_argument("--env", action="append", default=[], help="KEY=VALUE for the receiver (repeatable)")
+    p.add_argument(
+        "--receiver-root",
+        action="append",
+        default=[],
+        type=Path,
+        help="a checkout to run `python -m workers.web` from (repeat to compare; default: this tree)",
+    )
+    p.add_argument(
+        "--nofile", type=int, default=1024, help="the receiver's descriptor limit (soft and hard)"
+    )
+    p.add_argument(
+        "--env", action="append", default=[], help="KEY=VALUE for the receiver (repeatable)"
+    )
     args = p.parse_args()
 
     import redis
@@ -627,11 +795,17 @@ def main() -> int:
             for root in roots:
                 r = run_attack(attack, root, server.url, client, args)
                 results.append(r)
-                print(f"{r.attack} [{r.root}]: {r.saw}; RSS %.1f -> %.1f MB (peak %.1f); fds %d -> %d (peak %d); "
-                      % (*r.rss, *r.fds) + f"legit during: {r.legit_during}, after: {r.legit_after}", flush=True)
+                print(
+                    f"{r.attack} [{r.root}]: {r.saw}; RSS %.1f -> %.1f MB (peak %.1f); fds %d -> %d (peak %d); "
+                    % (*r.rss, *r.fds)
+                    + f"legit during: {r.legit_during}, after: {r.legit_after}",
+                    flush=True,
+                )
     print()
-    print(f"{len(attacks)} attacks, {'short' if args.short else 'full'} sizes, receiver descriptor limit "
-          f"{args.nofile}, cpus={os.cpu_count()}")
+    print(
+        f"{len(attacks)} attacks, {'short' if args.short else 'full'} sizes, receiver descriptor limit "
+        f"{args.nofile}, cpus={os.cpu_count()}"
+    )
     print_results(results)
     return 0
 

@@ -54,16 +54,20 @@ _TICKS = os.sysconf("SC_CLK_TCK")
 
 # ---- an idle receiver: answers 200 to every request, counts them ------------------------------------------
 
+
 def serve_sink(max_seconds: float) -> None:
     """Subprocess entry: print the port, serve until killed or `max_seconds` pass."""
     try:
         import uvloop
+
         uvloop.install()
     except ImportError:
         pass
     count = [0]
-    ok = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 31\r\n\r\n" \
-         b'{"code":0,"message":"success"}\n'
+    ok = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 31\r\n\r\n"
+        b'{"code":0,"message":"success"}\n'
+    )
 
     class Sink(asyncio.Protocol):
         def connection_made(self, transport):
@@ -78,23 +82,27 @@ def serve_sink(max_seconds: float) -> None:
                     break
                 head = buf[:end].lower() + b"\r\n"
                 at = head.find(b"\r\ncontent-length:")
-                length = int(head[at + 17:head.find(b"\r\n", at + 2)]) if at >= 0 else 0
+                length = int(head[at + 17 : head.find(b"\r\n", at + 2)]) if at >= 0 else 0
                 if len(buf) < end + 4 + length:
                     break
                 if head.startswith(b"get /count"):
                     text = str(count[0]).encode()
-                    out.append(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(text), text))
+                    out.append(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(text), text)
+                    )
                 else:
                     count[0] += 1
                     out.append(ok)
-                buf = buf[end + 4 + length:]
+                buf = buf[end + 4 + length :]
             self.buf = buf
             if out:
                 self.transport.write(b"".join(out))
 
     async def main():
         server = await asyncio.get_running_loop().create_server(Sink, "127.0.0.1", 0, backlog=1024)
-        print(f"sink listening on http://127.0.0.1:{server.sockets[0].getsockname()[1]}", flush=True)
+        print(
+            f"sink listening on http://127.0.0.1:{server.sockets[0].getsockname()[1]}", flush=True
+        )
         await asyncio.sleep(max_seconds)
 
     asyncio.run(main())
@@ -108,6 +116,7 @@ def sink_count(url: str) -> int:
 
 
 # ---- CPU accounting ---------------------------------------------------------------------------------------
+
 
 def self_cpu() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
@@ -136,9 +145,11 @@ def pid_cpu(pid: int) -> float:
 
 # ---- one run ------------------------------------------------------------------------------------------------
 
+
 def load_dispatch(path: str | None):
     if path is None:
         from sandbox import dispatch
+
         return dispatch
     spec = importlib.util.spec_from_file_location(f"dispatch_{abs(hash(path))}", path)
     module = importlib.util.module_from_spec(spec)
@@ -163,13 +174,28 @@ def queue_drs(state, url: str, checks: list[tuple[str, str]], count: int) -> int
     return queued
 
 
-def one_run(module, *, dr_url: str, checks, count: int, seconds: float, connections: int | None,
-            receiver_sid: int | None, redis_pid: int | None) -> dict:
+def one_run(
+    module,
+    *,
+    dr_url: str,
+    checks,
+    count: int,
+    seconds: float,
+    connections: int | None,
+    receiver_sid: int | None,
+    redis_pid: int | None,
+) -> dict:
     from sandbox.state import SandboxConfig, SandboxState
 
     # Every DR due at once; a failed attempt is retried after 1 s so a hiccup shows, not hides.
-    state = SandboxState(SandboxConfig(callback_delay_s=0.0, callback_jitter_s=0.0, callback_retry_s=1.0,
-                                       callback_retry_window_s=60.0))
+    state = SandboxState(
+        SandboxConfig(
+            callback_delay_s=0.0,
+            callback_jitter_s=0.0,
+            callback_retry_s=1.0,
+            callback_retry_window_s=60.0,
+        )
+    )
     queued = queue_drs(state, dr_url, checks, count)
     if connections and hasattr(module, "CONNECTIONS_PER_ORIGIN"):
         module.CONNECTIONS_PER_ORIGIN = connections
@@ -193,33 +219,60 @@ def one_run(module, *, dr_url: str, checks, count: int, seconds: float, connecti
     leaked = [t.name for t in threading.enumerate() if t not in threads_before and t.is_alive()]
     stats = dict(state.callbacks)
     delivered = stats["delivered"]
-    return {"queued": queued, "delivered": delivered, "elapsed": elapsed, "rate": delivered / elapsed,
-            "cpu_per_k": cpu / max(delivered, 1) * 1000, "receiver_cpu_per_k": rcv / max(delivered, 1) * 1000,
-            "redis_cpu_per_k": red / max(delivered, 1) * 1000, "stats": stats, "stop_s": stop_s,
-            "leaked": leaked, "complete": delivered == queued}
+    return {
+        "queued": queued,
+        "delivered": delivered,
+        "elapsed": elapsed,
+        "rate": delivered / elapsed,
+        "cpu_per_k": cpu / max(delivered, 1) * 1000,
+        "receiver_cpu_per_k": rcv / max(delivered, 1) * 1000,
+        "redis_cpu_per_k": red / max(delivered, 1) * 1000,
+        "stats": stats,
+        "stop_s": stop_s,
+        "leaked": leaked,
+        "complete": delivered == queued,
+    }
 
 
 def fmt(name: str, r: dict) -> str:
     s = r["stats"]
-    extra = f"; receiver {r['receiver_cpu_per_k']:.3f}s, redis {r['redis_cpu_per_k']:.3f}s CPU/1k" \
-        if r["receiver_cpu_per_k"] else ""
-    return (f"  {name:9s} {r['delivered']:>7,} delivered in {r['elapsed']:6.2f}s = {r['rate']:>7,.0f}/s; "
-            f"sender CPU {r['cpu_per_k']:.3f}s/1k{extra}; attempts {s['attempts']} failed {s['failed_attempts']}"
-            f"{'' if r['complete'] else '  INCOMPLETE'}; stop {r['stop_s'] * 1000:.0f} ms"
-            f"{'; leaked threads ' + str(r['leaked']) if r['leaked'] else ''}")
+    extra = (
+        f"; receiver {r['receiver_cpu_per_k']:.3f}s, redis {r['redis_cpu_per_k']:.3f}s CPU/1k"
+        if r["receiver_cpu_per_k"]
+        else ""
+    )
+    return (
+        f"  {name:9s} {r['delivered']:>7,} delivered in {r['elapsed']:6.2f}s = {r['rate']:>7,.0f}/s; "
+        f"sender CPU {r['cpu_per_k']:.3f}s/1k{extra}; attempts {s['attempts']} failed {s['failed_attempts']}"
+        f"{'' if r['complete'] else '  INCOMPLETE'}; stop {r['stop_s'] * 1000:.0f} ms"
+        f"{'; leaked threads ' + str(r['leaked']) if r['leaked'] else ''}"
+    )
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--count", type=int, default=30_000, help="callbacks per run")
     p.add_argument("--runs", type=int, default=1)
-    p.add_argument("--seconds", type=float, default=HARD_STOP_S, help=f"time cap of each run (<= {HARD_STOP_S:.0f})")
-    p.add_argument("--baseline", help="another dispatch.py to run alternately with the current one (first)")
+    p.add_argument(
+        "--seconds",
+        type=float,
+        default=HARD_STOP_S,
+        help=f"time cap of each run (<= {HARD_STOP_S:.0f})",
+    )
+    p.add_argument(
+        "--baseline", help="another dispatch.py to run alternately with the current one (first)"
+    )
     p.add_argument("--only-baseline", action="store_true", help="run only --baseline")
     p.add_argument("--receiver", choices=("real", "sink"), default="real")
-    p.add_argument("--receiver-workers", type=int, default=1, help="receiver processes (workers.web --workers)")
-    p.add_argument("--connections", type=int, default=None,
-                   help="override CONNECTIONS_PER_ORIGIN if the dispatcher has it")
+    p.add_argument(
+        "--receiver-workers", type=int, default=1, help="receiver processes (workers.web --workers)"
+    )
+    p.add_argument(
+        "--connections",
+        type=int,
+        default=None,
+        help="override CONNECTIONS_PER_ORIGIN if the dispatcher has it",
+    )
     p.add_argument("--serve-sink", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.serve_sink:
@@ -248,17 +301,32 @@ def main() -> int:
     n_checks = -(-args.count // NUMBERS_PER_CHECK)
 
     if args.receiver == "sink":
-        sink = ServiceProcess("sink", [sys.executable, str(Path(__file__).resolve()), "--serve-sink"],
-                              cwd=project_root()).start()
+        sink = ServiceProcess(
+            "sink",
+            [sys.executable, str(Path(__file__).resolve()), "--serve-sink"],
+            cwd=project_root(),
+        ).start()
         try:
-            url = sink.wait_for_log("sink listening on ", 20).split("sink listening on ", 1)[1].strip()
+            url = (
+                sink.wait_for_log("sink listening on ", 20)
+                .split("sink listening on ", 1)[1]
+                .strip()
+            )
             print(f"receiver: idle sink {url} (no Redis); cpus={os.cpu_count()}")
             for _run in range(args.runs):
                 for name, module in contenders:
                     before = sink_count(url)
                     checks = [(uuid.uuid4().hex, uuid.uuid4().hex) for _ in range(n_checks)]
-                    r = one_run(module, dr_url=f"{url}/dr/{TOKEN}", checks=checks, count=args.count, seconds=seconds,
-                                connections=args.connections, receiver_sid=sink.proc.pid, redis_pid=None)
+                    r = one_run(
+                        module,
+                        dr_url=f"{url}/dr/{TOKEN}",
+                        checks=checks,
+                        count=args.count,
+                        seconds=seconds,
+                        connections=args.connections,
+                        receiver_sid=sink.proc.pid,
+                        redis_pid=None,
+                    )
                     received = sink_count(url) - before
                     r["verified"] = received == r["stats"]["attempts"] and r["complete"]
                     results[name].append(r)
@@ -268,8 +336,12 @@ def main() -> int:
             sink.cleanup()
     else:
         with RedisServer() as server:
-            env = {**os.environ, **sandbox_env("http://127.0.0.1:9"), "NXJOBS_REDIS_URL": server.url,
-                   "NXJOBS_CALLBACKS__TOKEN": TOKEN}
+            env = {
+                **os.environ,
+                **sandbox_env("http://127.0.0.1:9"),
+                "NXJOBS_REDIS_URL": server.url,
+                "NXJOBS_CALLBACKS__TOKEN": TOKEN,
+            }
             extra = ("--log-level", "warning")
             port = 0
             if args.receiver_workers > 1:
@@ -280,8 +352,11 @@ def main() -> int:
             try:
                 client = redis.Redis.from_url(server.url, decode_responses=True)
                 store = RecordStore(client)
-                print(f"receiver: {url} ({args.receiver_workers} process(es), pid {receiver.proc.pid}), "
-                      f"redis pid {server.pid}; cpus={os.cpu_count()}", flush=True)
+                print(
+                    f"receiver: {url} ({args.receiver_workers} process(es), pid {receiver.proc.pid}), "
+                    f"redis pid {server.pid}; cpus={os.cpu_count()}",
+                    flush=True,
+                )
                 for _run in range(args.runs):
                     for name, module in contenders:
                         t = time.perf_counter()
@@ -289,35 +364,55 @@ def main() -> int:
                         setup_s = time.perf_counter() - t
                         jobs = [j for j, _ in checks]
                         before = stored_callbacks(client, jobs)
-                        r = one_run(module, dr_url=f"{url}/callbacks/number-check/{TOKEN}", checks=checks,
-                                    count=args.count, seconds=seconds, connections=args.connections,
-                                    receiver_sid=receiver.proc.pid, redis_pid=server.pid)
+                        r = one_run(
+                            module,
+                            dr_url=f"{url}/callbacks/number-check/{TOKEN}",
+                            checks=checks,
+                            count=args.count,
+                            seconds=seconds,
+                            connections=args.connections,
+                            receiver_sid=receiver.proc.pid,
+                            redis_pid=server.pid,
+                        )
                         stored = stored_callbacks(client, jobs) - before
                         r["verified"] = stored == r["delivered"] and r["complete"]
                         results[name].append(r)
-                        print(fmt(name, r) + f"; stored {stored} "
-                              f"({'OK' if stored == r['delivered'] else 'MISMATCH'}); setup {setup_s:.1f}s")
+                        print(
+                            fmt(name, r) + f"; stored {stored} "
+                            f"({'OK' if stored == r['delivered'] else 'MISMATCH'}); setup {setup_s:.1f}s"
+                        )
                 if args.receiver_workers == 1:  # (with several, /healthz answers for one of them)
                     with urllib.request.urlopen(url + "/healthz", timeout=5) as resp:
                         counts = json.loads(resp.read())["counts"]
-                    print(f"receiver: {counts.get('callbacks_applied', 0):,} callbacks in "
-                          f"{counts.get('redis_calls', 0):,} Redis calls", flush=True)
+                    print(
+                        f"receiver: {counts.get('callbacks_applied', 0):,} callbacks in "
+                        f"{counts.get('redis_calls', 0):,} Redis calls",
+                        flush=True,
+                    )
             finally:
                 receiver.stop()
                 receiver.cleanup()
 
-    print(f"medians of {args.runs} run(s), {args.count:,} callbacks each, receiver={args.receiver}"
-          f"{'' if args.receiver == 'sink' else f' x{args.receiver_workers}'}:")
+    print(
+        f"medians of {args.runs} run(s), {args.count:,} callbacks each, receiver={args.receiver}"
+        f"{'' if args.receiver == 'sink' else f' x{args.receiver_workers}'}:"
+    )
     ok = True
     for name, rs in results.items():
         ok &= all(r["verified"] and not r["leaked"] for r in rs)
-        line = (f"  {name:9s} {statistics.median(r['rate'] for r in rs):>7,.0f} callbacks/s, sender CPU "
-                f"{statistics.median(r['cpu_per_k'] for r in rs):.3f}s per 1,000")
+        line = (
+            f"  {name:9s} {statistics.median(r['rate'] for r in rs):>7,.0f} callbacks/s, sender CPU "
+            f"{statistics.median(r['cpu_per_k'] for r in rs):.3f}s per 1,000"
+        )
         if args.receiver == "real":
             line += f", receiver CPU {statistics.median(r['receiver_cpu_per_k'] for r in rs):.3f}s per 1,000"
         runs = ", ".join(f"{r['rate']:,.0f}" for r in rs)
         print(line + f"  (runs: {runs})")
-    print("verified: every run complete, counts match, no leaked threads" if ok else "VERIFICATION FAILED")
+    print(
+        "verified: every run complete, counts match, no leaked threads"
+        if ok
+        else "VERIFICATION FAILED"
+    )
     return 0 if ok else 1
 
 

@@ -156,27 +156,48 @@ class CallbacksSettings(BaseModel):
         token = self.token.get_secret_value() if self.token else ""
         # Example values the repo has shipped (.env.example, the old compose default) and the usual
         # stand-ins: a receiver started with one has a callback URL anyone could guess.
-        placeholders = {"change-me-to-a-long-random-token", "sandbox-callbacks-token-not-a-secret",
-                        "changeme", "change-me", "change_me"}
+        placeholders = {
+            "change-me-to-a-long-random-token",
+            "sandbox-callbacks-token-not-a-secret",
+            "changeme",
+            "change-me",
+            "change_me",
+        }
         folded = token.strip().lower()
-        if token and (folded in placeholders or folded.startswith(("change-me", "changeme", "change_me",
-                                                                   "replace-me", "replaceme"))):
-            raise ValueError("NXJOBS_CALLBACKS__TOKEN is a placeholder from the examples: set a random one "
-                             "(python -c \"import secrets; print(secrets.token_urlsafe(32))\")")
+        if token and (
+            folded in placeholders
+            or folded.startswith(("change-me", "changeme", "change_me", "replace-me", "replaceme"))
+        ):
+            raise ValueError(
+                "NXJOBS_CALLBACKS__TOKEN is a placeholder from the examples: set a random one "
+                '(python -c "import secrets; print(secrets.token_urlsafe(32))")'
+            )
         if token and len(token) < 16:
-            raise ValueError("NXJOBS_CALLBACKS__TOKEN must be at least 16 characters (use a random one)")
+            raise ValueError(
+                "NXJOBS_CALLBACKS__TOKEN must be at least 16 characters (use a random one)"
+            )
         if self.public_url and not token:
-            raise ValueError("NXJOBS_CALLBACKS__TOKEN is required when NXJOBS_CALLBACKS__PUBLIC_URL is set")
+            raise ValueError(
+                "NXJOBS_CALLBACKS__TOKEN is required when NXJOBS_CALLBACKS__PUBLIC_URL is set"
+            )
         return self
 
     def deadlines_s(self) -> dict[str, float]:
         """Deadline per job kind that waits for callbacks (reconciliation starts after it)."""
-        return {"number-check": self.number_check_deadline_s, "call": self.call_deadline_s,
-                "callbot-list": self.callbot_deadline_s, "callbot-contact": self.callbot_deadline_s}
+        return {
+            "number-check": self.number_check_deadline_s,
+            "call": self.call_deadline_s,
+            "callbot-list": self.callbot_deadline_s,
+            "callbot-contact": self.callbot_deadline_s,
+        }
 
     def give_up_s(self) -> dict[str, float]:
-        return {"number-check": self.number_check_give_up_s, "call": self.call_give_up_s,
-                "callbot-list": self.callbot_give_up_s, "callbot-contact": self.callbot_give_up_s}
+        return {
+            "number-check": self.number_check_give_up_s,
+            "call": self.call_give_up_s,
+            "callbot-list": self.callbot_give_up_s,
+            "callbot-contact": self.callbot_give_up_s,
+        }
 
 
 class HttpSettings(BaseModel):

@@ -110,7 +110,9 @@ def _rows(path: str) -> Iterator[tuple[int, list[str], float]]:
                         frac = raw.tell() / size
                     yield reader.line_num, cells, frac
         except (csv.Error, UnicodeDecodeError) as exc:
-            raise InvalidJob("file", f"line {reader.line_num + 1}: not readable as UTF-8 CSV ({exc})") from None
+            raise InvalidJob(
+                "file", f"line {reader.line_num + 1}: not readable as UTF-8 CSV ({exc})"
+            ) from None
 
 
 def _is_header(line: int, cell: str, names: frozenset[str]) -> bool:
@@ -119,8 +121,10 @@ def _is_header(line: int, cell: str, names: frozenset[str]) -> bool:
 
 # ---- number check -------------------------------------------------------------
 
-def _number_rows(path: str, per_job: int, rejected: set[int] | None = None
-                 ) -> Iterator[tuple[int, str | None, str, float]]:
+
+def _number_rows(
+    path: str, per_job: int, rejected: set[int] | None = None
+) -> Iterator[tuple[int, str | None, str, float]]:
     """(line, phone or None, reason or raw value, fraction); phones normalised, duplicates rejected.
 
     With `rejected` (the lines pass 1 rejected) rows are trusted: those lines are skipped and the
@@ -147,8 +151,9 @@ def _number_rows(path: str, per_job: int, rejected: set[int] | None = None
         yield line, phone, "", frac
 
 
-def _contact_rows(path: str, per_job: int, rejected: set[int] | None = None
-                  ) -> Iterator[tuple[int, dict[str, Any] | None, str, float]]:
+def _contact_rows(
+    path: str, per_job: int, rejected: set[int] | None = None
+) -> Iterator[tuple[int, dict[str, Any] | None, str, float]]:
     """(line, contact or None, reason or raw value, fraction); order ids unique within each job.
 
     Always validates (`rejected` is not needed: the same rows fail again), since pass 2 needs
@@ -165,14 +170,24 @@ def _contact_rows(path: str, per_job: int, rejected: set[int] | None = None
         if len(cells) > 2 and cells[2]:
             contact["user_name"] = cells[2]
         if len(cells) > 3:
-            yield line, None, f"{cells[0]}\x00expected user_phone[,order_id[,user_name]], got {len(cells)} columns", frac
+            yield (
+                line,
+                None,
+                f"{cells[0]}\x00expected user_phone[,order_id[,user_name]], got {len(cells)} columns",
+                frac,
+            )
             continue
         try:
             model = Contact.model_validate(contact)
         except ValidationError as exc:
             err = exc.errors()[0]
             where = ".".join(str(p) for p in err["loc"])
-            yield line, None, f"{cells[0]}\x00{where}: {err['msg'].removeprefix('Value error, ')}", frac
+            yield (
+                line,
+                None,
+                f"{cells[0]}\x00{where}: {err['msg'].removeprefix('Value error, ')}",
+                frac,
+            )
             continue
         if valid % per_job == 0:
             order_ids.clear()  # a new job starts here
@@ -187,6 +202,7 @@ def _contact_rows(path: str, per_job: int, rejected: set[int] | None = None
 
 # ---- the two passes -------------------------------------------------------------
 
+
 @dataclass
 class BulkResult:
     rows: int = 0
@@ -196,9 +212,18 @@ class BulkResult:
     enqueued: bool = False
 
 
-def submit_file(producer, kind: str, path: str, *, make_payload: Callable[[list[Any], int, int], dict[str, Any]],
-                per_job: int, max_rejects: int | None, rejects_path: str | None, progress: Progress,
-                on_job: Callable[[str], None] = lambda _id: None) -> BulkResult:
+def submit_file(
+    producer,
+    kind: str,
+    path: str,
+    *,
+    make_payload: Callable[[list[Any], int, int], dict[str, Any]],
+    per_job: int,
+    max_rejects: int | None,
+    rejects_path: str | None,
+    progress: Progress,
+    on_job: Callable[[str], None] = lambda _id: None,
+) -> BulkResult:
     """Validate `path`, then (if rejects <= max_rejects; None = any) enqueue its valid rows as jobs of `kind`.
 
     `make_payload(items, part, parts)` builds one job's payload from its rows (part counts from 1).
@@ -213,8 +238,15 @@ def submit_file(producer, kind: str, path: str, *, make_payload: Callable[[list[
                 result.rejects.add(line, value, reason)
             else:
                 result.valid += 1
-            progress.show("validating", frac, f"{result.rows:,} rows, {result.rejects.count:,} rejected")
-        progress.show("validating", 1.0, f"{result.rows:,} rows, {result.rejects.count:,} rejected", force=True)
+            progress.show(
+                "validating", frac, f"{result.rows:,} rows, {result.rejects.count:,} rejected"
+            )
+        progress.show(
+            "validating",
+            1.0,
+            f"{result.rows:,} rows, {result.rejects.count:,} rejected",
+            force=True,
+        )
         progress.done()
     finally:
         result.rejects.close()
@@ -234,7 +266,9 @@ def submit_file(producer, kind: str, path: str, *, make_payload: Callable[[list[
         for job_id in ids:
             result.job_ids.append(job_id)
             on_job(job_id)
-        progress.show("enqueuing", len(result.job_ids) / parts, f"{len(result.job_ids):,}/{parts:,} jobs")
+        progress.show(
+            "enqueuing", len(result.job_ids) / parts, f"{len(result.job_ids):,}/{parts:,} jobs"
+        )
 
     # Number rows are trusted now (pass 1 rejected lines skipped); contacts are validated again,
     # deterministically, so the same rows are rejected.
@@ -281,7 +315,7 @@ def callbot_payload(base: dict[str, Any]):
         task_name = name
         if parts > 1:
             suffix = f" ({part}/{parts})"
-            task_name = name[:128 - len(suffix)] + suffix
+            task_name = name[: 128 - len(suffix)] + suffix
         return {**base, "task_name": task_name, "contacts": contacts}
 
     return make

@@ -34,6 +34,7 @@ def _error(message: str, code: int) -> int:
 
 # ---- worker ---------------------------------------------------------------
 
+
 def cmd_worker(rest: list[str]) -> int:
     """Run `python -m workers worker ...` from wherever the service packages live."""
     env = dict(os.environ)
@@ -41,8 +42,11 @@ def cmd_worker(rest: list[str]) -> int:
         # Editable checkout: the service packages sit next to the nxjobs package.
         root = Path(__file__).resolve().parent.parent
         if not (root / "workers" / "__main__.py").exists():
-            return _error("the service packages (workers/, tasks/, config/) are not importable here; "
-                          "run from the project root or the container workdir", EXIT_INPUT)
+            return _error(
+                "the service packages (workers/, tasks/, config/) are not importable here; "
+                "run from the project root or the container workdir",
+                EXIT_INPUT,
+            )
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
     argv = [sys.executable, "-m", "workers", "worker", *rest]
     os.execvpe(argv[0], argv, env)
@@ -66,8 +70,11 @@ def cmd_callbacks(rest: list[str]) -> int:
         return cmd_unmatched(rest[1:])
     env = _service_env()
     if env is None:
-        return _error("the service packages (workers/, config/) are not importable here; "
-                      "run from the project root or the container workdir", EXIT_INPUT)
+        return _error(
+            "the service packages (workers/, config/) are not importable here; "
+            "run from the project root or the container workdir",
+            EXIT_INPUT,
+        )
     argv = [sys.executable, "-m", "workers.web", *rest]
     os.execvpe(argv[0], argv, env)
     return EXIT_OK  # not reached
@@ -75,8 +82,10 @@ def cmd_callbacks(rest: list[str]) -> int:
 
 def cmd_unmatched(rest: list[str]) -> int:
     """Print the newest callbacks that matched no job (phones masked, no secrets)."""
-    p = argparse.ArgumentParser(prog="nxjobs callbacks unmatched",
-                                description="List callbacks that matched no job, newest first.")
+    p = argparse.ArgumentParser(
+        prog="nxjobs callbacks unmatched",
+        description="List callbacks that matched no job, newest first.",
+    )
     p.add_argument("--limit", type=int, default=20)
     p.add_argument("--json", action="store_true")
     args = p.parse_args(rest)
@@ -101,50 +110,101 @@ def cmd_unmatched(rest: list[str]) -> int:
     for row in rows:
         ids = " ".join(f"{k}={v}" for k, v in (row.get("ids") or {}).items() if v is not None)
         repeats = f"  (x{row['repeats']})" if row.get("repeats", 1) > 1 else ""
-        print(f"{row.get('received_at')}  {row.get('type'):<14} {row.get('source'):<9} {ids}  "
-              f"[{row.get('reason')}]{repeats}")
+        print(
+            f"{row.get('received_at')}  {row.get('type'):<14} {row.get('source'):<9} {ids}  "
+            f"[{row.get('reason')}]{repeats}"
+        )
     return EXIT_OK
 
 
 # ---- submit ---------------------------------------------------------------
 
+
 def _add_submit_parser(sub) -> None:
-    p = sub.add_parser("submit", help="validate and enqueue one job; prints its id",
-                       description="Kinds: " + ", ".join(KINDS) + ". Use --payload for raw JSON input.")
+    p = sub.add_parser(
+        "submit",
+        help="validate and enqueue one job; prints its id",
+        description="Kinds: " + ", ".join(KINDS) + ". Use --payload for raw JSON input.",
+    )
     p.add_argument("kind", help="job kind: " + ", ".join(KINDS))
-    p.add_argument("--json", action="store_true", help="print the stored job record instead of the id")
-    p.add_argument("--payload", help="the whole job input as a JSON object (overrides the options below)")
-    p.add_argument("--phone", action="append", help="phone with country code (repeat for number-check)")
+    p.add_argument(
+        "--json", action="store_true", help="print the stored job record instead of the id"
+    )
+    p.add_argument(
+        "--payload", help="the whole job input as a JSON object (overrides the options below)"
+    )
+    p.add_argument(
+        "--phone", action="append", help="phone with country code (repeat for number-check)"
+    )
     p.add_argument("--order-id", help="call: 4-32 letters/digits (default: the job id)")
     p.add_argument("--show-phone", help="call: caller id to display")
     p.add_argument("--check-level", type=int, help="number-check: 1 basic, 4 call, 5 HLR")
     p.add_argument("--batch-no", help="number-check: batch number (default: the job id)")
-    p.add_argument("--no-batch", dest="batch", action="store_false",
-                   help="number-check, callbot-contact: send a one-number check (one contact) in a request of "
-                        "its own at once, instead of sharing one with others (up to NXJOBS_COALESCE__LINGER_S later)")
+    p.add_argument(
+        "--no-batch",
+        dest="batch",
+        action="store_false",
+        help="number-check, callbot-contact: send a one-number check (one contact) in a request of "
+        "its own at once, instead of sharing one with others (up to NXJOBS_COALESCE__LINGER_S later)",
+    )
     p.add_argument("--user-ip", help="ota-init: IP address of the user's device")
     p.add_argument("--business-phone", help="wa-calling: WhatsApp business phone")
     p.add_argument("--scene-id", help="callbot-list: script template id")
     p.add_argument("--task-name", help="callbot-list: task name")
-    p.add_argument("--contact", action="append", metavar="PHONE[,ORDER_ID[,NAME]]",
-                   help="callbot-list: one contact (repeatable); callbot-contact: the contact (once; order id "
-                        "default: the job id)")
-    p.add_argument("--user-task-id", help="callbot-contact: userTaskID of the existing Callbot task to add to "
-                   "(e.g. a callbot-list job's id)")
-    p.add_argument("--contacts", metavar="FILE", help="callbot-list: CSV with user_phone[,order_id[,user_name]] "
-                   "(any size: split into jobs of --per-job contacts)")
-    p.add_argument("--file", metavar="FILE", help="number-check: CSV, one phone per row (any size: split into "
-                   "jobs of 5 000)")
-    p.add_argument("--per-job", type=int, metavar="N", help="file input: rows per job (default: the kind's maximum, "
-                   "5 000 phones or 100 000 contacts)")
-    p.add_argument("--max-rejects", type=int, default=0, metavar="N",
-                   help="file input: enqueue nothing if more than N rows are rejected (default 0)")
-    p.add_argument("--skip-invalid", action="store_true", help="file input: enqueue the valid rows however many "
-                   "are rejected")
-    p.add_argument("--rejects", metavar="FILE", help="file input: write rejected rows (line,value,reason) here "
-                   "(default: FILE.rejects.csv next to the input, only if any)")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="file input: progress bar on stderr (default: when stderr is a terminal)")
+    p.add_argument(
+        "--contact",
+        action="append",
+        metavar="PHONE[,ORDER_ID[,NAME]]",
+        help="callbot-list: one contact (repeatable); callbot-contact: the contact (once; order id "
+        "default: the job id)",
+    )
+    p.add_argument(
+        "--user-task-id",
+        help="callbot-contact: userTaskID of the existing Callbot task to add to "
+        "(e.g. a callbot-list job's id)",
+    )
+    p.add_argument(
+        "--contacts",
+        metavar="FILE",
+        help="callbot-list: CSV with user_phone[,order_id[,user_name]] "
+        "(any size: split into jobs of --per-job contacts)",
+    )
+    p.add_argument(
+        "--file",
+        metavar="FILE",
+        help="number-check: CSV, one phone per row (any size: split into jobs of 5 000)",
+    )
+    p.add_argument(
+        "--per-job",
+        type=int,
+        metavar="N",
+        help="file input: rows per job (default: the kind's maximum, "
+        "5 000 phones or 100 000 contacts)",
+    )
+    p.add_argument(
+        "--max-rejects",
+        type=int,
+        default=0,
+        metavar="N",
+        help="file input: enqueue nothing if more than N rows are rejected (default 0)",
+    )
+    p.add_argument(
+        "--skip-invalid",
+        action="store_true",
+        help="file input: enqueue the valid rows however many are rejected",
+    )
+    p.add_argument(
+        "--rejects",
+        metavar="FILE",
+        help="file input: write rejected rows (line,value,reason) here "
+        "(default: FILE.rejects.csv next to the input, only if any)",
+    )
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="file input: progress bar on stderr (default: when stderr is a terminal)",
+    )
     p.add_argument("--strategy-name", help="callbot-list: dialling strategy name")
     for name in ("task", "order", "call"):
         p.add_argument(f"--{name}-callback-url", help=f"callbot-list: {name} callback URL")
@@ -155,7 +215,9 @@ def _payload_from_args(args: argparse.Namespace) -> dict[str, Any]:
         try:
             payload = json.loads(args.payload)
         except json.JSONDecodeError as exc:
-            raise InvalidJob("payload", f"not valid JSON ({exc.msg} at position {exc.pos})") from None
+            raise InvalidJob(
+                "payload", f"not valid JSON ({exc.msg} at position {exc.pos})"
+            ) from None
         if not isinstance(payload, dict):
             raise InvalidJob("payload", "must be a JSON object")
         return payload
@@ -163,11 +225,18 @@ def _payload_from_args(args: argparse.Namespace) -> dict[str, Any]:
     phones = args.phone or []
     out: dict[str, Any] = {}
     if kind == "call":
-        out = {"phone": phones[0] if phones else None, "order_id": args.order_id, "show_phone": args.show_phone}
+        out = {
+            "phone": phones[0] if phones else None,
+            "order_id": args.order_id,
+            "show_phone": args.show_phone,
+        }
         _only_one(phones, "phone")
     elif kind == "number-check":
-        out = {"phones": [p for arg in phones for p in arg.split(",") if p] or None,
-               "check_level": args.check_level, "batch_no": args.batch_no}
+        out = {
+            "phones": [p for arg in phones for p in arg.split(",") if p] or None,
+            "check_level": args.check_level,
+            "batch_no": args.batch_no,
+        }
     elif kind == "ota-init":
         out = {"phone": phones[0] if phones else None, "user_ip": args.user_ip}
         _only_one(phones, "phone")
@@ -175,9 +244,15 @@ def _payload_from_args(args: argparse.Namespace) -> dict[str, Any]:
         out = {"business_phone": args.business_phone}
     elif kind == "callbot-list":
         contacts = [_contact(c.split(",")) for c in (args.contact or [])]
-        out = {"scene_id": args.scene_id, "task_name": args.task_name, "contacts": contacts or None,
-               "strategy_name": args.strategy_name, "task_callback_url": args.task_callback_url,
-               "order_callback_url": args.order_callback_url, "call_callback_url": args.call_callback_url}
+        out = {
+            "scene_id": args.scene_id,
+            "task_name": args.task_name,
+            "contacts": contacts or None,
+            "strategy_name": args.strategy_name,
+            "task_callback_url": args.task_callback_url,
+            "order_callback_url": args.order_callback_url,
+            "call_callback_url": args.call_callback_url,
+        }
     elif kind == "callbot-contact":
         contacts = [_contact(c.split(",")) for c in (args.contact or [])]
         _only_one(args.contact or [], "contact")
@@ -214,16 +289,25 @@ def _submit_file(args: argparse.Namespace) -> int:
     else:
         if args.contact:
             raise InvalidJob("contact", "give contacts with --contact or --contacts, not both")
-        base = {k: v for k, v in {
-            "scene_id": args.scene_id, "task_name": args.task_name, "strategy_name": args.strategy_name,
-            "task_callback_url": args.task_callback_url, "order_callback_url": args.order_callback_url,
-            "call_callback_url": args.call_callback_url}.items() if v is not None}
+        base = {
+            k: v
+            for k, v in {
+                "scene_id": args.scene_id,
+                "task_name": args.task_name,
+                "strategy_name": args.strategy_name,
+                "task_callback_url": args.task_callback_url,
+                "order_callback_url": args.order_callback_url,
+                "call_callback_url": args.call_callback_url,
+            }.items()
+            if v is not None
+        }
         for name in ("scene_id", "task_name"):
             if name not in base:
                 raise InvalidJob(name, "required")
         make = bulk.callbot_payload(base)
         # Check the job-level fields once, before reading a million rows.
         from nxjobs.jobs import validate_payload
+
         validate_payload(kind, make([{"user_phone": "8613800138000"}], 1, 1))
     limit = bulk.MAX_PER_JOB[kind]
     per_job = args.per_job or limit
@@ -233,21 +317,36 @@ def _submit_file(args: argparse.Namespace) -> int:
     progress = bulk.Progress(sys.stderr.isatty() if args.progress is None else args.progress)
     with Producer() as producer:
         result = bulk.submit_file(
-            producer, kind, path, make_payload=make, per_job=per_job,
-            max_rejects=None if args.skip_invalid else args.max_rejects, rejects_path=rejects_path,
-            progress=progress, on_job=lambda job_id: print(job_id, flush=True))
+            producer,
+            kind,
+            path,
+            make_payload=make,
+            per_job=per_job,
+            max_rejects=None if args.skip_invalid else args.max_rejects,
+            rejects_path=rejects_path,
+            progress=progress,
+            on_job=lambda job_id: print(job_id, flush=True),
+        )
     rej = result.rejects
     for line, value, reason in rej.first:
         print(f"rejected: line {line}: {value!r}: {reason}", file=sys.stderr)
     if rej.count > len(rej.first):
         print(f"rejected: ... {rej.count - len(rej.first):,} more", file=sys.stderr)
     if rej.count:
-        print(f"rejected rows: {rej_count_text(rej.count)} written to {rejects_path}", file=sys.stderr)
+        print(
+            f"rejected rows: {rej_count_text(rej.count)} written to {rejects_path}", file=sys.stderr
+        )
     if not result.enqueued:
-        return _error(f"{path}: {rej.count:,} of {result.rows:,} rows rejected (more than --max-rejects "
-                      f"{args.max_rejects}); nothing was enqueued", EXIT_INPUT)
-    print(f"{path}: {result.valid:,} of {result.rows:,} rows enqueued as {len(result.job_ids):,} {kind} job(s)"
-          f"{f', {rej.count:,} rejected' if rej.count else ''}", file=sys.stderr)
+        return _error(
+            f"{path}: {rej.count:,} of {result.rows:,} rows rejected (more than --max-rejects "
+            f"{args.max_rejects}); nothing was enqueued",
+            EXIT_INPUT,
+        )
+    print(
+        f"{path}: {result.valid:,} of {result.rows:,} rows enqueued as {len(result.job_ids):,} {kind} job(s)"
+        f"{f', {rej.count:,} rejected' if rej.count else ''}",
+        file=sys.stderr,
+    )
     return EXIT_OK
 
 
@@ -260,7 +359,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from nxjobs.producers import Producer
 
     get_kind(args.kind)
-    if (args.kind == "number-check" and args.file) or (args.kind == "callbot-list" and args.contacts):
+    if (args.kind == "number-check" and args.file) or (
+        args.kind == "callbot-list" and args.contacts
+    ):
         return _submit_file(args)
     if args.file or args.contacts:
         raise InvalidJob("file", "--file is for number-check, --contacts for callbot-list")
@@ -276,6 +377,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 # ---- status / wait --------------------------------------------------------
 
+
 def _print_record(record: JobRecord | None, *, as_json: bool) -> None:
     if record is None:
         return
@@ -286,8 +388,12 @@ def _print_record(record: JobRecord | None, *, as_json: bool) -> None:
     if record.error:
         line += f"  error={record.error.code}: {record.error.message}"
     elif record.result:
-        ids = {k: v for k, v in record.result.items() if k in ("orderid", "sessionid", "requestId", "taskID",
-                                                              "batchNo", "userTaskID", "orderID")}
+        ids = {
+            k: v
+            for k, v in record.result.items()
+            if k
+            in ("orderid", "sessionid", "requestId", "taskID", "batchNo", "userTaskID", "orderID")
+        }
         line += "  " + " ".join(f"{k}={v}" for k, v in ids.items())
     print(line)
 
@@ -320,8 +426,13 @@ def cmd_wait(args: argparse.Namespace) -> int:
             records = producer.wait(job_ids, until=target, timeout_s=args.timeout)
     ok = True
     if args.json:
-        print(json.dumps({jid: (r.model_dump(mode="json") if r else None) for jid, r in records.items()},
-                         ensure_ascii=False, indent=2))
+        print(
+            json.dumps(
+                {jid: (r.model_dump(mode="json") if r else None) for jid, r in records.items()},
+                ensure_ascii=False,
+                indent=2,
+            )
+        )
     for job_id, record in records.items():
         if record is None:
             print(f"error: job {job_id} not found", file=sys.stderr)
@@ -353,8 +464,9 @@ def _wait_ids(args: argparse.Namespace) -> list[str]:
     return list(dict.fromkeys(ids))
 
 
-def _wait_live(producer, job_ids: list[str], target: JobState, timeout_s: float,
-               show: bool) -> dict[str, tuple[str | None, int, int]]:
+def _wait_live(
+    producer, job_ids: list[str], target: JobState, timeout_s: float, show: bool
+) -> dict[str, tuple[str | None, int, int]]:
     """Poll (one pipelined HMGET per round, however many jobs) until all are done; redraw a progress line."""
     from nxjobs import keys
     from nxjobs.records import PROGRESS
@@ -365,7 +477,10 @@ def _wait_live(producer, job_ids: list[str], target: JobState, timeout_s: float,
         pipe = producer.redis.pipeline(transaction=False)
         for job_id in job_ids:
             pipe.hmget(keys.job(job_id), "state", "callbacks_done", "callbacks_needed")
-        states = {jid: (st, int(done or 0), int(need or 0)) for jid, (st, done, need) in zip(job_ids, pipe.execute(), strict=True)}
+        states = {
+            jid: (st, int(done or 0), int(need or 0))
+            for jid, (st, done, need) in zip(job_ids, pipe.execute(), strict=True)
+        }
         counts = {name: 0 for name in _STATES}
         missing = finished = cb_done = cb_need = 0
         for st, done, need in states.values():
@@ -380,10 +495,16 @@ def _wait_live(producer, job_ids: list[str], target: JobState, timeout_s: float,
         if show:
             frac = finished / len(job_ids)
             parts = " ".join(f"{name} {counts[name]:,}" for name in _STATES if counts[name])
-            cb = f"  callbacks {cb_done:,}/{cb_need:,}" if target is JobState.COMPLETED and cb_need else ""
+            cb = (
+                f"  callbacks {cb_done:,}/{cb_need:,}"
+                if target is JobState.COMPLETED and cb_need
+                else ""
+            )
             gone = f"  not found {missing:,}" if missing else ""
-            sys.stderr.write(f"\r[{('=' * int(frac * 30)).ljust(30)}] {finished:,}/{len(job_ids):,} {target.value}"
-                             f" or failed  ({parts}){cb}{gone}  {time.monotonic() - started:.0f}s\x1b[K")
+            sys.stderr.write(
+                f"\r[{('=' * int(frac * 30)).ljust(30)}] {finished:,}/{len(job_ids):,} {target.value}"
+                f" or failed  ({parts}){cb}{gone}  {time.monotonic() - started:.0f}s\x1b[K"
+            )
             sys.stderr.flush()
         if all_done or time.monotonic() >= deadline:
             if show:
@@ -400,7 +521,11 @@ def _wait_summary(states: dict[str, tuple[str | None, int, int]], target: JobSta
     bad = []
     for job_id, (st, _done, _need) in states.items():
         counts[st or "not found"] = counts.get(st or "not found", 0) + 1
-        if st is None or st == JobState.FAILED.value or PROGRESS.get(JobState(st), -1) < PROGRESS[target]:
+        if (
+            st is None
+            or st == JobState.FAILED.value
+            or PROGRESS.get(JobState(st), -1) < PROGRESS[target]
+        ):
             bad.append((job_id, st or "not found"))
     print(f"{len(states):,} jobs: " + ", ".join(f"{n:,} {st}" for st, n in sorted(counts.items())))
     for job_id, st in bad:
@@ -410,28 +535,54 @@ def _wait_summary(states: dict[str, tuple[str | None, int, int]], target: JobSta
 
 # ---- main -----------------------------------------------------------------
 
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nxjobs", description="NXCloud job workers on Celery + Redis")
+    parser = argparse.ArgumentParser(
+        prog="nxjobs", description="NXCloud job workers on Celery + Redis"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("worker", help="start a Celery worker (events on); options pass through: -Q, -c, --pool",
-                   add_help=False)
-    sub.add_parser("dead", help="dead letters: `dead list [--kind K] [--limit N] [--json]`, "
-                                "`dead replay JOB_ID | --all [--kind K]`, `dead purge [--kind K]`", add_help=False)
-    sub.add_parser("callbacks", help="run the callback receiver (--host, --port, --workers); "
-                                     "`callbacks unmatched [--limit N] [--json]` lists callbacks matching no job",
-                   add_help=False)
+    sub.add_parser(
+        "worker",
+        help="start a Celery worker (events on); options pass through: -Q, -c, --pool",
+        add_help=False,
+    )
+    sub.add_parser(
+        "dead",
+        help="dead letters: `dead list [--kind K] [--limit N] [--json]`, "
+        "`dead replay JOB_ID | --all [--kind K]`, `dead purge [--kind K]`",
+        add_help=False,
+    )
+    sub.add_parser(
+        "callbacks",
+        help="run the callback receiver (--host, --port, --workers); "
+        "`callbacks unmatched [--limit N] [--json]` lists callbacks matching no job",
+        add_help=False,
+    )
     _add_submit_parser(sub)
     p = sub.add_parser("status", help="print one job's record")
     p.add_argument("job_id")
     p.add_argument("--json", action="store_true")
-    p = sub.add_parser("wait", help="wait until jobs reach a state; exit 0 only if all did without failing")
+    p = sub.add_parser(
+        "wait", help="wait until jobs reach a state; exit 0 only if all did without failing"
+    )
     p.add_argument("job_ids", nargs="*", metavar="JOB_ID")
-    p.add_argument("--ids-file", metavar="FILE", help="also wait for the job ids in FILE, one a line ('-' = stdin), "
-                   "e.g. what `submit --file` printed")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="live progress line on stderr (default: when stderr is a terminal)")
-    p.add_argument("--until", choices=[JobState.SUBMITTED.value, JobState.COMPLETED.value],
-                   default=JobState.SUBMITTED.value)
+    p.add_argument(
+        "--ids-file",
+        metavar="FILE",
+        help="also wait for the job ids in FILE, one a line ('-' = stdin), "
+        "e.g. what `submit --file` printed",
+    )
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="live progress line on stderr (default: when stderr is a terminal)",
+    )
+    p.add_argument(
+        "--until",
+        choices=[JobState.SUBMITTED.value, JobState.COMPLETED.value],
+        default=JobState.SUBMITTED.value,
+    )
     p.add_argument("--timeout", type=float, default=60.0, help="seconds (default 60)")
     p.add_argument("--json", action="store_true")
     return parser
@@ -444,8 +595,11 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_worker(argv[1:])
     if argv and argv[0] == "sandbox":
         # The fake NXCloud is not in the wheel (no producer should install a test double).
-        return _error("the sandbox is not part of the nxjobs package; "
-                      "run `python -m sandbox` from the repo root", EXIT_INPUT)
+        return _error(
+            "the sandbox is not part of the nxjobs package; "
+            "run `python -m sandbox` from the repo root",
+            EXIT_INPUT,
+        )
     if argv and argv[0] == "callbacks":
         return cmd_callbacks(argv[1:])
     if argv and argv[0] == "dead":

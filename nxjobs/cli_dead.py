@@ -21,10 +21,14 @@ def _error(message: str, code: int) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="nxjobs dead", description=(
-        "Jobs that failed for good (retries exhausted, permanent error, or a makecall whose outcome is "
-        "unknown or proven not placed). A replay re-enqueues the same job id and payload through the "
-        "normal task, so the in-flight marker, the record state machine and the rate limiter all apply."))
+    p = argparse.ArgumentParser(
+        prog="nxjobs dead",
+        description=(
+            "Jobs that failed for good (retries exhausted, permanent error, or a makecall whose outcome is "
+            "unknown or proven not placed). A replay re-enqueues the same job id and payload through the "
+            "normal task, so the in-flight marker, the record state machine and the rate limiter all apply."
+        ),
+    )
     sub = p.add_subparsers(dest="action", required=True)
     ls = sub.add_parser("list", help="newest first")
     ls.add_argument("--kind", choices=list(KINDS))
@@ -58,14 +62,21 @@ def cmd_dead(rest: list[str]) -> int:
                 rows = dead.list(kind=args.kind, limit=args.limit)
                 if args.json:
                     # The payload holds unmasked phones (a replay needs them): never printed.
-                    print(json.dumps([{k: v for k, v in r.items() if k != "payload"} for r in rows],
-                                     ensure_ascii=False, indent=2))
+                    print(
+                        json.dumps(
+                            [{k: v for k, v in r.items() if k != "payload"} for r in rows],
+                            ensure_ascii=False,
+                            indent=2,
+                        )
+                    )
                     return EXIT_OK
                 print(f"{dead.count()} dead letter(s); newest {len(rows)}:")
                 for r in rows:
                     reason = r.get("reason") or {}
-                    print(f"{r['failed_at']}  {r['job_id']}  {r['kind']:<13} now={r['state']:<9} "
-                          f"{reason.get('code')}: {reason.get('message')}")
+                    print(
+                        f"{r['failed_at']}  {r['job_id']}  {r['kind']:<13} now={r['state']:<9} "
+                        f"{reason.get('code')}: {reason.get('message')}"
+                    )
                 return EXIT_OK
             if args.action == "purge":
                 print(f"purged {dead.purge(kind=args.kind)} dead letter(s)")

@@ -98,10 +98,17 @@ class Spec:
         return int(getattr(settings, self.max_setting))
 
 
-NUMBER_CHECKS = Spec("number-check", QUEUE_API2, FLUSH_TASK, "nc", "max_numbers",
-                     index_at_take=keys.member_index)
-CONTACTS = Spec("callbot-contact", QUEUE_CALLBOT, CONTACT_FLUSH_TASK, "cbt:", "max_contacts",
-                index_at_enqueue=correlate.contact_index)
+NUMBER_CHECKS = Spec(
+    "number-check", QUEUE_API2, FLUSH_TASK, "nc", "max_numbers", index_at_take=keys.member_index
+)
+CONTACTS = Spec(
+    "callbot-contact",
+    QUEUE_CALLBOT,
+    CONTACT_FLUSH_TASK,
+    "cbt:",
+    "max_contacts",
+    index_at_enqueue=correlate.contact_index,
+)
 SPECS = (NUMBER_CHECKS, CONTACTS)
 
 
@@ -132,11 +139,12 @@ def member_index_key(batch_no: str, phone: str) -> str:
     return keys.member_index(batch_no, phone)
 
 
-
 @dataclass(frozen=True)
 class Taken:
     status: int  # 0 nothing taken, 1 built by an earlier delivery, 2 built now, 3 already sent and recorded
-    members: list[tuple[str, str]]  # (job id, key): the phone of a number check, the orderID of a contact
+    members: list[
+        tuple[str, str]
+    ]  # (job id, key): the phone of a number check, the orderID of a contact
     pending_left: int
     # job id -> what the request needs of the member beyond its key (a contact: its callList item, unmasked)
     items: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -174,8 +182,16 @@ class CoalesceQueue:
         and one round trip): keep a call to some 10 000 jobs, which holds Redis for about 0.1 s."""
         spec = spec_of(group)
         index = spec.index_at_enqueue
-        head = [str(self.ttl_s), str(self.max_items(group)), str(self.armed_ms), now_iso, group,
-                spec.kind, "2" if index else "1", str(correlate.member_callbacks_max(spec.kind))]
+        head = [
+            str(self.ttl_s),
+            str(self.max_items(group)),
+            str(self.armed_ms),
+            now_iso,
+            group,
+            spec.kind,
+            "2" if index else "1",
+            str(correlate.member_callbacks_max(spec.kind)),
+        ]
         head_keys = [keys.coalesce_pending(group), keys.coalesce_armed(group)]
         pipe = self.redis.pipeline(transaction=True)
         chunk: list[str] = []
@@ -183,7 +199,13 @@ class CoalesceQueue:
         calls = 0
         task = user_task_id_of(group)
         for job_id, key, input_json, *item in jobs:
-            chunk += [job_id, key, item[0] if item else "", input_json, *correlate.member_proof(spec.kind, key, task)]
+            chunk += [
+                job_id,
+                key,
+                item[0] if item else "",
+                input_json,
+                *correlate.member_proof(spec.kind, key, task),
+            ]
             chunk_keys += [keys.job(job_id), index(key)] if index else [keys.job(job_id)]
             if len(chunk) >= 6 * ENQUEUE_CHUNK:
                 self._enqueue(keys=head_keys + chunk_keys, args=head + chunk, client=pipe)
@@ -208,13 +230,32 @@ class CoalesceQueue:
         batch_no = batch_no_of(batch_id)
         index = spec_of(group).index_at_take
         status, members, left, items = self._take(
-            keys=[keys.coalesce_batch(batch_id), keys.coalesce_pending(group), keys.COALESCE_OPEN, keys.coalesce_armed(group)],
-            args=[batch_id, self.max_items(group), batch_no, f"{now_s:.3f}", now_iso,
-                  self.ttl_s, keys.JOB_KEY_PREFIX, index(batch_no) if index else "", group])
+            keys=[
+                keys.coalesce_batch(batch_id),
+                keys.coalesce_pending(group),
+                keys.COALESCE_OPEN,
+                keys.coalesce_armed(group),
+            ],
+            args=[
+                batch_id,
+                self.max_items(group),
+                batch_no,
+                f"{now_s:.3f}",
+                now_iso,
+                self.ttl_s,
+                keys.JOB_KEY_PREFIX,
+                index(batch_no) if index else "",
+                group,
+            ],
+        )
         decoded = json.loads(members) if members not in ("", "{}") else []
         extra = json.loads(items) if items not in ("", "{}", "[]") else {}
-        return Taken(int(status), [(str(m[0]), str(m[1])) for m in decoded], int(left),
-                     {job_id: json.loads(item) for job_id, item in extra.items()})
+        return Taken(
+            int(status),
+            [(str(m[0]), str(m[1])) for m in decoded],
+            int(left),
+            {job_id: json.loads(item) for job_id, item in extra.items()},
+        )
 
     def batch_state(self, batch_id: str) -> str | None:
         """None (not built), "built" or "done" (sent and recorded)."""
@@ -231,28 +272,60 @@ class CoalesceQueue:
             return 0
         return int(self.redis.hincrby(keys.coalesce_batch(batch_id), name, 1))
 
-    def fan_out(self, batch_id: str, request: list[dict[str, Any]], outcomes: list[MemberOutcome], *,
-                now_s: float, now_iso: str, due_at_s: float, family: str = QUEUE_API2) -> list[str]:
+    def fan_out(
+        self,
+        batch_id: str,
+        request: list[dict[str, Any]],
+        outcomes: list[MemberOutcome],
+        *,
+        now_s: float,
+        now_iso: str,
+        due_at_s: float,
+        family: str = QUEUE_API2,
+    ) -> list[str]:
         """Record each member's outcome and mark the batch done; return members completed at once.
         Members still waiting for their callback join `family`'s waiting set, due at `due_at_s`."""
-        attempts, throttles = self.redis.hmget(keys.coalesce_batch(batch_id), "attempts", "throttles")
+        attempts, throttles = self.redis.hmget(
+            keys.coalesce_batch(batch_id), "attempts", "throttles"
+        )
         # Members of one answer share one result object (their share of it): sent once, with their ids.
         shared = next((o.document for o in outcomes if not o.failed), None)
         sharing = [o.job_id for o in outcomes if not o.failed and o.document is shared]
         # A number check's callbacks must carry its batch's requestId (nxjobs.callbacks.ledger).
         request_id = (shared or {}).get("requestId") if family == QUEUE_API2 else None
-        args: list[Any] = [keys.JOB_KEY_PREFIX, now_iso, f"{now_s:.3f}", f"{due_at_s:.3f}", self.ttl_s,
-                           batch_id, compact_json.dumps(request), int(attempts or 1), int(throttles or 0),
-                           compact_json.dumps(shared) if shared is not None else "", compact_json.dumps(sharing), request_id or ""]
+        args: list[Any] = [
+            keys.JOB_KEY_PREFIX,
+            now_iso,
+            f"{now_s:.3f}",
+            f"{due_at_s:.3f}",
+            self.ttl_s,
+            batch_id,
+            compact_json.dumps(request),
+            int(attempts or 1),
+            int(throttles or 0),
+            compact_json.dumps(shared) if shared is not None else "",
+            compact_json.dumps(sharing),
+            request_id or "",
+        ]
         for o in outcomes:
             if o.failed or o.document is not shared:
                 args += [o.job_id, "f" if o.failed else "s", compact_json.dumps(o.document)]
-        return list(self._fan_out(keys=[keys.callbacks_waiting(family), keys.coalesce_batch(batch_id), keys.COALESCE_OPEN],
-                                  args=args))
+        return list(
+            self._fan_out(
+                keys=[
+                    keys.callbacks_waiting(family),
+                    keys.coalesce_batch(batch_id),
+                    keys.COALESCE_OPEN,
+                ],
+                args=args,
+            )
+        )
 
     def stale_batches(self, older_than_s: float, now_s: float) -> list[tuple[str, str]]:
         """(batch id, group) of built batches older than `older_than_s` (their flush may be lost)."""
-        ids = self.redis.zrangebyscore(keys.COALESCE_OPEN, "-inf", now_s - older_than_s, start=0, num=100)
+        ids = self.redis.zrangebyscore(
+            keys.COALESCE_OPEN, "-inf", now_s - older_than_s, start=0, num=100
+        )
         if not ids:
             return []
         pipe = self.redis.pipeline(transaction=False)
@@ -284,20 +357,34 @@ class CoalesceQueue:
         return bool(self.redis.set(keys.coalesce_armed(group), "1", nx=True, px=self.armed_ms))
 
 
-def send_flush(app: Any, group: str, trigger: str, *, countdown: float | None = None, producer: Any = None,
-               task_id: str | None = None, priority: int = PRIORITY_NEW) -> None:
+def send_flush(
+    app: Any,
+    group: str,
+    trigger: str,
+    *,
+    countdown: float | None = None,
+    producer: Any = None,
+    task_id: str | None = None,
+    priority: int = PRIORITY_NEW,
+) -> None:
     """Publish a flush of `group` on its kind's queue ("full": a whole batch waits; "linger": send what
     is there). `task_id` names the batch: a stale batch is flushed again under its own id."""
     spec = spec_of(group)
-    app.send_task(spec.flush_task, kwargs={"group": group, "trigger": trigger, "slot_at_us": None},
-                  queue=spec.family, routing_key=spec.family, priority=priority, countdown=countdown,
-                  producer=producer, task_id=task_id)
+    app.send_task(
+        spec.flush_task,
+        kwargs={"group": group, "trigger": trigger, "slot_at_us": None},
+        queue=spec.family,
+        routing_key=spec.family,
+        priority=priority,
+        countdown=countdown,
+        producer=producer,
+        task_id=task_id,
+    )
 
 
 def batch_no_of(batch_id: str) -> str:
     # The flush task id (a uuid) without dashes: 32 characters, within the 64 allowed.
     return batch_id.replace("-", "")
-
 
 
 def rejected_members(members: list[tuple[str, str]], fail_numbers: list[Any]) -> dict[str, str]:
@@ -310,8 +397,11 @@ def rejected_members(members: list[tuple[str, str]], fail_numbers: list[Any]) ->
     out: dict[str, str] = {}
     for entry in fail_numbers:
         number = str(entry.get("number", "")) if isinstance(entry, dict) else str(entry)
-        reason = str(entry.get("reason") or "rejected by the provider") if isinstance(entry, dict) else \
-            "rejected by the provider"
+        reason = (
+            str(entry.get("reason") or "rejected by the provider")
+            if isinstance(entry, dict)
+            else "rejected by the provider"
+        )
         if number in by_phone:
             out[by_phone[number]] = reason
             continue
@@ -319,8 +409,13 @@ def rejected_members(members: list[tuple[str, str]], fail_numbers: list[Any]) ->
         tail = tail.lstrip("*")
         if not stars or not head.isdigit() or not tail.isdigit():
             continue
-        fits = [job_id for phone, job_id in by_phone.items()
-                if phone.startswith(head) and phone.endswith(tail) and len(phone) > len(head) + len(tail)]
+        fits = [
+            job_id
+            for phone, job_id in by_phone.items()
+            if phone.startswith(head)
+            and phone.endswith(tail)
+            and len(phone) > len(head) + len(tail)
+        ]
         if len(fits) == 1:
             out[fits[0]] = reason
     return out

@@ -22,7 +22,12 @@ from nxjobs import keys, wire
 from nxjobs.redact import mask_phone
 
 # Defaults of config.settings.CallbacksSettings.*_deadline_s, for stores built without settings.
-DEFAULT_DEADLINES_S = {"number-check": 600.0, "call": 1800.0, "callbot-list": 3600.0, "callbot-contact": 3600.0}
+DEFAULT_DEADLINES_S = {
+    "number-check": 600.0,
+    "call": 1800.0,
+    "callbot-list": 3600.0,
+    "callbot-contact": 3600.0,
+}
 
 
 # Callback entries a job stores at most (beyond them, distinct callbacks are counted and dropped):
@@ -53,22 +58,38 @@ def phone_key(phone: str) -> str:
 def on_enqueue(kind: str, job_id: str, payload: Any) -> Expectation:
     """What we know before anything is sent: the ids we choose, and an upper bound of units."""
     if kind == "call":
-        return Expectation(1, (keys.callback_index("call", wire.call_order_id(job_id, payload)),),
-                           callbacks_max=CALL_CALLBACKS_MAX)
+        return Expectation(
+            1,
+            (keys.callback_index("call", wire.call_order_id(job_id, payload)),),
+            callbacks_max=CALL_CALLBACKS_MAX,
+        )
     if kind == "number-check":
         batch_no = wire.number_check_batch_no(job_id, payload)
-        proof = {keys.PROOF_BATCH: batch_no, **{keys.proof_phone(phone_key(p)): "1" for p in payload.phones}}
-        return Expectation(len(payload.phones), (keys.callback_index("nc-batch", batch_no),), proof,
-                           callbacks_max=len(payload.phones))
+        proof = {
+            keys.PROOF_BATCH: batch_no,
+            **{keys.proof_phone(phone_key(p)): "1" for p in payload.phones},
+        }
+        return Expectation(
+            len(payload.phones),
+            (keys.callback_index("nc-batch", batch_no),),
+            proof,
+            callbacks_max=len(payload.phones),
+        )
     if kind == "callbot-list":
         # userTaskID is the job id: no index needed. Its orders: `<job id>-<index>`, or the explicit ones.
         contacts = payload.contacts
-        proof = {keys.PROOF_ORDERS: str(len(contacts)),
-                 **{keys.proof_order(c.order_id): "1" for c in contacts if c.order_id}}
+        proof = {
+            keys.PROOF_ORDERS: str(len(contacts)),
+            **{keys.proof_order(c.order_id): "1" for c in contacts if c.order_id},
+        }
         return Expectation(1, (), proof, callbacks_max=CONTACT_CALLBACKS_MAX * (len(contacts) + 1))
     if kind == "callbot-contact":
-        return Expectation(1, (contact_index(wire.contact_job_order_id(job_id, payload)),),
-                           {keys.PROOF_TASK: payload.user_task_id}, callbacks_max=CONTACT_CALLBACKS_MAX)
+        return Expectation(
+            1,
+            (contact_index(wire.contact_job_order_id(job_id, payload)),),
+            {keys.PROOF_TASK: payload.user_task_id},
+            callbacks_max=CONTACT_CALLBACKS_MAX,
+        )
     return Expectation(0)
 
 
@@ -89,18 +110,27 @@ def on_submit(kind: str | None, result: dict[str, Any] | None) -> Expectation:
     result = result or {}
     # The ids we chose are indexed again: a record started without our producer lacks them.
     if kind == "number-check":
-        index = tuple(keys.callback_index(name, str(result[field])) for name, field in
-                      (("nc-req", "requestId"), ("nc-batch", "batchNo")) if result.get(field))
+        index = tuple(
+            keys.callback_index(name, str(result[field]))
+            for name, field in (("nc-req", "requestId"), ("nc-batch", "batchNo"))
+            if result.get(field)
+        )
         numbers = int(result.get("numbers") or 0)
         rejected = len(result.get("failNumber") or [])
         request_id = result.get("requestId")
-        return Expectation(max(numbers - rejected, 0), index,
-                           {keys.PROOF_ID: str(request_id)} if request_id else None)
+        return Expectation(
+            max(numbers - rejected, 0),
+            index,
+            {keys.PROOF_ID: str(request_id)} if request_id else None,
+        )
     if kind == "call":
         orderid = result.get("orderid")
         sessionid = result.get("sessionid")
-        return Expectation(1, (keys.callback_index("call", str(orderid)),) if orderid else (),
-                           {keys.PROOF_ID: str(sessionid)} if sessionid else None)
+        return Expectation(
+            1,
+            (keys.callback_index("call", str(orderid)),) if orderid else (),
+            {keys.PROOF_ID: str(sessionid)} if sessionid else None,
+        )
     if kind == "callbot-list":
         return Expectation(1)
     if kind == "callbot-contact":

@@ -29,30 +29,51 @@ from nxjobs.records import utc_now_iso
 
 
 class DeadLetters:
-    def __init__(self, client: redis.Redis, *, max_entries: int = 10_000, max_age_s: float = 7 * 24 * 3600):
+    def __init__(
+        self, client: redis.Redis, *, max_entries: int = 10_000, max_age_s: float = 7 * 24 * 3600
+    ):
         self.redis = client
         self.max_entries = max_entries
         self.max_age_s = max_age_s
         self._add = scripts.register(client, "deadletters_add")
         self._take = store.register_script(client, "deadletters_take")
 
-    def add(self, job_id: str, kind: str, payload: dict[str, Any], error: dict[str, Any],
-            record: dict[str, Any] | None = None) -> None:
+    def add(
+        self,
+        job_id: str,
+        kind: str,
+        payload: dict[str, Any],
+        error: dict[str, Any],
+        record: dict[str, Any] | None = None,
+    ) -> None:
         """Keep a failed job. `payload` is the raw input (a replay needs it, like the queued
         message did); `record` is the redacted record for operators."""
         now = time.time()
-        entry = {"job_id": job_id, "kind": kind, "failed_at": utc_now_iso(), "reason": error,
-                 "payload": payload, "record": record}
-        self._add(keys=[keys.DEAD_INDEX, keys.DEAD_ENTRIES], args=[
-            job_id, f"{now:.3f}", compact_json.dumps(entry),
-            self.max_entries, f"{now - self.max_age_s:.3f}"])
+        entry = {
+            "job_id": job_id,
+            "kind": kind,
+            "failed_at": utc_now_iso(),
+            "reason": error,
+            "payload": payload,
+            "record": record,
+        }
+        self._add(
+            keys=[keys.DEAD_INDEX, keys.DEAD_ENTRIES],
+            args=[
+                job_id,
+                f"{now:.3f}",
+                compact_json.dumps(entry),
+                self.max_entries,
+                f"{now - self.max_age_s:.3f}",
+            ],
+        )
 
     def list(self, *, kind: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
         """Entries newest first (age bound applied on read too), optionally of one kind."""
         cutoff = time.time() - self.max_age_s
         ids: list[Any] = self.redis.zrevrangebyscore(keys.DEAD_INDEX, "+inf", f"{cutoff:.3f}")
         out = []
-        for raw in (self.redis.hmget(keys.DEAD_ENTRIES, ids) if ids else []):
+        for raw in self.redis.hmget(keys.DEAD_ENTRIES, ids) if ids else []:
             if not raw:
                 continue
             entry = json.loads(raw)
@@ -87,8 +108,10 @@ class DeadLetters:
 
     def take(self, job_id: str, record_ttl_s: int) -> tuple[int, Any]:
         """Take the entry for replay (nxjobs/lua/deadletters_take.lua): (status, entry or state)."""
-        status, value = self._take(keys=[keys.job(job_id), keys.DEAD_INDEX, keys.DEAD_ENTRIES],
-                                   args=[job_id, utc_now_iso(), record_ttl_s])
+        status, value = self._take(
+            keys=[keys.job(job_id), keys.DEAD_INDEX, keys.DEAD_ENTRIES],
+            args=[job_id, utc_now_iso(), record_ttl_s],
+        )
         status = int(status)
         return status, (json.loads(value) if status in (1, 2) else value)
 

@@ -52,7 +52,9 @@ def _phone(value: str) -> str:
         raise ValueError("must be a string of digits")
     digits = value[1:] if value.startswith("+") else value
     if not _PHONE_RE.match(digits):
-        raise ValueError("must be 6-20 digits with country code, no spaces or symbols (e.g. 8613800138000)")
+        raise ValueError(
+            "must be 6-20 digits with country code, no spaces or symbols (e.g. 8613800138000)"
+        )
     return digits
 
 
@@ -67,7 +69,9 @@ class CallPayload(_Payload):
     """Agent API makecall: ring `phone` from the configured phone account."""
 
     phone: Phone
-    order_id: str | None = Field(default=None, description="4-32 letters/digits; defaults to the job id")
+    order_id: str | None = Field(
+        default=None, description="4-32 letters/digits; defaults to the job id"
+    )
     show_phone: str | None = Field(default=None, max_length=32)
 
     @field_validator("order_id")
@@ -134,7 +138,9 @@ class CallbotListPayload(_Payload):
             if c.order_id is None:
                 continue
             if c.order_id in seen:
-                raise InvalidJob(f"contacts.{i}.order_id", f"duplicate of contacts.{seen[c.order_id]}.order_id")
+                raise InvalidJob(
+                    f"contacts.{i}.order_id", f"duplicate of contacts.{seen[c.order_id]}.order_id"
+                )
             seen[c.order_id] = i
         return self
 
@@ -150,7 +156,9 @@ class CallbotContactPayload(_Payload):
     @classmethod
     def _user_task_id(cls, v: str) -> str:
         if not _USER_TASK_ID_RE.match(v):
-            raise ValueError("must be 1-64 letters, digits, '-' or '_' (the userTaskID of an existing task)")
+            raise ValueError(
+                "must be 1-64 letters, digits, '-' or '_' (the userTaskID of an existing task)"
+            )
         return v
 
 

@@ -123,6 +123,7 @@ METRICS_CREDENTIALS = f"{PREFIX}:metrics:credentials"
 
 # ---- delivery guarantees (nxjobs/attempts/, nxjobs/deadletters.py) -----------
 
+
 def inflight(job_id: str) -> str:
     """Set just before a request with a side effect is sent, removed once its outcome is recorded.
 
@@ -148,10 +149,13 @@ def recover_suspects(family: str) -> str:
 
 def recover_lock(family: str) -> str:
     return f"{PREFIX}:recover:lock:{family}"
+
+
 DEAD_ENTRIES = f"{PREFIX}:dead:entries"
 
 
 # ---- coalescing (nxjobs.coalesce) ------------------------------------------------
+
 
 def coalesce_pending(group: str) -> str:
     """List of `<job id>|<key>[|<item JSON>]` waiting to be sent together (nxjobs.coalesce): group `nc<level>`

@@ -19,8 +19,12 @@ class LogLimiter:
     """Parameters: `logger`; `interval_s` seconds between two lines of one reason; `clock`
     monotonic seconds (tests pin it)."""
 
-    def __init__(self, logger: logging.Logger, interval_s: float = 60.0,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        logger: logging.Logger,
+        interval_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.logger = logger
         self.interval_s = interval_s
         self.clock = clock

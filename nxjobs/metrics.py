@@ -32,10 +32,40 @@ LATENCY_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.
 ATTEMPT_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 # Seconds a job was sent back to wait for its slot: a few ms when nearly due, up to
 # RateLimitSettings.max_wait_s (600 s) for a backlog beyond the reservation horizon.
-RATE_WAIT_BUCKETS_S = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-                       120.0, 300.0, 600.0)
+RATE_WAIT_BUCKETS_S = (
+    0.001,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+    600.0,
+)
 # Seconds from the provider accepting a job to its final callback.
-CALLBACK_DELAY_BUCKETS_S = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 86400.0)
+CALLBACK_DELAY_BUCKETS_S = (
+    1.0,
+    5.0,
+    15.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+    600.0,
+    1800.0,
+    3600.0,
+    7200.0,
+    86400.0,
+)
 
 HIST_LATENCY = "provider_latency"
 HIST_ATTEMPT = "attempt_duration"
@@ -75,9 +105,18 @@ def _observe(pipe, name: str, label: str, value: float, buckets: tuple[float, ..
     pipe.hincrbyfloat(keys.METRICS_HISTOGRAMS, f"{name}|{label}|sum", value)
 
 
-def record_attempt(client, *, kind: str, queue: str, outcome: str, code: str, attempt_s: float,
-                   request_latencies_s: Iterable[float] = (), credentials: Iterable[str] = (),
-                   now_s: float | None = None) -> None:
+def record_attempt(
+    client,
+    *,
+    kind: str,
+    queue: str,
+    outcome: str,
+    code: str,
+    attempt_s: float,
+    request_latencies_s: Iterable[float] = (),
+    credentials: Iterable[str] = (),
+    now_s: float | None = None,
+) -> None:
     """Count one finished attempt: outcome, provider code, its duration, each provider request's
     duration, a throttle per credential if the provider said "too frequent"; remember the credentials
     (rate-limit names) and mark the queue consumed."""
@@ -106,7 +145,9 @@ def record_rate_wait(client, *, credentials: Iterable[str], wait_s: float) -> No
     pipe = client.pipeline(transaction=False)
     for name in names:
         pipe.sadd(keys.METRICS_CREDENTIALS, name)
-        _observe(pipe, HIST_RATE_WAIT, credential_label(name), max(wait_s, 0.0), RATE_WAIT_BUCKETS_S)
+        _observe(
+            pipe, HIST_RATE_WAIT, credential_label(name), max(wait_s, 0.0), RATE_WAIT_BUCKETS_S
+        )
     pipe.execute()
 
 
@@ -193,8 +234,10 @@ def record_callback_delay(client, *, kind: str, delay_s: float) -> None:
     except Exception as exc:  # a metric must never change what the caller does next
         log.warning("completion metric not recorded: %s", type(exc).__name__)
 
-def histogram_series(cells: dict[str, str], name: str,
-                     buckets: tuple[float, ...]) -> dict[str, tuple[list[tuple[str, float]], float]]:
+
+def histogram_series(
+    cells: dict[str, str], name: str, buckets: tuple[float, ...]
+) -> dict[str, tuple[list[tuple[str, float]], float]]:
     """From the stored cells of histogram `name`: label -> (cumulative [(le, count)], sum)."""
     per_label: dict[str, dict[str, float]] = {}
     for field, value in cells.items():

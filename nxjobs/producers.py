@@ -59,8 +59,13 @@ class ProducerCoalesceSettings(BaseModel):
 class ProducerSettings(BaseSettings):
     """The settings a producer needs; same names as the service's config.settings."""
 
-    model_config = SettingsConfigDict(env_prefix="NXJOBS_", env_nested_delimiter="__", env_file=".env",
-                                      env_ignore_empty=True, extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="NXJOBS_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        env_ignore_empty=True,
+        extra="ignore",
+    )
     redis_url: str = "redis://localhost:6379/0"
     record_ttl_s: int = Field(default=7 * 24 * 3600, gt=0)
     coalesce: ProducerCoalesceSettings = ProducerCoalesceSettings()
@@ -79,7 +84,9 @@ class Producer:
         self.redis_url = redis_url or settings.redis_url
         self.redis = connect(self.redis_url)
         self.store = RecordStore(self.redis, ttl_s=record_ttl_s or settings.record_ttl_s)
-        self.coalesce = coalesce.CoalesceQueue(self.redis, settings.coalesce, ttl_s=self.store.ttl_s)
+        self.coalesce = coalesce.CoalesceQueue(
+            self.redis, settings.coalesce, ttl_s=self.store.ttl_s
+        )
         self._celery = Celery("nxjobs-producer", broker=self.redis_url, set_as_current=False)
         self._celery.conf.update(
             task_serializer="json",
@@ -87,8 +94,12 @@ class Producer:
             # Flower shows a job as "sent" the moment it is enqueued.
             task_send_sent_event=True,
             # Bounded: a producer must get an error, not hang, when Redis is gone.
-            task_publish_retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5,
-                                       "interval_max": 1.0},
+            task_publish_retry_policy={
+                "max_retries": 3,
+                "interval_start": 0.2,
+                "interval_step": 0.5,
+                "interval_max": 1.0,
+            },
             broker_connection_timeout=3,
             broker_connection_retry=False,
         )
@@ -111,10 +122,17 @@ class Producer:
         kwargs = {"job_id": job_id, "payload": body}
         try:
             # With the ids its callbacks will carry, so one that beats the worker still finds the job.
-            self.store.create(job_id, kind, redact(body), expect=correlate.on_enqueue(kind, job_id, model),
-                              payload=body)
+            self.store.create(
+                job_id,
+                kind,
+                redact(body),
+                expect=correlate.on_enqueue(kind, job_id, model),
+                payload=body,
+            )
         except redis.RedisError as exc:
-            raise RedisUnavailable(f"cannot reach Redis at {describe(self.redis_url)}: {exc}") from None
+            raise RedisUnavailable(
+                f"cannot reach Redis at {describe(self.redis_url)}: {exc}"
+            ) from None
         try:
             self._celery.send_task(
                 job_kind.task_name,
@@ -128,11 +146,15 @@ class Producer:
             )
         except Exception as exc:
             self._forget(job_id)
-            raise EnqueueError(f"could not enqueue {kind} job on {describe(self.redis_url)}: "
-                               f"{type(exc).__name__}: {exc}") from None
+            raise EnqueueError(
+                f"could not enqueue {kind} job on {describe(self.redis_url)}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from None
         return job_id
 
-    def enqueue_many(self, kind: str, payloads: Iterable[dict[str, Any]], *, batch: bool = True) -> list[str]:
+    def enqueue_many(
+        self, kind: str, payloads: Iterable[dict[str, Any]], *, batch: bool = True
+    ) -> list[str]:
         """Validate and enqueue several jobs of one kind; return their ids, in order.
 
         Every payload is validated before anything is written. The records are
@@ -149,36 +171,57 @@ class Producer:
         coalescible = [m for m in models if _coalescible(m)] if batch else []
         if models and len(coalescible) == len(models):
             return self._enqueue_coalesced(coalescible)
-        jobs = [(job_id, model, model.model_dump(mode="json", exclude_none=True))
-                for job_id, model in zip(new_job_ids(len(models)), models, strict=True)]
+        jobs = [
+            (job_id, model, model.model_dump(mode="json", exclude_none=True))
+            for job_id, model in zip(new_job_ids(len(models)), models, strict=True)
+        ]
         try:
             pipe = self.redis.pipeline(transaction=True)
             for job_id, model, body in jobs:
-                self.store.create(job_id, kind, redact(body), expect=correlate.on_enqueue(kind, job_id, model),
-                                  pipe=pipe, payload=body)
+                self.store.create(
+                    job_id,
+                    kind,
+                    redact(body),
+                    expect=correlate.on_enqueue(kind, job_id, model),
+                    pipe=pipe,
+                    payload=body,
+                )
             pipe.execute()
         except redis.RedisError as exc:
-            raise RedisUnavailable(f"cannot reach Redis at {describe(self.redis_url)}: {exc}") from None
+            raise RedisUnavailable(
+                f"cannot reach Redis at {describe(self.redis_url)}: {exc}"
+            ) from None
         sent: list[str] = []
         try:
             with self._celery.producer_or_acquire() as publisher:
                 for job_id, _model, body in jobs:
                     kwargs = {"job_id": job_id, "payload": body}
                     self._celery.send_task(
-                        job_kind.task_name, kwargs=kwargs, task_id=job_id, queue=job_kind.queue,
-                        routing_key=job_kind.queue, priority=PRIORITY_NEW, producer=publisher,
-                        kwargsrepr=flower_repr(kwargs, kind), argsrepr="()")
+                        job_kind.task_name,
+                        kwargs=kwargs,
+                        task_id=job_id,
+                        queue=job_kind.queue,
+                        routing_key=job_kind.queue,
+                        priority=PRIORITY_NEW,
+                        producer=publisher,
+                        kwargsrepr=flower_repr(kwargs, kind),
+                        argsrepr="()",
+                    )
                     sent.append(job_id)
         except Exception as exc:
-            for job_id, _model, _body in jobs[len(sent):]:
+            for job_id, _model, _body in jobs[len(sent) :]:
                 self._forget(job_id)
-            err = EnqueueError(f"enqueued {len(sent)} of {len(jobs)} {kind} jobs on {describe(self.redis_url)}, "
-                               f"then: {type(exc).__name__}: {exc}")
+            err = EnqueueError(
+                f"enqueued {len(sent)} of {len(jobs)} {kind} jobs on {describe(self.redis_url)}, "
+                f"then: {type(exc).__name__}: {exc}"
+            )
             err.job_ids = sent
             raise err from None
         return sent
 
-    def _enqueue_coalesced(self, models: list[NumberCheckPayload | CallbotContactPayload]) -> list[str]:
+    def _enqueue_coalesced(
+        self, models: list[NumberCheckPayload | CallbotContactPayload]
+    ) -> list[str]:
         """Records plus pending entries (one atomic step per group), then the flush messages due."""
         job_ids = new_job_ids(len(models))
         groups: dict[str, list[tuple[str, ...]]] = {}
@@ -188,14 +231,24 @@ class Producer:
                 # Key: the orderID (indexed at once for its callbacks); item: the callList entry to send.
                 order_id = contact_job_order_id(job_id, model)
                 groups.setdefault(coalesce.contact_group(model.user_task_id), []).append(
-                    (job_id, order_id, shown, compact_json.dumps(call_list_item(model.contact, order_id))))
+                    (
+                        job_id,
+                        order_id,
+                        shown,
+                        compact_json.dumps(call_list_item(model.contact, order_id)),
+                    )
+                )
             else:
-                groups.setdefault(coalesce.group_of(model.check_level), []).append((job_id, model.phones[0], shown))
+                groups.setdefault(coalesce.group_of(model.check_level), []).append(
+                    (job_id, model.phones[0], shown)
+                )
         for group, jobs in groups.items():
             try:
                 flushes = self.coalesce.enqueue(group, jobs, utc_now_iso())
             except redis.RedisError as exc:
-                raise RedisUnavailable(f"cannot reach Redis at {describe(self.redis_url)}: {exc}") from None
+                raise RedisUnavailable(
+                    f"cannot reach Redis at {describe(self.redis_url)}: {exc}"
+                ) from None
             self._send_flushes(group, flushes)
         return job_ids
 
@@ -205,34 +258,52 @@ class Producer:
                 for _ in range(flushes.now):
                     coalesce.send_flush(self._celery, group, "full", producer=publisher)
                 if flushes.linger:
-                    coalesce.send_flush(self._celery, group, "linger", countdown=self.coalesce.settings.linger_s,
-                                        producer=publisher)
+                    coalesce.send_flush(
+                        self._celery,
+                        group,
+                        "linger",
+                        countdown=self.coalesce.settings.linger_s,
+                        producer=publisher,
+                    )
         except Exception as exc:
             # The jobs are stored and pending: the flag left armed expires, and the next push
             # or beat's sweep sends the flush this one could not. Nothing is lost; it is late.
-            log.warning("could not send a %s flush (%s: %s); the sweep will", group, type(exc).__name__, exc)
+            log.warning(
+                "could not send a %s flush (%s: %s); the sweep will", group, type(exc).__name__, exc
+            )
 
     def _check_order_ids(self, models: list[Any]) -> None:
         """A contact's own orderID must be new: it is the contact's idempotency key and the key its
         callbacks are found by (orderIDs are globally unique, docs/provider.md §6.1). Checked before
         anything is written; a race with another producer is the caller's (unique ids are theirs)."""
-        given = [(i, m.contact.order_id) for i, m in enumerate(models)
-                 if isinstance(m, CallbotContactPayload) and m.contact.order_id]
+        given = [
+            (i, m.contact.order_id)
+            for i, m in enumerate(models)
+            if isinstance(m, CallbotContactPayload) and m.contact.order_id
+        ]
         if not given:
             return
         prefix = "" if len(models) == 1 else "{}."
         seen: dict[str, int] = {}
         for i, order_id in given:
             if order_id in seen:
-                raise InvalidJob(f"{prefix.format(i)}contact.order_id", f"duplicate of job {seen[order_id]}'s")
+                raise InvalidJob(
+                    f"{prefix.format(i)}contact.order_id", f"duplicate of job {seen[order_id]}'s"
+                )
             seen[order_id] = i
         try:
-            taken: list[Any] = self.redis.mget([correlate.contact_index(order_id) for _, order_id in given])
+            taken: list[Any] = self.redis.mget(
+                [correlate.contact_index(order_id) for _, order_id in given]
+            )
         except redis.RedisError as exc:
-            raise RedisUnavailable(f"cannot reach Redis at {describe(self.redis_url)}: {exc}") from None
+            raise RedisUnavailable(
+                f"cannot reach Redis at {describe(self.redis_url)}: {exc}"
+            ) from None
         for (i, _order_id), owner in zip(given, taken, strict=True):
             if owner:
-                raise InvalidJob(f"{prefix.format(i)}contact.order_id", f"already used by job {owner}")
+                raise InvalidJob(
+                    f"{prefix.format(i)}contact.order_id", f"already used by job {owner}"
+                )
 
     def _forget(self, job_id: str) -> None:
         try:
@@ -240,8 +311,12 @@ class Producer:
         except redis.RedisError:
             pass  # Redis is gone: the record is as unreachable as the message would be
 
-    def call(self, *, phone: str, order_id: str | None = None, show_phone: str | None = None) -> str:
-        return self.enqueue("call", _drop_none(phone=phone, order_id=order_id, show_phone=show_phone))
+    def call(
+        self, *, phone: str, order_id: str | None = None, show_phone: str | None = None
+    ) -> str:
+        return self.enqueue(
+            "call", _drop_none(phone=phone, order_id=order_id, show_phone=show_phone)
+        )
 
     def callbot_list(
         self,
@@ -254,22 +329,43 @@ class Producer:
         order_callback_url: str | None = None,
         call_callback_url: str | None = None,
     ) -> str:
-        return self.enqueue("callbot-list", _drop_none(
-            scene_id=scene_id, task_name=task_name, contacts=contacts, strategy_name=strategy_name,
-            task_callback_url=task_callback_url, order_callback_url=order_callback_url,
-            call_callback_url=call_callback_url))
+        return self.enqueue(
+            "callbot-list",
+            _drop_none(
+                scene_id=scene_id,
+                task_name=task_name,
+                contacts=contacts,
+                strategy_name=strategy_name,
+                task_callback_url=task_callback_url,
+                order_callback_url=order_callback_url,
+                call_callback_url=call_callback_url,
+            ),
+        )
 
-    def callbot_contact(self, *, user_task_id: str, contact: dict[str, Any], batch: bool = True) -> str:
+    def callbot_contact(
+        self, *, user_task_id: str, contact: dict[str, Any], batch: bool = True
+    ) -> str:
         """Add one contact to the existing Callbot task `user_task_id` (e.g. a callbot-list job's id).
         Shares an addBatchCall with other contacts for that task (nxjobs.coalesce), unless
         `batch=False`: then it gets a request of its own, at once."""
-        return self.enqueue("callbot-contact", {"user_task_id": user_task_id, "contact": contact}, batch=batch)
+        return self.enqueue(
+            "callbot-contact", {"user_task_id": user_task_id, "contact": contact}, batch=batch
+        )
 
-    def number_check(self, *, phones: list[str], check_level: int = 1, batch_no: str | None = None,
-                     batch: bool = True) -> str:
+    def number_check(
+        self,
+        *,
+        phones: list[str],
+        check_level: int = 1,
+        batch_no: str | None = None,
+        batch: bool = True,
+    ) -> str:
         """`batch=False`: a one-number check gets a request of its own instead of sharing one."""
-        return self.enqueue("number-check", _drop_none(phones=phones, check_level=check_level, batch_no=batch_no),
-                            batch=batch)
+        return self.enqueue(
+            "number-check",
+            _drop_none(phones=phones, check_level=check_level, batch_no=batch_no),
+            batch=batch,
+        )
 
     def ota_init(self, *, phone: str, user_ip: str) -> str:
         return self.enqueue("ota-init", {"phone": phone, "user_ip": user_ip})
@@ -302,24 +398,42 @@ class Producer:
             body = entry["payload"]
             if status == 2:  # the record expired meanwhile: a fresh queued one under the same id
                 model = validate_payload(entry["kind"], body)
-                self.store.create(job_id, entry["kind"], redact(body),
-                                  expect=correlate.on_enqueue(entry["kind"], job_id, model), payload=body)
+                self.store.create(
+                    job_id,
+                    entry["kind"],
+                    redact(body),
+                    expect=correlate.on_enqueue(entry["kind"], job_id, model),
+                    payload=body,
+                )
         except redis.RedisError as exc:
-            raise RedisUnavailable(f"cannot reach Redis at {describe(self.redis_url)}: {exc}") from None
+            raise RedisUnavailable(
+                f"cannot reach Redis at {describe(self.redis_url)}: {exc}"
+            ) from None
         kwargs = {"job_id": job_id, "payload": body}
         try:
             self.redis.set(keys.job_payload(job_id), compact_json.dumps(body), ex=self.store.ttl_s)
-            self._celery.send_task(job_kind.task_name, kwargs=kwargs, task_id=job_id, queue=job_kind.queue,
-                                   routing_key=job_kind.queue, priority=PRIORITY_NEW,
-                                   kwargsrepr=flower_repr(kwargs), argsrepr="()")
+            self._celery.send_task(
+                job_kind.task_name,
+                kwargs=kwargs,
+                task_id=job_id,
+                queue=job_kind.queue,
+                routing_key=job_kind.queue,
+                priority=PRIORITY_NEW,
+                kwargsrepr=flower_repr(kwargs),
+                argsrepr="()",
+            )
         except Exception as exc:
             try:  # back to where it was: failed, and in the dead letters
                 self.store.restore_failed(job_id, entry.get("reason") or {})
-                dead.add(job_id, entry["kind"], body, entry.get("reason") or {}, entry.get("record"))
+                dead.add(
+                    job_id, entry["kind"], body, entry.get("reason") or {}, entry.get("record")
+                )
             except redis.RedisError:
                 pass
-            raise EnqueueError(f"could not replay {entry['kind']} job {job_id} on {describe(self.redis_url)}: "
-                               f"{type(exc).__name__}: {exc}") from None
+            raise EnqueueError(
+                f"could not replay {entry['kind']} job {job_id} on {describe(self.redis_url)}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from None
         return "replayed"
 
     # ---- read back --------------------------------------------------------
@@ -328,7 +442,11 @@ class Producer:
         return self.store.get(job_id)
 
     def wait(
-        self, job_ids: Iterable[str], *, until: str | JobState = JobState.SUBMITTED, timeout_s: float = 60.0,
+        self,
+        job_ids: Iterable[str],
+        *,
+        until: str | JobState = JobState.SUBMITTED,
+        timeout_s: float = 60.0,
         poll_s: float = 0.2,
     ) -> dict[str, JobRecord | None]:
         """Poll until every job reached `until` or failed, or `timeout_s` passed; return the last records."""
@@ -337,7 +455,10 @@ class Producer:
         deadline = time.monotonic() + timeout_s
         while True:
             records = self.store.get_many(ids)
-            done = all(r is not None and (r.reached(target) or r.state == JobState.FAILED) for r in records.values())
+            done = all(
+                r is not None and (r.reached(target) or r.state == JobState.FAILED)
+                for r in records.values()
+            )
             if done or time.monotonic() >= deadline:
                 return records
             time.sleep(poll_s)
@@ -361,16 +482,19 @@ def new_job_ids(count: int) -> list[str]:
     """`count` random (version 4) UUIDs as 32 hex digits, from one read of the OS's randomness
     (`uuid.uuid4()` reads it once per id)."""
     raw = os.urandom(16 * count)
-    return ["%032x" % (int.from_bytes(raw[i:i + 16], "big") & _UUID4_CLEAR | _UUID4_SET)
-            for i in range(0, 16 * count, 16)]
+    return [
+        "%032x" % (int.from_bytes(raw[i : i + 16], "big") & _UUID4_CLEAR | _UUID4_SET)
+        for i in range(0, 16 * count, 16)
+    ]
 
 
 def _coalescible(model: Any) -> TypeGuard[NumberCheckPayload | CallbotContactPayload]:
     """One number and no batchNo of its own, or one contact: it can share a request (nxjobs.coalesce)."""
     if isinstance(model, CallbotContactPayload):
         return True
-    return isinstance(model, NumberCheckPayload) and len(model.phones) == 1 and model.batch_no is None
-
+    return (
+        isinstance(model, NumberCheckPayload) and len(model.phones) == 1 and model.batch_no is None
+    )
 
 
 def _drop_none(**fields: Any) -> dict[str, Any]:

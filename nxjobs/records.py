@@ -23,7 +23,13 @@ class JobState(StrEnum):
 TERMINAL_STATES = frozenset({JobState.COMPLETED, JobState.FAILED})
 
 # Order used by `wait --until`: reaching a later state implies the earlier one.
-PROGRESS = {JobState.QUEUED: 0, JobState.RUNNING: 1, JobState.RETRYING: 1, JobState.SUBMITTED: 2, JobState.COMPLETED: 3}
+PROGRESS = {
+    JobState.QUEUED: 0,
+    JobState.RUNNING: 1,
+    JobState.RETRYING: 1,
+    JobState.SUBMITTED: 2,
+    JobState.COMPLETED: 3,
+}
 
 
 class JobError(BaseModel):
@@ -46,11 +52,17 @@ class JobRecord(BaseModel):
     created_at: str
     updated_at: str
     input: dict[str, Any] = Field(default_factory=dict, description="producer input, phones masked")
-    request: list[dict[str, Any]] = Field(default_factory=list, description="provider requests sent, secrets removed")
+    request: list[dict[str, Any]] = Field(
+        default_factory=list, description="provider requests sent, secrets removed"
+    )
     result: dict[str, Any] | None = None
     error: JobError | None = None
-    progress: dict[str, Any] | None = Field(default=None, description="steps done, for multi-request jobs")
-    callbacks: list[dict[str, Any]] = Field(default_factory=list, description="webhooks received, oldest first")
+    progress: dict[str, Any] | None = Field(
+        default=None, description="steps done, for multi-request jobs"
+    )
+    callbacks: list[dict[str, Any]] = Field(
+        default_factory=list, description="webhooks received, oldest first"
+    )
     # Completion units the job waits for (numbers checked, 1 CDR, 1 finished task) and how many came.
     callbacks_needed: int | None = None
     callbacks_done: int = 0

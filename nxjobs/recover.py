@@ -40,10 +40,15 @@ SCAN_CHUNK = 2000
 ACTIVE = (JobState.QUEUED.value, JobState.RUNNING.value, JobState.RETRYING.value)
 
 
-
 class LostMessageSweeper:
-    def __init__(self, client: redis.Redis, publish: Callable[[str, str, dict[str, Any]], None], *,
-                 confirm_s: float, clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        client: redis.Redis,
+        publish: Callable[[str, str, dict[str, Any]], None],
+        *,
+        confirm_s: float,
+        clock: Callable[[], float] = time.time,
+    ):
         self.redis = client
         self.publish = publish  # (kind, job id, payload) -> sends the task message
         self.confirm_s = confirm_s
@@ -59,15 +64,24 @@ class LostMessageSweeper:
         missing = set(candidates) - self._present(family) if candidates else set()
         now = self.clock()
         # Forget suspects that turned up, moved on, or changed since they were suspected.
-        stale = [j for j, v in suspects.items() if j not in missing or json.loads(v)["updated_at"] !=
-                 candidates.get(j, {}).get("updated_at")]
+        stale = [
+            j
+            for j, v in suspects.items()
+            if j not in missing
+            or json.loads(v)["updated_at"] != candidates.get(j, {}).get("updated_at")
+        ]
         if stale:
             self.redis.hdel(suspects_key, *stale)
         for job_id in missing:
             entry = suspects.get(job_id)
             if entry is None or job_id in stale:
-                self.redis.hset(suspects_key, job_id, compact_json.dumps(
-                    {"since": now, "updated_at": candidates[job_id]["updated_at"]}))
+                self.redis.hset(
+                    suspects_key,
+                    job_id,
+                    compact_json.dumps(
+                        {"since": now, "updated_at": candidates[job_id]["updated_at"]}
+                    ),
+                )
                 counts["suspects"] += 1
                 continue
             if now - json.loads(entry)["since"] < self.confirm_s:
@@ -80,23 +94,36 @@ class LostMessageSweeper:
             self.publish(kind, job_id, json.loads(raw))
             self.redis.hdel(suspects_key, job_id)
             counts["republished"] += 1
-            log.warning("job=%s kind=%s state=%s: its message was in no queue and not unacked for %.0fs; "
-                        "re-published", job_id, kind, candidates[job_id]["state"], now - json.loads(entry)["since"])
+            log.warning(
+                "job=%s kind=%s state=%s: its message was in no queue and not unacked for %.0fs; "
+                "re-published",
+                job_id,
+                kind,
+                candidates[job_id]["state"],
+                now - json.loads(entry)["since"],
+            )
         return counts
 
     def _candidates(self, family: str) -> dict[str, dict[str, str]]:
         """Active jobs of `family` with a kept payload, unchanged for at least confirm_s."""
         out: dict[str, dict[str, str]] = {}
         cutoff = self.clock() - self.confirm_s
-        ids = [key[len(keys.job("")):-len(":payload")]
-               for key in self.redis.scan_iter(match=keys.job_payload("*"), count=1000)]
+        ids = [
+            key[len(keys.job("")) : -len(":payload")]
+            for key in self.redis.scan_iter(match=keys.job_payload("*"), count=1000)
+        ]
         for start in range(0, len(ids), 500):
-            chunk = ids[start:start + 500]
+            chunk = ids[start : start + 500]
             pipe = self.redis.pipeline(transaction=False)
             for job_id in chunk:
                 pipe.hmget(keys.job(job_id), "state", "kind", "updated_at")
             for job_id, (state, kind, updated) in zip(chunk, pipe.execute(), strict=True):
-                if state not in ACTIVE or kind not in KINDS or KINDS[kind].queue != family or not updated:
+                if (
+                    state not in ACTIVE
+                    or kind not in KINDS
+                    or KINDS[kind].queue != family
+                    or not updated
+                ):
                     continue
                 if _epoch(updated) <= cutoff:
                     out[job_id] = {"state": state, "kind": kind, "updated_at": updated}

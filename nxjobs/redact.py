@@ -12,8 +12,23 @@ from typing import Any
 # failNumber entries (`number`), Callbot call/order callbacks (`userPhone`, `callInfoDetail.callingNumber`),
 # Agent CDRs and CDR rows (`phone`, `show_phone`, `effective_called_number`). Compared case-insensitively.
 PHONE_KEYS = frozenset(
-    {"phone", "phones", "userPhone", "user_phone", "business_phone", "mobile", "number", "showphone", "show_phone",
-     "effective_called_number", "callingNumber", "nationalNumber", "standNumber", "calledNumber", "callerNumber"}
+    {
+        "phone",
+        "phones",
+        "userPhone",
+        "user_phone",
+        "business_phone",
+        "mobile",
+        "number",
+        "showphone",
+        "show_phone",
+        "effective_called_number",
+        "callingNumber",
+        "nationalNumber",
+        "standNumber",
+        "calledNumber",
+        "callerNumber",
+    }
 )
 # Keys whose values are credentials and never leave the worker.
 SECRET_KEYS = frozenset(
@@ -51,7 +66,9 @@ def _mask_phone_value(value: Any) -> Any:
         return ",".join(mask_phone(p) for p in value.split(",")) if value else value
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         # A number sent as a JSON number is still a number: masked, as text.
-        return mask_phone(str(int(value)) if isinstance(value, float) and value.is_integer() else str(value))
+        return mask_phone(
+            str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+        )
     if isinstance(value, dict):
         return redact(value)
     return value
@@ -68,7 +85,13 @@ def _key_class(key: Any) -> int:
     cls = _KEY_CLASS.get(key)
     if cls is None:
         lower = str(key).lower()
-        cls = _SECRET if lower in _SECRET_KEYS_LOWER else _PHONE if lower in _PHONE_KEYS_LOWER else _PLAIN
+        cls = (
+            _SECRET
+            if lower in _SECRET_KEYS_LOWER
+            else _PHONE
+            if lower in _PHONE_KEYS_LOWER
+            else _PLAIN
+        )
         if len(_KEY_CLASS) < _KEY_CLASS_MAX:
             _KEY_CLASS[key] = cls
     return cls

@@ -35,8 +35,17 @@ _RENDER = re.compile(r"^--#render\s+(\S+)\s*$")
 _MOVES = re.compile(r"^--\s*moves:(.*)$")
 _MOVE = re.compile(r"^\s*([a-z]+)\s*->\s*([a-z]+)\s*$")
 # Record fields named in nxjobs.keys that scripts read or write (rendered as FIELD.<name>).
-FIELD_NAMES = ("CALLBACK_FIELD", "UNIT_FIELD", "PROOF_ID", "PROOF_SEEN", "PROOF_BATCH",
-               "PROOF_TASK", "PROOF_ORDERS", "PHONE_FIELD", "ORDER_FIELD")
+FIELD_NAMES = (
+    "CALLBACK_FIELD",
+    "UNIT_FIELD",
+    "PROOF_ID",
+    "PROOF_SEEN",
+    "PROOF_BATCH",
+    "PROOF_TASK",
+    "PROOF_ORDERS",
+    "PHONE_FIELD",
+    "ORDER_FIELD",
+)
 
 
 class ScriptError(Exception):
@@ -84,8 +93,9 @@ def declared_moves(path: str) -> frozenset[tuple[str, str]]:
         for item in found.group(1).split(","):
             move = _MOVE.match(item)
             if not move:
-                raise ScriptError(f"nxjobs/lua/{path}: bad move {item.strip()!r} "
-                                  "(write `from -> to`)")
+                raise ScriptError(
+                    f"nxjobs/lua/{path}: bad move {item.strip()!r} (write `from -> to`)"
+                )
             frm, to = move.groups()
             out.add(("" if frm == NEW else frm, to))
     return frozenset(out)
@@ -104,12 +114,16 @@ def load(name: str, table: Moves | None = None) -> Loaded:
     moves: set[tuple[str, str]] = set()
     _expand(name + ".lua", parts, included, moves, ())
     if moves and table is None:
-        raise ScriptError(f"nxjobs/lua/{name}.lua writes a job's state: load it through "
-                          "nxjobs.store.register_script, which owns the transition table")
+        raise ScriptError(
+            f"nxjobs/lua/{name}.lua writes a job's state: load it through "
+            "nxjobs.store.register_script, which owns the transition table"
+        )
     for frm, to in sorted(moves):
         if (frm, to) not in (table or ()):
-            raise ScriptError(f"nxjobs/lua/{name}.lua declares {frm or NEW} -> {to}, which "
-                              "nxjobs.store.ALLOWED_FROM does not allow")
+            raise ScriptError(
+                f"nxjobs/lua/{name}.lua declares {frm or NEW} -> {to}, which "
+                "nxjobs.store.ALLOWED_FROM does not allow"
+            )
     frozen = frozenset(moves)
     lines = "\n".join(parts).splitlines()
     source = "\n".join(_render(line, frozen, table or frozenset()) for line in lines) + "\n"
@@ -129,8 +143,9 @@ class AsyncScript:
         self.script = load(name, table)
         self.sha: str | None = None
 
-    async def __call__(self, client: Any, keys_: Iterable[str] = (),
-                       args: Iterable[Any] = ()) -> Any:
+    async def __call__(
+        self, client: Any, keys_: Iterable[str] = (), args: Iterable[Any] = ()
+    ) -> Any:
         keys_, args = list(keys_), list(args)
         if self.sha is None:
             self.sha = await client.script_load(self.script.source)
@@ -143,8 +158,10 @@ class AsyncScript:
 
 def render_states(moves: Iterable[tuple[str, str]], table: Moves) -> str:
     """The `states` directive: the whole table, and the moves of the script being loaded."""
-    return ("local ALLOWED_FROM = " + _lua_sets(_by_target(table)) + "\n"
-            "local MOVES = " + _lua_sets(_by_target(moves)))
+    return (
+        "local ALLOWED_FROM = " + _lua_sets(_by_target(table)) + "\n"
+        "local MOVES = " + _lua_sets(_by_target(moves))
+    )
 
 
 def render_fields() -> str:
@@ -156,8 +173,9 @@ def _root() -> Any:
     return resources.files("nxjobs").joinpath("lua")
 
 
-def _expand(path: str, parts: list[str], included: list[str], moves: set,
-            stack: tuple[str, ...]) -> None:
+def _expand(
+    path: str, parts: list[str], included: list[str], moves: set, stack: tuple[str, ...]
+) -> None:
     if path in stack:
         raise ScriptError(f"nxjobs/lua/{path} includes itself ({' -> '.join(stack + (path,))})")
     if path in included:
@@ -192,8 +210,10 @@ def _by_target(moves: Iterable[tuple[str, str]]) -> dict[str, frozenset[str]]:
 
 
 def _lua_sets(table: dict[str, frozenset[str]]) -> str:
-    rows = [f"[{_lua_str(to)}] = {{" + ", ".join(f"[{_lua_str(f)}] = true" for f in sorted(froms))
-            + "}" for to, froms in sorted(table.items())]
+    rows = [
+        f"[{_lua_str(to)}] = {{" + ", ".join(f"[{_lua_str(f)}] = true" for f in sorted(froms)) + "}"
+        for to, froms in sorted(table.items())
+    ]
     return "{" + ", ".join(rows) + "}"
 
 

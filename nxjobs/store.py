@@ -29,43 +29,58 @@ _COUNTERS = frozenset({"attempts", "throttles", "waits"})
 # States move forward, so a late or redelivered worker never drags a job back; the one way
 # back is an operator's replay of a dead letter (failed -> queued).
 ALLOWED_FROM: dict[JobState, frozenset[JobState | None]] = {
-    JobState.QUEUED: frozenset({
-        # RecordStore.create: a producer's job, a worker's job with no record (tasks/base.py),
-        # a replay whose record expired (Producer.replay_dead); coalesce_enqueue.lua.
-        None,
-        JobState.FAILED,  # deadletters_take.lua: `nxjobs dead replay` (Producer.replay_dead)
-    }),
-    JobState.RUNNING: frozenset({
-        JobState.QUEUED,  # store_transition.lua: a claim (tasks/base.py); coalesce_take.lua
-        JobState.RUNNING,  # store_transition.lua: a redelivery after a worker died mid-task
-        JobState.RETRYING,  # store_transition.lua: the claim of a retry
-    }),
-    JobState.RETRYING: frozenset({
-        JobState.RUNNING,  # store_transition.lua: retry, throttled, a later step waits for a slot
-    }),
-    JobState.SUBMITTED: frozenset({
-        JobState.RUNNING,  # store_submit.lua (tasks/base.py); coalesce_fan_out.lua
-        JobState.RETRYING,  # coalesce_fan_out.lua: it submits a member it finds retrying
-    }),
-    JobState.COMPLETED: frozenset({
-        # callbacks_apply.lua: the last callback; store_submit.lua and coalesce_fan_out.lua: every
-        # callback came before the submit answer; store_transition.lua allows it (no caller).
-        JobState.SUBMITTED,
-        # callbacks_apply.lua: the CDR lookup of reconciliation finds an ambiguous makecall.
-        JobState.FAILED,
-    }),
-    JobState.FAILED: frozenset({
-        JobState.QUEUED,  # store_transition.lua: a replay whose message could not be sent
-        JobState.RUNNING,  # store_transition.lua (tasks/base.py); coalesce_fan_out.lua
-        JobState.RETRYING,  # coalesce_fan_out.lua; store_transition.lua allows it
-        JobState.SUBMITTED,  # store_transition.lua: reconciliation gives up (callbacks_timeout)
-    }),
+    JobState.QUEUED: frozenset(
+        {
+            # RecordStore.create: a producer's job, a worker's job with no record (tasks/base.py),
+            # a replay whose record expired (Producer.replay_dead); coalesce_enqueue.lua.
+            None,
+            JobState.FAILED,  # deadletters_take.lua: `nxjobs dead replay` (Producer.replay_dead)
+        }
+    ),
+    JobState.RUNNING: frozenset(
+        {
+            JobState.QUEUED,  # store_transition.lua: a claim (tasks/base.py); coalesce_take.lua
+            JobState.RUNNING,  # store_transition.lua: a redelivery after a worker died mid-task
+            JobState.RETRYING,  # store_transition.lua: the claim of a retry
+        }
+    ),
+    JobState.RETRYING: frozenset(
+        {
+            JobState.RUNNING,  # store_transition.lua: retry, throttled, a later step waits for a slot
+        }
+    ),
+    JobState.SUBMITTED: frozenset(
+        {
+            JobState.RUNNING,  # store_submit.lua (tasks/base.py); coalesce_fan_out.lua
+            JobState.RETRYING,  # coalesce_fan_out.lua: it submits a member it finds retrying
+        }
+    ),
+    JobState.COMPLETED: frozenset(
+        {
+            # callbacks_apply.lua: the last callback; store_submit.lua and coalesce_fan_out.lua: every
+            # callback came before the submit answer; store_transition.lua allows it (no caller).
+            JobState.SUBMITTED,
+            # callbacks_apply.lua: the CDR lookup of reconciliation finds an ambiguous makecall.
+            JobState.FAILED,
+        }
+    ),
+    JobState.FAILED: frozenset(
+        {
+            JobState.QUEUED,  # store_transition.lua: a replay whose message could not be sent
+            JobState.RUNNING,  # store_transition.lua (tasks/base.py); coalesce_fan_out.lua
+            JobState.RETRYING,  # coalesce_fan_out.lua; store_transition.lua allows it
+            JobState.SUBMITTED,  # store_transition.lua: reconciliation gives up (callbacks_timeout)
+        }
+    ),
 }
 # The moves Python makes itself, outside any script: RecordStore.create writes a queued record.
 CREATED_BY_STORE = frozenset({(None, JobState.QUEUED)})
 # The table as the scripts get it: (from, to) values, from "" = no record yet.
 STATE_MOVES: scripts.Moves = frozenset(
-    ("" if frm is None else frm.value, to.value) for to, froms in ALLOWED_FROM.items() for frm in froms)
+    ("" if frm is None else frm.value, to.value)
+    for to, froms in ALLOWED_FROM.items()
+    for frm in froms
+)
 
 
 def register_script(client: Any, name: str) -> Any:
@@ -115,8 +130,12 @@ def _encode(fields: dict[str, Any]) -> dict[str, str]:
 
 class RecordStore:
     # `client`: a sync redis client with decode_responses=True (redis-py types replies bytes | str).
-    def __init__(self, client: Any, ttl_s: int = 7 * 24 * 3600,
-                 callback_deadlines_s: dict[str, float] | None = None):
+    def __init__(
+        self,
+        client: Any,
+        ttl_s: int = 7 * 24 * 3600,
+        callback_deadlines_s: dict[str, float] | None = None,
+    ):
         self.redis = client
         self.ttl_s = ttl_s
         # Per job kind: seconds after submission before a job missing callbacks is reconciled.
@@ -125,9 +144,15 @@ class RecordStore:
         self._submit = register_script(client, "store_submit")
         self._incr = scripts.register(client, "store_incr_if_exists")
 
-    def create(self, job_id: str, kind: str, input: dict[str, Any],
-               expect: correlate.Expectation | None = None, pipe: Any = None,
-               payload: dict[str, Any] | None = None) -> JobRecord:
+    def create(
+        self,
+        job_id: str,
+        kind: str,
+        input: dict[str, Any],
+        expect: correlate.Expectation | None = None,
+        pipe: Any = None,
+        payload: dict[str, Any] | None = None,
+    ) -> JobRecord:
         """Store a new queued record; with `expect`, also register the ids its callbacks will
         carry (same transaction), so a callback that beats the submit result finds the job.
         With `pipe`, only queue the commands on it (bulk enqueue); the caller executes it."""
@@ -160,8 +185,7 @@ class RecordStore:
         pipe.expire(keys.job(job_id), self.ttl_s)
         if payload is not None:
             # Kept until the job is submitted or failed, so a lost broker message can be re-sent.
-            pipe.set(keys.job_payload(job_id), compact_json.dumps(payload),
-                     ex=self.ttl_s)
+            pipe.set(keys.job_payload(job_id), compact_json.dumps(payload), ex=self.ttl_s)
         if own:
             pipe.execute()
         return JobRecord.model_validate({**fields, "state": JobState.QUEUED})
@@ -169,7 +193,9 @@ class RecordStore:
     def delete(self, job_id: str) -> None:
         self.redis.delete(keys.job(job_id), keys.job_payload(job_id))
 
-    def transition(self, job_id: str, state: JobState, *, incr: Iterable[str] = (), **fields: Any) -> Transition:
+    def transition(
+        self, job_id: str, state: JobState, *, incr: Iterable[str] = (), **fields: Any
+    ) -> Transition:
         """Move `job_id` to `state`, bump the `incr` counters and set `fields`, if the
         state machine allows it (one round trip). Raises TransitionRefused otherwise."""
         counters = list(incr)
@@ -177,7 +203,9 @@ class RecordStore:
             raise ValueError(f"unknown counters {counters}")
         args: list[str] = [utc_now_iso(), str(self.ttl_s), ",".join(counters)]
         if state is JobState.SUBMITTED:
-            status, current, attempts, throttles, after = self._submit_with_callbacks(job_id, args, fields)
+            status, current, attempts, throttles, after = self._submit_with_callbacks(
+                job_id, args, fields
+            )
             if status != 1:
                 raise TransitionRefused(job_id, current or None, state)
             return Transition(current, int(attempts), int(throttles), after)
@@ -189,7 +217,9 @@ class RecordStore:
             raise TransitionRefused(job_id, current or None, state)
         return Transition(current, int(attempts), int(throttles), state.value)
 
-    def _submit_with_callbacks(self, job_id: str, args: list[str], fields: dict[str, Any]) -> list[Any]:
+    def _submit_with_callbacks(
+        self, job_id: str, args: list[str], fields: dict[str, Any]
+    ) -> list[Any]:
         """The submitted transition with its callback bookkeeping (nxjobs/lua/store_submit.lua)."""
         kind = self.redis.hget(keys.job(job_id), "kind")
         expect = correlate.on_submit(kind, fields.get("result"))
@@ -200,8 +230,9 @@ class RecordStore:
         args = args + [job_id, str(expect.needed or 0), f"{due_at:.3f}", f"{now:.3f}", proof_id]
         for name, value in _encode(fields).items():
             args += [name, value]
-        reply: list[Any] = self._submit(keys=[keys.job(job_id), keys.callbacks_waiting(family), *expect.index_keys],
-                                        args=args)
+        reply: list[Any] = self._submit(
+            keys=[keys.job(job_id), keys.callbacks_waiting(family), *expect.index_keys], args=args
+        )
         return reply
 
     def restore_failed(self, job_id: str, error: dict[str, Any]) -> bool:
@@ -236,7 +267,10 @@ class RecordStore:
         pipe = self.redis.pipeline(transaction=False)
         for job_id in ids:
             pipe.hgetall(keys.job(job_id))
-        return {job_id: (_decode(raw) if raw else None) for job_id, raw in zip(ids, pipe.execute(), strict=True)}
+        return {
+            job_id: (_decode(raw) if raw else None)
+            for job_id, raw in zip(ids, pipe.execute(), strict=True)
+        }
 
 
 # Callback bookkeeping kept in the job's hash, not part of the record a producer reads.

@@ -26,7 +26,11 @@ def contact_order_id(job_id: str, index: int, explicit: str | None) -> str:
 
 def call_list_item(contact: Contact, order_id: str) -> dict[str, Any]:
     """One callList entry (docs/provider.md §6.3), unmasked: what addBatchCall sends."""
-    item: dict[str, Any] = {"orderID": order_id, "userPhone": contact.user_phone, "userName": contact.user_name}
+    item: dict[str, Any] = {
+        "orderID": order_id,
+        "userPhone": contact.user_phone,
+        "userName": contact.user_name,
+    }
     if contact.params:
         item["params"] = [{"name": p.name, "value": p.value} for p in contact.params]
     return item

@@ -17,9 +17,25 @@ from sandbox.state import SandboxState
 _DIGITS = re.compile(r"[0-9]+")
 # Longest-prefix match is enough for plausible fake rows.
 _COUNTRIES = {
-    "1": "US", "44": "GB", "52": "MX", "55": "BR", "60": "MY", "62": "ID", "63": "PH", "65": "SG",
-    "66": "TH", "81": "JP", "82": "KR", "84": "VN", "86": "CN", "91": "IN", "234": "NG", "852": "HK",
-    "853": "MO", "886": "TW", "971": "AE",
+    "1": "US",
+    "44": "GB",
+    "52": "MX",
+    "55": "BR",
+    "60": "MY",
+    "62": "ID",
+    "63": "PH",
+    "65": "SG",
+    "66": "TH",
+    "81": "JP",
+    "82": "KR",
+    "84": "VN",
+    "86": "CN",
+    "91": "IN",
+    "234": "NG",
+    "852": "HK",
+    "853": "MO",
+    "886": "TW",
+    "971": "AE",
 }
 
 

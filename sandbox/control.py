@@ -23,7 +23,9 @@ class SandboxControl:
         self._session = requests.Session()
 
     def _call(self, method: str, name: str, **kw: Any) -> dict[str, Any]:
-        resp = self._session.request(method, f"{self.base_url}/_sandbox/{name}", timeout=self.timeout_s, **kw)
+        resp = self._session.request(
+            method, f"{self.base_url}/_sandbox/{name}", timeout=self.timeout_s, **kw
+        )
         resp.raise_for_status()
         return resp.json()
 
@@ -56,10 +58,21 @@ class SandboxControl:
         return self._call("POST", "config", json=changes)["config"]
 
     def script(
-        self, path: str, code: int | str, times: int = 1, http_status: int = 200, message: str | None = None
+        self,
+        path: str,
+        code: int | str,
+        times: int = 1,
+        http_status: int = 200,
+        message: str | None = None,
     ) -> None:
         """Answer the next `times` verified requests to `path` with body `code` (or HTTP `http_status`)."""
-        payload = {"path": path, "code": code, "times": times, "http_status": http_status, "message": message}
+        payload = {
+            "path": path,
+            "code": code,
+            "times": times,
+            "http_status": http_status,
+            "message": message,
+        }
         self._call("POST", "script", json=payload)
 
     def expire_tokens(self) -> int:

@@ -91,12 +91,18 @@ def _target(url: str) -> tuple[tuple[str, str, int], bytes] | str:
     target = quote(parts.path or "/", safe="/%!$&'()*+,;=:@~-._")
     if parts.query:
         target += "?" + quote(parts.query, safe="/%!$&'()*+,;=:@~-._?")
-    head = (f"POST {target} HTTP/1.1\r\nHost: {parts.netloc.rpartition('@')[2]}\r\n"
-            "User-Agent: nxjobs-sandbox\r\nContent-Type: application/json; charset=utf-8\r\n")
+    head = (
+        f"POST {target} HTTP/1.1\r\nHost: {parts.netloc.rpartition('@')[2]}\r\n"
+        "User-Agent: nxjobs-sandbox\r\nContent-Type: application/json; charset=utf-8\r\n"
+    )
     if parts.username is not None:
-        user_pass = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode("latin-1", "replace")
+        user_pass = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode(
+            "latin-1", "replace"
+        )
         head += f"Authorization: Basic {b64encode(user_pass).decode()}\r\n"
-    return (scheme, parts.hostname, port or (443 if scheme == "https" else 80)), head.encode("latin-1", "replace")
+    return (scheme, parts.hostname, port or (443 if scheme == "https" else 80)), head.encode(
+        "latin-1", "replace"
+    )
 
 
 class _ResponseReader:
@@ -179,8 +185,22 @@ class _Conn(asyncio.Protocol):
     for the coroutine that opened it.
     """
 
-    __slots__ = ("owner", "origin", "loop", "transport", "closed", "reader", "d", "started", "data", "waiter",
-                 "deadline", "got_bytes", "used", "idle_since")
+    __slots__ = (
+        "owner",
+        "origin",
+        "loop",
+        "transport",
+        "closed",
+        "reader",
+        "d",
+        "started",
+        "data",
+        "waiter",
+        "deadline",
+        "got_bytes",
+        "used",
+        "idle_since",
+    )
 
     def __init__(self, owner: CallbackDispatcher, origin: _Origin, loop: asyncio.AbstractEventLoop):
         self.owner = owner
@@ -219,7 +239,9 @@ class _Conn(asyncio.Protocol):
         try:
             self.transport.write(data)  # type: ignore[union-attr]
         except Exception as exc:  # never lose a delivery to a surprise: it is a failed attempt
-            self.loop.call_soon(self._fail, type(exc).__name__)  # (not from inside another answer's callback)
+            self.loop.call_soon(
+                self._fail, type(exc).__name__
+            )  # (not from inside another answer's callback)
 
     def data_received(self, data: bytes) -> None:
         if self.d is None:
@@ -401,7 +423,9 @@ class CallbackDispatcher:
             origin.idle.clear()
         for conn in list(self._conns):
             conn.abandon()
-        await asyncio.sleep(0)  # let the aborted transports run connection_lost and free their sockets
+        await asyncio.sleep(
+            0
+        )  # let the aborted transports run connection_lost and free their sockets
 
     def _schedule(self, items: list[dict[str, Any]]) -> None:
         if not items:
@@ -425,8 +449,15 @@ class CallbackDispatcher:
                 text = to_json(item["body"]).decode("utf-8")
                 for _ in range(copies):
                     due = now + (delay_s + self._jitter(jitter_s) if jitter_s > 0 else delay_s)
-                    d = _Delivery(due, next(self._seq), item["kind"], item["url"], text, item["signed"],
-                                  item["epoch"])
+                    d = _Delivery(
+                        due,
+                        next(self._seq),
+                        item["kind"],
+                        item["url"],
+                        text,
+                        item["signed"],
+                        item["epoch"],
+                    )
                     if not fifo or due >= fifo[-1].due:
                         fifo.append(d)
                     else:
@@ -444,7 +475,11 @@ class CallbackDispatcher:
         with self._lock:
             epoch = self.state.epoch
             while True:
-                if fifo and fifo[0].due <= now and not (heap and heap[0] < (fifo[0].due, fifo[0].seq)):
+                if (
+                    fifo
+                    and fifo[0].due <= now
+                    and not (heap and heap[0] < (fifo[0].due, fifo[0].seq))
+                ):
                     delivery = fifo.popleft()
                 elif heap and heap[0][0] <= now:
                     delivery = heapq.heappop(heap)[2]
@@ -459,7 +494,9 @@ class CallbackDispatcher:
         touched = {}
         for d in deliveries:
             target = _target(d.url)
-            if isinstance(target, str):  # not a URL we can POST to: a failed attempt, like requests raised
+            if isinstance(
+                target, str
+            ):  # not a URL we can POST to: a failed attempt, like requests raised
                 if d.epoch == self.state.epoch:
                     self._account(d, self._begin(d), target)
                 continue
@@ -538,7 +575,9 @@ class CallbackDispatcher:
     def _feed_answered(self) -> None:
         conns, self._answered_conns = self._answered_conns, []
         for conn in conns:
-            self._feed(conn.origin, conn)  # (one that cannot be reused is closed: _feed passes it over)
+            self._feed(
+                conn.origin, conn
+            )  # (one that cannot be reused is closed: _feed passes it over)
 
     def _spawn(self, coro: Any) -> None:
         task = self._loop.create_task(coro)  # type: ignore[union-attr]
@@ -565,7 +604,9 @@ class CallbackDispatcher:
                     status = type(exc).__name__
                 else:
                     status, reusable = await conn.first(d, started, data)
-        except asyncio.CancelledError:  # stop(): the attempt is abandoned, no half-used connection survives
+        except (
+            asyncio.CancelledError
+        ):  # stop(): the attempt is abandoned, no half-used connection survives
             if conn is not None:
                 conn.abandon()
             origin.workers -= 1
@@ -585,7 +626,9 @@ class CallbackDispatcher:
                 self._ssl = ssl.create_default_context()
             context = self._ssl
         _, conn = await asyncio.wait_for(
-            loop.create_connection(lambda: _Conn(self, origin, loop), host, port, ssl=context), SEND_TIMEOUT_S)
+            loop.create_connection(lambda: _Conn(self, origin, loop), host, port, ssl=context),
+            SEND_TIMEOUT_S,
+        )
         return conn
 
     def _request_bytes(self, d: _Delivery) -> bytes:
@@ -597,9 +640,16 @@ class CallbackDispatcher:
         body = d.text.encode("utf-8")
         if d.signed:
             headers = callbot_headers(
-                secret_key=accounts.CALLBOT_SECRET_KEY, uuid=accounts.CALLBOT_UUID, request_id=uuid.uuid4().hex,
-                create_ts_s=int(time.time()), body_text=d.text, algorithm=accounts.CALLBOT_ALGORITHM)
-            signed = "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode("latin-1", "replace")
+                secret_key=accounts.CALLBOT_SECRET_KEY,
+                uuid=accounts.CALLBOT_UUID,
+                request_id=uuid.uuid4().hex,
+                create_ts_s=int(time.time()),
+                body_text=d.text,
+                algorithm=accounts.CALLBOT_ALGORITHM,
+            )
+            signed = "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode(
+                "latin-1", "replace"
+            )
             return head + signed + b"Content-Length: %d\r\n\r\n" % len(body) + body
         d.raw = head + b"Content-Length: %d\r\n\r\n" % len(body) + body
         return d.raw
@@ -616,9 +666,17 @@ class CallbackDispatcher:
     def _account(self, d: _Delivery, now: float, status: int | str) -> None:
         ok = isinstance(status, int) and 200 <= status < 300
         state = self.state
-        entry = {"ts": time.time(), "kind": d.kind, "url": d.url, "status": status, "attempt": d.attempts,
-                 "body": d.text}
-        with state.lock:  # re-entrant: log_callback takes it again, but counts and log change together
+        entry = {
+            "ts": time.time(),
+            "kind": d.kind,
+            "url": d.url,
+            "status": status,
+            "attempt": d.attempts,
+            "body": d.text,
+        }
+        with (
+            state.lock
+        ):  # re-entrant: log_callback takes it again, but counts and log change together
             if d.epoch != state.epoch:  # reset while in flight: not part of the new run's counts
                 return
             counts = state.callbacks

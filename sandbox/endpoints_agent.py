@@ -91,8 +91,13 @@ def _makecall(state: SandboxState, req: _Request) -> dict[str, Any]:
     if order_id:
         stores.called_orderids.add(order_id)
     call = {
-        "cdr_id": _hex32(), "orderid": order_id, "sessionid": session_id, "username": form["username"],
-        "phone": form["phone"], "show_phone": form.get("showphone") or "nxcloud", "created": req.now,
+        "cdr_id": _hex32(),
+        "orderid": order_id,
+        "sessionid": session_id,
+        "username": form["username"],
+        "phone": form["phone"],
+        "show_phone": form.get("showphone") or "nxcloud",
+        "created": req.now,
     }
     stores.calls.append(call)
     state.accepted["makecall"] += 1
@@ -122,10 +127,18 @@ def _cdr_row(call: dict[str, Any]) -> dict[str, Any]:
     end = answer + 30 if answered else start + 30
     code, _ = _country(phone)
     return {
-        "id": call["cdr_id"], "sipid": "sandbox-sip-0001", "username": call["username"], "phone": phone,
-        "effective_called_number": phone, "country_code": code, "show_phone": call["show_phone"],
-        "orderid": call["orderid"], "direction": "1", "duration": 30 if answered else 0,
-        "start_time": _fmt_time(start), "answer_time": _fmt_time(answer) if answered else None,
+        "id": call["cdr_id"],
+        "sipid": "sandbox-sip-0001",
+        "username": call["username"],
+        "phone": phone,
+        "effective_called_number": phone,
+        "country_code": code,
+        "show_phone": call["show_phone"],
+        "orderid": call["orderid"],
+        "direction": "1",
+        "duration": 30 if answered else 0,
+        "start_time": _fmt_time(start),
+        "answer_time": _fmt_time(answer) if answered else None,
         "end_time": _fmt_time(end),
         "record_url": f"https://record.sandbox.invalid/{call['cdr_id']}.mp3" if answered else None,
         "hangup_cause": outcome.hangup_cause,
@@ -138,11 +151,21 @@ def _cdr_callback(call: dict[str, Any]) -> dict[str, Any]:
     start = int(call["created"]) + 1
     answered = row["duration"] > 0
     return {
-        "sessionid": call["sessionid"], "username": call["username"], "mobile_name": "sandbox phone",
-        "sipid": row["sipid"], "orderid": call["orderid"], "code": row["country_code"], "phone": call["phone"],
-        "show_phone": call["show_phone"], "duration": row["duration"], "direction": 1, "record": 1 if answered else 0,
-        "record_url": row["record_url"] or "", "start_time": str(start),
-        "answer_time": str(start + 5) if answered else "0", "end_time": str(start + 35 if answered else start + 30),
+        "sessionid": call["sessionid"],
+        "username": call["username"],
+        "mobile_name": "sandbox phone",
+        "sipid": row["sipid"],
+        "orderid": call["orderid"],
+        "code": row["country_code"],
+        "phone": call["phone"],
+        "show_phone": call["show_phone"],
+        "duration": row["duration"],
+        "direction": 1,
+        "record": 1 if answered else 0,
+        "record_url": row["record_url"] or "",
+        "start_time": str(start),
+        "answer_time": str(start + 5) if answered else "0",
+        "end_time": str(start + 35 if answered else start + 30),
         "hangup_cause": row["hangup_cause"],
     }
 

@@ -43,11 +43,15 @@ def _api2_throttle(req: _Request) -> dict[str, Any]:
 def _api2_verifier(biz_type: str, action: str) -> Callable[[SandboxState, _Request], None]:
     def verify(state: SandboxState, req: _Request) -> None:
         h = req.headers
-        missing = [n for n in ("accessKey", "ts", "bizType", "action", "sign") if not h.get(n.lower())]
+        missing = [
+            n for n in ("accessKey", "ts", "bizType", "action", "sign") if not h.get(n.lower())
+        ]
         if missing:
             raise _Answer(_api2_env(req, 1001, "missing header(s): " + ", ".join(missing)))
         if (h["biztype"], h["action"]) != (biz_type, action):
-            raise _Answer(_api2_env(req, 1002, f"this path needs bizType={biz_type} action={action}"))
+            raise _Answer(
+                _api2_env(req, 1002, f"this path needs bizType={biz_type} action={action}")
+            )
         text = _decode(req.raw)
         body = _json_object(text)
         if body is None:
@@ -63,8 +67,13 @@ def _api2_verifier(biz_type: str, action: str) -> Callable[[SandboxState, _Reque
             raise _Answer(_api2_env(req, 1003, "unsupported algorithm"))
         # Signed over the bytes as received: re-serialising would hide client bugs.
         expected = api2_sign(
-            access_key=h["accesskey"], access_secret=secret, action=h["action"], biz_type=h["biztype"],
-            ts_ms=h["ts"], body_text=text, algorithm=algorithm,
+            access_key=h["accesskey"],
+            access_secret=secret,
+            action=h["action"],
+            biz_type=h["biztype"],
+            ts_ms=h["ts"],
+            body_text=text,
+            algorithm=algorithm,
         )
         if not hmac.compare_digest(expected, h["sign"].lower()):
             raise _Answer(_api2_env(req, 1003, "signature invalid"))
@@ -77,7 +86,11 @@ def _api2_verifier(biz_type: str, action: str) -> Callable[[SandboxState, _Reque
 def _api2_quotas(state: SandboxState, req: _Request) -> list[tuple[str, str, int]]:
     quotas = [("api2", req.credential, state.config.api2_rate)]
     phone = req.body.get("phone")
-    if req.path == "/api/number/check" and isinstance(phone, str) and phone.count(",") >= NUMBER_CHECK_BIG_BATCH:
+    if (
+        req.path == "/api/number/check"
+        and isinstance(phone, str)
+        and phone.count(",") >= NUMBER_CHECK_BIG_BATCH
+    ):
         quotas.append(("number_check_big", req.credential, state.config.number_check_big_rate))
     return quotas
 
@@ -88,16 +101,22 @@ def _nc_error(state: SandboxState, code: int, message: str) -> dict[str, Any]:
     return {"code": code, "message": message, "data": None}
 
 
-def _nc_common(state: SandboxState, body: dict[str, Any], levels: tuple[int, ...]) -> tuple[list[str], int, str]:
+def _nc_common(
+    state: SandboxState, body: dict[str, Any], levels: tuple[int, ...]
+) -> tuple[list[str], int, str]:
     """Validate appkey, phone, checkLevel, batchNo in the documented order; raise _Answer."""
     if body.get("appkey") != accounts.API2_APPKEY:
         raise _Answer(_nc_error(state, 202, "Application not available or incorrect appkey"))
     phone = body.get("phone")
-    numbers = [n.strip() for n in phone.split(",")] if isinstance(phone, str) and phone.strip() else []
+    numbers = (
+        [n.strip() for n in phone.split(",")] if isinstance(phone, str) and phone.strip() else []
+    )
     if not numbers or not all(_DIGITS.fullmatch(n) for n in numbers):
         raise _Answer(_nc_error(state, 201, "Parameter error or empty: phone"))
     if len(numbers) > NUMBER_CHECK_MAX:
-        raise _Answer(_nc_error(state, 201, f"Parameter error: more than {NUMBER_CHECK_MAX} numbers"))
+        raise _Answer(
+            _nc_error(state, 201, f"Parameter error: more than {NUMBER_CHECK_MAX} numbers")
+        )
     level = _as_int(body.get("checkLevel", 1))
     if level not in levels:
         raise _Answer(_nc_error(state, 207, "Invalid check type"))
@@ -114,21 +133,33 @@ def _nc_common(state: SandboxState, body: dict[str, Any], levels: tuple[int, ...
 def _nc_row(number_id: str, batch_no: str, phone: str, level: int, now: float) -> dict[str, Any]:
     _, iso = _country(phone)
     row = {
-        "id": number_id, "batchNo": batch_no, "phone": phone, "checkLevel": level, "code": 0,
-        "numberType": "mobile", "operator": "Sandbox Mobile", "country": iso,
-        "price": 0.005, "currency": "USD", "checkedAt": int(now),
+        "id": number_id,
+        "batchNo": batch_no,
+        "phone": phone,
+        "checkLevel": level,
+        "code": 0,
+        "numberType": "mobile",
+        "operator": "Sandbox Mobile",
+        "country": iso,
+        "price": 0.005,
+        "currency": "USD",
+        "checkedAt": int(now),
     }
     if level == 5:
         row.update({"mcc": "999", "mnc": "01", "ported": "NO", "active": "YES"})
     return row
 
 
-def _nc_record(state: SandboxState, request_id: str, batch_no: str, given_batch: bool, rows: list, now: float) -> None:
+def _nc_record(
+    state: SandboxState, request_id: str, batch_no: str, given_batch: bool, rows: list, now: float
+) -> None:
     stores = state.stores
     if given_batch and batch_no in stores.nc_batchnos:
         state.duplicates["number_check_batchno"] += 1
     stores.nc_batchnos.add(batch_no)
-    stores.nc_submissions.append({"requestId": request_id, "batchNo": batch_no, "created": now, "rows": rows})
+    stores.nc_submissions.append(
+        {"requestId": request_id, "batchNo": batch_no, "created": now, "rows": rows}
+    )
     state.accepted["number_check"] += 1
 
 
@@ -136,14 +167,38 @@ def _nc_dr(state: SandboxState, row: dict[str, Any]) -> dict[str, Any]:
     """The result callback of one number (docs/provider.md §5.4), in the configured shape."""
     cost = {"price": row["price"], "currency": row["currency"]}
     if state.config.number_check_shape == "legacy":
-        basic = {"preCheck": "YES", "regionCode": row["country"], "countryCode": _country(row["phone"])[0],
-                 "nationalNumber": row["phone"][len(_country(row["phone"])[0]):], "standNumber": row["phone"],
-                 "numberType": 2, "carrier": row["operator"]}
-        return {"messageId": row["id"], "code": 0, "msg": "success", "batchNo": row["batchNo"],
-                "phone": row["phone"], "data": {"basic": basic}, "cost": cost}
-    data = {k: row[k] for k in ("numberType", "operator", "country", "mcc", "mnc", "ported", "active") if k in row}
-    return {"requestId": row["id"], "code": 0, "message": "success", "batchNo": row["batchNo"],
-            "phone": row["phone"], "data": data, "cost": cost}
+        basic = {
+            "preCheck": "YES",
+            "regionCode": row["country"],
+            "countryCode": _country(row["phone"])[0],
+            "nationalNumber": row["phone"][len(_country(row["phone"])[0]) :],
+            "standNumber": row["phone"],
+            "numberType": 2,
+            "carrier": row["operator"],
+        }
+        return {
+            "messageId": row["id"],
+            "code": 0,
+            "msg": "success",
+            "batchNo": row["batchNo"],
+            "phone": row["phone"],
+            "data": {"basic": basic},
+            "cost": cost,
+        }
+    data = {
+        k: row[k]
+        for k in ("numberType", "operator", "country", "mcc", "mnc", "ported", "active")
+        if k in row
+    }
+    return {
+        "requestId": row["id"],
+        "code": 0,
+        "message": "success",
+        "batchNo": row["batchNo"],
+        "phone": row["phone"],
+        "data": data,
+        "cost": cost,
+    }
 
 
 def _number_check(state: SandboxState, req: _Request) -> dict[str, Any]:
@@ -153,7 +208,13 @@ def _number_check(state: SandboxState, req: _Request) -> dict[str, Any]:
     ok = [n for n in numbers if not n.startswith("999")]
     # docs/provider.md §5.1: a single-number batch keeps the submit id; otherwise id-<6 digits>.
     rows = [
-        _nc_row(request_id if len(numbers) == 1 else f"{request_id}-{i:06d}", batch_no, n, level, req.now)
+        _nc_row(
+            request_id if len(numbers) == 1 else f"{request_id}-{i:06d}",
+            batch_no,
+            n,
+            level,
+            req.now,
+        )
         for i, n in enumerate(ok, start=1)
     ]
     _nc_record(state, request_id, batch_no, _nonempty(req.body.get("batchNo")), rows, req.now)
@@ -165,7 +226,11 @@ def _number_check(state: SandboxState, req: _Request) -> dict[str, Any]:
     if state.config.number_check_shape == "legacy":
         return {"msg": "success", "code": 0, "data": {"messageId": request_id, "batchNo": batch_no}}
     fail = [{"number": n, "reason": "invalid number"} for n in failed]
-    return {"code": 0, "message": "Success", "data": {"requestId": request_id, "batchNo": batch_no, "failNumber": fail}}
+    return {
+        "code": 0,
+        "message": "Success",
+        "data": {"requestId": request_id, "batchNo": batch_no, "failNumber": fail},
+    }
 
 
 def _number_check_get(state: SandboxState, req: _Request) -> dict[str, Any]:
@@ -179,10 +244,18 @@ def _number_check_get(state: SandboxState, req: _Request) -> dict[str, Any]:
     _nc_record(state, request_id, batch_no, _nonempty(req.body.get("batchNo")), rows, req.now)
     _, iso = _country(phone)
     basic = {
-        "phone": phone, "country": iso, "numberType": "invalid" if invalid else "mobile",
-        "operator": "" if invalid else "Sandbox Mobile", "failReason": "invalid number" if invalid else "",
+        "phone": phone,
+        "country": iso,
+        "numberType": "invalid" if invalid else "mobile",
+        "operator": "" if invalid else "Sandbox Mobile",
+        "failReason": "invalid number" if invalid else "",
     }
-    data = {"requestId": request_id, "batchNo": batch_no, "basic": basic, "cost": {"price": 0.005, "currency": "USD"}}
+    data = {
+        "requestId": request_id,
+        "batchNo": batch_no,
+        "basic": basic,
+        "cost": {"price": 0.005, "currency": "USD"},
+    }
     return {"code": 0, "message": "Success", "data": data}
 
 
@@ -220,10 +293,17 @@ def _number_query(state: SandboxState, req: _Request) -> dict[str, Any]:
             rows.append(shaped)
     total_page = (len(rows) + size - 1) // size
     data = {
-        "page": page, "pageSize": size, "totalPage": total_page, "totalSize": len(rows),
+        "page": page,
+        "pageSize": size,
+        "totalPage": total_page,
+        "totalSize": len(rows),
         "result": rows[(page - 1) * size : page * size],
     }
-    return {"msg": "success", "code": 0, "data": data} if legacy else {"code": 0, "message": "Success", "data": data}
+    return (
+        {"msg": "success", "code": 0, "data": data}
+        if legacy
+        else {"code": 0, "message": "Success", "data": data}
+    )
 
 
 def _ota_init(state: SandboxState, req: _Request) -> dict[str, Any]:
@@ -234,7 +314,9 @@ def _ota_init(state: SandboxState, req: _Request) -> dict[str, Any]:
         return {"code": 9901, "msg": "Parameter error or missing", "data": None}
     request_id = _hex32()
     state.accepted["ota_init"] += 1
-    url = f"https://ota.sandbox.invalid/auth?response_type=code&client_id=sandbox&state={request_id}"
+    url = (
+        f"https://ota.sandbox.invalid/auth?response_type=code&client_id=sandbox&state={request_id}"
+    )
     return {"code": 0, "msg": "Request successful", "data": {"requestId": request_id, "url": url}}
 
 
@@ -244,12 +326,25 @@ def _wa_calling_get(state: SandboxState, req: _Request) -> dict[str, Any]:
         message = "Customer APP does not exist / Status is unavailable"
         return {"code": 9003, "message": message, "data": None, "traceId": _hex32()}
     if not _nonempty(b.get("business_phone")):
-        return {"code": 9000, "message": "Request parameter error", "data": None, "traceId": _hex32()}
+        return {
+            "code": 9000,
+            "message": "Request parameter error",
+            "data": None,
+            "traceId": _hex32(),
+        }
     # Shape of the vendor's "enabled, no custom business hours" example.
     data = {
-        "status": 1, "business_phone": b["business_phone"], "region": "SG", "icon_status": 1,
-        "hours_status": 0, "hours_customize": None, "permission_status": 0, "recording_status": 1,
-        "nx_sip_addr": [{"region": "SG", "ip_list": ["127.0.0.1:6030"], "fqdn": ["sip.sandbox.invalid"]}],
+        "status": 1,
+        "business_phone": b["business_phone"],
+        "region": "SG",
+        "icon_status": 1,
+        "hours_status": 0,
+        "hours_customize": None,
+        "permission_status": 0,
+        "recording_status": 1,
+        "nx_sip_addr": [
+            {"region": "SG", "ip_list": ["127.0.0.1:6030"], "fqdn": ["sip.sandbox.invalid"]}
+        ],
         "customer_sip_addr": [{"host": "127.0.0.1", "port": 8080, "type": 1}],
     }
     return {"code": 0, "message": "Success", "data": data, "traceId": _hex32()}

@@ -36,7 +36,13 @@ _ALGORITHMS: dict[str, Algorithm] = {"MD5": "md5", "SHA256": "sha256"}
 def _cb_env(req: _Request, code: Any, message: str) -> dict[str, Any]:
     if req.path.endswith("/ping"):
         request_id = req.headers.get("requestid", "")
-        return {"code": code, "msg": message, "reqId": request_id, "data": None, "timestamp": int(req.now)}
+        return {
+            "code": code,
+            "msg": message,
+            "reqId": request_id,
+            "data": None,
+            "timestamp": int(req.now),
+        }
     return {"retCode": code, "retMsg": message, "responseID": _hex32()}
 
 
@@ -62,8 +68,12 @@ def _cb_verifier(needs_product: bool) -> Callable[[SandboxState, _Request], None
         if text is None:
             raise _Answer(_cb_env(req, 3, "parameter format error: body is not UTF-8"))
         expected = callbot_sign(
-            secret_key=secret, uuid=h["uuid"], request_id=h.get("requestid", ""), create_ts_s=h["createts"],
-            body_text=text, algorithm=algorithm,
+            secret_key=secret,
+            uuid=h["uuid"],
+            request_id=h.get("requestid", ""),
+            create_ts_s=h["createts"],
+            body_text=text,
+            algorithm=algorithm,
         )
         if not hmac.compare_digest(expected, h["sign"].upper()):
             raise _Answer(_cb_env(req, 6, "incorrect signature"))
@@ -92,9 +102,24 @@ def _cb_public(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def _cb_order_callback(order: dict[str, Any], callback_type: int) -> dict[str, Any]:
-    body = {k: order[k] for k in ("orderID", "userPhone", "userName", "sceneID", "userTaskID", "taskID", "finish",
-                                  "other")}
-    return {"callbackType": callback_type, **body, "callInfoDetail": order["callInfoDetailList"][-1]}
+    body = {
+        k: order[k]
+        for k in (
+            "orderID",
+            "userPhone",
+            "userName",
+            "sceneID",
+            "userTaskID",
+            "taskID",
+            "finish",
+            "other",
+        )
+    }
+    return {
+        "callbackType": callback_type,
+        **body,
+        "callInfoDetail": order["callInfoDetailList"][-1],
+    }
 
 
 def _cb_maybe_finish(state: SandboxState, task: dict[str, Any]) -> None:
@@ -104,9 +129,15 @@ def _cb_maybe_finish(state: SandboxState, task: dict[str, Any]) -> None:
         return
     task["taskStatus"] = 3
     task["_finished_by_orders"] = True
-    body = {"callbackType": 1, "userTaskID": task["userTaskID"], "taskID": task["taskID"],
-            "sceneID": task["sceneID"], "taskStatus": 3, "createTs": task["createTs"],
-            "taskStat": _cb_task_stat(state, task)}
+    body = {
+        "callbackType": 1,
+        "userTaskID": task["userTaskID"],
+        "taskID": task["taskID"],
+        "sceneID": task["sceneID"],
+        "taskStatus": 3,
+        "createTs": task["createTs"],
+        "taskStat": _cb_task_stat(state, task),
+    }
     state.queue_callback("callbot-task", task.get("_taskCallbackUrl"), body, signed=True)
 
 
@@ -118,17 +149,33 @@ def _cb_dial(state: SandboxState, order: dict[str, Any], now: float) -> None:
     answered = outcome.answered
     start = int(now)
     duration = 30 if answered else 0
-    order["callInfoDetailList"].append({
-        "callID": _hex32(), "callingNumber": "sandbox-line", "lineAddress": "127.0.0.1",
-        "callStatus": outcome.call_status, "callStartTs": start, "callAnswerTs": start + 5 if answered else 0,
-        "callEndTs": start + 5 + duration if answered else start + 30, "callDuration": duration,
-        "callAudioUrl": f"https://audio.sandbox.invalid/{order['orderID']}.wav" if answered else "",
-        "hangupCause": outcome.hangup_cause, "termSipCode": outcome.sip_code,
-        "intents": [], "sms": [], "params": order.get("params") or [],
-    })
+    order["callInfoDetailList"].append(
+        {
+            "callID": _hex32(),
+            "callingNumber": "sandbox-line",
+            "lineAddress": "127.0.0.1",
+            "callStatus": outcome.call_status,
+            "callStartTs": start,
+            "callAnswerTs": start + 5 if answered else 0,
+            "callEndTs": start + 5 + duration if answered else start + 30,
+            "callDuration": duration,
+            "callAudioUrl": f"https://audio.sandbox.invalid/{order['orderID']}.wav"
+            if answered
+            else "",
+            "hangupCause": outcome.hangup_cause,
+            "termSipCode": outcome.sip_code,
+            "intents": [],
+            "sms": [],
+            "params": order.get("params") or [],
+        }
+    )
     order["finish"] = True
-    state.queue_callback("callbot-call", order.get("_callCallbackUrl"), _cb_order_callback(order, 3), signed=True)
-    state.queue_callback("callbot-order", order.get("_orderCallbackUrl"), _cb_order_callback(order, 2), signed=True)
+    state.queue_callback(
+        "callbot-call", order.get("_callCallbackUrl"), _cb_order_callback(order, 3), signed=True
+    )
+    state.queue_callback(
+        "callbot-order", order.get("_orderCallbackUrl"), _cb_order_callback(order, 2), signed=True
+    )
 
 
 def _cb_call_list(req: _Request) -> list[Any]:
@@ -143,8 +190,13 @@ def _cb_call_list(req: _Request) -> list[Any]:
     return call_list
 
 
-def _cb_add_orders(state: SandboxState, task: dict[str, Any], call_list: list[Any], now: float,
-                   info: dict[str, Any] | None = None) -> dict[str, Any]:
+def _cb_add_orders(
+    state: SandboxState,
+    task: dict[str, Any],
+    call_list: list[Any],
+    now: float,
+    info: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     orders = state.stores.cb_orders
     info = info or {}
     # Per batch (callInfoList), else the task's own (createTask's orderCallbackUrl).
@@ -152,7 +204,7 @@ def _cb_add_orders(state: SandboxState, task: dict[str, Any], call_list: list[An
     order_url = info.get("orderCallbackUrl") or task.get("_orderCallbackUrl")
     errors = []
     added = 0
-    #, our choice A task that completed because its orders were all dialled (not by an operator's
+    # , our choice A task that completed because its orders were all dialled (not by an operator's
     # "complete") takes new contacts, as a kept task would (funcFlag.taskKeep, docs/provider.md §6.3): it
     # runs again, dials them, and completes again (with its own task callback) when they finish.
     reopen = task["taskStatus"] == 3 and task.get("_finished_by_orders")
@@ -164,7 +216,9 @@ def _cb_add_orders(state: SandboxState, task: dict[str, Any], call_list: list[An
         elif not isinstance(order_id, str) or not order_id:
             errors.append({"orderID": str(order_id or ""), "errMsg": "orderID is required"})
         elif not isinstance(phone, str) or not _DIGITS.fullmatch(phone):
-            errors.append({"orderID": order_id, "errMsg": "userPhone must be digits with country code"})
+            errors.append(
+                {"orderID": order_id, "errMsg": "userPhone must be digits with country code"}
+            )
         elif order_id in orders:
             state.duplicate_rejections["callbot_orderid"] += 1
             errors.append({"orderID": order_id, "errMsg": "orderID already exists"})
@@ -172,11 +226,19 @@ def _cb_add_orders(state: SandboxState, task: dict[str, Any], call_list: list[An
             errors.append({"orderID": order_id, "errMsg": "userPhone is on the do-not-call list"})
         else:
             order = {
-                "orderID": order_id, "userPhone": phone, "userName": item.get("userName", ""),
-                "customerName": item.get("customerName", ""), "other": item.get("other", ""),
-                "params": item.get("params") or [], "sceneID": task["sceneID"], "userTaskID": task["userTaskID"],
-                "taskID": task["taskID"], "finish": False, "callInfoDetailList": [],
-                "_callCallbackUrl": call_url, "_orderCallbackUrl": order_url,
+                "orderID": order_id,
+                "userPhone": phone,
+                "userName": item.get("userName", ""),
+                "customerName": item.get("customerName", ""),
+                "other": item.get("other", ""),
+                "params": item.get("params") or [],
+                "sceneID": task["sceneID"],
+                "userTaskID": task["userTaskID"],
+                "taskID": task["taskID"],
+                "finish": False,
+                "callInfoDetailList": [],
+                "_callCallbackUrl": call_url,
+                "_orderCallbackUrl": order_url,
             }
             orders[order_id] = order
             task["orderIDs"].append(order_id)
@@ -202,17 +264,24 @@ def _cb_new_task(state: SandboxState, req: _Request) -> dict[str, Any]:
         raise _Answer(_cb_env(req, 4, "userTaskID already exists"))
     setting = b.get("taskCreateSetting") if isinstance(b.get("taskCreateSetting"), dict) else {}
     return {
-        "userTaskID": user_task_id, "taskID": str(uuid.uuid4().int % 10**12).zfill(12), "sceneID": b["sceneID"],
+        "userTaskID": user_task_id,
+        "taskID": str(uuid.uuid4().int % 10**12).zfill(12),
+        "sceneID": b["sceneID"],
         "taskName": setting.get("taskName") or b.get("taskName") or "",
-        "taskStatus": 1, "createTs": int(req.now), "orderIDs": [],
+        "taskStatus": 1,
+        "createTs": int(req.now),
+        "orderIDs": [],
         # Where its callbacks go (docs/provider.md §6.3: top level in createTask, in the setting otherwise).
         "_taskCallbackUrl": setting.get("taskCallbackUrl") or b.get("taskCallbackUrl"),
-        "_orderCallbackUrl": b.get("orderCallbackUrl"), "_callCallbackUrl": b.get("callCallbackUrl"),
+        "_orderCallbackUrl": b.get("orderCallbackUrl"),
+        "_callCallbackUrl": b.get("callCallbackUrl"),
     }
 
 
 def _cb_store_task(state: SandboxState, task: dict[str, Any]) -> None:
-    if task["userTaskID"] in state.stores.cb_tasks:  # unreachable by design; counted if it ever happens
+    if (
+        task["userTaskID"] in state.stores.cb_tasks
+    ):  # unreachable by design; counted if it ever happens
         state.duplicates["callbot_usertaskid"] += 1
     state.stores.cb_tasks[task["userTaskID"]] = task
     state.accepted["callbot_tasks"] += 1
@@ -228,8 +297,11 @@ def _cb_create_and_call(state: SandboxState, req: _Request) -> dict[str, Any]:
     task = _cb_new_task(state, req)
     call_list = _cb_call_list(req)
     _cb_store_task(state, task)
-    return _cb_ok(req, taskID=task["taskID"], **_cb_add_orders(state, task, call_list, req.now,
-                                                               req.body["callInfoList"]))
+    return _cb_ok(
+        req,
+        taskID=task["taskID"],
+        **_cb_add_orders(state, task, call_list, req.now, req.body["callInfoList"]),
+    )
 
 
 def _cb_task(state: SandboxState, req: _Request) -> dict[str, Any]:
@@ -274,19 +346,28 @@ def _cb_task_stat(state: SandboxState, task: dict[str, Any]) -> dict[str, Any]:
     orders = [state.stores.cb_orders[o] for o in task["orderIDs"]]
     calls = [c for o in orders for c in o["callInfoDetailList"]]
     answered_calls = sum(1 for c in calls if c["callDuration"] > 0)
-    answered_orders = sum(1 for o in orders if any(c["callDuration"] > 0 for c in o["callInfoDetailList"]))
+    answered_orders = sum(
+        1 for o in orders if any(c["callDuration"] > 0 for c in o["callInfoDetailList"])
+    )
     finished = sum(1 for o in orders if o["finish"])
     return {
-        "answerOrderCount": answered_orders, "finishOrderCount": finished, "totalOrderCount": len(orders),
-        "finishRate": round(finished / len(orders), 2) if orders else 0, "totalAnswerCall": answered_calls,
-        "totalCall": len(calls), "answerRate": round(answered_calls / len(calls), 2) if calls else 0,
+        "answerOrderCount": answered_orders,
+        "finishOrderCount": finished,
+        "totalOrderCount": len(orders),
+        "finishRate": round(finished / len(orders), 2) if orders else 0,
+        "totalAnswerCall": answered_calls,
+        "totalCall": len(calls),
+        "answerRate": round(answered_calls / len(calls), 2) if calls else 0,
     }
 
 
 def _cb_list_task(state: SandboxState, req: _Request) -> dict[str, Any]:
     b = req.body
     page = max(_as_int(b.get("page", 1)) or 1, 1)
-    size = min(max(_as_int(b.get("size", CALLBOT_MAX_PAGE_SIZE)) or CALLBOT_MAX_PAGE_SIZE, 1), CALLBOT_MAX_PAGE_SIZE)
+    size = min(
+        max(_as_int(b.get("size", CALLBOT_MAX_PAGE_SIZE)) or CALLBOT_MAX_PAGE_SIZE, 1),
+        CALLBOT_MAX_PAGE_SIZE,
+    )
     qc = b.get("queryConditions") or {}
     if not isinstance(qc, dict):
         return _cb_env(req, 3, "parameter format error: queryConditions")
@@ -323,7 +404,9 @@ def _cb_list_order_detail(state: SandboxState, req: _Request) -> dict[str, Any]:
     for order_id in wanted:
         order = state.stores.cb_orders.get(order_id) if isinstance(order_id, str) else None
         if order and (not user_task_id or order["userTaskID"] == user_task_id):
-            rows.append({k: v for k, v in _cb_public(order).items() if k not in ("customerName", "params")})
+            rows.append(
+                {k: v for k, v in _cb_public(order).items() if k not in ("customerName", "params")}
+            )
     return _cb_ok(req, orderDetailList=rows)
 
 

@@ -65,11 +65,15 @@ def _no_quota(state: SandboxState, req: _Request) -> list[tuple[str, str, int]]:
 
 
 def _api2(biz_type: str, action: str, endpoint: Callable) -> _Route:
-    return _Route("api2", _api2_verifier(biz_type, action), endpoint, _api2_env, _api2_throttle, _api2_quotas)
+    return _Route(
+        "api2", _api2_verifier(biz_type, action), endpoint, _api2_env, _api2_throttle, _api2_quotas
+    )
 
 
 def _callbot(endpoint: Callable, needs_product: bool = True) -> _Route:
-    return _Route("callbot", _cb_verifier(needs_product), endpoint, _cb_env, _cb_throttle, _cb_quotas)
+    return _Route(
+        "callbot", _cb_verifier(needs_product), endpoint, _cb_env, _cb_throttle, _cb_quotas
+    )
 
 
 ROUTES: dict[str, _Route] = {
@@ -85,9 +89,15 @@ ROUTES: dict[str, _Route] = {
     CALLBOT_PREFIX + "mgrTaskStatus": _callbot(_cb_mgr_task_status),
     CALLBOT_PREFIX + "listTask": _callbot(_cb_list_task),
     CALLBOT_PREFIX + "listOrderDetail": _callbot(_cb_list_order_detail),
-    "/v1/call/token": _Route("agent", _token_verify, _token, _agent_env, _agent_throttle, _no_quota),
-    "/v1/call/makecall": _Route("agent", _makecall_verify, _makecall, _agent_env, _agent_throttle, _makecall_quotas),
-    CDR_PATH: _Route("agent", _cdr_verify, _cdr_by_orderid, _agent_env, _agent_throttle, _cdr_quotas),
+    "/v1/call/token": _Route(
+        "agent", _token_verify, _token, _agent_env, _agent_throttle, _no_quota
+    ),
+    "/v1/call/makecall": _Route(
+        "agent", _makecall_verify, _makecall, _agent_env, _agent_throttle, _makecall_quotas
+    ),
+    CDR_PATH: _Route(
+        "agent", _cdr_verify, _cdr_by_orderid, _agent_env, _agent_throttle, _cdr_quotas
+    ),
 }
 
 
@@ -111,8 +121,13 @@ def _code_of(reply: Reply) -> Any:
 
 def _scripted(route: _Route, req: _Request, script: Any) -> Reply:
     if script.http_status != 200:
-        return Reply(script.http_status, {"code": script.code, "message": script.message or "scripted HTTP error"})
-    return Reply(200, route.envelope(req, script.code, script.message or f"scripted code {script.code}"))
+        return Reply(
+            script.http_status,
+            {"code": script.code, "message": script.message or "scripted HTTP error"},
+        )
+    return Reply(
+        200, route.envelope(req, script.code, script.message or f"scripted code {script.code}")
+    )
 
 
 def _run(state: SandboxState, route: _Route, req: _Request) -> Reply:
@@ -143,7 +158,12 @@ def _run(state: SandboxState, route: _Route, req: _Request) -> Reply:
 
 
 def handle(
-    state: SandboxState, path: str, headers: dict[str, str], body: bytes, now: float, method: str = "POST"
+    state: SandboxState,
+    path: str,
+    headers: dict[str, str],
+    body: bytes,
+    now: float,
+    method: str = "POST",
 ) -> Reply:
     """Answer one API request. `headers` must have lower-cased names; `now` is epoch seconds."""
     route = ROUTES.get(path)
@@ -162,9 +182,11 @@ def handle(
 CONTROL_PREFIX = "/_sandbox/"
 
 
-def handle_control(state: SandboxState, method: str, path: str, query: dict[str, str], body: bytes) -> Reply:
+def handle_control(
+    state: SandboxState, method: str, path: str, query: dict[str, str], body: bytes
+) -> Reply:
     """Serve stats, the request log, config, scripts, token expiry and reset."""
-    name = path[len(CONTROL_PREFIX):]
+    name = path[len(CONTROL_PREFIX) :]
     payload: dict[str, Any] = {}
     if method == "POST" and body.strip():
         parsed = _json_object(_decode(body))
@@ -181,13 +203,18 @@ def handle_control(state: SandboxState, method: str, path: str, query: dict[str,
             return Reply(200, {"requests": state.recent_requests(query.get("path") or None, limit)})
         if (method, name) == ("GET", "callbacks"):
             limit = int(query.get("limit", 100))
-            return Reply(200, {"callbacks": state.recent_callbacks(query.get("kind") or None, limit)})
+            return Reply(
+                200, {"callbacks": state.recent_callbacks(query.get("kind") or None, limit)}
+            )
         if (method, name) == ("POST", "config"):
             return Reply(200, {"config": state.configure(**payload).to_dict()})
         if (method, name) == ("POST", "script"):
             state.add_script(
-                payload["path"], payload["code"], int(payload.get("times", 1)),
-                int(payload.get("http_status", 200)), payload.get("message"),
+                payload["path"],
+                payload["code"],
+                int(payload.get("times", 1)),
+                int(payload.get("http_status", 200)),
+                payload.get("message"),
             )
             return Reply(200, {"ok": True})
         if (method, name) == ("POST", "expire-tokens"):

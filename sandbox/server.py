@@ -152,8 +152,12 @@ def start_in_thread(
     """
     state = SandboxState(config, clock=clock)
     server = SandboxServer((host, port), state)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True,
-                              name=f"nxjobs-sandbox-{server.server_address[1]}")
+    thread = threading.Thread(
+        target=server.serve_forever,
+        kwargs={"poll_interval": 0.1},
+        daemon=True,
+        name=f"nxjobs-sandbox-{server.server_address[1]}",
+    )
     thread.start()
     # Sends the callbacks handlers queue (to the URLs clients gave, and cdr_callback_url).
     dispatcher = CallbackDispatcher(state).start()
@@ -162,35 +166,86 @@ def start_in_thread(
 
 def _parser() -> argparse.ArgumentParser:
     d = SandboxConfig()
-    p = argparse.ArgumentParser(prog="python -m sandbox", description="Fake NXCloud HTTP APIs for tests and demos.")
+    p = argparse.ArgumentParser(
+        prog="python -m sandbox", description="Fake NXCloud HTTP APIs for tests and demos."
+    )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help="0 = pick a free port")
-    p.add_argument("--api2-rate", type=int, default=d.api2_rate, help="req/s per accessKey, 0 = unlimited")
-    p.add_argument("--number-check-big-rate", type=int, default=d.number_check_big_rate,
-                   help="req/s per accessKey for Number Check batches > 2000 numbers")
+    p.add_argument(
+        "--api2-rate", type=int, default=d.api2_rate, help="req/s per accessKey, 0 = unlimited"
+    )
+    p.add_argument(
+        "--number-check-big-rate",
+        type=int,
+        default=d.number_check_big_rate,
+        help="req/s per accessKey for Number Check batches > 2000 numbers",
+    )
     p.add_argument("--callbot-rate", type=int, default=d.callbot_rate, help="req/s per uuid")
     p.add_argument("--makecall-rate", type=int, default=d.makecall_rate, help="req/s per username")
-    p.add_argument("--cdr-rate", type=int, default=d.cdr_rate, help="CDR-by-orderid req/s per appkey")
-    p.add_argument("--token-ttl", type=int, default=d.token_ttl_s, help="Agent token lifetime, seconds")
-    p.add_argument("--throttle-rate", type=float, default=d.throttle_rate, help="fraction answered 'too frequent'")
-    p.add_argument("--error-rate", type=float, default=d.error_rate, help="fraction answered HTTP 503")
-    p.add_argument("--slow-rate", type=float, default=d.slow_rate, help="fraction answered late (after the effect)")
+    p.add_argument(
+        "--cdr-rate", type=int, default=d.cdr_rate, help="CDR-by-orderid req/s per appkey"
+    )
+    p.add_argument(
+        "--token-ttl", type=int, default=d.token_ttl_s, help="Agent token lifetime, seconds"
+    )
+    p.add_argument(
+        "--throttle-rate",
+        type=float,
+        default=d.throttle_rate,
+        help="fraction answered 'too frequent'",
+    )
+    p.add_argument(
+        "--error-rate", type=float, default=d.error_rate, help="fraction answered HTTP 503"
+    )
+    p.add_argument(
+        "--slow-rate",
+        type=float,
+        default=d.slow_rate,
+        help="fraction answered late (after the effect)",
+    )
     p.add_argument("--slow-seconds", type=float, default=d.slow_seconds)
-    p.add_argument("--number-check-shape", choices=("current", "legacy"), default=d.number_check_shape)
+    p.add_argument(
+        "--number-check-shape", choices=("current", "legacy"), default=d.number_check_shape
+    )
     p.add_argument("--seed", type=int, default=None, help="seed for the fault dice")
-    p.add_argument("--cdr-callback-url", default=d.cdr_callback_url,
-                   help="where Agent CDR callbacks go (the URL registered with the vendor); empty = none")
-    p.add_argument("--callback-delay", type=float, default=d.callback_delay_s, help="seconds before a callback")
-    p.add_argument("--callback-jitter", type=float, default=d.callback_jitter_s,
-                   help="extra random delay up to this many seconds (reorders callbacks)")
-    p.add_argument("--callback-duplicate-rate", type=float, default=d.callback_duplicate_rate,
-                   help="fraction of callbacks sent twice")
-    p.add_argument("--callback-drop-rate", type=float, default=d.callback_drop_rate,
-                   help="fraction of callbacks never sent")
-    p.add_argument("--callback-retry", type=float, default=d.callback_retry_s,
-                   help="seconds between attempts of an unacknowledged callback (NXCloud: 60)")
-    p.add_argument("--callback-retry-window", type=float, default=d.callback_retry_window_s,
-                   help="give a callback up this long after its first attempt (NXCloud: 3600)")
+    p.add_argument(
+        "--cdr-callback-url",
+        default=d.cdr_callback_url,
+        help="where Agent CDR callbacks go (the URL registered with the vendor); empty = none",
+    )
+    p.add_argument(
+        "--callback-delay", type=float, default=d.callback_delay_s, help="seconds before a callback"
+    )
+    p.add_argument(
+        "--callback-jitter",
+        type=float,
+        default=d.callback_jitter_s,
+        help="extra random delay up to this many seconds (reorders callbacks)",
+    )
+    p.add_argument(
+        "--callback-duplicate-rate",
+        type=float,
+        default=d.callback_duplicate_rate,
+        help="fraction of callbacks sent twice",
+    )
+    p.add_argument(
+        "--callback-drop-rate",
+        type=float,
+        default=d.callback_drop_rate,
+        help="fraction of callbacks never sent",
+    )
+    p.add_argument(
+        "--callback-retry",
+        type=float,
+        default=d.callback_retry_s,
+        help="seconds between attempts of an unacknowledged callback (NXCloud: 60)",
+    )
+    p.add_argument(
+        "--callback-retry-window",
+        type=float,
+        default=d.callback_retry_window_s,
+        help="give a callback up this long after its first attempt (NXCloud: 3600)",
+    )
     return p
 
 
@@ -199,14 +254,24 @@ def run(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         config = SandboxConfig().updated(
-            api2_rate=args.api2_rate, number_check_big_rate=args.number_check_big_rate,
-            callbot_rate=args.callbot_rate, makecall_rate=args.makecall_rate, cdr_rate=args.cdr_rate,
-            token_ttl_s=args.token_ttl, throttle_rate=args.throttle_rate, error_rate=args.error_rate,
-            slow_rate=args.slow_rate, slow_seconds=args.slow_seconds,
-            number_check_shape=args.number_check_shape, seed=args.seed,
-            cdr_callback_url=args.cdr_callback_url, callback_delay_s=args.callback_delay,
-            callback_jitter_s=args.callback_jitter, callback_duplicate_rate=args.callback_duplicate_rate,
-            callback_drop_rate=args.callback_drop_rate, callback_retry_s=args.callback_retry,
+            api2_rate=args.api2_rate,
+            number_check_big_rate=args.number_check_big_rate,
+            callbot_rate=args.callbot_rate,
+            makecall_rate=args.makecall_rate,
+            cdr_rate=args.cdr_rate,
+            token_ttl_s=args.token_ttl,
+            throttle_rate=args.throttle_rate,
+            error_rate=args.error_rate,
+            slow_rate=args.slow_rate,
+            slow_seconds=args.slow_seconds,
+            number_check_shape=args.number_check_shape,
+            seed=args.seed,
+            cdr_callback_url=args.cdr_callback_url,
+            callback_delay_s=args.callback_delay,
+            callback_jitter_s=args.callback_jitter,
+            callback_duplicate_rate=args.callback_duplicate_rate,
+            callback_drop_rate=args.callback_drop_rate,
+            callback_retry_s=args.callback_retry,
             callback_retry_window_s=args.callback_retry_window,
         )
         handle_ = start_in_thread(args.host, args.port, config)

@@ -101,13 +101,24 @@ def _coerce(name: str, value: Any) -> Any:
         if value and not value.startswith(("http://", "https://")):
             raise ValueError("cdr_callback_url must be an http(s) URL or empty")
         return value
-    if name in ("throttle_rate", "error_rate", "slow_rate", "callback_duplicate_rate", "callback_drop_rate"):
+    if name in (
+        "throttle_rate",
+        "error_rate",
+        "slow_rate",
+        "callback_duplicate_rate",
+        "callback_drop_rate",
+    ):
         value = float(value)
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"{name} must be within [0, 1]")
         return value
-    if name in ("slow_seconds", "callback_delay_s", "callback_jitter_s", "callback_retry_s",
-                "callback_retry_window_s"):
+    if name in (
+        "slow_seconds",
+        "callback_delay_s",
+        "callback_jitter_s",
+        "callback_retry_s",
+        "callback_retry_window_s",
+    ):
         value = float(value)
     else:
         value = int(value)
@@ -155,7 +166,9 @@ class SandboxState:
         returns epoch **seconds** as a float; defaults to `time.time`.
     """
 
-    def __init__(self, config: SandboxConfig | None = None, clock: Callable[[], float] | None = None):
+    def __init__(
+        self, config: SandboxConfig | None = None, clock: Callable[[], float] | None = None
+    ):
         self.lock = threading.RLock()
         self.clock = clock or time.time
         self.config = config or SandboxConfig()
@@ -211,12 +224,19 @@ class SandboxState:
             return self.rng.random() < rate
 
     def add_script(
-        self, path: str, code: int | str, times: int = 1, http_status: int = 200, message: str | None = None
+        self,
+        path: str,
+        code: int | str,
+        times: int = 1,
+        http_status: int = 200,
+        message: str | None = None,
     ) -> None:
         if times < 1:
             raise ValueError("times must be >= 1")
         with self.lock:
-            self.scripts.setdefault(path, deque()).append(Script(code, int(times), int(http_status), message))
+            self.scripts.setdefault(path, deque()).append(
+                Script(code, int(times), int(http_status), message)
+            )
 
     def pop_script(self, path: str) -> Script | None:
         with self.lock:
@@ -250,14 +270,17 @@ class SandboxState:
                 window.append(now)
             return True
 
-    def queue_callback(self, kind: str, url: str | None, body: dict[str, Any], *, signed: bool) -> None:
+    def queue_callback(
+        self, kind: str, url: str | None, body: dict[str, Any], *, signed: bool
+    ) -> None:
         """Ask the dispatcher to POST `body` to `url` (no-op without a URL). Called by handlers."""
         if not url:
             return
         with self.lock:
             self.callbacks["queued"] += 1
-            self.stores.outbox.append({"kind": kind, "url": url, "body": body, "signed": signed,
-                                       "epoch": self.epoch})
+            self.stores.outbox.append(
+                {"kind": kind, "url": url, "body": body, "signed": signed, "epoch": self.epoch}
+            )
 
     def take_outbox(self) -> list[dict[str, Any]]:
         with self.lock:
@@ -284,10 +307,14 @@ class SandboxState:
 
     # -- counters and the request log -----------------------------------------------
 
-    def log_request(self, method: str, path: str, headers: dict[str, str], body: Any, now: float) -> None:
+    def log_request(
+        self, method: str, path: str, headers: dict[str, str], body: Any, now: float
+    ) -> None:
         with self.lock:
             self.requests[path] += 1
-            self.request_log.append({"ts": now, "method": method, "path": path, "headers": headers, "body": body})
+            self.request_log.append(
+                {"ts": now, "method": method, "path": path, "headers": headers, "body": body}
+            )
 
     def count_response(self, path: str, code: Any) -> None:
         with self.lock:
@@ -318,6 +345,8 @@ class SandboxState:
                     "agent_tokens": len(s.tokens),
                     "agent_calls": len(s.calls),
                 },
-                "pending_scripts": {p: sum(x.times_left for x in q) for p, q in self.scripts.items() if q},
+                "pending_scripts": {
+                    p: sum(x.times_left for x in q) for p, q in self.scripts.items() if q
+                },
                 "config": self.config.to_dict(),
             }

@@ -27,8 +27,19 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 PATTERNS = ("*.yml", "*.yaml")
 # Never part of the project's own files (walked only when git is not available).
-SKIP_DIRS = {".git", ".venv", "venv", "node_modules", ".tox", ".mypy_cache", ".pytest_cache", ".hypothesis",
-             "build", "dist", ".run"}
+SKIP_DIRS = {
+    ".git",
+    ".venv",
+    "venv",
+    "node_modules",
+    ".tox",
+    ".mypy_cache",
+    ".pytest_cache",
+    ".hypothesis",
+    "build",
+    "dist",
+    ".run",
+}
 REQUIRED = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*):\?")
 CHECK_VALUE = "compose-config-check-only"
 
@@ -49,8 +60,22 @@ def load_strict(text: str) -> list[Any]:
 def repo_yaml_files(root: Path = ROOT) -> list[Path]:
     """Tracked and new (not ignored) YAML files; a directory walk when this is no git checkout."""
     try:
-        out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard", "--",
-                              *PATTERNS], cwd=root, capture_output=True, check=True, timeout=30).stdout
+        out = subprocess.run(
+            [
+                "git",
+                "ls-files",
+                "-z",
+                "--cached",
+                "--others",
+                "--exclude-standard",
+                "--",
+                *PATTERNS,
+            ],
+            cwd=root,
+            capture_output=True,
+            check=True,
+            timeout=30,
+        ).stdout
         names = sorted({name for name in out.decode().split("\0") if name})
         return [root / name for name in names if (root / name).is_file()]
     except (OSError, subprocess.SubprocessError):
@@ -72,7 +97,11 @@ def describe(path: Path, exc: Exception) -> str:
         problem = problem[:200] + "..."
     where = f"{path}:{mark.line + 1}:{mark.column + 1}"
     context = getattr(exc, "context_mark", None)
-    first = f" (first at line {context.line + 1})" if context is not None and "duplicate" in problem else ""
+    first = (
+        f" (first at line {context.line + 1})"
+        if context is not None and "duplicate" in problem
+        else ""
+    )
     return f"{where}: {type(exc).__name__}: {problem}{first}"
 
 
@@ -102,16 +131,26 @@ def _strings(node: Any) -> Iterable[str]:
 def required_variables(text: str) -> list[str]:
     """Names used as ${NAME:?message} in the file's values (compose fails when they are unset
     or empty), in order of first use. Comments do not count."""
-    names = [name for doc in load_strict(text) for s in _strings(doc) for name in REQUIRED.findall(s)]
+    names = [
+        name for doc in load_strict(text) for s in _strings(doc) for name in REQUIRED.findall(s)
+    ]
     return list(dict.fromkeys(names))
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("files", nargs="*", type=Path, help="default: every *.yml/*.yaml of the repository")
-    p.add_argument("--repo", action="store_true", help="check the repository's YAML files as well as FILEs")
-    p.add_argument("--required-env", metavar="COMPOSE_FILE", type=Path,
-                   help="print NAME=<dummy> for each ${NAME:?} of COMPOSE_FILE and exit")
+    p.add_argument(
+        "files", nargs="*", type=Path, help="default: every *.yml/*.yaml of the repository"
+    )
+    p.add_argument(
+        "--repo", action="store_true", help="check the repository's YAML files as well as FILEs"
+    )
+    p.add_argument(
+        "--required-env",
+        metavar="COMPOSE_FILE",
+        type=Path,
+        help="print NAME=<dummy> for each ${NAME:?} of COMPOSE_FILE and exit",
+    )
     args = p.parse_args(argv)
     if args.required_env:
         for name in required_variables(args.required_env.read_text(encoding="utf-8")):
@@ -128,8 +167,11 @@ def main(argv: list[str] | None = None) -> int:
     for line in errors:
         print(line, file=sys.stderr)
     if errors:
-        print(f"check_yaml: {len(errors)} of {len(files)} YAML file(s) failed the strict parse "
-              "(duplicate keys are errors, as in Compose v2)", file=sys.stderr)
+        print(
+            f"check_yaml: {len(errors)} of {len(files)} YAML file(s) failed the strict parse "
+            "(duplicate keys are errors, as in Compose v2)",
+            file=sys.stderr,
+        )
         return 1
     print(f"check_yaml: {len(files)} YAML file(s) parse strictly (no duplicate keys)")
     return 0

@@ -55,7 +55,9 @@ def _default(value) -> str:
     return f"`{value}`"
 
 
-def rows(model: type[BaseModel] = Settings, prefix: str = ENV_PREFIX, group: str | None = None) -> list[tuple]:
+def rows(
+    model: type[BaseModel] = Settings, prefix: str = ENV_PREFIX, group: str | None = None
+) -> list[tuple]:
     comments = field_comments(model)
     required = {(g, f): fam for fam, pairs in REQUIRED_CREDENTIALS.items() for g, f in pairs}
     out = []
@@ -66,7 +68,9 @@ def rows(model: type[BaseModel] = Settings, prefix: str = ENV_PREFIX, group: str
             continue
         text = comments.get(name) or info.description or ""
         if group and (group, name) in required:
-            text = (f"required by the `{required[(group, name)]}` queue" + (f"; {text}" if text else ""))
+            text = f"required by the `{required[(group, name)]}` queue" + (
+                f"; {text}" if text else ""
+            )
         if "SecretStr" in str(annotation):
             text = "secret; " + text if text else "secret"
         default = info.get_default(call_default_factory=True)
@@ -96,8 +100,10 @@ def main(argv: list[str]) -> int:
     wanted = replace_in(current)
     if argv == ["--check"]:
         if current != wanted:
-            print("docs/configuration.md configuration table is stale: run python scripts/settings_table.py --write",
-                  file=sys.stderr)
+            print(
+                "docs/configuration.md configuration table is stale: run python scripts/settings_table.py --write",
+                file=sys.stderr,
+            )
             return 1
         return 0
     if argv == ["--write"]:

@@ -68,11 +68,27 @@ class JobTask(Task):
             options.setdefault("argsrepr", repr(redact(list(args))))
         return super().apply_async(args, kwargs, **options)
 
-    def run_job(self, job_id: str, kind: str, payload: dict[str, Any], operation: Operation, *,
-                slot_at_us: int | None = None, resumed: bool = False) -> str:
-        attempt = JobAttempt(get_services(), job_id, kind, payload, operation,
-                             slot_at_us=slot_at_us, resumed=resumed,
-                             time_limit_errors=(SoftTimeLimitExceeded,), infra_errors=_INFRA_ERRORS)
+    def run_job(
+        self,
+        job_id: str,
+        kind: str,
+        payload: dict[str, Any],
+        operation: Operation,
+        *,
+        slot_at_us: int | None = None,
+        resumed: bool = False,
+    ) -> str:
+        attempt = JobAttempt(
+            get_services(),
+            job_id,
+            kind,
+            payload,
+            operation,
+            slot_at_us=slot_at_us,
+            resumed=resumed,
+            time_limit_errors=(SoftTimeLimitExceeded,),
+            infra_errors=_INFRA_ERRORS,
+        )
         try:
             return self.carry_out(job_id, payload, attempt.run())
         except _INFRA_ERRORS as exc:
@@ -81,8 +97,12 @@ class JobTask(Task):
             # (if Redis is still down the message stays unacked and comes back after the
             # visibility timeout). The in-flight marker, if set, makes the rerun look up
             # rather than resend.
-            log.warning("job=%s kind=%s store/broker unavailable (%s); "
-                        "message returned to the queue", job_id, kind, type(exc).__name__)
+            log.warning(
+                "job=%s kind=%s store/broker unavailable (%s); message returned to the queue",
+                job_id,
+                kind,
+                type(exc).__name__,
+            )
             raise Reject(f"redis unavailable: {type(exc).__name__}", requeue=True) from exc
 
     def carry_out(self, job_id: str, payload: dict[str, Any], decision: Decision) -> str:
@@ -95,10 +115,15 @@ class JobTask(Task):
         if not isinstance(decision, Again):
             raise TypeError(f"not a job decision: {decision!r}")
         slot_at_us = decision.slot_at_us if isinstance(decision, WaitForSlot) else None
-        kwargs = {"job_id": job_id, "payload": payload, "slot_at_us": slot_at_us,
-                  "resumed": decision.resumed}
+        kwargs = {
+            "job_id": job_id,
+            "payload": payload,
+            "slot_at_us": slot_at_us,
+            "resumed": decision.resumed,
+        }
         # A retry after an error shows as a failure; waits (slot, cooldown, in flight) as waits.
         failed = isinstance(decision, RetryLater) and decision.error is not None
         exc = JobFailed(decision.reason) if failed else RateWait(decision.reason)
-        raise self.retry(kwargs=kwargs, countdown=decision.countdown, priority=decision.priority,
-                         exc=exc)
+        raise self.retry(
+            kwargs=kwargs, countdown=decision.countdown, priority=decision.priority, exc=exc
+        )

@@ -10,10 +10,13 @@ from tasks.base import JobTask
 
 
 @shared_task(name=KINDS["callbot-list"].task_name, bind=True, base=JobTask)
-def submit_call_list(self: JobTask, job_id: str, payload: dict, slot_at_us: int | None = None,
-        resumed: bool = False) -> str:
+def submit_call_list(
+    self: JobTask, job_id: str, payload: dict, slot_at_us: int | None = None, resumed: bool = False
+) -> str:
     # slot_at_us / resumed are set only by our own re-queues (rate-limit waits).
-    return self.run_job(job_id, "callbot-list", payload, _submit_call_list, slot_at_us=slot_at_us, resumed=resumed)
+    return self.run_job(
+        job_id, "callbot-list", payload, _submit_call_list, slot_at_us=slot_at_us, resumed=resumed
+    )
 
 
 def _submit_call_list(svc, job_id, payload, outcome):
@@ -30,12 +33,20 @@ def _submit_call_list(svc, job_id, payload, outcome):
 
 
 @shared_task(name=KINDS["callbot-contact"].task_name, bind=True, base=JobTask)
-def add_contact(self: JobTask, job_id: str, payload: dict, slot_at_us: int | None = None,
-                resumed: bool = False) -> str:
+def add_contact(
+    self: JobTask, job_id: str, payload: dict, slot_at_us: int | None = None, resumed: bool = False
+) -> str:
     # slot_at_us / resumed are set only by our own re-queues (rate-limit waits).
-    return self.run_job(job_id, "callbot-contact", payload, _add_contact, slot_at_us=slot_at_us, resumed=resumed)
+    return self.run_job(
+        job_id, "callbot-contact", payload, _add_contact, slot_at_us=slot_at_us, resumed=resumed
+    )
 
 
 def _add_contact(svc, job_id, payload, outcome):
-    return operations.add_contact(svc.callbot, job_id=job_id, payload=payload,
-                                  public_url=svc.settings.callbacks.public_url, outcome=outcome)
+    return operations.add_contact(
+        svc.callbot,
+        job_id=job_id,
+        payload=payload,
+        public_url=svc.settings.callbacks.public_url,
+        outcome=outcome,
+    )

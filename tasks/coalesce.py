@@ -15,13 +15,17 @@ log = logging.getLogger("nxjobs.coalesce")
 
 
 @shared_task(name=coalesce.FLUSH_TASK, bind=True, base=FlushTask)
-def number_check_batch(self: FlushTask, group: str, trigger: str = "linger", slot_at_us: int | None = None) -> str:
+def number_check_batch(
+    self: FlushTask, group: str, trigger: str = "linger", slot_at_us: int | None = None
+) -> str:
     # slot_at_us is set only by our own re-queues (rate-limit waits).
     return flush(self, get_services(), group=group, trigger=trigger, slot_at_us=slot_at_us)
 
 
 @shared_task(name=coalesce.CONTACT_FLUSH_TASK, bind=True, base=FlushTask)
-def callbot_contact_batch(self: FlushTask, group: str, trigger: str = "linger", slot_at_us: int | None = None) -> str:
+def callbot_contact_batch(
+    self: FlushTask, group: str, trigger: str = "linger", slot_at_us: int | None = None
+) -> str:
     # The same flush; its group (`cbt:<userTaskID>`) makes it an addBatchCall on the callbot queue.
     return flush(self, get_services(), group=group, trigger=trigger, slot_at_us=slot_at_us)
 
@@ -43,10 +47,17 @@ def coalesce_sweep(self, family: str | None = None) -> dict:
     groups = queue.unarmed_groups(ours)
     for group in groups:
         coalesce.send_flush(self.app, group, "linger", countdown=svc.settings.coalesce.linger_s)
-    stale = [(batch_id, group) for batch_id, group in
-             queue.stale_batches(svc.settings.coalesce.stale_batch_s, time.time()) if ours(group)]
+    stale = [
+        (batch_id, group)
+        for batch_id, group in queue.stale_batches(svc.settings.coalesce.stale_batch_s, time.time())
+        if ours(group)
+    ]
     for batch_id, group in stale:
         coalesce.send_flush(self.app, group, "full", task_id=batch_id)
     if groups or stale:
-        log.warning("coalesce sweep: re-armed %d group(s), re-sent %d stale batch(es)", len(groups), len(stale))
+        log.warning(
+            "coalesce sweep: re-armed %d group(s), re-sent %d stale batch(es)",
+            len(groups),
+            len(stale),
+        )
     return {"rearmed": len(groups), "stale_batches": len(stale)}

@@ -34,15 +34,23 @@ class FlushTask(Task):
 
 def flush(task: Task, svc: Services, *, group: str, trigger: str, slot_at_us: int | None) -> str:
     attempt = BatchAttempt(
-        svc, sender_of(group), group=group, batch_id=task.request.id, trigger=trigger,
+        svc,
+        sender_of(group),
+        group=group,
+        batch_id=task.request.id,
+        trigger=trigger,
         slot_at_us=slot_at_us,
-        send_flush=lambda g, t, countdown: coalesce.send_flush(task.app, g, t, countdown=countdown))
+        send_flush=lambda g, t, countdown: coalesce.send_flush(task.app, g, t, countdown=countdown),
+    )
     try:
         return carry_out(task, group, attempt.run())
     except _INFRA_ERRORS as exc:
         # Nothing decided: the batch (if built) stays, and this message comes back to finish it.
-        log.warning("batch=%s store/broker unavailable (%s); message returned to the queue",
-                    task.request.id, type(exc).__name__)
+        log.warning(
+            "batch=%s store/broker unavailable (%s); message returned to the queue",
+            task.request.id,
+            type(exc).__name__,
+        )
         raise Reject(f"redis unavailable: {type(exc).__name__}", requeue=True) from exc
 
 
@@ -50,8 +58,12 @@ def carry_out(task: Task, group: str, decision: decisions.Decision) -> str:
     if isinstance(decision, decisions.Again):
         slot_at_us = decision.slot_at_us if isinstance(decision, decisions.WaitForSlot) else None
         kwargs = {"group": group, "trigger": decision.trigger, "slot_at_us": slot_at_us}
-        raise task.retry(kwargs=kwargs, countdown=decision.countdown, priority=decision.priority,
-                         exc=RateWait(decision.reason))
+        raise task.retry(
+            kwargs=kwargs,
+            countdown=decision.countdown,
+            priority=decision.priority,
+            exc=RateWait(decision.reason),
+        )
     if isinstance(decision, decisions.BatchSubmitted):
         return f"submitted {decision.members - decision.rejected} of {decision.members}"
     if isinstance(decision, decisions.BatchFailed):

@@ -27,8 +27,9 @@ def reconcile_callbacks(family: str) -> dict:
     svc = get_services()
     cb = svc.settings.callbacks
     # One run per family at a time; the lock outlives a crashed run by at most the interval.
-    lock = svc.redis.lock(keys.reconcile_lock(family), timeout=max(60.0, cb.reconcile_interval_s * 4),
-                          blocking=False)
+    lock = svc.redis.lock(
+        keys.reconcile_lock(family), timeout=max(60.0, cb.reconcile_interval_s * 4), blocking=False
+    )
     if not lock.acquire():
         return {"family": family, "skipped": "another run is in progress"}
     try:
@@ -43,13 +44,20 @@ def reconcile_callbacks(family: str) -> dict:
                 return True
 
             clients = Clients(
-                api2=svc.api2 if family == "api2" else None, api2_appkey=svc.settings.api2.appkey,
+                api2=svc.api2 if family == "api2" else None,
+                api2_appkey=svc.settings.api2.appkey,
                 callbot=svc.callbot if family == "callbot" else None,
-                agent=svc.agent if family == "agent" else None, not_now=(SlotNotReady,),
-                wait_slot=wait_slot)
-            policy = Policy(deadlines_s=cb.deadlines_s(), give_up_s=cb.give_up_s(),
-                            recheck_s=cb.recheck_s, ambiguous_after_s=cb.ambiguous_lookup_after_s,
-                            batch=cb.reconcile_batch)
+                agent=svc.agent if family == "agent" else None,
+                not_now=(SlotNotReady,),
+                wait_slot=wait_slot,
+            )
+            policy = Policy(
+                deadlines_s=cb.deadlines_s(),
+                give_up_s=cb.give_up_s(),
+                recheck_s=cb.recheck_s,
+                ambiguous_after_s=cb.ambiguous_lookup_after_s,
+                batch=cb.reconcile_batch,
+            )
             report = Reconciler(svc.store, svc.ledger, policy, clients).run(family).as_dict()
     finally:
         try:
@@ -74,20 +82,32 @@ def recover_lost_messages(family: str) -> dict:
     from nxjobs.redact import redact
 
     svc = get_services()
-    lock = svc.redis.lock(keys.recover_lock(family), timeout=max(60.0, svc.settings.recover.interval_s * 4),
-                          blocking=False)
+    lock = svc.redis.lock(
+        keys.recover_lock(family),
+        timeout=max(60.0, svc.settings.recover.interval_s * 4),
+        blocking=False,
+    )
     if not lock.acquire():
         return {"family": family, "skipped": "another run is in progress"}
 
     def publish(kind: str, job_id: str, payload: dict) -> None:
         job_kind = KINDS[kind]
         kwargs = {"job_id": job_id, "payload": payload}
-        current_app.send_task(job_kind.task_name, kwargs=kwargs, task_id=job_id, queue=job_kind.queue,
-                              routing_key=job_kind.queue, priority=PRIORITY_RETRY,
-                              kwargsrepr=repr(redact(kwargs)), argsrepr="()")
+        current_app.send_task(
+            job_kind.task_name,
+            kwargs=kwargs,
+            task_id=job_id,
+            queue=job_kind.queue,
+            routing_key=job_kind.queue,
+            priority=PRIORITY_RETRY,
+            kwargsrepr=repr(redact(kwargs)),
+            argsrepr="()",
+        )
 
     try:
-        report = LostMessageSweeper(svc.redis, publish, confirm_s=svc.settings.recover.confirm_s).run(family)
+        report = LostMessageSweeper(
+            svc.redis, publish, confirm_s=svc.settings.recover.confirm_s
+        ).run(family)
     finally:
         try:
             lock.release()

@@ -36,14 +36,21 @@ class Services:
 
     @cached_property
     def store(self) -> RecordStore:
-        return RecordStore(self.redis, ttl_s=self.settings.record_ttl_s,
-                           callback_deadlines_s=self.settings.callbacks.deadlines_s())
+        return RecordStore(
+            self.redis,
+            ttl_s=self.settings.record_ttl_s,
+            callback_deadlines_s=self.settings.callbacks.deadlines_s(),
+        )
 
     @cached_property
     def ledger(self) -> Ledger:
         cb = self.settings.callbacks
-        return Ledger(self.redis, unmatched_max=cb.unmatched_max, unmatched_max_bytes=cb.unmatched_max_bytes,
-                      unmatched_body_bytes=cb.unmatched_body_bytes)
+        return Ledger(
+            self.redis,
+            unmatched_max=cb.unmatched_max,
+            unmatched_max_bytes=cb.unmatched_max_bytes,
+            unmatched_body_bytes=cb.unmatched_body_bytes,
+        )
 
     @cached_property
     def coalesce(self) -> CoalesceQueue:
@@ -57,7 +64,9 @@ class Services:
     @cached_property
     def transport(self) -> Transport:
         http = self.settings.http
-        return Transport(connect_timeout_s=http.connect_timeout_s, read_timeout_s=http.read_timeout_s)
+        return Transport(
+            connect_timeout_s=http.connect_timeout_s, read_timeout_s=http.read_timeout_s
+        )
 
     @cached_property
     def rng(self) -> random.Random:
@@ -69,35 +78,58 @@ class Services:
 
     @cached_property
     def gate(self) -> RateGate:
-        return RateGate(self.limiter, lambda family, endpoint, body: limits_for(self.settings, family, endpoint, body))
+        return RateGate(
+            self.limiter,
+            lambda family, endpoint, body: limits_for(self.settings, family, endpoint, body),
+        )
 
     @cached_property
     def api2(self) -> Api2Client:
         self.settings.require("api2")
         s = self.settings.api2
         assert s.access_key and s.access_secret  # require() checked them
-        return Api2Client(self.transport, base_url=s.base_url, access_key=s.access_key,
-                          access_secret=s.access_secret.get_secret_value(), algorithm=s.algorithm, gate=self.gate)
+        return Api2Client(
+            self.transport,
+            base_url=s.base_url,
+            access_key=s.access_key,
+            access_secret=s.access_secret.get_secret_value(),
+            algorithm=s.algorithm,
+            gate=self.gate,
+        )
 
     @cached_property
     def callbot(self) -> CallbotClient:
         self.settings.require("callbot")
         s = self.settings.callbot
         assert s.uuid and s.secret_key  # require() checked them
-        return CallbotClient(self.transport, base_url=s.base_url, uuid=s.uuid,
-                             secret_key=s.secret_key.get_secret_value(), algorithm=s.algorithm, gate=self.gate)
+        return CallbotClient(
+            self.transport,
+            base_url=s.base_url,
+            uuid=s.uuid,
+            secret_key=s.secret_key.get_secret_value(),
+            algorithm=s.algorithm,
+            gate=self.gate,
+        )
 
     @cached_property
     def agent(self) -> AgentClient:
         self.settings.require("agent")
         s = self.settings.agent
         assert s.appkey and s.secretkey  # require() checked them
-        return AgentClient(self.transport, base_url=s.base_url, cdr_base_url=s.cdr_base_url, appkey=s.appkey,
-                           secretkey=s.secretkey.get_secret_value(), gate=self.gate)
+        return AgentClient(
+            self.transport,
+            base_url=s.base_url,
+            cdr_base_url=s.cdr_base_url,
+            appkey=s.appkey,
+            secretkey=s.secretkey.get_secret_value(),
+            gate=self.gate,
+        )
 
     @cached_property
     def agent_tokens(self) -> AgentTokenCache:
-        return AgentTokenCache(self.redis, self.agent, renew_fraction=self.settings.agent.token_renew_fraction)
+        return AgentTokenCache(
+            self.redis, self.agent, renew_fraction=self.settings.agent.token_renew_fraction
+        )
 
 
 _services: Services | None = None

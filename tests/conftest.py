@@ -15,8 +15,17 @@ from workers.devstack import RedisServer, find_redis_server, start_worker
 
 # Sandbox quotas off by default so tests are deterministic; tests about
 # throttling turn them on explicitly.
-RELAXED = dict(api2_rate=0, number_check_big_rate=0, callbot_rate=0, makecall_rate=0, cdr_rate=0,
-               throttle_rate=0.0, error_rate=0.0, slow_rate=0.0, token_ttl_s=1200)
+RELAXED = dict(
+    api2_rate=0,
+    number_check_big_rate=0,
+    callbot_rate=0,
+    makecall_rate=0,
+    cdr_rate=0,
+    throttle_rate=0.0,
+    error_rate=0.0,
+    slow_rate=0.0,
+    token_ttl_s=1200,
+)
 
 # Short backoff so retry tests take milliseconds; a short read timeout so the
 # lost-answer test does not wait long.
@@ -108,11 +117,23 @@ CALLBACK_WORKER_ENV = {
     "NXJOBS_CALLBACKS__RECONCILE_INTERVAL_S": "0.5",
 }
 # Sandbox callback settings for these tests, and the defaults restored afterwards.
-SANDBOX_CALLBACKS = dict(callback_delay_s=0.05, callback_jitter_s=0.3, callback_duplicate_rate=0.0,
-                         callback_drop_rate=0.0, callback_retry_s=0.2, callback_retry_window_s=5.0)
-SANDBOX_CALLBACK_DEFAULTS = dict(cdr_callback_url="", callback_delay_s=1.0, callback_jitter_s=0.0,
-                                 callback_duplicate_rate=0.0, callback_drop_rate=0.0, callback_retry_s=60.0,
-                                 callback_retry_window_s=3600.0)
+SANDBOX_CALLBACKS = dict(
+    callback_delay_s=0.05,
+    callback_jitter_s=0.3,
+    callback_duplicate_rate=0.0,
+    callback_drop_rate=0.0,
+    callback_retry_s=0.2,
+    callback_retry_window_s=5.0,
+)
+SANDBOX_CALLBACK_DEFAULTS = dict(
+    cdr_callback_url="",
+    callback_delay_s=1.0,
+    callback_jitter_s=0.0,
+    callback_duplicate_rate=0.0,
+    callback_drop_rate=0.0,
+    callback_retry_s=60.0,
+    callback_retry_window_s=3600.0,
+)
 
 
 @pytest.fixture(scope="session")
@@ -147,7 +168,9 @@ def callbacks_worker(callbacks_env, receiver, tmp_path_factory):
 @pytest.fixture()
 def cb_sandbox(sandbox, receiver):
     """The sandbox (reset) sending callbacks quickly, out of order, the CDR to our receiver."""
-    sandbox.configure(cdr_callback_url=f"{receiver.url}/callbacks/agent/cdr/{CALLBACK_TOKEN}", **SANDBOX_CALLBACKS)
+    sandbox.configure(
+        cdr_callback_url=f"{receiver.url}/callbacks/agent/cdr/{CALLBACK_TOKEN}", **SANDBOX_CALLBACKS
+    )
     yield sandbox
     sandbox.configure(**SANDBOX_CALLBACK_DEFAULTS)
 

@@ -26,8 +26,10 @@ def _queues_from(argv: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] != "worker":
-        print("usage: python -m workers worker [-Q agent,callbot,api2] [-c N] [--pool prefork|threads|solo]",
-              file=sys.stderr)
+        print(
+            "usage: python -m workers worker [-Q agent,callbot,api2] [-c N] [--pool prefork|threads|solo]",
+            file=sys.stderr,
+        )
         return 2
     from pydantic import ValidationError
 
@@ -36,13 +38,18 @@ def main(argv: list[str] | None = None) -> int:
     queues = _queues_from(argv)
     unknown = [q for q in queues if q not in QUEUES]
     if unknown:
-        print(f"error: unknown queue(s) {', '.join(unknown)}; expected any of {', '.join(QUEUES)}", file=sys.stderr)
+        print(
+            f"error: unknown queue(s) {', '.join(unknown)}; expected any of {', '.join(QUEUES)}",
+            file=sys.stderr,
+        )
         return 2
     try:
         load_settings().require(*queues)
     except MissingSetting as exc:
-        print(f"error: {exc} (needed by queue(s) {', '.join(queues)}); set them in the environment or .env",
-              file=sys.stderr)
+        print(
+            f"error: {exc} (needed by queue(s) {', '.join(queues)}); set them in the environment or .env",
+            file=sys.stderr,
+        )
         return 2
     except ValidationError as exc:
         print(f"error: invalid settings: {exc}", file=sys.stderr)

@@ -18,7 +18,10 @@ settings = load_settings()
 # Refuse to start if a countdown could outlive the visibility timeout (duplicate delivery).
 check_visibility(settings)
 
-app = Celery("nxjobs", include=["tasks.calls", "tasks.callbot", "tasks.api2", "tasks.coalesce", "tasks.reconcile"])
+app = Celery(
+    "nxjobs",
+    include=["tasks.calls", "tasks.callbot", "tasks.api2", "tasks.coalesce", "tasks.reconcile"],
+)
 app.conf.update(
     broker_url=settings.redis_url,
     # https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-serializer
@@ -63,9 +66,15 @@ def _per_family(name: str, task: str, interval_s: float, families) -> dict:
     """Beat entries running `task(family)` every `interval_s`, one per API family, each on that
     family's queue so it runs on a worker holding that family's credentials; `expires` drops a
     tick nobody consumed in time."""
-    return {f"{name}-{family}": {"task": task, "schedule": interval_s, "args": (family,),
-                                 "options": {"queue": family, "routing_key": family, "expires": interval_s}}
-            for family in families}
+    return {
+        f"{name}-{family}": {
+            "task": task,
+            "schedule": interval_s,
+            "args": (family,),
+            "options": {"queue": family, "routing_key": family, "expires": interval_s},
+        }
+        for family in families
+    }
 
 
 # https://docs.celeryq.dev/en/stable/userguide/periodic-tasks.html
@@ -76,10 +85,21 @@ def _per_family(name: str, task: str, interval_s: float, families) -> dict:
 # - flush again coalesced jobs whose flush message was lost (nxjobs/coalesce.py), for the families
 #   that coalesce, so a deployment running only some families still sweeps its own.
 app.conf.beat_schedule = {
-    **_per_family("reconcile-callbacks", "nxjobs.reconcile_callbacks", settings.callbacks.reconcile_interval_s, QUEUES),
-    **_per_family("recover-lost-messages", "nxjobs.recover_lost_messages", settings.recover.interval_s, QUEUES),
-    **_per_family("coalesce-sweep", SWEEP_TASK, settings.coalesce.sweep_interval_s,
-                  sorted({spec.family for spec in SPECS})),
+    **_per_family(
+        "reconcile-callbacks",
+        "nxjobs.reconcile_callbacks",
+        settings.callbacks.reconcile_interval_s,
+        QUEUES,
+    ),
+    **_per_family(
+        "recover-lost-messages", "nxjobs.recover_lost_messages", settings.recover.interval_s, QUEUES
+    ),
+    **_per_family(
+        "coalesce-sweep",
+        SWEEP_TASK,
+        settings.coalesce.sweep_interval_s,
+        sorted({spec.family for spec in SPECS}),
+    ),
 }
 
 

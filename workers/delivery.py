@@ -41,4 +41,5 @@ def check_visibility(settings: Settings) -> None:
         raise DeliveryTimingError(
             f"NXJOBS_BROKER_VISIBILITY_TIMEOUT_S={settings.broker_visibility_timeout_s} must exceed "
             f"NXJOBS_TASK_TIME_LIMIT_S ({settings.task_time_limit_s}) + {name} ({longest:g}) + {SLACK_S:g} s "
-            f"= {needed:g} s: a held countdown message would be handed to a second worker")
+            f"= {needed:g} s: a held countdown message would be handed to a second worker"
+        )

@@ -28,11 +28,18 @@ def submit_all(producer) -> dict[str, str]:
         "callbot-list": producer.callbot_list(
             scene_id="demo-scene",
             task_name="nxjobs demo",
-            contacts=[{"user_phone": "8613900139000", "user_name": "Demo One"},
-                      {"user_phone": "8613900139001", "user_name": "Demo Two",
-                       "params": [{"name": "amount", "value": "42"}]}],
+            contacts=[
+                {"user_phone": "8613900139000", "user_name": "Demo One"},
+                {
+                    "user_phone": "8613900139001",
+                    "user_name": "Demo Two",
+                    "params": [{"name": "amount", "value": "42"}],
+                },
+            ],
         ),
-        "number-check": producer.number_check(phones=["8613800138000", "6591234567"], check_level=1),
+        "number-check": producer.number_check(
+            phones=["8613800138000", "6591234567"], check_level=1
+        ),
         "ota-init": producer.ota_init(phone="8615800001795", user_ip="203.0.113.7"),
         "wa-calling": producer.wa_calling(business_phone="6581234567"),
     }
@@ -61,13 +68,25 @@ def main() -> int:
     with RedisServer() as redis_server:
         try:
             # Callbacks 0.3-1.3 s after the event, a fifth of them twice: out of order and repeated.
-            sandbox, sandbox_url = start_sandbox("--callback-delay", "0.3", "--callback-jitter", "1.0",
-                                                 "--callback-duplicate-rate", "0.2")
-            env = {**os.environ, **sandbox_env(sandbox_url), "NXJOBS_REDIS_URL": redis_server.url,
-                   "NXJOBS_CALLBACKS__TOKEN": token}
+            sandbox, sandbox_url = start_sandbox(
+                "--callback-delay",
+                "0.3",
+                "--callback-jitter",
+                "1.0",
+                "--callback-duplicate-rate",
+                "0.2",
+            )
+            env = {
+                **os.environ,
+                **sandbox_env(sandbox_url),
+                "NXJOBS_REDIS_URL": redis_server.url,
+                "NXJOBS_CALLBACKS__TOKEN": token,
+            }
             receiver, receiver_url = start_callbacks(env)
             env["NXJOBS_CALLBACKS__PUBLIC_URL"] = receiver_url
-            print(f"redis     {redis_server.url}\nsandbox   {sandbox_url}\ncallbacks {receiver_url}")
+            print(
+                f"redis     {redis_server.url}\nsandbox   {sandbox_url}\ncallbacks {receiver_url}"
+            )
             worker = start_worker(env, concurrency=2)
             print(f"worker  ready ({worker.logfile})")
 
@@ -84,7 +103,9 @@ def main() -> int:
                 task = jobs["callbot-list"]
                 producer.wait([task], until="submitted", timeout_s=DEMO_TIMEOUT_S)
                 jobs["callbot-contact"] = producer.callbot_contact(
-                    user_task_id=task, contact={"user_phone": "8613900139002", "user_name": "Demo Three"})
+                    user_task_id=task,
+                    contact={"user_phone": "8613900139002", "user_name": "Demo Three"},
+                )
                 print(f"submitted {'callbot-contact':<15} {jobs['callbot-contact']}")
                 records = producer.wait(jobs.values(), until="completed", timeout_s=DEMO_TIMEOUT_S)
                 # Out of order: a call or order callback may land after the task callback completed
@@ -97,11 +118,19 @@ def main() -> int:
             for kind, job_id in jobs.items():
                 record = records[job_id]
                 print(f"\n== {kind} {job_id}")
-                print(json.dumps(record.model_dump(mode="json") if record else None, ensure_ascii=False, indent=2))
+                print(
+                    json.dumps(
+                        record.model_dump(mode="json") if record else None,
+                        ensure_ascii=False,
+                        indent=2,
+                    )
+                )
                 if record is None or not record.reached(JobState.COMPLETED):
                     ok = False
-                parts.append(f"{kind}={record.state.value if record else 'missing'}"
-                             f"({len(record.callbacks) if record else 0} callbacks)")
+                parts.append(
+                    f"{kind}={record.state.value if record else 'missing'}"
+                    f"({len(record.callbacks) if record else 0} callbacks)"
+                )
             summary = ", ".join(parts)
             print(f"\n{'OK' if ok else 'FAILED'}: {summary} ({time.monotonic() - started:.1f}s)")
             if not ok:

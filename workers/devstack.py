@@ -38,8 +38,11 @@ def find_redis_server() -> str:
     Order: ``$NXJOBS_REDIS_SERVER``, ``PATH``, ``/usr/bin``, ``/usr/sbin``.
     Symlinks are kept as-is (Debian's redis-server picks its role from argv[0]).
     """
-    candidates = [os.environ.get("NXJOBS_REDIS_SERVER") or None,
-                  shutil.which("redis-server"), *_FALLBACK_PATHS]
+    candidates = [
+        os.environ.get("NXJOBS_REDIS_SERVER") or None,
+        shutil.which("redis-server"),
+        *_FALLBACK_PATHS,
+    ]
     for cand in candidates:
         if cand and _is_exe(cand):
             return os.path.abspath(cand)
@@ -94,8 +97,14 @@ class RedisServer:
     ...     r.url  # 'redis://127.0.0.1:PORT/0'
     """
 
-    def __init__(self, port: int | None = None, *, appendonly: bool = True,
-                 executable: str | None = None, start_timeout: float = 10.0):
+    def __init__(
+        self,
+        port: int | None = None,
+        *,
+        appendonly: bool = True,
+        executable: str | None = None,
+        start_timeout: float = 10.0,
+    ):
         self.executable = executable or find_redis_server()
         self._port = port or free_port()
         self.appendonly = appendonly
@@ -131,25 +140,35 @@ class RedisServer:
             self.dir = Path(self._tmp.name)
         cmd = [
             self.executable,
-            "--bind", "127.0.0.1",
-            "--port", str(self._port),
-            "--dir", str(self.dir),
-            "--save", "",
-            "--appendonly", "yes" if self.appendonly else "no",
-            "--appendfsync", "everysec",
-            "--maxmemory-policy", "noeviction",
-            "--daemonize", "no",
-            "--logfile", str(self.logfile),
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(self._port),
+            "--dir",
+            str(self.dir),
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--appendfsync",
+            "everysec",
+            "--maxmemory-policy",
+            "noeviction",
+            "--daemonize",
+            "no",
+            "--logfile",
+            str(self.logfile),
         ]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+        )
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(
                     f"redis-server exited with code {self.proc.returncode} "
-                    f"on port {self._port}; log tail:\n{self._log_tail()}")
+                    f"on port {self._port}; log tail:\n{self._log_tail()}"
+                )
             if _ping(self._port, timeout=0.5):
                 if _server_pid(self._port) == self.proc.pid:
                     return self
@@ -158,7 +177,8 @@ class RedisServer:
         self._terminate()
         raise RuntimeError(
             f"redis-server did not answer PING on port {self._port} within "
-            f"{self.start_timeout:.0f}s; log tail:\n{self._log_tail()}")
+            f"{self.start_timeout:.0f}s; log tail:\n{self._log_tail()}"
+        )
 
     def stop(self) -> None:
         """Stop the server and remove its temp dir."""
@@ -218,8 +238,15 @@ class ServiceProcess:
     """A child process whose output goes to a log file, started in its own
     session so stop() also ends its children (Celery's prefork pool)."""
 
-    def __init__(self, name: str, argv: list[str], *, env: dict[str, str] | None = None,
-                 log_dir: str | None = None, cwd: str | None = None):
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        *,
+        env: dict[str, str] | None = None,
+        log_dir: str | None = None,
+        cwd: str | None = None,
+    ):
         self.name = name
         self.argv = argv
         self.env = env
@@ -235,8 +262,15 @@ class ServiceProcess:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.logfile, "ab")
         try:
-            self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         env=self.env, cwd=self.cwd, start_new_session=True)
+            self.proc = subprocess.Popen(
+                self.argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=self.env,
+                cwd=self.cwd,
+                start_new_session=True,
+            )
         finally:
             log.close()
         return self
@@ -258,10 +292,14 @@ class ServiceProcess:
                 if needle in line:
                     return line
             if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode} before "
-                                   f"printing {needle!r}:\n{self.log_tail()}")
+                raise RuntimeError(
+                    f"{self.name} exited with {self.proc.returncode} before "
+                    f"printing {needle!r}:\n{self.log_tail()}"
+                )
             time.sleep(0.05)
-        raise RuntimeError(f"{self.name} did not print {needle!r} within {timeout_s}s:\n{self.log_tail()}")
+        raise RuntimeError(
+            f"{self.name} did not print {needle!r} within {timeout_s}s:\n{self.log_tail()}"
+        )
 
     def signal(self, sig: int) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -305,36 +343,82 @@ def project_root() -> str:
     return str(Path(__file__).resolve().parent.parent)
 
 
-def start_sandbox(*args: str, log_dir: str | None = None, env: dict[str, str] | None = None,
-                  timeout_s: float = 20.0) -> tuple[ServiceProcess, str]:
+def start_sandbox(
+    *args: str,
+    log_dir: str | None = None,
+    env: dict[str, str] | None = None,
+    timeout_s: float = 20.0,
+) -> tuple[ServiceProcess, str]:
     """`python -m sandbox --port 0 ARGS` from the repo root; returns the process and its base URL."""
-    proc = ServiceProcess("sandbox", [_python(), "-m", "sandbox", "--port", "0", *args],
-                          env=env, log_dir=log_dir, cwd=project_root()).start()
+    proc = ServiceProcess(
+        "sandbox",
+        [_python(), "-m", "sandbox", "--port", "0", *args],
+        env=env,
+        log_dir=log_dir,
+        cwd=project_root(),
+    ).start()
     line = proc.wait_for_log("sandbox listening on ", timeout_s)
     return proc, line.split("sandbox listening on ", 1)[1].strip()
 
 
-def start_worker(env: dict[str, str], *, queues: str = "agent,callbot,api2", concurrency: int = 2,
-                 pool: str = "prefork", name: str | None = None, log_dir: str | None = None,
-                 extra: tuple[str, ...] = (), timeout_s: float = 60.0) -> ServiceProcess:
+def start_worker(
+    env: dict[str, str],
+    *,
+    queues: str = "agent,callbot,api2",
+    concurrency: int = 2,
+    pool: str = "prefork",
+    name: str | None = None,
+    log_dir: str | None = None,
+    extra: tuple[str, ...] = (),
+    timeout_s: float = 60.0,
+) -> ServiceProcess:
     """`python -m workers worker ...` (what `nxjobs worker` runs), waited on until ready."""
     node = name or f"w{free_port()}"
-    argv = [_python(), "-m", "workers", "worker", "-Q", queues, "-c", str(concurrency), "--pool", pool,
-            "-n", f"{node}@%h", "--without-mingle", "--without-gossip", *extra]
-    proc = ServiceProcess(f"worker-{node}", argv, env=env, log_dir=log_dir, cwd=project_root()).start()
+    argv = [
+        _python(),
+        "-m",
+        "workers",
+        "worker",
+        "-Q",
+        queues,
+        "-c",
+        str(concurrency),
+        "--pool",
+        pool,
+        "-n",
+        f"{node}@%h",
+        "--without-mingle",
+        "--without-gossip",
+        *extra,
+    ]
+    proc = ServiceProcess(
+        f"worker-{node}", argv, env=env, log_dir=log_dir, cwd=project_root()
+    ).start()
     proc.node_name = f"{node}@{socket.gethostname()}"  # for Celery remote control
     proc.wait_for_log(" ready.", timeout_s)
     return proc
 
 
-def start_callbacks(env: dict[str, str], *, host: str = "127.0.0.1", port: int = 0, log_dir: str | None = None,
-                    extra: tuple[str, ...] = (), timeout_s: float = 30.0) -> tuple[ServiceProcess, str]:
+def start_callbacks(
+    env: dict[str, str],
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    log_dir: str | None = None,
+    extra: tuple[str, ...] = (),
+    timeout_s: float = 30.0,
+) -> tuple[ServiceProcess, str]:
     """`python -m workers.web` (what `nxjobs callbacks` runs); returns the process and its base URL.
 
     `env` needs NXJOBS_REDIS_URL and NXJOBS_CALLBACKS__TOKEN (and the Callbot uuid/secret to
     accept signed callbacks)."""
-    proc = ServiceProcess("callbacks", [_python(), "-m", "workers.web", "--host", host, "--port", str(port), *extra],
-                          env=env, log_dir=log_dir, cwd=project_root()).start()
+    proc = ServiceProcess(
+        "callbacks",
+        [_python(), "-m", "workers.web", "--host", host, "--port", str(port), *extra],
+        env=env,
+        log_dir=log_dir,
+        cwd=project_root(),
+    ).start()
     try:
         line = proc.wait_for_log("callbacks listening on ", timeout_s)
         url = line.split("callbacks listening on ", 1)[1].split()[0].strip()
@@ -353,7 +437,9 @@ def _wait_ready(proc: ServiceProcess, url: str, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.proc is not None and proc.proc.poll() is not None:
-            raise RuntimeError(f"{proc.name} exited with {proc.proc.returncode}:\n{proc.log_tail()}")
+            raise RuntimeError(
+                f"{proc.name} exited with {proc.proc.returncode}:\n{proc.log_tail()}"
+            )
         try:
             with urllib.request.urlopen(url, timeout=1) as resp:
                 if resp.status == 200:
@@ -364,10 +450,17 @@ def _wait_ready(proc: ServiceProcess, url: str, timeout_s: float) -> None:
     raise RuntimeError(f"{proc.name} not ready at {url} within {timeout_s}s:\n{proc.log_tail()}")
 
 
-def start_beat(env: dict[str, str], *, log_dir: str | None = None, timeout_s: float = 30.0) -> ServiceProcess:
+def start_beat(
+    env: dict[str, str], *, log_dir: str | None = None, timeout_s: float = 30.0
+) -> ServiceProcess:
     """`celery -A workers.celery_app beat` with its schedule file in the log dir (reconciliation)."""
-    proc = ServiceProcess("beat", [_python(), "-m", "celery", "-A", "workers.celery_app", "beat",
-                                   "--loglevel", "INFO"], env=env, log_dir=log_dir, cwd=project_root())
+    proc = ServiceProcess(
+        "beat",
+        [_python(), "-m", "celery", "-A", "workers.celery_app", "beat", "--loglevel", "INFO"],
+        env=env,
+        log_dir=log_dir,
+        cwd=project_root(),
+    )
     proc.argv += ["--schedule", str(proc.log_dir / "celerybeat-schedule")]
     proc.start()
     try:

@@ -130,8 +130,9 @@ def dead_letter_key() -> str | None:
 class Exporter:
     """Reads the metrics from Redis; also decides health. Thread-safe (one lock)."""
 
-    def __init__(self, client: redis.Redis, *, stall_s: float, jobs_scan_interval_s: float,
-                 clock=time.time):
+    def __init__(
+        self, client: redis.Redis, *, stall_s: float, jobs_scan_interval_s: float, clock=time.time
+    ):
         self.redis = client
         self.stall_s = stall_s
         self.jobs_scan_interval_s = jobs_scan_interval_s
@@ -145,7 +146,9 @@ class Exporter:
         # One /metrics answer at a time, shared by the scrapes that arrive while it is computed.
         self.metrics_flight: SingleFlight[bytes] = SingleFlight()
         self.scans = 0  # job-record SCANs started (nxjobs_exporter_scans_total)
-        self.refused = 0  # connections closed unserved, pool busy (nxjobs_exporter_connections_refused_total)
+        self.refused = (
+            0  # connections closed unserved, pool busy (nxjobs_exporter_connections_refused_total)
+        )
 
     # ---- reads --------------------------------------------------------------
 
@@ -156,7 +159,7 @@ class Exporter:
                 pipe.llen(key)
         lengths = pipe.execute()
         n = len(_PRIORITY_STEPS)
-        return {queue: sum(lengths[i * n:(i + 1) * n]) for i, queue in enumerate(QUEUES)}
+        return {queue: sum(lengths[i * n : (i + 1) * n]) for i, queue in enumerate(QUEUES)}
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         """Unhealthy if any queue has had messages for over stall_s with no attempt finished from it."""
@@ -179,8 +182,11 @@ class Exporter:
                 idle_s = now - max(last or 0.0, since or now)
                 stalled = depth > 0 and idle_s > self.stall_s
                 ok = ok and not stalled
-                queues[queue] = {"depth": depth, "last_consumed_s_ago": None if last is None else round(now - last, 1),
-                                 "stalled": stalled}
+                queues[queue] = {
+                    "depth": depth,
+                    "last_consumed_s_ago": None if last is None else round(now - last, 1),
+                    "stalled": stalled,
+                }
         return ok, {"ok": ok, "stall_s": self.stall_s, "queues": queues}
 
     def jobs_by_state(self) -> dict[tuple[str, str], int]:
@@ -194,8 +200,11 @@ class Exporter:
     def _scan_jobs(self) -> dict[tuple[str, str], int]:
         with self._lock:
             self.scans += 1
-        counts: dict[tuple[str, str], int] = {(k, s): 0 for k in KINDS for s in
-                                              ("queued", "running", "retrying", "submitted", "completed", "failed")}
+        counts: dict[tuple[str, str], int] = {
+            (k, s): 0
+            for k in KINDS
+            for s in ("queued", "running", "retrying", "submitted", "completed", "failed")
+        }
         batch: list[str] = []
 
         def flush() -> None:
@@ -235,27 +244,40 @@ class Exporter:
         pipe.time()
         replies = pipe.execute()
         counters, hists, consumed, unacked = replies[:4]
-        waiting = replies[4:4 + len(QUEUES)]
+        waiting = replies[4 : 4 + len(QUEUES)]
         redis_now_s = float(replies[-1][0]) + float(replies[-1][1]) / 1e6
 
-        jobs = GaugeMetricFamily("nxjobs_jobs", "Job records by kind and state (records expire after NXJOBS_RECORD_TTL_S)",
-                                 labels=["kind", "state"])
+        jobs = GaugeMetricFamily(
+            "nxjobs_jobs",
+            "Job records by kind and state (records expire after NXJOBS_RECORD_TTL_S)",
+            labels=["kind", "state"],
+        )
         for (kind, state), n in sorted(self.jobs_by_state().items()):
             jobs.add_metric([kind, state], n)
         yield jobs
 
-        attempts = CounterMetricFamily("nxjobs_attempts", "Job attempts finished, by kind and outcome",
-                                       labels=["kind", "outcome"])
-        responses = CounterMetricFamily("nxjobs_provider_responses",
-                                        "Attempt results by provider code ('0' accepted; also ambiguous, "
-                                        "read_timeout, http_5xx, ...)", labels=["kind", "code"])
-        throttles = CounterMetricFamily("nxjobs_ratelimit_throttles",
-                                        "'Too frequent' answers from the provider, per credential (hashed id)",
-                                        labels=["credential"])
-        callbacks = CounterMetricFamily("nxjobs_callbacks",
-                                        "Requests the callback receiver answered, by outcome (recorded, duplicate, "
-                                        "unmatched, dropped, deferred, store_error, refused) and refusal reason",
-                                        labels=["outcome", "reason"])
+        attempts = CounterMetricFamily(
+            "nxjobs_attempts",
+            "Job attempts finished, by kind and outcome",
+            labels=["kind", "outcome"],
+        )
+        responses = CounterMetricFamily(
+            "nxjobs_provider_responses",
+            "Attempt results by provider code ('0' accepted; also ambiguous, "
+            "read_timeout, http_5xx, ...)",
+            labels=["kind", "code"],
+        )
+        throttles = CounterMetricFamily(
+            "nxjobs_ratelimit_throttles",
+            "'Too frequent' answers from the provider, per credential (hashed id)",
+            labels=["credential"],
+        )
+        callbacks = CounterMetricFamily(
+            "nxjobs_callbacks",
+            "Requests the callback receiver answered, by outcome (recorded, duplicate, "
+            "unmatched, dropped, deferred, store_error, refused) and refusal reason",
+            labels=["outcome", "reason"],
+        )
         for field, value in counters.items():
             what, _, rest = field.partition("|")
             if what == "attempt":
@@ -274,50 +296,89 @@ class Exporter:
         yield callbacks
 
         for name, series, buckets, label_name, help_text in (
-            ("nxjobs_provider_latency_seconds", metrics.HIST_LATENCY, metrics.LATENCY_BUCKETS_S, "kind",
-             "Duration of one provider HTTP request (also one that timed out or failed)"),
-            ("nxjobs_attempt_duration_seconds", metrics.HIST_ATTEMPT, metrics.ATTEMPT_BUCKETS_S, "kind",
-             "Duration of one attempt: rate-limit gate, provider request(s), recording"),
-            ("nxjobs_ratelimit_wait_seconds", metrics.HIST_RATE_WAIT, metrics.RATE_WAIT_BUCKETS_S, "credential",
-             "Waits jobs were sent back to serve for a rate-limit slot, per credential (hashed id)"),
-            ("nxjobs_callback_delay_seconds", metrics.HIST_CALLBACK_DELAY, metrics.CALLBACK_DELAY_BUCKETS_S, "kind",
-             "Time from the provider accepting a job to its final callback"),
+            (
+                "nxjobs_provider_latency_seconds",
+                metrics.HIST_LATENCY,
+                metrics.LATENCY_BUCKETS_S,
+                "kind",
+                "Duration of one provider HTTP request (also one that timed out or failed)",
+            ),
+            (
+                "nxjobs_attempt_duration_seconds",
+                metrics.HIST_ATTEMPT,
+                metrics.ATTEMPT_BUCKETS_S,
+                "kind",
+                "Duration of one attempt: rate-limit gate, provider request(s), recording",
+            ),
+            (
+                "nxjobs_ratelimit_wait_seconds",
+                metrics.HIST_RATE_WAIT,
+                metrics.RATE_WAIT_BUCKETS_S,
+                "credential",
+                "Waits jobs were sent back to serve for a rate-limit slot, per credential (hashed id)",
+            ),
+            (
+                "nxjobs_callback_delay_seconds",
+                metrics.HIST_CALLBACK_DELAY,
+                metrics.CALLBACK_DELAY_BUCKETS_S,
+                "kind",
+                "Time from the provider accepting a job to its final callback",
+            ),
         ):
             hist = HistogramMetricFamily(name, help_text, labels=[label_name])
-            for label, (cumulative, total) in sorted(metrics.histogram_series(hists, series, buckets).items()):
+            for label, (cumulative, total) in sorted(
+                metrics.histogram_series(hists, series, buckets).items()
+            ):
                 hist.add_metric([label], cumulative, total)
             yield hist
 
         next_slot, cooldown = self._rate_limiter(redis_now_s)
-        g = GaugeMetricFamily("nxjobs_ratelimit_next_slot_seconds",
-                              "Wait a new request would have now for its rate-limit slot, per credential",
-                              labels=["credential"])
+        g = GaugeMetricFamily(
+            "nxjobs_ratelimit_next_slot_seconds",
+            "Wait a new request would have now for its rate-limit slot, per credential",
+            labels=["credential"],
+        )
         for cred, value in sorted(next_slot.items()):
             g.add_metric([cred], value)
         yield g
-        g = GaugeMetricFamily("nxjobs_ratelimit_cooldown_seconds",
-                              "Shared cooldown left after a 'too frequent' answer, per credential",
-                              labels=["credential"])
+        g = GaugeMetricFamily(
+            "nxjobs_ratelimit_cooldown_seconds",
+            "Shared cooldown left after a 'too frequent' answer, per credential",
+            labels=["credential"],
+        )
         for cred, value in sorted(cooldown.items()):
             g.add_metric([cred], value)
         yield g
 
-        g = GaugeMetricFamily("nxjobs_jobs_awaiting_callbacks", "Submitted jobs still waiting for callbacks",
-                              labels=["family"])
+        g = GaugeMetricFamily(
+            "nxjobs_jobs_awaiting_callbacks",
+            "Submitted jobs still waiting for callbacks",
+            labels=["family"],
+        )
         for family, n in zip(QUEUES, waiting, strict=True):
             g.add_metric([family], n)
         yield g
 
-        g = GaugeMetricFamily("nxjobs_queue_depth", "Messages waiting in each Celery queue (all priorities)",
-                              labels=["queue"])
+        g = GaugeMetricFamily(
+            "nxjobs_queue_depth",
+            "Messages waiting in each Celery queue (all priorities)",
+            labels=["queue"],
+        )
         for qname, n in self.queue_depths().items():
             g.add_metric([qname], n)
         yield g
-        yield GaugeMetricFamily("nxjobs_queue_unacked", "Messages taken by workers and not yet acknowledged "
-                                "(running, or held for a retry/rate-limit countdown)", value=unacked)
+        yield GaugeMetricFamily(
+            "nxjobs_queue_unacked",
+            "Messages taken by workers and not yet acknowledged "
+            "(running, or held for a retry/rate-limit countdown)",
+            value=unacked,
+        )
 
-        g = GaugeMetricFamily("nxjobs_queue_last_consumed_timestamp_seconds",
-                              "Unix time a worker last finished an attempt from each queue", labels=["queue"])
+        g = GaugeMetricFamily(
+            "nxjobs_queue_last_consumed_timestamp_seconds",
+            "Unix time a worker last finished an attempt from each queue",
+            labels=["queue"],
+        )
         for qname, t in sorted(consumed.items()):
             g.add_metric([qname], float(t))
         yield g
@@ -326,21 +387,36 @@ class Exporter:
             exists, kind = replies[4 + len(QUEUES)], replies[5 + len(QUEUES)]
             size = 0
             if exists:
-                size = {"list": client.llen, "zset": client.zcard, "set": client.scard,
-                        "hash": client.hlen, "stream": client.xlen}.get(kind, lambda _k: 0)(dead)
-            yield GaugeMetricFamily("nxjobs_dead_letters", "Jobs in the dead-letter store", value=size)
+                size = {
+                    "list": client.llen,
+                    "zset": client.zcard,
+                    "set": client.scard,
+                    "hash": client.hlen,
+                    "stream": client.xlen,
+                }.get(kind, lambda _k: 0)(dead)
+            yield GaugeMetricFamily(
+                "nxjobs_dead_letters", "Jobs in the dead-letter store", value=size
+            )
 
         ok, _ = self.health()
-        yield GaugeMetricFamily("nxjobs_workers_healthy",
-                                "1 unless a queue has waited NXJOBS_METRICS__STALL_S with no attempt finished",
-                                value=1 if ok else 0)
+        yield GaugeMetricFamily(
+            "nxjobs_workers_healthy",
+            "1 unless a queue has waited NXJOBS_METRICS__STALL_S with no attempt finished",
+            value=1 if ok else 0,
+        )
 
         with self._lock:
             scans, refused = self.scans, self.refused
-        yield CounterMetricFamily("nxjobs_exporter_scans", "SCANs of the job records this exporter process ran "
-                                  "(concurrent scrapes share one)", value=scans)
-        yield CounterMetricFamily("nxjobs_exporter_connections_refused",
-                                  "Connections closed unserved because every handler thread was busy", value=refused)
+        yield CounterMetricFamily(
+            "nxjobs_exporter_scans",
+            "SCANs of the job records this exporter process ran (concurrent scrapes share one)",
+            value=scans,
+        )
+        yield CounterMetricFamily(
+            "nxjobs_exporter_connections_refused",
+            "Connections closed unserved because every handler thread was busy",
+            value=refused,
+        )
 
     def count_refused(self) -> None:
         with self._lock:
@@ -350,13 +426,17 @@ class Exporter:
         """Per credential the workers used: seconds until its next free slot (TAT) and cooldown left."""
         # str members: the client decodes responses (nxjobs.redis_conn.connect).
         names = sorted(cast(set[str], self.redis.smembers(keys.METRICS_CREDENTIALS)))
-        values = self.redis.mget([k for n in names for k in (keys.rate_tat(n), keys.rate_cooldown(n))]) if names else []
+        values = (
+            self.redis.mget([k for n in names for k in (keys.rate_tat(n), keys.rate_cooldown(n))])
+            if names
+            else []
+        )
         now_us = now_s * 1e6
         wait: dict[str, float] = {}
         cooldown: dict[str, float] = {}
         for i, name in enumerate(names):
             cred = metrics.credential_label(name)
-            tat, until = (float(v or 0) for v in values[2 * i:2 * i + 2])
+            tat, until = (float(v or 0) for v in values[2 * i : 2 * i + 2])
             wait[cred] = max(wait.get(cred, 0.0), (tat - now_us) / 1e6, (until - now_us) / 1e6, 0.0)
             cooldown[cred] = max(cooldown.get(cred, 0.0), (until - now_us) / 1e6, 0.0)
         return wait, cooldown
@@ -391,7 +471,7 @@ class _DeadlineReader(io.RawIOBase):
             raise _Overlong(f"request head over {MAX_HEAD_BYTES} bytes")
         self._sock.settimeout(left)
         with memoryview(buffer) as view:
-            n = self._sock.recv_into(view[:MAX_HEAD_BYTES - self._read])
+            n = self._sock.recv_into(view[: MAX_HEAD_BYTES - self._read])
         self._read += n
         return n
 
@@ -433,8 +513,10 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
 
-_BUSY = (b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n"
-         b"Connection: close\r\n\r\nbusy\n")
+_BUSY = (
+    b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n"
+    b"Connection: close\r\n\r\nbusy\n"
+)
 
 
 class BoundedHTTPServer(HTTPServer):
@@ -444,11 +526,19 @@ class BoundedHTTPServer(HTTPServer):
     finds the queue full gets a 503 (best effort, never blocking) and is closed at once.
     """
 
-    request_queue_size = 128  # the kernel's listen backlog: bursts are accepted, then sorted out here
+    request_queue_size = (
+        128  # the kernel's listen backlog: bursts are accepted, then sorted out here
+    )
 
-    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], *,
-                 threads: int = DEFAULT_THREADS, pending: int = DEFAULT_PENDING,
-                 on_refused: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        handler: type[BaseHTTPRequestHandler],
+        *,
+        threads: int = DEFAULT_THREADS,
+        pending: int = DEFAULT_PENDING,
+        on_refused: Callable[[], None] | None = None,
+    ) -> None:
         if threads < 1 or pending < 0:
             raise ValueError("threads must be >= 1 and pending >= 0")
         super().__init__(address, handler)
@@ -459,8 +549,10 @@ class BoundedHTTPServer(HTTPServer):
         self._busy_lock = threading.Lock()
         self._threads_n = threads
         self._on_refused = on_refused
-        self._pool = [threading.Thread(target=self._serve_queue, name=f"exporter-http-{i}", daemon=True)
-                      for i in range(threads)]
+        self._pool = [
+            threading.Thread(target=self._serve_queue, name=f"exporter-http-{i}", daemon=True)
+            for i in range(threads)
+        ]
         for thread in self._pool:
             thread.start()
 
@@ -525,9 +617,15 @@ class BoundedHTTPServer(HTTPServer):
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
 
 
-def make_server(exporter: Exporter, host: str, port: int, *, threads: int = DEFAULT_THREADS,
-                pending: int = DEFAULT_PENDING,
-                read_timeout_s: float = DEFAULT_READ_TIMEOUT_S) -> BoundedHTTPServer:
+def make_server(
+    exporter: Exporter,
+    host: str,
+    port: int,
+    *,
+    threads: int = DEFAULT_THREADS,
+    pending: int = DEFAULT_PENDING,
+    read_timeout_s: float = DEFAULT_READ_TIMEOUT_S,
+) -> BoundedHTTPServer:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(exporter)
 
@@ -545,7 +643,9 @@ def make_server(exporter: Exporter, host: str, port: int, *, threads: int = DEFA
                 try:
                     body = exporter.metrics_flight.do(lambda: generate_latest(registry))
                 except (redis.RedisError, OSError) as exc:
-                    self._send(503, f"redis unreachable: {type(exc).__name__}\n".encode(), "text/plain")
+                    self._send(
+                        503, f"redis unreachable: {type(exc).__name__}\n".encode(), "text/plain"
+                    )
                     return
                 self._send(200, body, CONTENT_TYPE_LATEST)
             elif path == "/healthz":
@@ -557,20 +657,33 @@ def make_server(exporter: Exporter, host: str, port: int, *, threads: int = DEFA
                 self._send(404, b"not found\n", "text/plain")
 
     Handler.read_timeout_s = read_timeout_s
-    return BoundedHTTPServer((host, port), Handler, threads=threads, pending=pending,
-                             on_refused=exporter.count_refused)
+    return BoundedHTTPServer(
+        (host, port), Handler, threads=threads, pending=pending, on_refused=exporter.count_refused
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m workers.exporter",
-                                description="Serve nxjobs metrics (/metrics) and the stall health check (/healthz).")
+    p = argparse.ArgumentParser(
+        prog="python -m workers.exporter",
+        description="Serve nxjobs metrics (/metrics) and the stall health check (/healthz).",
+    )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help="0 = pick a free port")
-    p.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="HTTP handler threads (fixed pool)")
-    p.add_argument("--pending", type=int, default=DEFAULT_PENDING,
-                   help="accepted connections that may wait for a handler thread; beyond: 503 and closed")
-    p.add_argument("--read-timeout-s", type=float, default=DEFAULT_READ_TIMEOUT_S,
-                   help="a request must arrive within this long of its connection being taken up")
+    p.add_argument(
+        "--threads", type=int, default=DEFAULT_THREADS, help="HTTP handler threads (fixed pool)"
+    )
+    p.add_argument(
+        "--pending",
+        type=int,
+        default=DEFAULT_PENDING,
+        help="accepted connections that may wait for a handler thread; beyond: 503 and closed",
+    )
+    p.add_argument(
+        "--read-timeout-s",
+        type=float,
+        default=DEFAULT_READ_TIMEOUT_S,
+        help="a request must arrive within this long of its connection being taken up",
+    )
     args = p.parse_args(argv)
     if args.threads < 1 or args.pending < 0 or args.read_timeout_s <= 0:
         p.error("--threads must be >= 1, --pending >= 0 and --read-timeout-s > 0")
@@ -580,11 +693,22 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = load_settings()
     setup_logging(settings.log_format)
-    exporter = Exporter(connect(settings.redis_url), stall_s=settings.metrics.stall_s,
-                        jobs_scan_interval_s=settings.metrics.jobs_scan_interval_s)
-    server = make_server(exporter, args.host, args.port, threads=args.threads, pending=args.pending,
-                         read_timeout_s=args.read_timeout_s)
-    host, port = cast(tuple[str, int], server.server_address[:2])  # bound: getsockname() gives a str host
+    exporter = Exporter(
+        connect(settings.redis_url),
+        stall_s=settings.metrics.stall_s,
+        jobs_scan_interval_s=settings.metrics.jobs_scan_interval_s,
+    )
+    server = make_server(
+        exporter,
+        args.host,
+        args.port,
+        threads=args.threads,
+        pending=args.pending,
+        read_timeout_s=args.read_timeout_s,
+    )
+    host, port = cast(
+        tuple[str, int], server.server_address[:2]
+    )  # bound: getsockname() gives a str host
     print(f"exporter listening on http://{host}:{port}", flush=True)
     try:
         server.serve_forever()

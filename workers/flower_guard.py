@@ -27,10 +27,22 @@ from pathlib import Path
 MIN_PASSWORD = 12
 # Passwords shipped as examples (.env.example, README, the old compose default) or common
 # stand-ins, compared case-insensitively; anything starting with a "change me" prefix too.
-PLACEHOLDER_PASSWORDS = frozenset({
-    "change-me", "changeme", "change_me", "change-me-please", "long-password", "admin", "password",
-    "flower", "secret", "letmein", "example", "placeholder",
-})
+PLACEHOLDER_PASSWORDS = frozenset(
+    {
+        "change-me",
+        "changeme",
+        "change_me",
+        "change-me-please",
+        "long-password",
+        "admin",
+        "password",
+        "flower",
+        "secret",
+        "letmein",
+        "example",
+        "placeholder",
+    }
+)
 PLACEHOLDER_PREFIXES = ("change-me", "changeme", "change_me", "replace-me", "replaceme")
 # Options this wrapper sets or checks; the command line may not change them.
 OWNED_OPTIONS = frozenset({"basic_auth", "auth", "auth_provider", "read_only", "conf"})
@@ -49,35 +61,58 @@ def is_placeholder(password: str) -> bool:
 def check(env: dict[str, str] | os._Environ, argv: list[str], cwd: Path) -> None:
     """Raise UnsafeFlower naming the first problem; return quietly when Flower may start."""
     if (env.get("FLOWER_UNAUTHENTICATED_API") or "").strip().lower() not in _FALSE:
-        raise UnsafeFlower("FLOWER_UNAUTHENTICATED_API is set: Flower's API would answer without authentication; "
-                           "unset it")
+        raise UnsafeFlower(
+            "FLOWER_UNAUTHENTICATED_API is set: Flower's API would answer without authentication; "
+            "unset it"
+        )
     basic = env.get("FLOWER_BASIC_AUTH") or ""
     if not basic.strip():
-        raise UnsafeFlower("FLOWER_BASIC_AUTH is not set: set FLOWER_USER and FLOWER_PASSWORD (compose builds "
-                           "FLOWER_BASIC_AUTH=user:password from them)")
+        raise UnsafeFlower(
+            "FLOWER_BASIC_AUTH is not set: set FLOWER_USER and FLOWER_PASSWORD (compose builds "
+            "FLOWER_BASIC_AUTH=user:password from them)"
+        )
     for entry in basic.split(","):  # Flower's own format: user:password[,user2:password2]
         user, sep, password = entry.partition(":")
         if not sep or not user:
-            raise UnsafeFlower("FLOWER_BASIC_AUTH entries must be user:password (commas separate entries, "
-                               "so a password cannot contain one)")
+            raise UnsafeFlower(
+                "FLOWER_BASIC_AUTH entries must be user:password (commas separate entries, "
+                "so a password cannot contain one)"
+            )
         if is_placeholder(password):
-            raise UnsafeFlower(f"the Flower password of {user!r} is a placeholder from the examples: "
-                               "set FLOWER_PASSWORD to a random one")
+            raise UnsafeFlower(
+                f"the Flower password of {user!r} is a placeholder from the examples: "
+                "set FLOWER_PASSWORD to a random one"
+            )
         if len(password) < MIN_PASSWORD or password == user:
-            raise UnsafeFlower(f"the Flower password of {user!r} must be at least {MIN_PASSWORD} characters and "
-                               "differ from the user: "
-                               "python -c \"import secrets; print(secrets.token_urlsafe(24))\"")
+            raise UnsafeFlower(
+                f"the Flower password of {user!r} must be at least {MIN_PASSWORD} characters and "
+                "differ from the user: "
+                'python -c "import secrets; print(secrets.token_urlsafe(24))"'
+            )
     for arg in argv:
         name = arg.lstrip("-").partition("=")[0].replace("-", "_")
         if arg.startswith("-") and name in OWNED_OPTIONS:
-            raise UnsafeFlower(f"{arg.partition('=')[0]} is set by workers.flower_guard (basic auth from "
-                               "FLOWER_BASIC_AUTH, read-only mode, no config file): remove it")
+            raise UnsafeFlower(
+                f"{arg.partition('=')[0]} is set by workers.flower_guard (basic auth from "
+                "FLOWER_BASIC_AUTH, read-only mode, no config file): remove it"
+            )
     if (cwd / "flowerconfig.py").exists():
-        raise UnsafeFlower(f"{cwd / 'flowerconfig.py'} would override the basic auth and read-only mode: remove it")
+        raise UnsafeFlower(
+            f"{cwd / 'flowerconfig.py'} would override the basic auth and read-only mode: remove it"
+        )
 
 
 def flower_argv(argv: list[str]) -> list[str]:
-    return [sys.executable, "-m", "celery", "-A", "workers.celery_app", "flower", "--read_only=True", *argv]
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers.celery_app",
+        "flower",
+        "--read_only=True",
+        *argv,
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:

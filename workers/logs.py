@@ -18,13 +18,24 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"
 
 # The `extra` fields emitted: ours (the per-attempt line) and Celery's task ids. Nothing else:
 # Celery attaches the raw task arguments to some records as `data`, which must never be printed.
-FIELDS = ("job_id", "kind", "attempt", "outcome", "code", "latency_ms", "attempt_ms", "task_name", "task_id")
+FIELDS = (
+    "job_id",
+    "kind",
+    "attempt",
+    "outcome",
+    "code",
+    "latency_ms",
+    "attempt_ms",
+    "task_name",
+    "task_id",
+)
 
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
+            "ts": datetime.fromtimestamp(record.created, UTC)
+            .isoformat(timespec="milliseconds")
             .replace("+00:00", "Z"),
             "level": record.levelname,
             "logger": record.name,

@@ -46,7 +46,9 @@ def config_from_settings():
         redis_url=s.redis_url,
         token=cb.token.get_secret_value() if cb.token else "",
         callbot_uuid=s.callbot.uuid,
-        callbot_secret_key=s.callbot.secret_key.get_secret_value() if s.callbot.secret_key else None,
+        callbot_secret_key=s.callbot.secret_key.get_secret_value()
+        if s.callbot.secret_key
+        else None,
         callbot_algorithm=s.callbot.algorithm,
         max_body_bytes=cb.max_body_bytes,
         tolerance_s=cb.signature_tolerance_s,
@@ -91,9 +93,15 @@ def fit_connection_cap(wanted: int, reserve: int) -> int:
     if soft >= need:
         return wanted
     cap = max(1, soft - reserve)
-    log.warning("callbacks max_connections lowered from %d to %d: the descriptor limit is %d (hard %s), "
-                "%d kept for Redis and the rest", wanted, cap, soft,
-                "unlimited" if hard == resource.RLIM_INFINITY else hard, reserve)
+    log.warning(
+        "callbacks max_connections lowered from %d to %d: the descriptor limit is %d (hard %s), "
+        "%d kept for Redis and the rest",
+        wanted,
+        cap,
+        soft,
+        "unlimited" if hard == resource.RLIM_INFINITY else hard,
+        reserve,
+    )
     return cap
 
 
@@ -181,13 +189,17 @@ def _supervise(sock: socket.socket, config, limits, workers: int) -> int:
             continue
         log.error("callback receiver process %d exited (status %d); starting another", pid, status)
         if time.monotonic() - started < 1.0:
-            time.sleep(1.0)  # a process that dies at once would otherwise be restarted in a tight loop
+            time.sleep(
+                1.0
+            )  # a process that dies at once would otherwise be restarted in a tight loop
         spawn()
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="nxjobs callbacks", description="Receive NXCloud callbacks into job records.")
+    p = argparse.ArgumentParser(
+        prog="nxjobs callbacks", description="Receive NXCloud callbacks into job records."
+    )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help="0 = pick a free port")
     p.add_argument("--workers", type=int, default=1, help="receiver processes (default 1)")
@@ -202,8 +214,10 @@ def main(argv: list[str] | None = None) -> int:
         config = config_from_settings()
         Receiver(config)  # validates (the token) before anything listens
     except (ValidationError, ValueError) as exc:
-        print(f"error: {exc}; set NXJOBS_CALLBACKS__TOKEN to a random string of 16+ characters",
-              file=sys.stderr)
+        print(
+            f"error: {exc}; set NXJOBS_CALLBACKS__TOKEN to a random string of 16+ characters",
+            file=sys.stderr,
+        )
         return 2
 
     from config.settings import load_settings

@@ -24,8 +24,9 @@ def slot_wait(grant: Grant, limits: Any, rng: random.Random) -> tuple[float, int
     return min(countdown, limits.max_wait_s), PRIORITY_NEW
 
 
-def retry_delay(cls: Classification, error_attempts: int, retry: Any,
-                rng: random.Random) -> float | None:
+def retry_delay(
+    cls: Classification, error_attempts: int, retry: Any, rng: random.Random
+) -> float | None:
     """Seconds to back off before the next attempt, or None if this error is final.
     `error_attempts` excludes "too frequent" answers: they never use up error retries."""
     bounded = cls.bounded or cls.action is Action.REFRESH

@@ -77,7 +77,9 @@ class ReceiverConfig:
     max_connections: int = 64
 
     def __repr__(self) -> str:  # never print the secrets
-        return f"ReceiverConfig(redis_url={self.redis_url!r}, callbot_uuid={self.callbot_uuid!r}, ...)"
+        return (
+            f"ReceiverConfig(redis_url={self.redis_url!r}, callbot_uuid={self.callbot_uuid!r}, ...)"
+        )
 
 
 @dataclass(frozen=True)
@@ -131,25 +133,40 @@ class Receiver:
         self._delays: list[tuple[str, float]] = []
         self._flusher: asyncio.Future | None = None
         # The unsigned paths end in "/<token>": matched by prefix, then the token checked.
-        self._unsigned = {callback_urls.NUMBER_CHECK + "/": events.NUMBER_CHECK,
-                          callback_urls.AGENT_CDR + "/": events.CDR}
-        self._signed = {callback_urls.CALLBOT_CALL: events.CALLBOT_CALL,
-                        callback_urls.CALLBOT_ORDER: events.CALLBOT_ORDER,
-                        callback_urls.CALLBOT_TASK: events.CALLBOT_TASK}
+        self._unsigned = {
+            callback_urls.NUMBER_CHECK + "/": events.NUMBER_CHECK,
+            callback_urls.AGENT_CDR + "/": events.CDR,
+        }
+        self._signed = {
+            callback_urls.CALLBOT_CALL: events.CALLBOT_CALL,
+            callback_urls.CALLBOT_ORDER: events.CALLBOT_ORDER,
+            callback_urls.CALLBOT_TASK: events.CALLBOT_TASK,
+        }
 
     # ---- lifecycle --------------------------------------------------------------------------------
 
     async def start(self) -> None:
         c = self.config
-        client = aioredis.Redis.from_url(c.redis_url, decode_responses=True, socket_connect_timeout=3,
-                                         socket_timeout=5, max_connections=c.max_connections)
-        self._ledger = Ledger(client, unmatched_max=c.unmatched_max, unmatched_max_bytes=c.unmatched_max_bytes,
-                              unmatched_body_bytes=c.unmatched_body_bytes)
+        client = aioredis.Redis.from_url(
+            c.redis_url,
+            decode_responses=True,
+            socket_connect_timeout=3,
+            socket_timeout=5,
+            max_connections=c.max_connections,
+        )
+        self._ledger = Ledger(
+            client,
+            unmatched_max=c.unmatched_max,
+            unmatched_max_bytes=c.unmatched_max_bytes,
+            unmatched_body_bytes=c.unmatched_body_bytes,
+        )
         # Concurrent requests share Redis round trips (each callback still one atomic script).
         self._applier = BatchApplier(self._ledger)
         self._flusher = asyncio.ensure_future(self._flush_delays_forever())
         if not self._callbot_ready:
-            log.warning("callbot uuid/secret key not configured: Callbot callbacks will be refused (401)")
+            log.warning(
+                "callbot uuid/secret key not configured: Callbot callbacks will be refused (401)"
+            )
 
     async def close(self) -> None:
         if self._flusher is not None:
@@ -160,8 +177,14 @@ class Receiver:
 
     # ---- requests -----------------------------------------------------------------------------------
 
-    def handle(self, method: str, path: str, headers: Mapping[str, str], body: bytes,
-               respond: Callable[[Reply], None]) -> None:
+    def handle(
+        self,
+        method: str,
+        path: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        respond: Callable[[Reply], None],
+    ) -> None:
         """Answer one request by calling `respond` once: now for a refusal, once stored for a callback.
         `path` has no query string; `headers` names are lower-case.
 
@@ -171,21 +194,31 @@ class Receiver:
         if reply is not None:
             respond(reply)
 
-    def _route(self, method: str, path: str, headers: Mapping[str, str], body: bytes,
-               respond: Callable[[Reply], None]) -> Reply | None:
+    def _route(
+        self,
+        method: str,
+        path: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        respond: Callable[[Reply], None],
+    ) -> Reply | None:
         for prefix, kind in self._unsigned.items():
             if path.startswith(prefix):
-                token = path[len(prefix):]
+                token = path[len(prefix) :]
                 if "/" in token:
                     break
                 if method != "POST":
                     return _REPLY_POST_ONLY
-                return self._callback(kind, _REPLY_OK_PLAIN, respond, self._unsigned_body, token, body)
+                return self._callback(
+                    kind, _REPLY_OK_PLAIN, respond, self._unsigned_body, token, body
+                )
         signed_kind = self._signed.get(path)
         if signed_kind is not None:
             if method != "POST":
                 return _REPLY_POST_ONLY
-            return self._callback(signed_kind, _REPLY_OK_CALLBOT, respond, self._signed_body, headers, body)
+            return self._callback(
+                signed_kind, _REPLY_OK_CALLBOT, respond, self._signed_body, headers, body
+            )
         if path in ("/healthz", "/readyz"):
             # HEAD is answered as GET would be; the HTTP layer leaves the body out.
             if method != "GET" and method != "HEAD":
@@ -198,14 +231,21 @@ class Receiver:
 
     def refuse(self, kind: str, exc: Rejected) -> Reply:
         self._count_refusal(exc.status, exc.reason)
-        self._quiet.warning(f"{exc.status} {exc.reason}", "callback rejected type=%s status=%d reason=%s",
-                            kind, exc.status, exc.reason)
+        self._quiet.warning(
+            f"{exc.status} {exc.reason}",
+            "callback rejected type=%s status=%d reason=%s",
+            kind,
+            exc.status,
+            exc.reason,
+        )
         return _REPLY_UNAUTHORIZED if exc.status == 401 else error_reply(exc.status, exc.reason)
 
     def refused(self, status: int, reason: str) -> None:
         """The HTTP layer refused a request itself (400 malformed HTTP, 408, 413, 431)."""
         self._count_refusal(status, reason)
-        self._quiet.warning(f"{status} {reason}", "request refused status=%d reason=%s", status, reason)
+        self._quiet.warning(
+            f"{status} {reason}", "request refused status=%d reason=%s", status, reason
+        )
 
     def _count_refusal(self, status: int, reason: str) -> None:
         # Reasons are our own fixed phrases; a malformed body's detail (after ":") is left out.
@@ -214,8 +254,14 @@ class Receiver:
         self.stats[f"rejected_{status}:{label}"] += 1
         self._outcomes[f"refused:{status}:{label}"] += 1
 
-    def _callback(self, kind: str, ok: Reply, respond: Callable[[Reply], None],
-                  authentic: Callable[..., bytes | str], *request: Any) -> Reply | None:
+    def _callback(
+        self,
+        kind: str,
+        ok: Reply,
+        respond: Callable[[Reply], None],
+        authentic: Callable[..., bytes | str],
+        *request: Any,
+    ) -> Reply | None:
         """Check (`authentic(*request)` returns the body it vouches for), parse, then store."""
         try:
             event = events.parse(kind, authentic(*request))
@@ -236,8 +282,15 @@ class Receiver:
         c = self.config
         if not self._callbot_ready:
             raise Rejected(401, "callbot verification not configured")
-        return check_callbot(body, headers, uuid=c.callbot_uuid or "", secret_key=c.callbot_secret_key or "",
-                             algorithm=c.callbot_algorithm, now_s=c.clock(), tolerance_s=c.tolerance_s)
+        return check_callbot(
+            body,
+            headers,
+            uuid=c.callbot_uuid or "",
+            secret_key=c.callbot_secret_key or "",
+            algorithm=c.callbot_algorithm,
+            now_s=c.clock(),
+            tolerance_s=c.tolerance_s,
+        )
 
     def _replay_guard(self, event: events.Event, headers: Mapping[str, str]) -> events.Event:
         """A verified signed callback is remembered by its signature while its createTs is within the
@@ -245,22 +298,30 @@ class Receiver:
         until = int(headers.get("createts", "0")) + int(self.config.tolerance_s) + 1
         return event._replace(replay=headers.get("sign", "").upper(), replay_until=until)
 
-    def _store(self, kind: str, event: events.Event, ok: Reply, respond: Callable[[Reply], None]) -> None:
+    def _store(
+        self, kind: str, event: events.Event, ok: Reply, respond: Callable[[Reply], None]
+    ) -> None:
         assert self._applier is not None, "Receiver.start() was not awaited"
         self._applier.submit(event, lambda result: respond(self._stored(kind, event, ok, result)))
 
-    def _stored(self, kind: str, event: events.Event, ok: Reply, result: Applied | Exception) -> Reply:
+    def _stored(
+        self, kind: str, event: events.Event, ok: Reply, result: Applied | Exception
+    ) -> Reply:
         if isinstance(result, Exception):
             # Not stored (Redis unreachable, or the script failed on this one): a 5xx makes
             # NXCloud deliver it again later.
             self.stats["store_errors"] += 1
             self._outcomes["store_error"] += 1
-            self._quiet.warning("store error", "callback not stored type=%s: %s", kind, type(result).__name__)
+            self._quiet.warning(
+                "store error", "callback not stored type=%s: %s", kind, type(result).__name__
+            )
             return _REPLY_UNAVAILABLE
         self.stats[result.outcome] += 1
         self._outcomes[result.outcome] += 1
         if result.status == UNMATCHED:
-            self._quiet.warning(f"unmatched {kind}", "callback unmatched type=%s ids=%s", kind, event.ids)
+            self._quiet.warning(
+                f"unmatched {kind}", "callback unmatched type=%s ids=%s", kind, event.ids
+            )
         elif result.submitted_at:
             delay = metrics.callback_delay_s(result.submitted_at, self.config.clock())
             if delay is not None:

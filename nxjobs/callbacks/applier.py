@@ -57,7 +57,9 @@ class BatchApplier:
         self.calls = 0
         self.applied = 0
 
-    def submit(self, event: Event, done: Callable[[Applied | Exception], None], *, source: str = "callback") -> None:
+    def submit(
+        self, event: Event, done: Callable[[Applied | Exception], None], *, source: str = "callback"
+    ) -> None:
         """Queue `event`; `done` is called (on the event loop) with its Applied, or the exception
         that kept it from being recorded. The receiver's hot path: no task or future per callback."""
         keys_, args = self.ledger._call(event, source, self._received_at())
@@ -87,13 +89,15 @@ class BatchApplier:
         if ms != self._now_ms:
             self._now_ms = ms
             # As nxjobs.records.utc_now_iso writes it.
-            self._now_iso = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{ms % 1000:03d}Z"
+            self._now_iso = (
+                time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{ms % 1000:03d}Z"
+            )
         return self._now_iso
 
     async def _flush(self) -> None:
         client = self.ledger.redis
         while self._pending:
-            batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch:]
+            batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
             payload = compact_json.dumps([(k, a) for k, a, _ in batch])
             self.calls += 1
             self.applied += len(batch)
@@ -104,7 +108,10 @@ class BatchApplier:
                     _tell(done, exc)
                 continue
             for (_, _, done), reply in zip(batch, replies, strict=True):
-                _tell(done, CallbackApplyError(str(reply[1])) if int(reply[0]) == -1 else _applied(reply))
+                _tell(
+                    done,
+                    CallbackApplyError(str(reply[1])) if int(reply[0]) == -1 else _applied(reply),
+                )
 
     async def _call(self, client: Any, payload: str) -> list:
         return await self._script(client, args=[payload])

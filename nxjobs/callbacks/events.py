@@ -46,8 +46,12 @@ CDR = "cdr"
 TYPES = (NUMBER_CHECK, CALLBOT_CALL, CALLBOT_ORDER, CALLBOT_TASK, CDR)
 
 # What the ledger checks an Event's ids against (Event.check; the ids are Event.proof):
-CHECK_NUMBER = "nc"  # (request id, batchNo, phone key): the job's requestId, batchNo and one of its numbers
-CHECK_CDR = "cdr"  # (sessionid,): the makecall's sessionid; a failed/ambiguous call is looked up instead
+CHECK_NUMBER = (
+    "nc"  # (request id, batchNo, phone key): the job's requestId, batchNo and one of its numbers
+)
+CHECK_CDR = (
+    "cdr"  # (sessionid,): the makecall's sessionid; a failed/ambiguous call is looked up instead
+)
 CHECK_ORDER = "order"  # (userTaskID, orderID): the contact's task, or an order of the list job
 
 
@@ -127,8 +131,11 @@ class AgentCdr(_Payload):
 
 
 MODELS: dict[str, type[_Payload]] = {
-    NUMBER_CHECK: NumberCheckResult, CALLBOT_CALL: CallbotCall, CALLBOT_ORDER: CallbotOrder,
-    CALLBOT_TASK: CallbotTask, CDR: AgentCdr,
+    NUMBER_CHECK: NumberCheckResult,
+    CALLBOT_CALL: CallbotCall,
+    CALLBOT_ORDER: CallbotOrder,
+    CALLBOT_TASK: CallbotTask,
+    CDR: AgentCdr,
 }
 
 
@@ -190,36 +197,84 @@ def to_event(kind: str, model: _Payload, payload: dict[str, Any]) -> Event:
                 # A coalesced job is one number of a shared batch (nxjobs.coalesce): found by both.
                 index.insert(0, coalesce.member_index_key(model.batchNo, phone))
         dedupe = f"nc:{nid}"
-        return Event(NUMBER_CHECK, "number-check", tuple(index), "", dedupe, dedupe, data,
-                     {"requestId": nid, "batchNo": model.batchNo}, check=CHECK_NUMBER,
-                     proof=(base, model.batchNo or "", phone_key(phone)))
+        return Event(
+            NUMBER_CHECK,
+            "number-check",
+            tuple(index),
+            "",
+            dedupe,
+            dedupe,
+            data,
+            {"requestId": nid, "batchNo": model.batchNo},
+            check=CHECK_NUMBER,
+            proof=(base, model.batchNo or "", phone_key(phone)),
+        )
     if isinstance(model, CallbotCall):
         # A contact added on its own (callbot-contact) is found by its orderID; else the list job.
         call_id = model.callInfoDetail.callID
-        return Event(CALLBOT_CALL, "callbot-list", (contact_index(model.orderID),), model.userTaskID,
-                     f"call:{call_id}", "", data,
-                     {"userTaskID": model.userTaskID, "orderID": model.orderID, "callID": call_id},
-                     alt_kind=CONTACT_KIND, check=CHECK_ORDER, proof=(model.userTaskID, model.orderID))
+        return Event(
+            CALLBOT_CALL,
+            "callbot-list",
+            (contact_index(model.orderID),),
+            model.userTaskID,
+            f"call:{call_id}",
+            "",
+            data,
+            {"userTaskID": model.userTaskID, "orderID": model.orderID, "callID": call_id},
+            alt_kind=CONTACT_KIND,
+            check=CHECK_ORDER,
+            proof=(model.userTaskID, model.orderID),
+        )
     if isinstance(model, CallbotOrder):
         finish = _bool_flag(model.finish)
-        return Event(CALLBOT_ORDER, "callbot-list", (contact_index(model.orderID),), model.userTaskID,
-                     f"order:{model.orderID}:{finish}", "", data,
-                     {"userTaskID": model.userTaskID, "orderID": model.orderID},
-                     alt_kind=CONTACT_KIND, alt_unit=ORDER_FINISHED if finish == "1" else "",
-                     check=CHECK_ORDER, proof=(model.userTaskID, model.orderID))
+        return Event(
+            CALLBOT_ORDER,
+            "callbot-list",
+            (contact_index(model.orderID),),
+            model.userTaskID,
+            f"order:{model.orderID}:{finish}",
+            "",
+            data,
+            {"userTaskID": model.userTaskID, "orderID": model.orderID},
+            alt_kind=CONTACT_KIND,
+            alt_unit=ORDER_FINISHED if finish == "1" else "",
+            check=CHECK_ORDER,
+            proof=(model.userTaskID, model.orderID),
+        )
     if isinstance(model, CallbotTask):
         total = model.taskStat.totalCall if model.taskStat else None
         unit = "task-finished" if model.taskStatus in TASK_FINISHED else ""
-        return Event(CALLBOT_TASK, "callbot-list", (), model.userTaskID, f"task:{model.taskStatus}:{total}", unit,
-                     data, {"userTaskID": model.userTaskID, "taskStatus": model.taskStatus})
+        return Event(
+            CALLBOT_TASK,
+            "callbot-list",
+            (),
+            model.userTaskID,
+            f"task:{model.taskStatus}:{total}",
+            unit,
+            data,
+            {"userTaskID": model.userTaskID, "taskStatus": model.taskStatus},
+        )
     if isinstance(model, AgentCdr):
         one = model.sessionid or f"row-{model.id}"
-        resolves = {"orderid": model.orderid, "info": "makecall answer was lost; the call was found by its CDR"}
+        resolves = {
+            "orderid": model.orderid,
+            "info": "makecall answer was lost; the call was found by its CDR",
+        }
         if model.sessionid:
             resolves["sessionid"] = model.sessionid
-        return Event(CDR, "call", (keys.callback_index("call", model.orderid),), model.orderid, f"cdr:{one}", "cdr",
-                     data, {"orderid": model.orderid, "sessionid": model.sessionid}, resolves,
-                     check=CHECK_CDR, proof=(model.sessionid or "",))
+        return Event(
+            CDR,
+            "call",
+            (keys.callback_index("call", model.orderid),),
+            model.orderid,
+            f"cdr:{one}",
+            "cdr",
+            data,
+            {"orderid": model.orderid, "sessionid": model.sessionid},
+            resolves,
+            check=CHECK_CDR,
+            proof=(model.sessionid or "",),
+        )
     raise TypeError(f"no event for {type(model).__name__}")
 
 

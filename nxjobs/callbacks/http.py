@@ -68,10 +68,22 @@ CAP_LOG_INTERVAL_S = 10.0
 # After a connection's last answer: how long what the client still sends is read and dropped.
 LINGER_S = 2.0
 
-_REASONS = {100: "Continue", 200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
-            405: "Method Not Allowed", 408: "Request Timeout", 413: "Content Too Large",
-            417: "Expectation Failed", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
-            501: "Not Implemented", 503: "Service Unavailable", 505: "HTTP Version Not Supported"}
+_REASONS = {
+    100: "Continue",
+    200: "OK",
+    400: "Bad Request",
+    401: "Unauthorized",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    413: "Content Too Large",
+    417: "Expectation Failed",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    501: "Not Implemented",
+    503: "Service Unavailable",
+    505: "HTTP Version Not Supported",
+}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
@@ -89,8 +101,14 @@ class Answer(Protocol):
 class Handler(Protocol):
     max_body_bytes: int
 
-    def handle(self, method: str, path: str, headers: Mapping[str, str], body: bytes,
-               respond: Callable[[Answer], None]) -> None:
+    def handle(
+        self,
+        method: str,
+        path: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        respond: Callable[[Answer], None],
+    ) -> None:
         """Answer by calling `respond` exactly once, at once or later from the event loop."""
 
     def refused(self, status: int, reason: str) -> None:
@@ -115,9 +133,14 @@ class HttpLimits:
     sweep_interval_s: float = 1.0
 
 
-def _head(status: int, length: int, close: bool, extra: Sequence[tuple[str, str]] | None = None) -> bytes:
-    lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}", "content-type: application/json",
-             f"content-length: {length}"]
+def _head(
+    status: int, length: int, close: bool, extra: Sequence[tuple[str, str]] | None = None
+) -> bytes:
+    lines = [
+        f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}",
+        "content-type: application/json",
+        f"content-length: {length}",
+    ]
     if extra:
         lines += [f"{name}: {value}" for name, value in extra]
     if close:
@@ -163,12 +186,45 @@ _TRAILERS = _Dropped()
 
 class _Connection(asyncio.BufferedProtocol):
     # Slots: attribute access stays fast with this many attributes (and each connection is smaller).
-    __slots__ = ("server", "handler", "limits", "loop", "transport", "parser", "queue", "busy", "keep_alive",
-                 "head_only", "dispatching", "finished", "reading_paused", "write_paused", "retiring",
-                 "lingering", "opened_at", "last_active", "stalled_at", "closing_at", "requests",
-                 "request_started", "head_done", "in_line", "expect_continue", "head_bytes", "read_body",
-                 "completed", "_url", "_headers", "fields", "_body", "_size", "read_view", "small_view",
-                 "order", "__weakref__")
+    __slots__ = (
+        "server",
+        "handler",
+        "limits",
+        "loop",
+        "transport",
+        "parser",
+        "queue",
+        "busy",
+        "keep_alive",
+        "head_only",
+        "dispatching",
+        "finished",
+        "reading_paused",
+        "write_paused",
+        "retiring",
+        "lingering",
+        "opened_at",
+        "last_active",
+        "stalled_at",
+        "closing_at",
+        "requests",
+        "request_started",
+        "head_done",
+        "in_line",
+        "expect_continue",
+        "head_bytes",
+        "read_body",
+        "completed",
+        "_url",
+        "_headers",
+        "fields",
+        "_body",
+        "_size",
+        "read_view",
+        "small_view",
+        "order",
+        "__weakref__",
+    )
 
     def __init__(self, server: CallbackServer):
         self.server = server
@@ -343,7 +399,11 @@ class _Connection(asyncio.BufferedProtocol):
         if "transfer-encoding" in headers or "expect" in headers:
             self._check_framing(headers)
         declared = headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.handler.max_body_bytes:
+        if (
+            declared is not None
+            and declared.isdigit()
+            and int(declared) > self.handler.max_body_bytes
+        ):
             raise _Refuse(413, "body too large")
 
     def _check_version(self, headers: dict[str, str]) -> None:
@@ -431,14 +491,19 @@ class _Connection(asyncio.BufferedProtocol):
             return
         self.busy = False
         # After its last request (or during a stop) what was received is still answered, then it closes.
-        close = (not self.keep_alive or self.retiring
-                 or ((self.finished or self.server.stopping) and not self.queue))
+        close = (
+            not self.keep_alive
+            or self.retiring
+            or ((self.finished or self.server.stopping) and not self.queue)
+        )
         body = reply.body
         extra = getattr(reply, "headers", None)
         if close or extra:
             head = _head(reply.status, len(body), close, extra)
         else:
-            head = _HEADS.get((reply.status, len(body))) or _keep_alive_head(reply.status, len(body))
+            head = _HEADS.get((reply.status, len(body))) or _keep_alive_head(
+                reply.status, len(body)
+            )
         self._write(head if self.head_only else head + body, close=close)
         if close or self.lingering or self.transport.is_closing():
             return
@@ -480,8 +545,12 @@ class _Connection(asyncio.BufferedProtocol):
             self.transport.pause_reading()
 
     def _resume_reading(self) -> None:
-        if (self.reading_paused and not self.finished and not self.write_paused
-                and len(self.queue) < MAX_PIPELINED // 2):
+        if (
+            self.reading_paused
+            and not self.finished
+            and not self.write_paused
+            and len(self.queue) < MAX_PIPELINED // 2
+        ):
             self.reading_paused = False
             self.transport.resume_reading()
 
@@ -586,9 +655,13 @@ class CallbackServer:
         now = self.loop.time()
         if now - self._reported_at >= CAP_LOG_INTERVAL_S:
             self._reported_at = now
-            log.warning("connection cap %d reached: %d connection(s) closed to admit new ones, %d new one(s) "
-                        "closed (no room) since the last report", self.limits.max_connections, self.evicted,
-                        self.turned_away)
+            log.warning(
+                "connection cap %d reached: %d connection(s) closed to admit new ones, %d new one(s) "
+                "closed (no room) since the last report",
+                self.limits.max_connections,
+                self.evicted,
+                self.turned_away,
+            )
             self.evicted = self.turned_away = 0
 
     async def _sweep_forever(self) -> None:

@@ -49,8 +49,13 @@ from nxjobs.jobs import KINDS
 from nxjobs.records import utc_now_iso
 
 RECORDED, DUPLICATE, UNMATCHED, DROPPED, DEFERRED = 1, 2, 0, 3, 4
-_OUTCOMES = {RECORDED: "recorded", DUPLICATE: "duplicate", UNMATCHED: "unmatched", DROPPED: "dropped",
-             DEFERRED: "deferred"}
+_OUTCOMES = {
+    RECORDED: "recorded",
+    DUPLICATE: "duplicate",
+    UNMATCHED: "unmatched",
+    DROPPED: "dropped",
+    DEFERRED: "deferred",
+}
 
 
 class Applied(NamedTuple):
@@ -78,32 +83,67 @@ class Ledger:
     to keep and `unmatched_max_bytes` how many bytes they may take in all (oldest dropped first),
     each keeping at most `unmatched_body_bytes` of its body."""
 
-    def __init__(self, client: Any, *, unmatched_max: int = 10_000, unmatched_max_bytes: int = 8 * 1024 * 1024,
-                 unmatched_body_bytes: int = 2048):
+    def __init__(
+        self,
+        client: Any,
+        *,
+        unmatched_max: int = 10_000,
+        unmatched_max_bytes: int = 8 * 1024 * 1024,
+        unmatched_body_bytes: int = 2048,
+    ):
         self.redis = client
         self.unmatched_max = unmatched_max
         self.unmatched_max_bytes = unmatched_max_bytes
         self.unmatched_body_bytes = unmatched_body_bytes
-        self._apply = store.register_script(client, "callbacks_apply") if not _is_async(client) else None
+        self._apply = (
+            store.register_script(client, "callbacks_apply") if not _is_async(client) else None
+        )
 
     def _call(self, event: Event, source: str, received_at: str) -> tuple[list[str], list[str]]:
-        entry = {"type": event.type, "source": source, "received_at": received_at, "data": event.data}
+        entry = {
+            "type": event.type,
+            "source": source,
+            "received_at": received_at,
+            "data": event.data,
+        }
         proof = (*event.proof, "", "", "")[:3]
-        keys_ = [keys.CALLBACKS_UNMATCHED, keys.CALLBACKS_UNMATCHED_ENTRIES,
-                 keys.callbacks_waiting(family_of(event.job_kind)), keys.RECONCILE,
-                 keys.callback_replay(event.replay) if event.replay else keys.callback_replay("-"),
-                 *event.index_keys]
-        args = [keys.JOB_KEY_PREFIX, event.direct_id, event.job_kind, event.dedupe, event.unit,
-                compact_json.dumps(entry), compact_json.dumps(event.ids), received_at, str(self.unmatched_max),
-                compact_json.dumps(event.resolves) if event.resolves else "", event.alt_kind, event.alt_unit,
-                source, event.check, *proof, str(event.replay_until) if event.replay else "",
-                str(self.unmatched_max_bytes), str(self.unmatched_body_bytes), str(int(time.time() * 1000)),
-                event.type]
+        keys_ = [
+            keys.CALLBACKS_UNMATCHED,
+            keys.CALLBACKS_UNMATCHED_ENTRIES,
+            keys.callbacks_waiting(family_of(event.job_kind)),
+            keys.RECONCILE,
+            keys.callback_replay(event.replay) if event.replay else keys.callback_replay("-"),
+            *event.index_keys,
+        ]
+        args = [
+            keys.JOB_KEY_PREFIX,
+            event.direct_id,
+            event.job_kind,
+            event.dedupe,
+            event.unit,
+            compact_json.dumps(entry),
+            compact_json.dumps(event.ids),
+            received_at,
+            str(self.unmatched_max),
+            compact_json.dumps(event.resolves) if event.resolves else "",
+            event.alt_kind,
+            event.alt_unit,
+            source,
+            event.check,
+            *proof,
+            str(event.replay_until) if event.replay else "",
+            str(self.unmatched_max_bytes),
+            str(self.unmatched_body_bytes),
+            str(int(time.time() * 1000)),
+            event.type,
+        ]
         return keys_, args
 
     def apply(self, event: Event, *, source: str = "callback") -> Applied:
         """Record `event` on its job (one round trip, sync client)."""
-        assert self._apply is not None, "Ledger.apply needs a sync client (the applier batches async)"
+        assert self._apply is not None, (
+            "Ledger.apply needs a sync client (the applier batches async)"
+        )
         keys_, args = self._call(event, source, utc_now_iso())
         return _applied(self._apply(keys=keys_, args=args))
 
@@ -137,7 +177,11 @@ class Ledger:
     def due(self, family: str, *, now: float | None = None, limit: int = 50) -> list[str]:
         """Job ids of `family` whose reconciliation is due."""
         now = time.time() if now is None else now
-        return list(self.redis.zrangebyscore(keys.callbacks_waiting(family), "-inf", now, start=0, num=limit))
+        return list(
+            self.redis.zrangebyscore(
+                keys.callbacks_waiting(family), "-inf", now, start=0, num=limit
+            )
+        )
 
     def recheck_at(self, family: str, job_id: str, at: float) -> None:
         self.redis.zadd(keys.callbacks_waiting(family), {job_id: at})
@@ -154,6 +198,10 @@ def _is_async(client: Any) -> bool:
 
 def _applied(reply: list) -> Applied:
     status, job_id, state = reply[:3]
-    return Applied(int(status), job_id or "", state or "", (reply[3] if len(reply) > 3 else "") or "",
-                   (reply[4] if len(reply) > 4 else "") or "")
-
+    return Applied(
+        int(status),
+        job_id or "",
+        state or "",
+        (reply[3] if len(reply) > 3 else "") or "",
+        (reply[4] if len(reply) > 4 else "") or "",
+    )

@@ -88,8 +88,14 @@ class Report:
 
 
 class Reconciler:
-    def __init__(self, store: RecordStore, ledger: Ledger, policy: Policy, clients: Clients,
-                 clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        store: RecordStore,
+        ledger: Ledger,
+        policy: Policy,
+        clients: Clients,
+        clock: Callable[[], float] = time.time,
+    ):
         self.store = store
         self.ledger = ledger
         self.policy = policy
@@ -115,7 +121,9 @@ class Reconciler:
 
     # ---- shared -----------------------------------------------------------
 
-    def _due_records(self, family: str, kind: str | tuple[str, ...], report: Report) -> list[JobRecord]:
+    def _due_records(
+        self, family: str, kind: str | tuple[str, ...], report: Report
+    ) -> list[JobRecord]:
         kinds = (kind,) if isinstance(kind, str) else kind
         out = []
         for job_id in self.ledger.due(family, now=self.clock(), limit=self.policy.batch):
@@ -127,14 +135,22 @@ class Reconciler:
             out.append(record)
         return out
 
-    def _each(self, family: str, records: list[JobRecord], one: Callable[[JobRecord], None], report: Report) -> None:
+    def _each(
+        self,
+        family: str,
+        records: list[JobRecord],
+        one: Callable[[JobRecord], None],
+        report: Report,
+    ) -> None:
         """Reconcile each record; a provider error on one job defers that job, not the run."""
         for record in records:
             try:
                 one(record)
             except NXCloudError as exc:
                 report.counts["query_errors"] += 1
-                log.warning("job=%s reconcile query failed: %s %s", record.id, exc.code, exc.message)
+                log.warning(
+                    "job=%s reconcile query failed: %s %s", record.id, exc.code, exc.message
+                )
                 self.ledger.recheck_at(family, record.id, self.clock() + self.policy.recheck_s)
 
     def _ask(self, fn: Callable[[], Any]) -> Any:
@@ -156,24 +172,35 @@ class Reconciler:
 
             delay = metrics.callback_delay_s(applied.submitted_at, self.clock())
             if delay is not None:
-                metrics.record_callback_delay(self.store.redis, kind=kind or event.job_kind, delay_s=delay)
+                metrics.record_callback_delay(
+                    self.store.redis, kind=kind or event.job_kind, delay_s=delay
+                )
 
     def _settle(self, family: str, job_id: str, report: Report, missing: str) -> None:
         """After applying what the provider had: completed, or look again later, or give up."""
         record = self.store.get(job_id)
         if record is None or record.state != JobState.SUBMITTED:
             self.ledger.forget(family, job_id)
-            report.counts["completed" if record and record.state == JobState.COMPLETED else "gone"] += 1
+            report.counts[
+                "completed" if record and record.state == JobState.COMPLETED else "gone"
+            ] += 1
             return
         submitted_at = float(self.store.redis.hget(keys.job(job_id), "submitted_at") or 0)
         age = self.clock() - submitted_at
         if age >= self.policy.give_up_s.get(record.kind, float("inf")):
             message = f"{missing} {age:.0f}s after submission; gave up (callbacks and query API both silent)"
             try:
-                self.store.transition(job_id, JobState.FAILED, error=JobError(
-                    code="callbacks_timeout", message=message, retryable=False).model_dump())
+                self.store.transition(
+                    job_id,
+                    JobState.FAILED,
+                    error=JobError(
+                        code="callbacks_timeout", message=message, retryable=False
+                    ).model_dump(),
+                )
                 report.counts["failed"] += 1
-                log.warning("job=%s kind=%s failed callbacks_timeout: %s", job_id, record.kind, message)
+                log.warning(
+                    "job=%s kind=%s failed callbacks_timeout: %s", job_id, record.kind, message
+                )
             except TransitionRefused:
                 pass  # completed by a callback a moment ago
             self.ledger.forget(family, job_id)
@@ -187,8 +214,12 @@ class Reconciler:
         # Coalesced jobs (nxjobs.coalesce) share a requestId: its rows are asked for once a run,
         # and each row finds its own job, so one query settles every late member of a batch.
         asked: set[str] = set()
-        self._each("api2", self._due_records("api2", "number-check", report),
-                   lambda record: self._number_check(record, report, asked), report)
+        self._each(
+            "api2",
+            self._due_records("api2", "number-check", report),
+            lambda record: self._number_check(record, report, asked),
+            report,
+        )
 
     def _number_check(self, record: JobRecord, report: Report, asked: set[str]) -> None:
         api2 = self.clients.api2
@@ -204,16 +235,27 @@ class Reconciler:
                         report.counts["rows_malformed"] += 1
         fresh = self.store.get(record.id)
         done = fresh.callbacks_done if fresh else 0
-        self._settle("api2", record.id, report,
-                     f"{max((fresh.callbacks_needed or 0) - done, 0) if fresh else '?'} of "
-                     f"{fresh.callbacks_needed if fresh else '?'} number results missing")
+        self._settle(
+            "api2",
+            record.id,
+            report,
+            f"{max((fresh.callbacks_needed or 0) - done, 0) if fresh else '?'} of "
+            f"{fresh.callbacks_needed if fresh else '?'} number results missing",
+        )
 
     def _number_rows(self, api2: Any, request_id: str, day: str) -> Iterable[dict[str, Any]]:
         page = 1
         while True:
-            body = {"page": page, "pageSize": NUMBER_QUERY_PAGE, "date": day, "requestId": request_id,
-                    "appkey": self.clients.api2_appkey}
-            resp = self._ask(partial(api2.post, NUMBER_QUERY_PATH, biz_type=1, action="numbercheck", body=body))
+            body = {
+                "page": page,
+                "pageSize": NUMBER_QUERY_PAGE,
+                "date": day,
+                "requestId": request_id,
+                "appkey": self.clients.api2_appkey,
+            }
+            resp = self._ask(
+                partial(api2.post, NUMBER_QUERY_PATH, biz_type=1, action="numbercheck", body=body)
+            )
             data = resp.body.get("data") or {}
             yield from data.get("result") or []
             if page >= int(data.get("totalPage") or 0):
@@ -224,8 +266,12 @@ class Reconciler:
 
     def _callbot_lists(self, report: Report) -> None:
         records = self._due_records("callbot", ("callbot-list", "callbot-contact"), report)
-        self._each("callbot", [r for r in records if r.kind == "callbot-list"],
-                   lambda record: self._callbot_list(record, report), report)
+        self._each(
+            "callbot",
+            [r for r in records if r.kind == "callbot-list"],
+            lambda record: self._callbot_list(record, report),
+            report,
+        )
         self._callbot_contacts([r for r in records if r.kind == "callbot-contact"], report)
 
     def _callbot_contacts(self, records: list[JobRecord], report: Report) -> None:
@@ -235,49 +281,94 @@ class Reconciler:
         for record in records:
             result = record.result or {}
             user_task_id = str(result.get("userTaskID") or record.input.get("user_task_id") or "")
-            order_id = str(result.get("orderID") or (record.input.get("contact") or {}).get("order_id") or record.id)
+            order_id = str(
+                result.get("orderID")
+                or (record.input.get("contact") or {}).get("order_id")
+                or record.id
+            )
             by_task.setdefault(user_task_id, {})[order_id] = record
         for user_task_id, wanted in by_task.items():
             order_ids = sorted(wanted)
             try:
                 for start in range(0, len(order_ids), CALLBOT_DETAIL_CHUNK):
-                    chunk = order_ids[start:start + CALLBOT_DETAIL_CHUNK]
-                    detail = self._ask(partial(self.clients.callbot.post, "listOrderDetail",
-                                               {"userTaskID": user_task_id, "orderList": chunk}))
+                    chunk = order_ids[start : start + CALLBOT_DETAIL_CHUNK]
+                    detail = self._ask(
+                        partial(
+                            self.clients.callbot.post,
+                            "listOrderDetail",
+                            {"userTaskID": user_task_id, "orderList": chunk},
+                        )
+                    )
                     for order in detail.body.get("orderDetailList") or []:
                         if order.get("orderID") in wanted and _finished(order.get("finish")):
-                            self._try_apply(events.CALLBOT_ORDER, _order_row(order), report, "callbot-contact")
+                            self._try_apply(
+                                events.CALLBOT_ORDER, _order_row(order), report, "callbot-contact"
+                            )
             except NXCloudError as exc:
                 report.counts["query_errors"] += 1
-                log.warning("task=%s contacts reconcile query failed: %s %s", user_task_id, exc.code, exc.message)
+                log.warning(
+                    "task=%s contacts reconcile query failed: %s %s",
+                    user_task_id,
+                    exc.code,
+                    exc.message,
+                )
                 for record in wanted.values():
-                    self.ledger.recheck_at("callbot", record.id, self.clock() + self.policy.recheck_s)
+                    self.ledger.recheck_at(
+                        "callbot", record.id, self.clock() + self.policy.recheck_s
+                    )
                 continue
             for order_id, record in wanted.items():
-                self._settle("callbot", record.id, report, f"order {order_id} of task {user_task_id} not finished")
+                self._settle(
+                    "callbot",
+                    record.id,
+                    report,
+                    f"order {order_id} of task {user_task_id} not finished",
+                )
 
     def _callbot_list(self, record: JobRecord, report: Report) -> None:
         callbot = self.clients.callbot
         user_task_id = (record.result or {}).get("userTaskID") or record.id
-        resp = self._ask(lambda: callbot.post("listTask", {
-            "page": 1, "size": 1, "queryConditions": {"userTaskID": [user_task_id]}}))
-        task = next((t for t in resp.body.get("taskData") or [] if t.get("userTaskID") == user_task_id), None)
+        resp = self._ask(
+            lambda: callbot.post(
+                "listTask",
+                {"page": 1, "size": 1, "queryConditions": {"userTaskID": [user_task_id]}},
+            )
+        )
+        task = next(
+            (t for t in resp.body.get("taskData") or [] if t.get("userTaskID") == user_task_id),
+            None,
+        )
         status = task.get("taskStatus") if task else None
         if task and status in events.TASK_FINISHED:
-            order_ids = [wire.contact_order_id(record.id, i, c.get("order_id"))
-                         for i, c in enumerate(record.input.get("contacts") or [])]
+            order_ids = [
+                wire.contact_order_id(record.id, i, c.get("order_id"))
+                for i, c in enumerate(record.input.get("contacts") or [])
+            ]
             for start in range(0, len(order_ids), CALLBOT_DETAIL_CHUNK):
-                chunk = order_ids[start:start + CALLBOT_DETAIL_CHUNK]
-                detail = self._ask(partial(callbot.post, "listOrderDetail",
-                                           {"userTaskID": user_task_id, "orderList": chunk}))
+                chunk = order_ids[start : start + CALLBOT_DETAIL_CHUNK]
+                detail = self._ask(
+                    partial(
+                        callbot.post,
+                        "listOrderDetail",
+                        {"userTaskID": user_task_id, "orderList": chunk},
+                    )
+                )
                 for order in detail.body.get("orderDetailList") or []:
                     self._try_apply(events.CALLBOT_ORDER, _order_row(order), report)
             self._try_apply(events.CALLBOT_TASK, task, report)
-        self._settle("callbot", record.id, report, f"task {user_task_id} not finished (taskStatus {status})")
+        self._settle(
+            "callbot", record.id, report, f"task {user_task_id} not finished (taskStatus {status})"
+        )
 
-    def _try_apply(self, kind: str, row: dict[str, Any], report: Report, job_kind: str | None = None) -> None:
+    def _try_apply(
+        self, kind: str, row: dict[str, Any], report: Report, job_kind: str | None = None
+    ) -> None:
         try:
-            self._apply(events.from_dict(kind, {k: v for k, v in row.items() if v is not None}), report, job_kind)
+            self._apply(
+                events.from_dict(kind, {k: v for k, v in row.items() if v is not None}),
+                report,
+                job_kind,
+            )
         except events.Malformed:
             report.counts["rows_malformed"] += 1
 
@@ -286,7 +377,7 @@ class Reconciler:
     def _cdr_rows(self, orderids: list[str]) -> dict[str, list[dict[str, Any]]]:
         found: dict[str, list[dict[str, Any]]] = {o: [] for o in orderids}
         for start in range(0, len(orderids), CDR_ORDERIDS_PER_REQUEST):
-            chunk = orderids[start:start + CDR_ORDERIDS_PER_REQUEST]
+            chunk = orderids[start : start + CDR_ORDERIDS_PER_REQUEST]
             for row in self._ask(partial(self.clients.agent.cdr_by_orderid, chunk)):
                 if row.get("orderid") in found:
                     found[row["orderid"]].append(row)
@@ -311,7 +402,9 @@ class Reconciler:
     def _ambiguous_calls(self, report: Report) -> None:
         """Makecalls whose answer was lost: look each orderid up once, after `ambiguous_after_s`."""
         cutoff = self.clock() - self.policy.ambiguous_after_s
-        job_ids = self.store.redis.zrangebyscore(keys.RECONCILE, "-inf", cutoff, start=0, num=self.policy.batch)
+        job_ids = self.store.redis.zrangebyscore(
+            keys.RECONCILE, "-inf", cutoff, start=0, num=self.policy.batch
+        )
         records = [r for r in (self.store.get(j) for j in job_ids) if r is not None]
         for job_id in set(job_ids) - {r.id for r in records}:
             self.store.redis.zrem(keys.RECONCILE, job_id)  # expired
@@ -336,12 +429,19 @@ class Reconciler:
                 InflightMarker(self.store.redis, record.id).clear()
                 report.counts["ambiguous_found"] += 1
                 continue
-            error = JobError(code="call_not_found", retryable=True, message=(
-                f"makecall answer was lost, and orderid {orderids[record.id]} has no CDR "
-                f"{self.clock() - _epoch(record.updated_at):.0f}s later: the call was not placed; "
-                "safe to submit again"))
-            changed = self._not_found(keys=[keys.job(record.id), keys.RECONCILE], args=[
-                record.id, error.model_dump_json(), utc_now_iso()])
+            error = JobError(
+                code="call_not_found",
+                retryable=True,
+                message=(
+                    f"makecall answer was lost, and orderid {orderids[record.id]} has no CDR "
+                    f"{self.clock() - _epoch(record.updated_at):.0f}s later: the call was not placed; "
+                    "safe to submit again"
+                ),
+            )
+            changed = self._not_found(
+                keys=[keys.job(record.id), keys.RECONCILE],
+                args=[record.id, error.model_dump_json(), utc_now_iso()],
+            )
             if changed:
                 # Proven not placed: a replay may send it (the marker would make it look up again).
                 InflightMarker(self.store.redis, record.id).clear()
@@ -352,8 +452,10 @@ class Reconciler:
 def _order_row(order: dict[str, Any]) -> dict[str, Any]:
     """A listOrderDetail row in the shape of an order callback (its last call as callInfoDetail)."""
     calls = order.get("callInfoDetailList") or []
-    return {**{k: v for k, v in order.items() if k != "callInfoDetailList"},
-            "callInfoDetail": calls[-1] if calls else None}
+    return {
+        **{k: v for k, v in order.items() if k != "callInfoDetailList"},
+        "callInfoDetail": calls[-1] if calls else None,
+    }
 
 
 def _finished(flag: Any) -> bool:
@@ -378,7 +480,6 @@ def _epoch(iso: str) -> float:
     return dt.datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
-
 # ---- lookups for a redelivered job whose previous attempt may have sent -------
 # Used by nxjobs/attempts/job.py when a job starts and finds its in-flight marker: the
 # previous delivery died (or lost its answer) between sending and recording, so
@@ -386,18 +487,23 @@ def _epoch(iso: str) -> float:
 # resent. Each returns the submit result the lost answer would have given, or
 # None if the provider has no trace of it.
 
+
 def find_call(agent: Any, orderid: str) -> dict[str, Any] | None:
     """Agent: a CDR with our orderid means the phone rang. No CDR is NOT proof the call
     was not placed (CDRs appear when the call ends), so the caller must not resend on None."""
     for row in agent.cdr_by_orderid([orderid]):
         if row.get("orderid") == orderid:
-            return {"orderid": orderid, "sessionid": row.get("sessionid"),
-                    "info": "found by CDR lookup after an interrupted attempt"}
+            return {
+                "orderid": orderid,
+                "sessionid": row.get("sessionid"),
+                "info": "found by CDR lookup after an interrupted attempt",
+            }
     return None
 
 
-def find_number_check(api2: Any, appkey: str | None, batch_no: str, created_at: str, now: float,
-                      numbers: int) -> dict[str, Any] | None:
+def find_number_check(
+    api2: Any, appkey: str | None, batch_no: str, created_at: str, now: float, numbers: int
+) -> dict[str, Any] | None:
     """Number Check: the query API by batchNo (the provider files a submission at once).
     A batch whose every number was rejected leaves no rows, so it reads as not found."""
     for day in _query_days(created_at, now):
@@ -409,6 +515,11 @@ def find_number_check(api2: Any, appkey: str | None, batch_no: str, created_at: 
             # Per-number ids are <requestId>-NNNNNN; a one-number batch keeps the submit id.
             head, _, tail = row_id.rpartition("-")
             request_id = head if head and len(tail) == 6 and tail.isdigit() else row_id
-            return {"requestId": request_id or None, "batchNo": batch_no, "numbers": numbers, "failNumber": [],
-                    "info": "found by batchNo query after an interrupted attempt"}
+            return {
+                "requestId": request_id or None,
+                "batchNo": batch_no,
+                "numbers": numbers,
+                "failNumber": [],
+                "info": "found by batchNo query after an interrupted attempt",
+            }
     return None

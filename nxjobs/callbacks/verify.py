@@ -68,8 +68,14 @@ def check_callbot(
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise Rejected(400, "body is not UTF-8") from None
-    expected = callbot_sign(secret_key=secret_key, uuid=uuid, request_id=request_id, create_ts_s=create_ts,
-                            body_text=text, algorithm=known)
+    expected = callbot_sign(
+        secret_key=secret_key,
+        uuid=uuid,
+        request_id=request_id,
+        create_ts_s=create_ts,
+        body_text=text,
+        algorithm=known,
+    )
     if not hmac.compare_digest(expected.encode("ascii"), sign.upper().encode("utf-8", "replace")):
         raise Rejected(401, "bad signature")
     # createTs is inside the signed text, so a replay cannot refresh it.

@@ -32,8 +32,16 @@ class TokenSource(Protocol):
 class AgentClient:
     family = "agent"
 
-    def __init__(self, transport: Transport, *, base_url: str, cdr_base_url: str, appkey: str, secretkey: str,
-                 gate: Gate | None = None):
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        base_url: str,
+        cdr_base_url: str,
+        appkey: str,
+        secretkey: str,
+        gate: Gate | None = None,
+    ):
         self.transport = transport
         self.base_url = base_url.rstrip("/")
         self.cdr_base_url = cdr_base_url.rstrip("/")
@@ -44,8 +52,12 @@ class AgentClient:
     def _check(self, resp: Response, endpoint: str) -> Response:
         code = resp.body.get("code")
         if str(code) != "0":
-            raise ProviderError(self.family, code if code is not None else "missing",
-                                str(resp.body.get("info") or ""), endpoint=endpoint)
+            raise ProviderError(
+                self.family,
+                code if code is not None else "missing",
+                str(resp.body.get("info") or ""),
+                endpoint=endpoint,
+            )
         return resp
 
     def fetch_token(self) -> tuple[str, int]:
@@ -58,13 +70,18 @@ class AgentClient:
         self._check(resp, TOKEN_PATH)
         return str(resp.body["token"]), int(resp.body.get("expireinterval") or 1200)
 
-    def make_call(self, *, token: str, username: str, phone: str, orderid: str, showphone: str | None) -> Response:
+    def make_call(
+        self, *, token: str, username: str, phone: str, orderid: str, showphone: str | None
+    ) -> Response:
         form = {"token": token, "username": username, "phone": phone, "orderid": orderid}
         if showphone:
             form["showphone"] = showphone
         with gated(self.gate, self.family, MAKECALL_PATH, form):
-            resp = self.transport.post(self.base_url + MAKECALL_PATH, data=form,
-                                       headers={"Content-Type": "application/x-www-form-urlencoded"})
+            resp = self.transport.post(
+                self.base_url + MAKECALL_PATH,
+                data=form,
+                headers={"Content-Type": "application/x-www-form-urlencoded"},
+            )
         return self._check(resp, MAKECALL_PATH)
 
     def cdr_by_orderid(self, orderids: list[str]) -> list[dict[str, Any]]:
@@ -72,8 +89,9 @@ class AgentClient:
         if not 1 <= len(orderids) <= 20:
             raise ValueError("cdr_by_orderid takes 1 to 20 orderids")
         with gated(self.gate, "cdr", CDR_BY_ORDERID_PATH, orderids):
-            text = serialize_body({"orderid": ",".join(orderids), "appkey": self.appkey,
-                                   "secretkey": self._secretkey})
+            text = serialize_body(
+                {"orderid": ",".join(orderids), "appkey": self.appkey, "secretkey": self._secretkey}
+            )
             resp = self.transport.post(
                 self.cdr_base_url + CDR_BY_ORDERID_PATH,
                 data=text.encode("utf-8"),
@@ -81,6 +99,10 @@ class AgentClient:
             )
         code = resp.body.get("code")
         if str(code) != "0":
-            raise ProviderError("cdr", code if code is not None else "missing", str(resp.body.get("info") or ""),
-                                endpoint=CDR_BY_ORDERID_PATH)
+            raise ProviderError(
+                "cdr",
+                code if code is not None else "missing",
+                str(resp.body.get("info") or ""),
+                endpoint=CDR_BY_ORDERID_PATH,
+            )
         return list(resp.body.get("row") or [])

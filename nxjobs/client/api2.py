@@ -47,10 +47,14 @@ class Api2Client:
                 algorithm=self.algorithm,
             )
             headers["Content-Type"] = "application/json; charset=utf-8"
-            resp = self.transport.post(self.base_url + path, data=text.encode("utf-8"), headers=headers)
+            resp = self.transport.post(
+                self.base_url + path, data=text.encode("utf-8"), headers=headers
+            )
         code = resp.body.get("code")
         if code != 0 and str(code) != "0":
             # Current docs say `message`, legacy ones `msg` (docs/provider.md §5).
             message = resp.body.get("message") or resp.body.get("msg") or ""
-            raise ProviderError(self.family, code if code is not None else "missing", str(message), endpoint=path)
+            raise ProviderError(
+                self.family, code if code is not None else "missing", str(message), endpoint=path
+            )
         return resp

@@ -51,11 +51,17 @@ class CallbotClient:
                 algorithm=self.algorithm,
             )
             headers["Content-Type"] = "application/json; charset=utf-8"
-            resp = self.transport.post(self.base_url + API_PREFIX + endpoint, data=text.encode("utf-8"),
-                                       headers=headers)
+            resp = self.transport.post(
+                self.base_url + API_PREFIX + endpoint, data=text.encode("utf-8"), headers=headers
+            )
         # ping answers with `code`/`msg`; everything else with `retCode`/`retMsg`.
         code = resp.body.get("retCode", resp.body.get("code"))
         if str(code) != "0":
             message = resp.body.get("retMsg") or resp.body.get("msg") or ""
-            raise ProviderError(self.family, code if code is not None else "missing", str(message), endpoint=endpoint)
+            raise ProviderError(
+                self.family,
+                code if code is not None else "missing",
+                str(message),
+                endpoint=endpoint,
+            )
         return resp

@@ -66,6 +66,7 @@ def _sent(endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
 
 # ---- Agent API ------------------------------------------------------------
 
+
 def place_call(
     agent: AgentClient,
     tokens: TokenSource,
@@ -85,8 +86,13 @@ def place_call(
 
     def send(token: str) -> Response:
         try:
-            return agent.make_call(token=token, username=username, phone=payload.phone, orderid=orderid,
-                                   showphone=showphone)
+            return agent.make_call(
+                token=token,
+                username=username,
+                phone=payload.phone,
+                orderid=orderid,
+                showphone=showphone,
+            )
         except TransportError as err:
             # Only the makecall itself can ring a phone; a lost token answer is harmless to retry.
             if err.may_have_reached:
@@ -110,11 +116,23 @@ WA_CALLING_PATH = "/api/wa/calling/get"
 
 
 def check_numbers(
-    api2: Api2Client, *, job_id: str, payload: NumberCheckPayload, appkey: str, public_url: str | None,
-    outcome: Outcome, callback_token: str | None = None,
+    api2: Api2Client,
+    *,
+    job_id: str,
+    payload: NumberCheckPayload,
+    appkey: str,
+    public_url: str | None,
+    outcome: Outcome,
+    callback_token: str | None = None,
 ) -> Outcome:
-    body, sent = _number_check_request(payload.phones, number_check_batch_no(job_id, payload), payload.check_level,
-                                       appkey, public_url, callback_token)
+    body, sent = _number_check_request(
+        payload.phones,
+        number_check_batch_no(job_id, payload),
+        payload.check_level,
+        appkey,
+        public_url,
+        callback_token,
+    )
     outcome.request.append(sent)
     data = _submit_number_check(api2, body)
     outcome.result = {
@@ -127,22 +145,41 @@ def check_numbers(
 
 
 def check_number_batch(
-    api2: Api2Client, *, phones: list[str], batch_no: str, check_level: int, appkey: str, public_url: str | None,
-    outcome: Outcome, callback_token: str | None = None,
+    api2: Api2Client,
+    *,
+    phones: list[str],
+    batch_no: str,
+    check_level: int,
+    appkey: str,
+    public_url: str | None,
+    outcome: Outcome,
+    callback_token: str | None = None,
 ) -> dict[str, Any]:
     """One request for many jobs' numbers (nxjobs.coalesce). Returns the answer's data with
     `failNumber` as the provider gave it: the caller matches it to its members, then masks it."""
-    body, sent = _number_check_request(phones, batch_no, check_level, appkey, public_url, callback_token)
+    body, sent = _number_check_request(
+        phones, batch_no, check_level, appkey, public_url, callback_token
+    )
     sent["body"]["phone"] = f"{len(phones)} numbers of coalesced jobs"
     outcome.request.append(sent)
     return _submit_number_check(api2, body)
 
 
-def _number_check_request(phones: list[str], batch_no: str, check_level: int, appkey: str, public_url: str | None,
-                          callback_token: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
+def _number_check_request(
+    phones: list[str],
+    batch_no: str,
+    check_level: int,
+    appkey: str,
+    public_url: str | None,
+    callback_token: str | None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """The body to send, and its redacted copy for the record (the callback token never reaches one)."""
-    body: dict[str, Any] = {"phone": ",".join(phones), "batchNo": batch_no, "checkLevel": check_level,
-                            "appkey": appkey}
+    body: dict[str, Any] = {
+        "phone": ",".join(phones),
+        "batchNo": batch_no,
+        "checkLevel": check_level,
+        "appkey": appkey,
+    }
     dr_url = callback_urls.build(public_url, callback_urls.NUMBER_CHECK, callback_token)
     if dr_url:
         body["drUrl"] = dr_url
@@ -156,11 +193,16 @@ def _submit_number_check(api2: Api2Client, body: dict[str, Any]) -> dict[str, An
     resp = api2.post(NUMBER_CHECK_PATH, biz_type=1, action="numbercheck", body=body)
     data = resp.body.get("data") or {}
     # Current docs name it requestId, legacy ones messageId (docs/provider.md §5.1).
-    return {"requestId": data.get("requestId") or data.get("messageId"),
-            "batchNo": data.get("batchNo") or body["batchNo"], "failNumber": data.get("failNumber") or []}
+    return {
+        "requestId": data.get("requestId") or data.get("messageId"),
+        "batchNo": data.get("batchNo") or body["batchNo"],
+        "failNumber": data.get("failNumber") or [],
+    }
 
 
-def ota_init(api2: Api2Client, *, payload: OtaInitPayload, appkey: str, outcome: Outcome) -> Outcome:
+def ota_init(
+    api2: Api2Client, *, payload: OtaInitPayload, appkey: str, outcome: Outcome
+) -> Outcome:
     body = {"appkey": appkey, "phone": payload.phone, "userIp": payload.user_ip}
     outcome.request.append(_sent(OTA_INIT_PATH, body))
     resp = api2.post(OTA_INIT_PATH, biz_type=6, action="init", body=body)
@@ -169,7 +211,9 @@ def ota_init(api2: Api2Client, *, payload: OtaInitPayload, appkey: str, outcome:
     return outcome
 
 
-def wa_calling(api2: Api2Client, *, payload: WaCallingPayload, appkey: str, outcome: Outcome) -> Outcome:
+def wa_calling(
+    api2: Api2Client, *, payload: WaCallingPayload, appkey: str, outcome: Outcome
+) -> Outcome:
     body = {"appkey": appkey, "business_phone": payload.business_phone}
     outcome.request.append(_sent(WA_CALLING_PATH, body))
     resp = api2.post(WA_CALLING_PATH, biz_type=2, action="mt", body=body)
@@ -179,9 +223,16 @@ def wa_calling(api2: Api2Client, *, payload: WaCallingPayload, appkey: str, outc
 
 # ---- Callbot v3 -----------------------------------------------------------
 
-def _call_list(job_id: str, payload: CallbotListPayload, start: int, stop: int) -> list[dict[str, Any]]:
-    return [call_list_item(payload.contacts[i], contact_order_id(job_id, i, payload.contacts[i].order_id))
-            for i in range(start, min(stop, len(payload.contacts)))]
+
+def _call_list(
+    job_id: str, payload: CallbotListPayload, start: int, stop: int
+) -> list[dict[str, Any]]:
+    return [
+        call_list_item(
+            payload.contacts[i], contact_order_id(job_id, i, payload.contacts[i].order_id)
+        )
+        for i in range(start, min(stop, len(payload.contacts)))
+    ]
 
 
 def _already_present(err: dict[str, Any]) -> bool:
@@ -199,8 +250,12 @@ def rejected_orders(err_list: Any) -> dict[str, str]:
     return out
 
 
-def _call_info(call_list: list[dict[str, Any]], public_url: str | None, order_cb: str | None = None,
-               call_cb: str | None = None) -> dict[str, Any]:
+def _call_info(
+    call_list: list[dict[str, Any]],
+    public_url: str | None,
+    order_cb: str | None = None,
+    call_cb: str | None = None,
+) -> dict[str, Any]:
     """callInfoList: the contacts, and where their order and call callbacks go."""
     info: dict[str, Any] = {"callList": call_list}
     order_cb = order_cb or callback_urls.build(public_url, callback_urls.CALLBOT_ORDER)
@@ -214,8 +269,16 @@ def _call_info(call_list: list[dict[str, Any]], public_url: str | None, order_cb
 
 # ---- Callbot v3: contacts added to an existing task (callbot-contact) -------
 
-def add_contacts(callbot: CallbotClient, *, user_task_id: str, call_list: list[dict[str, Any]],
-                 public_url: str | None, outcome: Outcome, shared: bool) -> dict[str, Any]:
+
+def add_contacts(
+    callbot: CallbotClient,
+    *,
+    user_task_id: str,
+    call_list: list[dict[str, Any]],
+    public_url: str | None,
+    outcome: Outcome,
+    shared: bool,
+) -> dict[str, Any]:
     """One addBatchCall onto task `user_task_id`; returns the answer (totalCount, successCount,
     errList as the provider gave it: the caller matches it to its contacts). `shared`: the contacts
     are several jobs' (nxjobs.coalesce), so the record says how many, never whose."""
@@ -225,18 +288,32 @@ def add_contacts(callbot: CallbotClient, *, user_task_id: str, call_list: list[d
         sent["body"]["callInfoList"]["callList"] = f"{len(call_list)} contacts of coalesced jobs"
     outcome.request.append(sent)
     resp = callbot.post("addBatchCall", body)
-    return {"totalCount": resp.body.get("totalCount"), "successCount": resp.body.get("successCount"),
-            "errList": resp.body.get("errList") or []}
+    return {
+        "totalCount": resp.body.get("totalCount"),
+        "successCount": resp.body.get("successCount"),
+        "errList": resp.body.get("errList") or [],
+    }
 
 
-def add_contact(callbot: CallbotClient, *, job_id: str, payload: CallbotContactPayload, public_url: str | None,
-                outcome: Outcome) -> Outcome:
+def add_contact(
+    callbot: CallbotClient,
+    *,
+    job_id: str,
+    payload: CallbotContactPayload,
+    public_url: str | None,
+    outcome: Outcome,
+) -> Outcome:
     """A contact sent on its own (batch=False): a one-contact addBatchCall. Its orderID is the
     idempotency key: a repeat is refused as already present, which counts as added."""
     order_id = contact_job_order_id(job_id, payload)
-    answer = add_contacts(callbot, user_task_id=payload.user_task_id,
-                          call_list=[call_list_item(payload.contact, order_id)], public_url=public_url,
-                          outcome=outcome, shared=False)
+    answer = add_contacts(
+        callbot,
+        user_task_id=payload.user_task_id,
+        call_list=[call_list_item(payload.contact, order_id)],
+        public_url=public_url,
+        outcome=outcome,
+        shared=False,
+    )
     refused = rejected_orders(answer["errList"])
     if order_id in refused:
         raise ProviderError("callbot", CONTACT_REJECTED, refused[order_id], endpoint="addBatchCall")
@@ -262,18 +339,34 @@ def submit_call_list(
     """Create the task with its contacts and start it, resuming after the last
     step a previous attempt completed (`progress`, saved after every step)."""
     user_task_id = job_id
-    task_cb = payload.task_callback_url or callback_urls.build(public_url, callback_urls.CALLBOT_TASK)
-    order_cb = payload.order_callback_url or callback_urls.build(public_url, callback_urls.CALLBOT_ORDER)
-    call_cb = payload.call_callback_url or callback_urls.build(public_url, callback_urls.CALLBOT_CALL)
-    setting: dict[str, Any] = {"taskName": payload.task_name, "strategyName": payload.strategy_name or strategy_name}
+    task_cb = payload.task_callback_url or callback_urls.build(
+        public_url, callback_urls.CALLBOT_TASK
+    )
+    order_cb = payload.order_callback_url or callback_urls.build(
+        public_url, callback_urls.CALLBOT_ORDER
+    )
+    call_cb = payload.call_callback_url or callback_urls.build(
+        public_url, callback_urls.CALLBOT_CALL
+    )
+    setting: dict[str, Any] = {
+        "taskName": payload.task_name,
+        "strategyName": payload.strategy_name or strategy_name,
+    }
     if task_cb:
         setting["taskCallbackUrl"] = task_cb
-    state = dict(progress) or {"userTaskID": user_task_id, "added": 0, "accepted": 0, "rejected": []}
+    state = dict(progress) or {
+        "userTaskID": user_task_id,
+        "added": 0,
+        "accepted": 0,
+        "rejected": [],
+    }
     sent = outcome.request
     total = len(payload.contacts)
 
     def info_list(start: int) -> dict[str, Any]:
-        return _call_info(_call_list(job_id, payload, start, start + CALLBOT_CHUNK_SIZE), None, order_cb, call_cb)
+        return _call_info(
+            _call_list(job_id, payload, start, start + CALLBOT_CHUNK_SIZE), None, order_cb, call_cb
+        )
 
     def record_added(resp_body: dict[str, Any], count: int) -> None:
         errs = [e for e in (resp_body.get("errList") or []) if not _already_present(e)]
@@ -296,14 +389,24 @@ def submit_call_list(
             state["create_mode"] = "createAndCall" if total <= CALLBOT_CHUNK_SIZE else "createTask"
             save_progress(state)
             if state["create_mode"] == "createAndCall":
-                body: dict[str, Any] = {"userTaskID": user_task_id, "sceneID": payload.scene_id,
-                                        "taskCreateSetting": setting, "callInfoList": info_list(0)}
+                body: dict[str, Any] = {
+                    "userTaskID": user_task_id,
+                    "sceneID": payload.scene_id,
+                    "taskCreateSetting": setting,
+                    "callInfoList": info_list(0),
+                }
                 sent.append(_summarized("createAndCall", body))
-                resp = _post_once(callbot, "createAndCall", body, state, "create_sent", save_progress)
+                resp = _post_once(
+                    callbot, "createAndCall", body, state, "create_sent", save_progress
+                )
                 state["taskID"] = resp.body.get("taskID")
                 record_added(resp.body, total)
             else:
-                body = {"userTaskID": user_task_id, "sceneID": payload.scene_id, "taskCreateSetting": setting}
+                body = {
+                    "userTaskID": user_task_id,
+                    "sceneID": payload.scene_id,
+                    "taskCreateSetting": setting,
+                }
                 if task_cb:
                     body["taskCallbackUrl"] = task_cb
                 if order_cb:
@@ -321,19 +424,28 @@ def submit_call_list(
         record_added(resp.body, min(CALLBOT_CHUNK_SIZE, total - start))
 
     if state["accepted"] == 0:
-        raise ProviderError("callbot", "4", "every contact was rejected: " + str(state["rejected"][:3]),
-                            endpoint="addBatchCall")
+        raise ProviderError(
+            "callbot",
+            "4",
+            "every contact was rejected: " + str(state["rejected"][:3]),
+            endpoint="addBatchCall",
+        )
 
     if not state.get("started") and state.get("start_sent"):
         # An earlier attempt sent the start and lost the answer: the task may be running or,
         # with a short list, already finished (a second start is then refused). Ask first.
         task = _find_task(callbot, user_task_id)
-        if task and task.get("taskStatus") not in (None, 1):  # 1 = not started (docs/provider.md §6)
+        if task and task.get("taskStatus") not in (
+            None,
+            1,
+        ):  # 1 = not started (docs/provider.md §6)
             state["started"] = True
             state["taskStatus"] = task.get("taskStatus")
             save_progress(state)
     if not state.get("started"):
-        state["start_sent"] = True  # saved first: a worker killed mid-request leaves the doubt recorded
+        state["start_sent"] = (
+            True  # saved first: a worker killed mid-request leaves the doubt recorded
+        )
         save_progress(state)
         body = {"userTaskID": user_task_id, "taskOperate": 1, "delCall": 0}
         sent.append(_summarized("mgrTaskStatus", body))
@@ -342,13 +454,21 @@ def submit_call_list(
         state["taskStatus"] = resp.body.get("taskStatus")
         save_progress(state)
 
-    outcome.result = {k: state.get(k) for k in ("userTaskID", "taskID", "taskStatus", "accepted", "rejected")}
+    outcome.result = {
+        k: state.get(k) for k in ("userTaskID", "taskID", "taskStatus", "accepted", "rejected")
+    }
     outcome.result["contacts"] = total
     return outcome
 
 
-def _post_once(callbot: CallbotClient, endpoint: str, body: dict[str, Any], state: dict[str, Any], flag: str,
-               save_progress: Callable[[dict[str, Any]], None]) -> Response:
+def _post_once(
+    callbot: CallbotClient,
+    endpoint: str,
+    body: dict[str, Any],
+    state: dict[str, Any],
+    flag: str,
+    save_progress: Callable[[dict[str, Any]], None],
+) -> Response:
     """Send a step whose `flag` ("sent, maybe applied") was saved just before. If it was not
     sent (its rate-limit slot is not yet due) or was refused with an answer, nothing was
     applied: clear the flag, so the next attempt sends it straight away instead of asking
@@ -372,7 +492,9 @@ def _summarized(endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
 
 
 def _find_task(callbot: CallbotClient, user_task_id: str) -> dict[str, Any] | None:
-    resp = callbot.post("listTask", {"page": 1, "size": 1, "queryConditions": {"userTaskID": [user_task_id]}})
+    resp = callbot.post(
+        "listTask", {"page": 1, "size": 1, "queryConditions": {"userTaskID": [user_task_id]}}
+    )
     tasks: list[dict[str, Any]] = resp.body.get("taskData") or []
     for task in tasks:
         if task.get("userTaskID") == user_task_id:

@@ -97,7 +97,9 @@ def callbot_sign(
     algorithm: Algorithm = "md5",
 ) -> str:
     """Callbot v3 `sign`: uppercase hex over the fixed-order authRaw (docs/provider.md §3.2)."""
-    auth_raw = f"{secret_key}&body={body_text}&createTs={create_ts_s}&requestID={request_id}&uuid={uuid}"
+    auth_raw = (
+        f"{secret_key}&body={body_text}&createTs={create_ts_s}&requestID={request_id}&uuid={uuid}"
+    )
     return _digest(auth_raw, algorithm).upper()
 
 

@@ -59,7 +59,9 @@ class Transport:
             pool_connections=4,
             pool_maxsize=pool_size,
             # connect=2 only: urllib3 never re-sends once a request may have been read.
-            max_retries=Retry(total=2, connect=2, read=0, status=0, other=0, redirect=0, backoff_factor=0.05),
+            max_retries=Retry(
+                total=2, connect=2, read=0, status=0, other=0, redirect=0, backoff_factor=0.05
+            ),
         )
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
@@ -75,16 +77,28 @@ class Transport:
             latency = time.monotonic() - started
             self._kept_latencies().append(latency)
         if not 200 <= resp.status_code < 300:
-            raise TransportError(f"HTTP {resp.status_code} from {_origin(url)}", code=f"http_{resp.status_code}",
-                                 classification=classify_http_status(resp.status_code), may_have_reached=False)
+            raise TransportError(
+                f"HTTP {resp.status_code} from {_origin(url)}",
+                code=f"http_{resp.status_code}",
+                classification=classify_http_status(resp.status_code),
+                may_have_reached=False,
+            )
         try:
             body = json.loads(resp.content)
         except ValueError as exc:
-            raise TransportError(f"invalid JSON from {_origin(url)}", code="invalid_json",
-                                 classification=BOUNDED, may_have_reached=True) from exc
+            raise TransportError(
+                f"invalid JSON from {_origin(url)}",
+                code="invalid_json",
+                classification=BOUNDED,
+                may_have_reached=True,
+            ) from exc
         if not isinstance(body, dict):
-            raise TransportError(f"unexpected JSON shape from {_origin(url)}", code="invalid_json",
-                                 classification=BOUNDED, may_have_reached=True)
+            raise TransportError(
+                f"unexpected JSON shape from {_origin(url)}",
+                code="invalid_json",
+                classification=BOUNDED,
+                may_have_reached=True,
+            )
         return Response(resp.status_code, body, latency)
 
     def take_latencies(self) -> list[float]:
@@ -100,22 +114,42 @@ class Transport:
             kept = self._local.latencies = deque(maxlen=MAX_KEPT_LATENCIES)
         return kept
 
-    def _send(self, url: str, data: bytes | dict[str, str], headers: dict[str, str]) -> requests.Response:
+    def _send(
+        self, url: str, data: bytes | dict[str, str], headers: dict[str, str]
+    ) -> requests.Response:
         try:
-            return self.session.post(url, data=data, headers=headers, timeout=self.timeout, allow_redirects=False)
+            return self.session.post(
+                url, data=data, headers=headers, timeout=self.timeout, allow_redirects=False
+            )
         except requests.ConnectTimeout as exc:
-            raise TransportError(f"connect timeout to {_origin(url)}", code="connect_timeout",
-                                 classification=RETRY, may_have_reached=False) from exc
+            raise TransportError(
+                f"connect timeout to {_origin(url)}",
+                code="connect_timeout",
+                classification=RETRY,
+                may_have_reached=False,
+            ) from exc
         except requests.ReadTimeout as exc:
-            raise TransportError(f"no answer from {_origin(url)} within {self.timeout[1]}s", code="read_timeout",
-                                 classification=RETRY, may_have_reached=True) from exc
+            raise TransportError(
+                f"no answer from {_origin(url)} within {self.timeout[1]}s",
+                code="read_timeout",
+                classification=RETRY,
+                may_have_reached=True,
+            ) from exc
         except requests.ConnectionError as exc:
             reached = not _is_connect_failure(exc)
-            raise TransportError(f"connection error to {_origin(url)}: {type(exc).__name__}",
-                                 code="connection_error", classification=RETRY, may_have_reached=reached) from exc
+            raise TransportError(
+                f"connection error to {_origin(url)}: {type(exc).__name__}",
+                code="connection_error",
+                classification=RETRY,
+                may_have_reached=reached,
+            ) from exc
         except requests.RequestException as exc:
-            raise TransportError(f"request to {_origin(url)} failed: {type(exc).__name__}",
-                                 code="request_error", classification=RETRY, may_have_reached=True) from exc
+            raise TransportError(
+                f"request to {_origin(url)} failed: {type(exc).__name__}",
+                code="request_error",
+                classification=RETRY,
+                may_have_reached=True,
+            ) from exc
 
     def close(self) -> None:
         self.session.close()

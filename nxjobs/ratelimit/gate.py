@@ -68,8 +68,9 @@ class Slots:
 
 
 class RateGate:
-    def __init__(self, limiter: RateLimiter,
-                 limits_for: Callable[[str, str, object], Sequence[Limit]]):
+    def __init__(
+        self, limiter: RateLimiter, limits_for: Callable[[str, str, object], Sequence[Limit]]
+    ):
         self.limiter = limiter
         self.limits_for = limits_for
         # Per attempt, through a ContextVar: the clients' hook keeps its (family, endpoint, body)

@@ -79,20 +79,41 @@ class RateLimiter:
         self._cooldown = scripts.register(client, "ratelimit_cooldown")
         self._answered = scripts.register(client, "ratelimit_answered")
 
-    def acquire(self, limits: Sequence[Limit], *, prepaid_at_us: int | None = None, early_s: float = 0.0) -> Grant:
+    def acquire(
+        self, limits: Sequence[Limit], *, prepaid_at_us: int | None = None, early_s: float = 0.0
+    ) -> Grant:
         """Reserve the next slot free under every limit (or spend `prepaid_at_us`)."""
         active = [lim for lim in limits if lim.quota_per_s > 0]
         if not active:
             return Grant(True, True, 0.0, 0)
         redis_keys: list[str] = []
-        args: list[int] = [len(active), self.horizon_us, prepaid_at_us or 0, int(early_s * 1_000_000)]
+        args: list[int] = [
+            len(active),
+            self.horizon_us,
+            prepaid_at_us or 0,
+            int(early_s * 1_000_000),
+        ]
         for lim in active:
-            redis_keys += [keys.rate_tat(lim.name), keys.rate_cooldown(lim.name), keys.rate_log(lim.name)]
+            redis_keys += [
+                keys.rate_tat(lim.name),
+                keys.rate_cooldown(lim.name),
+                keys.rate_log(lim.name),
+            ]
             window_limit, window_us = lim.window
-            args += [lim.interval_us, lim.interval_us * (max(lim.burst, 1) - 1), window_limit, window_us]
+            args += [
+                lim.interval_us,
+                lim.interval_us * (max(lim.burst, 1) - 1),
+                window_limit,
+                window_us,
+            ]
         status, wait_us, slot_us, *member = self._acquire(keys=redis_keys, args=args)
-        return Grant(status == 2, status >= 1, max(int(wait_us), 0) / 1_000_000, int(slot_us),
-                     member[0] if member else "")
+        return Grant(
+            status == 2,
+            status >= 1,
+            max(int(wait_us), 0) / 1_000_000,
+            int(slot_us),
+            member[0] if member else "",
+        )
 
     def answered(self, limits: Sequence[Limit], member: str) -> None:
         """The request logged as `member` has its answer: count it from now on."""
@@ -100,8 +121,15 @@ class RateLimiter:
         if logs and member:
             self._answered(keys=logs, args=[member])
 
-    def cool_down(self, limits: Sequence[Limit], *, base_s: float, cap_s: float, repeat_within_s: float = 5.0,
-                  rng: random.Random | None = None) -> float:
+    def cool_down(
+        self,
+        limits: Sequence[Limit],
+        *,
+        base_s: float,
+        cap_s: float,
+        repeat_within_s: float = 5.0,
+        rng: random.Random | None = None,
+    ) -> float:
         """The provider still said "too frequent": every worker backs off these credentials.
 
         A repeat within `repeat_within_s` of the last doubles the cooldown, up to
@@ -116,7 +144,14 @@ class RateLimiter:
         for lim in active:
             redis_keys += [keys.rate_strikes(lim.name), keys.rate_cooldown(lim.name)]
         jitter = (rng or random).uniform(0.0, 0.5)
-        longest_us = self._cooldown(keys=redis_keys, args=[len(active), int(base_s * 1_000_000),
-                                                            int(cap_s * 1_000_000), jitter,
-                                                            int(repeat_within_s * 1000)])
+        longest_us = self._cooldown(
+            keys=redis_keys,
+            args=[
+                len(active),
+                int(base_s * 1_000_000),
+                int(cap_s * 1_000_000),
+                jitter,
+                int(repeat_within_s * 1000),
+            ],
+        )
         return int(longest_us) / 1_000_000

@@ -16,28 +16,59 @@ from hypothesis import strategies as st
 
 from nxjobs.jobs import KINDS, InvalidJob
 
-BOUNDED = settings(max_examples=60, deadline=None, derandomize=True,
-                   suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+BOUNDED = settings(
+    max_examples=60,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
-FIELDS = sorted({name for k in KINDS.values() for name in k.payload_model.model_fields}
-                | {"contacts", "params", "junk"})
-phones = st.one_of(st.from_regex(r"\+?[0-9]{6,20}", fullmatch=True), st.text(max_size=25),
-                   st.integers(), st.none())
-scalars = st.one_of(st.none(), st.booleans(), st.integers(-10, 10**12), st.floats(allow_nan=True),
-                    st.text(max_size=40), phones)
-contact = st.dictionaries(st.sampled_from(["user_phone", "user_name", "order_id", "params", "x"]),
-                          st.one_of(scalars, st.lists(st.dictionaries(st.sampled_from(["name", "value"]), scalars,
-                                                                      max_size=2), max_size=2)), max_size=4)
-values = st.one_of(scalars, st.lists(phones, max_size=4), st.lists(contact, max_size=3),
-                   st.dictionaries(st.text(max_size=5), scalars, max_size=2))
-payloads = st.one_of(st.dictionaries(st.sampled_from(FIELDS), values, max_size=6),
-                     st.lists(scalars, max_size=2), scalars)
+FIELDS = sorted(
+    {name for k in KINDS.values() for name in k.payload_model.model_fields}
+    | {"contacts", "params", "junk"}
+)
+phones = st.one_of(
+    st.from_regex(r"\+?[0-9]{6,20}", fullmatch=True), st.text(max_size=25), st.integers(), st.none()
+)
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-10, 10**12),
+    st.floats(allow_nan=True),
+    st.text(max_size=40),
+    phones,
+)
+contact = st.dictionaries(
+    st.sampled_from(["user_phone", "user_name", "order_id", "params", "x"]),
+    st.one_of(
+        scalars,
+        st.lists(
+            st.dictionaries(st.sampled_from(["name", "value"]), scalars, max_size=2), max_size=2
+        ),
+    ),
+    max_size=4,
+)
+values = st.one_of(
+    scalars,
+    st.lists(phones, max_size=4),
+    st.lists(contact, max_size=3),
+    st.dictionaries(st.text(max_size=5), scalars, max_size=2),
+)
+payloads = st.one_of(
+    st.dictionaries(st.sampled_from(FIELDS), values, max_size=6),
+    st.lists(scalars, max_size=2),
+    scalars,
+)
 VALID = {
     "call": {"phone": "8613800138000", "order_id": "ORDER1234"},
     "number-check": {"phones": ["8613800138000", "6591234567"], "check_level": 1},
     "ota-init": {"phone": "8615800001795", "user_ip": "203.0.113.7"},
     "wa-calling": {"business_phone": "6581234567"},
-    "callbot-list": {"scene_id": "1", "task_name": "t", "contacts": [{"user_phone": "8613900139000"}]},
+    "callbot-list": {
+        "scene_id": "1",
+        "task_name": "t",
+        "contacts": [{"user_phone": "8613900139000"}],
+    },
 }
 
 
@@ -55,7 +86,12 @@ def near_valid(draw):
     return kind, payload
 
 
-kinds = st.one_of(st.sampled_from(list(KINDS)), st.text(max_size=12), st.integers(), st.lists(st.integers(), max_size=1))
+kinds = st.one_of(
+    st.sampled_from(list(KINDS)),
+    st.text(max_size=12),
+    st.integers(),
+    st.lists(st.integers(), max_size=1),
+)
 
 
 @pytest.fixture(scope="module")
@@ -109,19 +145,44 @@ def test_producer_input_is_a_valid_job_or_an_error_naming_the_field(db, job):
     client.flushdb()
 
 
-argv_parts = st.lists(st.one_of(
-    st.sampled_from(["--phone", "--order-id", "--show-phone", "--check-level", "--batch-no", "--user-ip",
-                     "--business-phone", "--scene-id", "--task-name", "--contact", "--payload", "--json"]),
-    st.from_regex(r"[0-9]{4,14}", fullmatch=True), st.text(max_size=15),
-    st.builds(json.dumps, payloads)), max_size=8)
+argv_parts = st.lists(
+    st.one_of(
+        st.sampled_from(
+            [
+                "--phone",
+                "--order-id",
+                "--show-phone",
+                "--check-level",
+                "--batch-no",
+                "--user-ip",
+                "--business-phone",
+                "--scene-id",
+                "--task-name",
+                "--contact",
+                "--payload",
+                "--json",
+            ]
+        ),
+        st.from_regex(r"[0-9]{4,14}", fullmatch=True),
+        st.text(max_size=15),
+        st.builds(json.dumps, payloads),
+    ),
+    max_size=8,
+)
 
 
 near_valid_argv = near_valid().map(lambda job: [job[0], "--payload", json.dumps(job[1])])
 
 
 @BOUNDED
-@given(argv=st.one_of(near_valid_argv, st.tuples(st.one_of(st.sampled_from(list(KINDS)), st.text(min_size=1, max_size=10)),
-                                                 argv_parts).map(lambda t: [t[0], *t[1]])))
+@given(
+    argv=st.one_of(
+        near_valid_argv,
+        st.tuples(
+            st.one_of(st.sampled_from(list(KINDS)), st.text(min_size=1, max_size=10)), argv_parts
+        ).map(lambda t: [t[0], *t[1]]),
+    )
+)
 def test_cli_submit_never_shows_a_traceback(db, monkeypatch, argv):
     from nxjobs import cli
 
@@ -144,5 +205,5 @@ def test_cli_submit_never_shows_a_traceback(db, monkeypatch, argv):
     assert code == cli.EXIT_INPUT, (code, text)
     assert text.startswith(("error: ", "usage: ")), text
     if text.startswith("error: "):
-        assert ": " in text[len("error: "):]  # "error: <field>: <why> (nothing was enqueued)"
+        assert ": " in text[len("error: ") :]  # "error: <field>: <why> (nothing was enqueued)"
     assert _snapshot(client) == before, "rejected input left something behind"

@@ -15,4 +15,9 @@ def test_short_coalescing_run_completes_every_job_in_shared_requests():
     row = run_row("coalesced", 4000, quota=10, workers=1, concurrency=2, receivers=2, timeout_s=120)
     assert row["finished"] and row["states"] == {"completed": 4000}, row
     assert (row["provider_requests"], row["too_frequent"]) == (2, 0), row
-    assert row["numbers_per_s"] > 0 and set(row["cpu_s"]) >= {"sandbox", "callbacks", "redis", "producer"}
+    assert row["numbers_per_s"] > 0 and set(row["cpu_s"]) >= {
+        "sandbox",
+        "callbacks",
+        "redis",
+        "producer",
+    }

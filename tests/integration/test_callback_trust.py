@@ -43,15 +43,21 @@ def store(client):
 
 def post(url: str, path: str, body: dict | str) -> requests.Response:
     data = body if isinstance(body, str) else serialize_body(body)
-    return requests.post(f"{url}{path}/{CALLBACK_TOKEN}", data=data.encode(), timeout=5,
-                         headers={"Content-Type": "application/json"})
+    return requests.post(
+        f"{url}{path}/{CALLBACK_TOKEN}",
+        data=data.encode(),
+        timeout=5,
+        headers={"Content-Type": "application/json"},
+    )
 
 
 def check_job(store: RecordStore, phones: list[str], *, submit: bool = True) -> tuple[str, str]:
     """A number check as a worker leaves it: queued with its ids, running, then submitted."""
     job_id, request_id = uuid.uuid4().hex, uuid.uuid4().hex
     payload = validate_payload("number-check", {"phones": phones})
-    store.create(job_id, "number-check", {}, expect=correlate.on_enqueue("number-check", job_id, payload))
+    store.create(
+        job_id, "number-check", {}, expect=correlate.on_enqueue("number-check", job_id, payload)
+    )
     store.transition(job_id, JobState.RUNNING)
     if submit:
         submit_check(store, job_id, request_id, len(phones))
@@ -59,23 +65,38 @@ def check_job(store: RecordStore, phones: list[str], *, submit: bool = True) -> 
 
 
 def submit_check(store: RecordStore, job_id: str, request_id: str, numbers: int):
-    return store.transition(job_id, JobState.SUBMITTED, result={"requestId": request_id, "batchNo": job_id,
-                                                                "numbers": numbers, "failNumber": []})
+    return store.transition(
+        job_id,
+        JobState.SUBMITTED,
+        result={"requestId": request_id, "batchNo": job_id, "numbers": numbers, "failNumber": []},
+    )
 
 
 def dr(request_id: str, n: int, phone: str | int, batch_no: str, **extra) -> dict:
-    return {"requestId": f"{request_id}-{n:06d}", "code": 0, "message": "success", "batchNo": batch_no,
-            "phone": phone, "data": {"numberType": "mobile", "country": "SG"}, **extra}
+    return {
+        "requestId": f"{request_id}-{n:06d}",
+        "code": 0,
+        "message": "success",
+        "batchNo": batch_no,
+        "phone": phone,
+        "data": {"numberType": "mobile", "country": "SG"},
+        **extra,
+    }
 
 
 def unmatched_for(client, **ids) -> list[dict]:
-    return [r for r in Ledger(client).unmatched(10_000) if all(r["ids"].get(k) == v for k, v in ids.items())]
+    return [
+        r
+        for r in Ledger(client).unmatched(10_000)
+        if all(r["ids"].get(k) == v for k, v in ids.items())
+    ]
 
 
 PHONES = ["6591000001", "6591000002", "6591000003"]
 
 
 # ---- Number Check: requestId, batchNo and number must all be the job's ---------------------------
+
 
 def test_made_up_request_ids_with_a_jobs_batch_no_do_not_complete_it(receiver, store, client):
     # Given a submitted 3-number check A
@@ -86,7 +107,9 @@ def test_made_up_request_ids_with_a_jobs_batch_no_do_not_complete_it(receiver, s
         assert post(receiver.url, NC_PATH, dr(forged, n, phone, job_a)).status_code == 200
     # Then A is untouched and the DRs are in the unmatched store, with the reason
     record = store.get(job_a)
-    assert record.state == JobState.SUBMITTED and record.callbacks_done == 0 and record.callbacks == []
+    assert (
+        record.state == JobState.SUBMITTED and record.callbacks_done == 0 and record.callbacks == []
+    )
     rows = unmatched_for(client, batchNo=job_a)
     assert len(rows) == 3 and {r["reason"] for r in rows} == {"requestId disagrees"}
     # (control: A's own DRs complete it)
@@ -121,7 +144,9 @@ def test_a_completed_job_takes_no_more_results_than_it_has_numbers(receiver, sto
     size_done = client.memory_usage(keys.job(job_id))
     # When 200 more DRs with its ids, but new per-number ids, arrive
     for n in range(10, 210):
-        assert post(receiver.url, NC_PATH, dr(request_id, n, PHONES[n % 3], job_id)).status_code == 200
+        assert (
+            post(receiver.url, NC_PATH, dr(request_id, n, PHONES[n % 3], job_id)).status_code == 200
+        )
     # Then they are counted and dropped: the record keeps 3 results and grows by its counter alone
     record = store.get(job_id)
     assert record.state == JobState.COMPLETED
@@ -129,7 +154,9 @@ def test_a_completed_job_takes_no_more_results_than_it_has_numbers(receiver, sto
     assert client.memory_usage(keys.job(job_id)) <= size_done + 256
 
 
-def test_early_drs_with_another_request_id_are_dropped_when_the_submit_answer_comes(receiver, store):
+def test_early_drs_with_another_request_id_are_dropped_when_the_submit_answer_comes(
+    receiver, store
+):
     # Given a check whose submit answer is not recorded yet, and two DRs that beat it with a made-up id
     job_id, request_id = check_job(store, PHONES[:2], submit=False)
     forged = uuid.uuid4().hex
@@ -155,11 +182,14 @@ def test_early_drs_with_the_real_request_id_complete_the_job_at_submit(receiver,
 
 def test_a_masked_number_in_a_dr_still_proves_the_job(receiver, store):
     job_id, request_id = check_job(store, ["6591234567"])
-    assert post(receiver.url, NC_PATH, {**dr(request_id, 1, "659***4567", job_id)}).status_code == 200
+    assert (
+        post(receiver.url, NC_PATH, {**dr(request_id, 1, "659***4567", job_id)}).status_code == 200
+    )
     assert store.get(job_id).state == JobState.COMPLETED
 
 
 # ---- Agent CDR: the makecall's sessionid; an ambiguous call is looked up, never resolved by a callback --
+
 
 def call_job(store: RecordStore, *, sessionid: str | None = None, ambiguous: bool = False) -> str:
     job_id = uuid.uuid4().hex
@@ -167,17 +197,30 @@ def call_job(store: RecordStore, *, sessionid: str | None = None, ambiguous: boo
     store.create(job_id, "call", {}, expect=correlate.on_enqueue("call", job_id, payload))
     store.transition(job_id, JobState.RUNNING)
     if ambiguous:
-        store.transition(job_id, JobState.FAILED, error=JobError(
-            code="ambiguous", message="makecall answer lost", retryable=False).model_dump())
+        store.transition(
+            job_id,
+            JobState.FAILED,
+            error=JobError(
+                code="ambiguous", message="makecall answer lost", retryable=False
+            ).model_dump(),
+        )
         store.redis.zadd(keys.RECONCILE, {job_id: time.time()})
     else:
-        store.transition(job_id, JobState.SUBMITTED, result={"orderid": job_id, "sessionid": sessionid})
+        store.transition(
+            job_id, JobState.SUBMITTED, result={"orderid": job_id, "sessionid": sessionid}
+        )
     return job_id
 
 
 def cdr(orderid: str, sessionid: str, **extra) -> dict:
-    return {"sessionid": sessionid, "orderid": orderid, "phone": "8613800138000", "duration": 5,
-            "hangup_cause": "NORMAL_CLEARING", **extra}
+    return {
+        "sessionid": sessionid,
+        "orderid": orderid,
+        "phone": "8613800138000",
+        "duration": 5,
+        "hangup_cause": "NORMAL_CLEARING",
+        **extra,
+    }
 
 
 def test_a_cdr_with_another_sessionid_does_not_complete_the_call(receiver, store, client):
@@ -190,44 +233,78 @@ def test_a_cdr_with_another_sessionid_does_not_complete_the_call(receiver, store
     assert store.get(job_id).state == JobState.COMPLETED
 
 
-def test_a_cdr_for_an_ambiguous_call_asks_for_a_lookup_instead_of_resolving_it(receiver, store, client):
+def test_a_cdr_for_an_ambiguous_call_asks_for_a_lookup_instead_of_resolving_it(
+    receiver, store, client
+):
     # Given a call that failed "ambiguous" (its makecall answer was lost), its lookup due later
     job_id = call_job(store, ambiguous=True)
     # When a CDR with its orderid arrives by callback
     assert post(receiver.url, CDR_PATH, cdr(job_id, str(uuid.uuid4()))).status_code == 200
     # Then the job is still failed, stores nothing, and its provider lookup is due now
     record = store.get(job_id)
-    assert record.state == JobState.FAILED and record.error.code == "ambiguous" and record.callbacks == []
+    assert (
+        record.state == JobState.FAILED
+        and record.error.code == "ambiguous"
+        and record.callbacks == []
+    )
     assert client.zscore(keys.RECONCILE, job_id) == 0
 
 
 # ---- Callbot: the contact's task, the list's orders ------------------------------------------------
 
-def signed_post(url: str, path: str, body: dict, *, headers: dict | None = None) -> tuple[requests.Response, dict]:
+
+def signed_post(
+    url: str, path: str, body: dict, *, headers: dict | None = None
+) -> tuple[requests.Response, dict]:
     text = serialize_body(body)
-    headers = headers or {**callbot_headers(secret_key=accounts.CALLBOT_SECRET_KEY, uuid=accounts.CALLBOT_UUID,
-                                            request_id=uuid.uuid4().hex, create_ts_s=int(time.time()),
-                                            body_text=text), "Content-Type": "application/json"}
+    headers = headers or {
+        **callbot_headers(
+            secret_key=accounts.CALLBOT_SECRET_KEY,
+            uuid=accounts.CALLBOT_UUID,
+            request_id=uuid.uuid4().hex,
+            create_ts_s=int(time.time()),
+            body_text=text,
+        ),
+        "Content-Type": "application/json",
+    }
     return requests.post(url + path, data=text.encode(), headers=headers, timeout=5), headers
 
 
 def list_job(store: RecordStore, contacts: list[dict]) -> str:
     job_id = uuid.uuid4().hex
-    payload = validate_payload("callbot-list", {"scene_id": "s", "task_name": "t", "contacts": contacts})
-    store.create(job_id, "callbot-list", {}, expect=correlate.on_enqueue("callbot-list", job_id, payload))
+    payload = validate_payload(
+        "callbot-list", {"scene_id": "s", "task_name": "t", "contacts": contacts}
+    )
+    store.create(
+        job_id, "callbot-list", {}, expect=correlate.on_enqueue("callbot-list", job_id, payload)
+    )
     store.transition(job_id, JobState.RUNNING)
     store.transition(job_id, JobState.SUBMITTED, result={"userTaskID": job_id, "taskID": "9"})
     return job_id
 
 
 def order(user_task_id: str, order_id: str) -> dict:
-    return {"callbackType": 2, "userTaskID": user_task_id, "orderID": order_id, "userPhone": "8613900139000",
-            "finish": True, "callInfoDetail": {"callID": uuid.uuid4().hex, "callingNumber": "6588880000"}}
+    return {
+        "callbackType": 2,
+        "userTaskID": user_task_id,
+        "orderID": order_id,
+        "userPhone": "8613900139000",
+        "finish": True,
+        "callInfoDetail": {"callID": uuid.uuid4().hex, "callingNumber": "6588880000"},
+    }
 
 
 def test_a_list_takes_only_orders_of_its_own_contacts(receiver, store, client):
-    job_id = list_job(store, [{"user_phone": "8613900139000"}, {"user_phone": "8613900139001", "order_id": "mine01"}])
-    for order_id, kept in ((f"{job_id}-0", True), ("mine01", True), (f"{job_id}-2", False), ("theirs", False)):
+    job_id = list_job(
+        store,
+        [{"user_phone": "8613900139000"}, {"user_phone": "8613900139001", "order_id": "mine01"}],
+    )
+    for order_id, kept in (
+        (f"{job_id}-0", True),
+        ("mine01", True),
+        (f"{job_id}-2", False),
+        ("theirs", False),
+    ):
         resp, _ = signed_post(receiver.url, "/callbacks/callbot/order", order(job_id, order_id))
         assert resp.status_code == 200
         assert bool(unmatched_for(client, orderID=order_id)) is not kept, order_id
@@ -236,8 +313,15 @@ def test_a_list_takes_only_orders_of_its_own_contacts(receiver, store, client):
 
 def test_a_contacts_order_callback_must_name_its_task(receiver, store, client):
     job_id = uuid.uuid4().hex
-    payload = validate_payload("callbot-contact", {"user_task_id": "task-a", "contact": {"user_phone": "8613900139000"}})
-    store.create(job_id, "callbot-contact", {}, expect=correlate.on_enqueue("callbot-contact", job_id, payload))
+    payload = validate_payload(
+        "callbot-contact", {"user_task_id": "task-a", "contact": {"user_phone": "8613900139000"}}
+    )
+    store.create(
+        job_id,
+        "callbot-contact",
+        {},
+        expect=correlate.on_enqueue("callbot-contact", job_id, payload),
+    )
     store.transition(job_id, JobState.RUNNING)
     store.transition(job_id, JobState.SUBMITTED, result={"userTaskID": "task-a", "orderID": job_id})
     resp, _ = signed_post(receiver.url, "/callbacks/callbot/order", order("task-b", job_id))
@@ -249,10 +333,17 @@ def test_a_contacts_order_callback_must_name_its_task(receiver, store, client):
 
 # ---- replays, the unmatched store, masking ----------------------------------------------------------
 
+
 def test_a_replayed_signed_callback_is_answered_and_stored_nowhere(receiver, client):
     # Given a signed task callback for a task we do not know, delivered once
     task = "unknown-" + uuid.uuid4().hex[:8]
-    body = {"callbackType": 1, "userTaskID": task, "taskID": "1", "taskStatus": 3, "taskStat": {"totalCall": 1}}
+    body = {
+        "callbackType": 1,
+        "userTaskID": task,
+        "taskID": "1",
+        "taskStatus": 3,
+        "taskStat": {"totalCall": 1},
+    }
     first, headers = signed_post(receiver.url, "/callbacks/callbot/task", body)
     assert first.status_code == 200
     before = Ledger(client).unmatched_bytes()
@@ -296,36 +387,67 @@ def test_the_unmatched_store_is_bounded_in_bytes_and_keeps_the_newest(client):
 def test_numbers_are_masked_whatever_their_json_type_or_field(receiver, client, store):
     # Given unknown DRs with the number as a JSON number, and in the legacy shape's basic fields
     batch = "b" + uuid.uuid4().hex[:10]
-    legacy = {"messageId": uuid.uuid4().hex, "code": 0, "msg": "success", "batchNo": batch, "phone": 6591234567,
-              "data": {"basic": {"nationalNumber": 91234567, "standNumber": "+6591234567", "countryCode": 65}}}
+    legacy = {
+        "messageId": uuid.uuid4().hex,
+        "code": 0,
+        "msg": "success",
+        "batchNo": batch,
+        "phone": 6591234567,
+        "data": {
+            "basic": {"nationalNumber": 91234567, "standNumber": "+6591234567", "countryCode": 65}
+        },
+    }
     assert post(receiver.url, NC_PATH, json.dumps(legacy)).status_code == 200
     text = json.dumps(unmatched_for(client, batchNo=batch))
     assert "91234567" not in text and "4567" in text
     # And on a job's own record
     job_id, request_id = check_job(store, ["6591234567"])
-    assert post(receiver.url, NC_PATH, json.dumps(dr(request_id, 1, 6591234567, job_id))).status_code == 200
+    assert (
+        post(receiver.url, NC_PATH, json.dumps(dr(request_id, 1, 6591234567, job_id))).status_code
+        == 200
+    )
     record = store.get(job_id)
     assert record.state == JobState.COMPLETED and "91234567" not in json.dumps(record.callbacks)
 
 
 # ---- authentication failures: one answer, quiet logs --------------------------------------------------
 
+
 def test_every_authentication_failure_gets_the_same_answer(receiver):
     body = {"callbackType": 1, "userTaskID": "t", "taskID": "1", "taskStatus": 3}
     text = serialize_body(body)
-    good = callbot_headers(secret_key=accounts.CALLBOT_SECRET_KEY, uuid=accounts.CALLBOT_UUID,
-                           request_id=uuid.uuid4().hex, create_ts_s=int(time.time()), body_text=text)
-    sha = callbot_headers(secret_key=accounts.CALLBOT_SECRET_KEY, uuid=accounts.CALLBOT_UUID,
-                          request_id=uuid.uuid4().hex, create_ts_s=int(time.time()), body_text=text,
-                          algorithm="sha256")
+    good = callbot_headers(
+        secret_key=accounts.CALLBOT_SECRET_KEY,
+        uuid=accounts.CALLBOT_UUID,
+        request_id=uuid.uuid4().hex,
+        create_ts_s=int(time.time()),
+        body_text=text,
+    )
+    sha = callbot_headers(
+        secret_key=accounts.CALLBOT_SECRET_KEY,
+        uuid=accounts.CALLBOT_UUID,
+        request_id=uuid.uuid4().hex,
+        create_ts_s=int(time.time()),
+        body_text=text,
+        algorithm="sha256",
+    )
     answers = [
         requests.post(f"{receiver.url}{CDR_PATH}/{'x' * 36}", data=b"{}", timeout=5),  # wrong token
-        requests.post(receiver.url + "/callbacks/callbot/task", data=text.encode(), timeout=5,
-                      headers={**good, "sign": "0" * 32}),  # bad signature
-        requests.post(receiver.url + "/callbacks/callbot/task", data=text.encode(), timeout=5,
-                      headers={**good, "createTs": str(int(time.time()) - 3600)}),  # stale
-        requests.post(receiver.url + "/callbacks/callbot/task", data=text.encode(), timeout=5,
-                      headers=sha),  # a valid SHA-256 sign on an MD5 account: not the account's algorithm
+        requests.post(
+            receiver.url + "/callbacks/callbot/task",
+            data=text.encode(),
+            timeout=5,
+            headers={**good, "sign": "0" * 32},
+        ),  # bad signature
+        requests.post(
+            receiver.url + "/callbacks/callbot/task",
+            data=text.encode(),
+            timeout=5,
+            headers={**good, "createTs": str(int(time.time()) - 3600)},
+        ),  # stale
+        requests.post(
+            receiver.url + "/callbacks/callbot/task", data=text.encode(), timeout=5, headers=sha
+        ),  # a valid SHA-256 sign on an MD5 account: not the account's algorithm
     ]
     assert {(a.status_code, a.content) for a in answers} == {(401, b'{"error":"unauthorized"}')}
 

@@ -18,8 +18,14 @@ def nxjobs(redis_url, tmp_path):
     env["NXJOBS_REDIS_URL"] = redis_url
 
     def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "nxjobs.cli", *args], env=env, cwd=tmp_path,
-                              capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            [sys.executable, "-m", "nxjobs.cli", *args],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     return run
 
@@ -28,15 +34,24 @@ def _queued(producer) -> dict[str, int]:
     return {q: producer.redis.llen(q) for q in ("agent", "callbot", "api2")}
 
 
-@pytest.mark.parametrize("args, field", [
-    (["submit", "call", "--phone", "12-34"], "phone"),
-    (["submit", "number-check", "--phone", "8613800138000", "--check-level", "2"], "check_level"),
-    (["submit", "call", "--phone", "8613800138000", "--order-id", "x" * 33], "order_id"),
-    (["submit", "teleport", "--phone", "8613800138000"], "kind"),
-    (["submit", "call", "--payload", "{not json"], "payload"),
-    (["submit", "ota-init", "--phone", "8613800138000", "--user-ip", "300.1.1.1"], "user_ip"),
-    (["submit", "callbot-list", "--scene-id", "s", "--task-name", "t", "--contact", "1"], "contacts.0.user_phone"),
-])
+@pytest.mark.parametrize(
+    "args, field",
+    [
+        (["submit", "call", "--phone", "12-34"], "phone"),
+        (
+            ["submit", "number-check", "--phone", "8613800138000", "--check-level", "2"],
+            "check_level",
+        ),
+        (["submit", "call", "--phone", "8613800138000", "--order-id", "x" * 33], "order_id"),
+        (["submit", "teleport", "--phone", "8613800138000"], "kind"),
+        (["submit", "call", "--payload", "{not json"], "payload"),
+        (["submit", "ota-init", "--phone", "8613800138000", "--user-ip", "300.1.1.1"], "user_ip"),
+        (
+            ["submit", "callbot-list", "--scene-id", "s", "--task-name", "t", "--contact", "1"],
+            "contacts.0.user_phone",
+        ),
+    ],
+)
 def test_bad_input_exits_2_naming_the_field_and_enqueues_nothing(nxjobs, producer, args, field):
     before = _queued(producer)
     proc = nxjobs(*args)
@@ -64,7 +79,9 @@ def test_submit_status_and_wait(nxjobs, sandbox, worker):
 
 def test_wait_exits_1_when_a_job_failed(nxjobs, sandbox, worker):
     sandbox.script("/api/ota/init", 9908, times=1, message="Insufficient account balance")
-    job_id = nxjobs("submit", "ota-init", "--phone", "8615800001795", "--user-ip", "203.0.113.7").stdout.strip()
+    job_id = nxjobs(
+        "submit", "ota-init", "--phone", "8615800001795", "--user-ip", "203.0.113.7"
+    ).stdout.strip()
     waited = nxjobs("wait", job_id, "--timeout", "30")
     assert waited.returncode == 1
     assert "failed" in waited.stdout and "9908" in waited.stdout
@@ -78,8 +95,14 @@ def test_status_of_an_unknown_job_exits_1(nxjobs):
 def test_unreachable_redis_exits_3_with_a_clear_message(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("NXJOBS_")}
     env["NXJOBS_REDIS_URL"] = "redis://127.0.0.1:1/0"
-    proc = subprocess.run([sys.executable, "-m", "nxjobs.cli", "submit", "call", "--phone", "8613800138000"],
-                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "nxjobs.cli", "submit", "call", "--phone", "8613800138000"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 3
     assert "cannot reach Redis at redis://127.0.0.1:1/0" in proc.stderr
 

@@ -24,8 +24,9 @@ def _batches(sandbox, phones: set[str]) -> list[list[str]]:
     return out
 
 
-def test_single_numbers_share_one_request_and_each_job_gets_its_own_callback(cb_producer, cb_sandbox,
-                                                                              callbacks_worker):
+def test_single_numbers_share_one_request_and_each_job_gets_its_own_callback(
+    cb_producer, cb_sandbox, callbacks_worker
+):
     # Given 40 one-number checks enqueued one by one, one of them a number the provider rejects
     phones = [f"659{i:07d}" for i in range(39)] + ["9991234567"]
     job_ids = [cb_producer.number_check(phones=[p]) for p in phones]
@@ -50,11 +51,15 @@ def test_single_numbers_share_one_request_and_each_job_gets_its_own_callback(cb_
     assert rejected.error.code == "number_rejected"
     assert "9991234567" not in rejected.model_dump_json()
     # and it is in the dead letters, ready for a replay on its own (its one number, no batch)
-    entry = next(e for e in cb_producer.dead_letters.list(kind="number-check") if e["job_id"] == job_ids[-1])
+    entry = next(
+        e for e in cb_producer.dead_letters.list(kind="number-check") if e["job_id"] == job_ids[-1]
+    )
     assert entry["payload"] == {"phones": ["9991234567"], "check_level": 1}
 
 
-def test_a_full_batch_is_sent_without_waiting_for_the_linger(cb_producer, cb_sandbox, callbacks_worker):
+def test_a_full_batch_is_sent_without_waiting_for_the_linger(
+    cb_producer, cb_sandbox, callbacks_worker
+):
     # Given more numbers than one batch holds, enqueued in one call (max_numbers 2 000 by default)
     phones = [f"6598{i:06d}" for i in range(2500)]
     started = time.monotonic()
@@ -62,8 +67,9 @@ def test_a_full_batch_is_sent_without_waiting_for_the_linger(cb_producer, cb_san
     # (waiting for the callbacks too, so no job is left for the reconciliation tests to find late)
     records = cb_producer.wait(job_ids, until="completed", timeout_s=WAIT_S)
     # Then every job completes, from two requests: a full one of 2 000 and the rest
-    assert all(r.state == JobState.COMPLETED for r in records.values()), \
-        {r.state for r in records.values()}
+    assert all(r.state == JobState.COMPLETED for r in records.values()), {
+        r.state for r in records.values()
+    }
     sizes = sorted(len(b) for b in _batches(cb_sandbox, set(phones)))
     assert sizes == [500, 2000], sizes
     # and no number was sent twice
@@ -99,7 +105,8 @@ def _pool_children(pid: int) -> list[int]:
 
 
 def test_worker_killed_holding_a_sent_batch_loses_nothing_and_checks_no_number_twice(
-        cb_producer, cb_sandbox, callbacks_worker):
+    cb_producer, cb_sandbox, callbacks_worker
+):
     import os
     import signal
 
@@ -117,8 +124,9 @@ def test_worker_killed_holding_a_sent_batch_loses_nothing_and_checks_no_number_t
         os.kill(child, signal.SIGKILL)
     # Then the redelivered flush finds the batch at the provider: every job completes
     records = cb_producer.wait(job_ids, until="completed", timeout_s=WAIT_S + 15)
-    assert all(r.state == JobState.COMPLETED for r in records.values()), \
-        sorted({(r.state, r.error.code if r.error else None) for r in records.values()})
+    assert all(r.state == JobState.COMPLETED for r in records.values()), sorted(
+        {(r.state, r.error.code if r.error else None) for r in records.values()}
+    )
     # and no number was sent twice
     sent = [n for b in _batches(cb_sandbox, set(phones)) for n in b]
     assert sorted(sent) == sorted(phones)
@@ -135,8 +143,11 @@ def test_too_frequent_retries_the_whole_batch_and_every_member_tells_it(producer
     # Then the batch went through on its third attempt, with the same batchNo each time
     sent = _batches(sandbox, set(phones))
     assert len(sent) == 3 and all(sorted(b) == sorted(phones) for b in sent)
-    batch_nos = {r["body"]["batchNo"] for r in sandbox.requests(path="/api/number/check", limit=1000)
-                 if set(phones) & set(str(r["body"]["phone"]).split(","))}
+    batch_nos = {
+        r["body"]["batchNo"]
+        for r in sandbox.requests(path="/api/number/check", limit=1000)
+        if set(phones) & set(str(r["body"]["phone"]).split(","))
+    }
     assert len(batch_nos) == 1
     # and each member's record says so
     for record in records.values():

@@ -26,7 +26,9 @@ ADD_PATH = "/callcentre/api/v3/addBatchCall"
 
 def _task(producer) -> str:
     """An existing Callbot task (created, started and finished by a callbot-list job): its userTaskID."""
-    job_id = producer.callbot_list(scene_id="scene-1", task_name="base", contacts=[{"user_phone": "8613900139000"}])
+    job_id = producer.callbot_list(
+        scene_id="scene-1", task_name="base", contacts=[{"user_phone": "8613900139000"}]
+    )
     record = producer.wait([job_id], until="completed", timeout_s=WAIT_S)[job_id]
     assert record.state == JobState.COMPLETED, (record.state, record.error)
     return job_id
@@ -34,24 +36,35 @@ def _task(producer) -> str:
 
 def _adds(sandbox, user_task_id: str) -> list[list[str]]:
     """The orderIDs of each addBatchCall the sandbox received for `user_task_id`, oldest first."""
-    return [[item["orderID"] for item in r["body"]["callInfoList"]["callList"]]
-            for r in sandbox.requests(path=ADD_PATH, limit=2000) if r["body"].get("userTaskID") == user_task_id]
+    return [
+        [item["orderID"] for item in r["body"]["callInfoList"]["callList"]]
+        for r in sandbox.requests(path=ADD_PATH, limit=2000)
+        if r["body"].get("userTaskID") == user_task_id
+    ]
 
 
 def _order_callbacks(record) -> list[dict]:
     return [c for c in record.callbacks if c["type"] == "callbot-order"]
 
 
-def test_single_contacts_share_one_request_and_each_job_completes_by_its_own_order(cb_producer, cb_sandbox,
-                                                                                   callbacks_worker):
+def test_single_contacts_share_one_request_and_each_job_completes_by_its_own_order(
+    cb_producer, cb_sandbox, callbacks_worker
+):
     # Given an existing task, and 20 contacts enqueued for it one by one, one with its own orderID
     task_id = _task(cb_producer)
     delays_before = _contact_delays_counted(cb_producer)
     phones = [f"86139{i:08d}" for i in range(1, 21)]
-    job_ids = [cb_producer.callbot_contact(user_task_id=task_id, contact={"user_phone": p, "user_name": f"n{i}"})
-               for i, p in enumerate(phones[:-1])]
-    job_ids.append(cb_producer.callbot_contact(user_task_id=task_id,
-                                               contact={"user_phone": phones[-1], "order_id": "crm-row-77"}))
+    job_ids = [
+        cb_producer.callbot_contact(
+            user_task_id=task_id, contact={"user_phone": p, "user_name": f"n{i}"}
+        )
+        for i, p in enumerate(phones[:-1])
+    ]
+    job_ids.append(
+        cb_producer.callbot_contact(
+            user_task_id=task_id, contact={"user_phone": phones[-1], "order_id": "crm-row-77"}
+        )
+    )
     # When they complete
     records = cb_producer.wait(job_ids, until="completed", timeout_s=WAIT_S)
     # Then one addBatchCall carried all 20 contacts, under orderIDs derived from the job ids
@@ -66,7 +79,9 @@ def test_single_contacts_share_one_request_and_each_job_completes_by_its_own_ord
         assert (record.callbacks_needed, record.callbacks_done) == (1, 1)
         orders = _order_callbacks(record)
         assert [c["data"]["orderID"] for c in orders] == [order_id]
-        assert {c["data"]["orderID"] for c in record.callbacks} == {order_id}  # its call callback too
+        assert {c["data"]["orderID"] for c in record.callbacks} == {
+            order_id
+        }  # its call callback too
         # phones masked wherever an operator looks: input, request, callbacks
         assert phone not in record.model_dump_json()
     # and the list job that owns the task kept only its own order
@@ -86,10 +101,14 @@ def _contact_delays_counted(producer) -> int:
     return int(producer.redis.hget(keys.METRICS_HISTOGRAMS, cell) or 0)
 
 
-def test_a_full_batch_is_sent_at_once_and_the_rest_after_the_linger(cb_producer, cb_sandbox, callbacks_worker):
+def test_a_full_batch_is_sent_at_once_and_the_rest_after_the_linger(
+    cb_producer, cb_sandbox, callbacks_worker
+):
     # Given 600 contacts for one task enqueued in one call (max_contacts 500 by default)
     task_id = _task(cb_producer)
-    payloads = [{"user_task_id": task_id, "contact": {"user_phone": f"86138{i:08d}"}} for i in range(600)]
+    payloads = [
+        {"user_task_id": task_id, "contact": {"user_phone": f"86138{i:08d}"}} for i in range(600)
+    ]
     job_ids = cb_producer.enqueue_many("callbot-contact", payloads)
     # Then every job completes, from two requests: a full one of 500 and the other 100
     _completed(cb_producer, job_ids)
@@ -105,7 +124,9 @@ def test_a_full_batch_is_sent_at_once_and_the_rest_after_the_linger(cb_producer,
 def test_a_lone_contact_is_sent_after_the_linger(cb_producer, cb_sandbox, callbacks_worker):
     task_id = _task(cb_producer)
     started = time.monotonic()
-    job_id = cb_producer.callbot_contact(user_task_id=task_id, contact={"user_phone": "8613700137000"})
+    job_id = cb_producer.callbot_contact(
+        user_task_id=task_id, contact={"user_phone": "8613700137000"}
+    )
     record = cb_producer.wait([job_id], until="submitted", timeout_s=WAIT_S)[job_id]
     elapsed = time.monotonic() - started
     assert record.reached(JobState.SUBMITTED), record
@@ -117,8 +138,9 @@ def test_a_refused_contact_fails_only_its_own_job(cb_producer, cb_sandbox, callb
     # Given 5 contacts for one task, one of them a number the provider refuses in errList
     task_id = _task(cb_producer)
     phones = ["8613600136001", "8613600136002", "9971234567", "8613600136004", "8613600136005"]
-    job_ids = cb_producer.enqueue_many("callbot-contact", [{"user_task_id": task_id, "contact": {"user_phone": p}}
-                                                           for p in phones])
+    job_ids = cb_producer.enqueue_many(
+        "callbot-contact", [{"user_task_id": task_id, "contact": {"user_phone": p}} for p in phones]
+    )
     records = cb_producer.wait(job_ids, until="completed", timeout_s=WAIT_S)
     # Then they shared one request; the refused one failed with the provider's reason, the rest completed
     assert len(_adds(cb_sandbox, task_id)) == 1
@@ -127,16 +149,27 @@ def test_a_refused_contact_fails_only_its_own_job(cb_producer, cb_sandbox, callb
     assert refused.error.code == "contact_rejected" and "do-not-call" in refused.error.message
     assert "9971234567" not in refused.model_dump_json()
     for job_id in job_ids[:2] + job_ids[3:]:
-        assert records[job_id].state == JobState.COMPLETED, (records[job_id].state, records[job_id].error)
+        assert records[job_id].state == JobState.COMPLETED, (
+            records[job_id].state,
+            records[job_id].error,
+        )
     # and it waits in the dead letters to be replayed on its own, with its own contact and orderID
-    entry = next(e for e in cb_producer.dead_letters.list(kind="callbot-contact") if e["job_id"] == job_ids[2])
-    assert entry["payload"] == {"user_task_id": task_id,
-                                "contact": {"user_phone": "9971234567", "order_id": job_ids[2]}}
+    entry = next(
+        e
+        for e in cb_producer.dead_letters.list(kind="callbot-contact")
+        if e["job_id"] == job_ids[2]
+    )
+    assert entry["payload"] == {
+        "user_task_id": task_id,
+        "contact": {"user_phone": "9971234567", "order_id": job_ids[2]},
+    }
 
 
 def test_batch_false_sends_a_request_of_its_own(cb_producer, cb_sandbox, callbacks_worker):
     task_id = _task(cb_producer)
-    job_id = cb_producer.callbot_contact(user_task_id=task_id, contact={"user_phone": "8613500135000"}, batch=False)
+    job_id = cb_producer.callbot_contact(
+        user_task_id=task_id, contact={"user_phone": "8613500135000"}, batch=False
+    )
     record = cb_producer.wait([job_id], until="completed", timeout_s=WAIT_S)[job_id]
     assert record.state == JobState.COMPLETED, (record.state, record.error)
     assert _adds(cb_sandbox, task_id) == [[job_id]]
@@ -144,20 +177,31 @@ def test_batch_false_sends_a_request_of_its_own(cb_producer, cb_sandbox, callbac
     assert [c["data"]["orderID"] for c in _order_callbacks(record)] == [job_id]
 
 
-def test_contacts_for_a_task_that_does_not_exist_fail_with_the_providers_code(cb_producer, cb_sandbox,
-                                                                              callbacks_worker):
-    job_ids = cb_producer.enqueue_many("callbot-contact", [
-        {"user_task_id": "no-such-task", "contact": {"user_phone": f"8613400134{i:03d}"}} for i in range(3)])
+def test_contacts_for_a_task_that_does_not_exist_fail_with_the_providers_code(
+    cb_producer, cb_sandbox, callbacks_worker
+):
+    job_ids = cb_producer.enqueue_many(
+        "callbot-contact",
+        [
+            {"user_task_id": "no-such-task", "contact": {"user_phone": f"8613400134{i:03d}"}}
+            for i in range(3)
+        ],
+    )
     records = cb_producer.wait(job_ids, timeout_s=WAIT_S)
     assert len(_adds(cb_sandbox, "no-such-task")) == 1  # permanent: not retried
     for record in records.values():
-        assert record.state == JobState.FAILED and record.error.code == "4", (record.state, record.error)
+        assert record.state == JobState.FAILED and record.error.code == "4", (
+            record.state,
+            record.error,
+        )
 
 
 def _completed(producer, job_ids: list[str], timeout_s: float = WAIT_S) -> dict:
     """The records once every job completed (or failed); fails naming the states and errors seen otherwise."""
     records = producer.wait(job_ids, until="completed", timeout_s=timeout_s)
-    outcomes = {(r.state, r.error.code if r.error else None) if r else None for r in records.values()}
+    outcomes = {
+        (r.state, r.error.code if r.error else None) if r else None for r in records.values()
+    }
     assert outcomes == {(JobState.COMPLETED, None)}, outcomes
     return records
 
@@ -170,12 +214,15 @@ def _until(condition, message: str, timeout_s: float = 10.0) -> None:
 
 
 def test_worker_killed_holding_a_sent_batch_loses_nothing_and_adds_no_contact_twice(
-        cb_producer, cb_sandbox, callbacks_worker):
+    cb_producer, cb_sandbox, callbacks_worker
+):
     # Given a batch of contacts the provider adds (and dials) but answers slowly
     task_id = _task(cb_producer)
     cb_sandbox.configure(slow_rate=1.0, slow_seconds=3.0)
-    job_ids = cb_producer.enqueue_many("callbot-contact", [
-        {"user_task_id": task_id, "contact": {"user_phone": f"86133{i:08d}"}} for i in range(30)])
+    job_ids = cb_producer.enqueue_many(
+        "callbot-contact",
+        [{"user_task_id": task_id, "contact": {"user_phone": f"86133{i:08d}"}} for i in range(30)],
+    )
     _until(lambda: _adds(cb_sandbox, task_id), "the batch was never sent")
     # When every pool process of the worker is killed while it waits for that answer
     killed = _pool_children(callbacks_worker.proc.pid)
@@ -194,20 +241,35 @@ def test_worker_killed_holding_a_sent_batch_loses_nothing_and_adds_no_contact_tw
     assert stats["accepted"]["callbot_orders"] == 31
     assert stats["duplicates"]["callbot_orderid"] == 0
     assert stats["duplicate_rejections"]["callbot_orderid"] == 30 * (len(adds) - 1)
-    orders = [json.loads(c["body"]) for c in cb_sandbox.callbacks(kind="callbot-order", limit=2000)
-              if c["attempt"] == 1]
+    orders = [
+        json.loads(c["body"])
+        for c in cb_sandbox.callbacks(kind="callbot-order", limit=2000)
+        if c["attempt"] == 1
+    ]
     dialled = [o["orderID"] for o in orders if o["userTaskID"] == task_id]
     assert sorted(dialled) == sorted([f"{task_id}-0"] + job_ids)
 
 
-@pytest.mark.parametrize("payload, field", [
-    ({"user_task_id": "not a task id!", "contact": {"user_phone": "8613800138000"}}, "user_task_id"),
-    ({"user_task_id": "t" * 65, "contact": {"user_phone": "8613800138000"}}, "user_task_id"),
-    ({"user_task_id": "task-1", "contact": {"user_phone": "86-138"}}, "contact.user_phone"),
-    ({"user_task_id": "task-1", "contact": {"user_phone": "8613800138000", "order_id": "a b"}}, "contact.order_id"),
-    ({"contact": {"user_phone": "8613800138000"}}, "user_task_id"),
-    ({"user_task_id": "task-1"}, "contact"),
-])
+@pytest.mark.parametrize(
+    "payload, field",
+    [
+        (
+            {"user_task_id": "not a task id!", "contact": {"user_phone": "8613800138000"}},
+            "user_task_id",
+        ),
+        ({"user_task_id": "t" * 65, "contact": {"user_phone": "8613800138000"}}, "user_task_id"),
+        ({"user_task_id": "task-1", "contact": {"user_phone": "86-138"}}, "contact.user_phone"),
+        (
+            {
+                "user_task_id": "task-1",
+                "contact": {"user_phone": "8613800138000", "order_id": "a b"},
+            },
+            "contact.order_id",
+        ),
+        ({"contact": {"user_phone": "8613800138000"}}, "user_task_id"),
+        ({"user_task_id": "task-1"}, "contact"),
+    ],
+)
 def test_bad_input_names_the_field_and_enqueues_nothing(producer, payload, field):
     before = {q: producer.redis.llen(q) for q in ("callbot", "api2")}
     pending = list(producer.redis.scan_iter(match=keys.coalesce_pending("*")))
@@ -226,11 +288,18 @@ def test_an_order_id_already_used_is_refused_before_anything_is_written(producer
         producer.callbot_contact(user_task_id="task-dup", contact=contact)
     assert caught.value.field == "contact.order_id" and first in caught.value.message
     with pytest.raises(InvalidJob) as caught:
-        producer.enqueue_many("callbot-contact", [{"user_task_id": "t2", "contact": {**contact, "order_id": "x1"}},
-                                                  {"user_task_id": "t2", "contact": {**contact, "order_id": "x1"}}])
+        producer.enqueue_many(
+            "callbot-contact",
+            [
+                {"user_task_id": "t2", "contact": {**contact, "order_id": "x1"}},
+                {"user_task_id": "t2", "contact": {**contact, "order_id": "x1"}},
+            ],
+        )
     assert caught.value.field == "1.contact.order_id"
     assert producer.redis.llen(keys.coalesce_pending(coalesce.contact_group("t2"))) == 0
-    producer.redis.delete(keys.coalesce_pending(coalesce.contact_group("task-dup")))  # no worker of db 0 here
+    producer.redis.delete(
+        keys.coalesce_pending(coalesce.contact_group("task-dup"))
+    )  # no worker of db 0 here
 
 
 def test_cli_submits_a_contact_and_names_a_bad_field(redis_url, tmp_path):
@@ -238,8 +307,14 @@ def test_cli_submits_a_contact_and_names_a_bad_field(redis_url, tmp_path):
     env["NXJOBS_REDIS_URL"] = redis_url
 
     def run(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "nxjobs.cli", "submit", "callbot-contact", *args], env=env,
-                              cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        return subprocess.run(
+            [sys.executable, "-m", "nxjobs.cli", "submit", "callbot-contact", *args],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
     bad = run("--user-task-id", "bad id", "--contact", "8613800138000")
     assert bad.returncode == 2 and "user_task_id" in bad.stderr
@@ -260,20 +335,31 @@ def beat(callbacks_env, callbacks_worker, tmp_path_factory):
     proc.stop()
 
 
-def test_a_contact_whose_callbacks_were_lost_is_completed_by_list_order_detail(cb_producer, cb_sandbox, beat):
+def test_a_contact_whose_callbacks_were_lost_is_completed_by_list_order_detail(
+    cb_producer, cb_sandbox, beat
+):
     # Given an existing task, then a provider whose every callback is lost
     task_id = _task(cb_producer)
     cb_sandbox.configure(callback_drop_rate=1.0)
-    job_ids = cb_producer.enqueue_many("callbot-contact", [
-        {"user_task_id": task_id, "contact": {"user_phone": f"86132{i:08d}"}} for i in range(3)])
+    job_ids = cb_producer.enqueue_many(
+        "callbot-contact",
+        [{"user_task_id": task_id, "contact": {"user_phone": f"86132{i:08d}"}} for i in range(3)],
+    )
     # When their deadline (1 s) passes and beat reconciles the callbot family
     records = cb_producer.wait(job_ids, until="completed", timeout_s=WAIT_S)
     # Then each is completed by its own order, found by orderID in one listOrderDetail per run
     for job_id, record in records.items():
         assert record.state == JobState.COMPLETED, (record.state, record.error)
-        assert [(c["type"], c["source"], c["data"]["orderID"]) for c in record.callbacks] == \
-            [("callbot-order", "reconcile", job_id)]
-    asked = {o for r in cb_sandbox.requests(path="/callcentre/api/v3/listOrderDetail")
-             if r["body"].get("userTaskID") == task_id for o in r["body"]["orderList"]}
+        assert [(c["type"], c["source"], c["data"]["orderID"]) for c in record.callbacks] == [
+            ("callbot-order", "reconcile", job_id)
+        ]
+    asked = {
+        o
+        for r in cb_sandbox.requests(path="/callcentre/api/v3/listOrderDetail")
+        if r["body"].get("userTaskID") == task_id
+        for o in r["body"]["orderList"]
+    }
     assert asked == set(job_ids)
-    assert all(cb_producer.redis.zscore(keys.callbacks_waiting("callbot"), j) is None for j in job_ids)
+    assert all(
+        cb_producer.redis.zscore(keys.callbacks_waiting("callbot"), j) is None for j in job_ids
+    )

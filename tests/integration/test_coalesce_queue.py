@@ -32,12 +32,22 @@ def _jobs(phones):
 def test_a_lingering_flush_is_due_once_and_a_full_one_per_filled_batch(queue):
     # The first push arms the linger; pushes that fill a batch ask for a flush now
     assert queue.enqueue("nc1", _jobs(["6590000001"]), NOW) == coalesce.Flushes(0, True)
-    assert queue.enqueue("nc1", _jobs(["6590000002", "6590000003"]), NOW) == coalesce.Flushes(0, False)
-    assert queue.enqueue("nc1", _jobs([f"659000001{i}" for i in range(6)]), NOW) == coalesce.Flushes(2, False)
+    assert queue.enqueue("nc1", _jobs(["6590000002", "6590000003"]), NOW) == coalesce.Flushes(
+        0, False
+    )
+    assert queue.enqueue(
+        "nc1", _jobs([f"659000001{i}" for i in range(6)]), NOW
+    ) == coalesce.Flushes(2, False)
     assert queue.pending("nc1") == 9
     # Each record exists, queued, waiting for one callback
-    record = queue.redis.hgetall(keys.job(queue.redis.lindex(keys.coalesce_pending("nc1"), 0).split("|")[0]))
-    assert (record["state"], record["callbacks_needed"], record["kind"]) == ("queued", "1", "number-check")
+    record = queue.redis.hgetall(
+        keys.job(queue.redis.lindex(keys.coalesce_pending("nc1"), 0).split("|")[0])
+    )
+    assert (record["state"], record["callbacks_needed"], record["kind"]) == (
+        "queued",
+        "1",
+        "number-check",
+    )
 
 
 def test_a_flush_takes_at_most_a_batch_and_never_one_phone_twice(queue):
@@ -48,8 +58,10 @@ def test_a_flush_takes_at_most_a_batch_and_never_one_phone_twice(queue):
     assert taken.status == 2
     assert [m[1] for m in taken.members] == ["6590000001", "6590000002", "6590000003"]
     assert taken.pending_left == 2
-    assert queue.redis.lrange(keys.coalesce_pending("nc1"), 0, -1) == [f"{jobs[1][0]}|6590000001",
-                                                                       f"{jobs[4][0]}|6590000004"]
+    assert queue.redis.lrange(keys.coalesce_pending("nc1"), 0, -1) == [
+        f"{jobs[1][0]}|6590000001",
+        f"{jobs[4][0]}|6590000004",
+    ]
     # Members run, and a callback for (batchNo, phone) finds its member already
     assert queue.redis.hget(keys.job(jobs[0][0]), "state") == "running"
     batch_no = coalesce.batch_no_of("batch-1")
@@ -65,7 +77,9 @@ def test_a_batch_is_built_once_and_a_late_duplicate_flush_stops(queue):
     assert (again.status, again.members) == (1, first.members)
     assert queue.pending("nc1") == 1
     # Once recorded, the batch is done: a later delivery of its flush finds nothing to send
-    outcomes = [coalesce.MemberOutcome(job_id, False, {"requestId": "r"}) for job_id, _ in first.members]
+    outcomes = [
+        coalesce.MemberOutcome(job_id, False, {"requestId": "r"}) for job_id, _ in first.members
+    ]
     assert queue.fan_out("batch-1", [], outcomes, now_s=3.0, now_iso=NOW, due_at_s=600.0) == []
     assert queue.take("nc1", "batch-1", 4.0, NOW).status == 3
     assert queue.batch_state("batch-1") == "done"
@@ -76,9 +90,15 @@ def test_a_member_whose_callback_came_first_completes_at_fan_out(queue):
     jobs = _jobs(["6590000001", "6590000002"])
     queue.enqueue("nc1", jobs, NOW)
     taken = queue.take("nc1", "batch-1", 1.0, NOW)
-    queue.redis.hset(keys.job(jobs[0][0]), "callbacks_done", 1)  # as the receiver leaves an early callback
-    outcomes = [coalesce.MemberOutcome(job_id, False, {"requestId": "r"}) for job_id, _ in taken.members]
-    assert queue.fan_out("batch-1", [], outcomes, now_s=3.0, now_iso=NOW, due_at_s=600.0) == [jobs[0][0]]
+    queue.redis.hset(
+        keys.job(jobs[0][0]), "callbacks_done", 1
+    )  # as the receiver leaves an early callback
+    outcomes = [
+        coalesce.MemberOutcome(job_id, False, {"requestId": "r"}) for job_id, _ in taken.members
+    ]
+    assert queue.fan_out("batch-1", [], outcomes, now_s=3.0, now_iso=NOW, due_at_s=600.0) == [
+        jobs[0][0]
+    ]
     assert queue.redis.hget(keys.job(jobs[0][0]), "state") == "completed"
     # the other one waits for its callback, due for reconciliation at the deadline
     assert queue.redis.zscore(keys.callbacks_waiting("api2"), jobs[1][0]) == 600.0
@@ -91,10 +111,22 @@ def test_fan_out_sends_a_shared_result_once_and_still_gives_each_member_its_own_
     taken = queue.take("nc1", "batch-1", 1.0, NOW)
     (a, _), (b, _), (c, _), (d, _) = taken.members
     shared = {"requestId": "r-shared", "numbers": 1}
-    outcomes = [coalesce.MemberOutcome(a, False, shared), coalesce.MemberOutcome(b, True, {"code": "number_rejected"}),
-                coalesce.MemberOutcome(c, False, shared), coalesce.MemberOutcome(d, False, {"requestId": "r-own"})]
-    assert queue.fan_out("batch-1", [{"endpoint": "x"}], outcomes, now_s=3.0, now_iso=NOW, due_at_s=600.0) == []
-    stored = {job_id: queue.redis.hmget(keys.job(job_id), "state", "result", "error") for job_id in (a, b, c, d)}
+    outcomes = [
+        coalesce.MemberOutcome(a, False, shared),
+        coalesce.MemberOutcome(b, True, {"code": "number_rejected"}),
+        coalesce.MemberOutcome(c, False, shared),
+        coalesce.MemberOutcome(d, False, {"requestId": "r-own"}),
+    ]
+    assert (
+        queue.fan_out(
+            "batch-1", [{"endpoint": "x"}], outcomes, now_s=3.0, now_iso=NOW, due_at_s=600.0
+        )
+        == []
+    )
+    stored = {
+        job_id: queue.redis.hmget(keys.job(job_id), "state", "result", "error")
+        for job_id in (a, b, c, d)
+    }
     assert stored[a] == stored[c] == ["submitted", json.dumps(shared, separators=(",", ":")), ""]
     assert stored[d][:2] == ["submitted", '{"requestId":"r-own"}']
     assert stored[b][0] == "failed" and json.loads(stored[b][2]) == {"code": "number_rejected"}
@@ -116,7 +148,12 @@ def test_the_sweep_rearms_a_group_whose_flush_was_lost_and_finds_stale_batches(q
 def test_each_family_sweeps_only_its_own_groups(queue):
     # Given a number-check group and a contact group, both with their flush messages lost
     queue.enqueue("nc1", _jobs(["6590000001"]), NOW)
-    contact = (uuid.uuid4().hex, "order-1", json.dumps({"contact": {}}), json.dumps({"orderID": "order-1"}))
+    contact = (
+        uuid.uuid4().hex,
+        "order-1",
+        json.dumps({"contact": {}}),
+        json.dumps({"orderID": "order-1"}),
+    )
     queue.enqueue(coalesce.contact_group("task-1"), [contact], NOW)
     for group in ("nc1", coalesce.contact_group("task-1")):
         queue.redis.delete(keys.coalesce_armed(group))

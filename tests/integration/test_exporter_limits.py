@@ -79,7 +79,7 @@ def test_silent_and_trickling_connections_are_closed_at_the_default_read_deadlin
                     closed[name] = time.monotonic() - started
             if "trickle" not in closed:
                 try:
-                    trickle.send(request[i % len(request):i % len(request) + 1])
+                    trickle.send(request[i % len(request) : i % len(request) + 1])
                 except OSError:
                     closed["trickle"] = time.monotonic() - started
             if len(closed) == 2:
@@ -88,7 +88,10 @@ def test_silent_and_trickling_connections_are_closed_at_the_default_read_deadlin
         # Then both are closed once the deadline passes, the trickler despite its steady bytes
         assert set(closed) == {"silent", "trickle"}, closed
         for name, after in closed.items():
-            assert DEFAULT_READ_TIMEOUT_S - 0.5 <= after <= DEFAULT_READ_TIMEOUT_S + 2.5, (name, after)
+            assert DEFAULT_READ_TIMEOUT_S - 0.5 <= after <= DEFAULT_READ_TIMEOUT_S + 2.5, (
+                name,
+                after,
+            )
         # And the exporter still serves
         assert requests.get(url + "/livez", timeout=5).status_code == 200
     finally:
@@ -101,7 +104,9 @@ def test_many_idle_connections_use_a_fixed_pool_and_the_rest_are_refused_quickly
     if not Path("/proc/self/task").is_dir():
         pytest.skip("needs /proc to count the exporter's threads")
     # Given an exporter with 4 handler threads, 4 waiting places and a 2 s read deadline
-    proc, url, addr = start(db_url, tmp_path, "--threads", "4", "--pending", "4", "--read-timeout-s", "2")
+    proc, url, addr = start(
+        db_url, tmp_path, "--threads", "4", "--pending", "4", "--read-timeout-s", "2"
+    )
     idle: list[socket.socket] = []
     try:
         before = thread_count(proc.proc.pid)
@@ -124,7 +129,7 @@ def test_many_idle_connections_use_a_fixed_pool_and_the_rest_are_refused_quickly
             assert closed_within(sock, 2 + 2 + 3), "a held idle connection outlived its deadline"
         resp = requests.get(url + "/metrics", timeout=10)
         assert resp.status_code == 200
-        (_, counted), = samples(resp.text)["nxjobs_exporter_connections_refused_total"]
+        ((_, counted),) = samples(resp.text)["nxjobs_exporter_connections_refused_total"]
         assert counted >= refused - 2
         assert thread_count(proc.proc.pid) <= before
     finally:
@@ -138,7 +143,9 @@ def in_process(db_url):
     """The exporter's server in a thread of this process, on its own Redis db (scan interval 0)."""
     exporter = Exporter(connect(db_url), stall_s=300, jobs_scan_interval_s=0)
     server = make_server(exporter, "127.0.0.1", 0, threads=16, pending=4, read_timeout_s=5)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    )
     thread.start()
     try:
         yield exporter, f"http://127.0.0.1:{server.server_address[1]}"
@@ -184,15 +191,18 @@ def test_concurrent_scrapes_share_one_scan(in_process):
     for t in threads:
         t.start()
     try:
-        assert wait_until(lambda: exporter.metrics_flight.waiting == n - 1, 10), exporter.metrics_flight.waiting
+        assert wait_until(lambda: exporter.metrics_flight.waiting == n - 1, 10), (
+            exporter.metrics_flight.waiting
+        )
     finally:
         release.set()
         for t in threads:
             t.join(30)
     # Then exactly one scan ran, and every scrape got its answer
     assert exporter.scans == 1
-    assert len(results) == n and all(isinstance(r, requests.Response) and r.status_code == 200 for r in results), \
-        results
+    assert len(results) == n and all(
+        isinstance(r, requests.Response) and r.status_code == 200 for r in results
+    ), results
     bodies = {r.text for r in results}
     assert len(bodies) == 1
     got = samples(bodies.pop())
@@ -215,7 +225,9 @@ def test_concurrent_job_counts_share_one_scan_even_without_the_metrics_page(in_p
 
     exporter._scan_jobs = held_scan
     out: list = []
-    threads = [threading.Thread(target=lambda: out.append(exporter.jobs_by_state())) for _ in range(6)]
+    threads = [
+        threading.Thread(target=lambda: out.append(exporter.jobs_by_state())) for _ in range(6)
+    ]
     for t in threads:
         t.start()
     try:
@@ -256,5 +268,9 @@ def test_a_failed_shared_scrape_fails_every_waiter_and_the_next_one_retries():
     release.set()
     for t in (leader, *followers):
         t.join(10)
-    assert len(calls) == 1 and len(errors) == 4 and all(isinstance(e, redis.ConnectionError) for e in errors)
+    assert (
+        len(calls) == 1
+        and len(errors) == 4
+        and all(isinstance(e, redis.ConnectionError) for e in errors)
+    )
     assert flight.do(lambda: 7) == 7

@@ -18,8 +18,11 @@ def _submit(producer, kind):
     if kind == "call":
         return producer.call(phone="8613800138000")
     if kind == "callbot-list":
-        return producer.callbot_list(scene_id="scene-1", task_name="t",
-                                     contacts=[{"user_phone": "8613900139000", "user_name": "A"}])
+        return producer.callbot_list(
+            scene_id="scene-1",
+            task_name="t",
+            contacts=[{"user_phone": "8613900139000", "user_name": "A"}],
+        )
     if kind == "number-check":
         return producer.number_check(phones=["8613800138000", "6591234567"])
     if kind == "ota-init":
@@ -60,8 +63,9 @@ def test_call_uses_the_job_id_as_orderid(producer, sandbox, worker):
     assert sandbox.stats()["duplicates"]["makecall_orderid"] == 0
 
 
-def test_throttled_request_is_retried_to_success_with_the_same_batch_and_fresh_signature(producer, sandbox,
-                                                                                          worker):
+def test_throttled_request_is_retried_to_success_with_the_same_batch_and_fresh_signature(
+    producer, sandbox, worker
+):
     # Given the provider answers "too frequent" twice
     sandbox.script("/api/number/check", 2206, times=2)
     # When a number check is enqueued
@@ -70,7 +74,9 @@ def test_throttled_request_is_retried_to_success_with_the_same_batch_and_fresh_s
     # Then it succeeds on the third attempt, every attempt re-signed with a new ts but the same batchNo
     assert record.state == JobState.SUBMITTED
     assert record.attempts == 3
-    sent = [r for r in sandbox.requests(path="/api/number/check") if r["body"].get("batchNo") == job_id]
+    sent = [
+        r for r in sandbox.requests(path="/api/number/check") if r["body"].get("batchNo") == job_id
+    ]
     assert len(sent) == 3
     assert len({r["headers"]["ts"] for r in sent}) == 3
     assert len({r["headers"]["sign"] for r in sent}) == 3
@@ -138,7 +144,9 @@ def test_makecall_with_a_lost_answer_is_not_resent(producer, sandbox, worker, re
     assert record.state == JobState.FAILED
     assert record.error.code == "ambiguous"
     assert "reconcile" in record.error.message
-    sent = [r for r in sandbox.requests(path="/v1/call/makecall") if r["body"].get("orderid") == job_id]
+    sent = [
+        r for r in sandbox.requests(path="/v1/call/makecall") if r["body"].get("orderid") == job_id
+    ]
     assert len(sent) == 1
     assert producer.redis.zscore(keys.RECONCILE, job_id) is not None
 
@@ -149,11 +157,17 @@ def test_large_call_list_is_added_in_chunks_of_500_then_started(producer, sandbo
     record = producer.wait([job_id], timeout_s=WAIT_S)[job_id]
     assert record.state == JobState.SUBMITTED, record.error
     assert record.result["accepted"] == 1200
-    adds = [r for r in sandbox.requests(path="/callcentre/api/v3/addBatchCall", limit=50)
-            if r["body"].get("userTaskID") == job_id]
+    adds = [
+        r
+        for r in sandbox.requests(path="/callcentre/api/v3/addBatchCall", limit=50)
+        if r["body"].get("userTaskID") == job_id
+    ]
     assert [len(r["body"]["callInfoList"]["callList"]) for r in adds] == [500, 500, 200]
-    starts = [r for r in sandbox.requests(path="/callcentre/api/v3/mgrTaskStatus")
-              if r["body"].get("userTaskID") == job_id]
+    starts = [
+        r
+        for r in sandbox.requests(path="/callcentre/api/v3/mgrTaskStatus")
+        if r["body"].get("userTaskID") == job_id
+    ]
     assert len(starts) == 1 and starts[0]["body"]["taskOperate"] == 1
 
 
@@ -169,7 +183,11 @@ def test_call_list_resumes_after_a_busy_answer_without_duplicates(producer, sand
     assert record.attempts == 2
     assert record.result["accepted"] == 700
     assert sum(sandbox.stats()["duplicates"].values()) == 0
-    tasks = [r for r in sandbox.requests(path="/callcentre/api/v3/createTask") if r["body"].get("userTaskID") == job_id]
+    tasks = [
+        r
+        for r in sandbox.requests(path="/callcentre/api/v3/createTask")
+        if r["body"].get("userTaskID") == job_id
+    ]
     assert len(tasks) == 1
 
 
@@ -178,9 +196,13 @@ def test_bad_input_is_rejected_with_nothing_enqueued(producer, redis_server):
 
     job_keys_before = set(producer.redis.scan_iter(match="nxjobs:job:*", count=1000))
     queued_before = {q: producer.redis.llen(q) for q in ("agent", "callbot", "api2")}
-    bad = [("call", {"phone": "not-a-phone"}), ("number-check", {"phones": ["8613800138000"], "check_level": 9}),
-           ("callbot-list", {"scene_id": "s", "task_name": "t", "contacts": [{"user_phone": "1"}]}),
-           ("no-such-kind", {}), ("call", {"phone": "8613800138000", "order_id": "x" * 40})]
+    bad = [
+        ("call", {"phone": "not-a-phone"}),
+        ("number-check", {"phones": ["8613800138000"], "check_level": 9}),
+        ("callbot-list", {"scene_id": "s", "task_name": "t", "contacts": [{"user_phone": "1"}]}),
+        ("no-such-kind", {}),
+        ("call", {"phone": "8613800138000", "order_id": "x" * 40}),
+    ]
     for kind, payload in bad:
         with pytest.raises(InvalidJob):
             producer.enqueue(kind, payload)
@@ -192,8 +214,14 @@ def test_no_secret_in_any_record_or_log_line(producer, sandbox, worker, worker_e
     # Given one job of every kind has run (tokens issued, requests signed)
     ids = [_submit(producer, kind) for kind in EXPECTED_RESULT_KEYS]
     producer.wait(ids, timeout_s=WAIT_S)
-    secrets = {worker_env[k] for k in ("NXJOBS_API2__ACCESS_SECRET", "NXJOBS_CALLBOT__SECRET_KEY",
-                                       "NXJOBS_AGENT__SECRETKEY")}
+    secrets = {
+        worker_env[k]
+        for k in (
+            "NXJOBS_API2__ACCESS_SECRET",
+            "NXJOBS_CALLBOT__SECRET_KEY",
+            "NXJOBS_AGENT__SECRETKEY",
+        )
+    }
     for req in sandbox.requests(limit=2000):
         headers = {k.lower(): v for k, v in req["headers"].items()}
         if headers.get("sign"):

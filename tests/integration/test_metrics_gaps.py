@@ -53,8 +53,10 @@ def cell(client, field: str) -> float:
 
 # ---- (a) rate-limit waits served, per credential ----------------------------------------------
 
-def test_a_job_sent_back_for_its_slot_shows_its_wait_under_the_hashed_credential(worker_env, sandbox, redis_url,
-                                                                                 tmp_path):
+
+def test_a_job_sent_back_for_its_slot_shows_its_wait_under_the_hashed_credential(
+    worker_env, sandbox, redis_url, tmp_path
+):
     # Given a worker on its own db whose api2 credential allows one request a second
     env = {**worker_env, "NXJOBS_REDIS_URL": _db_url(redis_url, 12), "NXJOBS_API2__RATE_PER_S": "1"}
     connect(env["NXJOBS_REDIS_URL"]).flushdb()
@@ -65,7 +67,9 @@ def test_a_job_sent_back_for_its_slot_shows_its_wait_under_the_hashed_credential
 
         # When two OTA inits arrive together, so the second must wait about a second for its slot
         with Producer(env["NXJOBS_REDIS_URL"]) as producer:
-            ids = [producer.ota_init(phone="8615800001795", user_ip="203.0.113.7") for _ in range(2)]
+            ids = [
+                producer.ota_init(phone="8615800001795", user_ip="203.0.113.7") for _ in range(2)
+            ]
             records = producer.wait(ids, until="submitted", timeout_s=WAIT_S)
         assert all(r.reached(JobState.SUBMITTED) for r in records.values()), records
         assert sum(r.waits for r in records.values()) >= 1
@@ -86,13 +90,15 @@ def test_a_job_sent_back_for_its_slot_shows_its_wait_under_the_hashed_credential
     assert "nxjobs_ratelimit_next_slot_seconds" in got
     # And each provider request is one latency observation, each attempt one duration
     assert value("nxjobs_provider_latency_seconds_count", 'kind="ota-init"') == len(
-        sandbox.requests(path="/api/ota/init"))
+        sandbox.requests(path="/api/ota/init")
+    )
     assert value("nxjobs_attempt_duration_seconds_count", 'kind="ota-init"') == 2
     # And the access key itself appears nowhere
     assert accounts.API2_ACCESS_KEY not in text
 
 
 # ---- (b) provider latency is the HTTP request ---------------------------------------------------
+
 
 class _SlowHandler(BaseHTTPRequestHandler):
     """POST /sleep/<ms> answers after that long; /status/<code> answers that status at once."""
@@ -136,7 +142,11 @@ def test_every_request_is_timed_also_when_it_fails(slow_server):
         # Given an answer after 200 ms, a 503, a read timeout and a refused connection
         assert post(f"{slow_server}/sleep/200").latency_s >= 0.2
         codes = []
-        for url in (f"{slow_server}/status/503", f"{slow_server}/sleep/900", f"http://127.0.0.1:{free_port()}/"):
+        for url in (
+            f"{slow_server}/status/503",
+            f"{slow_server}/sleep/900",
+            f"http://127.0.0.1:{free_port()}/",
+        ):
             with pytest.raises(TransportError) as err:
                 post(url)
             codes.append(err.value.code)
@@ -191,7 +201,9 @@ def test_an_attempt_in_a_process_without_a_transport_does_not_build_one(db):
 
     svc = Services(Settings(redis_url=_url_of(db)))
     # When an attempt that sent nothing (an invalid payload) is reported
-    report.log_attempt(svc, "job-none", "ota-init", 1, "failed", "invalid_payload", time.monotonic())
+    report.log_attempt(
+        svc, "job-none", "ota-init", 1, "failed", "invalid_payload", time.monotonic()
+    )
     # Then it is counted, with no provider latency, and no HTTP pool was opened for it
     assert cell(db, "attempt_duration|ota-init|count") == 1
     assert cell(db, "provider_latency|ota-init|count") == 0
@@ -205,10 +217,18 @@ def _url_of(client) -> str:
 
 # ---- (c) submit -> completion, wherever a job completes -----------------------------------------
 
+
 def _record(db, kind: str, *, needed: str, submitted_ago_s: float) -> str:
     job_id = f"job-{uuid.uuid4().hex[:12]}"
-    db.hset(keys.job(job_id), mapping={"kind": kind, "state": "completed", "callbacks_needed": needed,
-                                       "submitted_at": f"{time.time() - submitted_ago_s:.3f}"})
+    db.hset(
+        keys.job(job_id),
+        mapping={
+            "kind": kind,
+            "state": "completed",
+            "callbacks_needed": needed,
+            "submitted_at": f"{time.time() - submitted_ago_s:.3f}",
+        },
+    )
     return job_id
 
 
@@ -232,7 +252,10 @@ def test_a_completion_is_observed_once_and_only_for_jobs_with_callbacks(db):
 def test_observing_a_completion_never_raises(db):
     down = redis.Redis(port=free_port(), socket_connect_timeout=0.2, decode_responses=True)
     metrics.observe_completion(down, "job-x")  # Redis unreachable: logged, not raised
-    db.hset(keys.job("job-bad"), mapping={"kind": "call", "submitted_at": "not a time", "callbacks_needed": "1"})
+    db.hset(
+        keys.job("job-bad"),
+        mapping={"kind": "call", "submitted_at": "not a time", "callbacks_needed": "1"},
+    )
     metrics.observe_completion(db, "job-bad")
     assert cell(db, "callback_delay|call|count") == 0
 
@@ -248,12 +271,22 @@ def test_reconciliation_completing_a_job_observes_its_callback_delay(db):
     # Given a call submitted and waiting for its CDR, which never came
     store, ledger = RecordStore(db), Ledger(db)
     job_id = _submitted_call(store)
-    assert store.transition(job_id, JobState.SUBMITTED, result={"orderid": job_id}).state == "submitted"
+    assert (
+        store.transition(job_id, JobState.SUBMITTED, result={"orderid": job_id}).state
+        == "submitted"
+    )
     # When reconciliation runs past its deadline (30 min) and the CDR lookup finds the call
     later = time.time() + 3600
-    agent = SimpleNamespace(cdr_by_orderid=lambda orderids: [{"orderid": o, "id": 7} for o in orderids])
-    report = Reconciler(store, ledger, Policy(deadlines_s={}, give_up_s={}), Clients(agent=agent),
-                        clock=lambda: later).run("agent")
+    agent = SimpleNamespace(
+        cdr_by_orderid=lambda orderids: [{"orderid": o, "id": 7} for o in orderids]
+    )
+    report = Reconciler(
+        store,
+        ledger,
+        Policy(deadlines_s={}, give_up_s={}),
+        Clients(agent=agent),
+        clock=lambda: later,
+    ).run("agent")
     # Then the job is completed, and its submit -> completion time observed once
     assert report.counts["completed"] == 1 and store.get(job_id).state == JobState.COMPLETED
     assert cell(db, "callback_delay|call|count") == 1
@@ -267,16 +300,22 @@ def test_a_submit_that_completes_the_job_says_so(db):
     cdr = events.from_dict(events.CDR, {"orderid": job_id, "sessionid": "s-1"})
     assert ledger.apply(cdr).state == "running"
     # When its submit is recorded, Then the transition reports the job completed
-    assert store.transition(job_id, JobState.SUBMITTED, result={"orderid": job_id}).state == "completed"
+    assert (
+        store.transition(job_id, JobState.SUBMITTED, result={"orderid": job_id}).state
+        == "completed"
+    )
     assert store.get(job_id).state == JobState.COMPLETED
 
 
-def test_a_job_completed_at_submit_by_early_callbacks_is_observed_by_the_worker(cb_producer, cb_sandbox,
-                                                                                callbacks_worker):
+def test_a_job_completed_at_submit_by_early_callbacks_is_observed_by_the_worker(
+    cb_producer, cb_sandbox, callbacks_worker
+):
     r = cb_producer.redis
     before = cell(r, "callback_delay|number-check|count")
     # Given the provider answers the submit 1 s late but sends the DRs at once
-    cb_sandbox.configure(slow_rate=1.0, slow_seconds=1.0, callback_delay_s=0.0, callback_jitter_s=0.0)
+    cb_sandbox.configure(
+        slow_rate=1.0, slow_seconds=1.0, callback_delay_s=0.0, callback_jitter_s=0.0
+    )
     job_id = cb_producer.number_check(phones=["8613800138000", "6591234567"])
     ota = cb_producer.ota_init(phone="8615800001795", user_ip="203.0.113.7")
     early = cb_producer.wait([job_id], until="completed", timeout_s=0.8)[job_id]

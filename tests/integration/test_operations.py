@@ -25,8 +25,13 @@ SECRETS = (accounts.API2_ACCESS_SECRET, accounts.CALLBOT_SECRET_KEY, accounts.AG
 
 
 def start_exporter(env: dict[str, str], log_dir: str, *args: str) -> tuple[ServiceProcess, str]:
-    proc = ServiceProcess("exporter", [sys.executable, "-m", "workers.exporter", "--port", "0", *args], env=env,
-                          log_dir=log_dir, cwd=project_root()).start()
+    proc = ServiceProcess(
+        "exporter",
+        [sys.executable, "-m", "workers.exporter", "--port", "0", *args],
+        env=env,
+        log_dir=log_dir,
+        cwd=project_root(),
+    ).start()
     try:
         line = proc.wait_for_log("exporter listening on ", 20)
         url = line.split("exporter listening on ", 1)[1].strip()
@@ -58,10 +63,24 @@ def flower(worker_env, worker, redis_url, tmp_path_factory):
     port = free_port()
     env = {**worker_env, "FLOWER_BASIC_AUTH": ":".join(FLOWER_AUTH)}
     log_dir = tmp_path_factory.mktemp("flower")
-    proc = ServiceProcess("flower", [sys.executable, "-m", "celery", "-A", "workers.celery_app", "flower",
-                                     f"--port={port}", "--address=127.0.0.1", "--persistent=True",
-                                     f"--db={log_dir / 'flower.db'}"],
-                          env=env, log_dir=str(log_dir), cwd=project_root()).start()
+    proc = ServiceProcess(
+        "flower",
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "workers.celery_app",
+            "flower",
+            f"--port={port}",
+            "--address=127.0.0.1",
+            "--persistent=True",
+            f"--db={log_dir / 'flower.db'}",
+        ],
+        env=env,
+        log_dir=str(log_dir),
+        cwd=project_root(),
+    ).start()
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_ready(proc, url + "/healthcheck", 30)
@@ -69,10 +88,17 @@ def flower(worker_env, worker, redis_url, tmp_path_factory):
         from nxjobs.producers import Producer
 
         with Producer(redis_url) as producer:
+
             def receiving():
                 probe = producer.wa_calling(business_phone="6581234567")
-                return poll(lambda: probe in requests.get(f"{url}/api/tasks", auth=FLOWER_AUTH, timeout=5).json(),
-                            2.0, 0.2)
+                return poll(
+                    lambda: (
+                        probe
+                        in requests.get(f"{url}/api/tasks", auth=FLOWER_AUTH, timeout=5).json()
+                    ),
+                    2.0,
+                    0.2,
+                )
 
             assert poll(receiving, 30, 0), f"Flower shows no task events:\n{proc.log_tail()}"
         yield url
@@ -89,7 +115,9 @@ def test_flower_lists_a_job_with_its_kind_id_and_masked_arguments(flower, produc
     nc_id = producer.number_check(phones=phones)
     call_id = producer.call(phone="8613900139000")
     records = producer.wait([nc_id, call_id], until="submitted", timeout_s=WAIT_S)
-    assert all(r.state in (JobState.SUBMITTED, JobState.COMPLETED) for r in records.values()), records
+    assert all(r.state in (JobState.SUBMITTED, JobState.COMPLETED) for r in records.values()), (
+        records
+    )
 
     def listed():
         tasks = requests.get(f"{flower}/api/tasks", auth=auth, timeout=5).json()
@@ -119,12 +147,21 @@ def test_flower_lists_a_job_with_its_kind_id_and_masked_arguments(flower, produc
 # ---- metrics after a demo-sized run -----------------------------------------------------------
 
 # (nxjobs_ratelimit_wait_seconds has samples only once a job waited for its slot: test_metrics_gaps.py)
-METRICS = ("nxjobs_jobs", "nxjobs_attempts_total", "nxjobs_provider_responses_total",
-           "nxjobs_provider_latency_seconds_bucket", "nxjobs_attempt_duration_seconds_bucket",
-           "nxjobs_ratelimit_next_slot_seconds", "nxjobs_ratelimit_throttles_total",
-           "nxjobs_callback_delay_seconds_bucket", "nxjobs_callbacks_total",
-           "nxjobs_jobs_awaiting_callbacks", "nxjobs_dead_letters", "nxjobs_queue_depth",
-           "nxjobs_workers_healthy")
+METRICS = (
+    "nxjobs_jobs",
+    "nxjobs_attempts_total",
+    "nxjobs_provider_responses_total",
+    "nxjobs_provider_latency_seconds_bucket",
+    "nxjobs_attempt_duration_seconds_bucket",
+    "nxjobs_ratelimit_next_slot_seconds",
+    "nxjobs_ratelimit_throttles_total",
+    "nxjobs_callback_delay_seconds_bucket",
+    "nxjobs_callbacks_total",
+    "nxjobs_jobs_awaiting_callbacks",
+    "nxjobs_dead_letters",
+    "nxjobs_queue_depth",
+    "nxjobs_workers_healthy",
+)
 
 
 def samples(text: str) -> dict[str, list[tuple[str, float]]]:
@@ -136,9 +173,12 @@ def samples(text: str) -> dict[str, list[tuple[str, float]]]:
     return out
 
 
-def test_metrics_endpoint_exposes_every_metric_after_a_demo_run(cb_producer, cb_sandbox, callbacks_worker,
-                                                                 callbacks_env, tmp_path):
-    exporter, url = start_exporter({**callbacks_env, "NXJOBS_METRICS__JOBS_SCAN_INTERVAL_S": "0"}, str(tmp_path))
+def test_metrics_endpoint_exposes_every_metric_after_a_demo_run(
+    cb_producer, cb_sandbox, callbacks_worker, callbacks_env, tmp_path
+):
+    exporter, url = start_exporter(
+        {**callbacks_env, "NXJOBS_METRICS__JOBS_SCAN_INTERVAL_S": "0"}, str(tmp_path)
+    )
     try:
         # Given a job the provider throttles ("too frequent") until told to stop
         cb_sandbox.configure(throttle_rate=1.0)
@@ -146,13 +186,18 @@ def test_metrics_endpoint_exposes_every_metric_after_a_demo_run(cb_producer, cb_
         assert poll(lambda: (cb_producer.get(throttled).throttles or 0) >= 1, WAIT_S)
         cb_sandbox.configure(throttle_rate=0.0)
         # and one job of every other kind, completed through real callbacks
-        ids = [cb_producer.number_check(phones=["8613800138000", "6591234567"]),
-               cb_producer.call(phone="8613900139000"),
-               cb_producer.callbot_list(scene_id="1", task_name="metrics", contacts=[{"user_phone": "8613700137000"}]),
-               cb_producer.ota_init(phone="8615800001795", user_ip="203.0.113.7")]
+        ids = [
+            cb_producer.number_check(phones=["8613800138000", "6591234567"]),
+            cb_producer.call(phone="8613900139000"),
+            cb_producer.callbot_list(
+                scene_id="1", task_name="metrics", contacts=[{"user_phone": "8613700137000"}]
+            ),
+            cb_producer.ota_init(phone="8615800001795", user_ip="203.0.113.7"),
+        ]
         records = cb_producer.wait([*ids, throttled], until="completed", timeout_s=2 * WAIT_S)
-        assert all(r.state == JobState.COMPLETED for r in records.values()), \
-            {i: (r.state, r.error) for i, r in records.items()}
+        assert all(r.state == JobState.COMPLETED for r in records.values()), {
+            i: (r.state, r.error) for i, r in records.items()
+        }
         # When Prometheus scrapes the exporter (after the receiver's next write of completion
         # times: it batches them, every DELAY_FLUSH_S)
         from nxjobs.callbacks.app import DELAY_FLUSH_S
@@ -182,7 +227,9 @@ def test_metrics_endpoint_exposes_every_metric_after_a_demo_run(cb_producer, cb_
         # (the worker times that one); ota-init and wa-calling, final at submit, never are
         assert value("nxjobs_callback_delay_seconds_count") >= 3
         assert value("nxjobs_callback_delay_seconds_count", kind="ota-init") == 0
-        assert {lbl for lbl, _ in got["nxjobs_queue_depth"]} == {f'{{queue="{q}"}}' for q in ("agent", "callbot", "api2")}
+        assert {lbl for lbl, _ in got["nxjobs_queue_depth"]} == {
+            f'{{queue="{q}"}}' for q in ("agent", "callbot", "api2")
+        }
         # And no label or value reveals a credential or a phone number
         for secret in (*SECRETS, accounts.API2_ACCESS_KEY, accounts.CALLBOT_UUID, "8613800138000"):
             assert secret not in resp.text
@@ -192,9 +239,16 @@ def test_metrics_endpoint_exposes_every_metric_after_a_demo_run(cb_producer, cb_
 
 # ---- the stall health check -------------------------------------------------------------------
 
-def test_health_fails_when_the_worker_stops_while_jobs_wait(worker_env, redis_url, sandbox, tmp_path):
+
+def test_health_fails_when_the_worker_stops_while_jobs_wait(
+    worker_env, redis_url, sandbox, tmp_path
+):
     # Given a worker, the exporter (stall after 1.5 s) and a producer on their own Redis db
-    env = {**worker_env, "NXJOBS_REDIS_URL": redis_url.rsplit("/", 1)[0] + "/3", "NXJOBS_METRICS__STALL_S": "1.5"}
+    env = {
+        **worker_env,
+        "NXJOBS_REDIS_URL": redis_url.rsplit("/", 1)[0] + "/3",
+        "NXJOBS_METRICS__STALL_S": "1.5",
+    }
     from nxjobs.producers import Producer
 
     worker = start_worker(env, queues="api2", concurrency=1, log_dir=str(tmp_path / "w"))
@@ -202,7 +256,9 @@ def test_health_fails_when_the_worker_stops_while_jobs_wait(worker_env, redis_ur
     try:
         with Producer(env["NXJOBS_REDIS_URL"]) as producer:
             first = producer.ota_init(phone="8615800001795", user_ip="203.0.113.7")
-            assert producer.wait([first], until="submitted", timeout_s=WAIT_S)[first].reached(JobState.SUBMITTED)
+            assert producer.wait([first], until="submitted", timeout_s=WAIT_S)[first].reached(
+                JobState.SUBMITTED
+            )
             health = requests.get(f"{url}/healthz", timeout=5)
             assert health.status_code == 200, health.text
             # When the worker stops and work keeps arriving
@@ -214,7 +270,7 @@ def test_health_fails_when_the_worker_stops_while_jobs_wait(worker_env, redis_ur
             assert flipped
             detail = requests.get(f"{url}/healthz", timeout=5).json()
             assert detail["queues"]["api2"]["stalled"] and detail["queues"]["api2"]["depth"] == 1
-            assert 'nxjobs_workers_healthy 0.0' in requests.get(f"{url}/metrics", timeout=5).text
+            assert "nxjobs_workers_healthy 0.0" in requests.get(f"{url}/metrics", timeout=5).text
     finally:
         worker.stop()
         exporter.stop()
@@ -222,12 +278,22 @@ def test_health_fails_when_the_worker_stops_while_jobs_wait(worker_env, redis_ur
 
 # ---- bulk submission from files ---------------------------------------------------------------
 
+
 def cli(env: dict[str, str], *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "nxjobs.cli", *args], env=env, cwd=project_root(), input=stdin,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "nxjobs.cli", *args],
+        env=env,
+        cwd=project_root(),
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
-def test_number_check_file_is_validated_reported_split_and_waited_for(worker_env, worker, sandbox, tmp_path):
+def test_number_check_file_is_validated_reported_split_and_waited_for(
+    worker_env, worker, sandbox, tmp_path
+):
     # Given a 12 001-row file with a header, two bad rows and a duplicate
     path = tmp_path / "numbers.csv"
     lines = ["phone"] + [f"86138{i:08d}" for i in range(12_000)]
@@ -243,14 +309,24 @@ def test_number_check_file_is_validated_reported_split_and_waited_for(worker_env
     assert [r.split(",")[0] for r in report[1:]] == ["6", "12002"]
     assert "duplicate phone" in report[2] and "8613800000002" not in "\n".join(report)
     # When allowed, Then the 11 999 valid rows go out as 3 jobs (5 000 + 5 000 + 1 999), with a progress bar
-    ok = cli(worker_env, "submit", "number-check", "--file", str(path), "--skip-invalid", "--progress")
+    ok = cli(
+        worker_env, "submit", "number-check", "--file", str(path), "--skip-invalid", "--progress"
+    )
     assert ok.returncode == 0, ok.stderr
     job_ids = ok.stdout.split()
     assert len(job_ids) == 3 and "validating" in ok.stderr and "enqueuing" in ok.stderr
     assert "11,999 of 12,001 rows enqueued as 3 number-check job(s), 2 rejected" in ok.stderr
     # And `nxjobs wait` shows live progress for the set until all are submitted
-    waited = cli(worker_env, "wait", "--ids-file", "-", "--progress", "--timeout", str(WAIT_S),
-                 stdin="\n".join(job_ids))
+    waited = cli(
+        worker_env,
+        "wait",
+        "--ids-file",
+        "-",
+        "--progress",
+        "--timeout",
+        str(WAIT_S),
+        stdin="\n".join(job_ids),
+    )
     assert waited.returncode == 0, waited.stdout + waited.stderr
     assert "3/3 submitted or failed" in waited.stderr
     from nxjobs.producers import Producer
@@ -263,11 +339,25 @@ def test_number_check_file_is_validated_reported_split_and_waited_for(worker_env
 def test_callbot_contacts_file_bigger_than_a_job_becomes_named_parts(worker_env, tmp_path):
     # Given 7 contacts and at most 3 per job (the real limit is 100 000), one with a duplicate order id
     path = tmp_path / "contacts.csv"
-    path.write_text("user_phone,order_id,user_name\n" + "".join(
-        f"86139{i:08d},o{i % 6},name {i}\n" for i in range(7)))
+    path.write_text(
+        "user_phone,order_id,user_name\n"
+        + "".join(f"86139{i:08d},o{i % 6},name {i}\n" for i in range(7))
+    )
     # When submitted
-    res = cli(worker_env, "submit", "callbot-list", "--scene-id", "7", "--task-name", "renewals", "--contacts",
-              str(path), "--per-job", "3", "--no-progress")
+    res = cli(
+        worker_env,
+        "submit",
+        "callbot-list",
+        "--scene-id",
+        "7",
+        "--task-name",
+        "renewals",
+        "--contacts",
+        str(path),
+        "--per-job",
+        "3",
+        "--no-progress",
+    )
     # Then they become 3 queued jobs named (1/3) .. (3/3); order ids only need to be unique within a job
     # (what the worker then does with a callbot-list job is covered by the end-to-end suites)
     assert res.returncode == 0, res.stderr
@@ -286,8 +376,13 @@ def test_callbot_contacts_file_bigger_than_a_job_becomes_named_parts(worker_env,
 def test_a_million_rows_submit_within_the_memory_bound(tmp_path):
     # The benchmark script itself: 1 000 000 rows -> 200 jobs, peak RSS of the CLI process under the bound.
     bound_mb = os.environ.get("NXJOBS_BULK_BOUND_MB", "200")
-    proc = subprocess.run([sys.executable, "bench/bulk_submit.py", "--rows", "1000000", "--bound-mb", bound_mb],
-                          cwd=project_root(), capture_output=True, text=True, timeout=110)
+    proc = subprocess.run(
+        [sys.executable, "bench/bulk_submit.py", "--rows", "1000000", "--bound-mb", bound_mb],
+        cwd=project_root(),
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
     print(proc.stdout)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "200 jobs, 200 messages queued, 999,996 rows in them, 4 rejected" in proc.stdout

@@ -49,7 +49,7 @@ def test_concurrent_processes_never_exceed_the_quota_in_any_second(redis_url):
     for p in procs:
         p.join(10)
     # Then no sliding second holds more than the quota
-    worst = max(sum(1 for t in sends[i:i + 60] if t - s < 1_000_000) for i, s in enumerate(sends))
+    worst = max(sum(1 for t in sends[i : i + 60] if t - s < 1_000_000) for i, s in enumerate(sends))
     assert worst <= 40
     # and the quota is actually used (not starved by contention)
     assert len(sends) >= 40 * 2.5 * 0.8
@@ -127,9 +127,15 @@ def test_a_cooldown_stops_every_worker(worker, worker_env, redis_url, sandbox, t
     # the session's worker stops taking api2 jobs meanwhile so only these two run them
     control = Celery(broker=redis_url, set_as_current=False).control
     control.cancel_consumer("api2", destination=[worker.node_name], reply=True, timeout=5)
-    env = {**worker_env, "NXJOBS_RATELIMIT__COOLDOWN_BASE_S": "1.0", "NXJOBS_API2__RATE_PER_S": "20"}
-    workers = [start_worker(env, queues="api2", concurrency=1, log_dir=str(tmp_path / f"w{i}"))
-               for i in range(2)]
+    env = {
+        **worker_env,
+        "NXJOBS_RATELIMIT__COOLDOWN_BASE_S": "1.0",
+        "NXJOBS_API2__RATE_PER_S": "20",
+    }
+    workers = [
+        start_worker(env, queues="api2", concurrency=1, log_dir=str(tmp_path / f"w{i}"))
+        for i in range(2)
+    ]
     try:
         sandbox.script("/api/wa/calling/get", 2206, times=1)
         with Producer(redis_url) as producer:
@@ -150,11 +156,16 @@ def test_a_cooldown_stops_every_worker(worker, worker_env, redis_url, sandbox, t
 
 def test_a_huge_call_list_does_not_starve_a_small_one(producer, sandbox, worker):
     # Given a 6 000-contact list (13 requests at the worker's 10/s Callbot quota) already running
-    big = producer.callbot_list(scene_id="s", task_name="big",
-                                contacts=[{"user_phone": str(8613500000000 + i)} for i in range(6000)])
+    big = producer.callbot_list(
+        scene_id="s",
+        task_name="big",
+        contacts=[{"user_phone": str(8613500000000 + i)} for i in range(6000)],
+    )
     time.sleep(0.3)
     # When a one-contact list arrives for the same credential
-    small = producer.callbot_list(scene_id="s", task_name="small", contacts=[{"user_phone": "8613400000000"}])
+    small = producer.callbot_list(
+        scene_id="s", task_name="small", contacts=[{"user_phone": "8613400000000"}]
+    )
     records = producer.wait([big, small], timeout_s=60)
     # Then the small one takes its turn between the big one's chunks and is done first
     assert records[small].state == records[big].state == JobState.SUBMITTED

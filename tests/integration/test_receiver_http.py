@@ -85,7 +85,9 @@ class ServerThread:
             ready.set()
             await self.server.serve(self.sock, self.stop_event)
 
-        self.thread = threading.Thread(target=lambda: self.loop.run_until_complete(main()), daemon=True)
+        self.thread = threading.Thread(
+            target=lambda: self.loop.run_until_complete(main()), daemon=True
+        )
         self.thread.start()
         assert ready.wait(5)
 
@@ -133,7 +135,9 @@ def connect(port: int) -> socket.socket:
 
 
 def request(path: str, body: bytes = b"", *, extra: str = "", method: str = "POST") -> bytes:
-    return (f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n{extra}\r\n").encode() + body
+    return (
+        f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n{extra}\r\n"
+    ).encode() + body
 
 
 def read_response(s: socket.socket, *, body: bool = True) -> tuple[int, dict, bytes]:
@@ -202,7 +206,9 @@ def test_declared_oversized_body_is_refused_before_it_is_sent(serve):
     # Given a head declaring a body over the limit, and no body sent at all
     st = serve()
     with connect(st.port) as s:
-        s.sendall(f"POST /cb HTTP/1.1\r\nHost: x\r\nContent-Length: {BODY_LIMIT + 1}\r\n\r\n".encode())
+        s.sendall(
+            f"POST /cb HTTP/1.1\r\nHost: x\r\nContent-Length: {BODY_LIMIT + 1}\r\n\r\n".encode()
+        )
         # Then 413 comes back at once and the connection is closed; the handler saw nothing
         status, headers, _ = read_response(s)
         assert (status, headers.get("connection")) == (413, "close")
@@ -214,8 +220,11 @@ def test_chunked_body_growing_past_the_limit_is_refused(serve):
     st = serve()
     chunk = b"x" * 600
     with connect(st.port) as s:
-        s.sendall(b"POST /cb HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
-                  + b"%x\r\n%s\r\n" % (len(chunk), chunk) * 2 + b"0\r\n\r\n")
+        s.sendall(
+            b"POST /cb HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + b"%x\r\n%s\r\n" % (len(chunk), chunk) * 2
+            + b"0\r\n\r\n"
+        )
         assert read_response(s)[0] == 413
     assert st.handler.seen == []
 
@@ -223,8 +232,10 @@ def test_chunked_body_growing_past_the_limit_is_refused(serve):
 def test_chunked_body_within_the_limit_is_joined(serve):
     st = serve()
     with connect(st.port) as s:
-        s.sendall(b"POST /cb HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
-                  b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
+        s.sendall(
+            b"POST /cb HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+        )
         assert read_response(s)[2] == b'{"len":5}'
     assert st.handler.seen[0][3] == b"abcde"
 
@@ -238,7 +249,9 @@ def test_oversized_head_is_refused_with_431(serve):
     assert st.handler.seen == []
 
 
-@pytest.mark.parametrize("garbage", [b"NOT HTTP AT ALL\r\n\r\n", b"POST /cb HTTP/1.1\r\nContent-Length: x\r\n\r\n"])
+@pytest.mark.parametrize(
+    "garbage", [b"NOT HTTP AT ALL\r\n\r\n", b"POST /cb HTTP/1.1\r\nContent-Length: x\r\n\r\n"]
+)
 def test_malformed_http_gets_400_and_is_closed(serve, garbage):
     st = serve()
     with connect(st.port) as s:
@@ -252,7 +265,9 @@ def test_malformed_http_gets_400_and_is_closed(serve, garbage):
 def test_upgrade_is_not_performed_the_request_is_answered_once_then_closed(serve):
     st = serve()
     with connect(st.port) as s:
-        s.sendall(b"GET /cb HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+        s.sendall(
+            b"GET /cb HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+        )
         status, headers, _ = read_response(s)
         assert (status, headers.get("connection")) == (200, "close")
         assert closed_by_server(s, 2)
@@ -321,6 +336,7 @@ def test_stop_answers_requests_already_received_then_closes(serve):
 
 # ---- protocol details (RFC 9110 / 9112) ------------------------------------------------------------
 
+
 def test_head_gets_the_get_head_and_no_body(serve):
     st = serve()
     with connect(st.port) as s:
@@ -329,8 +345,11 @@ def test_head_gets_the_get_head_and_no_body(serve):
         status, headers, _ = read_response(s, body=False)
         assert (status, headers["content-length"]) == (200, str(len(b'{"len":0}')))
         assert _readers[s.fileno()].peek(9)[:9] == b"HTTP/1.1 "
-        assert read_response(s) == (200, {"content-type": "application/json", "content-length": "9"},
-                                    b'{"len":2}')
+        assert read_response(s) == (
+            200,
+            {"content-type": "application/json", "content-length": "9"},
+            b'{"len":2}',
+        )
     assert [m for m, _, _, _ in st.handler.seen] == ["HEAD", "POST"]
 
 
@@ -347,7 +366,9 @@ def test_extra_answer_headers_are_sent(serve):
 def test_expect_100_continue_is_answered_before_the_body_is_sent(serve):
     st = serve()
     with connect(st.port) as s:
-        s.sendall(b"POST /cb HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n")
+        s.sendall(
+            b"POST /cb HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n"
+        )
         assert read_response(s)[0] == 100
         s.sendall(b"abc")
         assert read_response(s)[2] == b'{"len":3}'
@@ -357,8 +378,10 @@ def test_100_continue_waits_for_the_answers_before_it(serve):
     # Given a held request, then one expecting 100-continue pipelined behind it
     st = serve()
     with connect(st.port) as s:
-        s.sendall(request("/held", b"1")
-                  + b"POST /cb HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n")
+        s.sendall(
+            request("/held", b"1")
+            + b"POST /cb HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n"
+        )
         time.sleep(0.2)
         # Then nothing is sent until the first answer can go, and the 100 comes after it
         st.call(st.handler.gate.set)
@@ -371,27 +394,54 @@ def test_100_continue_waits_for_the_answers_before_it(serve):
 def test_expect_with_a_body_too_large_gets_413_and_no_100(serve):
     st = serve()
     with connect(st.port) as s:
-        s.sendall(f"POST /cb HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: {BODY_LIMIT + 1}"
-                  f"\r\n\r\n".encode())
+        s.sendall(
+            f"POST /cb HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: {BODY_LIMIT + 1}"
+            f"\r\n\r\n".encode()
+        )
         assert read_response(s)[0] == 413
         assert closed_by_server(s, 2)
 
 
-@pytest.mark.parametrize("raw, status", [
-    (b"GET /cb HTTP/1.1\r\n\r\n", 400),  # HTTP/1.1 without Host
-    (b"GET /cb HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
-    (b"GET /cb\r\n", 400),  # HTTP/0.9: answered at once, not left waiting
-    (b"GET /cb\r\nHost: x\r\n\r\n", 400),
-    (b"GET /cb HTTP/2.0\r\nHost: x\r\n\r\n", 505),
-    (b"POST /cb HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
-    (b"POST /cb HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n0\r\n\r\n", 400),
-    (b"POST /cb HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd", 400),
-    (b"POST /cb HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc", 400),
-    (b"POST /cb HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
-    (b"POST /cb HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 501),
-    (b"POST /cb HTTP/1.1\r\nHost: x\r\nExpect: something\r\nContent-Length: 1\r\n\r\n", 417),
-], ids=["no host", "two hosts", "http/0.9", "http/0.9 with fields", "http/2.0 text", "cl+te", "te+cl",
-        "differing cl", "repeated cl", "te in http/1.0", "gzip coding", "unknown expect"])
+@pytest.mark.parametrize(
+    "raw, status",
+    [
+        (b"GET /cb HTTP/1.1\r\n\r\n", 400),  # HTTP/1.1 without Host
+        (b"GET /cb HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+        (b"GET /cb\r\n", 400),  # HTTP/0.9: answered at once, not left waiting
+        (b"GET /cb\r\nHost: x\r\n\r\n", 400),
+        (b"GET /cb HTTP/2.0\r\nHost: x\r\n\r\n", 505),
+        (
+            b"POST /cb HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            400,
+        ),
+        (
+            b"POST /cb HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n0\r\n\r\n",
+            400,
+        ),
+        (
+            b"POST /cb HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+            400,
+        ),
+        (b"POST /cb HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc", 400),
+        (b"POST /cb HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+        (b"POST /cb HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 501),
+        (b"POST /cb HTTP/1.1\r\nHost: x\r\nExpect: something\r\nContent-Length: 1\r\n\r\n", 417),
+    ],
+    ids=[
+        "no host",
+        "two hosts",
+        "http/0.9",
+        "http/0.9 with fields",
+        "http/2.0 text",
+        "cl+te",
+        "te+cl",
+        "differing cl",
+        "repeated cl",
+        "te in http/1.0",
+        "gzip coding",
+        "unknown expect",
+    ],
+)
 def test_requests_refused_by_the_rfcs(serve, raw, status):
     st = serve()
     with connect(st.port) as s:
@@ -412,8 +462,10 @@ def test_http_1_0_without_host_is_served(serve):
 def test_trailer_fields_are_dropped_not_merged_into_the_head(serve):
     st = serve()
     with connect(st.port) as s:
-        s.sendall(b"POST /cb HTTP/1.1\r\nHost: x\r\nSign: good\r\nTransfer-Encoding: chunked\r\n\r\n"
-                  b"2\r\nab\r\n0\r\nSign: forged\r\nX-Late: 1\r\n\r\n")
+        s.sendall(
+            b"POST /cb HTTP/1.1\r\nHost: x\r\nSign: good\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"2\r\nab\r\n0\r\nSign: forged\r\nX-Late: 1\r\n\r\n"
+        )
         assert read_response(s)[0] == 200
     headers = st.handler.seen[0][2]
     assert headers["sign"] == "good" and "x-late" not in headers
@@ -421,12 +473,17 @@ def test_trailer_fields_are_dropped_not_merged_into_the_head(serve):
 
 # ---- what a client can make the server hold ----------------------------------------------------------
 
-@pytest.mark.parametrize("tail", [
-    b"0\r\n" + b"X-Trailer: 0123456789abcdef\r\n" * 20_000,  # many trailer fields
-    b"0\r\nX-Trailer: " + b"v" * 400_000,  # one trailer value that never ends
-    b"1;" + b"e" * 400_000,  # one chunk extension that never ends
-    b"1;e=1\r\nx\r\n" * 40_000,  # many one-byte chunks: framing, no body to speak of
-], ids=["trailer fields", "trailer value", "chunk extension", "chunk framing"])
+
+@pytest.mark.parametrize(
+    "tail",
+    [
+        b"0\r\n" + b"X-Trailer: 0123456789abcdef\r\n" * 20_000,  # many trailer fields
+        b"0\r\nX-Trailer: " + b"v" * 400_000,  # one trailer value that never ends
+        b"1;" + b"e" * 400_000,  # one chunk extension that never ends
+        b"1;e=1\r\nx\r\n" * 40_000,  # many one-byte chunks: framing, no body to speak of
+    ],
+    ids=["trailer fields", "trailer value", "chunk extension", "chunk framing"],
+)
 def test_chunk_framing_and_trailers_count_against_the_head_limit(serve, tail):
     # Given a chunked request whose framing or trailers go on far past the head limit
     st = serve(max_head_bytes=4096)
@@ -457,10 +514,12 @@ def test_pipelined_small_requests_never_add_up_to_the_head_limit(serve):
 
 def test_a_head_just_under_the_limit_split_over_reads_is_served(serve):
     st = serve(max_head_bytes=4096)
-    head = b"POST /cb HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"p" * 3900 + b"\r\nContent-Length: 1\r\n\r\nz"
+    head = (
+        b"POST /cb HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"p" * 3900 + b"\r\nContent-Length: 1\r\n\r\nz"
+    )
     with connect(st.port) as s:
         for i in range(0, len(head), 700):
-            s.sendall(head[i:i + 700])
+            s.sendall(head[i : i + 700])
             time.sleep(0.01)
         assert read_response(s)[2] == b'{"len":1}'
 
@@ -480,9 +539,13 @@ def test_answers_the_client_does_not_read_stop_reading_and_handling(serve):
         s.connect(("127.0.0.1", st.port))
         s.setblocking(False)
         sent, deadline, last_progress = 0, time.monotonic() + 5, time.monotonic()
-        while sent < len(burst) and time.monotonic() < deadline and time.monotonic() - last_progress < 0.5:
+        while (
+            sent < len(burst)
+            and time.monotonic() < deadline
+            and time.monotonic() - last_progress < 0.5
+        ):
             try:
-                sent += s.send(burst[sent:sent + 65536])
+                sent += s.send(burst[sent : sent + 65536])
                 last_progress = time.monotonic()
             except BlockingIOError:
                 time.sleep(0.01)
@@ -508,6 +571,7 @@ def test_answers_the_client_does_not_read_stop_reading_and_handling(serve):
 
 
 # ---- connections: cap, lifetime, timeouts -----------------------------------------------------------
+
 
 def _open(port, n):
     socks = [connect(port) for _ in range(n)]

@@ -35,7 +35,11 @@ LIMITS = {
 
 @pytest.fixture(scope="module")
 def limited(callbacks_env, tmp_path_factory):
-    env = {**callbacks_env, **LIMITS, "NXJOBS_REDIS_URL": callbacks_env["NXJOBS_REDIS_URL"].rsplit("/", 1)[0] + "/13"}
+    env = {
+        **callbacks_env,
+        **LIMITS,
+        "NXJOBS_REDIS_URL": callbacks_env["NXJOBS_REDIS_URL"].rsplit("/", 1)[0] + "/13",
+    }
     proc, url = start_callbacks(env, log_dir=str(tmp_path_factory.mktemp("limited")))
     try:
         yield proc.proc.pid, int(url.rsplit(":", 1)[1]), proc
@@ -68,7 +72,9 @@ def connect(port: int, timeout: float = 5) -> socket.socket:
     return socket.create_connection(("127.0.0.1", port), timeout=timeout)
 
 
-def read_answer(s: socket.socket, *, head_only: bool = False, timeout: float = 5) -> tuple[int, dict, bytes]:
+def read_answer(
+    s: socket.socket, *, head_only: bool = False, timeout: float = 5
+) -> tuple[int, dict, bytes]:
     """One answer read straight off the socket: (status, headers, body); (0, {}, b"") if closed first."""
     s.settimeout(timeout)
     data = b""
@@ -107,7 +113,9 @@ def split_answers(data: bytes) -> list[tuple[int, dict, bytes]]:
     while data:
         head, rest = data.split(b"\r\n\r\n", 1)
         lines = head.decode("latin-1").split("\r\n")
-        headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
+        headers = {
+            k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])
+        }
         size = int(headers.get("content-length", 0))
         out.append((int(lines[0].split()[1]), headers, rest[:size]))
         data = rest[size:]
@@ -128,10 +136,20 @@ def closed_by_server(s: socket.socket, within_s: float) -> bool:
 
 def callback(port: int, **extra_headers: str) -> bytes:
     """A Number Check result with the right token (for no job of ours: stored as unmatched, 200)."""
-    body = json.dumps({"requestId": uuid.uuid4().hex + "-000001", "code": 0, "phone": "6591000001",
-                       "batchNo": uuid.uuid4().hex}).encode()
-    head = [f"POST /callbacks/number-check/{CALLBACK_TOKEN} HTTP/1.1", f"Host: 127.0.0.1:{port}",
-            "Content-Type: application/json", f"Content-Length: {len(body)}"]
+    body = json.dumps(
+        {
+            "requestId": uuid.uuid4().hex + "-000001",
+            "code": 0,
+            "phone": "6591000001",
+            "batchNo": uuid.uuid4().hex,
+        }
+    ).encode()
+    head = [
+        f"POST /callbacks/number-check/{CALLBACK_TOKEN} HTTP/1.1",
+        f"Host: 127.0.0.1:{port}",
+        "Content-Type: application/json",
+        f"Content-Length: {len(body)}",
+    ]
     head += [f"{k.replace('_', '-')}: {v}" for k, v in extra_headers.items()]
     return ("\r\n".join(head) + "\r\n\r\n").encode() + body
 
@@ -142,14 +160,18 @@ def legit_callback_answered(port: int) -> int:
         return read_answer(s)[0]
 
 
-def send_all_or_stall(s: socket.socket, data: bytes, *, stall_s: float = 0.5, max_s: float = 6) -> int:
+def send_all_or_stall(
+    s: socket.socket, data: bytes, *, stall_s: float = 0.5, max_s: float = 6
+) -> int:
     """Send `data` non-blocking until done, or until the receiver takes nothing for `stall_s`."""
     s.setblocking(False)
     sent, t0, progress = 0, time.monotonic(), time.monotonic()
     view = memoryview(data)
-    while sent < len(data) and time.monotonic() - t0 < max_s and time.monotonic() - progress < stall_s:
+    while (
+        sent < len(data) and time.monotonic() - t0 < max_s and time.monotonic() - progress < stall_s
+    ):
         try:
-            sent += s.send(view[sent:sent + 262144])
+            sent += s.send(view[sent : sent + 262144])
             progress = time.monotonic()
         except BlockingIOError:
             select.select([], [s], [], 0.05)
@@ -175,12 +197,20 @@ CHUNKED = b"POST /callbacks/agent/cdr/x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding
 
 # ---- bytes a client can make it hold --------------------------------------------------------------
 
-@pytest.mark.parametrize("attack, status", [
-    (CHUNKED + b"0\r\n" + b"X-Trailer: 0123456789abcdef0123456789abcdef\r\n" * 100_000, 400),  # 4.5 MB
-    (CHUNKED + b"0\r\nX-Trailer: " + b"v" * 4_000_000, 400),
-    (CHUNKED + b"1;ext=" + b"e" * 4_000_000, 400),
-    (b"POST /x HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"p" * 4_000_000, 431),
-], ids=["trailer fields", "one trailer value", "chunk extension", "header value"])
+
+@pytest.mark.parametrize(
+    "attack, status",
+    [
+        (
+            CHUNKED + b"0\r\n" + b"X-Trailer: 0123456789abcdef0123456789abcdef\r\n" * 100_000,
+            400,
+        ),  # 4.5 MB
+        (CHUNKED + b"0\r\nX-Trailer: " + b"v" * 4_000_000, 400),
+        (CHUNKED + b"1;ext=" + b"e" * 4_000_000, 400),
+        (b"POST /x HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"p" * 4_000_000, 431),
+    ],
+    ids=["trailer fields", "one trailer value", "chunk extension", "header value"],
+)
 def test_head_floods_are_refused_and_hold_nothing(receiver_state, attack, status):
     pid, port, _ = receiver_state
     rss0 = rss_kb(pid)
@@ -215,6 +245,7 @@ def test_answers_left_unread_stop_the_reading_and_hold_no_memory(receiver_state)
 
 
 # ---- descriptors and time ---------------------------------------------------------------------------
+
 
 def test_at_the_connection_cap_a_legit_sender_is_still_answered(receiver_state):
     # Given the cap filled with idle connections and more trickling heads arriving on top
@@ -270,7 +301,9 @@ def test_a_slow_body_gets_408(receiver_state):
     _, port, _ = receiver_state
     with connect(port) as s:
         t0 = time.monotonic()
-        s.sendall(b"POST /callbacks/agent/cdr/x HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n")
+        s.sendall(
+            b"POST /callbacks/agent/cdr/x HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n"
+        )
         while time.monotonic() - t0 < 5 and not select.select([s], [], [], 0.05)[0]:
             s.send(b"x")
         status, headers, _ = read_answer(s)
@@ -295,26 +328,32 @@ def test_requests_per_connection_are_capped(callbacks_env, tmp_path):
 
 # ---- what the RFCs ask ------------------------------------------------------------------------------
 
+
 def test_head_gets_the_headers_of_get_and_no_body(receiver_state):
     _, port, _ = receiver_state
     with connect(port) as s:
         s.sendall(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
         status, headers, body = read_answer(s)
         assert (status, body) == (200, b'{"ok":true}')
-        s.sendall(b"HEAD /readyz HTTP/1.1\r\nHost: x\r\n\r\nGET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+        s.sendall(
+            b"HEAD /readyz HTTP/1.1\r\nHost: x\r\n\r\nGET /readyz HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
         status, head_headers, _ = read_answer(s, head_only=True)
         assert status == 200 and head_headers["content-length"] == headers["content-length"]
         # the very next bytes are the next answer: the HEAD answer carried no body
         assert read_answer(s) == (200, headers, b'{"ok":true}')
 
 
-@pytest.mark.parametrize("request_line, allow", [
-    ("GET /callbacks/callbot/call", "POST"),
-    (f"GET /callbacks/number-check/{CALLBACK_TOKEN}", "POST"),
-    ("HEAD /callbacks/agent/cdr/" + CALLBACK_TOKEN, "POST"),
-    ("POST /healthz", "GET, HEAD"),
-    ("DELETE /readyz", "GET, HEAD"),
-])
+@pytest.mark.parametrize(
+    "request_line, allow",
+    [
+        ("GET /callbacks/callbot/call", "POST"),
+        (f"GET /callbacks/number-check/{CALLBACK_TOKEN}", "POST"),
+        ("HEAD /callbacks/agent/cdr/" + CALLBACK_TOKEN, "POST"),
+        ("POST /healthz", "GET, HEAD"),
+        ("DELETE /readyz", "GET, HEAD"),
+    ],
+)
 def test_405_says_which_methods_are_allowed(receiver_state, request_line, allow):
     _, port, _ = receiver_state
     with connect(port) as s:
@@ -337,17 +376,23 @@ def test_expect_100_continue_then_the_callback_is_stored(receiver_state):
 def test_expect_100_continue_with_a_body_too_large_gets_413_at_once(receiver_state):
     _, port, _ = receiver_state
     with connect(port) as s:
-        s.sendall(b"POST /callbacks/agent/cdr/x HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
-                  b"Content-Length: 999999999\r\n\r\n")
+        s.sendall(
+            b"POST /callbacks/agent/cdr/x HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+            b"Content-Length: 999999999\r\n\r\n"
+        )
         assert read_answer(s)[0] == 413
 
 
-@pytest.mark.parametrize("raw", [
-    b"GET /readyz HTTP/1.1\r\n\r\n",
-    b"GET /readyz\r\n",
-    b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
-    b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcde",
-], ids=["no host", "http/0.9", "content-length and chunked", "two content-lengths"])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"GET /readyz HTTP/1.1\r\n\r\n",
+        b"GET /readyz\r\n",
+        b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcde",
+    ],
+    ids=["no host", "http/0.9", "content-length and chunked", "two content-lengths"],
+)
 def test_bad_requests_get_400(receiver_state, raw):
     _, port, _ = receiver_state
     with connect(port) as s:
@@ -357,6 +402,7 @@ def test_bad_requests_get_400(receiver_state, raw):
 
 
 # ---- the descriptor limit at startup -----------------------------------------------------------------
+
 
 def test_the_connection_cap_is_fitted_to_the_descriptor_limit(monkeypatch, caplog):
     import resource

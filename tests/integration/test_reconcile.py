@@ -44,16 +44,24 @@ def _submit(producer, kind: str) -> str:
         return producer.number_check(phones=["8613800138000", "6591234567"])
     if kind == "call":
         return producer.call(phone="8613800138000")
-    return producer.callbot_list(scene_id="s", task_name="t",
-                                 contacts=[{"user_phone": "8613900139000"}, {"user_phone": "8613900139001"}])
+    return producer.callbot_list(
+        scene_id="s",
+        task_name="t",
+        contacts=[{"user_phone": "8613900139000"}, {"user_phone": "8613900139001"}],
+    )
 
 
-EXPECTED = {"number-check": ["number-check", "number-check"], "call": ["cdr"],
-            "callbot-list": ["callbot-order", "callbot-order", "callbot-task"]}
+EXPECTED = {
+    "number-check": ["number-check", "number-check"],
+    "call": ["cdr"],
+    "callbot-list": ["callbot-order", "callbot-order", "callbot-task"],
+}
 
 
 @pytest.mark.parametrize("kind", list(EXPECTED))
-def test_job_whose_callbacks_were_dropped_is_completed_by_the_query_apis(kind, cb_producer, cb_sandbox, beat):
+def test_job_whose_callbacks_were_dropped_is_completed_by_the_query_apis(
+    kind, cb_producer, cb_sandbox, beat
+):
     # Given the provider accepts the job but every callback it sends is lost
     cb_sandbox.configure(callback_drop_rate=1.0)
     job_id = _submit(cb_producer, kind)
@@ -66,8 +74,15 @@ def test_job_whose_callbacks_were_dropped_is_completed_by_the_query_apis(kind, c
     assert sorted(c["type"] for c in record.callbacks) == EXPECTED[kind]
     assert {c["source"] for c in record.callbacks} == {"reconcile"}
     assert cb_sandbox.stats()["callbacks"]["dropped"] >= len(EXPECTED[kind])
-    assert cb_producer.redis.zscore(keys.callbacks_waiting({"call": "agent", "number-check": "api2",
-                                                            "callbot-list": "callbot"}[kind]), job_id) is None
+    assert (
+        cb_producer.redis.zscore(
+            keys.callbacks_waiting(
+                {"call": "agent", "number-check": "api2", "callbot-list": "callbot"}[kind]
+            ),
+            job_id,
+        )
+        is None
+    )
 
 
 def test_job_the_provider_knows_nothing_about_fails_with_a_reason(cb_producer, cb_sandbox, beat):
@@ -87,7 +102,10 @@ def test_job_the_provider_knows_nothing_about_fails_with_a_reason(cb_producer, c
 def test_ambiguous_makecall_found_by_orderid_is_completed_not_resent(cb_producer, cb_sandbox, beat):
     # Given a warm token, then a provider that places the call but answers after the read timeout
     warm = cb_producer.call(phone="8613800138000")
-    assert cb_producer.wait([warm], until="completed", timeout_s=WAIT_S)[warm].state == JobState.COMPLETED
+    assert (
+        cb_producer.wait([warm], until="completed", timeout_s=WAIT_S)[warm].state
+        == JobState.COMPLETED
+    )
     cb_sandbox.configure(slow_rate=1.0, slow_seconds=2.5, callback_drop_rate=1.0)
     # When a call is made, fails as ambiguous, and reconciliation looks its orderid up
     job_id = cb_producer.call(phone="8613800138002")
@@ -99,7 +117,11 @@ def test_ambiguous_makecall_found_by_orderid_is_completed_not_resent(cb_producer
     assert record.state == JobState.COMPLETED, (record.state, record.error)
     assert record.error is None and record.result["orderid"] == job_id
     assert [c["type"] for c in record.callbacks] == ["cdr"]
-    sent = [r for r in cb_sandbox.requests(path="/v1/call/makecall") if r["body"].get("orderid") == job_id]
+    sent = [
+        r
+        for r in cb_sandbox.requests(path="/v1/call/makecall")
+        if r["body"].get("orderid") == job_id
+    ]
     assert len(sent) == 1
     assert cb_producer.redis.zscore(keys.RECONCILE, job_id) is None
 
@@ -107,10 +129,16 @@ def test_ambiguous_makecall_found_by_orderid_is_completed_not_resent(cb_producer
 def test_ambiguous_makecall_not_found_is_marked_safe_to_resend(cb_producer, cb_sandbox, beat):
     # Given a call that fails as ambiguous, and a CDR lookup that finds nothing
     warm = cb_producer.call(phone="8613800138000")
-    assert cb_producer.wait([warm], until="completed", timeout_s=WAIT_S)[warm].state == JobState.COMPLETED
+    assert (
+        cb_producer.wait([warm], until="completed", timeout_s=WAIT_S)[warm].state
+        == JobState.COMPLETED
+    )
     cb_sandbox.configure(slow_rate=1.0, slow_seconds=2.5, callback_drop_rate=1.0)
     job_id = cb_producer.call(phone="8613800138003")
-    assert cb_producer.wait([job_id], until="submitted", timeout_s=WAIT_S)[job_id].error.code == "ambiguous"
+    assert (
+        cb_producer.wait([job_id], until="submitted", timeout_s=WAIT_S)[job_id].error.code
+        == "ambiguous"
+    )
     cb_sandbox.configure(slow_rate=0.0)
     cb_sandbox.script("/api/voiceSms/getSipCdrByOrderid", "0", times=1000)
     # When reconciliation looks it up
@@ -122,21 +150,34 @@ def test_ambiguous_makecall_not_found_is_marked_safe_to_resend(cb_producer, cb_s
     assert cb_producer.redis.zscore(keys.RECONCILE, job_id) is None
 
 
-def test_a_forged_cdr_for_an_ambiguous_call_is_looked_up_not_believed(cb_producer, cb_sandbox, beat, receiver):
+def test_a_forged_cdr_for_an_ambiguous_call_is_looked_up_not_believed(
+    cb_producer, cb_sandbox, beat, receiver
+):
     import uuid
 
     from tests.integration.test_callbacks import post_token
 
     # Given a call that failed as ambiguous, and a provider with no CDR for it (it was never placed)
     warm = cb_producer.call(phone="8613800138000")
-    assert cb_producer.wait([warm], until="completed", timeout_s=WAIT_S)[warm].state == JobState.COMPLETED
+    assert (
+        cb_producer.wait([warm], until="completed", timeout_s=WAIT_S)[warm].state
+        == JobState.COMPLETED
+    )
     cb_sandbox.configure(slow_rate=1.0, slow_seconds=2.5, callback_drop_rate=1.0)
     job_id = cb_producer.call(phone="8613800138004")
-    assert cb_producer.wait([job_id], until="submitted", timeout_s=WAIT_S)[job_id].error.code == "ambiguous"
+    assert (
+        cb_producer.wait([job_id], until="submitted", timeout_s=WAIT_S)[job_id].error.code
+        == "ambiguous"
+    )
     cb_sandbox.configure(slow_rate=0.0)
     cb_sandbox.script("/api/voiceSms/getSipCdrByOrderid", "0", times=1000)
     # When a CDR callback with its orderid arrives from whoever holds the URL token
-    forged = {"sessionid": str(uuid.uuid4()), "orderid": job_id, "phone": "8613800138004", "duration": 30}
+    forged = {
+        "sessionid": str(uuid.uuid4()),
+        "orderid": job_id,
+        "phone": "8613800138004",
+        "duration": 30,
+    }
     assert post_token(receiver.url, "/callbacks/agent/cdr", forged).status_code == 200
     # Then only the provider's answer decides: no CDR there, so the call stays failed, safe to resend
     record = poll(cb_producer, job_id, lambda r: r.error is None or r.error.code != "ambiguous")

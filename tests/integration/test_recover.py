@@ -24,14 +24,21 @@ def client(redis_server):
 
 
 def _job(client, job_id: str, kind: str = "call") -> None:
-    RecordStore(client).create(job_id, kind, {"phone": "861******8000"}, payload={"phone": "8613800138000"})
+    RecordStore(client).create(
+        job_id, kind, {"phone": "861******8000"}, payload={"phone": "8613800138000"}
+    )
     client.hset(keys.job(job_id), "updated_at", "2020-01-01T00:00:00.000Z")  # unchanged for long
 
 
 def _message(job_id: str) -> str:
     # The shape kombu stores: the envelope as JSON, Celery's task id in headers.id.
-    return json.dumps({"body": "e30=", "headers": {"lang": "py", "task": "t", "id": job_id, "root_id": "x"},
-                       "properties": {"delivery_tag": "d"}})
+    return json.dumps(
+        {
+            "body": "e30=",
+            "headers": {"lang": "py", "task": "t", "id": job_id, "root_id": "x"},
+            "properties": {"delivery_tag": "d"},
+        }
+    )
 
 
 def test_a_job_whose_message_vanished_is_republished_after_confirmation(client):
@@ -42,8 +49,12 @@ def test_a_job_whose_message_vanished_is_republished_after_confirmation(client):
     client.hset(UNACKED_KEY, "tag1", json.dumps([json.loads(_message(held)), "", "agent"]))
     sent = []
     now = [time.time()]
-    sweeper = LostMessageSweeper(client, lambda kind, job_id, payload: sent.append((kind, job_id, payload)),
-                                 confirm_s=10, clock=lambda: now[0])
+    sweeper = LostMessageSweeper(
+        client,
+        lambda kind, job_id, payload: sent.append((kind, job_id, payload)),
+        confirm_s=10,
+        clock=lambda: now[0],
+    )
     # First look: only the lost one is suspected, nothing is sent yet.
     assert sweeper.run("agent")["suspects"] == 1 and sent == []
     now[0] += 11
@@ -51,7 +62,12 @@ def test_a_job_whose_message_vanished_is_republished_after_confirmation(client):
     assert sweeper.run("agent")["republished"] == 1
     assert sent == [("call", lost, {"phone": "8613800138000"})]
     # Other families are not touched.
-    assert LostMessageSweeper(client, lambda *a: sent.append(a), confirm_s=10).run("api2")["candidates"] == 0
+    assert (
+        LostMessageSweeper(client, lambda *a: sent.append(a), confirm_s=10).run("api2")[
+            "candidates"
+        ]
+        == 0
+    )
 
 
 def test_a_suspect_that_moves_on_is_forgotten(client):
@@ -59,7 +75,9 @@ def test_a_suspect_that_moves_on_is_forgotten(client):
     _job(client, job)
     sent = []
     now = [time.time()]
-    sweeper = LostMessageSweeper(client, lambda *a: sent.append(a), confirm_s=10, clock=lambda: now[0])
+    sweeper = LostMessageSweeper(
+        client, lambda *a: sent.append(a), confirm_s=10, clock=lambda: now[0]
+    )
     assert sweeper.run("agent")["suspects"] == 1
     client.hset(keys.job(job), "state", "submitted")  # a worker had it after all
     now[0] += 11

@@ -23,8 +23,13 @@ WAIT_S = 30
 def _republish(producer, kind: str, job_id: str, payload: dict) -> None:
     """Deliver the job's message again, as the broker does after its worker died."""
     job_kind = KINDS[kind]
-    producer._celery.send_task(job_kind.task_name, kwargs={"job_id": job_id, "payload": payload}, task_id=job_id,
-                               queue=job_kind.queue, routing_key=job_kind.queue)
+    producer._celery.send_task(
+        job_kind.task_name,
+        kwargs={"job_id": job_id, "payload": payload},
+        task_id=job_id,
+        queue=job_kind.queue,
+        routing_key=job_kind.queue,
+    )
 
 
 def _as_if_worker_died_after_sending(producer, job_id: str) -> None:
@@ -47,7 +52,9 @@ def _wait_state(producer, job_id: str, pred, timeout_s: float = WAIT_S):
 def test_redelivered_call_is_looked_up_by_orderid_not_rung_again(producer, sandbox, worker):
     # Given a call the provider accepted, whose worker died before recording it
     job_id = producer.call(phone="8613800138000")
-    assert producer.wait([job_id], until="submitted", timeout_s=WAIT_S)[job_id].reached(JobState.SUBMITTED)
+    assert producer.wait([job_id], until="submitted", timeout_s=WAIT_S)[job_id].reached(
+        JobState.SUBMITTED
+    )
     _as_if_worker_died_after_sending(producer, job_id)
     # When the broker delivers the message again
     _republish(producer, "call", job_id, {"phone": "8613800138000"})
@@ -78,7 +85,9 @@ def test_redelivered_call_without_a_cdr_is_parked_ambiguous_never_resent(produce
     assert job_id in {e["job_id"] for e in DeadLetters(producer.redis).list(kind="call")}
 
 
-def test_number_check_whose_answer_was_lost_is_found_by_batch_no_not_resent(producer, sandbox, worker):
+def test_number_check_whose_answer_was_lost_is_found_by_batch_no_not_resent(
+    producer, sandbox, worker
+):
     # Given the provider applies the number check, then answers after the client gave up
     sandbox.configure(slow_rate=1.0, slow_seconds=3.0)
     job_id = producer.number_check(phones=["8613800138000", "6591234567"], check_level=1)
@@ -88,7 +97,9 @@ def test_number_check_whose_answer_was_lost_is_found_by_batch_no_not_resent(prod
         time.sleep(0.05)
     sandbox.configure(slow_rate=0.0)
     # When the retry runs (it waits out the first attempt's timeout, then asks by batchNo)
-    record = _wait_state(producer, job_id, lambda r: r.reached(JobState.SUBMITTED) or r.state == JobState.FAILED)
+    record = _wait_state(
+        producer, job_id, lambda r: r.reached(JobState.SUBMITTED) or r.state == JobState.FAILED
+    )
     # Then it found the batch instead of submitting it again
     assert record.reached(JobState.SUBMITTED), record
     assert record.result["batchNo"] == job_id and record.result["requestId"]
@@ -108,8 +119,9 @@ def _cli(redis_url: str, monkeypatch, *argv: str) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
-def test_permanent_failure_is_dead_lettered_and_replays_under_the_same_id(producer, sandbox, worker, redis_url,
-                                                                        monkeypatch):
+def test_permanent_failure_is_dead_lettered_and_replays_under_the_same_id(
+    producer, sandbox, worker, redis_url, monkeypatch
+):
     producer.dead_letters.purge()
     # Given a number check the provider refuses permanently (9906)
     sandbox.script("/api/number/check", 9906, times=1)
@@ -120,12 +132,18 @@ def test_permanent_failure_is_dead_lettered_and_replays_under_the_same_id(produc
     code, out, _ = _cli(redis_url, monkeypatch, "dead", "list", "--json")
     rows = json.loads(out)
     assert code == 0 and [r["job_id"] for r in rows] == [job_id]
-    assert rows[0]["reason"]["code"] == "9906" and rows[0]["state"] == "failed" and "payload" not in rows[0]
+    assert (
+        rows[0]["reason"]["code"] == "9906"
+        and rows[0]["state"] == "failed"
+        and "payload" not in rows[0]
+    )
     # When it is replayed
     code, out, _ = _cli(redis_url, monkeypatch, "dead", "replay", job_id)
     assert code == 0 and out.strip() == f"{job_id} replayed"
     # Then the same job (same id = same batchNo) goes through the normal task and is accepted
-    record = _wait_state(producer, job_id, lambda r: r.reached(JobState.SUBMITTED) or r.state == JobState.FAILED)
+    record = _wait_state(
+        producer, job_id, lambda r: r.reached(JobState.SUBMITTED) or r.state == JobState.FAILED
+    )
     assert record.reached(JobState.SUBMITTED), record
     assert record.replays == 1 and record.attempts == 1 and record.result["batchNo"] == job_id
     assert producer.dead_letters.count() == 0
@@ -138,7 +156,9 @@ def test_permanent_failure_is_dead_lettered_and_replays_under_the_same_id(produc
 def test_dead_letter_purge_and_replay_all_by_kind(producer, redis_url, monkeypatch):
     dead = producer.dead_letters
     dead.purge()
-    dead.add("a" * 32, "ota-init", {"phone": "8615800001795", "user_ip": "203.0.113.7"}, {"code": "x"})
+    dead.add(
+        "a" * 32, "ota-init", {"phone": "8615800001795", "user_ip": "203.0.113.7"}, {"code": "x"}
+    )
     dead.add("b" * 32, "wa-calling", {"business_phone": "6581234567"}, {"code": "y"})
     code, out, _ = _cli(redis_url, monkeypatch, "dead", "purge", "--kind", "wa-calling")
     assert code == 0 and "purged 1" in out

@@ -51,24 +51,45 @@ def http():
         yield session
 
 
-def post_api2(http, url, path, body, *, biz=1, action="numbercheck", ts_ms=None, access_key=accounts.API2_ACCESS_KEY,
-              algorithm="md5", send_text=None):
+def post_api2(
+    http,
+    url,
+    path,
+    body,
+    *,
+    biz=1,
+    action="numbercheck",
+    ts_ms=None,
+    access_key=accounts.API2_ACCESS_KEY,
+    algorithm="md5",
+    send_text=None,
+):
     """Sign `body` as api2 would and POST it; `send_text` sends different bytes than were signed."""
     text = serialize_body(body)
     headers = api2_headers(
-        access_key=access_key, access_secret=accounts.API2_ACCESS_SECRET, action=action, biz_type=biz,
-        ts_ms=int(time.time() * 1000) if ts_ms is None else ts_ms, body_text=text, algorithm=algorithm,
+        access_key=access_key,
+        access_secret=accounts.API2_ACCESS_SECRET,
+        action=action,
+        biz_type=biz,
+        ts_ms=int(time.time() * 1000) if ts_ms is None else ts_ms,
+        body_text=text,
+        algorithm=algorithm,
     )
     headers["Content-Type"] = "application/json"
     data = (send_text if send_text is not None else text).encode("utf-8")
     return http.post(url + path, data=data, headers=headers, timeout=5)
 
 
-def post_callbot(http, url, endpoint, body, *, secret=accounts.CALLBOT_SECRET_KEY, create_ts_s=None):
+def post_callbot(
+    http, url, endpoint, body, *, secret=accounts.CALLBOT_SECRET_KEY, create_ts_s=None
+):
     text = serialize_body(body)
     headers = callbot_headers(
-        secret_key=secret, uuid=accounts.CALLBOT_UUID, request_id=uuid.uuid4().hex,
-        create_ts_s=int(time.time()) if create_ts_s is None else create_ts_s, body_text=text,
+        secret_key=secret,
+        uuid=accounts.CALLBOT_UUID,
+        request_id=uuid.uuid4().hex,
+        create_ts_s=int(time.time()) if create_ts_s is None else create_ts_s,
+        body_text=text,
     )
     headers["Content-Type"] = "application/json"
     return http.post(url + CB + endpoint, data=text.encode("utf-8"), headers=headers, timeout=5)
@@ -101,7 +122,12 @@ def test_good_number_check_is_accepted_and_999_numbers_fail(sb, http, control):
     assert body["data"]["batchNo"] == "B-1"
     assert body["data"]["failNumber"] == [{"number": "99912345678", "reason": "invalid number"}]
     # And the query endpoint returns the row of the accepted number
-    query = {"page": 1, "pageSize": 100, "date": time.strftime("%Y-%m-%d", time.gmtime()), "batchNo": "B-1"}
+    query = {
+        "page": 1,
+        "pageSize": 100,
+        "date": time.strftime("%Y-%m-%d", time.gmtime()),
+        "batchNo": "B-1",
+    }
     rows = post_api2(http, sb.url, "/api/number/query", query).json()["data"]["result"]
     assert [r["phone"] for r in rows] == ["8613800138000"]
     assert control.stats()["accepted"]["number_check"] == 1
@@ -156,15 +182,21 @@ def test_wrong_biz_type_for_path_is_1002_and_unknown_path_is_404(sb, http):
 
 def _task(user_task_id, orders=()):
     return {
-        "productID": "callbot", "userTaskID": user_task_id, "sceneID": "scene-1",
+        "productID": "callbot",
+        "userTaskID": user_task_id,
+        "sceneID": "scene-1",
         "taskCreateSetting": {"taskName": "demo"},
-        "callInfoList": {"callList": [{"orderID": o, "userPhone": "8613800138000"} for o in orders]},
+        "callInfoList": {
+            "callList": [{"orderID": o, "userPhone": "8613800138000"} for o in orders]
+        },
     }
 
 
 def test_callbot_bad_sign_is_6_and_good_sign_creates_task(sb, http, control):
     # Given the same createAndCall body signed with a wrong and with the right secret
-    bad = post_callbot(http, sb.url, "createAndCall", _task("t-1", ["o-1"]), secret="wrong-secret").json()
+    bad = post_callbot(
+        http, sb.url, "createAndCall", _task("t-1", ["o-1"]), secret="wrong-secret"
+    ).json()
     good = post_callbot(http, sb.url, "createAndCall", _task("t-1", ["o-1", "o-2"])).json()
     # Then the wrong one is refused without creating anything, the right one creates the task
     assert bad["retCode"] == 6
@@ -216,7 +248,11 @@ def test_token_makecall_then_expired_token_is_1201(sb, http, control):
     assert first["code"] == 0 and first["orderid"] == "order0001" and first["sessionid"]
     assert second == {"code": 1201, "info": "This token has expired"}
     # And the CDR lookup finds the one call that was placed
-    cdr = {"appkey": accounts.AGENT_APPKEY, "secretkey": accounts.AGENT_SECRETKEY, "orderid": "order0001,order0002"}
+    cdr = {
+        "appkey": accounts.AGENT_APPKEY,
+        "secretkey": accounts.AGENT_SECRETKEY,
+        "orderid": "order0001,order0002",
+    }
     rows = http.post(sb.url + "/api/voiceSms/getSipCdrByOrderid", json=cdr, timeout=5).json()
     assert rows["code"] == "0" and [r["orderid"] for r in rows["row"]] == ["order0001"]
     assert rows["row"][0]["hangup_cause"] == "NORMAL_CLEARING" and rows["row"][0]["duration"] > 0
@@ -242,13 +278,18 @@ def test_api2_quota_allows_10_per_second_and_the_window_slides(http):
     with start_in_thread(clock=lambda: now[0]) as frozen:
         ts_ms = int(now[0] * 1000)
         # When 15 signed requests are sent
-        codes = [post_api2(http, frozen.url, NUMBER_CHECK, nc_body(), ts_ms=ts_ms).json()["code"] for _ in range(15)]
+        codes = [
+            post_api2(http, frozen.url, NUMBER_CHECK, nc_body(), ts_ms=ts_ms).json()["code"]
+            for _ in range(15)
+        ]
         # Then exactly 10 are accepted and the rest are told to slow down
         assert codes.count(0) == 10 and codes.count(2206) == 5
         assert frozen.state.stats()["throttled"]["api2"] == 5
         # And once the oldest slot is a full second old, a request is accepted again
         now[0] += 1.001
-        later = post_api2(http, frozen.url, NUMBER_CHECK, nc_body(), ts_ms=int(now[0] * 1000)).json()
+        later = post_api2(
+            http, frozen.url, NUMBER_CHECK, nc_body(), ts_ms=int(now[0] * 1000)
+        ).json()
         assert later["code"] == 0
 
 
@@ -289,8 +330,13 @@ def test_slow_rate_applies_the_effect_then_answers_late(sb, http, control):
     # When a call list is created with a 0.2 s client timeout
     with pytest.raises(requests.exceptions.ReadTimeout):
         text = serialize_body(_task("t-slow", ["o-slow"]))
-        headers = callbot_headers(secret_key=accounts.CALLBOT_SECRET_KEY, uuid=accounts.CALLBOT_UUID,
-                                  request_id="r1", create_ts_s=int(time.time()), body_text=text)
+        headers = callbot_headers(
+            secret_key=accounts.CALLBOT_SECRET_KEY,
+            uuid=accounts.CALLBOT_UUID,
+            request_id="r1",
+            create_ts_s=int(time.time()),
+            body_text=text,
+        )
         http.post(sb.url + CB + "createAndCall", data=text.encode(), headers=headers, timeout=0.2)
     # Then the task exists anyway, so a blind retry is refused as a duplicate
     control.configure(slow_rate=0)
@@ -305,11 +351,19 @@ def test_run_prints_listening_line_and_exits_0_on_sigterm():
     # Given the CLI entry point started in its own process on a free port
     code = "import sys; from sandbox.server import run; sys.exit(run(sys.argv[1:]))"
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    with subprocess.Popen([sys.executable, "-c", code, "--port", "0"], stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True, env=env, cwd=REPO_ROOT) as proc:
+    with subprocess.Popen(
+        [sys.executable, "-c", code, "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=REPO_ROOT,
+    ) as proc:
         try:
             line = []
-            reader = threading.Thread(target=lambda: line.append(proc.stdout.readline()), daemon=True)
+            reader = threading.Thread(
+                target=lambda: line.append(proc.stdout.readline()), daemon=True
+            )
             reader.start()
             reader.join(timeout=10)
             # When it reports where it listens

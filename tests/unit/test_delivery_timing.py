@@ -15,17 +15,22 @@ from workers.delivery import DeliveryTimingError, check_visibility, countdown_bo
 def test_defaults_are_consistent():
     settings = Settings(_env_file=None)
     check_visibility(settings)
-    assert settings.broker_visibility_timeout_s > settings.task_time_limit_s + max(countdown_bounds_s(settings).values())
+    assert settings.broker_visibility_timeout_s > settings.task_time_limit_s + max(
+        countdown_bounds_s(settings).values()
+    )
 
 
-@pytest.mark.parametrize("change", [
-    {"ratelimit": {"cooldown_cap_s": 4000}},
-    {"ratelimit": {"max_wait_s": 3500}},
-    {"ratelimit": {"horizon_s": 3400}},
-    {"retry": {"cap_s": 3590}},
-    {"task_time_limit_s": 3590},
-    {"broker_visibility_timeout_s": 300},
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"ratelimit": {"cooldown_cap_s": 4000}},
+        {"ratelimit": {"max_wait_s": 3500}},
+        {"ratelimit": {"horizon_s": 3400}},
+        {"retry": {"cap_s": 3590}},
+        {"task_time_limit_s": 3590},
+        {"broker_visibility_timeout_s": 300},
+    ],
+)
 def test_a_countdown_past_the_visibility_timeout_refuses_to_start(change):
     with pytest.raises(DeliveryTimingError, match="NXJOBS_BROKER_VISIBILITY_TIMEOUT_S"):
         check_visibility(Settings(_env_file=None, **change))
@@ -34,7 +39,10 @@ def test_a_countdown_past_the_visibility_timeout_refuses_to_start(change):
 def test_the_celery_app_uses_the_checked_visibility_timeout():
     from workers.celery_app import app, settings
 
-    assert app.conf.broker_transport_options["visibility_timeout"] == settings.broker_visibility_timeout_s
+    assert (
+        app.conf.broker_transport_options["visibility_timeout"]
+        == settings.broker_visibility_timeout_s
+    )
 
 
 def test_a_slot_far_behind_the_horizon_waits_at_most_max_wait_s():

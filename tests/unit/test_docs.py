@@ -16,8 +16,13 @@ def _sections() -> set[str]:
 
 
 def test_every_section_cited_in_the_code_has_a_heading_in_docs_provider():
-    tracked = subprocess.run(["git", "ls-files", "*.py", "*.toml", "*.yml", "README.md"], cwd=ROOT,
-                             capture_output=True, text=True, check=True).stdout.split()
+    tracked = subprocess.run(
+        ["git", "ls-files", "*.py", "*.toml", "*.yml", "README.md"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     sections = _sections()
     missing = []
     for name in tracked:

@@ -25,15 +25,38 @@ from nxjobs.jobs import KINDS, NUMBER_CHECK_MAX_PHONES, InvalidJob, validate_pay
         ("ota-init", {"phone": "8613800138000"}, "user_ip"),
         ("wa-calling", {"business_phone": ""}, "business_phone"),
         ("callbot-list", {"scene_id": "s", "task_name": "t", "contacts": []}, "contacts"),
-        ("callbot-list", {"scene_id": "", "task_name": "t", "contacts": [{"user_phone": "8613800138000"}]},
-         "scene_id"),
-        ("callbot-list", {"scene_id": "s", "task_name": "t", "contacts": [{"user_phone": "1"}]},
-         "contacts.0.user_phone"),
-        ("callbot-list", {"scene_id": "s", "task_name": "t",
-                          "contacts": [{"user_phone": "8613800138000", "order_id": "o1"},
-                                       {"user_phone": "8613800138001", "order_id": "o1"}]}, "contacts.1.order_id"),
-        ("callbot-list", {"scene_id": "s", "task_name": "t", "task_callback_url": "ftp://x",
-                          "contacts": [{"user_phone": "8613800138000"}]}, "task_callback_url"),
+        (
+            "callbot-list",
+            {"scene_id": "", "task_name": "t", "contacts": [{"user_phone": "8613800138000"}]},
+            "scene_id",
+        ),
+        (
+            "callbot-list",
+            {"scene_id": "s", "task_name": "t", "contacts": [{"user_phone": "1"}]},
+            "contacts.0.user_phone",
+        ),
+        (
+            "callbot-list",
+            {
+                "scene_id": "s",
+                "task_name": "t",
+                "contacts": [
+                    {"user_phone": "8613800138000", "order_id": "o1"},
+                    {"user_phone": "8613800138001", "order_id": "o1"},
+                ],
+            },
+            "contacts.1.order_id",
+        ),
+        (
+            "callbot-list",
+            {
+                "scene_id": "s",
+                "task_name": "t",
+                "task_callback_url": "ftp://x",
+                "contacts": [{"user_phone": "8613800138000"}],
+            },
+            "task_callback_url",
+        ),
         ("nonsense", {}, "kind"),
     ],
 )
@@ -59,8 +82,10 @@ def test_payload_must_be_an_object():
 
 def test_leading_plus_is_dropped_and_ip_normalised():
     assert validate_payload("call", {"phone": "+8613800138000"}).phone == "8613800138000"
-    assert validate_payload("ota-init", {"phone": "8613800138000", "user_ip": "2001:DB8::1"}).user_ip == \
-        "2001:db8::1"
+    assert (
+        validate_payload("ota-init", {"phone": "8613800138000", "user_ip": "2001:DB8::1"}).user_ip
+        == "2001:db8::1"
+    )
 
 
 def test_every_kind_has_a_distinct_task_name_and_a_known_queue():

@@ -23,7 +23,7 @@ def lua_strings(source: str) -> list[str]:
             j, buf = i + 1, []
             while source[j] != ch:
                 if source[j] == "\\":
-                    buf.append(source[j:j + 2])
+                    buf.append(source[j : j + 2])
                     j += 2
                 else:
                     buf.append(source[j])
@@ -45,13 +45,21 @@ def key_segments() -> set[str]:
             built.append(value(*[sentinel] * sum(p.default is p.empty for p in params)))
         elif isinstance(value, str):
             built.append(value)
-    return {part for key in built if key.startswith(keys.PREFIX + ":")
-            for part in key.split(":") if part and sentinel not in part}
+    return {
+        part
+        for key in built
+        if key.startswith(keys.PREFIX + ":")
+        for part in key.split(":")
+        if part and sentinel not in part
+    }
 
 
 def test_the_lua_string_reader_finds_literals_and_skips_comments():
-    assert lua_strings("""-- 'not this'\nlocal a = 'x:y' .. "z" -- 'nor this'\nb('a\\'b')""") == \
-        ["x:y", "z", "a\\'b"]
+    assert lua_strings("""-- 'not this'\nlocal a = 'x:y' .. "z" -- 'nor this'\nb('a\\'b')""") == [
+        "x:y",
+        "z",
+        "a\\'b",
+    ]
 
 
 def test_the_key_segments_cover_the_job_and_index_prefixes():
@@ -124,7 +132,7 @@ def redis_calls(source: str) -> list[tuple[str, list[str]]]:
                 j = source.index(source[j], j + 1)
             depth += {"(": 1, ")": -1}.get(source[j], 0)
             j += 1
-        literals = lua_strings(source[found.end():j - 1])
+        literals = lua_strings(source[found.end() : j - 1])
         out.append((literals[0].upper() if literals else "", literals[1:]))
     return out
 
@@ -147,8 +155,10 @@ def table_pairs() -> set[tuple[str, str]]:
 def test_the_state_checks_read_what_they_must():
     src = "redis.call('HSET', jk, 'state', 'x') local a = redis.call('HMGET', jk, 'state', f(1))"
     assert redis_calls(src) == [("HSET", ["state", "x"]), ("HMGET", ["state"])]
-    assert set_state_targets("set_state(KEYS[1], 'failed', 'a', 1) -- set_state(x, 'queued')\n"
-                             "if set_state(jk, ARGV[1]) then") == ["failed", "*"]
+    assert set_state_targets(
+        "set_state(KEYS[1], 'failed', 'a', 1) -- set_state(x, 'queued')\n"
+        "if set_state(jk, ARGV[1]) then"
+    ) == ["failed", "*"]
 
 
 @pytest.mark.parametrize("path", [p for p in scripts.files() if p != STATE_LIB])
@@ -157,8 +167,9 @@ def test_only_the_state_library_writes_state(path):
     code = "\n".join(line.split("--", 1)[0] for line in source.splitlines())
     reads = sum(args.count("state") for cmd, args in redis_calls(source) if cmd in READS)
     # Every 'state' literal of the file sits in a read: none is written, nor held for a write.
-    assert lua_strings(code).count("state") == reads, \
+    assert lua_strings(code).count("state") == reads, (
         f"{path} names the `state` field outside HGET/HMGET: write it through set_state"
+    )
 
 
 @pytest.mark.parametrize("path", scripts.files())
@@ -225,8 +236,20 @@ def test_the_store_and_the_coalescing_queue_import_nothing_of_the_callbacks_pack
     from pathlib import Path
 
     root = Path(scripts.__file__).parent
-    for path in [root / "store.py", root / "coalesce.py", root / "correlate.py", root / "scripts.py"]:
+    for path in [
+        root / "store.py",
+        root / "coalesce.py",
+        root / "correlate.py",
+        root / "scripts.py",
+    ]:
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
-            assert not any(n.startswith("nxjobs.callbacks") for n in names), f"{path.name} imports {names}"
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            assert not any(n.startswith("nxjobs.callbacks") for n in names), (
+                f"{path.name} imports {names}"
+            )

@@ -48,7 +48,10 @@ def test_histogram_cells_become_cumulative_buckets():
 
 
 def test_flower_repr_masks_phones_drops_secrets_and_stays_short():
-    kwargs = {"job_id": "j1", "payload": {"phones": [f"86138{i:08d}" for i in range(5000)], "token": "s3cret"}}
+    kwargs = {
+        "job_id": "j1",
+        "payload": {"phones": [f"86138{i:08d}" for i in range(5000)], "token": "s3cret"},
+    }
     shown = flower_repr(kwargs, "number-check")
     assert shown.startswith("{'kind': 'number-check', 'job_id': 'j1'")
     assert "8613800000000" not in shown and "861******0000" in shown
@@ -57,7 +60,9 @@ def test_flower_repr_masks_phones_drops_secrets_and_stays_short():
 
 
 def test_json_log_lines_carry_the_structured_fields():
-    record = logging.LogRecord("nxjobs.jobs", logging.INFO, __file__, 1, "job=%s done", ("j1",), None)
+    record = logging.LogRecord(
+        "nxjobs.jobs", logging.INFO, __file__, 1, "job=%s done", ("j1",), None
+    )
     record.kind, record.code, record.latency_ms = "call", "0", 12
     line = json.loads(JsonFormatter().format(record))
     assert line["message"] == "job=j1 done" and line["level"] == "INFO"
@@ -66,7 +71,9 @@ def test_json_log_lines_carry_the_structured_fields():
 
 def test_json_log_lines_never_print_celerys_raw_task_arguments():
     # Given a Celery record carrying the raw kwargs as `data` (its failure/retry logs do)
-    record = logging.LogRecord("celery.app.trace", logging.ERROR, __file__, 1, "Task %s failed", ("x",), None)
+    record = logging.LogRecord(
+        "celery.app.trace", logging.ERROR, __file__, 1, "Task %s failed", ("x",), None
+    )
     record.data = {"kwargs": {"payload": {"phone": "8613800138000"}}}
     # Then the JSON line leaves it out
     assert "8613800138000" not in JsonFormatter().format(record)
@@ -74,8 +81,13 @@ def test_json_log_lines_never_print_celerys_raw_task_arguments():
 
 def test_readme_configuration_table_is_generated_from_the_settings_model():
     # Fails when config/settings.py changed without `python scripts/settings_table.py --write`.
-    proc = subprocess.run([sys.executable, "scripts/settings_table.py", "--check"], cwd=ROOT,
-                          capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
+    proc = subprocess.run(
+        [sys.executable, "scripts/settings_table.py", "--check"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin"},
+    )
     assert proc.returncode == 0, proc.stderr
 
 
@@ -86,10 +98,17 @@ def test_number_file_rows_are_validated_deduplicated_and_trusted_on_the_second_p
     path = tmp_path / "n.csv"
     path.write_text("phone\n+8613800138000\nabc\n\n8613800138000\n6591234567\n")
     # When validated
-    rows = [(line, phone, info.split("\x00")[-1]) for line, phone, info, _ in _number_rows(str(path), 5000)]
+    rows = [
+        (line, phone, info.split("\x00")[-1])
+        for line, phone, info, _ in _number_rows(str(path), 5000)
+    ]
     # Then line numbers are the file's, the '+' is dropped and the repeat is rejected
-    assert rows == [(2, "8613800138000", ""), (3, None, rows[1][2]), (5, None, "duplicate phone"),
-                    (6, "6591234567", "")]
+    assert rows == [
+        (2, "8613800138000", ""),
+        (3, None, rows[1][2]),
+        (5, None, "duplicate phone"),
+        (6, "6591234567", ""),
+    ]
     assert "digits" in rows[1][2]
     # And the second pass, told which lines were rejected, yields exactly the valid rows
     trusted = [(line, phone) for line, phone, _, _ in _number_rows(str(path), 5000, {3, 5})]
@@ -109,6 +128,7 @@ def test_parts_of_a_big_file_get_their_own_task_names_and_batch_numbers():
 
 
 # ---- the metrics gaps: rate-limit waits served, provider latency per request, completions ------
+
 
 class _Pipe:
     """Records the commands queued on it; `execute` is one round trip of the fake client."""
@@ -141,14 +161,18 @@ class _Client:
 def test_a_rate_wait_is_one_round_trip_labelled_by_the_hashed_credential():
     client = _Client()
     # When a job waits 1.2 s on two limits of one access key
-    metrics.record_rate_wait(client, credentials=["api2:raw-access-key", "api2-big:raw-access-key"], wait_s=1.2)
+    metrics.record_rate_wait(
+        client, credentials=["api2:raw-access-key", "api2-big:raw-access-key"], wait_s=1.2
+    )
     # Then one pipelined call observes it once per credential, under the hashed label only
     assert client.trips == 1
     api2 = metrics.credential_label("api2:raw-access-key")
     assert f"ratelimit_wait|{api2}|2.5" in client.fields("hincrby")
     assert f"ratelimit_wait|{api2}|count" in client.fields("hincrby")
     assert len([f for f in client.fields("hincrby") if f.endswith("|count")]) == 2
-    assert not any("raw-access-key" in f for f in client.fields("hincrby") + client.fields("hincrbyfloat"))
+    assert not any(
+        "raw-access-key" in f for f in client.fields("hincrby") + client.fields("hincrbyfloat")
+    )
     # And nothing at all is written for a request without limits
     metrics.record_rate_wait(client, credentials=[], wait_s=1.0)
     assert client.trips == 1
@@ -163,22 +187,42 @@ def test_rate_wait_buckets_span_a_millisecond_to_the_longest_countdown():
 
 def test_an_attempt_observes_each_request_and_the_whole_attempt_in_one_round_trip():
     client = _Client()
-    metrics.record_attempt(client, kind="call", queue="agent", outcome="submitted", code="0", attempt_s=1.4,
-                           request_latencies_s=[0.03, 0.2], credentials=["makecall:user"])
+    metrics.record_attempt(
+        client,
+        kind="call",
+        queue="agent",
+        outcome="submitted",
+        code="0",
+        attempt_s=1.4,
+        request_latencies_s=[0.03, 0.2],
+        credentials=["makecall:user"],
+    )
     assert client.trips == 1
     counted = [f for f in client.fields("hincrby") if f.endswith("|count")]
-    assert sorted(counted) == ["attempt_duration|call|count", "provider_latency|call|count",
-                               "provider_latency|call|count"]
-    assert {"provider_latency|call|0.05", "provider_latency|call|0.25", "attempt_duration|call|2.5"} <= set(
-        client.fields("hincrby"))
+    assert sorted(counted) == [
+        "attempt_duration|call|count",
+        "provider_latency|call|count",
+        "provider_latency|call|count",
+    ]
+    assert {
+        "provider_latency|call|0.05",
+        "provider_latency|call|0.25",
+        "attempt_duration|call|2.5",
+    } <= set(client.fields("hincrby"))
 
 
 def test_a_completion_is_timed_once_and_only_for_a_submitted_job_that_waited_for_callbacks():
     now = 1_000.0
     # Given the HSETNX marker reply and HMGET kind, submitted_at, callbacks_needed
     assert metrics.completion_delay([1, ["call", "990.5", "1"]], now) == ("call", 9.5)
-    assert metrics.completion_delay([1, ["number-check", "990", None]], now) == ("number-check", 10.0)
-    assert metrics.completion_delay([1, ["call", "1001", "1"]], now) == ("call", 0.0)  # clocks apart
+    assert metrics.completion_delay([1, ["number-check", "990", None]], now) == (
+        "number-check",
+        10.0,
+    )
+    assert metrics.completion_delay([1, ["call", "1001", "1"]], now) == (
+        "call",
+        0.0,
+    )  # clocks apart
     # Then not a second time, not before submission, not a job final at submit, not a broken field
     assert metrics.completion_delay([0, ["call", "990", "1"]], now) is None
     assert metrics.completion_delay([1, ["call", None, "1"]], now) is None

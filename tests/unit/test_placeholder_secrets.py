@@ -29,12 +29,18 @@ def env_value(path: Path, name: str) -> str:
 
 # ---- the callback token ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("token", [
-    "change-me-to-a-long-random-token",       # the old .env.example
-    "sandbox-callbacks-token-not-a-secret",   # the old compose default
-    "CHANGE-ME-to-a-long-random-token",       # case does not help
-    "changeme", "change-me", "change_me_please_0123456789",
-])
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "change-me-to-a-long-random-token",  # the old .env.example
+        "sandbox-callbacks-token-not-a-secret",  # the old compose default
+        "CHANGE-ME-to-a-long-random-token",  # case does not help
+        "changeme",
+        "change-me",
+        "change_me_please_0123456789",
+    ],
+)
 def test_a_placeholder_callback_token_is_refused_at_startup(monkeypatch, token):
     monkeypatch.setenv("NXJOBS_CALLBACKS__TOKEN", token)
     with pytest.raises(ValidationError, match="placeholder"):
@@ -64,37 +70,59 @@ def test_the_shipped_env_example_has_no_usable_secret():
 
 # ---- Flower ---------------------------------------------------------------------------------
 
+
 def auth(password: str, user: str = "ops") -> dict[str, str]:
     return {"FLOWER_BASIC_AUTH": f"{user}:{password}"}
 
 
-@pytest.mark.parametrize("password", [
-    "change-me", "CHANGE-ME", "changeme", "change-me-please-now", "long-password", "admin", "password", "flower",
-])
+@pytest.mark.parametrize(
+    "password",
+    [
+        "change-me",
+        "CHANGE-ME",
+        "changeme",
+        "change-me-please-now",
+        "long-password",
+        "admin",
+        "password",
+        "flower",
+    ],
+)
 def test_flower_refuses_a_placeholder_password(tmp_path, password):
     with pytest.raises(UnsafeFlower, match="placeholder"):
         check(auth(password), [], tmp_path)
 
 
-@pytest.mark.parametrize("env, problem", [
-    ({}, "not set"),
-    ({"FLOWER_BASIC_AUTH": ""}, "not set"),
-    (auth("short-pass"), "at least 12"),
-    (auth("opsopsopsopsops", user="opsopsopsopsops"), "differ from the user"),
-    ({"FLOWER_BASIC_AUTH": f":{GOOD_PASSWORD}"}, "user:password"),
-    ({"FLOWER_BASIC_AUTH": "no-colon-at-all-here"}, "user:password"),
-    # a comma makes Flower split the value: the fragment would be a credential of its own
-    ({"FLOWER_BASIC_AUTH": f"ops:{GOOD_PASSWORD},tail"}, "user:password"),
-    ({**auth(GOOD_PASSWORD), "FLOWER_UNAUTHENTICATED_API": "true"}, "UNAUTHENTICATED_API"),
-    ({**auth(GOOD_PASSWORD), "FLOWER_UNAUTHENTICATED_API": "1"}, "UNAUTHENTICATED_API"),
-])
+@pytest.mark.parametrize(
+    "env, problem",
+    [
+        ({}, "not set"),
+        ({"FLOWER_BASIC_AUTH": ""}, "not set"),
+        (auth("short-pass"), "at least 12"),
+        (auth("opsopsopsopsops", user="opsopsopsopsops"), "differ from the user"),
+        ({"FLOWER_BASIC_AUTH": f":{GOOD_PASSWORD}"}, "user:password"),
+        ({"FLOWER_BASIC_AUTH": "no-colon-at-all-here"}, "user:password"),
+        # a comma makes Flower split the value: the fragment would be a credential of its own
+        ({"FLOWER_BASIC_AUTH": f"ops:{GOOD_PASSWORD},tail"}, "user:password"),
+        ({**auth(GOOD_PASSWORD), "FLOWER_UNAUTHENTICATED_API": "true"}, "UNAUTHENTICATED_API"),
+        ({**auth(GOOD_PASSWORD), "FLOWER_UNAUTHENTICATED_API": "1"}, "UNAUTHENTICATED_API"),
+    ],
+)
 def test_flower_refuses_missing_weak_or_bypassed_auth(tmp_path, env, problem):
     with pytest.raises(UnsafeFlower, match=problem):
         check(env, [], tmp_path)
 
 
-@pytest.mark.parametrize("arg", ["--basic_auth=ops:x", "--basic-auth=ops:x", "--read_only=False", "--auth=.*",
-                                 "--conf=/tmp/other.py"])
+@pytest.mark.parametrize(
+    "arg",
+    [
+        "--basic_auth=ops:x",
+        "--basic-auth=ops:x",
+        "--read_only=False",
+        "--auth=.*",
+        "--conf=/tmp/other.py",
+    ],
+)
 def test_flower_refuses_command_line_overrides_of_its_protection(tmp_path, arg):
     with pytest.raises(UnsafeFlower, match="flower_guard"):
         check(auth(GOOD_PASSWORD), ["--port=5555", arg], tmp_path)
@@ -113,17 +141,26 @@ def test_flower_accepts_a_strong_password_and_runs_read_only(tmp_path):
     assert argv[-1] == "--port=5555"
 
 
-@pytest.mark.parametrize("env", [
-    {"FLOWER_BASIC_AUTH": "admin:change-me"},   # the old compose default
-    {},
-    {"FLOWER_BASIC_AUTH": f"ops:{GOOD_PASSWORD}", "FLOWER_UNAUTHENTICATED_API": "true"},
-])
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"FLOWER_BASIC_AUTH": "admin:change-me"},  # the old compose default
+        {},
+        {"FLOWER_BASIC_AUTH": f"ops:{GOOD_PASSWORD}", "FLOWER_UNAUTHENTICATED_API": "true"},
+    ],
+)
 def test_the_entrypoint_exits_before_starting_flower(env):
     # As compose runs it: `python -m workers.flower_guard --port=...`
     clean = {k: v for k, v in os.environ.items() if not k.startswith("FLOWER_")}
     started = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "workers.flower_guard", "--port=1"], cwd=ROOT,
-                          env={**clean, **env}, capture_output=True, text=True, timeout=30)
+    proc = subprocess.run(
+        [sys.executable, "-m", "workers.flower_guard", "--port=1"],
+        cwd=ROOT,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "refusing to start" in proc.stderr
     assert "Visit me at" not in proc.stdout + proc.stderr  # Flower's banner: it never started

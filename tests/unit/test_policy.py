@@ -12,7 +12,10 @@ from nxjobs.ratelimit.limiter import Grant
 
 def test_a_reserved_slot_is_waited_for_exactly_and_jumps_the_queue():
     grant = Grant(go=False, reserved=True, wait_s=0.3, slot_at_us=123, member="")
-    assert policy.slot_wait(grant, RateLimitSettings(), random.Random(1)) == (0.3, PRIORITY_RESERVED_SLOT)
+    assert policy.slot_wait(grant, RateLimitSettings(), random.Random(1)) == (
+        0.3,
+        PRIORITY_RESERVED_SLOT,
+    )
 
 
 def test_a_slot_beyond_the_horizon_comes_back_early_but_never_past_max_wait():

@@ -12,9 +12,15 @@ def test_short_numbers_are_fully_masked_or_mostly():
 
 
 def test_redact_drops_secrets_and_masks_phones_at_any_depth():
-    body = {"token": "ABC", "username": "agent1", "phone": "8613800138000",
-            "callInfoList": {"callList": [{"userPhone": "8613900139000", "orderID": "o1"}]},
-            "accessSecret": "s", "Sign": "x", "secretkey": "k"}
+    body = {
+        "token": "ABC",
+        "username": "agent1",
+        "phone": "8613800138000",
+        "callInfoList": {"callList": [{"userPhone": "8613900139000", "orderID": "o1"}]},
+        "accessSecret": "s",
+        "Sign": "x",
+        "secretkey": "k",
+    }
     out = redact(body)
     assert out["token"] == out["accessSecret"] == out["Sign"] == out["secretkey"] == REDACTED
     assert out["phone"] == "861******8000"
@@ -41,12 +47,24 @@ def test_every_callback_shape_has_its_numbers_masked():
     # Number Check (current and legacy), Callbot call/order, Agent CDR and CDR query rows
     shapes = [
         {"requestId": "r-000001", "batchNo": "b", "phone": "8613800138000"},
-        {"messageId": "m", "phone": "8613800138000",
-         "data": {"basic": {"nationalNumber": "13800138000", "standNumber": "+8613800138000"}}},
-        {"userTaskID": "t", "orderID": "o", "userPhone": "8613800138000",
-         "callInfoDetail": {"callID": "c", "callingNumber": "8613800138000"}},
+        {
+            "messageId": "m",
+            "phone": "8613800138000",
+            "data": {"basic": {"nationalNumber": "13800138000", "standNumber": "+8613800138000"}},
+        },
+        {
+            "userTaskID": "t",
+            "orderID": "o",
+            "userPhone": "8613800138000",
+            "callInfoDetail": {"callID": "c", "callingNumber": "8613800138000"},
+        },
         {"sessionid": "s", "orderid": "o", "phone": "8613800138000", "show_phone": "8613800138000"},
-        {"id": 1, "orderid": "o", "phone": "8613800138000", "effective_called_number": "8613800138000"},
+        {
+            "id": 1,
+            "orderid": "o",
+            "phone": "8613800138000",
+            "effective_called_number": "8613800138000",
+        },
         {"failNumber": [{"number": "8613800138000", "reason": "x"}]},
     ]
     for shape in shapes:

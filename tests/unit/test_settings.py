@@ -14,7 +14,11 @@ def test_nested_env_names(monkeypatch):
     monkeypatch.setenv("NXJOBS_CALLBOT__ALGORITHM", "sha256")
     monkeypatch.setenv("NXJOBS_REDIS_URL", "redis://example:1/2")
     s = Settings(_env_file=None)
-    assert (s.api2.access_key, s.callbot.algorithm, s.redis_url) == ("ak", "sha256", "redis://example:1/2")
+    assert (s.api2.access_key, s.callbot.algorithm, s.redis_url) == (
+        "ak",
+        "sha256",
+        "redis://example:1/2",
+    )
 
 
 def test_defaults_point_at_real_hosts():
@@ -42,22 +46,34 @@ def test_empty_env_values_count_as_unset(monkeypatch):
     assert Settings(_env_file=None).callbot.algorithm == "md5"
 
 
-@pytest.mark.parametrize("argv, queues", [
-    (["worker"], ["agent", "callbot", "api2"]),
-    (["worker", "-Q", "api2"], ["api2"]),
-    (["worker", "-Qagent,api2"], ["agent", "api2"]),
-    (["worker", "--queues=callbot"], ["callbot"]),
-])
+@pytest.mark.parametrize(
+    "argv, queues",
+    [
+        (["worker"], ["agent", "callbot", "api2"]),
+        (["worker", "-Q", "api2"], ["api2"]),
+        (["worker", "-Qagent,api2"], ["agent", "api2"]),
+        (["worker", "--queues=callbot"], ["callbot"]),
+    ],
+)
 def test_worker_queue_parsing(argv, queues):
     assert _queues_from(argv) == queues
 
 
 def test_worker_without_credentials_exits_2_naming_the_variables(tmp_path):
     # Given an environment with no NXJOBS_ credentials (and no .env in the cwd)
-    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(__import__("pathlib").Path(__file__).parents[2])}
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": str(__import__("pathlib").Path(__file__).parents[2]),
+    }
     # When a worker for the agent queue starts
-    proc = subprocess.run([sys.executable, "-m", "workers", "worker", "-Q", "agent"], env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "workers", "worker", "-Q", "agent"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     # Then it stops at once with one line naming what is missing, not a traceback
     assert proc.returncode == 2
     assert "NXJOBS_AGENT__APPKEY" in proc.stderr and "NXJOBS_AGENT__USERNAME" in proc.stderr

@@ -18,9 +18,15 @@ from sandbox import accounts
 ROOT = Path(__file__).resolve().parents[2]
 # The repo's own top-level packages and tooling: none of them may ship.
 NOT_SHIPPED = ("sandbox", "tests", "tasks", "workers", "config", "bench", "scripts")
-FAKE_CREDENTIALS = (accounts.API2_ACCESS_KEY, accounts.API2_ACCESS_SECRET, accounts.API2_APPKEY,
-                    accounts.CALLBOT_UUID, accounts.CALLBOT_SECRET_KEY, accounts.AGENT_APPKEY,
-                    accounts.AGENT_SECRETKEY)
+FAKE_CREDENTIALS = (
+    accounts.API2_ACCESS_KEY,
+    accounts.API2_ACCESS_SECRET,
+    accounts.API2_APPKEY,
+    accounts.CALLBOT_UUID,
+    accounts.CALLBOT_SECRET_KEY,
+    accounts.AGENT_APPKEY,
+    accounts.AGENT_SECRETKEY,
+)
 IMPORTS_SANDBOX = re.compile(rb"^\s*(from\s+sandbox[\s.]|import\s+sandbox\b)", re.M)
 
 
@@ -28,13 +34,40 @@ IMPORTS_SANDBOX = re.compile(rb"^\s*(from\s+sandbox[\s.]|import\s+sandbox\b)", r
 def wheel(tmp_path_factory) -> zipfile.ZipFile:
     # A copy: an in-tree build would leave build/ behind, and files a stale build/lib holds would ship.
     src = tmp_path_factory.mktemp("src") / "nxjobs"
-    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
-        ".git", ".venv", "__pycache__", "*.egg-info", "build", "dist", ".run", ".pytest_cache",
-        ".hypothesis"))
+    shutil.copytree(
+        ROOT,
+        src,
+        ignore=shutil.ignore_patterns(
+            ".git",
+            ".venv",
+            "__pycache__",
+            "*.egg-info",
+            "build",
+            "dist",
+            ".run",
+            ".pytest_cache",
+            ".hypothesis",
+        ),
+    )
     out = tmp_path_factory.mktemp("wheel")
-    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                           "--no-index", "-q", "-w", str(out), str(src)],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "-q",
+            "-w",
+            str(out),
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (built,) = out.glob("nxjobs-*.whl")
     with zipfile.ZipFile(built) as zf:
@@ -42,8 +75,11 @@ def wheel(tmp_path_factory) -> zipfile.ZipFile:
 
 
 def _source(pattern: str) -> set[str]:
-    return {p.relative_to(ROOT).as_posix() for p in (ROOT / "nxjobs").rglob(pattern)
-            if "__pycache__" not in p.parts}
+    return {
+        p.relative_to(ROOT).as_posix()
+        for p in (ROOT / "nxjobs").rglob(pattern)
+        if "__pycache__" not in p.parts
+    }
 
 
 def test_holds_every_module_and_redis_script_of_the_nxjobs_source_tree(wheel):

@@ -41,8 +41,13 @@ def test_every_yaml_file_of_the_repo_parses_strictly(path):
 
 
 def test_the_check_script_passes_on_the_repo_as_make_runs_it():
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--repo", "docker-compose.yml"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--repo", "docker-compose.yml"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -74,8 +79,13 @@ def test_the_check_script_fails_on_a_duplicate_key_and_names_it(tmp_path):
     bad.write_text(DUPLICATE)
     good = tmp_path / "ok.yaml"
     good.write_text("a: 1\n")
-    proc = subprocess.run([sys.executable, str(SCRIPT), str(good), str(bad)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), str(good), str(bad)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 1
     assert f"{bad}:6:5" in proc.stderr and 'duplicate key "environment"' in proc.stderr
     assert str(good) not in proc.stderr
@@ -88,5 +98,7 @@ def test_merge_keys_overriding_an_anchor_are_not_duplicates():
 
 
 def test_required_variables_come_from_values_not_comments():
-    text = "# ${COMMENTED:?no}\na: ${ONE:?set it}\nb: [\"${TWO:?x}-${THREE:-d}\", '${ONE:?again}']\n"
+    text = (
+        "# ${COMMENTED:?no}\na: ${ONE:?set it}\nb: [\"${TWO:?x}-${THREE:-d}\", '${ONE:?again}']\n"
+    )
     assert check_yaml.required_variables(text) == ["ONE", "TWO"]
