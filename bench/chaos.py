@@ -271,7 +271,8 @@ def run_scenario(
         producer = Producer(stack.redis.url)
 
         def submit() -> None:
-            # Paced over submit_s; an enqueue that raises is retried (bounded), as an application would.
+            # Paced over submit_s; an enqueue that raises is retried (bounded), as an application
+            # would.
             for _job in range(jobs):
                 kind = rng.choice(kinds)
                 payload = _payload(kind, rng)
@@ -291,7 +292,8 @@ def run_scenario(
         submitter.join(submit_s + 60)
         result.submitted = len(ids)
         if name == "faults":
-            # Let the retries run into a healthy provider at the end, so "failed" means retries exhausted.
+            # Let the retries run into a healthy provider at the end, so "failed" means retries
+            # exhausted.
             deadline = time.monotonic() + min(30.0, timeout_s / 3)
             while time.monotonic() < deadline and _unfinished(producer, ids):
                 time.sleep(0.5)

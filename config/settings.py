@@ -69,7 +69,8 @@ class AgentSettings(BaseModel):
     username: str | None = None
     # Caller id shown to the callee; None lets NXCloud use its default ("nxcloud").
     show_phone: str | None = None
-    # Renew when less than this share of the token's lifetime is left (docs/provider.md §7.1, our choice).
+    # Renew when less than this share of the token's lifetime is left (docs/provider.md §7.1, our
+    # choice).
     token_renew_fraction: float = Field(default=0.2, gt=0, lt=1)
     # makecall quota per phone account (username), and CDR lookups per appkey (docs/provider.md §8).
     rate_per_s: float = Field(default=1.0, ge=0)
@@ -111,7 +112,8 @@ class CallbacksSettings(BaseModel):
     token: SecretStr | None = None
     # Bigger bodies are refused with 413 before they are read to the end.
     max_body_bytes: int = Field(default=64 * 1024, gt=0)
-    # Signed (Callbot) callbacks: |now - createTs| must be within this (docs/provider.md §4, our choice).
+    # Signed (Callbot) callbacks: |now - createTs| must be within this (docs/provider.md §4, our
+    # choice).
     signature_tolerance_s: int = Field(default=300, gt=0)
     # A submitted job still missing callbacks this long after submission is looked up with the
     # query APIs (Number Check query, Callbot listTask/listOrderDetail, CDR by orderid).
@@ -144,7 +146,8 @@ class CallbacksSettings(BaseModel):
     # Answers a client has not read, per connection, before its requests stop being read.
     write_buffer_bytes: int = Field(default=64 * 1024, ge=4096)
     keep_alive_s: float = Field(default=15.0, gt=0)
-    # A request's head must arrive within head_timeout_s of its first byte, all of it within request_timeout_s.
+    # A request's head must arrive within head_timeout_s of its first byte, all of it within
+    # request_timeout_s.
     head_timeout_s: float = Field(default=10.0, gt=0)
     request_timeout_s: float = Field(default=30.0, gt=0)
     # A connection is closed (after its answer) past this many requests or this age.
@@ -257,7 +260,8 @@ class CoalesceSettings(BaseModel):
     # How often beat looks for pending numbers with no flush on its way, and for stuck batches.
     sweep_interval_s: float = Field(default=5.0, gt=0)
     # A built batch untouched this long is re-flushed by the sweep (its flush message was lost).
-    # Every wait or retry of a batch touches it, and none is longer than ratelimit.max_wait_s (600 s).
+    # Every wait or retry of a batch touches it, and none is longer than ratelimit.max_wait_s (600
+    # s).
     stale_batch_s: float = Field(default=900.0, gt=0)
 
 
@@ -289,7 +293,8 @@ class Settings(BaseSettings):
     task_soft_time_limit_s: int = Field(default=240, gt=0)
     dead_letters: DeadLetterSettings = DeadLetterSettings()
     recover: RecoverSettings = RecoverSettings()
-    # Gathering one-number Number Checks and single Callbot contacts into provider batches (nxjobs/coalesce.py).
+    # Gathering one-number Number Checks and single Callbot contacts into provider batches
+    # (nxjobs/coalesce.py).
     coalesce: CoalesceSettings = CoalesceSettings()
     # Unacked messages (running jobs, and countdown retries a worker holds) come back
     # this long after their worker vanished. workers/delivery.py checks at startup that

@@ -146,7 +146,8 @@ class Taken:
         tuple[str, str]
     ]  # (job id, key): the phone of a number check, the orderID of a contact
     pending_left: int
-    # job id -> what the request needs of the member beyond its key (a contact: its callList item, unmasked)
+    # job id -> what the request needs of the member beyond its key (a contact: its callList item,
+    # unmasked)
     items: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
@@ -288,7 +289,8 @@ class CoalesceQueue:
         attempts, throttles = self.redis.hmget(
             keys.coalesce_batch(batch_id), "attempts", "throttles"
         )
-        # Members of one answer share one result object (their share of it): sent once, with their ids.
+        # Members of one answer share one result object (their share of it): sent once, with their
+        # ids.
         shared = next((o.document for o in outcomes if not o.failed), None)
         sharing = [o.job_id for o in outcomes if not o.failed and o.document is shared]
         # A number check's callbacks must carry its batch's requestId (nxjobs.callbacks.ledger).

@@ -76,7 +76,8 @@ def on_enqueue(kind: str, job_id: str, payload: Any) -> Expectation:
             callbacks_max=len(payload.phones),
         )
     if kind == "callbot-list":
-        # userTaskID is the job id: no index needed. Its orders: `<job id>-<index>`, or the explicit ones.
+        # userTaskID is the job id: no index needed. Its orders: `<job id>-<index>`, or the explicit
+        # ones.
         contacts = payload.contacts
         proof = {
             keys.PROOF_ORDERS: str(len(contacts)),

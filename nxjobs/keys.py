@@ -117,7 +117,8 @@ METRICS_COUNTERS = f"{PREFIX}:metrics:counters"
 METRICS_HISTOGRAMS = f"{PREFIX}:metrics:histograms"
 # Hash queue -> unix time a worker last finished an attempt taken from it (the stall check).
 METRICS_CONSUMED = f"{PREFIX}:metrics:consumed"
-# Set of rate-limit names (`api2:<accessKey>`, ...) attempts went through: the exporter reads their limiter keys.
+# Set of rate-limit names (`api2:<accessKey>`, ...) attempts went through: the exporter reads their
+# limiter keys.
 METRICS_CREDENTIALS = f"{PREFIX}:metrics:credentials"
 
 

@@ -121,7 +121,8 @@ class Producer:
         job_id = uuid.uuid4().hex
         kwargs = {"job_id": job_id, "payload": body}
         try:
-            # With the ids its callbacks will carry, so one that beats the worker still finds the job.
+            # With the ids its callbacks will carry, so one that beats the worker still finds the
+            # job.
             self.store.create(
                 job_id,
                 kind,
@@ -228,7 +229,8 @@ class Producer:
         for job_id, model in zip(job_ids, models, strict=True):
             shown = compact_json.dumps(redact(model.model_dump(mode="json", exclude_none=True)))
             if isinstance(model, CallbotContactPayload):
-                # Key: the orderID (indexed at once for its callbacks); item: the callList entry to send.
+                # Key: the orderID (indexed at once for its callbacks); item: the callList entry to
+                # send.
                 order_id = contact_job_order_id(job_id, model)
                 groups.setdefault(coalesce.contact_group(model.user_task_id), []).append(
                     (

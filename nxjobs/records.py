@@ -63,10 +63,12 @@ class JobRecord(BaseModel):
     callbacks: list[dict[str, Any]] = Field(
         default_factory=list, description="webhooks received, oldest first"
     )
-    # Completion units the job waits for (numbers checked, 1 CDR, 1 finished task) and how many came.
+    # Completion units the job waits for (numbers checked, 1 CDR, 1 finished task) and how many
+    # came.
     callbacks_needed: int | None = None
     callbacks_done: int = 0
-    # Distinct callbacks past what the job can have (more results than numbers...): counted, not kept.
+    # Distinct callbacks past what the job can have (more results than numbers...): counted, not
+    # kept.
     callbacks_dropped: int = 0
 
     def reached(self, state: JobState) -> bool:

@@ -8,9 +8,10 @@ from __future__ import annotations
 from typing import Any
 
 # Keys (any spelling the APIs use) whose values are phone numbers, in requests, answers and every
-# callback shape: Number Check DRs (current `phone`; legacy `data.basic.nationalNumber`/`standNumber`),
-# failNumber entries (`number`), Callbot call/order callbacks (`userPhone`, `callInfoDetail.callingNumber`),
-# Agent CDRs and CDR rows (`phone`, `show_phone`, `effective_called_number`). Compared case-insensitively.
+# callback shape: Number Check DRs (current `phone`; legacy
+# `data.basic.nationalNumber`/`standNumber`), failNumber entries (`number`), Callbot call/order
+# callbacks (`userPhone`, `callInfoDetail.callingNumber`), Agent CDRs and CDR rows (`phone`,
+# `show_phone`, `effective_called_number`). Compared case-insensitively.
 PHONE_KEYS = frozenset(
     {
         "phone",

@@ -57,8 +57,9 @@ ALLOWED_FROM: dict[JobState, frozenset[JobState | None]] = {
     ),
     JobState.COMPLETED: frozenset(
         {
-            # callbacks_apply.lua: the last callback; store_submit.lua and coalesce_fan_out.lua: every
-            # callback came before the submit answer; store_transition.lua allows it (no caller).
+            # callbacks_apply.lua: the last callback; store_submit.lua and coalesce_fan_out.lua:
+            # every callback came before the submit answer; store_transition.lua allows it (no
+            # caller).
             JobState.SUBMITTED,
             # callbacks_apply.lua: the CDR lookup of reconciliation finds an ambiguous makecall.
             JobState.FAILED,

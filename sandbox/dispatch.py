@@ -52,8 +52,8 @@ CONNECTIONS_PER_ORIGIN = 32
 # of small servers (socketserver's is 5) and the dropped ones wait a whole second to be resent.
 CONNECTS_PER_ORIGIN = 4
 IDLE_WAIT_S = 0.02
-# Below common servers' keep-alive timeouts (uvicorn's default is 5 s), so we close idle connections before the
-# server does and rarely write into one it is closing.
+# Below common servers' keep-alive timeouts (uvicorn's default is 5 s), so we close idle connections
+# before the server does and rarely write into one it is closing.
 IDLE_CLOSE_S = 4.0
 MAX_HEAD_BYTES = 64 * 1024
 
@@ -340,8 +340,9 @@ class CallbackDispatcher:
     def __init__(self, state: SandboxState):
         self.state = state
         # Scheduled deliveries. Those due no earlier than the last one queued (all of them, without
-        # jitter) wait in a FIFO; the rest (retries, jittered ones) in a heap of (due, seq, delivery),
-        # whose pops cost log(n) comparisons (tuples compare in C, the dataclass's __lt__ does not).
+        # jitter) wait in a FIFO; the rest (retries, jittered ones) in a heap of (due, seq,
+        # delivery), whose pops cost log(n) comparisons (tuples compare in C, the dataclass's __lt__
+        # does not).
         self._fifo: deque[_Delivery] = deque()
         self._heap: list[tuple[float, int, _Delivery]] = []
         self._seq = itertools.count()
@@ -431,7 +432,8 @@ class CallbackDispatcher:
         if not items:
             return
         config = self.state.config
-        # Read once: the dice are rolled only for rates above 0, as roll() itself does (seeded runs stay stable).
+        # Read once: the dice are rolled only for rates above 0, as roll() itself does (seeded runs
+        # stay stable).
         drop_rate, duplicate_rate = config.callback_drop_rate, config.callback_duplicate_rate
         delay_s, jitter_s = config.callback_delay_s, config.callback_jitter_s
         now = time.monotonic()
@@ -561,7 +563,8 @@ class CallbackDispatcher:
             conn.abort()
             if status == "ConnectionError" and not conn.got_bytes:
                 # A kept-alive connection the server closed just as we wrote: nothing of ours was
-                # answered, so send once more on a new connection (browsers and urllib3 do the same).
+                # answered, so send once more on a new connection (browsers and urllib3 do the
+                # same).
                 self._spawn(self._open(conn.origin, d, conn.started, conn.data))
                 return
         self._account(d, conn.started, status)
@@ -589,8 +592,9 @@ class CallbackDispatcher:
         conn: _Conn | None = None
         reusable = False
         try:
-            # The slot is held until the server answers on the new connection: a connect completes in
-            # the kernel before the server accept()s it, so only this bounds how many wait in its backlog.
+            # The slot is held until the server answers on the new connection: a connect completes
+            # in the kernel before the server accept()s it, so only this bounds how many wait in its
+            # backlog.
             async with origin.connecting:
                 try:
                     conn = await self._connect(origin)

@@ -85,7 +85,8 @@ def _makecall(state: SandboxState, req: _Request) -> dict[str, Any]:
             return {"code": 1007, "info": "orderid format error"}
     session_id = str(uuid.uuid4())
     stores = state.stores
-    # No dedupe, like the real API as far as we know (docs/provider.md §7.2, our choice); a repeat rings twice.
+    # No dedupe, like the real API as far as we know (docs/provider.md §7.2, our choice); a repeat
+    # rings twice.
     if order_id and order_id in stores.called_orderids:
         state.duplicates["makecall_orderid"] += 1
     if order_id:
@@ -101,7 +102,8 @@ def _makecall(state: SandboxState, req: _Request) -> dict[str, Any]:
     }
     stores.calls.append(call)
     state.accepted["makecall"] += 1
-    # The CDR arrives when the call ends, at the URL registered with the vendor (docs/provider.md §7.3).
+    # The CDR arrives when the call ends, at the URL registered with the vendor (docs/provider.md
+    # §7.3).
     state.queue_callback("cdr", state.config.cdr_callback_url, _cdr_callback(call), signed=False)
     return {"code": 0, "orderid": order_id, "sessionid": session_id, "info": "success"}
 

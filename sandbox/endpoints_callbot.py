@@ -205,8 +205,9 @@ def _cb_add_orders(
     errors = []
     added = 0
     # , our choice A task that completed because its orders were all dialled (not by an operator's
-    # "complete") takes new contacts, as a kept task would (funcFlag.taskKeep, docs/provider.md §6.3): it
-    # runs again, dials them, and completes again (with its own task callback) when they finish.
+    # "complete") takes new contacts, as a kept task would (funcFlag.taskKeep, docs/provider.md
+    # §6.3): it runs again, dials them, and completes again (with its own task callback) when they
+    # finish.
     reopen = task["taskStatus"] == 3 and task.get("_finished_by_orders")
     for item in call_list:
         order_id = item.get("orderID") if isinstance(item, dict) else None
@@ -271,7 +272,8 @@ def _cb_new_task(state: SandboxState, req: _Request) -> dict[str, Any]:
         "taskStatus": 1,
         "createTs": int(req.now),
         "orderIDs": [],
-        # Where its callbacks go (docs/provider.md §6.3: top level in createTask, in the setting otherwise).
+        # Where its callbacks go (docs/provider.md §6.3: top level in createTask, in the setting
+        # otherwise).
         "_taskCallbackUrl": setting.get("taskCallbackUrl") or b.get("taskCallbackUrl"),
         "_orderCallbackUrl": b.get("orderCallbackUrl"),
         "_callCallbackUrl": b.get("callCallbackUrl"),

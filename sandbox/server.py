@@ -45,7 +45,8 @@ class SandboxServer(ThreadingHTTPServer):
         return sock, addr
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        # A client that hung up (e.g. timed out on a slow reply) is expected; anything else is a bug.
+        # A client that hung up (e.g. timed out on a slow reply) is expected; anything else is a
+        # bug.
         if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
             return
         super().handle_error(request, client_address)

@@ -91,7 +91,8 @@ def main() -> int:
             print(f"worker  ready ({worker.logfile})")
 
             with SandboxControl(sandbox_url) as control:
-                # The CDR URL is registered with the vendor, not sent per request (docs/provider.md §7.3).
+                # The CDR URL is registered with the vendor, not sent per request (docs/provider.md
+                # §7.3).
                 control.configure(cdr_callback_url=f"{receiver_url}/callbacks/agent/cdr/{token}")
                 # Exercise the throttle path: the first number check is told "too frequent".
                 control.script("/api/number/check", 2206, times=1)

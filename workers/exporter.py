@@ -50,7 +50,8 @@ DEFAULT_PORT = 9808
 # kombu's Redis transport keeps one list per priority step: `<queue>`, `<queue>\x06\x163`, ...
 _PRIORITY_SEP = "\x06\x16"
 _PRIORITY_STEPS = (0, 3, 6, 9)
-# Celery's Redis transport: messages delivered to a worker but not acknowledged (running or held for a countdown).
+# Celery's Redis transport: messages delivered to a worker but not acknowledged (running or held for
+# a countdown).
 _UNACKED = "unacked"
 _JOB_PREFIX = keys.JOB_KEY_PREFIX
 
@@ -611,7 +612,8 @@ class BoundedHTTPServer(HTTPServer):
                 self.shutdown_request(item[0])
         for _ in self._pool:
             self._queue.put(None)
-        # Wait a bounded time for threads still serving; they are daemons, so none holds the process.
+        # Wait a bounded time for threads still serving; they are daemons, so none holds the
+        # process.
         deadline = time.monotonic() + WRITE_TIMEOUT_S + DEFAULT_READ_TIMEOUT_S
         for thread in self._pool:
             thread.join(timeout=max(0.0, deadline - time.monotonic()))

@@ -9,7 +9,8 @@ TASK_QUEUES = tuple(Queue(name, routing_key=name) for name in QUEUES)
 TASK_ROUTES = {
     kind.task_name: {"queue": kind.queue, "routing_key": kind.queue} for kind in KINDS.values()
 }
-# Coalesced jobs are flushed where their kind's credentials are (number checks on api2, contacts on callbot).
+# Coalesced jobs are flushed where their kind's credentials are (number checks on api2, contacts on
+# callbot).
 TASK_ROUTES.update(
     {spec.flush_task: {"queue": spec.family, "routing_key": spec.family} for spec in SPECS}
 )

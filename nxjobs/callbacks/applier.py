@@ -83,7 +83,8 @@ class BatchApplier:
         return await future
 
     def _received_at(self) -> str:
-        # Formatting a timestamp per callback is measurable at thousands a second; it changes per ms.
+        # Formatting a timestamp per callback is measurable at thousands a second; it changes per
+        # ms.
         now = time.time()
         ms = int(now * 1000)
         if ms != self._now_ms:

@@ -150,7 +150,8 @@ class Event(NamedTuple):
     unit: str
     data: dict[str, Any]  # the payload, redacted
     ids: dict[str, Any]  # the correlating ids, for the unmatched list
-    # Set on an Agent CDR: the result a job failed as "ambiguous" gets when this proves the call happened.
+    # Set on an Agent CDR: the result a job failed as "ambiguous" gets when this proves the call
+    # happened.
     resolves: dict[str, Any] | None = None
     # A second job kind the callback may belong to, found by an index key, and its completion unit
     # there: a Callbot order of a `callbot-contact` job (by orderID) counts for that job, while an

@@ -424,7 +424,8 @@ class _Connection(asyncio.BufferedProtocol):
         if expect is not None:
             if expect.lower() != "100-continue":
                 raise _Refuse(417, "expectation not supported")
-            # HTTP/1.0 clients do not wait for it; sent once the head is read and nothing is before it.
+            # HTTP/1.0 clients do not wait for it; sent once the head is read and nothing is before
+            # it.
             self.expect_continue = self.parser.get_http_version() == "1.1"
 
     def on_body(self, body: bytes) -> None:
@@ -490,7 +491,8 @@ class _Connection(asyncio.BufferedProtocol):
             log.error("a request was answered twice; the second answer is dropped")
             return
         self.busy = False
-        # After its last request (or during a stop) what was received is still answered, then it closes.
+        # After its last request (or during a stop) what was received is still answered, then it
+        # closes.
         close = (
             not self.keep_alive
             or self.retiring

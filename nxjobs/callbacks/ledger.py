@@ -64,7 +64,8 @@ class Applied(NamedTuple):
     state: str
     # Set only on the callback that completed its job: when the job was submitted (unix s).
     submitted_at: str = ""
-    # The kind of the job it was recorded on (a Callbot order may belong to a list or a contact job).
+    # The kind of the job it was recorded on (a Callbot order may belong to a list or a contact
+    # job).
     kind: str = ""
 
     @property

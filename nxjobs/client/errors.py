@@ -26,7 +26,8 @@ class Action(StrEnum):
 @dataclass(frozen=True)
 class Classification:
     action: Action
-    # Bounded retries stop after RetrySettings.bounded_attempts (docs/provider.md §9 "retry bounded").
+    # Bounded retries stop after RetrySettings.bounded_attempts (docs/provider.md §9 "retry
+    # bounded").
     bounded: bool = False
     # The provider's "too frequent" signal: the caller should slow down, not just retry.
     throttled: bool = False

@@ -378,7 +378,8 @@ def submit_call_list(
     if "taskID" not in state:
         existing = _find_task(callbot, user_task_id) if state.get("create_sent") else None
         if existing:
-            # An earlier attempt's create reached the provider; a createAndCall carried its first chunk too.
+            # An earlier attempt's create reached the provider; a createAndCall carried its first
+            # chunk too.
             state["taskID"] = existing.get("taskID")
             if state.get("create_mode") == "createAndCall":
                 state["added"] = min(total, CALLBOT_CHUNK_SIZE)

@@ -100,7 +100,8 @@ def test_a_callback_whose_script_fails_fails_alone(db_url):
     sync = redis.Redis.from_url(db_url, decode_responses=True)
     store = RecordStore(sync)
     job_id, request_id = submitted_check(store, ["6591000001", "6591000002"])
-    # Given a callback whose correlation key holds the wrong type (the script raises WRONGTYPE on it)
+    # Given a callback whose correlation key holds the wrong type (the script raises WRONGTYPE on
+    # it)
     broken = uuid.uuid4().hex
     sync.hset(keys.callback_index("nc-req", broken), "x", "y")
     evs = [

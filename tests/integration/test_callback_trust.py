@@ -157,7 +157,8 @@ def test_a_completed_job_takes_no_more_results_than_it_has_numbers(receiver, sto
 def test_early_drs_with_another_request_id_are_dropped_when_the_submit_answer_comes(
     receiver, store
 ):
-    # Given a check whose submit answer is not recorded yet, and two DRs that beat it with a made-up id
+    # Given a check whose submit answer is not recorded yet, and two DRs that beat it with a made-up
+    # id
     job_id, request_id = check_job(store, PHONES[:2], submit=False)
     forged = uuid.uuid4().hex
     for n, phone in enumerate(PHONES[:2], 1):

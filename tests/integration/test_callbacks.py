@@ -84,7 +84,8 @@ def test_number_check_completes_when_every_number_has_its_result(
     # When the number check runs
     job_id = cb_producer.number_check(phones=phones)
     record = cb_producer.wait([job_id], until="completed", timeout_s=WAIT_S)[job_id]
-    # Then it completes once both accepted numbers have their result, each recorded once, phones masked
+    # Then it completes once both accepted numbers have their result, each recorded once, phones
+    # masked
     assert record.state == JobState.COMPLETED, (record.state, record.error)
     assert (record.callbacks_needed, record.callbacks_done) == (2, 2)
     assert types_of(record) == ["number-check", "number-check"]
@@ -195,7 +196,8 @@ def test_unmatched_callback_is_kept_and_listed_for_operators(
     }
     # When it is posted with the right token
     resp = post_token(receiver.url, "/callbacks/agent/cdr", body)
-    # Then it is acknowledged (no retries), kept in the unmatched list and shown by the CLI, phone masked
+    # Then it is acknowledged (no retries), kept in the unmatched list and shown by the CLI, phone
+    # masked
     assert resp.status_code == 200
     out = subprocess.run(
         [sys.executable, "-m", "nxjobs.cli", "callbacks", "unmatched", "--json", "--limit", "5"],

@@ -87,7 +87,8 @@ def test_single_contacts_share_one_request_and_each_job_completes_by_its_own_ord
     # and the list job that owns the task kept only its own order
     owner = cb_producer.get(task_id)
     assert {c["data"]["orderID"] for c in _order_callbacks(owner)} == {f"{task_id}-0"}
-    # and each completion time is counted under the contact kind (the receiver writes them every 0.5 s)
+    # and each completion time is counted under the contact kind (the receiver writes them every 0.5
+    # s)
     deadline = time.monotonic() + 5
     while _contact_delays_counted(cb_producer) < delays_before + 20 and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -142,7 +143,8 @@ def test_a_refused_contact_fails_only_its_own_job(cb_producer, cb_sandbox, callb
         "callbot-contact", [{"user_task_id": task_id, "contact": {"user_phone": p}} for p in phones]
     )
     records = cb_producer.wait(job_ids, until="completed", timeout_s=WAIT_S)
-    # Then they shared one request; the refused one failed with the provider's reason, the rest completed
+    # Then they shared one request; the refused one failed with the provider's reason, the rest
+    # completed
     assert len(_adds(cb_sandbox, task_id)) == 1
     refused = records[job_ids[2]]
     assert refused.state == JobState.FAILED
@@ -229,12 +231,13 @@ def test_worker_killed_holding_a_sent_batch_loses_nothing_and_adds_no_contact_tw
     cb_sandbox.configure(slow_rate=0.0)
     for child in killed:
         os.kill(child, signal.SIGKILL)
-    # Then the redelivered flush sends its batch again, which the provider refuses as already present:
-    # every job completes by its own order callback
+    # Then the redelivered flush sends its batch again, which the provider refuses as already
+    # present: every job completes by its own order callback
     records = _completed(cb_producer, job_ids, WAIT_S + 15)
     for job_id, record in records.items():
         assert [c["data"]["orderID"] for c in _order_callbacks(record)] == [job_id]
-    # and no contact was added (or dialled) twice: the same 30 orderIDs every time, 1 + 30 orders accepted
+    # and no contact was added (or dialled) twice: the same 30 orderIDs every time, 1 + 30 orders
+    # accepted
     adds = _adds(cb_sandbox, task_id)
     assert all(sorted(a) == sorted(job_ids) for a in adds)
     stats = cb_sandbox.stats()

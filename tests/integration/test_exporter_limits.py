@@ -124,7 +124,8 @@ def test_many_idle_connections_use_a_fixed_pool_and_the_rest_are_refused_quickly
                 assert data == b"" or data.startswith(b"HTTP/1.0 503 "), data
                 refused += 1
         assert refused >= 150 - 8 - 2, refused  # a few may not have been accepted yet
-        # And once the deadline passed for the held ones, it serves again, having counted the refusals
+        # And once the deadline passed for the held ones, it serves again, having counted the
+        # refusals
         for sock in idle:
             assert closed_within(sock, 2 + 2 + 3), "a held idle connection outlived its deadline"
         resp = requests.get(url + "/metrics", timeout=10)

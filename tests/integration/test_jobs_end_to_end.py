@@ -71,7 +71,8 @@ def test_throttled_request_is_retried_to_success_with_the_same_batch_and_fresh_s
     # When a number check is enqueued
     job_id = producer.number_check(phones=["8613800138000"], batch=False)
     record = producer.wait([job_id], timeout_s=WAIT_S)[job_id]
-    # Then it succeeds on the third attempt, every attempt re-signed with a new ts but the same batchNo
+    # Then it succeeds on the third attempt, every attempt re-signed with a new ts but the same
+    # batchNo
     assert record.state == JobState.SUBMITTED
     assert record.attempts == 3
     sent = [

@@ -130,8 +130,8 @@ def test_flower_lists_a_job_with_its_kind_id_and_masked_arguments(flower, produc
     nc, call = tasks[nc_id], tasks[call_id]
     assert (nc["name"], call["name"]) == ("nxjobs.number_check", "nxjobs.call")
     assert "'kind': 'number-check'" in nc["kwargs"] and f"'job_id': '{nc_id}'" in nc["kwargs"]
-    # (also after a job went back to the queue to wait for its rate-limit slot: the worker's re-publish
-    # gets the same repr, workers/celery_app.py)
+    # (also after a job went back to the queue to wait for its rate-limit slot: the worker's
+    # re-publish gets the same repr, workers/celery_app.py)
     assert "861******8000" in nc["kwargs"] and "'kind': 'call'" in call["kwargs"]
     assert f"'job_id': '{call_id}'" in call["kwargs"] and "861******9000" in call["kwargs"]
     # And nowhere in Flower's view of them is a full phone number or a secret
@@ -146,7 +146,8 @@ def test_flower_lists_a_job_with_its_kind_id_and_masked_arguments(flower, produc
 
 # ---- metrics after a demo-sized run -----------------------------------------------------------
 
-# (nxjobs_ratelimit_wait_seconds has samples only once a job waited for its slot: test_metrics_gaps.py)
+# (nxjobs_ratelimit_wait_seconds has samples only once a job waited for its slot:
+# test_metrics_gaps.py)
 METRICS = (
     "nxjobs_jobs",
     "nxjobs_attempts_total",
@@ -300,7 +301,8 @@ def test_number_check_file_is_validated_reported_split_and_waited_for(
     lines[5], lines[9] = "12 34", "86138000000001"  # line 6: bad; line 10: another valid number
     lines.append("8613800000002")  # duplicate of line 4
     path.write_text("\n".join(lines) + "\n")
-    # When submitted without allowing rejects, Then nothing is enqueued and the report names the lines
+    # When submitted without allowing rejects, Then nothing is enqueued and the report names the
+    # lines
     strict = cli(worker_env, "submit", "number-check", "--file", str(path), "--no-progress")
     assert strict.returncode == 2, strict.stderr
     assert strict.stdout == "" and "nothing was enqueued" in strict.stderr
@@ -308,7 +310,8 @@ def test_number_check_file_is_validated_reported_split_and_waited_for(
     assert report[0] == "line,value,reason"
     assert [r.split(",")[0] for r in report[1:]] == ["6", "12002"]
     assert "duplicate phone" in report[2] and "8613800000002" not in "\n".join(report)
-    # When allowed, Then the 11 999 valid rows go out as 3 jobs (5 000 + 5 000 + 1 999), with a progress bar
+    # When allowed, Then the 11 999 valid rows go out as 3 jobs (5 000 + 5 000 + 1 999), with a
+    # progress bar
     ok = cli(
         worker_env, "submit", "number-check", "--file", str(path), "--skip-invalid", "--progress"
     )
@@ -337,7 +340,8 @@ def test_number_check_file_is_validated_reported_split_and_waited_for(
 
 
 def test_callbot_contacts_file_bigger_than_a_job_becomes_named_parts(worker_env, tmp_path):
-    # Given 7 contacts and at most 3 per job (the real limit is 100 000), one with a duplicate order id
+    # Given 7 contacts and at most 3 per job (the real limit is 100 000), one with a duplicate order
+    # id
     path = tmp_path / "contacts.csv"
     path.write_text(
         "user_phone,order_id,user_name\n"
@@ -358,8 +362,8 @@ def test_callbot_contacts_file_bigger_than_a_job_becomes_named_parts(worker_env,
         "3",
         "--no-progress",
     )
-    # Then they become 3 queued jobs named (1/3) .. (3/3); order ids only need to be unique within a job
-    # (what the worker then does with a callbot-list job is covered by the end-to-end suites)
+    # Then they become 3 queued jobs named (1/3) .. (3/3); order ids only need to be unique within a
+    # job (what the worker then does with a callbot-list job is covered by the end-to-end suites)
     assert res.returncode == 0, res.stderr
     job_ids = res.stdout.split()
     from nxjobs.producers import Producer
@@ -374,7 +378,8 @@ def test_callbot_contacts_file_bigger_than_a_job_becomes_named_parts(worker_env,
 
 
 def test_a_million_rows_submit_within_the_memory_bound(tmp_path):
-    # The benchmark script itself: 1 000 000 rows -> 200 jobs, peak RSS of the CLI process under the bound.
+    # The benchmark script itself: 1 000 000 rows -> 200 jobs, peak RSS of the CLI process under the
+    # bound.
     bound_mb = os.environ.get("NXJOBS_BULK_BOUND_MB", "200")
     proc = subprocess.run(
         [sys.executable, "bench/bulk_submit.py", "--rows", "1000000", "--bound-mb", bound_mb],

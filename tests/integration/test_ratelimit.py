@@ -150,7 +150,8 @@ def test_a_cooldown_stops_every_worker(worker, worker_env, redis_url, sandbox, t
     sent = sorted(r["ts"] for r in sandbox.requests(path="/api/wa/calling/get", limit=200))
     assert sandbox.stats()["responses"]["/api/wa/calling/get"].get("2206") == 1
     first = sent[0]  # the scripted 2206 answers the first request
-    # Then nobody sent anything for at least half the base cooldown (jitter keeps it within [0.5, 1] s)
+    # Then nobody sent anything for at least half the base cooldown (jitter keeps it within [0.5, 1]
+    # s)
     assert sent[1] - first >= 0.45
 
 

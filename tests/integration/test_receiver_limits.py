@@ -260,7 +260,8 @@ def test_at_the_connection_cap_a_legit_sender_is_still_answered(receiver_state):
         time.sleep(0.2)
         # When a legit sender connects
         status = legit_callback_answered(port)
-        # Then it is answered; the oldest idle connections made room, the rest and the trickling stay
+        # Then it is answered; the oldest idle connections made room, the rest and the trickling
+        # stay
         assert status == 200
         assert [closed_by_server(s, 0.05) for s in idle[:6]] == [True] * 6
         assert not any(closed_by_server(s, 0.02) for s in idle[6:] + trickling)

@@ -179,7 +179,8 @@ def test_a_forged_cdr_for_an_ambiguous_call_is_looked_up_not_believed(
         "duration": 30,
     }
     assert post_token(receiver.url, "/callbacks/agent/cdr", forged).status_code == 200
-    # Then only the provider's answer decides: no CDR there, so the call stays failed, safe to resend
+    # Then only the provider's answer decides: no CDR there, so the call stays failed, safe to
+    # resend
     record = poll(cb_producer, job_id, lambda r: r.error is None or r.error.code != "ambiguous")
     assert record.state == JobState.FAILED and record.error.code == "call_not_found"
     assert record.callbacks == []

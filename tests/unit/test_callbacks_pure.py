@@ -205,7 +205,8 @@ def test_correlation_rules_per_kind():
     assert correlate.on_enqueue("call", "J", call) == correlate.Expectation(
         1, (keys.callback_index("call", "ORDER1"),), callbacks_max=correlate.CALL_CALLBACKS_MAX
     )
-    # ...with what a callback must prove: the batchNo, and each number (masked, as the provider may send it)
+    # ...with what a callback must prove: the batchNo, and each number (masked, as the provider may
+    # send it)
     assert correlate.on_enqueue("number-check", "J", nc) == correlate.Expectation(
         2,
         (keys.callback_index("nc-batch", "J"),),

@@ -123,7 +123,8 @@ def test_no_secret_has_a_default(compose):
     assert {name for name, _ in secret_uses} == set(SECRETS)
     assert all(op == ":?" for _, op in secret_uses), [u for u in secret_uses if u[1] != ":?"]
     assert set(check_yaml.required_variables(text)) == set(SECRETS)
-    # .env.example names every one of them (empty for the real secrets, see test_placeholder_secrets)
+    # .env.example names every one of them (empty for the real secrets, see
+    # test_placeholder_secrets)
     example = (ROOT / ".env.example").read_text()
     for name in SECRETS:
         assert re.search(rf"^{name}=", example, re.M), f"{name} missing from .env.example"
@@ -142,7 +143,8 @@ def test_every_published_port_binds_loopback_unless_opted_in(compose):
     assert set(published) == {"flower", "callbacks", "exporter", "sandbox"}
     for name, ports in published.items():
         for port in ports:
-            # short syntax only (long syntax could omit host_ip), loopback or the service's opt-in variable
+            # short syntax only (long syntax could omit host_ip), loopback or the service's opt-in
+            # variable
             assert isinstance(port, str) and BIND.match(port), f"{name}: {port!r}"
             if port.startswith("${"):
                 assert port.startswith(f"${{NXJOBS_BIND_{name.upper()}:-"), f"{name}: {port!r}"

@@ -32,7 +32,8 @@ IMPORTS_SANDBOX = re.compile(rb"^\s*(from\s+sandbox[\s.]|import\s+sandbox\b)", r
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> zipfile.ZipFile:
-    # A copy: an in-tree build would leave build/ behind, and files a stale build/lib holds would ship.
+    # A copy: an in-tree build would leave build/ behind, and files a stale build/lib holds would
+    # ship.
     src = tmp_path_factory.mktemp("src") / "nxjobs"
     shutil.copytree(
         ROOT,
