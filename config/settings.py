@@ -60,7 +60,8 @@ class CallbotSettings(BaseModel):
 
 
 class AgentSettings(BaseModel):
-    """Legacy Agent API: token + makecall on as01, CDR lookups on api.nxcloud.com (docs/provider.md §7)."""
+    """Legacy Agent API: token + makecall on as01, CDR lookups on api.nxcloud.com
+    (docs/provider.md §7)."""
 
     base_url: str = "https://as01.nxcloud.com"
     cdr_base_url: str = "https://api.nxcloud.com"
@@ -209,7 +210,8 @@ class HttpSettings(BaseModel):
 
 
 class DeadLetterSettings(BaseModel):
-    """Jobs that failed for good (retries exhausted or a permanent error), kept for `nxjobs dead`."""
+    """Jobs that failed for good (retries exhausted or a permanent error), kept for
+    `nxjobs dead`."""
 
     # Oldest entries are dropped beyond this many, and once older than max_age_s.
     max_entries: int = Field(default=10_000, ge=1)
@@ -237,7 +239,8 @@ class RetrySettings(BaseModel):
 
 
 class MetricsSettings(BaseModel):
-    """The exporter (`python -m workers.exporter`): Prometheus metrics and the stall health check."""
+    """The exporter (`python -m workers.exporter`): Prometheus metrics and the stall
+    health check."""
 
     # /healthz fails when a queue has had messages waiting this long while no worker
     # finished an attempt from it (workers can stay connected yet stop consuming).

@@ -39,7 +39,8 @@ _CONTACT_HEADERS = frozenset({"user_phone", "phone", "userphone"})
 
 @dataclass
 class Rejects:
-    """Rejected rows: counted, the first few kept for the terminal, all written to `path` if given."""
+    """Rejected rows: counted, the first few kept for the terminal, all written to
+    `path` if given."""
 
     path: str | None = None
     keep: int = 10
@@ -173,7 +174,8 @@ def _contact_rows(
             yield (
                 line,
                 None,
-                f"{cells[0]}\x00expected user_phone[,order_id[,user_name]], got {len(cells)} columns",
+                f"{cells[0]}\x00expected user_phone[,order_id[,user_name]], "
+                f"got {len(cells)} columns",
                 frac,
             )
             continue
@@ -224,7 +226,8 @@ def submit_file(
     progress: Progress,
     on_job: Callable[[str], None] = lambda _id: None,
 ) -> BulkResult:
-    """Validate `path`, then (if rejects <= max_rejects; None = any) enqueue its valid rows as jobs of `kind`.
+    """Validate `path`, then (if rejects <= max_rejects; None = any) enqueue its valid
+    rows as jobs of `kind`.
 
     `make_payload(items, part, parts)` builds one job's payload from its rows (part counts from 1).
     """
@@ -308,7 +311,8 @@ def number_check_payload(check_level: int | None, batch_no: str | None):
 
 
 def callbot_payload(base: dict[str, Any]):
-    """Each part is its own Callbot task; with several, the task name says which: `renewals (2/10)`."""
+    """Each part is its own Callbot task; with several, the task name says which:
+    `renewals (2/10)`."""
     name = base["task_name"]
 
     def make(contacts: list[dict[str, Any]], part: int, parts: int) -> dict[str, Any]:

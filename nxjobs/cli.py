@@ -65,7 +65,8 @@ def _service_env() -> dict[str, str] | None:
 
 
 def cmd_callbacks(rest: list[str]) -> int:
-    """`nxjobs callbacks [--host --port --workers]` runs the receiver; `nxjobs callbacks unmatched` lists."""
+    """`nxjobs callbacks [--host --port --workers]` runs the receiver;
+    `nxjobs callbacks unmatched` lists."""
     if rest and rest[0] == "unmatched":
         return cmd_unmatched(rest[1:])
     env = _service_env()
@@ -145,7 +146,8 @@ def _add_submit_parser(sub) -> None:
         dest="batch",
         action="store_false",
         help="number-check, callbot-contact: send a one-number check (one contact) in a request of "
-        "its own at once, instead of sharing one with others (up to NXJOBS_COALESCE__LINGER_S later)",
+        "its own at once, instead of sharing one with others "
+        "(up to NXJOBS_COALESCE__LINGER_S later)",
     )
     p.add_argument("--user-ip", help="ota-init: IP address of the user's device")
     p.add_argument("--business-phone", help="wa-calling: WhatsApp business phone")
@@ -343,7 +345,8 @@ def _submit_file(args: argparse.Namespace) -> int:
             EXIT_INPUT,
         )
     print(
-        f"{path}: {result.valid:,} of {result.rows:,} rows enqueued as {len(result.job_ids):,} {kind} job(s)"
+        f"{path}: {result.valid:,} of {result.rows:,} rows enqueued as "
+        f"{len(result.job_ids):,} {kind} job(s)"
         f"{f', {rej.count:,} rejected' if rej.count else ''}",
         file=sys.stderr,
     )
@@ -467,7 +470,8 @@ def _wait_ids(args: argparse.Namespace) -> list[str]:
 def _wait_live(
     producer, job_ids: list[str], target: JobState, timeout_s: float, show: bool
 ) -> dict[str, tuple[str | None, int, int]]:
-    """Poll (one pipelined HMGET per round, however many jobs) until all are done; redraw a progress line."""
+    """Poll (one pipelined HMGET per round, however many jobs) until all are done;
+    redraw a progress line."""
     from nxjobs import keys
     from nxjobs.records import PROGRESS
 
@@ -502,7 +506,8 @@ def _wait_live(
             )
             gone = f"  not found {missing:,}" if missing else ""
             sys.stderr.write(
-                f"\r[{('=' * int(frac * 30)).ljust(30)}] {finished:,}/{len(job_ids):,} {target.value}"
+                f"\r[{('=' * int(frac * 30)).ljust(30)}] "
+                f"{finished:,}/{len(job_ids):,} {target.value}"
                 f" or failed  ({parts}){cb}{gone}  {time.monotonic() - started:.0f}s\x1b[K"
             )
             sys.stderr.flush()

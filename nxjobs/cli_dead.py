@@ -24,9 +24,10 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="nxjobs dead",
         description=(
-            "Jobs that failed for good (retries exhausted, permanent error, or a makecall whose outcome is "
-            "unknown or proven not placed). A replay re-enqueues the same job id and payload through the "
-            "normal task, so the in-flight marker, the record state machine and the rate limiter all apply."
+            "Jobs that failed for good (retries exhausted, permanent error, or a makecall whose "
+            "outcome is unknown or proven not placed). A replay re-enqueues the same job id and "
+            "payload through the normal task, so the in-flight marker, the record state machine "
+            "and the rate limiter all apply."
         ),
     )
     sub = p.add_subparsers(dest="action", required=True)

@@ -20,11 +20,12 @@ How a job travels (number checks; contacts alike, with orderID for phone):
    after the linger). That flag expires, so a flush lost with its producer is
    re-armed by the next push or by the periodic sweep.
 2. A flush (the Celery task `nxjobs.number_check_batch`, `nxjobs.callbot_contact_batch`)
-   takes its rate-limit slot, then takes up to `max_numbers` (`max_contacts`) entries into a batch named after its
-   own task id, in one script: members go `running`, and each member's
-   correlation key `(batchNo, phone) -> job id` is set before anything is
-   sent, so a callback that beats the fan-out still finds its job. A redelivered
-   flush finds its batch already built and sends (or looks up) that batch.
+   takes its rate-limit slot, then takes up to `max_numbers` (`max_contacts`)
+   entries into a batch named after its own task id, in one script: members go
+   `running`, and each member's correlation key `(batchNo, phone) -> job id` is
+   set before anything is sent, so a callback that beats the fan-out still finds
+   its job. A redelivered flush finds its batch already built and sends (or
+   looks up) that batch.
    Two jobs with the same phone never share a batch: the second waits for the next.
 3. After the answer, one script fans the result out: each member becomes
    `submitted` with its share of the result (or `failed`, if the provider
@@ -141,10 +142,10 @@ def member_index_key(batch_no: str, phone: str) -> str:
 
 @dataclass(frozen=True)
 class Taken:
-    status: int  # 0 nothing taken, 1 built by an earlier delivery, 2 built now, 3 already sent and recorded
-    members: list[
-        tuple[str, str]
-    ]  # (job id, key): the phone of a number check, the orderID of a contact
+    # 0 nothing taken, 1 built by an earlier delivery, 2 built now, 3 already sent and recorded
+    status: int
+    # (job id, key): the phone of a number check, the orderID of a contact
+    members: list[tuple[str, str]]
     pending_left: int
     # job id -> what the request needs of the member beyond its key (a contact: its callList item,
     # unmasked)
@@ -179,8 +180,9 @@ class CoalesceQueue:
     def enqueue(self, group: str, jobs: Iterable[tuple[str, ...]], now_iso: str) -> Flushes:
         """Store queued records for (job id, key, redacted input JSON[, item JSON]) and add them to
         `group` (key: the phone of a number check, the orderID of a contact; item: what the request
-        needs beyond the key). Chunks of ENQUEUE_CHUNK go to Redis in one transaction (all or nothing,
-        and one round trip): keep a call to some 10 000 jobs, which holds Redis for about 0.1 s."""
+        needs beyond the key). Chunks of ENQUEUE_CHUNK go to Redis in one transaction (all or
+        nothing, and one round trip): keep a call to some 10 000 jobs, which holds Redis for
+        about 0.1 s."""
         spec = spec_of(group)
         index = spec.index_at_enqueue
         head = [
@@ -324,7 +326,8 @@ class CoalesceQueue:
         )
 
     def stale_batches(self, older_than_s: float, now_s: float) -> list[tuple[str, str]]:
-        """(batch id, group) of built batches older than `older_than_s` (their flush may be lost)."""
+        """(batch id, group) of built batches older than `older_than_s` (their flush may be
+        lost)."""
         ids = self.redis.zrangebyscore(
             keys.COALESCE_OPEN, "-inf", now_s - older_than_s, start=0, num=100
         )
@@ -342,7 +345,8 @@ class CoalesceQueue:
         return out
 
     def unarmed_groups(self, wanted: Callable[[str], bool] = lambda group: True) -> list[str]:
-        """Groups (of those `wanted`) with pending items and no flush on its way (its message was lost)."""
+        """Groups (of those `wanted`) with pending items and no flush on its way (its
+        message was lost)."""
         out = []
         for key in self.redis.scan_iter(match=keys.coalesce_pending("*"), count=100):
             group = key.removeprefix(f"{keys.PREFIX}:coalesce:").removesuffix(":pending")
@@ -369,8 +373,9 @@ def send_flush(
     task_id: str | None = None,
     priority: int = PRIORITY_NEW,
 ) -> None:
-    """Publish a flush of `group` on its kind's queue ("full": a whole batch waits; "linger": send what
-    is there). `task_id` names the batch: a stale batch is flushed again under its own id."""
+    """Publish a flush of `group` on its kind's queue ("full": a whole batch waits; "linger":
+    send what is there). `task_id` names the batch: a stale batch is flushed again under its
+    own id."""
     spec = spec_of(group)
     app.send_task(
         spec.flush_task,
@@ -392,9 +397,10 @@ def batch_no_of(batch_id: str) -> str:
 def rejected_members(members: list[tuple[str, str]], fail_numbers: list[Any]) -> dict[str, str]:
     """job id -> reason, for members whose number the provider listed in `failNumber`.
 
-    Entries may carry the number whole or masked (`999***6789`, docs/provider.md §5.1). A masked entry
-    that fits more than one member names none of them for sure: those members stay submitted,
-    and their callback (or reconciliation's query) settles them. Never fails a job on a guess."""
+    Entries may carry the number whole or masked (`999***6789`, docs/provider.md §5.1). A masked
+    entry that fits more than one member names none of them for sure: those members stay
+    submitted, and their callback (or reconciliation's query) settles them. Never fails a job on
+    a guess."""
     by_phone = {phone: job_id for job_id, phone in members}
     out: dict[str, str] = {}
     for entry in fail_numbers:

@@ -6,11 +6,13 @@ the store when a job is submitted (provider-chosen ids, the final count).
 
 | kind | completed when | correlated by |
 |---|---|---|
-| number-check | every accepted number has its result | requestId (per-number `<id>-NNNNNN`), batchNo |
+| number-check | every accepted number has its result | requestId (per number), batchNo |
 | call | its CDR arrived | orderid |
 | callbot-list | a task-status callback says finished (taskStatus 3/4) | userTaskID = job id |
-| callbot-contact | its order callback says finished | orderID (indexed at enqueue), before userTaskID |
+| callbot-contact | its order callback says finished | orderID, before userTaskID |
 | ota-init, wa-calling | at once: the synchronous answer is final | — |
+
+The per-number requestId is `<id>-NNNNNN`; a contact's orderID is indexed at enqueue.
 """
 
 from __future__ import annotations
@@ -141,5 +143,6 @@ def on_submit(kind: str | None, result: dict[str, Any] | None) -> Expectation:
 
 
 def contact_index(order_id: str) -> str:
-    """A `callbot-contact` job's correlation key: its orderID (globally unique, docs/provider.md §6.1)."""
+    """A `callbot-contact` job's correlation key: its orderID (globally unique,
+    docs/provider.md §6.1)."""
     return keys.callback_index("cb-order", order_id)

@@ -95,8 +95,8 @@ class CallbotParam(_Payload):
 
 
 class Contact(_Payload):
-    """One callList entry; `order_id` defaults to ``<job id>-<index>`` in a list, to the job id alone
-    in a `callbot-contact` job."""
+    """One callList entry; `order_id` defaults to ``<job id>-<index>`` in a list, to the
+    job id alone in a `callbot-contact` job."""
 
     user_phone: Phone
     order_id: str | None = None

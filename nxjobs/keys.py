@@ -72,7 +72,8 @@ def proof_order(order_id: str) -> str:
 def callback_index(id_kind: str, value: str) -> str:
     """Correlation index: an id we sent or the provider returned -> job id.
 
-    id_kind: `call` (Agent orderid), `nc-batch` (Number Check batchNo), `nc-req` (Number Check requestId),
+    id_kind: `call` (Agent orderid), `nc-batch` (Number Check batchNo),
+    `nc-req` (Number Check requestId),
     `nc-num` (`<batchNo>:<phone>`, one coalesced job of a shared batch, nxjobs.coalesce),
     `cb-order` (Callbot orderID of a `callbot-contact` job; orderIDs are globally unique).
     """
@@ -86,7 +87,8 @@ def member_index(batch_no: str, key: str = "") -> str:
 
 
 def callbacks_waiting(family: str) -> str:
-    """Sorted set of submitted jobs still waiting for callbacks; score = unix time reconciliation is due."""
+    """Sorted set of submitted jobs still waiting for callbacks; score = unix time
+    reconciliation is due."""
     return f"{PREFIX}:cb:waiting:{family}"
 
 
@@ -159,8 +161,9 @@ DEAD_ENTRIES = f"{PREFIX}:dead:entries"
 
 
 def coalesce_pending(group: str) -> str:
-    """List of `<job id>|<key>[|<item JSON>]` waiting to be sent together (nxjobs.coalesce): group `nc<level>`
-    holds one-number checks (key = phone), group `cbt:<userTaskID>` contacts for one task (key = orderID)."""
+    """List of `<job id>|<key>[|<item JSON>]` waiting to be sent together (nxjobs.coalesce):
+    group `nc<level>` holds one-number checks (key = phone), group `cbt:<userTaskID>` contacts
+    for one task (key = orderID)."""
     return f"{PREFIX}:coalesce:{group}:pending"
 
 
@@ -170,7 +173,8 @@ def coalesce_armed(group: str) -> str:
 
 
 def coalesce_batch(batch_id: str) -> str:
-    """Hash of one built batch: group, batchNo, members JSON (and items JSON), created_at, attempts, throttles."""
+    """Hash of one built batch: group, batchNo, members JSON (and items JSON), created_at,
+    attempts, throttles."""
     return f"{PREFIX}:coalesce:batch:{batch_id}"
 
 

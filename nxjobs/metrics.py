@@ -86,7 +86,8 @@ def outcome_label(outcome: str) -> str:
 
 
 def credential_label(limit_name: str) -> str:
-    """`api2:<accessKey>` -> `api2:<8 hex of sha256(accessKey)>`: tells credentials apart, reveals none."""
+    """`api2:<accessKey>` -> `api2:<8 hex of sha256(accessKey)>`: tells credentials apart,
+    reveals none."""
     family, _, ident = limit_name.partition(":")
     if not ident:
         return family
@@ -118,8 +119,8 @@ def record_attempt(
     now_s: float | None = None,
 ) -> None:
     """Count one finished attempt: outcome, provider code, its duration, each provider request's
-    duration, a throttle per credential if the provider said "too frequent"; remember the credentials
-    (rate-limit names) and mark the queue consumed."""
+    duration, a throttle per credential if the provider said "too frequent"; remember the
+    credentials (rate-limit names) and mark the queue consumed."""
     label = outcome_label(outcome)
     pipe = client.pipeline(transaction=False)
     pipe.hincrby(keys.METRICS_COUNTERS, f"attempt|{kind}|{label}", 1)
@@ -161,7 +162,8 @@ def queue_completion_check(pipe, job_id: str) -> None:
 def completion_delay(replies: list, now_s: float) -> tuple[str, float] | None:
     """(kind, seconds since submission) if this completion is to be observed, from the replies of
     `queue_completion_check`: only the first observation of a job that was submitted and had
-    callbacks to wait for (ota-init and wa-calling complete at submit by nature: nothing to time)."""
+    callbacks to wait for (ota-init and wa-calling complete at submit by nature: nothing to
+    time)."""
     first, (kind, submitted_at, needed) = replies[-2], replies[-1]
     if not (first and kind and submitted_at) or needed == "0":
         return None
@@ -219,8 +221,9 @@ def queue_callback_delays(pipe, observations: Iterable[tuple[str, float]]) -> No
 
 
 def queue_callback_outcomes(pipe, counts: dict[str, int]) -> None:
-    """Queue the receiver's per-outcome counts (`recorded`, `unmatched`, `refused:401:bad token`...):
-    a bounded vocabulary of our own words, so the counters hash stays small whatever is sent."""
+    """Queue the receiver's per-outcome counts (`recorded`, `unmatched`,
+    `refused:401:bad token`...): a bounded vocabulary of our own words, so the counters hash
+    stays small whatever is sent."""
     for outcome, n in counts.items():
         pipe.hincrby(keys.METRICS_COUNTERS, f"callback|{outcome}", n)
 

@@ -277,7 +277,8 @@ class Producer:
     def _check_order_ids(self, models: list[Any]) -> None:
         """A contact's own orderID must be new: it is the contact's idempotency key and the key its
         callbacks are found by (orderIDs are globally unique, docs/provider.md §6.1). Checked before
-        anything is written; a race with another producer is the caller's (unique ids are theirs)."""
+        anything is written; a race with another producer is the caller's (unique ids are
+        theirs)."""
         given = [
             (i, m.contact.order_id)
             for i, m in enumerate(models)
@@ -347,8 +348,8 @@ class Producer:
     def callbot_contact(
         self, *, user_task_id: str, contact: dict[str, Any], batch: bool = True
     ) -> str:
-        """Add one contact to the existing Callbot task `user_task_id` (e.g. a callbot-list job's id).
-        Shares an addBatchCall with other contacts for that task (nxjobs.coalesce), unless
+        """Add one contact to the existing Callbot task `user_task_id` (e.g. a callbot-list job's
+        id). Shares an addBatchCall with other contacts for that task (nxjobs.coalesce), unless
         `batch=False`: then it gets a request of its own, at once."""
         return self.enqueue(
             "callbot-contact", {"user_task_id": user_task_id, "contact": contact}, batch=batch
@@ -451,7 +452,8 @@ class Producer:
         timeout_s: float = 60.0,
         poll_s: float = 0.2,
     ) -> dict[str, JobRecord | None]:
-        """Poll until every job reached `until` or failed, or `timeout_s` passed; return the last records."""
+        """Poll until every job reached `until` or failed, or `timeout_s` passed; return the
+        last records."""
         target = JobState(until)
         ids = list(job_ids)
         deadline = time.monotonic() + timeout_s
@@ -491,7 +493,8 @@ def new_job_ids(count: int) -> list[str]:
 
 
 def _coalescible(model: Any) -> TypeGuard[NumberCheckPayload | CallbotContactPayload]:
-    """One number and no batchNo of its own, or one contact: it can share a request (nxjobs.coalesce)."""
+    """One number and no batchNo of its own, or one contact: it can share a request
+    (nxjobs.coalesce)."""
     if isinstance(model, CallbotContactPayload):
         return True
     return (

@@ -148,7 +148,8 @@ def _shorten(obj: Any, keep: int) -> Any:
 
 def flower_repr(kwargs: dict[str, Any], kind: str | None = None, keep: int = 5) -> str:
     """What Flower shows as a job's arguments (`kwargsrepr`): its kind first, secrets removed,
-    phones masked, long lists cut to `keep` items plus a count (a 5 000-number check stays short)."""
+    phones masked, long lists cut to `keep` items plus a count (a 5 000-number check stays
+    short)."""
     shown = redact(_shorten(kwargs, keep))  # cut first: masking 5 000 phones to show 5 is waste
     if kind is not None:
         shown = {"kind": kind, **shown}

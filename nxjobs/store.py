@@ -46,7 +46,8 @@ ALLOWED_FROM: dict[JobState, frozenset[JobState | None]] = {
     ),
     JobState.RETRYING: frozenset(
         {
-            JobState.RUNNING,  # store_transition.lua: retry, throttled, a later step waits for a slot
+            # store_transition.lua: retry, throttled, a later step waits for a slot
+            JobState.RUNNING,
         }
     ),
     JobState.SUBMITTED: frozenset(

@@ -100,7 +100,8 @@ class _Outcome:
 
 
 def _outcome(phone: str) -> _Outcome:
-    """Sandbox convention: 999... is not a real number, 998... rings out unanswered, the rest answer."""
+    """Sandbox convention: 999... is not a real number, 998... rings out unanswered, the
+    rest answer."""
     if phone.startswith("999"):
         return _Outcome(False, 4, "UNALLOCATED_NUMBER", "404")
     if phone.startswith("998"):

@@ -33,7 +33,8 @@ class SandboxControl:
         return bool(self._call("GET", "health").get("ok"))
 
     def stats(self) -> dict[str, Any]:
-        """Counters: requests, responses[path][code], throttled, faults, duplicates, accepted, config."""
+        """Counters: requests, responses[path][code], throttled, faults, duplicates, accepted,
+        config."""
         return self._call("GET", "stats")
 
     def requests(self, path: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
@@ -44,7 +45,8 @@ class SandboxControl:
         return self._call("GET", "requests", params=params)["requests"]
 
     def callbacks(self, kind: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        """The last `limit` callback delivery attempts (oldest first): kind, url, status, attempt, body.
+        """The last `limit` callback delivery attempts (oldest first): kind, url, status,
+        attempt, body.
 
         `kind`: number-check, callbot-call, callbot-order, callbot-task or cdr."""
         params: dict[str, Any] = {"limit": limit}
@@ -54,7 +56,8 @@ class SandboxControl:
 
     def configure(self, **changes: Any) -> dict[str, Any]:
         """Partial update of quotas/faults/token_ttl_s/number_check_shape/seed and the callback_* /
-        cdr_callback_url settings (callback_drop_rate=1.0 drops every callback); returns the new config."""
+        cdr_callback_url settings (callback_drop_rate=1.0 drops every callback); returns the new
+        config."""
         return self._call("POST", "config", json=changes)["config"]
 
     def script(
@@ -65,7 +68,8 @@ class SandboxControl:
         http_status: int = 200,
         message: str | None = None,
     ) -> None:
-        """Answer the next `times` verified requests to `path` with body `code` (or HTTP `http_status`)."""
+        """Answer the next `times` verified requests to `path` with body `code` (or HTTP
+        `http_status`)."""
         payload = {
             "path": path,
             "code": code,

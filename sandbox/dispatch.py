@@ -328,7 +328,8 @@ class _Origin:
 
 def _new_loop() -> asyncio.AbstractEventLoop:
     try:
-        import uvloop  # a dependency (the receiver runs on it); roughly halves the cost of a request
+        # a dependency (the receiver runs on it); roughly halves the cost of a request
+        import uvloop
     except ImportError:
         return asyncio.new_event_loop()
     return uvloop.new_event_loop()
@@ -492,7 +493,8 @@ class CallbackDispatcher:
         return out
 
     def _route(self, deliveries: list[_Delivery]) -> None:
-        """Queue each delivery on its origin and put connections to work, up to the origin's limit."""
+        """Queue each delivery on its origin and put connections to work, up to the
+        origin's limit."""
         touched = {}
         for d in deliveries:
             target = _target(d.url)
@@ -527,11 +529,12 @@ class CallbackDispatcher:
     # ---- one request at a time per connection, driven by its answers -------------------
 
     def _feed(self, origin: _Origin, conn: _Conn | None) -> None:
-        """Give a working slot of `origin` (with `conn`, if it has one) its next request, or end the slot.
+        """Give a working slot of `origin` (with `conn`, if it has one) its next request,
+        or end the slot.
 
-        Called when a slot starts and whenever its request was answered. No task, future or coroutine
-        per request: a kept-alive connection's next request is written from a plain callback; only
-        opening a connection is a coroutine, as it waits for a connect slot.
+        Called when a slot starts and whenever its request was answered. No task, future or
+        coroutine per request: a kept-alive connection's next request is written from a plain
+        callback; only opening a connection is a coroutine, as it waits for a connect slot.
         """
         queue = origin.queue
         if not self._stopped:
@@ -558,7 +561,8 @@ class CallbackDispatcher:
                 conn.abort()
 
     def _answered(self, conn: _Conn, d: _Delivery, status: int | str, reusable: bool) -> None:
-        """A kept-alive connection's request is over: count the attempt, and have the next one sent."""
+        """A kept-alive connection's request is over: count the attempt, and have the next
+        one sent."""
         if not reusable:
             conn.abort()
             if status == "ConnectionError" and not conn.got_bytes:

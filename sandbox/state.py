@@ -217,7 +217,8 @@ class SandboxState:
     # -- faults, scripts, quotas -----------------------------------------------------
 
     def roll(self, rate: float) -> bool:
-        """True with probability `rate`; draws nothing when the rate is 0 (keeps seeded runs stable)."""
+        """True with probability `rate`; draws nothing when the rate is 0 (keeps seeded
+        runs stable)."""
         if rate <= 0:
             return False
         with self.lock:

@@ -27,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] != "worker":
         print(
-            "usage: python -m workers worker [-Q agent,callbot,api2] [-c N] [--pool prefork|threads|solo]",
+            "usage: python -m workers worker [-Q agent,callbot,api2] [-c N] "
+            "[--pool prefork|threads|solo]",
             file=sys.stderr,
         )
         return 2
@@ -47,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         load_settings().require(*queues)
     except MissingSetting as exc:
         print(
-            f"error: {exc} (needed by queue(s) {', '.join(queues)}); set them in the environment or .env",
+            f"error: {exc} (needed by queue(s) {', '.join(queues)}); "
+            "set them in the environment or .env",
             file=sys.stderr,
         )
         return 2

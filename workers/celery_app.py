@@ -57,7 +57,9 @@ app.conf.update(
     broker_connection_retry_on_startup=True,
     worker_hijack_root_logger=True,
     worker_log_format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s",
-    worker_task_log_format="%(asctime)s %(levelname)s %(processName)s %(task_name)s[%(task_id)s]: %(message)s",
+    worker_task_log_format=(
+        "%(asctime)s %(levelname)s %(processName)s %(task_name)s[%(task_id)s]: %(message)s"
+    ),
     enable_utc=True,
 )
 
@@ -79,7 +81,8 @@ def _per_family(name: str, task: str, interval_s: float, families) -> dict:
 
 # https://docs.celeryq.dev/en/stable/userguide/periodic-tasks.html
 # Run by `celery -A workers.celery_app beat` (one beat per deployment):
-# - reconcile jobs whose callbacks are late (a run that finds another still going skips: Redis lock);
+# - reconcile jobs whose callbacks are late (a run that finds another still going skips:
+#   Redis lock);
 # - re-publish jobs whose broker message was lost (a worker killed between kombu's BRPOP and its
 #   unacked bookkeeping; nxjobs/recover.py);
 # - flush again coalesced jobs whose flush message was lost (nxjobs/coalesce.py), for the families

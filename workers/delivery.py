@@ -33,13 +33,15 @@ def countdown_bounds_s(settings: Settings) -> dict[str, float]:
 
 
 def check_visibility(settings: Settings) -> None:
-    """Raise DeliveryTimingError unless visibility timeout > time limit + longest countdown + slack."""
+    """Raise DeliveryTimingError unless visibility timeout > time limit + longest
+    countdown + slack."""
     bounds = countdown_bounds_s(settings)
     name, longest = max(bounds.items(), key=lambda kv: kv[1])
     needed = settings.task_time_limit_s + longest + SLACK_S
     if settings.broker_visibility_timeout_s <= needed:
         raise DeliveryTimingError(
-            f"NXJOBS_BROKER_VISIBILITY_TIMEOUT_S={settings.broker_visibility_timeout_s} must exceed "
-            f"NXJOBS_TASK_TIME_LIMIT_S ({settings.task_time_limit_s}) + {name} ({longest:g}) + {SLACK_S:g} s "
+            f"NXJOBS_BROKER_VISIBILITY_TIMEOUT_S={settings.broker_visibility_timeout_s} "
+            f"must exceed NXJOBS_TASK_TIME_LIMIT_S ({settings.task_time_limit_s}) "
+            f"+ {name} ({longest:g}) + {SLACK_S:g} s "
             f"= {needed:g} s: a held countdown message would be handed to a second worker"
         )

@@ -46,7 +46,8 @@ def submit_all(producer) -> dict[str, str]:
 
 
 def _wait_sent(control, timeout_s: float) -> None:
-    """Until every callback the sandbox queued (and its duplicate copies) was answered or given up."""
+    """Until every callback the sandbox queued (and its duplicate copies) was answered
+    or given up."""
     deadline = time.monotonic() + timeout_s
     with control:
         while time.monotonic() < deadline:

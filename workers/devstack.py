@@ -349,7 +349,8 @@ def start_sandbox(
     env: dict[str, str] | None = None,
     timeout_s: float = 20.0,
 ) -> tuple[ServiceProcess, str]:
-    """`python -m sandbox --port 0 ARGS` from the repo root; returns the process and its base URL."""
+    """`python -m sandbox --port 0 ARGS` from the repo root; returns the process and
+    its base URL."""
     proc = ServiceProcess(
         "sandbox",
         [_python(), "-m", "sandbox", "--port", "0", *args],
@@ -453,7 +454,8 @@ def _wait_ready(proc: ServiceProcess, url: str, timeout_s: float) -> None:
 def start_beat(
     env: dict[str, str], *, log_dir: str | None = None, timeout_s: float = 30.0
 ) -> ServiceProcess:
-    """`celery -A workers.celery_app beat` with its schedule file in the log dir (reconciliation)."""
+    """`celery -A workers.celery_app beat` with its schedule file in the log dir
+    (reconciliation)."""
     proc = ServiceProcess(
         "beat",
         [_python(), "-m", "celery", "-A", "workers.celery_app", "beat", "--loglevel", "INFO"],

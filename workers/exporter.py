@@ -1,4 +1,5 @@
-"""`python -m workers.exporter [--host H] [--port P]`: Prometheus metrics and the stall health check.
+"""`python -m workers.exporter [--host H] [--port P]`: Prometheus metrics and the stall
+health check.
 
 One process per deployment. Every scrape reads Redis: the counters and histograms
 the workers and the receiver add to (nxjobs.metrics), plus state that is already
@@ -8,7 +9,8 @@ cached jobs-by-state scan, when each queue was first seen non-empty, and its own
 
     GET /metrics   Prometheus text format
     GET /healthz   200 {"ok": true, ...}; 503 when a queue has had messages for longer than
-                   NXJOBS_METRICS__STALL_S while no worker finished an attempt from it, or Redis is down
+                   NXJOBS_METRICS__STALL_S while no worker finished an attempt from it, or
+                   Redis is down
     GET /livez     200 while the process serves (the container health check)
 
 The HTTP server is bounded against slow or idle clients: a fixed pool of handler threads
@@ -120,7 +122,8 @@ def queue_keys(queue: str) -> list[str]:
 
 
 def dead_letter_key() -> str | None:
-    """The dead-letter index (a sorted set of job ids, nxjobs/deadletters.py); None if this build lacks it."""
+    """The dead-letter index (a sorted set of job ids, nxjobs/deadletters.py); None if
+    this build lacks it."""
     for name in ("DEAD_INDEX",):
         value = getattr(keys, name, None)
         if isinstance(value, str):
@@ -163,7 +166,8 @@ class Exporter:
         return {queue: sum(lengths[i * n : (i + 1) * n]) for i, queue in enumerate(QUEUES)}
 
     def health(self) -> tuple[bool, dict[str, Any]]:
-        """Unhealthy if any queue has had messages for over stall_s with no attempt finished from it."""
+        """Unhealthy if any queue has had messages for over stall_s with no attempt
+        finished from it."""
         now = self.clock()
         try:
             depths = self.queue_depths()
@@ -288,7 +292,8 @@ class Exporter:
             elif what == "throttle":
                 throttles.add_metric([rest], float(value))
             elif what == "callback":
-                # `refused:<status>:<reason>` or a plain outcome (nxjobs.metrics.queue_callback_outcomes).
+                # `refused:<status>:<reason>` or a plain outcome
+                # (nxjobs.metrics.queue_callback_outcomes).
                 outcome, _, reason = rest.partition(":")
                 callbacks.add_metric([outcome, reason], float(value))
         yield attempts
@@ -316,7 +321,8 @@ class Exporter:
                 metrics.HIST_RATE_WAIT,
                 metrics.RATE_WAIT_BUCKETS_S,
                 "credential",
-                "Waits jobs were sent back to serve for a rate-limit slot, per credential (hashed id)",
+                "Waits jobs were sent back to serve for a rate-limit slot, "
+                "per credential (hashed id)",
             ),
             (
                 "nxjobs_callback_delay_seconds",
@@ -424,7 +430,8 @@ class Exporter:
             self.refused += 1
 
     def _rate_limiter(self, now_s: float) -> tuple[dict[str, float], dict[str, float]]:
-        """Per credential the workers used: seconds until its next free slot (TAT) and cooldown left."""
+        """Per credential the workers used: seconds until its next free slot (TAT) and
+        cooldown left."""
         # str members: the client decodes responses (nxjobs.redis_conn.connect).
         names = sorted(cast(set[str], self.redis.smembers(keys.METRICS_CREDENTIALS)))
         values = (

@@ -1,4 +1,5 @@
-"""`python -m workers.healthcheck http URL | file GLOB MAX_AGE_S`: container health checks, stdlib only.
+"""`python -m workers.healthcheck http URL | file GLOB MAX_AGE_S`: container health checks,
+stdlib only.
 
 `http`: exit 0 if URL answers 2xx within 5 s. `file`: exit 0 if the newest file
 matching GLOB was modified within MAX_AGE_S (Celery beat rewrites its schedule
@@ -29,7 +30,7 @@ def main(argv: list[str]) -> int:
             print(f"unhealthy: {argv[1]} not written for {age:.0f}s", file=sys.stderr)
             return 1
         return 0
-    print(__doc__.splitlines()[0], file=sys.stderr)
+    print(" ".join(__doc__.split("\n\n")[0].splitlines()), file=sys.stderr)
     return 2
 
 

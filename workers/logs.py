@@ -3,8 +3,9 @@
 `NXJOBS_LOG_FORMAT=json` (the image sets it) turns each record into one JSON
 object: time, level, logger, process, message, plus Celery's task name/id and the
 structured fields of the per-attempt line (job_id, kind, attempt, outcome, code,
-latency_ms, attempt_ms) — a fixed list, never arbitrary `extra` data. Text stays the default for terminals and tests.
-What is logged is already redacted at the call site; this module only formats.
+latency_ms, attempt_ms) — a fixed list, never arbitrary `extra` data. Text stays
+the default for terminals and tests. What is logged is already redacted at the
+call site; this module only formats.
 """
 
 from __future__ import annotations
@@ -56,7 +57,8 @@ def formatter_for(log_format: str) -> logging.Formatter:
 
 
 def apply_format(logger: logging.Logger, log_format: str) -> None:
-    """Switch the handlers Celery (or anyone) installed on `logger` to `log_format`; text leaves them as set up."""
+    """Switch the handlers Celery (or anyone) installed on `logger` to `log_format`;
+    text leaves them as set up."""
     if log_format != "json":
         return
     for handler in logger.handlers:

@@ -56,7 +56,8 @@ class ReceiverConfig:
         without them Callbot callbacks are refused (401).
     max_body_bytes: larger bodies get 413.
     tolerance_s: allowed |now - createTs| of a signed callback, seconds.
-    unmatched_max, unmatched_max_bytes: how many unmatched callbacks to keep, and their bytes in all;
+    unmatched_max, unmatched_max_bytes: how many unmatched callbacks to keep, and their
+        bytes in all;
     unmatched_body_bytes: how much of each one's body is kept.
     log_interval_s: at most one refusal log line per reason this often.
     clock: returns epoch seconds (tests pin it).
@@ -143,7 +144,7 @@ class Receiver:
             callback_urls.CALLBOT_TASK: events.CALLBOT_TASK,
         }
 
-    # ---- lifecycle --------------------------------------------------------------------------------
+    # ---- lifecycle -------------------------------------------------------------------------------
 
     async def start(self) -> None:
         c = self.config
@@ -175,7 +176,7 @@ class Receiver:
         if self._ledger is not None:
             await self._ledger.redis.aclose()
 
-    # ---- requests -----------------------------------------------------------------------------------
+    # ---- requests --------------------------------------------------------------------------------
 
     def handle(
         self,
@@ -185,8 +186,8 @@ class Receiver:
         body: bytes,
         respond: Callable[[Reply], None],
     ) -> None:
-        """Answer one request by calling `respond` once: now for a refusal, once stored for a callback.
-        `path` has no query string; `headers` names are lower-case.
+        """Answer one request by calling `respond` once: now for a refusal, once stored for a
+        callback. `path` has no query string; `headers` names are lower-case.
 
         Callback style rather than a coroutine per request: at thousands of callbacks a second the
         task, futures and frames of an `async def` path were a measurable share of the CPU."""
@@ -293,8 +294,9 @@ class Receiver:
         )
 
     def _replay_guard(self, event: events.Event, headers: Mapping[str, str]) -> events.Event:
-        """A verified signed callback is remembered by its signature while its createTs is within the
-        tolerance: a replay of it is answered 200 and stored nowhere (nxjobs.callbacks.ledger)."""
+        """A verified signed callback is remembered by its signature while its createTs is
+        within the tolerance: a replay of it is answered 200 and stored nowhere
+        (nxjobs.callbacks.ledger)."""
         until = int(headers.get("createts", "0")) + int(self.config.tolerance_s) + 1
         return event._replace(replay=headers.get("sign", "").upper(), replay_until=until)
 

@@ -8,10 +8,11 @@ A batch is ONE EVALSHA whose single argument is the JSON list of each
 callback's (keys, args), and whose script runs the ledger's per-callback
 script (nxjobs/lua/callbacks_apply.lua, unchanged) once per entry. Unlike a
 pipeline of one EVALSHA per callback, it skips redis-py's per-argument command
-packing and Redis's per-command overhead (bench/README.md). Each callback is still applied atomically and on its own:
-one that raises a Lua error fails only its own request (pcall), never its
-neighbours. The script derives keys from arguments, as the ledger's already
-does from the job id: a single Redis, not a cluster.
+packing and Redis's per-command overhead (bench/README.md). Each callback is
+still applied atomically and on its own: one that raises a Lua error fails
+only its own request (pcall), never its neighbours. The script derives keys
+from arguments, as the ledger's already does from the job id: a single Redis,
+not a cluster.
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ class BatchApplier:
         self, event: Event, done: Callable[[Applied | Exception], None], *, source: str = "callback"
     ) -> None:
         """Queue `event`; `done` is called (on the event loop) with its Applied, or the exception
-        that kept it from being recorded. The receiver's hot path: no task or future per callback."""
+        that kept it from being recorded. The receiver's hot path: no task or future per
+        callback."""
         keys_, args = self.ledger._call(event, source, self._received_at())
         self._pending.append((keys_, args, done))
         if self._flusher is None or self._flusher.done():

@@ -271,7 +271,7 @@ class _Connection(asyncio.BufferedProtocol):
         server.opened += 1
         self.order = server.opened
 
-    # ---- transport events -------------------------------------------------------------------------
+    # ---- transport events ------------------------------------------------------------------------
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
@@ -368,7 +368,7 @@ class _Connection(asyncio.BufferedProtocol):
         if version == "0.9" or (version == "0.0" and data[-1] in (10, 13)):
             self._fail(400, "HTTP/0.9 request")
 
-    # ---- parser callbacks (httptools) --------------------------------------------------------------
+    # ---- parser callbacks (httptools) ------------------------------------------------------------
 
     def on_message_begin(self) -> None:
         self._url = b""
@@ -459,10 +459,11 @@ class _Connection(asyncio.BufferedProtocol):
             self._pause_reading()
         self._dispatch()
 
-    # ---- answering ----------------------------------------------------------------------------------
+    # ---- answering -------------------------------------------------------------------------------
 
     def _dispatch(self) -> None:
-        """Hand queued requests to the handler, one at a time; a failure answer ends the connection."""
+        """Hand queued requests to the handler, one at a time; a failure answer ends the
+        connection."""
         if self.dispatching:  # `respond` called from inside handle(): the loop below goes on
             return
         self.dispatching = True
@@ -534,7 +535,8 @@ class _Connection(asyncio.BufferedProtocol):
         self.closing_at = self.loop.time()
         transport.write_eof()
         self.reading_paused = False
-        transport.resume_reading()  # buffer_updated drops it all; the client's EOF closes the transport
+        # buffer_updated drops it all; the client's EOF closes the transport
+        transport.resume_reading()
 
     def _close(self) -> None:
         self.finished = True
@@ -578,7 +580,8 @@ class _Connection(asyncio.BufferedProtocol):
             if now - self.closing_at > LINGER_S:
                 self.drop()
             elif self.server.stopping and not self.transport.get_write_buffer_size():
-                self.transport.close()  # the answer is with the kernel: no need to wait for the client
+                # the answer is with the kernel: no need to wait for the client
+                self.transport.close()
             return
         if self.write_paused:
             if now - self.stalled_at > limits.keep_alive_s:
@@ -598,7 +601,8 @@ class _Connection(asyncio.BufferedProtocol):
             self._close()
 
     def eviction_rank(self) -> tuple[int, float, int] | None:
-        """Which connection the cap closes first (lowest); None: never (its answer is being made)."""
+        """Which connection the cap closes first (lowest); None: never (its answer is being
+        made)."""
         if self.lingering or self.transport.is_closing():
             return 0, self.closing_at, self.order
         if self.write_paused:
@@ -658,8 +662,8 @@ class CallbackServer:
         if now - self._reported_at >= CAP_LOG_INTERVAL_S:
             self._reported_at = now
             log.warning(
-                "connection cap %d reached: %d connection(s) closed to admit new ones, %d new one(s) "
-                "closed (no room) since the last report",
+                "connection cap %d reached: %d connection(s) closed to admit new ones, "
+                "%d new one(s) closed (no room) since the last report",
                 self.limits.max_connections,
                 self.evicted,
                 self.turned_away,

@@ -3,12 +3,13 @@ unmatched ones, and the waiting sets reconciliation works from.
 
 One Lua script per callback (nxjobs/lua/callbacks_apply.lua) finds the job
 (correlation index keys, then a direct id), proves the callback is the job's
-own, drops a repeat, stores the entry in the job's own hash (field `cb:<dedupe key>`, nxjobs.keys.CALLBACK_FIELD:
-one key per job, so one TTL and no key to create per callback), counts
-completion units and, when the last one arrived and the job is submitted,
-completes it and takes it off the waiting set. A callback whose job is not
-submitted yet is kept and counted; the submit step (nxjobs/lua/store_submit.lua)
-completes the job if nothing is left to wait for.
+own, drops a repeat, stores the entry in the job's own hash (field
+`cb:<dedupe key>`, nxjobs.keys.CALLBACK_FIELD: one key per job, so one TTL and
+no key to create per callback), counts completion units and, when the last
+one arrived and the job is submitted, completes it and takes it off the
+waiting set. A callback whose job is not submitted yet is kept and counted;
+the submit step (nxjobs/lua/store_submit.lua) completes the job if nothing is
+left to wait for.
 
 Whoever holds the URL token can post an unsigned callback, so finding a job
 proves nothing by itself. A callback from the receiver changes a job only when

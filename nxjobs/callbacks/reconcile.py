@@ -54,7 +54,8 @@ class StopRun(Exception):
 
 @dataclass
 class Policy:
-    """Seconds: deadline and give-up age per job kind, re-check interval, ambiguous-call lookup delay."""
+    """Seconds: deadline and give-up age per job kind, re-check interval, ambiguous-call
+    lookup delay."""
 
     deadlines_s: dict[str, float]
     give_up_s: dict[str, float]
@@ -188,7 +189,10 @@ class Reconciler:
         submitted_at = float(self.store.redis.hget(keys.job(job_id), "submitted_at") or 0)
         age = self.clock() - submitted_at
         if age >= self.policy.give_up_s.get(record.kind, float("inf")):
-            message = f"{missing} {age:.0f}s after submission; gave up (callbacks and query API both silent)"
+            message = (
+                f"{missing} {age:.0f}s after submission; "
+                "gave up (callbacks and query API both silent)"
+            )
             try:
                 self.store.transition(
                     job_id,
@@ -434,8 +438,8 @@ class Reconciler:
                 retryable=True,
                 message=(
                     f"makecall answer was lost, and orderid {orderids[record.id]} has no CDR "
-                    f"{self.clock() - _epoch(record.updated_at):.0f}s later: the call was not placed; "
-                    "safe to submit again"
+                    f"{self.clock() - _epoch(record.updated_at):.0f}s later: "
+                    "the call was not placed; safe to submit again"
                 ),
             )
             changed = self._not_found(
@@ -467,7 +471,8 @@ def _orderid(record: JobRecord) -> str:
 
 
 def _query_days(created_at: str, now: float) -> list[str]:
-    """The UTC dates a submission may be filed under (its day, and the next if it ran past midnight)."""
+    """The UTC dates a submission may be filed under (its day, and the next if it ran
+    past midnight)."""
     start = dt.datetime.fromisoformat(created_at.replace("Z", "+00:00")).date()
     end = dt.datetime.fromtimestamp(now, dt.UTC).date()
     days = [start]

@@ -1,4 +1,5 @@
-"""api2 open-platform client (Number Check, OTA, WhatsApp): signed JSON POSTs (docs/provider.md §2)."""
+"""api2 open-platform client (Number Check, OTA, WhatsApp): signed JSON POSTs
+(docs/provider.md §2)."""
 
 from __future__ import annotations
 

@@ -8,7 +8,8 @@ import random
 def backoff_delay_s(
     attempt: int, *, base_s: float, cap_s: float, rng: random.Random | None = None
 ) -> float:
-    """Delay before retry number `attempt` (1 = first retry): uniform in [0, min(cap, base * 2**(attempt-1))].
+    """Delay before retry number `attempt` (1 = first retry): uniform in
+    [0, min(cap, base * 2**(attempt-1))].
 
     Full jitter spreads retries from many workers that failed together, so they
     do not hit a throttled API again in lockstep.

@@ -2,9 +2,9 @@
 
 Error tree::
 
-    NXCloudError                 anything that stopped a request from succeeding
-    ├── ProviderError            the API answered with a non-success code (HTTP 200 + body code)
-    └── TransportError           no usable answer: connect failure, timeout, HTTP 5xx/4xx, garbage body
+    NXCloudError          anything that stopped a request from succeeding
+    ├── ProviderError     the API answered with a non-success code (HTTP 200 + body code)
+    └── TransportError    no usable answer: connect failure, timeout, HTTP 5xx/4xx, garbage body
 
 Every error carries a `Classification`: what the caller should do next.
 `classify()` is pure and table-driven (docs/provider.md §9); unknown codes are permanent.

@@ -173,7 +173,8 @@ def _number_check_request(
     public_url: str | None,
     callback_token: str | None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The body to send, and its redacted copy for the record (the callback token never reaches one)."""
+    """The body to send, and its redacted copy for the record (the callback token never
+    reaches one)."""
     body: dict[str, Any] = {
         "phone": ",".join(phones),
         "batchNo": batch_no,

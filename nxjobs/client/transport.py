@@ -102,7 +102,8 @@ class Transport:
         return Response(resp.status_code, body, latency)
 
     def take_latencies(self) -> list[float]:
-        """Seconds of each request this thread sent since the last call, oldest first; clears them."""
+        """Seconds of each request this thread sent since the last call, oldest first;
+        clears them."""
         kept = self._kept_latencies()
         taken = list(kept)
         kept.clear()
