@@ -1,4 +1,5 @@
-"""Bulk submission from a file: time and peak memory of `nxjobs submit ... --file` on a million rows.
+"""Bulk submission from a file: time and peak memory of `nxjobs submit ... --file` on a million
+rows.
 
     python bench/bulk_submit.py [--rows 1000000] [--kind number-check|callbot-list] [--bound-mb 200]
 
@@ -99,7 +100,8 @@ def run(rows: int, kind: str, bound_mb: float) -> int:
         rejected = sum(1 for _ in open(Path(tmp) / "rejects.csv")) - 1
         print(
             f"submit: {elapsed:.1f}s for {rows:,} rows ({rows / elapsed:,.0f} rows/s); "
-            f"{len(job_ids)} jobs, {queued} messages queued, {counted:,} rows in them, {rejected} rejected"
+            f"{len(job_ids)} jobs, {queued} messages queued, {counted:,} rows in them, "
+            f"{rejected} rejected"
         )
         print(
             f"peak RSS of the submit process: {peak_mb:.0f} MB (bound {bound_mb:.0f} MB)"
@@ -116,7 +118,7 @@ def run(rows: int, kind: str, bound_mb: float) -> int:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rows", type=int, default=1_000_000)
     p.add_argument("--kind", choices=["number-check", "callbot-list"], default="number-check")
     p.add_argument("--bound-mb", type=float, default=200.0, help="fail above this peak RSS (MB)")

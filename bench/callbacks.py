@@ -309,7 +309,8 @@ def main() -> int:
             jobs = [j for j, _ in checks] + lists + calls
             print(
                 f"setup: {len(jobs)} submitted jobs, {total} distinct callbacks prebuilt "
-                f"({time.perf_counter() - t0:.1f}s); receiver {url} (1 process); cpus={os.cpu_count()}"
+                f"({time.perf_counter() - t0:.1f}s); receiver {url} (1 process); "
+                f"cpus={os.cpu_count()}"
             )
 
             before = stored_callbacks(client, jobs)
@@ -319,11 +320,13 @@ def main() -> int:
             accepted = sum(v for k, v in statuses.items() if 200 <= k < 300)
             stored = stored_callbacks(client, jobs) - before
             print(
-                f"throughput: {accepted} callbacks accepted in {elapsed:.2f}s = {accepted / elapsed:,.0f}/s "
+                f"throughput: {accepted} callbacks accepted in {elapsed:.2f}s = "
+                f"{accepted / elapsed:,.0f}/s "
                 f"on {args.connections} connections; statuses {statuses}"
             )
             print(
-                f"  stored in job records: {stored} (must equal accepted: {'OK' if stored == accepted else 'MISMATCH'})"
+                f"  stored in job records: {stored} "
+                f"(must equal accepted: {'OK' if stored == accepted else 'MISMATCH'})"
             )
             print(
                 f"  latency under saturation: p50 {pct(lat, 50):.1f} ms  p99 {pct(lat, 99):.1f} ms"
@@ -338,9 +341,12 @@ def main() -> int:
             accepted2 = sum(v for k, v in statuses2.items() if 200 <= k < 300)
             stored2 = stored_callbacks(client, jobs) - before
             print(
-                f"latency at {args.rate:,.0f}/s (open loop, {n} callbacks): callback -> record updated "
-                f"p50 {pct(lat2, 50):.1f} ms  p99 {pct(lat2, 99):.1f} ms  max {max(lat2) * 1000:.1f} ms "
-                f"(mean {statistics.mean(lat2) * 1000:.1f} ms); accepted {accepted2}, stored {stored2}"
+                f"latency at {args.rate:,.0f}/s (open loop, {n} callbacks): "
+                f"callback -> record updated "
+                f"p50 {pct(lat2, 50):.1f} ms  p99 {pct(lat2, 99):.1f} ms  "
+                f"max {max(lat2) * 1000:.1f} ms "
+                f"(mean {statistics.mean(lat2) * 1000:.1f} ms); "
+                f"accepted {accepted2}, stored {stored2}"
             )
             completed = sum(
                 1 for j in jobs if client.hget(f"nxjobs:job:{j}", "state") == "completed"

@@ -117,7 +117,8 @@ class Result:
         failed = sum(self.failed.values())
         reasons = ", ".join(f"{k} {v}" for k, v in self.failed.most_common()) or "-"
         return (
-            f"| {self.scenario} | {self.submitted} | {self.completed} | {self.awaiting_callbacks} | "
+            f"| {self.scenario} | {self.submitted} | {self.completed} | "
+            f"{self.awaiting_callbacks} | "
             f"{failed} ({reasons}) | {self.lost} | {self.duplicates} | {self.producer_errors} | "
             f"{self.seconds:.0f} s |"
         )
@@ -125,7 +126,8 @@ class Result:
 
 HEADER = (
     "| scenario | submitted | completed | submitted, callbacks pending | failed (reasons) | lost | "
-    "duplicate side effects | producer errors (retried) | time |\n|---|---|---|---|---|---|---|---|---|"
+    "duplicate side effects | producer errors (retried) | time |\n"
+    "|---|---|---|---|---|---|---|---|---|"
 )
 
 

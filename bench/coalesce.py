@@ -13,7 +13,8 @@ used, peak RSS of the worker processes, and how long enqueueing took. The `singl
 row runs a bounded slice (its rate is the quota, so N would take N/Q seconds).
 
 Usage: python bench/coalesce.py [--jobs 100000] [--quota 10] [--single-jobs 300]
-       [--workers 1] [--concurrency 2] [--receivers 1] [--rows coalesced,single] [--timeout 300] [--progress]
+       [--workers 1] [--concurrency 2] [--receivers 1] [--rows coalesced,single] [--timeout 300]
+       [--progress]
 `cpu_s` in each row: CPU seconds of each process tree over the run (sandbox, receiver, workers,
 redis-server, this producer). --progress prints the backlog every poll and Redis's busiest commands.
 Every row has its own Redis, sandbox, receiver and workers, and stops by itself.
@@ -44,7 +45,8 @@ ENQUEUE_CHUNK = 5000
 
 
 def _tree_pids(pid: int) -> list[int]:
-    """A process and its descendants (a prefork worker: main + pool; receiver: supervisor + workers)."""
+    """A process and its descendants (a prefork worker: main + pool; receiver: supervisor +
+    workers)."""
     out, stack = [], [pid]
     while stack:
         p = stack.pop()
@@ -163,7 +165,8 @@ def run_row(
                     busy = sum(counts)
                     if progress:
                         print(
-                            f"  {time.time() - t0:6.2f}s waiting={counts[0]} open={counts[1]} pending={counts[2]} "
+                            f"  {time.time() - t0:6.2f}s waiting={counts[0]} open={counts[1]} "
+                            f"pending={counts[2]} "
                             f"queued={sum(counts[3:7])} unacked={counts[7]}",
                             file=sys.stderr,
                             flush=True,
@@ -195,7 +198,8 @@ def run_row(
                     print("  redis commandstats (usec total, calls, usec/call):", file=sys.stderr)
                     for name, st in top:
                         print(
-                            f"    {name:<28} {st['usec']:>10} {st['calls']:>8} {st['usec_per_call']:>8}",
+                            f"    {name:<28} {st['usec']:>10} {st['calls']:>8} "
+                            f"{st['usec_per_call']:>8}",
                             file=sys.stderr,
                         )
             completed = states.get("completed", 0)
@@ -262,8 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     for r in results:
         print(
-            f"{r['mode']:<10} {r['jobs']:>7} {r['numbers_per_s']:>10} {r['seconds']:>8} {r['provider_requests']:>9} "
-            f"{r['too_frequent']:>5} {r['peak_worker_rss_mb']:>13} {r['enqueue_s']:>9}  {r['states']}"
+            f"{r['mode']:<10} {r['jobs']:>7} {r['numbers_per_s']:>10} {r['seconds']:>8} "
+            f"{r['provider_requests']:>9} {r['too_frequent']:>5} {r['peak_worker_rss_mb']:>13} "
+            f"{r['enqueue_s']:>9}  {r['states']}"
         )
     return 0
 

@@ -181,12 +181,14 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(
         f"{'mode':<10} {'jobs':>6} {'contacts/s':>10} {'seconds':>8} {'requests':>9} {'added':>6} "
-        f"{'twice':>5} {'retCode 7':>9} {'worker RSS MB':>13} {'enqueue s':>9}  runs (contacts/s)  states"
+        f"{'twice':>5} {'retCode 7':>9} {'worker RSS MB':>13} {'enqueue s':>9}  "
+        "runs (contacts/s)  states"
     )
     for r in results:
         print(
-            f"{r['mode']:<10} {r['jobs']:>6} {r['contacts_per_s']:>10} {r['seconds']:>8} {r['provider_requests']:>9} "
-            f"{r['orders_added']:>6} {r['added_twice']:>5} {r['too_frequent']:>9} {r['peak_worker_rss_mb']:>13} "
+            f"{r['mode']:<10} {r['jobs']:>6} {r['contacts_per_s']:>10} {r['seconds']:>8} "
+            f"{r['provider_requests']:>9} {r['orders_added']:>6} {r['added_twice']:>5} "
+            f"{r['too_frequent']:>9} {r['peak_worker_rss_mb']:>13} "
             f"{r['enqueue_s']:>9}  {r['all_runs_per_s']}  {r['states']}"
         )
     return 0

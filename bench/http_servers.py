@@ -108,7 +108,7 @@ def nc_request(host: str = "127.0.0.1") -> bytes:
     ).encode() + NC_BODY
 
 
-# ---- the candidates' apps (written to a temp dir) ---------------------------------------------------
+# ---- the candidates' apps (written to a temp dir) ------------------------------------------------
 
 NXJOBS_SERVER = """
 import asyncio, dataclasses, json, signal, socket, sys
@@ -346,7 +346,7 @@ def missing(c: Candidate) -> list[str]:
     return [m for m in c.needs if importlib.util.find_spec(m) is None]
 
 
-# ---- /proc ------------------------------------------------------------------------------------------
+# ---- /proc ---------------------------------------------------------------------------------------
 
 
 def tree_pids(root: int) -> list[int]:
@@ -424,7 +424,7 @@ class Monitor(threading.Thread):
         return after
 
 
-# ---- servers ----------------------------------------------------------------------------------------
+# ---- servers -------------------------------------------------------------------------------------
 
 
 def free_port() -> int:
@@ -511,7 +511,7 @@ class Server:
             pass
 
 
-# ---- small HTTP client pieces -----------------------------------------------------------------------
+# ---- small HTTP client pieces --------------------------------------------------------------------
 
 
 def read_response(
@@ -596,7 +596,7 @@ def exchange(port: int, data: bytes, timeout: float = 2.0, head_request: bool = 
         return status, headers, body, extra, closed
 
 
-# ---- load -------------------------------------------------------------------------------------------
+# ---- load ----------------------------------------------------------------------------------------
 
 WRK_LUA = """
 wrk.method = "POST"
@@ -626,7 +626,8 @@ def lua_string(b: bytes) -> str:
 
 
 def load_wrk(port: int, seconds: float, conns: int, workdir: Path) -> tuple[int, int, str]:
-    """wrk runs for a duration (it cannot stop at a count): the caller sizes it from a warm-up's rate."""
+    """wrk runs for a duration (it cannot stop at a count): the caller sizes it from a warm-up's
+    rate."""
     script = workdir / "post.lua"
     script.write_text(WRK_LUA % (PATH, lua_string(NC_BODY)))
     secs = max(1, round(seconds))
@@ -709,12 +710,16 @@ def measure_cpu(server: Server, n: int, conns: int, client: str, workdir: Path) 
         t = time.monotonic()
         warm, _, _ = load_wrk(server.port, 2, conns, workdir)
         rate = warm / (time.monotonic() - t)
-        load = lambda: load_wrk(
-            server.port, min(120.0, max(2.0, n / max(rate, 1.0))), conns, workdir
-        )  # noqa: E731
+
+        def load():
+            return load_wrk(server.port, min(120.0, max(2.0, n / max(rate, 1.0))), conns, workdir)
+
     else:
         load_python(server.port, max(2000, n // 10), conns)
-        load = lambda: load_python(server.port, n, conns)  # noqa: E731
+
+        def load():
+            return load_python(server.port, n, conns)
+
     time.sleep(0.3)
     pids = tree_pids(server.pid)
     c0, t0 = cpu_seconds(pids), time.monotonic()
@@ -733,7 +738,7 @@ def measure_cpu(server: Server, n: int, conns: int, client: str, workdir: Path) 
     }
 
 
-# ---- probes -----------------------------------------------------------------------------------------
+# ---- probes --------------------------------------------------------------------------------------
 
 
 def probes(port: int) -> dict[str, str]:
@@ -820,7 +825,9 @@ def probes(port: int) -> dict[str, str]:
         t0 = time.monotonic()
         st, _, _, _, closed = exchange(
             port,
-            f"POST {PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 104857600\r\n\r\n".encode(),
+            (
+                f"POST {PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 104857600\r\n\r\n"
+            ).encode(),
             timeout=2.0,
         )
         return (
@@ -869,11 +876,12 @@ def probes(port: int) -> dict[str, str]:
     return out
 
 
-# ---- attacks ----------------------------------------------------------------------------------------
+# ---- attacks -------------------------------------------------------------------------------------
 
 
 def pump(sock: socket.socket, data: bytes, seconds: float, after_s: float = 3.0) -> dict:
-    """Send `data` while reading whatever comes back, for at most `seconds`; then read `after_s` more."""
+    """Send `data` while reading whatever comes back, for at most `seconds`; then read `after_s`
+    more."""
     sock.setblocking(False)
     sel = selectors.DefaultSelector()
     sel.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE)
@@ -1159,16 +1167,17 @@ def run_attack(cand: Candidate, appdir: Path, name: str, fn, opts: dict | None =
     return row
 
 
-# ---- report -----------------------------------------------------------------------------------------
+# ---- report --------------------------------------------------------------------------------------
 
 
 def table(headers: list[str], rows: list[list[str]]) -> str:
     widths = [
         max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
     ]
-    line = lambda cells: (
-        "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
-    )  # noqa: E731
+
+    def line(cells):
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
+
     return "\n".join(
         [line(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
         + [line(r) for r in rows]
@@ -1203,17 +1212,24 @@ def facts(args, client: str) -> list[str]:
     except Exception as exc:
         limits = f"not importable ({type(exc).__name__})"
     return [
-        f"date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M:%S} UTC; nproc: {os.cpu_count()}; "
+        f"date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M:%S} UTC; "
+        f"nproc: {os.cpu_count()}; "
         f"load average {loadavg()} (the machine is shared: other processes run beside this); "
         f"HEAD {git('rev-parse', '--short', 'HEAD')}; python {sys.version.split()[0]}",
         f"nxjobs/callbacks/http.py: sha256 {digest}, mtime {mtime:%Y-%m-%d %H:%M:%S} UTC, "
-        f"{'modified vs HEAD (uncommitted work): ' + changed.splitlines()[-1].strip() if changed else 'as in HEAD'}"
+        + (
+            "modified vs HEAD (uncommitted work): " + changed.splitlines()[-1].strip()
+            if changed
+            else "as in HEAD"
+        )
         if mtime
         else "nxjobs/callbacks/http.py: missing",
         f"HttpLimits defaults: {limits}",
-        f"versions: uvicorn {ver('uvicorn')}, granian {ver('granian')}, hypercorn {ver('hypercorn')}, "
+        f"versions: uvicorn {ver('uvicorn')}, granian {ver('granian')}, "
+        f"hypercorn {ver('hypercorn')}, "
         f"httptools {ver('httptools')}, uvloop {ver('uvloop')}, h11 {ver('h11')}",
-        f"load: ~{args.requests:,} POSTs of {len(NC_BODY)} bytes ({len(nc_request())} on the wire) per run over "
+        f"load: ~{args.requests:,} POSTs of {len(NC_BODY)} bytes "
+        f"({len(nc_request())} on the wire) per run over "
         f"{args.connections} keep-alive connections, client {client}"
         + (
             f" {subprocess.run(['wrk', '-v'], capture_output=True, text=True).stdout.split()[1]}"
@@ -1292,8 +1308,10 @@ def main(argv: list[str] | None = None) -> int:
                         r = measure_cpu(server, args.requests, args.connections, client, appdir)
                         results[c.name].append(r)
                         print(
-                            f"  run {run + 1} {c.name}: load {loadavg()}, {r['us']:.1f} us/request, {r['served']:,} served, "
-                            f"server CPU {r['cpu_share'] * 100:.0f} % of a core, {r['rps']:,.0f} req/s"
+                            f"  run {run + 1} {c.name}: load {loadavg()}, "
+                            f"{r['us']:.1f} us/request, {r['served']:,} served, "
+                            f"server CPU {r['cpu_share'] * 100:.0f} % of a core, "
+                            f"{r['rps']:,.0f} req/s"
                             + (f", {r['bad']} non-200" if r["bad"] else "")
                             + (f", {r['errs']}" if r["errs"] else ""),
                             flush=True,
@@ -1432,15 +1450,17 @@ def main(argv: list[str] | None = None) -> int:
         emit(table(cols, trows))
         emit()
         emit(
-            "(b) `legit during`: a POST on a new connection while the attack connection is open and unread. "
-            "(c) outcome: the legitimate POST on a new connection after the 1,000 idle ones; `idle` / "
-            "`partial head` / `stalled body`: when the server closed those connections (seconds since opened)."
+            "(b) `legit during`: a POST on a new connection while the attack connection is open "
+            "and unread. (c) outcome: the legitimate POST on a new connection after the 1,000 "
+            "idle ones; `idle` / `partial head` / `stalled body`: when the server closed those "
+            "connections (seconds since opened)."
         )
         return 0
     finally:
         if NX_VERSIONS:
             emit(
-                "\nnxjobs/callbacks/http.py versions measured (sha256[:12]: first-last nxjobs start, UTC): "
+                "\nnxjobs/callbacks/http.py versions measured "
+                "(sha256[:12]: first-last nxjobs start, UTC): "
                 + "; ".join(f"{k}: {v[0]}-{v[1]}" for k, v in NX_VERSIONS.items())
             )
         if args.markdown:

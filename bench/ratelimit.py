@@ -113,7 +113,8 @@ def run_row(system: str, workers: int, quota: int, jobs: int, timeout_s: float) 
                     )
                     if lat:
                         print(
-                            f"lateness ms: p50 {lat[len(lat) // 2]:.1f} p90 {lat[int(len(lat) * 0.9)]:.1f} "
+                            f"lateness ms: p50 {lat[len(lat) // 2]:.1f} "
+                            f"p90 {lat[int(len(lat) * 0.9)]:.1f} "
                             f"p99 {lat[int(len(lat) * 0.99)]:.1f} max {lat[-1]:.1f} n={len(lat):d}"
                         )
                 if system == "nxjobs":
@@ -210,7 +211,8 @@ def main() -> int:
         row = run_row(system, int(workers), args.quota, jobs, args.timeout)
         print(
             f"{row['system']:<8} {row['workers']:>7} {row['accepted']:>9} {row['window_s']:>9.1f} "
-            f"{row['rate']:>8.2f} {row['ratio']:>6.3f} {row['requests']:>9} {row['too_frequent']:>6} "
+            f"{row['rate']:>8.2f} {row['ratio']:>6.3f} {row['requests']:>9} "
+            f"{row['too_frequent']:>6} "
             f"{100 * row['throttled_share']:>6.2f}% {str(row['drained']):>8}",
             flush=True,
         )

@@ -48,11 +48,12 @@ MB = 1024 * 1024
 LEGIT_TIMEOUT_S = 5.0
 
 
-# ---- the receiver under attack ---------------------------------------------------------------------
+# ---- the receiver under attack -------------------------------------------------------------------
 
 
 class Receiver:
-    """`python -m workers.web` from `root`, its descriptor limit `nofile`; sampled while attacked."""
+    """`python -m workers.web` from `root`, its descriptor limit `nofile`; sampled while
+    attacked."""
 
     def __init__(self, root: Path, redis_url: str, nofile: int, env: dict[str, str]):
         from sandbox.accounts import sandbox_env
@@ -160,7 +161,7 @@ class Receiver:
         os.unlink(self.log.name)
 
 
-# ---- one attack's run --------------------------------------------------------------------------------
+# ---- one attack's run ----------------------------------------------------------------------------
 
 
 @dataclass
@@ -260,7 +261,8 @@ def read_answer(s: socket.socket, timeout: float = 5) -> str:
 def send_until_stalled(
     s: socket.socket, data: bytes, *, stall_s: float = 3.0, max_s: float = 30.0
 ) -> int:
-    """Non-blocking sends of `data`; stops when done, when nothing was taken for `stall_s`, or at `max_s`."""
+    """Non-blocking sends of `data`; stops when done, when nothing was taken for `stall_s`, or at
+    `max_s`."""
     s.setblocking(False)
     view, sent = memoryview(data), 0
     t0 = progress = time.monotonic()
@@ -285,7 +287,7 @@ def _mb(n: int) -> str:
     return f"{n / MB:.1f} MB" if n >= MB else f"{n / 1024:.0f} KB"
 
 
-# ---- the attacks ---------------------------------------------------------------------------------------
+# ---- the attacks ---------------------------------------------------------------------------------
 
 CHUNKED = (
     b"POST /callbacks/number-check/" + TOKEN.encode() + b" HTTP/1.1\r\nHost: x\r\n"
@@ -420,7 +422,8 @@ def _trickle(run: Run, first: bytes, byte: bytes, count: int, seconds: float) ->
 
 
 def slowloris_heads(run: Run) -> str:
-    """1 000 connections sending a head one byte every 0.5 s (longer than the default head timeout)."""
+    """1 000 connections sending a head one byte every 0.5 s (longer than the default head
+    timeout)."""
     return _trickle(
         run,
         b"POST /callbacks/number-check/" + TOKEN.encode() + b" HTTP/1.1\r\nHost: x\r\nX-Slow: ",
@@ -431,7 +434,8 @@ def slowloris_heads(run: Run) -> str:
 
 
 def slowloris_bodies(run: Run) -> str:
-    """1 000 connections sending a body one byte every 0.5 s (longer than the default request timeout)."""
+    """1 000 connections sending a body one byte every 0.5 s (longer than the default request
+    timeout)."""
     head = (
         b"POST /callbacks/number-check/" + TOKEN.encode() + b" HTTP/1.1\r\nHost: x\r\n"
         b"Content-Length: 60000\r\n\r\n"
@@ -439,9 +443,9 @@ def slowloris_bodies(run: Run) -> str:
     return _trickle(run, head, b"{", run.size(1000, 100), run.size(33, 4))
 
 
-# ---- attacks by someone who holds the URL token (or replays a signed callback) --------------------------
-# Each works through real HTTP on the receiver; the job records they aim at are written with this tree's
-# record store, as a worker would have left them.
+# ---- attacks by someone who holds the URL token (or replays a signed callback) -------------------
+# Each works through real HTTP on the receiver; the job records they aim at are written with this
+# tree's record store, as a worker would have left them.
 
 
 def _session():
@@ -679,7 +683,7 @@ ATTACKS: list[Callable[[Run], str]] = [
 ]
 
 
-# ---- running and reporting -------------------------------------------------------------------------------
+# ---- running and reporting -----------------------------------------------------------------------
 
 
 def redis_used_memory(client) -> int:
@@ -749,9 +753,10 @@ def print_results(results: list[Result]) -> None:
         for r in results
     ]
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers)]
-    line = lambda cells: (
-        "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
-    )  # noqa: E731
+
+    def line(cells):
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
+
     print(line(headers))
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for row in rows:
@@ -769,7 +774,9 @@ def main() -> int:
         action="append",
         default=[],
         type=Path,
-        help="a checkout to run `python -m workers.web` from (repeat to compare; default: this tree)",
+        help=(
+            "a checkout to run `python -m workers.web` from (repeat to compare; default: this tree)"
+        ),
     )
     p.add_argument(
         "--nofile", type=int, default=1024, help="the receiver's descriptor limit (soft and hard)"
@@ -796,14 +803,16 @@ def main() -> int:
                 r = run_attack(attack, root, server.url, client, args)
                 results.append(r)
                 print(
-                    f"{r.attack} [{r.root}]: {r.saw}; RSS %.1f -> %.1f MB (peak %.1f); fds %d -> %d (peak %d); "
+                    f"{r.attack} [{r.root}]: {r.saw}; "
+                    "RSS %.1f -> %.1f MB (peak %.1f); fds %d -> %d (peak %d); "
                     % (*r.rss, *r.fds)
                     + f"legit during: {r.legit_during}, after: {r.legit_after}",
                     flush=True,
                 )
     print()
     print(
-        f"{len(attacks)} attacks, {'short' if args.short else 'full'} sizes, receiver descriptor limit "
+        f"{len(attacks)} attacks, {'short' if args.short else 'full'} sizes, "
+        "receiver descriptor limit "
         f"{args.nofile}, cpus={os.cpu_count()}"
     )
     print_results(results)

@@ -52,7 +52,7 @@ SINK_MAX_S = 1800.0
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
-# ---- an idle receiver: answers 200 to every request, counts them ------------------------------------------
+# ---- an idle receiver: answers 200 to every request, counts them ---------------------------------
 
 
 def serve_sink(max_seconds: float) -> None:
@@ -115,7 +115,7 @@ def sink_count(url: str) -> int:
         return int(resp.read())
 
 
-# ---- CPU accounting ---------------------------------------------------------------------------------------
+# ---- CPU accounting ------------------------------------------------------------------------------
 
 
 def self_cpu() -> float:
@@ -143,7 +143,7 @@ def pid_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICKS
 
 
-# ---- one run ------------------------------------------------------------------------------------------------
+# ---- one run -------------------------------------------------------------------------------------
 
 
 def load_dispatch(path: str | None):
@@ -242,8 +242,9 @@ def fmt(name: str, r: dict) -> str:
         else ""
     )
     return (
-        f"  {name:9s} {r['delivered']:>7,} delivered in {r['elapsed']:6.2f}s = {r['rate']:>7,.0f}/s; "
-        f"sender CPU {r['cpu_per_k']:.3f}s/1k{extra}; attempts {s['attempts']} failed {s['failed_attempts']}"
+        f"  {name:9s} {r['delivered']:>7,} delivered in {r['elapsed']:6.2f}s = "
+        f"{r['rate']:>7,.0f}/s; sender CPU {r['cpu_per_k']:.3f}s/1k{extra}; "
+        f"attempts {s['attempts']} failed {s['failed_attempts']}"
         f"{'' if r['complete'] else '  INCOMPLETE'}; stop {r['stop_s'] * 1000:.0f} ms"
         f"{'; leaked threads ' + str(r['leaked']) if r['leaked'] else ''}"
     )
@@ -353,7 +354,8 @@ def main() -> int:
                 client = redis.Redis.from_url(server.url, decode_responses=True)
                 store = RecordStore(client)
                 print(
-                    f"receiver: {url} ({args.receiver_workers} process(es), pid {receiver.proc.pid}), "
+                    f"receiver: {url} ({args.receiver_workers} process(es), "
+                    f"pid {receiver.proc.pid}), "
                     f"redis pid {server.pid}; cpus={os.cpu_count()}",
                     flush=True,
                 )
@@ -379,7 +381,8 @@ def main() -> int:
                         results[name].append(r)
                         print(
                             fmt(name, r) + f"; stored {stored} "
-                            f"({'OK' if stored == r['delivered'] else 'MISMATCH'}); setup {setup_s:.1f}s"
+                            f"({'OK' if stored == r['delivered'] else 'MISMATCH'}); "
+                            f"setup {setup_s:.1f}s"
                         )
                 if args.receiver_workers == 1:  # (with several, /healthz answers for one of them)
                     with urllib.request.urlopen(url + "/healthz", timeout=5) as resp:
@@ -401,11 +404,15 @@ def main() -> int:
     for name, rs in results.items():
         ok &= all(r["verified"] and not r["leaked"] for r in rs)
         line = (
-            f"  {name:9s} {statistics.median(r['rate'] for r in rs):>7,.0f} callbacks/s, sender CPU "
+            f"  {name:9s} {statistics.median(r['rate'] for r in rs):>7,.0f} callbacks/s, "
+            "sender CPU "
             f"{statistics.median(r['cpu_per_k'] for r in rs):.3f}s per 1,000"
         )
         if args.receiver == "real":
-            line += f", receiver CPU {statistics.median(r['receiver_cpu_per_k'] for r in rs):.3f}s per 1,000"
+            line += (
+                f", receiver CPU "
+                f"{statistics.median(r['receiver_cpu_per_k'] for r in rs):.3f}s per 1,000"
+            )
         runs = ", ".join(f"{r['rate']:,.0f}" for r in rs)
         print(line + f"  (runs: {runs})")
     print(

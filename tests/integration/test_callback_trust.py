@@ -189,7 +189,8 @@ def test_a_masked_number_in_a_dr_still_proves_the_job(receiver, store):
     assert store.get(job_id).state == JobState.COMPLETED
 
 
-# ---- Agent CDR: the makecall's sessionid; an ambiguous call is looked up, never resolved by a callback --
+# ---- Agent CDR: the makecall's sessionid; an ambiguous call is looked up, never resolved by a
+#      callback ------------------------------------------------------------------------------------
 
 
 def call_job(store: RecordStore, *, sessionid: str | None = None, ambiguous: bool = False) -> str:
@@ -251,7 +252,7 @@ def test_a_cdr_for_an_ambiguous_call_asks_for_a_lookup_instead_of_resolving_it(
     assert client.zscore(keys.RECONCILE, job_id) == 0
 
 
-# ---- Callbot: the contact's task, the list's orders ------------------------------------------------
+# ---- Callbot: the contact's task, the list's orders ----------------------------------------------
 
 
 def signed_post(
@@ -332,7 +333,7 @@ def test_a_contacts_order_callback_must_name_its_task(receiver, store, client):
     assert store.get(job_id).state == JobState.COMPLETED
 
 
-# ---- replays, the unmatched store, masking ----------------------------------------------------------
+# ---- replays, the unmatched store, masking -------------------------------------------------------
 
 
 def test_a_replayed_signed_callback_is_answered_and_stored_nowhere(receiver, client):
@@ -411,7 +412,7 @@ def test_numbers_are_masked_whatever_their_json_type_or_field(receiver, client, 
     assert record.state == JobState.COMPLETED and "91234567" not in json.dumps(record.callbacks)
 
 
-# ---- authentication failures: one answer, quiet logs --------------------------------------------------
+# ---- authentication failures: one answer, quiet logs ---------------------------------------------
 
 
 def test_every_authentication_failure_gets_the_same_answer(receiver):

@@ -25,7 +25,8 @@ ADD_PATH = "/callcentre/api/v3/addBatchCall"
 
 
 def _task(producer) -> str:
-    """An existing Callbot task (created, started and finished by a callbot-list job): its userTaskID."""
+    """An existing Callbot task (created, started and finished by a callbot-list job): its
+    userTaskID."""
     job_id = producer.callbot_list(
         scene_id="scene-1", task_name="base", contacts=[{"user_phone": "8613900139000"}]
     )
@@ -199,7 +200,8 @@ def test_contacts_for_a_task_that_does_not_exist_fail_with_the_providers_code(
 
 
 def _completed(producer, job_ids: list[str], timeout_s: float = WAIT_S) -> dict:
-    """The records once every job completed (or failed); fails naming the states and errors seen otherwise."""
+    """The records once every job completed (or failed); fails naming the states and errors seen
+    otherwise."""
     records = producer.wait(job_ids, until="completed", timeout_s=timeout_s)
     outcomes = {
         (r.state, r.error.code if r.error else None) if r else None for r in records.values()

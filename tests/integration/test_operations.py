@@ -59,7 +59,8 @@ FLOWER_AUTH = ("ops", "flower-test-pass")
 
 @pytest.fixture(scope="module")
 def flower(worker_env, worker, redis_url, tmp_path_factory):
-    """Flower 2.2 as compose runs it (basic auth from FLOWER_BASIC_AUTH, persistent), on the worker's Redis."""
+    """Flower 2.2 as compose runs it (basic auth from FLOWER_BASIC_AUTH, persistent), on the
+    worker's Redis."""
     port = free_port()
     env = {**worker_env, "FLOWER_BASIC_AUTH": ":".join(FLOWER_AUTH)}
     log_dir = tmp_path_factory.mktemp("flower")

@@ -116,7 +116,8 @@ def serve():
 
 
 class _Client(socket.socket):
-    """A client socket whose close() also closes its buffered reader (else the descriptor stays open)."""
+    """A client socket whose close() also closes its buffered reader (else the descriptor stays
+    open)."""
 
     def close(self):
         if self.fileno() >= 0:
@@ -334,7 +335,7 @@ def test_stop_answers_requests_already_received_then_closes(serve):
     assert not st.thread.is_alive()
 
 
-# ---- protocol details (RFC 9110 / 9112) ------------------------------------------------------------
+# ---- protocol details (RFC 9110 / 9112) ----------------------------------------------------------
 
 
 def test_head_gets_the_get_head_and_no_body(serve):
@@ -395,7 +396,8 @@ def test_expect_with_a_body_too_large_gets_413_and_no_100(serve):
     st = serve()
     with connect(st.port) as s:
         s.sendall(
-            f"POST /cb HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: {BODY_LIMIT + 1}"
+            f"POST /cb HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+            f"Content-Length: {BODY_LIMIT + 1}"
             f"\r\n\r\n".encode()
         )
         assert read_response(s)[0] == 413
@@ -411,11 +413,13 @@ def test_expect_with_a_body_too_large_gets_413_and_no_100(serve):
         (b"GET /cb\r\nHost: x\r\n\r\n", 400),
         (b"GET /cb HTTP/2.0\r\nHost: x\r\n\r\n", 505),
         (
-            b"POST /cb HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            b"POST /cb HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
             400,
         ),
         (
-            b"POST /cb HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n0\r\n\r\n",
+            b"POST /cb HTTP/1.1\r\nHost: x\r\n"
+            b"Transfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n0\r\n\r\n",
             400,
         ),
         (
@@ -471,7 +475,7 @@ def test_trailer_fields_are_dropped_not_merged_into_the_head(serve):
     assert headers["sign"] == "good" and "x-late" not in headers
 
 
-# ---- what a client can make the server hold ----------------------------------------------------------
+# ---- what a client can make the server hold ------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -570,7 +574,7 @@ def test_answers_the_client_does_not_read_stop_reading_and_handling(serve):
     assert len(st.handler.seen) == 100_000
 
 
-# ---- connections: cap, lifetime, timeouts -----------------------------------------------------------
+# ---- connections: cap, lifetime, timeouts --------------------------------------------------------
 
 
 def _open(port, n):

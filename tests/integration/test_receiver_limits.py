@@ -75,7 +75,8 @@ def connect(port: int, timeout: float = 5) -> socket.socket:
 def read_answer(
     s: socket.socket, *, head_only: bool = False, timeout: float = 5
 ) -> tuple[int, dict, bytes]:
-    """One answer read straight off the socket: (status, headers, body); (0, {}, b"") if closed first."""
+    """One answer read straight off the socket: (status, headers, body); (0, {}, b"") if closed
+    first."""
     s.settimeout(timeout)
     data = b""
     while b"\r\n\r\n" not in data:
@@ -195,7 +196,7 @@ def server_rx_queue(server_port: int, client_port: int) -> int | None:
 CHUNKED = b"POST /callbacks/agent/cdr/x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
 
 
-# ---- bytes a client can make it hold --------------------------------------------------------------
+# ---- bytes a client can make it hold -------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -244,7 +245,7 @@ def test_answers_left_unread_stop_the_reading_and_hold_no_memory(receiver_state)
         assert legit_callback_answered(port) == 200
 
 
-# ---- descriptors and time ---------------------------------------------------------------------------
+# ---- descriptors and time ------------------------------------------------------------------------
 
 
 def test_at_the_connection_cap_a_legit_sender_is_still_answered(receiver_state):
@@ -327,7 +328,7 @@ def test_requests_per_connection_are_capped(callbacks_env, tmp_path):
         proc.stop()
 
 
-# ---- what the RFCs ask ------------------------------------------------------------------------------
+# ---- what the RFCs ask ---------------------------------------------------------------------------
 
 
 def test_head_gets_the_headers_of_get_and_no_body(receiver_state):
@@ -389,7 +390,8 @@ def test_expect_100_continue_with_a_body_too_large_gets_413_at_once(receiver_sta
     [
         b"GET /readyz HTTP/1.1\r\n\r\n",
         b"GET /readyz\r\n",
-        b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"0\r\n\r\n",
         b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcde",
     ],
     ids=["no host", "http/0.9", "content-length and chunked", "two content-lengths"],
@@ -402,7 +404,7 @@ def test_bad_requests_get_400(receiver_state, raw):
         assert (status, headers.get("connection")) == (400, "close")
 
 
-# ---- the descriptor limit at startup -----------------------------------------------------------------
+# ---- the descriptor limit at startup -------------------------------------------------------------
 
 
 def test_the_connection_cap_is_fitted_to_the_descriptor_limit(monkeypatch, caplog):

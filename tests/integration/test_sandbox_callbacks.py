@@ -250,7 +250,7 @@ def test_cdr_goes_to_the_configured_url(sb, recorder):
     assert cdr["start_time"].isdigit()
 
 
-# ---- the sender itself: connections, failures, timeouts, stop ------------------------------------------------
+# ---- the sender itself: connections, failures, timeouts, stop ------------------------------------
 
 
 class KeepAliveRecorder:
@@ -544,7 +544,8 @@ def test_stop_before_start_is_harmless():
 
 
 class RawServer:
-    """Answers each request it reads with the next canned response; closes after a close-delimited one.
+    """Answers each request it reads with the next canned response; closes after a
+    close-delimited one.
 
     A response given as a list of byte strings is sent in those pieces, 50 ms apart. `connections`
     counts accepted connections; `pipelined` is set if a request arrived before the previous answer.
@@ -613,7 +614,8 @@ def test_chunked_informational_and_close_delimited_answers_are_understood(dispat
     # Given a receiver answering in three framings
     raw = RawServer(
         [
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4;x=1\r\nok!!\r\n0\r\nTrailer: t\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"4;x=1\r\nok!!\r\n0\r\nTrailer: t\r\n\r\n",
             b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 202 Accepted\r\nContent-Length: 2\r\n\r\nok",
             b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end",
         ]

@@ -1,5 +1,5 @@
-"""Pure parts of coalescing Callbot contacts: groups, correlation of call/order callbacks by orderID,
-which errList entries fail a member, and each member's share of an addBatchCall answer."""
+"""Pure parts of coalescing Callbot contacts: groups, correlation of call/order callbacks by
+orderID, which errList entries fail a member, and each member's share of an addBatchCall answer."""
 
 from config.settings import CoalesceSettings
 from nxjobs import coalesce, correlate, keys, wire

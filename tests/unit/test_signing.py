@@ -40,9 +40,9 @@ def test_api2_string_hashed_for_vendor_row_1():
         ts_ms=1655710885431,
         body_text='{"name":"牛小信","id":10001}',
     )
-    assert (
-        text
-        == 'accessKey=fme2na3kdi3ki&action=send&bizType=1&ts=1655710885431&body={"name":"牛小信","id":10001}'
+    assert text == (
+        "accessKey=fme2na3kdi3ki&action=send&bizType=1&ts=1655710885431"
+        '&body={"name":"牛小信","id":10001}'
     )
 
 
