@@ -12,7 +12,7 @@ PIP_FLAGS   := -q --disable-pip-version-check
 PYTEST_ARGS ?=
 COMPOSE_FILE := docker-compose.yml
 
-.PHONY: help install redis tools test demo bench check-compose clean
+.PHONY: help install redis tools lint test demo bench check-compose clean
 
 help: ## List targets
 	@echo "nxjobs make targets:"
@@ -40,7 +40,14 @@ redis:
 tools:
 	@bash scripts/ensure-tools.sh $(TOOLS)
 
-test: install ## Run the test suite (PYTEST_ARGS=... passed to pytest)
+# The config for each lives in pyproject.toml; the contracts are the import direction.
+lint: $(STAMP) ## ruff (lint and format check), mypy and the import contracts
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
+
+test: install lint ## Lint, then run the test suite (PYTEST_ARGS=... passed to pytest)
 	$(VPY) -m pytest $(PYTEST_ARGS)
 
 demo: install ## Run the end-to-end demo (python -m workers.demo)
