@@ -174,6 +174,7 @@ class CoalesceQueue:
         self._enqueue = store.register_script(client, "coalesce_enqueue")
         self._take = store.register_script(client, "coalesce_take")
         self._fan_out = store.register_script(client, "coalesce_fan_out")
+        self._drop_group = store.register_script(client, "coalesce_drop_group")
 
     # ---- producer half ------------------------------------------------------
 
@@ -195,7 +196,11 @@ class CoalesceQueue:
             "2" if index else "1",
             str(correlate.member_callbacks_max(spec.kind)),
         ]
-        head_keys = [keys.coalesce_pending(group), keys.coalesce_armed(group)]
+        head_keys = [
+            keys.coalesce_pending(group),
+            keys.coalesce_armed(group),
+            keys.COALESCE_GROUPS,
+        ]
         pipe = self.redis.pipeline(transaction=True)
         chunk: list[str] = []
         chunk_keys: list[str] = []
@@ -238,6 +243,7 @@ class CoalesceQueue:
                 keys.coalesce_pending(group),
                 keys.COALESCE_OPEN,
                 keys.coalesce_armed(group),
+                keys.COALESCE_GROUPS,
             ],
             args=[
                 batch_id,
@@ -346,11 +352,19 @@ class CoalesceQueue:
 
     def unarmed_groups(self, wanted: Callable[[str], bool] = lambda group: True) -> list[str]:
         """Groups (of those `wanted`) with pending items and no flush on its way (its
-        message was lost)."""
+        message was lost). Reads the groups set, whose size is the groups with work waiting
+        (levels, Callbot tasks), not the keyspace; a group found empty leaves the set."""
+        groups = sorted(self.redis.smembers(keys.COALESCE_GROUPS))
+        pipe = self.redis.pipeline(transaction=False)
+        for group in groups:
+            pipe.llen(keys.coalesce_pending(group))
         out = []
-        for key in self.redis.scan_iter(match=keys.coalesce_pending("*"), count=100):
-            group = key.removeprefix(f"{keys.PREFIX}:coalesce:").removesuffix(":pending")
-            if wanted(group) and self.arm(group):
+        for group, left in zip(groups, pipe.execute(), strict=True):
+            if not left:
+                self._drop_group(
+                    keys=[keys.COALESCE_GROUPS, keys.coalesce_pending(group)], args=[group]
+                )
+            elif wanted(group) and self.arm(group):
                 out.append(group)
         return out
 

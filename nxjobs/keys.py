@@ -180,3 +180,6 @@ def coalesce_batch(batch_id: str) -> str:
 
 # Sorted set of built, unfinished batch ids (score = unix time built), for the sweep.
 COALESCE_OPEN = f"{PREFIX}:coalesce:open"
+# Set of the groups whose pending list has items (kept by the scripts that push and take), so
+# the sweep reads these groups, not the keyspace.
+COALESCE_GROUPS = f"{PREFIX}:coalesce:groups"

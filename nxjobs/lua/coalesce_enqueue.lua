@@ -1,7 +1,7 @@
 -- The producer half of coalescing (CoalesceQueue.enqueue): store each job's queued record and
 -- append `<job id>|<key>[|<item>]` to its group's pending list; say when a flush is due.
--- KEYS[1] pending list, KEYS[2] flush-armed flag, then per job: its hash, and its correlation
---   index key when ARGV[7] is 2.
+-- KEYS[1] pending list, KEYS[2] flush-armed flag, KEYS[3] groups with pending items (set), then
+--   per job: its hash, and its correlation index key when ARGV[7] is 2.
 -- ARGV[1] record ttl s, [2] max items per batch, [3] armed ttl ms, [4] now ISO, [5] group,
 --   [6] job kind, [7] keys per job (1, or 2 with its index key), [8] callback entries a member
 --   may store, then per job (6 each): id, key (phone, orderID), item JSON or '', redacted input
@@ -14,7 +14,7 @@
 local ttl, max, per = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[7])
 local full = 0
 local len = 0
-local k = 3
+local k = 4
 for i = 9, #ARGV, 6 do
   local id, key, item = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local jk = KEYS[k]
@@ -31,6 +31,8 @@ for i = 9, #ARGV, 6 do
   end
   k = k + per
 end
+-- The sweep finds a group with items through this set, never by scanning keys.
+if len > 0 then redis.call('SADD', KEYS[3], ARGV[5]) end
 local linger = 0
 if len % max ~= 0 and redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[3]) then linger = 1 end
 return {full, linger}

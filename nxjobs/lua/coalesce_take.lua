@@ -1,7 +1,9 @@
 -- The flush half of coalescing (CoalesceQueue.take): build batch ARGV[1] from the pending list,
 -- or return it if built before. Members go `running`; a number check's correlation index
 -- (batchNo, phone) -> job id is set before anything is sent.
--- KEYS[1] batch hash, KEYS[2] pending list, KEYS[3] open batches zset, KEYS[4] flush-armed flag.
+-- KEYS[1] batch hash, KEYS[2] pending list, KEYS[3] open batches zset, KEYS[4] flush-armed flag,
+--   KEYS[5] groups with pending items (set): ARGV[9] leaves it when its list is empty, and is
+--   added back while items remain (a set missing the group heals here).
 -- ARGV[1] batch id, [2] max items, [3] batchNo, [4] now unix s, [5] now ISO, [6] ttl s,
 --   [7] job key prefix (nxjobs.keys.JOB_KEY_PREFIX), [8] this batch's member index prefix
 --   (nxjobs.keys.member_index(batchNo), the key is appended) or '', [9] group.
@@ -10,17 +12,27 @@
 -- moves: queued -> running
 --#include lib/state.lua
 --#include lib/fields.lua
+-- The pending list's length, with the groups set made to agree with it.
+local function pending_left()
+  local left = redis.call('LLEN', KEYS[2])
+  if left == 0 then
+    redis.call('SREM', KEYS[5], ARGV[9])
+  else
+    redis.call('SADD', KEYS[5], ARGV[9])
+  end
+  return left
+end
 if redis.call('EXISTS', KEYS[1]) == 1 then
   if redis.call('HGET', KEYS[1], 'done') then
-    return {3, '[]', redis.call('LLEN', KEYS[2]), '{}'}
+    return {3, '[]', pending_left(), '{}'}
   end
   redis.call('ZADD', KEYS[3], 'XX', ARGV[4], ARGV[1])
-  return {1, redis.call('HGET', KEYS[1], 'members'), redis.call('LLEN', KEYS[2]),
+  return {1, redis.call('HGET', KEYS[1], 'members'), pending_left(),
           redis.call('HGET', KEYS[1], 'items') or '{}'}
 end
 local max, ttl, prefix = tonumber(ARGV[2]), tonumber(ARGV[6]), ARGV[7]
 local entries = redis.call('LRANGE', KEYS[2], 0, max - 1)
-if #entries == 0 then return {0, '[]', 0, '{}'} end
+if #entries == 0 then return {0, '[]', pending_left(), '{}'} end
 redis.call('LTRIM', KEYS[2], #entries, -1)
 local seen, members, items, again = {}, {}, {}, {}
 local has_items = false
@@ -50,7 +62,7 @@ for _, entry in ipairs(entries) do
   end
 end
 for i = #again, 1, -1 do redis.call('LPUSH', KEYS[2], again[i]) end
-local left = redis.call('LLEN', KEYS[2])
+local left = pending_left()
 if #members == 0 then return {0, '[]', left, '{}'} end
 local encoded = cjson.encode(members)
 local encoded_items = has_items and cjson.encode(items) or '{}'

@@ -166,3 +166,24 @@ def test_a_permanent_error_fails_every_member_with_the_providers_code(producer, 
         assert record.error.code == "211" and record.error.retryable is False
     dead = {e["job_id"] for e in producer.dead_letters.list(kind="number-check")}
     assert set(job_ids) <= dead
+
+
+def test_the_sweep_sends_a_group_whose_flush_was_lost_without_scanning_keys(
+    producer, sandbox, worker, monkeypatch
+):
+    from nxjobs import coalesce, keys
+
+    # Given a number pushed by a producer that died before it published the flush
+    monkeypatch.setattr(producer, "_send_flushes", lambda group, flushes: None)
+    job_id = producer.number_check(phones=["6596660001"])
+    producer.redis.delete(keys.coalesce_armed(coalesce.group_of(1)))
+    scans = producer.redis.info("commandstats").get("cmdstat_scan", {}).get("calls", 0)
+    # When beat's sweep of the api2 family runs
+    producer._celery.send_task(
+        coalesce.SWEEP_TASK, kwargs={"family": "api2"}, queue="api2", routing_key="api2"
+    )
+    # Then the number is sent, and the sweep read no keyspace
+    record = producer.wait([job_id], until="submitted", timeout_s=WAIT_S)[job_id]
+    assert record.reached(JobState.SUBMITTED), record
+    assert _batches(sandbox, {"6596660001"}) == [["6596660001"]]
+    assert producer.redis.info("commandstats").get("cmdstat_scan", {}).get("calls", 0) == scans

@@ -164,3 +164,42 @@ def test_each_family_sweeps_only_its_own_groups(queue):
     # Then the callbot sweep re-arms only the contact group, and leaves the other to the api2 sweep
     assert queue.unarmed_groups(family_is("callbot")) == [coalesce.contact_group("task-1")]
     assert queue.unarmed_groups(family_is("api2")) == ["nc1"]
+
+
+def test_a_group_is_in_the_groups_set_while_its_pending_list_has_items(queue):
+    groups = keys.COALESCE_GROUPS
+    queue.enqueue("nc1", _jobs(["6590000001", "6590000002", "6590000003", "6590000004"]), NOW)
+    queue.enqueue("nc1", _jobs(["6590000005"]), NOW)
+    assert queue.redis.smembers(groups) == {"nc1"}
+    # A batch that leaves items behind keeps the group (and puts back one the set had lost)
+    queue.redis.srem(groups, "nc1")
+    assert queue.take("nc1", "batch-1", 1.0, NOW).pending_left == 1
+    assert queue.redis.smembers(groups) == {"nc1"}
+    # The batch that takes the last item drops it
+    assert queue.take("nc1", "batch-2", 2.0, NOW).pending_left == 0
+    assert queue.redis.smembers(groups) == set()
+
+
+def test_the_sweep_drops_a_group_found_empty_and_keeps_one_with_items(queue):
+    queue.enqueue("nc1", _jobs(["6590000001"]), NOW)
+    queue.redis.sadd(keys.COALESCE_GROUPS, "nc2")  # its list emptied outside the take script
+    queue.redis.delete(keys.coalesce_armed("nc1"))
+    assert queue.unarmed_groups() == ["nc1"]
+    assert queue.redis.smembers(keys.COALESCE_GROUPS) == {"nc1"}
+    assert queue.redis.get(keys.coalesce_armed("nc2")) is None  # no flush for an empty group
+
+
+def _scans(client) -> int:
+    return int(client.info("commandstats").get("cmdstat_scan", {}).get("calls", 0))
+
+
+def test_the_sweep_reads_no_keyspace(queue):
+    # Given unrelated keys, and a group whose lingering flush was lost
+    queue.redis.mset({f"unrelated:{i}": "x" for i in range(2000)})
+    queue.enqueue("nc1", _jobs(["6590000001"]), NOW)
+    queue.redis.delete(keys.coalesce_armed("nc1"))
+    before = _scans(queue.redis)
+    # Then the sweep re-arms it without one SCAN
+    assert queue.unarmed_groups() == ["nc1"]
+    assert queue.stale_batches(50.0, now_s=200.0) == []
+    assert _scans(queue.redis) == before
