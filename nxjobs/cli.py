@@ -412,6 +412,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_coalesce_adopt(args: argparse.Namespace) -> int:
+    from nxjobs.producers import Producer
+
+    with Producer() as producer:
+        groups = producer.coalesce.adopt_pending_lists()
+    print(f"{len(groups)} group(s) with pending items: {' '.join(groups) or '-'}")
+    return EXIT_OK
+
+
 def cmd_wait(args: argparse.Namespace) -> int:
     from nxjobs.producers import Producer
 
@@ -564,6 +573,11 @@ def build_parser() -> argparse.ArgumentParser:
         add_help=False,
     )
     _add_submit_parser(sub)
+    sub.add_parser(
+        "coalesce-adopt",
+        help="once, after upgrading from a version without the coalesce groups set: "
+        "add every group with pending items to it (one SCAN of the keyspace)",
+    )
     p = sub.add_parser("status", help="print one job's record")
     p.add_argument("job_id")
     p.add_argument("--json", action="store_true")
@@ -618,7 +632,12 @@ def main(argv: list[str] | None = None) -> int:
     from nxjobs.redis_conn import RedisUnavailable
 
     try:
-        return {"submit": cmd_submit, "status": cmd_status, "wait": cmd_wait}[args.command](args)
+        return {
+            "submit": cmd_submit,
+            "status": cmd_status,
+            "wait": cmd_wait,
+            "coalesce-adopt": cmd_coalesce_adopt,
+        }[args.command](args)
     except InvalidJob as exc:
         return _error(f"{exc.field}: {exc.message} (nothing was enqueued)", EXIT_INPUT)
     except (RedisUnavailable, EnqueueError) as exc:

@@ -368,6 +368,19 @@ class CoalesceQueue:
                 out.append(group)
         return out
 
+    def adopt_pending_lists(self) -> list[str]:
+        """Add to the groups set every group with a pending list, found by one SCAN of the
+        keyspace: a one-off after upgrading from a version that kept no such set (`nxjobs
+        coalesce-adopt`), never run by a sweep."""
+        head, tail = keys.coalesce_pending("\0").split("\0")
+        found = sorted(
+            key.removeprefix(head).removesuffix(tail)
+            for key in self.redis.scan_iter(match=keys.coalesce_pending("*"), count=1000)
+        )
+        if found:
+            self.redis.sadd(keys.COALESCE_GROUPS, *found)
+        return found
+
     @property
     def armed_ms(self) -> int:
         return int((self.settings.linger_s + ARMED_GRACE_S) * 1000)

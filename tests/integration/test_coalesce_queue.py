@@ -4,6 +4,9 @@ are due, what a flush takes, and that a batch is built once."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import uuid
 
 import pytest
@@ -203,3 +206,25 @@ def test_the_sweep_reads_no_keyspace(queue):
     assert queue.unarmed_groups() == ["nc1"]
     assert queue.stale_batches(50.0, now_s=200.0) == []
     assert _scans(queue.redis) == before
+
+
+def test_coalesce_adopt_puts_back_the_groups_an_older_version_left_pending(queue, redis_url):
+    # Given pending lists written before the groups set existed, their flushes lost
+    queue.enqueue("nc1", _jobs(["6590000001"]), NOW)
+    queue.enqueue("nc2", _jobs(["6590000002"]), NOW)
+    queue.redis.delete(keys.COALESCE_GROUPS, keys.coalesce_armed("nc1"), keys.coalesce_armed("nc2"))
+    assert queue.unarmed_groups() == []
+    # When the operator runs the one-off adoption
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NXJOBS_")}
+    env["NXJOBS_REDIS_URL"] = redis_url.rsplit("/", 1)[0] + "/3"
+    done = subprocess.run(
+        [sys.executable, "-m", "nxjobs.cli", "coalesce-adopt"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    # Then the sweep finds both groups again
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "2 group(s) with pending items: nc1 nc2"
+    assert queue.unarmed_groups() == ["nc1", "nc2"]
