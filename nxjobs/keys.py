@@ -59,6 +59,9 @@ PROOF_TASK = "v_task"  # a callbot-contact's userTaskID
 PROOF_ORDERS = "v_orders"  # a callbot-list's contact count: orders `<job id>-<index>` below it
 PHONE_FIELD = "np:"
 ORDER_FIELD = "no:"
+# A coalesced member's comma list of record fields (`request`, `result`) it shares with its batch:
+# stored once in the batch hash (coalesce_batch), read from there while the member's own is empty.
+BATCH_SHARED = "batch_shared"
 
 
 def proof_phone(phone_key: str) -> str:

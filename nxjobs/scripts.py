@@ -45,6 +45,7 @@ FIELD_NAMES = (
     "PROOF_ORDERS",
     "PHONE_FIELD",
     "ORDER_FIELD",
+    "BATCH_SHARED",
 )
 
 

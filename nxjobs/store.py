@@ -261,25 +261,58 @@ class RecordStore:
         return json.loads(raw) if raw else {}
 
     def get(self, job_id: str) -> JobRecord | None:
-        raw = self.redis.hgetall(keys.job(job_id))
-        return _decode(raw) if raw else None
+        return self.get_many([job_id])[job_id]
 
     def get_many(self, job_ids: Iterable[str]) -> dict[str, JobRecord | None]:
         ids = list(job_ids)
         pipe = self.redis.pipeline(transaction=False)
         for job_id in ids:
             pipe.hgetall(keys.job(job_id))
+        raws = pipe.execute()
+        shared = self._batch_shared(raws)
         return {
-            job_id: (_decode(raw) if raw else None)
-            for job_id, raw in zip(ids, pipe.execute(), strict=True)
+            job_id: (_decode(raw, shared.get(raw.get("coalesce_batch", ""))) if raw else None)
+            for job_id, raw in zip(ids, raws, strict=True)
+        }
+
+    def _batch_shared(self, raws: list[dict[str, str]]) -> dict[str, dict[str, str]]:
+        """batch id -> the fields coalesced members among `raws` share with it (keys.BATCH_SHARED),
+        read in one round trip; none for a batch that has expired."""
+        batch_ids = sorted(
+            {
+                raw["coalesce_batch"]
+                for raw in raws
+                if raw.get(keys.BATCH_SHARED) and raw.get("coalesce_batch")
+            }
+        )
+        if not batch_ids:
+            return {}
+        pipe = self.redis.pipeline(transaction=False)
+        for batch_id in batch_ids:
+            pipe.hmget(keys.coalesce_batch(batch_id), *_BATCH_SHAREABLE)
+        return {
+            batch_id: {
+                name: value for name, value in zip(_BATCH_SHAREABLE, values, strict=True) if value
+            }
+            for batch_id, values in zip(batch_ids, pipe.execute(), strict=True)
         }
 
 
 # Callback bookkeeping kept in the job's hash, not part of the record a producer reads.
 _NOT_RECORD_FIELDS = (keys.UNIT_FIELD, keys.PHONE_FIELD, keys.ORDER_FIELD)
+# What a coalesced member may share with its batch instead of storing its own copy.
+_BATCH_SHAREABLE = ("request", "result")
+# How a member's own `request` / `result` read before it has one of its own.
+_UNSET = ("", "[]")
 
 
-def _decode(raw: dict[str, str]) -> JobRecord:
+def _decode(raw: dict[str, str], batch: dict[str, str] | None = None) -> JobRecord:
+    """The record from its hash; `batch`: the fields of its coalesce batch it shares."""
+    if batch:
+        raw = dict(raw)
+        for name in raw.get(keys.BATCH_SHARED, "").split(","):
+            if name in batch and raw.get(name, "") in _UNSET:
+                raw[name] = batch[name]
     data: dict[str, Any] = {}
     callbacks = []
     for name, value in raw.items():

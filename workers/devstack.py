@@ -154,6 +154,9 @@ class RedisServer:
             "everysec",
             "--maxmemory-policy",
             "noeviction",
+            # As shipped (docker-compose.yml): records stay listpacks (docs/operations.md).
+            "--hash-max-listpack-value",
+            "1024",
             "--daemonize",
             "no",
             "--logfile",

@@ -9,6 +9,8 @@
 --   two arguments, not three per member), [12] the provider id the members' callbacks must
 --   prove (the batch's requestId) or '', then per other member (3 each): id, 's' (submitted)
 --   or 'f' (failed), its own result or error JSON.
+-- The request and the result members share are stored once, in the batch hash; a member names
+--   the fields it reads from there in FIELD.BATCH_SHARED (RecordStore.get resolves them).
 -- Returns the ids of members completed at once (their callback came first).
 -- moves: running -> submitted, retrying -> submitted, submitted -> completed
 -- moves: running -> failed, retrying -> failed
@@ -17,6 +19,7 @@
 local prefix, ttl = ARGV[1], tonumber(ARGV[5])
 local completed = {}
 local waiting = {}
+-- doc false: the member's result is the one its batch shares (ARGV[10]).
 local function record(id, outcome, doc)
   local jk = prefix .. id
   local cur = redis.call('HMGET', jk, 'state', 'callbacks_done', FIELD.PROOF_SEEN)
@@ -27,12 +30,18 @@ local function record(id, outcome, doc)
   end
   -- The member's own story: its request was tried as often as its batch was.
   if outcome == 'f' then
-    set_state(jk, 'failed', 'error', doc, 'request', ARGV[7], 'updated_at', ARGV[2],
+    set_state(jk, 'failed', 'error', doc, FIELD.BATCH_SHARED, 'request', 'updated_at', ARGV[2],
               'attempts', ARGV[8], 'throttles', ARGV[9])
-  else
-    set_state(jk, 'submitted', 'result', doc, 'error', '', 'request', ARGV[7],
+  elseif doc then
+    set_state(jk, 'submitted', 'result', doc, 'error', '', FIELD.BATCH_SHARED, 'request',
               'updated_at', ARGV[2], 'submitted_at', ARGV[3], 'attempts', ARGV[8],
               'throttles', ARGV[9])
+  else
+    set_state(jk, 'submitted', 'result', '', 'error', '', FIELD.BATCH_SHARED, 'request,result',
+              'updated_at', ARGV[2], 'submitted_at', ARGV[3], 'attempts', ARGV[8],
+              'throttles', ARGV[9])
+  end
+  if outcome ~= 'f' then
     -- Its callback may have come first: then it is complete now.
     if tonumber(cur[2] or '0') >= 1 and set_state(jk, 'completed') then
       table.insert(completed, id)
@@ -44,7 +53,7 @@ local function record(id, outcome, doc)
   end
   redis.call('EXPIRE', jk, ttl)
 end
-for _, id in ipairs(cjson.decode(ARGV[11])) do record(id, 's', ARGV[10]) end
+for _, id in ipairs(cjson.decode(ARGV[11])) do record(id, 's', false) end
 for i = 13, #ARGV, 3 do record(ARGV[i], ARGV[i + 1], ARGV[i + 2]) end
 -- One ZADD per 1 000 members rather than one per member (unpack is bounded by Lua's C stack).
 for i = 1, #waiting, 2000 do
@@ -52,6 +61,7 @@ for i = 1, #waiting, 2000 do
 end
 -- Kept (without its members) as proof it was sent: a late duplicate of its flush stops here.
 redis.call('HDEL', KEYS[2], 'members', 'items')
-redis.call('HSET', KEYS[2], 'done', '1')
+redis.call('HSET', KEYS[2], 'done', '1', 'request', ARGV[7], 'result', ARGV[10])
+redis.call('EXPIRE', KEYS[2], ttl)
 redis.call('ZREM', KEYS[3], ARGV[6])
 return completed

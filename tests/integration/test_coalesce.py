@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from nxjobs import keys
 from nxjobs.records import JobState
 
 pytestmark = pytest.mark.integration
@@ -45,6 +46,14 @@ def test_single_numbers_share_one_request_and_each_job_gets_its_own_callback(
         assert shown != phone and shown[:3] == phone[:3] and shown[-4:] == phone[-4:]
         assert record.result["coalesced"]["numbers"] == 40
         assert record.result["numbers"] == 1
+    # and the request and the result they share are stored once, in the batch, not per member
+    raw = cb_producer.redis.hgetall(keys.job(job_ids[0]))
+    assert raw[keys.BATCH_SHARED] == "request,result" and raw["result"] == ""
+    assert raw["request"] == "[]" and "numbers of coalesced jobs" in str(
+        records[job_ids[0]].request
+    )
+    # in a compact encoding (the shipped hash-max-listpack-value)
+    assert cb_producer.redis.object("encoding", keys.job(job_ids[0])) == "listpack"
     # and the rejected number failed its own job only
     rejected = records[job_ids[-1]]
     assert rejected.state == JobState.FAILED

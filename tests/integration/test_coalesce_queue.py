@@ -14,6 +14,7 @@ import pytest
 from config.settings import CoalesceSettings
 from nxjobs import coalesce, keys
 from nxjobs.redis_conn import connect
+from nxjobs.store import RecordStore
 
 pytestmark = pytest.mark.integration
 
@@ -130,8 +131,16 @@ def test_fan_out_sends_a_shared_result_once_and_still_gives_each_member_its_own_
         job_id: queue.redis.hmget(keys.job(job_id), "state", "result", "error")
         for job_id in (a, b, c, d)
     }
-    assert stored[a] == stored[c] == ["submitted", json.dumps(shared, separators=(",", ":")), ""]
+    # the shared result stored once, in the batch, and read from there
+    assert stored[a] == stored[c] == ["submitted", "", ""]
+    assert queue.redis.hget(keys.coalesce_batch("batch-1"), "result") == json.dumps(
+        shared, separators=(",", ":")
+    )
+    records = RecordStore(queue.redis).get_many([a, c, d])
+    assert records[a].result == records[c].result == shared
+    assert records[a].request == [{"endpoint": "x"}]
     assert stored[d][:2] == ["submitted", '{"requestId":"r-own"}']
+    assert records[d].result == {"requestId": "r-own"}
     assert stored[b][0] == "failed" and json.loads(stored[b][2]) == {"code": "number_rejected"}
     # Only the submitted ones wait for a callback (one ZADD for all of them)
     waiting = queue.redis.zrange(keys.callbacks_waiting("api2"), 0, -1, withscores=True)

@@ -253,3 +253,32 @@ def test_the_store_and_the_coalescing_queue_import_nothing_of_the_callbacks_pack
             assert not any(n.startswith("nxjobs.callbacks") for n in names), (
                 f"{path.name} imports {names}"
             )
+
+
+def test_a_coalesced_member_reads_what_it_shares_from_its_batch_while_it_has_none_of_its_own():
+    from nxjobs.store import _decode
+
+    base = {
+        "id": "j1",
+        "kind": "number-check",
+        "state": "submitted",
+        "created_at": "2026-12-02T00:00:00Z",
+        "updated_at": "2026-12-02T00:00:00Z",
+        "input": "{}",
+        "request": "[]",
+        "result": "",
+        keys.BATCH_SHARED: "request,result",
+        "coalesce_batch": "b1",
+    }
+    batch = {"request": '[{"endpoint":"/api/number/check"}]', "result": '{"requestId":"r1"}'}
+    record = _decode(base, batch)
+    assert record.request == [{"endpoint": "/api/number/check"}]
+    assert record.result == {"requestId": "r1"}
+    # A replayed member that ran on its own keeps its own request and result.
+    own = _decode({**base, "request": '[{"endpoint":"/own"}]', "result": '{"own":1}'}, batch)
+    assert own.request == [{"endpoint": "/own"}] and own.result == {"own": 1}
+    # Only the fields it names are taken from the batch.
+    partial = _decode({**base, keys.BATCH_SHARED: "request"}, batch)
+    assert partial.result is None and partial.request == [{"endpoint": "/api/number/check"}]
+    # A batch that expired leaves the member's own (empty) fields.
+    assert _decode(base, None).request == []
