@@ -176,3 +176,22 @@ def test_the_trim_drops_members_of_expired_records_only_and_is_bounded(client):
     assert store.trim_indexes(["call"], limit=100) == 0
     assert client.zrange(completed, 0, -1) == ["live"]
     assert client.zrange(queued, 0, -1) == ["liveq"]
+
+
+def test_the_recover_task_trims_its_familys_indexes(client, monkeypatch):
+    import tasks.services
+    from config.settings import Settings
+    from tasks.reconcile import recover_lost_messages
+
+    url = client.connection_pool.connection_kwargs
+    settings = Settings(redis_url=f"redis://{url['host']}:{url['port']}/{url['db']}")
+    monkeypatch.setattr(tasks.services, "_services", tasks.services.Services(settings))
+    old = int(time.time()) - settings.retention.completed_s - 5
+    client.zadd(keys.job_index("call", "completed"), {"gone": old, "kept": int(time.time())})
+    client.zadd(keys.job_index("ota-init", "completed"), {"other-family": old})
+    report = recover_lost_messages.run("agent")
+    assert report["index_trimmed"] == 1 and report["candidates"] == 0
+    assert client.zrange(keys.job_index("call", "completed"), 0, -1) == ["kept"]
+    assert client.zcard(keys.job_index("ota-init", "completed")) == 1  # the api2 run's to trim
+    # The workers' store wrote the retention the scripts read.
+    assert client.hget(keys.RETENTION, "completed") == str(settings.retention.completed_s)
