@@ -48,7 +48,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
-from nxjobs import compact_json, correlate, keys, scripts, store
+from nxjobs import compact_json, correlate, keys, store
 from nxjobs.jobs import PRIORITY_NEW, QUEUE_API2, QUEUE_CALLBOT
 
 FLUSH_TASK = "nxjobs.number_check_batch"
@@ -173,7 +173,6 @@ class CoalesceQueue:
         self.ttl_s = ttl_s
         self._enqueue = store.register_script(client, "coalesce_enqueue")
         self._take = store.register_script(client, "coalesce_take")
-        self._groups = scripts.register(client, "coalesce_groups")
         self._fan_out = store.register_script(client, "coalesce_fan_out")
 
     # ---- producer half ------------------------------------------------------
@@ -219,8 +218,7 @@ class CoalesceQueue:
             calls += 1
         if not calls:
             return Flushes(0, False)
-        pipe.sadd(keys.COALESCE_GROUPS, group)
-        replies = pipe.execute()[:-1]
+        replies = pipe.execute()
         return Flushes(sum(int(r[0]) for r in replies), any(int(r[1]) for r in replies))
 
     # ---- worker half ----------------------------------------------------------
@@ -349,9 +347,9 @@ class CoalesceQueue:
     def unarmed_groups(self, wanted: Callable[[str], bool] = lambda group: True) -> list[str]:
         """Groups (of those `wanted`) with pending items and no flush on its way (its
         message was lost)."""
-        head, tail = keys.coalesce_pending("\x00").split("\x00")
         out = []
-        for group in self._groups(keys=[keys.COALESCE_GROUPS], args=[head, tail]):
+        for key in self.redis.scan_iter(match=keys.coalesce_pending("*"), count=100):
+            group = key.removeprefix(f"{keys.PREFIX}:coalesce:").removesuffix(":pending")
             if wanted(group) and self.arm(group):
                 out.append(group)
         return out

@@ -195,6 +195,3 @@ def coalesce_batch(batch_id: str) -> str:
 
 # Sorted set of built, unfinished batch ids (score = unix time built), for the sweep.
 COALESCE_OPEN = f"{PREFIX}:coalesce:open"
-# Set of the groups whose pending list may hold items: added to with every enqueue, a group
-# found empty is dropped by the sweep (coalesce_groups.lua), which reads this, never a SCAN.
-COALESCE_GROUPS = f"{PREFIX}:coalesce:groups"

@@ -164,19 +164,3 @@ def test_each_family_sweeps_only_its_own_groups(queue):
     # Then the callbot sweep re-arms only the contact group, and leaves the other to the api2 sweep
     assert queue.unarmed_groups(family_is("callbot")) == [coalesce.contact_group("task-1")]
     assert queue.unarmed_groups(family_is("api2")) == ["nc1"]
-
-
-def test_the_sweep_finds_groups_by_their_set_not_a_scan_and_drops_emptied_ones(queue):
-    def scans():
-        return queue.redis.info("commandstats").get("cmdstat_scan", {}).get("calls", 0)
-
-    queue.enqueue("nc1", _jobs(["6590000001"]), NOW)
-    queue.redis.delete(keys.coalesce_armed("nc1"))
-    before = scans()
-    assert queue.unarmed_groups() == ["nc1"]
-    queue.take("nc1", "batch-1", 1.0, NOW)  # the list is empty now
-    assert queue.unarmed_groups() == []
-    assert queue.redis.smembers(keys.COALESCE_GROUPS) == set() and scans() == before
-    # A later enqueue puts the group back.
-    queue.enqueue("nc1", _jobs(["6590000002"]), NOW)
-    assert queue.redis.smembers(keys.COALESCE_GROUPS) == {"nc1"}
