@@ -229,6 +229,17 @@ class RecoverSettings(BaseModel):
     confirm_s: float = Field(default=120.0, gt=0)
 
 
+class RetentionSettings(BaseModel):
+    """How long a finished job's record (and its index entry) is kept, by the state it ended in;
+    a job still queued, running, retrying or submitted keeps NXJOBS_RECORD_TTL_S."""
+
+    completed_s: int = Field(default=86400, gt=0)
+    failed_s: int = Field(default=7 * 24 * 3600, gt=0)
+
+    def by_state(self) -> dict[str, int]:
+        return {"completed": self.completed_s, "failed": self.failed_s}
+
+
 class RetrySettings(BaseModel):
     """Capped exponential backoff with full jitter (docs/provider.md §8, our choice)."""
 
@@ -245,8 +256,6 @@ class MetricsSettings(BaseModel):
     # /healthz fails when a queue has had messages waiting this long while no worker
     # finished an attempt from it (workers can stay connected yet stop consuming).
     stall_s: float = Field(default=300.0, gt=0)
-    # Jobs by kind and state come from a scan of the job records, at most this often.
-    jobs_scan_interval_s: float = Field(default=30.0, ge=0)
 
 
 class CoalesceSettings(BaseModel):
@@ -281,6 +290,8 @@ class Settings(BaseSettings):
     redis_url: str = "redis://localhost:6379/0"
     # Job records outlive the job by this long, then Redis drops them.
     record_ttl_s: int = Field(default=7 * 24 * 3600, gt=0)
+    # Finished jobs by their final state (completed, failed).
+    retention: RetentionSettings = RetentionSettings()
     api2: Api2Settings = Api2Settings()
     callbot: CallbotSettings = CallbotSettings()
     agent: AgentSettings = AgentSettings()

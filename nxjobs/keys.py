@@ -11,6 +11,17 @@ def job(job_id: str) -> str:
 JOB_KEY_PREFIX = job("")
 
 
+def job_index(kind: str, state: str) -> str:
+    """Sorted set of the ids of the jobs of `kind` now in `state` (score = unix time the job
+    entered it), kept by every write of `state` (lib/state.lua's set_state, RecordStore.create)."""
+    return f"{PREFIX}:idx:{kind}:{state}"
+
+
+# Hash state -> seconds a record in that state is kept (RecordStore writes it from its retention;
+# set_state reads it when a job enters the state). A state without an entry keeps the record TTL.
+RETENTION = f"{PREFIX}:retention"
+
+
 def agent_token(appkey: str) -> str:
     return f"{PREFIX}:agent:token:{appkey}"
 
@@ -145,7 +156,11 @@ DEAD_INDEX = f"{PREFIX}:dead"
 def job_payload(job_id: str) -> str:
     """The raw payload of a job not yet submitted or failed (the record's `input` is masked):
     what the lost-message sweeper re-publishes if the broker lost the job's message."""
-    return f"{PREFIX}:job:{job_id}:payload"
+    return job(job_id) + JOB_PAYLOAD_SUFFIX
+
+
+# What a job's payload key adds to its record key (set_state expires both together).
+JOB_PAYLOAD_SUFFIX = ":payload"
 
 
 def recover_suspects(family: str) -> str:

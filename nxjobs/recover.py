@@ -9,8 +9,10 @@ of a whole worker can land there (docs/delivery.md).
 Every job keeps its raw payload (`nxjobs:job:<id>:payload`) until it is
 submitted or failed. The sweeper, run by beat per queue family, takes jobs of
 that family still `queued`, `running` or `retrying` whose record has not
-changed for `confirm_s`, and looks for their message in the family's queue
-lists and in kombu's `unacked` hash (a server-side Lua scan, in chunks). A job
+changed for `confirm_s` (the oldest of each kind's state index, nxjobs.keys.job_index,
+at most `per_state` per index and run: nothing it reads grows with history), and
+looks for their message in the family's queue lists (one per priority step,
+nxjobs.broker) and in kombu's `unacked` hash (a server-side Lua scan, in chunks). A job
 found nowhere is a suspect; still found nowhere, with its record unchanged,
 `confirm_s` later, its message is re-published under the same job id and
 payload. The second look rules out a message that was only passing through a
@@ -28,15 +30,17 @@ from typing import Any
 
 import redis
 
-from nxjobs import compact_json, keys, scripts
+from nxjobs import broker, compact_json, keys, scripts
 from nxjobs.jobs import KINDS
 from nxjobs.records import JobState
 
 log = logging.getLogger("nxjobs.recover")
 
 # Kombu's hash of unacked messages (redis transport default `unacked_key`).
-UNACKED_KEY = "unacked"
+UNACKED_KEY = broker.unacked_key()
 SCAN_CHUNK = 2000
+# Candidates read per state index and run: the oldest first, so a backlog is worked through.
+PER_STATE = 1000
 ACTIVE = (JobState.QUEUED.value, JobState.RUNNING.value, JobState.RETRYING.value)
 
 
@@ -48,11 +52,16 @@ class LostMessageSweeper:
         *,
         confirm_s: float,
         clock: Callable[[], float] = time.time,
+        transport_options: dict[str, Any] | None = None,
+        per_state: int = PER_STATE,
     ):
         self.redis = client
         self.publish = publish  # (kind, job id, payload) -> sends the task message
         self.confirm_s = confirm_s
         self.clock = clock
+        # The broker's (Celery's broker_transport_options): they name the queue lists.
+        self.transport_options = dict(transport_options or {})
+        self.per_state = per_state
         self._ids = scripts.register(client, "recover_ids")
 
     def run(self, family: str) -> dict[str, int]:
@@ -108,21 +117,29 @@ class LostMessageSweeper:
         """Active jobs of `family` with a kept payload, unchanged for at least confirm_s."""
         out: dict[str, dict[str, str]] = {}
         cutoff = self.clock() - self.confirm_s
-        ids = [
-            key[len(keys.job("")) : -len(":payload")]
-            for key in self.redis.scan_iter(match=keys.job_payload("*"), count=1000)
-        ]
+        pipe = self.redis.pipeline(transaction=False)
+        for kind in (name for name, k in KINDS.items() if k.queue == family):
+            for state in ACTIVE:
+                pipe.zrangebyscore(
+                    keys.job_index(kind, state), "-inf", cutoff, start=0, num=self.per_state
+                )
+        ids = sorted({job_id for found in pipe.execute() for job_id in found})
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
             pipe = self.redis.pipeline(transaction=False)
             for job_id in chunk:
                 pipe.hmget(keys.job(job_id), "state", "kind", "updated_at")
-            for job_id, (state, kind, updated) in zip(chunk, pipe.execute(), strict=True):
+                pipe.exists(keys.job_payload(job_id))
+            replies = pipe.execute()
+            for job_id, (state, kind, updated), kept in zip(
+                chunk, replies[::2], replies[1::2], strict=True
+            ):
                 if (
                     state not in ACTIVE
                     or kind not in KINDS
                     or KINDS[kind].queue != family
                     or not updated
+                    or not kept
                 ):
                     continue
                 if _epoch(updated) <= cutoff:
@@ -132,10 +149,11 @@ class LostMessageSweeper:
     def _present(self, family: str) -> set[str]:
         """Ids of every message in the family's queue lists (one per priority step) or unacked."""
         found: set[str] = set()
-        for key in self.redis.scan_iter(match=f"{family}*", _type="LIST"):
+        for key in broker.queue_lists(family, self.transport_options):
             for start in range(0, self.redis.llen(key), SCAN_CHUNK):
                 found.update(self._ids(keys=[key], args=["list", start, start + SCAN_CHUNK - 1]))
-        found.update(self._ids(keys=[UNACKED_KEY], args=["hash", 0, -1]))
+        unacked = broker.unacked_key(self.transport_options)
+        found.update(self._ids(keys=[unacked], args=["hash", 0, -1]))
         return found
 
 

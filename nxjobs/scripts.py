@@ -8,11 +8,16 @@ a script that writes a job's `state`, the moves it makes (`-- moves: running -> 
   of the same file is dropped, so a wrapper can hoist a library above a per-entry function.
 - `--#render NAME` puts a Lua statement built from Python data in its place: `fields` (the
   record field names of nxjobs.keys, as table FIELD) and `states` (the transition table of
-  nxjobs.store as ALLOWED_FROM, and the moves the script and its includes declare as MOVES).
+  nxjobs.store as ALLOWED_FROM, and the moves the script and its includes declare as MOVES),
+  `keys` (the key names of nxjobs.keys that lib/state.lua derives, as table KEY, and
+  job_index_key(kind, state) built from nxjobs.keys.job_index).
   A script that writes `state` loads only with that table, which only the store hands in.
 
 No script spells a key: it gets each one as KEYS, or a prefix built by nxjobs.keys as an ARGV
-where it must derive keys itself (members of a batch, a job found by its id).
+where it must derive keys itself (members of a batch, a job found by its id). The one exception
+is set_state (lib/state.lua), which every state write shares: it touches the job indexes, the
+retention hash and the job's payload key without them in KEYS, named by the `keys` render (so
+the store's scripts run on one Redis, never a cluster slot per key).
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ _INCLUDE = re.compile(r"^--#include\s+(\S+)\s*$")
 _RENDER = re.compile(r"^--#render\s+(\S+)\s*$")
 _MOVES = re.compile(r"^--\s*moves:(.*)$")
 _MOVE = re.compile(r"^\s*([a-z]+)\s*->\s*([a-z]+)\s*$")
+# Key names of nxjobs.keys set_state derives (rendered as KEY.<name>).
+KEY_NAMES = ("JOB_KEY_PREFIX", "JOB_PAYLOAD_SUFFIX", "RETENTION")
 # Record fields named in nxjobs.keys that scripts read or write (rendered as FIELD.<name>).
 FIELD_NAMES = (
     "CALLBACK_FIELD",
@@ -170,6 +177,22 @@ def render_fields() -> str:
     return "local FIELD = {" + ", ".join(pairs) + "}"
 
 
+def render_keys() -> str:
+    pairs = (f"{name} = {_lua_str(getattr(keys, name))}" for name in KEY_NAMES)
+    # The index key's shape comes from nxjobs.keys.job_index itself, split around its arguments.
+    head, rest = keys.job_index("\x01", "\x02").split("\x01")
+    middle, tail = rest.split("\x02")
+    body = " .. ".join(
+        part
+        for part in (_lua_str(head), "kind", _lua_str(middle), "state", _lua_str(tail))
+        if part != "''"
+    )
+    return (
+        "local KEY = {" + ", ".join(pairs) + "}\n"
+        f"local function job_index_key(kind, state) return {body} end"
+    )
+
+
 def _root() -> Any:
     return resources.files("nxjobs").joinpath("lua")
 
@@ -200,6 +223,8 @@ def _render(line: str, moves: Moves, table: Moves) -> str:
         return render_states(moves, table)
     if what == "fields":
         return render_fields()
+    if what == "keys":
+        return render_keys()
     raise ScriptError(f"unknown directive --#render {what}")
 
 

@@ -137,14 +137,23 @@ class RecordStore:
         client: Any,
         ttl_s: int = 7 * 24 * 3600,
         callback_deadlines_s: dict[str, float] | None = None,
+        retention_s: dict[str, int] | None = None,
     ):
         self.redis = client
         self.ttl_s = ttl_s
+        # Per state (completed, failed): seconds a record is kept once it enters that state;
+        # other states keep ttl_s. Only a store given it (the workers') writes it to Redis.
+        self.retention_s = dict(retention_s or {})
         # Per job kind: seconds after submission before a job missing callbacks is reconciled.
         self.callback_deadlines_s = callback_deadlines_s or correlate.DEFAULT_DEADLINES_S
         self._transition = register_script(client, "store_transition")
         self._submit = register_script(client, "store_submit")
         self._incr = scripts.register(client, "store_incr_if_exists")
+        self._trim = scripts.register(client, "store_trim_indexes")
+        if self.retention_s:
+            # In Redis, not rendered or passed: every script that moves a job (the receiver's
+            # too) reads the same values, whoever loaded it (lib/state.lua).
+            client.hset(keys.RETENTION, mapping={s: int(v) for s, v in self.retention_s.items()})
 
     def create(
         self,
@@ -175,6 +184,7 @@ class RecordStore:
         if own:
             pipe = self.redis.pipeline(transaction=True)
         pipe.hset(keys.job(job_id), mapping=_encode(fields))
+        pipe.zadd(keys.job_index(kind, JobState.QUEUED.value), {job_id: int(time.time())})
         if expect is not None:
             if expect.needed is not None:
                 pipe.hset(keys.job(job_id), "callbacks_needed", expect.needed)
@@ -193,7 +203,29 @@ class RecordStore:
         return JobRecord.model_validate({**fields, "state": JobState.QUEUED})
 
     def delete(self, job_id: str) -> None:
-        self.redis.delete(keys.job(job_id), keys.job_payload(job_id))
+        kind = self.redis.hget(keys.job(job_id), "kind")
+        pipe = self.redis.pipeline(transaction=True)
+        if kind:
+            for state in JobState:
+                pipe.zrem(keys.job_index(kind, state.value), job_id)
+        pipe.delete(keys.job(job_id), keys.job_payload(job_id))
+        pipe.execute()
+
+    def kept_s(self, state: str) -> int:
+        """How long a record in `state` is kept: its retention, or the record TTL."""
+        return int(self.retention_s.get(state, self.ttl_s))
+
+    def trim_indexes(self, kinds: Iterable[str], limit: int = 10_000) -> int:
+        """Drop from the job indexes of `kinds` the members that entered their state longer ago
+        than the state keeps a record (their records have expired): at most `limit` per call,
+        oldest first. Returns how many were dropped."""
+        index_keys, cutoffs = [], []
+        now = int(time.time())
+        for kind in kinds:
+            for state in JobState:
+                index_keys.append(keys.job_index(kind, state.value))
+                cutoffs.append(str(now - self.kept_s(state.value)))
+        return int(self._trim(keys=index_keys, args=[str(limit), *cutoffs]))
 
     def transition(
         self, job_id: str, state: JobState, *, incr: Iterable[str] = (), **fields: Any

@@ -70,11 +70,14 @@ def reconcile_callbacks(family: str) -> dict:
 
 
 RECOVER_TASK_NAME = "nxjobs.recover_lost_messages"
+# Index members of expired records dropped per family and run (RecordStore.trim_indexes).
+INDEX_TRIM_PER_RUN = 10_000
 
 
 @shared_task(name=RECOVER_TASK_NAME, ignore_result=True)
 def recover_lost_messages(family: str) -> dict:
-    """Re-publish jobs of `family` whose broker message was lost (nxjobs/recover.py)."""
+    """Re-publish jobs of `family` whose broker message was lost (nxjobs/recover.py), and trim
+    the family's job indexes of members whose records have expired (bounded per run)."""
     from celery import current_app
 
     from nxjobs.jobs import KINDS, PRIORITY_RETRY
@@ -106,8 +109,13 @@ def recover_lost_messages(family: str) -> dict:
 
     try:
         report = LostMessageSweeper(
-            svc.redis, publish, confirm_s=svc.settings.recover.confirm_s
+            svc.redis,
+            publish,
+            confirm_s=svc.settings.recover.confirm_s,
+            transport_options=current_app.conf.broker_transport_options,
         ).run(family)
+        family_kinds = [name for name, k in KINDS.items() if k.queue == family]
+        report["index_trimmed"] = svc.store.trim_indexes(family_kinds, limit=INDEX_TRIM_PER_RUN)
     finally:
         try:
             lock.release()

@@ -40,6 +40,7 @@ class Services:
             self.redis,
             ttl_s=self.settings.record_ttl_s,
             callback_deadlines_s=self.settings.callbacks.deadlines_s(),
+            retention_s=self.settings.retention.by_state(),
         )
 
     @cached_property

@@ -11,7 +11,7 @@ from celery import Celery, signals
 from config.settings import load_settings
 from nxjobs.coalesce import SPECS, SWEEP_TASK
 from nxjobs.jobs import KINDS, QUEUES
-from workers.delivery import check_visibility
+from workers.delivery import broker_transport_options, check_visibility
 from workers.queues import TASK_QUEUES, TASK_ROUTES
 
 settings = load_settings()
@@ -49,7 +49,7 @@ app.conf.update(
     # Unacked messages (including countdown retries held by a worker) come back
     # after this long if their worker vanished; it must exceed the longest
     # countdown plus the task time limit (check_visibility above enforces it).
-    broker_transport_options={"visibility_timeout": settings.broker_visibility_timeout_s},
+    broker_transport_options=broker_transport_options(settings),
     # Task events for Flower: states need -E (set by `nxjobs worker`) and "sent" needs this.
     worker_send_task_events=True,
     task_send_sent_event=True,

@@ -32,6 +32,11 @@ def countdown_bounds_s(settings: Settings) -> dict[str, float]:
     }
 
 
+def broker_transport_options(settings: Settings) -> dict[str, float]:
+    """Celery's broker_transport_options; also what names the queue lists (nxjobs.broker)."""
+    return {"visibility_timeout": settings.broker_visibility_timeout_s}
+
+
 def check_visibility(settings: Settings) -> None:
     """Raise DeliveryTimingError unless visibility timeout > time limit + longest
     countdown + slack."""

@@ -4,8 +4,9 @@ health check.
 One process per deployment. Every scrape reads Redis: the counters and histograms
 the workers and the receiver add to (nxjobs.metrics), plus state that is already
 there — queue lists, Celery's unacked hash, the callbacks waiting sets, the
-rate-limiter keys and the job records. Nothing is kept in this process except the
-cached jobs-by-state scan, when each queue was first seen non-empty, and its own two counters.
+rate-limiter keys and the job indexes (a sorted set per kind and state, kept by every state
+write: one ZCARD each, never a scan). Nothing is kept in this process except when each queue
+was first seen non-empty, and its own counter.
 
     GET /metrics   Prometheus text format
     GET /healthz   200 {"ok": true, ...}; 503 when a queue has had messages for longer than
@@ -18,8 +19,7 @@ The HTTP server is bounded against slow or idle clients: a fixed pool of handler
 new connection gets a 503 and is closed at once, never a thread of its own), and a deadline
 for each request (--read-timeout-s: a client that sends nothing, or trickles its request,
 is disconnected once it passes). Scrapes that arrive while one is being computed wait for
-that one's answer instead of reading Redis again, and the job-record SCAN runs once at a
-time (nxjobs_exporter_scans_total counts them).
+that one's answer instead of reading Redis again.
 """
 
 from __future__ import annotations
@@ -42,20 +42,14 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from nxjobs import keys, metrics
+from nxjobs import broker, keys, metrics
 from nxjobs.jobs import KINDS, QUEUES
+from nxjobs.records import JobState
 from nxjobs.redis_conn import connect
 
 log = logging.getLogger("nxjobs.exporter")
 
 DEFAULT_PORT = 9808
-# kombu's Redis transport keeps one list per priority step: `<queue>`, `<queue>\x06\x163`, ...
-_PRIORITY_SEP = "\x06\x16"
-_PRIORITY_STEPS = (0, 3, 6, 9)
-# Celery's Redis transport: messages delivered to a worker but not acknowledged (running or held for
-# a countdown).
-_UNACKED = "unacked"
-_JOB_PREFIX = keys.JOB_KEY_PREFIX
 
 # HTTP server bounds (see the module docstring); each is a command-line option.
 DEFAULT_THREADS = 8
@@ -117,10 +111,6 @@ class SingleFlight(Generic[T]):
         return call.result
 
 
-def queue_keys(queue: str) -> list[str]:
-    return [queue if pri == 0 else f"{queue}{_PRIORITY_SEP}{pri}" for pri in _PRIORITY_STEPS]
-
-
 def dead_letter_key() -> str | None:
     """The dead-letter index (a sorted set of job ids, nxjobs/deadletters.py); None if
     this build lacks it."""
@@ -135,21 +125,22 @@ class Exporter:
     """Reads the metrics from Redis; also decides health. Thread-safe (one lock)."""
 
     def __init__(
-        self, client: redis.Redis, *, stall_s: float, jobs_scan_interval_s: float, clock=time.time
+        self,
+        client: redis.Redis,
+        *,
+        stall_s: float,
+        clock=time.time,
+        transport_options: dict[str, Any] | None = None,
     ):
         self.redis = client
         self.stall_s = stall_s
-        self.jobs_scan_interval_s = jobs_scan_interval_s
         self.clock = clock
+        # Celery's broker_transport_options: they name the queue lists and the unacked hash.
+        self.transport_options = dict(transport_options or {})
         self._lock = threading.Lock()
-        self._jobs: dict[tuple[str, str], int] = {}
-        self._jobs_at = float("-inf")
         self._nonempty_since: dict[str, float] = {}
-        # One job-record SCAN at a time, shared by the scrapes that need it meanwhile.
-        self._scan_flight: SingleFlight[dict[tuple[str, str], int]] = SingleFlight()
         # One /metrics answer at a time, shared by the scrapes that arrive while it is computed.
         self.metrics_flight: SingleFlight[bytes] = SingleFlight()
-        self.scans = 0  # job-record SCANs started (nxjobs_exporter_scans_total)
         self.refused = (
             0  # connections closed unserved, pool busy (nxjobs_exporter_connections_refused_total)
         )
@@ -158,12 +149,12 @@ class Exporter:
 
     def queue_depths(self) -> dict[str, int]:
         pipe = self.redis.pipeline(transaction=False)
-        for qname in QUEUES:
-            for key in queue_keys(qname):
+        lists = {qname: broker.queue_lists(qname, self.transport_options) for qname in QUEUES}
+        for names in lists.values():
+            for key in names:
                 pipe.llen(key)
-        lengths = pipe.execute()
-        n = len(_PRIORITY_STEPS)
-        return {queue: sum(lengths[i * n : (i + 1) * n]) for i, queue in enumerate(QUEUES)}
+        lengths = iter(pipe.execute())
+        return {qname: sum(next(lengths) for _ in names) for qname, names in lists.items()}
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         """Unhealthy if any queue has had messages for over stall_s with no attempt
@@ -195,41 +186,13 @@ class Exporter:
         return ok, {"ok": ok, "stall_s": self.stall_s, "queues": queues}
 
     def jobs_by_state(self) -> dict[tuple[str, str], int]:
-        """(kind, state) -> number of job records, from a SCAN at most every jobs_scan_interval_s.
-        A caller arriving while a SCAN runs gets that SCAN's counts."""
-        with self._lock:
-            if self.clock() - self._jobs_at < self.jobs_scan_interval_s:
-                return dict(self._jobs)
-        return dict(self._scan_flight.do(self._scan_jobs))
-
-    def _scan_jobs(self) -> dict[tuple[str, str], int]:
-        with self._lock:
-            self.scans += 1
-        counts: dict[tuple[str, str], int] = {
-            (k, s): 0
-            for k in KINDS
-            for s in ("queued", "running", "retrying", "submitted", "completed", "failed")
-        }
-        batch: list[str] = []
-
-        def flush() -> None:
-            pipe = self.redis.pipeline(transaction=False)
-            for key in batch:
-                pipe.hmget(key, "kind", "state")
-            for kind, state in pipe.execute():
-                if kind and state:
-                    counts[(kind, state)] = counts.get((kind, state), 0) + 1
-            batch.clear()
-
-        for key in self.redis.scan_iter(match=_JOB_PREFIX + "*", count=1000, _type="HASH"):
-            batch.append(key)
-            if len(batch) >= 1000:
-                flush()
-        if batch:
-            flush()
-        with self._lock:
-            self._jobs, self._jobs_at = counts, self.clock()
-        return counts
+        """(kind, state) -> number of jobs, from the job indexes: one pipeline of kinds x states
+        ZCARDs, whatever the size of Redis."""
+        cells = [(kind, state.value) for kind in KINDS for state in JobState]
+        pipe = self.redis.pipeline(transaction=False)
+        for kind, state in cells:
+            pipe.zcard(keys.job_index(kind, state))
+        return dict(zip(cells, (int(n) for n in pipe.execute()), strict=True))
 
     # ---- the Prometheus collector ---------------------------------------------
 
@@ -239,7 +202,7 @@ class Exporter:
         pipe.hgetall(keys.METRICS_COUNTERS)
         pipe.hgetall(keys.METRICS_HISTOGRAMS)
         pipe.hgetall(keys.METRICS_CONSUMED)
-        pipe.hlen(_UNACKED)
+        pipe.hlen(broker.unacked_key(self.transport_options))
         for family in QUEUES:
             pipe.zcard(keys.callbacks_waiting(family))
         dead = dead_letter_key()
@@ -254,7 +217,7 @@ class Exporter:
 
         jobs = GaugeMetricFamily(
             "nxjobs_jobs",
-            "Job records by kind and state (records expire after NXJOBS_RECORD_TTL_S)",
+            "Jobs by kind and state (the job indexes; finished ones kept per NXJOBS_RETENTION__*)",
             labels=["kind", "state"],
         )
         for (kind, state), n in sorted(self.jobs_by_state().items()):
@@ -413,12 +376,7 @@ class Exporter:
         )
 
         with self._lock:
-            scans, refused = self.scans, self.refused
-        yield CounterMetricFamily(
-            "nxjobs_exporter_scans",
-            "SCANs of the job records this exporter process ran (concurrent scrapes share one)",
-            value=scans,
-        )
+            refused = self.refused
         yield CounterMetricFamily(
             "nxjobs_exporter_connections_refused",
             "Connections closed unserved because every handler thread was busy",
@@ -698,6 +656,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--threads must be >= 1, --pending >= 0 and --read-timeout-s > 0")
 
     from config.settings import load_settings
+    from workers.delivery import broker_transport_options
     from workers.logs import setup_logging
 
     settings = load_settings()
@@ -705,7 +664,7 @@ def main(argv: list[str] | None = None) -> int:
     exporter = Exporter(
         connect(settings.redis_url),
         stall_s=settings.metrics.stall_s,
-        jobs_scan_interval_s=settings.metrics.jobs_scan_interval_s,
+        transport_options=broker_transport_options(settings),
     )
     server = make_server(
         exporter,

@@ -21,6 +21,8 @@
 --   counted), 4 deferred (a failed call is looked up at the provider instead); submitted_at
 --   (unix s) only from the callback that completed the job, once per job.
 -- moves: submitted -> completed, failed -> completed
+-- Beyond KEYS, set_state touches the job indexes, the retention hash and the payload key
+-- (lib/state.lua; their names rendered from nxjobs.keys).
 --#include lib/state.lua
 --#include lib/fields.lua
 local replay = ARGV[18] ~= ''

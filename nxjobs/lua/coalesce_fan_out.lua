@@ -14,6 +14,8 @@
 -- Returns the ids of members completed at once (their callback came first).
 -- moves: running -> submitted, retrying -> submitted, submitted -> completed
 -- moves: running -> failed, retrying -> failed
+-- Beyond KEYS, set_state touches the job indexes, the retention hash and the payload key
+-- (lib/state.lua; their names rendered from nxjobs.keys).
 --#include lib/state.lua
 --#include lib/prove_early.lua
 local prefix, ttl = ARGV[1], tonumber(ARGV[5])
@@ -29,6 +31,7 @@ local function record(id, outcome, doc)
     cur[2] = '0'
   end
   -- The member's own story: its request was tried as often as its batch was.
+  local now_in = 'failed'
   if outcome == 'f' then
     set_state(jk, 'failed', 'error', doc, FIELD.BATCH_SHARED, 'request', 'updated_at', ARGV[2],
               'attempts', ARGV[8], 'throttles', ARGV[9])
@@ -43,7 +46,9 @@ local function record(id, outcome, doc)
   end
   if outcome ~= 'f' then
     -- Its callback may have come first: then it is complete now.
+    now_in = 'submitted'
     if tonumber(cur[2] or '0') >= 1 and set_state(jk, 'completed') then
+      now_in = 'completed'
       table.insert(completed, id)
     else
       table.insert(waiting, ARGV[4])
@@ -51,7 +56,7 @@ local function record(id, outcome, doc)
     end
     if ARGV[12] ~= '' then redis.call('HSET', jk, FIELD.PROOF_ID, ARGV[12]) end
   end
-  redis.call('EXPIRE', jk, ttl)
+  keep_record(jk, now_in, ttl)
 end
 for _, id in ipairs(cjson.decode(ARGV[11])) do record(id, 's', false) end
 for i = 13, #ARGV, 3 do record(ARGV[i], ARGV[i + 1], ARGV[i + 2]) end

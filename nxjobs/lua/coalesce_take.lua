@@ -10,6 +10,8 @@
 -- Returns {0 nothing taken | 1 built before | 2 built now | 3 already sent and recorded,
 --          members JSON [[id, key], ...], pending left, items JSON {id: item JSON}}.
 -- moves: queued -> running
+-- Beyond KEYS, set_state touches the job indexes, the retention hash and the payload key
+-- (lib/state.lua; their names rendered from nxjobs.keys).
 --#include lib/state.lua
 --#include lib/fields.lua
 -- The pending list's length, with the groups set made to agree with it.

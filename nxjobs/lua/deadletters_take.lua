@@ -8,6 +8,8 @@
 --    0 record is no longer failed (e.g. reconciliation completed it): stale entry removed
 --   -1 no such entry
 -- moves: failed -> queued
+-- Beyond KEYS, set_state touches the job indexes, the retention hash and the payload key
+-- (lib/state.lua; their names rendered from nxjobs.keys).
 --#include lib/state.lua
 local entry = redis.call('HGET', KEYS[3], ARGV[1])
 if not entry then return {-1, ''} end

@@ -10,6 +10,8 @@
 -- Returns as store_transition.lua plus the state the job is left in: `completed` tells the
 --   caller the callbacks had all come before the submit result.
 -- moves: running -> submitted, submitted -> completed
+-- Beyond KEYS, set_state touches the job indexes, the retention hash and the payload key
+-- (lib/state.lua; their names rendered from nxjobs.keys).
 --#include lib/state.lua
 --#include lib/prove_early.lua
 local moved, cur = set_state(KEYS[1], 'submitted', 'updated_at', ARGV[1], 'submitted_at', ARGV[7],
@@ -31,6 +33,6 @@ if done >= tonumber(ARGV[5]) and set_state(KEYS[1], 'completed') then
 else
   redis.call('ZADD', KEYS[2], ARGV[6], ARGV[4])
 end
-redis.call('EXPIRE', KEYS[1], ttl)
+keep_record(KEYS[1], state, ttl)
 local counts = redis.call('HMGET', KEYS[1], 'attempts', 'throttles')
 return {1, cur, tonumber(counts[1] or '0'), tonumber(counts[2] or '0'), state}

@@ -10,12 +10,14 @@
 -- moves: running -> retrying
 -- moves: submitted -> completed
 -- moves: queued -> failed, running -> failed, retrying -> failed, submitted -> failed
+-- Beyond KEYS, set_state touches the job indexes, the retention hash and the payload key
+-- (lib/state.lua; their names rendered from nxjobs.keys).
 --#include lib/state.lua
 local moved, cur = set_state(KEYS[1], ARGV[1], 'updated_at', ARGV[2])
 if not cur then return {-1, '', 0, 0} end
 if not moved then return {0, cur, 0, 0} end
 for counter in string.gmatch(ARGV[4], '[^,]+') do redis.call('HINCRBY', KEYS[1], counter, 1) end
 for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
+keep_record(KEYS[1], ARGV[1], tonumber(ARGV[3]))
 local counts = redis.call('HMGET', KEYS[1], 'attempts', 'throttles')
 return {1, cur, tonumber(counts[1] or '0'), tonumber(counts[2] or '0')}

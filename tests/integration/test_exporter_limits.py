@@ -1,7 +1,7 @@
 """The exporter's HTTP server against slow, idle and concurrent clients, over real sockets:
 a connection that sends nothing or trickles is closed at the read deadline, idle connections
 never cost a thread each (a fixed pool, then a 503 and close), and concurrent scrapes share
-one computation and one job-record SCAN."""
+one computation."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import redis
 import requests
 
 from nxjobs.redis_conn import connect
+from nxjobs.store import RecordStore
 from tests.integration.test_operations import samples, start_exporter
 from workers.devstack import ServiceProcess
 from workers.exporter import DEFAULT_READ_TIMEOUT_S, Exporter, SingleFlight, make_server
@@ -141,8 +142,8 @@ def test_many_idle_connections_use_a_fixed_pool_and_the_rest_are_refused_quickly
 
 @pytest.fixture()
 def in_process(db_url):
-    """The exporter's server in a thread of this process, on its own Redis db (scan interval 0)."""
-    exporter = Exporter(connect(db_url), stall_s=300, jobs_scan_interval_s=0)
+    """The exporter's server in a thread of this process, on its own Redis db."""
+    exporter = Exporter(connect(db_url), stall_s=300)
     server = make_server(exporter, "127.0.0.1", 0, threads=16, pending=4, read_timeout_s=5)
     thread = threading.Thread(
         target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
@@ -166,18 +167,20 @@ def wait_until(fn, timeout_s: float) -> bool:
     return fn()
 
 
-def test_concurrent_scrapes_share_one_scan(in_process):
+def test_concurrent_scrapes_share_one_answer(in_process):
     exporter, url = in_process
-    exporter.redis.hset("nxjobs:job:one", mapping={"kind": "call", "state": "queued"})
-    # Given a job-record SCAN that does not finish until the test says so
+    RecordStore(exporter.redis).create("one", "call", {})
+    # Given job counts that do not come back until the test says so
     release = threading.Event()
-    real_scan = exporter._scan_jobs
+    real_counts = exporter.jobs_by_state
+    calls = []
 
-    def held_scan():
-        assert release.wait(20), "the test never released the scan"
-        return real_scan()
+    def held_counts():
+        calls.append(1)
+        assert release.wait(20), "the test never released the job counts"
+        return real_counts()
 
-    exporter._scan_jobs = held_scan
+    exporter.jobs_by_state = held_counts
     # When 10 scrapes arrive while the first one is computing
     n = 10
     results: list[requests.Response | BaseException] = []
@@ -199,45 +202,19 @@ def test_concurrent_scrapes_share_one_scan(in_process):
         release.set()
         for t in threads:
             t.join(30)
-    # Then exactly one scan ran, and every scrape got its answer
-    assert exporter.scans == 1
+    # Then Redis was read once, and every scrape got its answer
+    assert len(calls) == 1
     assert len(results) == n and all(
         isinstance(r, requests.Response) and r.status_code == 200 for r in results
     ), results
     bodies = {r.text for r in results}
     assert len(bodies) == 1
     got = samples(bodies.pop())
-    assert got["nxjobs_exporter_scans_total"] == [("", 1.0)]
+    assert "nxjobs_exporter_scans_total" not in got
     assert ('{kind="call",state="queued"}', 1.0) in got["nxjobs_jobs"]
-    # And a scrape after it scans anew (shared while running, never a stale answer)
-    exporter._scan_jobs = real_scan
+    # And a scrape after it reads anew (shared while running, never a stale answer)
     assert requests.get(url + "/metrics", timeout=10).status_code == 200
-    assert exporter.scans == 2
-
-
-def test_concurrent_job_counts_share_one_scan_even_without_the_metrics_page(in_process):
-    exporter, _ = in_process
-    release = threading.Event()
-    real_scan = exporter._scan_jobs
-
-    def held_scan():
-        assert release.wait(20)
-        return real_scan()
-
-    exporter._scan_jobs = held_scan
-    out: list = []
-    threads = [
-        threading.Thread(target=lambda: out.append(exporter.jobs_by_state())) for _ in range(6)
-    ]
-    for t in threads:
-        t.start()
-    try:
-        assert wait_until(lambda: exporter._scan_flight.waiting == 5, 10)
-    finally:
-        release.set()
-        for t in threads:
-            t.join(20)
-    assert exporter.scans == 1 and len(out) == 6 and all(o == out[0] for o in out)
+    assert len(calls) == 2
 
 
 def test_a_failed_shared_scrape_fails_every_waiter_and_the_next_one_retries():

@@ -178,9 +178,7 @@ def samples(text: str) -> dict[str, list[tuple[str, float]]]:
 def test_metrics_endpoint_exposes_every_metric_after_a_demo_run(
     cb_producer, cb_sandbox, callbacks_worker, callbacks_env, tmp_path
 ):
-    exporter, url = start_exporter(
-        {**callbacks_env, "NXJOBS_METRICS__JOBS_SCAN_INTERVAL_S": "0"}, str(tmp_path)
-    )
+    exporter, url = start_exporter(callbacks_env, str(tmp_path))
     try:
         # Given a job the provider throttles ("too frequent") until told to stop
         cb_sandbox.configure(throttle_rate=1.0)

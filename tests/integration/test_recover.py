@@ -27,7 +27,9 @@ def _job(client, job_id: str, kind: str = "call") -> None:
     RecordStore(client).create(
         job_id, kind, {"phone": "861******8000"}, payload={"phone": "8613800138000"}
     )
-    client.hset(keys.job(job_id), "updated_at", "2020-01-01T00:00:00.000Z")  # unchanged for long
+    # Unchanged for long: its record, and when it entered its state (the index score).
+    client.hset(keys.job(job_id), "updated_at", "2020-01-01T00:00:00.000Z")
+    client.zadd(keys.job_index(kind, "queued"), {job_id: 1577836800}, xx=True)
 
 
 def _message(job_id: str) -> str:

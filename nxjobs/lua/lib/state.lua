@@ -4,14 +4,37 @@
 -- is in now and the script being run declares the move in a `-- moves:` line (MOVES).
 -- Returns (true, state before) when written, (false, state before) when refused, nothing
 -- written; state before is false for a job with no record (`new` in the table and the moves).
+-- With the write it keeps the job indexes (nxjobs.keys.job_index: the id leaves the old state's
+-- sorted set and enters the new one's, scored by Redis TIME) and, for a state the retention hash
+-- (nxjobs.keys.RETENTION) names, expires the record and its payload key after that state's
+-- retention. Keys it touches that are not in the caller's KEYS: those indexes, the retention
+-- hash and the payload key, all named by the keys render from nxjobs.keys.
+-- keep_record(jk, state, ttl): what a script calls instead of EXPIRE after set_state: the record
+-- TTL `ttl`, unless `state` has its own retention (then set_state has set it already).
+--#render keys
 --#render states
 local function set_state(jk, to, ...)
-  local from = redis.call('HGET', jk, 'state')
+  local cur = redis.call('HMGET', jk, 'state', 'kind')
+  local from, kind = cur[1], cur[2]
   local was = from or ''
   local table_allows, script_moves = ALLOWED_FROM[to], MOVES[to]
   if not (table_allows and table_allows[was] and script_moves and script_moves[was]) then
     return false, from
   end
   redis.call('HSET', jk, 'state', to, ...)
+  if not kind then kind = redis.call('HGET', jk, 'kind') end
+  if kind then
+    local id = string.sub(jk, #KEY.JOB_KEY_PREFIX + 1)
+    if from then redis.call('ZREM', job_index_key(kind, from), id) end
+    redis.call('ZADD', job_index_key(kind, to), redis.call('TIME')[1], id)
+  end
+  local keep = redis.call('HGET', KEY.RETENTION, to)
+  if keep then
+    redis.call('EXPIRE', jk, keep)
+    redis.call('EXPIRE', jk .. KEY.JOB_PAYLOAD_SUFFIX, keep)
+  end
   return true, from
+end
+local function keep_record(jk, state, ttl)
+  if not redis.call('HGET', KEY.RETENTION, state) then redis.call('EXPIRE', jk, ttl) end
 end
