@@ -25,7 +25,8 @@ The job records of part 1 stay in Redis for part 2 (a live deployment has record
 filler keys take about 2 GB of Redis memory and a minute to populate.
 
 Usage: python bench/scale.py [--filler 0,2000000] [--window-s 60] [--scrape-s 15]
-       [--jobs 200] [--kinds call,number-check,...] [--max-window-s S]
+       [--jobs 200] [--kinds call,number-check,...] [--max-window-s S] [--watch-scans]
+`--watch-scans` also counts SCAN and KEYS by pattern (through MONITOR, which costs Redis CPU).
 The issue's figures, to compare: 0.011 CPU s/s with 22 k keys, 0.669 with 2 M more; slowest
 scrape 0.11 s, 1.85 s; 2 978 B per completed coalesced one-number check, 2 482 B per completed
 call with its CDR. Targets: at most 2x and under 0.05 CPU s/s with 2 M and 20 M filler keys;
@@ -535,6 +536,8 @@ def _print_idle(rows: list[dict]) -> None:
     for r in rows:
         runs = " ".join(f"{e}={s}/{d}" for e, (s, d) in sorted(r["periodic"].items()))
         print(f"   filler {r['filler']}: beat entry=sent/task succeeded: {runs}")
+        if r["scans_by_pattern"] is not None:
+            print(f"   filler {r['filler']}: SCAN/KEYS by pattern: {r['scans_by_pattern']}")
 
 
 def _counts(text: str) -> list[int]:
@@ -580,6 +583,12 @@ def main(argv: list[str] | None = None) -> int:
         default=",".join(KIND_ORDER),
         help="comma-separated job kinds for the memory figures; empty: none (default: all)",
     )
+    ap.add_argument(
+        "--watch-scans",
+        action="store_true",
+        help="also count SCAN and KEYS by pattern in each window, through MONITOR (which costs "
+        "Redis CPU: the CPU figures are then not comparable)",
+    )
     args = ap.parse_args(argv)
     fillers = _counts(args.filler)
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
@@ -609,7 +618,11 @@ def main(argv: list[str] | None = None) -> int:
             took = populate(stack, count) if count else 0.0
             print(f"filler {count}: populated in {took:.1f}s; idle window...", flush=True)
             row = idle_window(
-                stack, min_s=args.window_s, scrape_s=args.scrape_s, max_s=max_window_s
+                stack,
+                min_s=args.window_s,
+                scrape_s=args.scrape_s,
+                max_s=max_window_s,
+                watch_scans=args.watch_scans,
             )
             row["filler"] = count
             idle_rows.append(row)
