@@ -39,6 +39,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -194,7 +195,7 @@ def running_stack(intervals: dict[str, float], extra_env: dict[str, str] | None 
         finally:
             for proc in reversed(procs):
                 proc.stop()
-                proc.cleanup()
+            shutil.rmtree(log_root, ignore_errors=True)
 
 
 def populate(stack: Stack, count: int) -> float:
