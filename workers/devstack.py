@@ -104,10 +104,14 @@ class RedisServer:
         appendonly: bool = True,
         executable: str | None = None,
         start_timeout: float = 10.0,
+        debug_command: bool = False,
     ):
         self.executable = executable or find_redis_server()
         self._port = port or free_port()
         self.appendonly = appendonly
+        # Benches and tests only (DEBUG POPULATE fills millions of keys in one call); Redis 7
+        # refuses DEBUG unless enabled, and a shipped Redis never enables it.
+        self.debug_command = debug_command
         self.start_timeout = start_timeout
         self._tmp: tempfile.TemporaryDirectory | None = None
         self.dir: Path | None = None
@@ -162,6 +166,8 @@ class RedisServer:
             "--logfile",
             str(self.logfile),
         ]
+        if self.debug_command:
+            cmd += ["--enable-debug-command", "local"]
         self.proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
         )
@@ -474,3 +480,28 @@ def start_beat(
         proc.stop()
         raise
     return proc
+
+
+def start_exporter(
+    env: dict[str, str],
+    log_dir: str | None = None,
+    *args: str,
+    timeout_s: float = 20.0,
+) -> tuple[ServiceProcess, str]:
+    """`python -m workers.exporter --port 0 ARGS` (what `nxjobs exporter` runs); returns the
+    process and its base URL once /livez answers."""
+    proc = ServiceProcess(
+        "exporter",
+        [_python(), "-m", "workers.exporter", "--port", "0", *args],
+        env=env,
+        log_dir=log_dir,
+        cwd=project_root(),
+    ).start()
+    try:
+        line = proc.wait_for_log("exporter listening on ", timeout_s)
+        url = line.split("exporter listening on ", 1)[1].strip()
+        _wait_ready(proc, url + "/livez", timeout_s)
+    except BaseException:
+        proc.stop()
+        raise
+    return proc, url

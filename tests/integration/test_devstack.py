@@ -86,3 +86,14 @@ def test_port_clash_fails_clearly(redis_server_bin):
         with pytest.raises(RuntimeError, match="log tail"):
             with RedisServer(port=r.port, executable=redis_server_bin):
                 pass
+
+
+def test_debug_command_is_off_unless_asked_for(redis_server_bin):
+    # As shipped: DEBUG refused, so nothing outside a bench or a test can populate or crash it.
+    with RedisServer(executable=redis_server_bin, appendonly=False) as r:
+        assert _raw(r.port, b"DEBUG POPULATE 10 filler:\r\n").startswith(b"-ERR")
+        assert _raw(r.port, b"DBSIZE\r\n") == b":0\r\n"
+    # A bench's or a test's server: one DEBUG POPULATE fills the keys.
+    with RedisServer(executable=redis_server_bin, appendonly=False, debug_command=True) as r:
+        assert _raw(r.port, b"DEBUG POPULATE 1000 filler:\r\n").startswith(b"+OK")
+        assert _raw(r.port, b"DBSIZE\r\n") == b":1000\r\n"

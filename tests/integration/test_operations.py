@@ -16,30 +16,19 @@ import requests
 
 from nxjobs.records import JobState
 from sandbox import accounts
-from workers.devstack import ServiceProcess, _wait_ready, free_port, project_root, start_worker
+from workers.devstack import (
+    ServiceProcess,
+    _wait_ready,
+    free_port,
+    project_root,
+    start_exporter,
+    start_worker,
+)
 
 pytestmark = pytest.mark.integration
 
 WAIT_S = 20
 SECRETS = (accounts.API2_ACCESS_SECRET, accounts.CALLBOT_SECRET_KEY, accounts.AGENT_SECRETKEY)
-
-
-def start_exporter(env: dict[str, str], log_dir: str, *args: str) -> tuple[ServiceProcess, str]:
-    proc = ServiceProcess(
-        "exporter",
-        [sys.executable, "-m", "workers.exporter", "--port", "0", *args],
-        env=env,
-        log_dir=log_dir,
-        cwd=project_root(),
-    ).start()
-    try:
-        line = proc.wait_for_log("exporter listening on ", 20)
-        url = line.split("exporter listening on ", 1)[1].strip()
-        _wait_ready(proc, url + "/livez", 20)
-    except BaseException:
-        proc.stop()
-        raise
-    return proc, url
 
 
 def poll(fn, timeout_s: float, interval_s: float = 0.2):
