@@ -93,3 +93,21 @@ def test_an_entry_rewritten_since_it_was_read_is_not_deleted(db_url):
     assert forget(keys=[keys.WORKERS_HELD], args=["w@h", encode(0.5, [])]) == 0
     assert forget(keys=[keys.WORKERS_HELD], args=["w@h", encode(1.0, [])]) == 1
     assert client.hlen(keys.WORKERS_HELD) == 0
+
+
+def test_a_worker_killed_with_9_while_holding_slot_waiting_calls_strands_none(redis_server):
+    """60 calls under a makecall quota of 2/s (30 s of quota), 2 workers -c 4, the visibility
+    timeout an hour: one worker's whole process group is killed while it lists more messages
+    than it can run (countdowns waiting for a slot), and no fresh worker starts."""
+    from bench.chaos import HELD_MAKECALL_RATE, run_scenario
+
+    jobs = 60
+    r = run_scenario("kill-held", jobs=jobs, timeout_s=150, concurrency=4, submit_s=3)
+    assert r.submitted == jobs
+    assert r.held_tags > 0 and r.held_jobs > 0, "the killed worker held nothing"
+    quota_s = jobs / HELD_MAKECALL_RATE
+    assert r.held_settled_s is not None and r.held_settled_s <= 60 + quota_s, r.held_settled_s
+    assert r.restored >= r.held_jobs > 0
+    assert r.lost == 0, r.lost_ids
+    assert r.duplicates == 0, r.duplicate_kinds
+    assert r.completed + sum(r.failed.values()) + r.awaiting_callbacks == jobs, r.failed_detail
