@@ -38,6 +38,8 @@ log = logging.getLogger("nxjobs.held")
 # Entries of `unacked_index` read per page, and at most per run (never the whole `unacked` hash).
 SCAN_PAGE = 500
 SCAN_MAX = 20_000
+# Job ids named in the one log line of a run (a line stays readable after a big worker died).
+LOG_JOBS = 100
 
 
 @dataclass(frozen=True)
@@ -163,11 +165,14 @@ class HeldMessages:
         if run.restored:
             by_queue = Counter(queue for _job, queue in run.restored)
             metrics.record_restored(self.redis, by_queue)
+            shown = run.restored[:LOG_JOBS]
+            more = len(run.restored) - len(shown)
             log.warning(
-                "put back %d message(s) no live worker holds (delivered over %.0fs ago): jobs %s",
+                "put back %d message(s) no live worker holds (delivered over %.0fs ago): jobs %s%s",
                 len(run.restored),
                 self.grace_s,
-                " ".join(f"{job}@{queue}" for job, queue in run.restored),
+                " ".join(f"{job}@{queue}" for job, queue in shown),
+                f" and {more} more" if more else "",
             )
         return run
 
