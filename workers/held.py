@@ -80,18 +80,20 @@ class HeldThread(threading.Thread):
 
     def run(self) -> None:
         conn = self.app.connection_for_write()
+        held: HeldMessages | None = None
+        failing = False
         try:
-            held = HeldMessages(
-                connect(self.redis_url),
-                conn.default_channel,
-                node=self.node,
-                interval_s=self.settings.interval_s,
-                grace_s=self.settings.grace(),
-                restore_limit=self.settings.restore_limit,
-            )
-            failing = False
             while not self._stop_event.is_set():
                 try:
+                    if held is None:  # here, so Redis away at startup is only a failed tick
+                        held = HeldMessages(
+                            connect(self.redis_url),
+                            conn.default_channel,
+                            node=self.node,
+                            interval_s=self.settings.interval_s,
+                            grace_s=self.settings.grace(),
+                            restore_limit=self.settings.restore_limit,
+                        )
                     self.tick(held)
                     failing = False
                 except Exception:  # noqa: BLE001 - Redis away: the next tick tries again
@@ -100,7 +102,10 @@ class HeldThread(threading.Thread):
                     failing = True
                 self._stop_event.wait(self.settings.interval_s)
             # worker_shutdown comes after the consumer closed: what it held went back already.
-            held.forget_self()
+            if held is not None:
+                held.forget_self()
+        except Exception:  # noqa: BLE001 - the entry ages out; another worker deletes it
+            log.warning("held messages: could not delete this worker's entry", exc_info=True)
         finally:
             conn.release()
 
@@ -114,7 +119,10 @@ _threads: list[HeldThread] = []
 
 
 def start(app: Any, consumer: Any, settings: Settings) -> None:
-    stop()
+    if any(t.is_alive() for t in _threads):
+        # Celery sends worker_ready once; were it sent again, a restart would leave a gap in
+        # this worker's list.
+        return
     thread = HeldThread(app, consumer, settings)
     thread.start()
     _threads.append(thread)

@@ -1,8 +1,11 @@
-"""The orphan rule of nxjobs/held.py: which unacked messages no live worker holds."""
+"""The orphan rule of nxjobs/held.py (which unacked messages no live worker holds), and what a
+worker lists as held (workers/held.py)."""
 
 from __future__ import annotations
 
 import json
+import time
+from types import SimpleNamespace
 
 import pytest
 
@@ -82,3 +85,35 @@ def test_the_grace_defaults_to_three_intervals_and_must_cover_two():
     assert HeldSettings(interval_s=2, grace_s=4).grace() == 4.0
     with pytest.raises(ValueError, match="GRACE_S"):
         HeldSettings(interval_s=5, grace_s=9)
+
+
+def _request(tag: str):
+    from celery.worker.request import Request
+
+    req = Request.__new__(Request)  # only what the list reads: its delivery info
+    req._delivery_info = {"delivery_tag": tag}
+    return req
+
+
+def test_a_workers_list_names_reserved_active_timer_held_and_channel_delivered_messages():
+    from celery.worker import state
+    from kombu.asynchronous.timer import Timer
+
+    from workers.held import held_tags
+
+    reserved, active, eta = _request("t-reserved"), _request("t-active"), _request("t-eta")
+    timer = Timer()
+    timer.call_at(time.time() + 60, lambda req: None, (eta,), priority=6)  # a countdown
+    timer.call_at(time.time() + 60, lambda: None, ())  # not a request: skipped
+    channel = SimpleNamespace(qos=SimpleNamespace(_delivered={"t-popped": object()}))
+    consumer = SimpleNamespace(timer=timer, task_consumer=SimpleNamespace(channel=channel))
+    state.reserved_requests.add(reserved)
+    state.active_requests.add(active)
+    try:
+        assert held_tags(consumer) == {"t-reserved", "t-active", "t-eta", "t-popped"}
+        # Reconnecting: no task consumer yet; the requests are still listed.
+        assert held_tags(SimpleNamespace(timer=timer)) == {"t-reserved", "t-active", "t-eta"}
+    finally:
+        state.reserved_requests.discard(reserved)
+        state.active_requests.discard(active)
+        timer.clear()
