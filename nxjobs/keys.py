@@ -175,6 +175,14 @@ def recover_lock(family: str) -> str:
 DEAD_ENTRIES = f"{PREFIX}:dead:entries"
 
 
+# Hash worker node name -> {"at": unix time, "tags": [delivery tags]}: what each worker's main
+# process holds (running, prefetched, countdowns in its timer), rewritten every interval
+# (nxjobs/held.py). A dead worker's entry is deleted once none of its tags is unacked any more.
+WORKERS_HELD = f"{PREFIX}:workers:held"
+# Held (SET NX PX) by the one worker putting back orphaned messages.
+WORKERS_HELD_LOCK = f"{PREFIX}:workers:held:lock"
+
+
 # ---- coalescing (nxjobs.coalesce) ------------------------------------------------
 
 

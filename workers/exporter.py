@@ -246,6 +246,12 @@ class Exporter:
             "unmatched, dropped, deferred, store_error, refused) and refusal reason",
             labels=["outcome", "reason"],
         )
+        restored = CounterMetricFamily(
+            "nxjobs_held_restored",
+            "Messages put back on their queue because no live worker held them (a worker "
+            "killed; nxjobs/held.py), by queue",
+            labels=["queue"],
+        )
         for field, value in counters.items():
             what, _, rest = field.partition("|")
             if what == "attempt":
@@ -259,10 +265,13 @@ class Exporter:
                 # (nxjobs.metrics.queue_callback_outcomes).
                 outcome, _, reason = rest.partition(":")
                 callbacks.add_metric([outcome, reason], float(value))
+            elif what == "restored":
+                restored.add_metric([rest], float(value))
         yield attempts
         yield responses
         yield throttles
         yield callbacks
+        yield restored
 
         for name, series, buckets, label_name, help_text in (
             (
