@@ -61,7 +61,7 @@ def test_orphans_go_back_first_in_line_and_a_live_workers_messages_stay(db_url):
         assert client.hget(keys.METRICS_COUNTERS, "restored|agent") == "1"
         restored = {
             f.name: [(s.labels, s.value) for s in f.samples]
-            for f in Exporter(client, stall_s=300, jobs_scan_interval_s=30).collect()
+            for f in Exporter(client, stall_s=300).collect()
         }["nxjobs_held_restored"]
         assert restored == [({"queue": "agent"}, 1.0)]
         # Nothing left to do: a second run puts nothing back.
