@@ -380,9 +380,9 @@ def _all_keys(client) -> set[str]:
 
 def _quiet(stack: Stack, client, timeout_s: float) -> bool:
     """Until no message is queued or unacked and the sandbox sent every callback it queued."""
+    from nxjobs.broker import queue_lists
     from nxjobs.jobs import QUEUES
     from sandbox.control import SandboxControl
-    from nxjobs.broker import queue_lists
 
     deadline = time.monotonic() + timeout_s
     with SandboxControl(stack.sandbox_url) as control:
