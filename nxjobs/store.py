@@ -256,7 +256,7 @@ class RecordStore:
     ) -> list[Any]:
         """The submitted transition with its callback bookkeeping (nxjobs/lua/store_submit.lua)."""
         kind = self.redis.hget(keys.job(job_id), "kind")
-        expect = correlate.on_submit(kind, fields.get("result"))
+        expect = correlate.on_submit(kind, fields.get("result"), job_id)
         now = time.time()
         family = KINDS[kind].queue if kind in KINDS else "none"
         due_at = now + float(self.callback_deadlines_s.get(kind or "", 0.0))
