@@ -5,10 +5,11 @@
 -- Returns (true, state before) when written, (false, state before) when refused, nothing
 -- written; state before is false for a job with no record (`new` in the table and the moves).
 -- With the write it keeps the job indexes (nxjobs.keys.job_index: the id leaves the old state's
--- sorted set and enters the new one's, scored by Redis TIME) and, for a state the retention hash
+-- sorted set and enters the new one's, scored by Redis TIME; a finished state, not INDEXED, is
+-- counted in METRICS_COUNTERS instead) and, for a state the retention hash
 -- (nxjobs.keys.RETENTION) names, expires the record and its payload key after that state's
 -- retention. Keys it touches that are not in the caller's KEYS: those indexes, the retention
--- hash and the payload key, all named by the keys render from nxjobs.keys.
+-- hash, the metrics counters and the payload key, all named by the keys render from nxjobs.keys.
 -- keep_record(jk, state, ttl): what a script calls instead of EXPIRE after set_state: the record
 -- TTL `ttl`, unless `state` has its own retention (then set_state has set it already).
 --#render keys
@@ -25,8 +26,12 @@ local function set_state(jk, to, ...)
   if not kind then kind = redis.call('HGET', jk, 'kind') end
   if kind then
     local id = string.sub(jk, #KEY.JOB_KEY_PREFIX + 1)
-    if from then redis.call('ZREM', job_index_key(kind, from), id) end
-    redis.call('ZADD', job_index_key(kind, to), redis.call('TIME')[1], id)
+    if from and INDEXED[from] then redis.call('ZREM', job_index_key(kind, from), id) end
+    if INDEXED[to] then
+      redis.call('ZADD', job_index_key(kind, to), redis.call('TIME')[1], id)
+    else
+      redis.call('HINCRBY', KEY.METRICS_COUNTERS, finished_count(kind, to), 1)
+    end
   end
   local keep = redis.call('HGET', KEY.RETENTION, to)
   if keep then
