@@ -28,7 +28,9 @@ def reconcile_callbacks(family: str) -> dict:
     cb = svc.settings.callbacks
     # One run per family at a time; the lock outlives a crashed run by at most the interval.
     lock = svc.redis.lock(
-        keys.reconcile_lock(family), timeout=max(60.0, cb.reconcile_interval_s * 4), blocking=False
+        keys.reconcile_lock(family),
+        timeout=max(60.0, cb.reconcile_interval_s * 4, cb.reconcile_max_run_s * 3),
+        blocking=False,
     )
     if not lock.acquire():
         return {"family": family, "skipped": "another run is in progress"}
@@ -57,6 +59,8 @@ def reconcile_callbacks(family: str) -> dict:
                 recheck_s=cb.recheck_s,
                 ambiguous_after_s=cb.ambiguous_lookup_after_s,
                 batch=cb.reconcile_batch,
+                max_requests=cb.reconcile_max_requests,
+                max_run_s=cb.reconcile_max_run_s,
             )
             report = Reconciler(svc.store, svc.ledger, policy, clients).run(family).as_dict()
     finally:
