@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
+from types import SimpleNamespace
 
 import pytest
 
@@ -184,3 +185,58 @@ def test_a_run_past_its_request_budget_finishes_its_request_id_and_leaves_the_re
     assert set(_states(cb_producer.redis, rest).values()) == {"completed"}, report
     queries = _queries(cb_sandbox, request_ids)
     assert len(queries) == 4 and max(Counter(queries).values()) == 1
+
+
+@pytest.fixture()
+def db(redis_url):
+    """A Redis db of this test's own, empty."""
+    from nxjobs.redis_conn import connect
+
+    client = connect(redis_url.rsplit("/", 1)[0] + "/14")
+    client.flushdb()
+    yield client
+    client.close()
+
+
+def test_late_calls_are_looked_up_20_orderids_a_request_within_the_run_budget(db):
+    from nxjobs.callbacks.ledger import Ledger
+    from nxjobs.callbacks.reconcile import Clients, Policy, Reconciler
+    from nxjobs.store import RecordStore
+
+    # Given 60 calls submitted and past their deadline, whose CDRs never came
+    store, ledger = RecordStore(db), Ledger(db)
+    job_ids = []
+    for i in range(60):
+        job_id = f"call-cap-{i:03d}"
+        store.create(job_id, "call", {"phone": "861******8000"})
+        store.transition(job_id, JobState.RUNNING, incr=["attempts"])
+        store.transition(job_id, JobState.SUBMITTED, result={"orderid": job_id})
+        job_ids.append(job_id)
+    asked: list[list[str]] = []
+
+    def cdr_by_orderid(orderids: list[str]) -> list[dict]:
+        asked.append(list(orderids))
+        return [{"orderid": o, "sessionid": f"s-{o}", "duration": 3} for o in orderids]
+
+    def reconcile(max_requests: int):
+        later = time.time() + 3600
+        return Reconciler(
+            store,
+            ledger,
+            Policy(deadlines_s={}, give_up_s={}, max_requests=max_requests),
+            Clients(agent=SimpleNamespace(cdr_by_orderid=cdr_by_orderid)),
+            clock=lambda: later,
+        ).run("agent")
+
+    # When a run may make 2 requests
+    report = reconcile(max_requests=2)
+    # Then it asked for 40 orderids in two requests, completed their jobs and left 20 due
+    assert [len(a) for a in asked] == [20, 20] and report.counts["stopped_by_budget"] == 1
+    states = _states(db, job_ids)
+    assert sum(s == "completed" for s in states.values()) == 40 == report.counts["completed"]
+    assert db.zcard(keys.callbacks_waiting("agent")) == 20
+    # and the next run asks for the last 20, once each
+    assert reconcile(max_requests=200).counts["completed"] == 20
+    assert sorted(o for a in asked for o in a) == sorted(job_ids)
+    assert set(_states(db, job_ids).values()) == {"completed"}
+    assert db.zcard(keys.callbacks_waiting("agent")) == 0
