@@ -130,9 +130,15 @@ class CallbacksSettings(BaseModel):
     # A makecall whose answer was lost (error "ambiguous") is looked up by orderid after this
     # long: found = the call happened (job completed); not found = it is sent again, once.
     ambiguous_lookup_after_s: float = Field(default=300, gt=0)
-    # How often Celery beat runs the reconciliation, and how many jobs one run looks at per family.
+    # How often Celery beat runs the reconciliation, and how many due jobs one run takes per
+    # family. A run asks the provider once per requestId / 20 orderids / task (docs/callbacks.md
+    # § Reconciliation capacity), and starts no new question past reconcile_max_requests requests
+    # or reconcile_max_run_s seconds; what is left waits for the next run.
     reconcile_interval_s: float = Field(default=30, gt=0)
-    reconcile_batch: int = Field(default=50, ge=1)
+    reconcile_batch: int = Field(default=5000, ge=1, le=100_000)
+    reconcile_max_requests: int = Field(default=200, ge=1)
+    # Below the task's 300 s time limit, with room for the question a run finishes past it.
+    reconcile_max_run_s: float = Field(default=20, gt=0, le=120)
     # Callbacks that match no job are kept for operators, newest first, at most this many,
     # and at most this many bytes in all (each entry's body is cut to unmatched_body_bytes).
     unmatched_max: int = Field(default=10_000, ge=1)

@@ -230,9 +230,14 @@ def queue_callback_outcomes(pipe, counts: dict[str, int]) -> None:
 
 def record_callback_delay(client, *, kind: str, delay_s: float) -> None:
     """Observe one completion a sync caller saw (reconciliation); never raises."""
+    record_callback_delays(client, [(kind, delay_s)])
+
+
+def record_callback_delays(client, observations: Iterable[tuple[str, float]]) -> None:
+    """Observe completions (kind, seconds) a sync caller saw, in one round trip; never raises."""
     try:
         pipe = client.pipeline(transaction=False)
-        queue_callback_delays(pipe, [(kind, delay_s)])
+        queue_callback_delays(pipe, observations)
         pipe.execute()
     except Exception as exc:  # a metric must never change what the caller does next
         log.warning("completion metric not recorded: %s", type(exc).__name__)

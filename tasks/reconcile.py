@@ -12,7 +12,7 @@ from celery import shared_task
 from nxjobs import keys
 from nxjobs.callbacks.reconcile import Clients, Policy, Reconciler
 from nxjobs.ratelimit.gate import SlotNotReady
-from tasks.services import get_services
+from tasks.services import Services, get_services
 
 log = logging.getLogger("nxjobs.reconcile")
 
@@ -28,37 +28,14 @@ def reconcile_callbacks(family: str) -> dict:
     cb = svc.settings.callbacks
     # One run per family at a time; the lock outlives a crashed run by at most the interval.
     lock = svc.redis.lock(
-        keys.reconcile_lock(family), timeout=max(60.0, cb.reconcile_interval_s * 4), blocking=False
+        keys.reconcile_lock(family),
+        timeout=max(60.0, cb.reconcile_interval_s * 4, cb.reconcile_max_run_s * 3),
+        blocking=False,
     )
     if not lock.acquire():
         return {"family": family, "skipped": "another run is in progress"}
     try:
-        with svc.gate.bind() as slots:
-
-            def wait_slot(exc: BaseException) -> bool:
-                grant = exc.grant  # type: ignore[attr-defined]
-                if not grant.reserved or grant.wait_s > MAX_SLOT_WAIT_S:
-                    return False
-                time.sleep(grant.wait_s)
-                slots.prepay(grant.slot_at_us)  # the next request spends this slot
-                return True
-
-            clients = Clients(
-                api2=svc.api2 if family == "api2" else None,
-                api2_appkey=svc.settings.api2.appkey,
-                callbot=svc.callbot if family == "callbot" else None,
-                agent=svc.agent if family == "agent" else None,
-                not_now=(SlotNotReady,),
-                wait_slot=wait_slot,
-            )
-            policy = Policy(
-                deadlines_s=cb.deadlines_s(),
-                give_up_s=cb.give_up_s(),
-                recheck_s=cb.recheck_s,
-                ambiguous_after_s=cb.ambiguous_lookup_after_s,
-                batch=cb.reconcile_batch,
-            )
-            report = Reconciler(svc.store, svc.ledger, policy, clients).run(family).as_dict()
+        report = run_once(svc, family)
     finally:
         try:
             lock.release()
@@ -67,6 +44,40 @@ def reconcile_callbacks(family: str) -> dict:
     if len(report) > 1:
         log.info("reconcile %s", " ".join(f"{k}={v}" for k, v in report.items()))
     return report
+
+
+def run_once(svc: Services, family: str) -> dict:
+    """One reconciliation run of `family` with the services' clients and settings (the caller
+    holds the family's lock); its report."""
+    cb = svc.settings.callbacks
+    with svc.gate.bind() as slots:
+
+        def wait_slot(exc: BaseException) -> bool:
+            grant = exc.grant  # type: ignore[attr-defined]
+            if not grant.reserved or grant.wait_s > MAX_SLOT_WAIT_S:
+                return False
+            time.sleep(grant.wait_s)
+            slots.prepay(grant.slot_at_us)  # the next request spends this slot
+            return True
+
+        clients = Clients(
+            api2=svc.api2 if family == "api2" else None,
+            api2_appkey=svc.settings.api2.appkey,
+            callbot=svc.callbot if family == "callbot" else None,
+            agent=svc.agent if family == "agent" else None,
+            not_now=(SlotNotReady,),
+            wait_slot=wait_slot,
+        )
+        policy = Policy(
+            deadlines_s=cb.deadlines_s(),
+            give_up_s=cb.give_up_s(),
+            recheck_s=cb.recheck_s,
+            ambiguous_after_s=cb.ambiguous_lookup_after_s,
+            batch=cb.reconcile_batch,
+            max_requests=cb.reconcile_max_requests,
+            max_run_s=cb.reconcile_max_run_s,
+        )
+        return Reconciler(svc.store, svc.ledger, policy, clients).run(family).as_dict()
 
 
 RECOVER_TASK_NAME = "nxjobs.recover_lost_messages"

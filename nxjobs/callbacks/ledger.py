@@ -97,9 +97,10 @@ class Ledger:
         self.unmatched_max = unmatched_max
         self.unmatched_max_bytes = unmatched_max_bytes
         self.unmatched_body_bytes = unmatched_body_bytes
-        self._apply = (
-            store.register_script(client, "callbacks_apply") if not _is_async(client) else None
-        )
+        sync = not _is_async(client)
+        self._apply = store.register_script(client, "callbacks_apply") if sync else None
+        # nxjobs/lua/callbacks_apply_batch.lua: a page of query rows in one call (apply_many).
+        self._apply_batch = store.register_script(client, "callbacks_apply_batch") if sync else None
 
     def _call(self, event: Event, source: str, received_at: str) -> tuple[list[str], list[str]]:
         entry = {
@@ -149,6 +150,18 @@ class Ledger:
         keys_, args = self._call(event, source, utc_now_iso())
         return _applied(self._apply(keys=keys_, args=args))
 
+    def apply_many(self, events: list[Event], *, source: str) -> list[Applied | str]:
+        """Record each of `events` on its job as `apply` would, all in one script call (sync
+        client): each atomically and on its own. Per event its Applied, or the error message
+        of the one that raised."""
+        assert self._apply_batch is not None, "Ledger.apply_many needs a sync client"
+        if not events:
+            return []
+        received_at = utc_now_iso()
+        payload = compact_json.dumps([self._call(e, source, received_at) for e in events])
+        replies = self._apply_batch(args=[payload])
+        return [str(r[1]) if int(r[0]) == -1 else _applied(r) for r in replies]
+
     # ---- for operators and reconciliation (sync client) -------------------
 
     def unmatched(self, limit: int = 50) -> list[dict[str, Any]]:
@@ -190,6 +203,16 @@ class Ledger:
 
     def forget(self, family: str, job_id: str) -> None:
         self.redis.zrem(keys.callbacks_waiting(family), job_id)
+
+    def recheck_many(self, family: str, job_ids: list[str], at: float) -> None:
+        # One ZADD per 1 000 ids: a run may settle thousands.
+        for start in range(0, len(job_ids), 1000):
+            chunk = job_ids[start : start + 1000]
+            self.redis.zadd(keys.callbacks_waiting(family), dict.fromkeys(chunk, at))
+
+    def forget_many(self, family: str, job_ids: list[str]) -> None:
+        for start in range(0, len(job_ids), 1000):
+            self.redis.zrem(keys.callbacks_waiting(family), *job_ids[start : start + 1000])
 
 
 def _is_async(client: Any) -> bool:

@@ -18,6 +18,13 @@ A job the provider says is not finished is looked at again `recheck_s` later;
 past its give-up age it fails with `callbacks_timeout` and a reason naming
 what is missing. Rate limits are the clients' gate: when it says "not now",
 the run stops and the rest waits for the next one.
+
+Capacity follows provider requests, not jobs: a run takes up to `Policy.batch`
+due jobs (thousands), asks once for what they share (a requestId, 20 orderids,
+a task's 500 orders) and applies a page of answers in one script call. It starts
+no new question past `Policy.max_requests` requests or `Policy.max_run_s`
+seconds; a question once started is finished (a requestId's pages), so the
+jobs it covers are settled together and the rest stay due for the next run.
 """
 
 from __future__ import annotations
@@ -26,12 +33,12 @@ import datetime as dt
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from nxjobs import keys, scripts, wire
+from nxjobs import keys, metrics, scripts, wire
 from nxjobs.callbacks import events
 from nxjobs.callbacks.ledger import Ledger
 from nxjobs.client.errors import NXCloudError
@@ -52,16 +59,22 @@ class StopRun(Exception):
     """The rate limiter said "not now": end this run, the rest waits for the next one."""
 
 
+class BudgetSpent(StopRun):
+    """The run made its `max_requests` requests or ran `max_run_s`: the rest waits."""
+
+
 @dataclass
 class Policy:
     """Seconds: deadline and give-up age per job kind, re-check interval, ambiguous-call
-    lookup delay."""
+    lookup delay; a run's bounds: due jobs taken, provider requests, seconds."""
 
     deadlines_s: dict[str, float]
     give_up_s: dict[str, float]
     recheck_s: float = 300.0
     ambiguous_after_s: float = 300.0
-    batch: int = 50
+    batch: int = 5000
+    max_requests: int = 200
+    max_run_s: float = 20.0
 
 
 @dataclass
@@ -103,9 +116,13 @@ class Reconciler:
         self.clients = clients
         self.clock = clock
         self._not_found = scripts.register(store.redis, "callbacks_not_found")
+        self._requests = 0
+        self._started = time.monotonic()
 
     def run(self, family: str) -> Report:
         report = Report(family)
+        self._requests = 0
+        self._started = time.monotonic()
         try:
             if family == "api2":
                 self._number_checks(report)
@@ -116,8 +133,12 @@ class Reconciler:
                 self._calls(report)
             else:
                 raise ValueError(f"unknown family {family!r}")
+        except BudgetSpent:
+            report.counts["stopped_by_budget"] += 1
         except StopRun:
             report.counts["stopped_by_rate_limit"] += 1
+        if self._requests:
+            report.counts["provider_requests"] = self._requests
         return report
 
     # ---- shared -----------------------------------------------------------
@@ -126,15 +147,42 @@ class Reconciler:
         self, family: str, kind: str | tuple[str, ...], report: Report
     ) -> list[JobRecord]:
         kinds = (kind,) if isinstance(kind, str) else kind
-        out = []
-        for job_id in self.ledger.due(family, now=self.clock(), limit=self.policy.batch):
-            record = self.store.get(job_id)
+        out, gone = [], []
+        job_ids = self.ledger.due(family, now=self.clock(), limit=self.policy.batch)
+        for job_id, record in self.store.get_many(job_ids).items():
             if record is None or record.state != JobState.SUBMITTED or record.kind not in kinds:
-                self.ledger.forget(family, job_id)  # completed, failed or expired meanwhile
-                report.counts["gone"] += 1
+                gone.append(job_id)  # completed, failed or expired meanwhile
                 continue
             out.append(record)
+        self.ledger.forget_many(family, gone)
+        report.counts["gone"] += len(gone)
         return out
+
+    def _due_fields(self, family: str, kind: str, report: Report) -> dict[str, dict[str, Any]]:
+        """As _due_records, reading only `_DUE_FIELDS` of each job (one pipeline, no callbacks
+        or shared batch fields): job id -> its fields, in due order."""
+        job_ids = self.ledger.due(family, now=self.clock(), limit=self.policy.batch)
+        pipe = self.store.redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hmget(keys.job(job_id), _DUE_FIELDS)
+        out, gone = {}, []
+        for job_id, values in zip(job_ids, pipe.execute() if job_ids else [], strict=True):
+            fields = dict(zip(_DUE_FIELDS, values, strict=True))
+            if fields["state"] != JobState.SUBMITTED.value or fields["kind"] != kind:
+                gone.append(job_id)  # completed, failed or expired meanwhile
+                continue
+            out[job_id] = fields
+        self.ledger.forget_many(family, gone)
+        report.counts["gone"] += len(gone)
+        return out
+
+    def _budget(self) -> None:
+        """Called before each new question to the provider: past the run's bounds, stop."""
+        if (
+            self._requests >= self.policy.max_requests
+            or time.monotonic() - self._started >= self.policy.max_run_s
+        ):
+            raise BudgetSpent()
 
     def _each(
         self,
@@ -157,40 +205,72 @@ class Reconciler:
     def _ask(self, fn: Callable[[], Any]) -> Any:
         for _ in range(3):
             try:
-                return fn()
+                answer = fn()
+                self._requests += 1
+                return answer
             except self.clients.not_now as exc:
                 if not self.clients.wait_slot(exc):
                     raise StopRun() from exc
         raise StopRun()
 
-    def _apply(self, event: events.Event, report: Report, kind: str | None = None) -> None:
-        """`kind`: the job kind to time a completion under, when the event may belong to two."""
-        applied = self.ledger.apply(event, source="reconcile")
-        report.counts[f"callbacks_{applied.outcome}"] += 1
-        if applied.submitted_at:
-            # Completed here, so the receiver never sees it: time it as it would have.
-            from nxjobs import metrics  # kept local: only this step reports a metric
-
-            delay = metrics.callback_delay_s(applied.submitted_at, self.clock())
-            if delay is not None:
-                metrics.record_callback_delay(
-                    self.store.redis, kind=kind or event.job_kind, delay_s=delay
-                )
+    def _apply_rows(
+        self, kind: str, rows: list[dict[str, Any]], report: Report, job_kind: str | None = None
+    ) -> None:
+        """Apply the provider's rows (one page) as callbacks of `kind`, in one script call.
+        `job_kind`: the job kind to time a completion under, when the event may belong to two."""
+        parsed = []
+        for row in rows:
+            try:
+                parsed.append(events.from_dict(kind, row))
+            except events.Malformed:
+                report.counts["rows_malformed"] += 1
+        delays = []
+        for event, applied in zip(
+            parsed, self.ledger.apply_many(parsed, source="reconcile"), strict=True
+        ):
+            if isinstance(applied, str):
+                report.counts["callbacks_failed"] += 1
+                log.warning("reconcile %s row not applied: %s", kind, applied)
+                continue
+            report.counts[f"callbacks_{applied.outcome}"] += 1
+            if applied.submitted_at:
+                # Completed here, so the receiver never sees it: time it as it would have.
+                delay = metrics.callback_delay_s(applied.submitted_at, self.clock())
+                if delay is not None:
+                    delays.append((job_kind or event.job_kind, delay))
+        if delays:
+            metrics.record_callback_delays(self.store.redis, delays)
 
     def _settle(self, family: str, job_id: str, report: Report, missing: str) -> None:
-        """After applying what the provider had: completed, or look again later, or give up."""
-        record = self.store.get(job_id)
-        if record is None or record.state != JobState.SUBMITTED:
-            self.ledger.forget(family, job_id)
-            report.counts[
-                "completed" if record and record.state == JobState.COMPLETED else "gone"
-            ] += 1
-            return
-        submitted_at = float(self.store.redis.hget(keys.job(job_id), "submitted_at") or 0)
-        age = self.clock() - submitted_at
-        if age >= self.policy.give_up_s.get(record.kind, float("inf")):
+        self._settle_many(family, [job_id], report, lambda _job_id, _fields: missing)
+
+    def _settle_many(
+        self,
+        family: str,
+        job_ids: list[str],
+        report: Report,
+        missing: Callable[[str, dict[str, Any]], str],
+    ) -> None:
+        """After applying what the provider had: completed, or look again later, or give up.
+        `missing(job_id, fields)` says what is missing (fields: `_SETTLE_FIELDS`)."""
+        pipe = self.store.redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hmget(keys.job(job_id), _SETTLE_FIELDS)
+        now = self.clock()
+        forget, recheck = [], []
+        for job_id, values in zip(job_ids, pipe.execute() if job_ids else [], strict=True):
+            fields = dict(zip(_SETTLE_FIELDS, values, strict=True))
+            state, kind = fields["state"], fields["kind"]
+            if state != JobState.SUBMITTED.value:
+                forget.append(job_id)
+                report.counts["completed" if state == JobState.COMPLETED.value else "gone"] += 1
+                continue
+            age = now - float(fields["submitted_at"] or 0)
+            if age < self.policy.give_up_s.get(kind, float("inf")):
+                recheck.append(job_id)
+                continue
             message = (
-                f"{missing} {age:.0f}s after submission; "
+                f"{missing(job_id, fields)} {age:.0f}s after submission; "
                 "gave up (callbacks and query API both silent)"
             )
             try:
@@ -202,52 +282,55 @@ class Reconciler:
                     ).model_dump(),
                 )
                 report.counts["failed"] += 1
-                log.warning(
-                    "job=%s kind=%s failed callbacks_timeout: %s", job_id, record.kind, message
-                )
+                log.warning("job=%s kind=%s failed callbacks_timeout: %s", job_id, kind, message)
             except TransitionRefused:
                 pass  # completed by a callback a moment ago
-            self.ledger.forget(family, job_id)
-            return
-        self.ledger.recheck_at(family, job_id, self.clock() + self.policy.recheck_s)
-        report.counts["rechecked"] += 1
+            forget.append(job_id)
+        self.ledger.forget_many(family, forget)
+        self.ledger.recheck_many(family, recheck, now + self.policy.recheck_s)
+        report.counts["rechecked"] += len(recheck)
 
     # ---- api2: number checks ------------------------------------------------
 
     def _number_checks(self, report: Report) -> None:
-        # Coalesced jobs (nxjobs.coalesce) share a requestId: its rows are asked for once a run,
-        # and each row finds its own job, so one query settles every late member of a batch.
-        asked: set[str] = set()
-        self._each(
-            "api2",
-            self._due_records("api2", "number-check", report),
-            lambda record: self._number_check(record, report, asked),
-            report,
-        )
+        # Coalesced jobs (nxjobs.coalesce) share their batch's requestId: its rows are asked for
+        # once a run, and each row finds its own job, so one query settles every late member.
+        due = self._due_fields("api2", "number-check", report)
+        groups: dict[str, list[str]] = {}
+        unknown = [job_id for job_id, f in due.items() if not f[keys.PROOF_ID]]
+        # A record without the proof field (written before it existed): its submit result.
+        found = self.store.get_many(unknown).items() if unknown else []
+        ids = {j: str((r.result or {}).get("requestId") or "") if r else "" for j, r in found}
+        for job_id, fields in due.items():
+            groups.setdefault(fields[keys.PROOF_ID] or ids.get(job_id, ""), []).append(job_id)
+        if "" in groups:  # nothing to ask by: settled on what the record has
+            self._settle_many("api2", groups.pop(""), report, _numbers_missing)
+        for request_id, members in groups.items():
+            self._budget()
+            days = sorted(
+                {d for m in members for d in _query_days(due[m]["created_at"], self.clock())}
+            )
+            try:
+                for day in days:
+                    for rows in self._number_pages(request_id, day):
+                        self._apply_rows(events.NUMBER_CHECK, rows, report)
+            except NXCloudError as exc:
+                report.counts["query_errors"] += 1
+                log.warning(
+                    "requestId=%s reconcile query failed (%d jobs): %s %s",
+                    request_id,
+                    len(members),
+                    exc.code,
+                    exc.message,
+                )
+                self.ledger.recheck_many("api2", members, self.clock() + self.policy.recheck_s)
+                continue
+            report.counts["request_ids"] += 1
+            self._settle_many("api2", members, report, _numbers_missing)
 
-    def _number_check(self, record: JobRecord, report: Report, asked: set[str]) -> None:
+    def _number_pages(self, request_id: str, day: str) -> Iterator[list[dict[str, Any]]]:
+        """The rows of `request_id` filed on `day`, a page (≤ NUMBER_QUERY_PAGE) at a time."""
         api2 = self.clients.api2
-        result = record.result or {}
-        request_id = result.get("requestId")
-        if request_id and request_id not in asked:
-            asked.add(request_id)
-            for day in _query_days(record.created_at, self.clock()):
-                for row in self._number_rows(api2, request_id, day):
-                    try:
-                        self._apply(events.from_dict(events.NUMBER_CHECK, row), report)
-                    except events.Malformed:
-                        report.counts["rows_malformed"] += 1
-        fresh = self.store.get(record.id)
-        done = fresh.callbacks_done if fresh else 0
-        self._settle(
-            "api2",
-            record.id,
-            report,
-            f"{max((fresh.callbacks_needed or 0) - done, 0) if fresh else '?'} of "
-            f"{fresh.callbacks_needed if fresh else '?'} number results missing",
-        )
-
-    def _number_rows(self, api2: Any, request_id: str, day: str) -> Iterable[dict[str, Any]]:
         page = 1
         while True:
             body = {
@@ -261,7 +344,7 @@ class Reconciler:
                 partial(api2.post, NUMBER_QUERY_PATH, biz_type=1, action="numbercheck", body=body)
             )
             data = resp.body.get("data") or {}
-            yield from data.get("result") or []
+            yield list(data.get("result") or [])
             if page >= int(data.get("totalPage") or 0):
                 return
             page += 1
@@ -293,9 +376,10 @@ class Reconciler:
             by_task.setdefault(user_task_id, {})[order_id] = record
         for user_task_id, wanted in by_task.items():
             order_ids = sorted(wanted)
-            try:
-                for start in range(0, len(order_ids), CALLBOT_DETAIL_CHUNK):
-                    chunk = order_ids[start : start + CALLBOT_DETAIL_CHUNK]
+            for start in range(0, len(order_ids), CALLBOT_DETAIL_CHUNK):
+                chunk = order_ids[start : start + CALLBOT_DETAIL_CHUNK]
+                self._budget()
+                try:
                     detail = self._ask(
                         partial(
                             self.clients.callbot.post,
@@ -303,35 +387,40 @@ class Reconciler:
                             {"userTaskID": user_task_id, "orderList": chunk},
                         )
                     )
-                    for order in detail.body.get("orderDetailList") or []:
-                        if order.get("orderID") in wanted and _finished(order.get("finish")):
-                            self._try_apply(
-                                events.CALLBOT_ORDER, _order_row(order), report, "callbot-contact"
-                            )
-            except NXCloudError as exc:
-                report.counts["query_errors"] += 1
-                log.warning(
-                    "task=%s contacts reconcile query failed: %s %s",
-                    user_task_id,
-                    exc.code,
-                    exc.message,
-                )
-                for record in wanted.values():
-                    self.ledger.recheck_at(
-                        "callbot", record.id, self.clock() + self.policy.recheck_s
+                except NXCloudError as exc:
+                    report.counts["query_errors"] += 1
+                    log.warning(
+                        "task=%s contacts reconcile query failed: %s %s",
+                        user_task_id,
+                        exc.code,
+                        exc.message,
                     )
-                continue
-            for order_id, record in wanted.items():
-                self._settle(
+                    self.ledger.recheck_many(
+                        "callbot",
+                        [wanted[o].id for o in order_ids[start:]],
+                        self.clock() + self.policy.recheck_s,
+                    )
+                    break
+                rows = [
+                    _order_row(order)
+                    for order in detail.body.get("orderDetailList") or []
+                    if order.get("orderID") in wanted and _finished(order.get("finish"))
+                ]
+                self._apply_rows(
+                    events.CALLBOT_ORDER, [_present(r) for r in rows], report, "callbot-contact"
+                )
+                by_job = {wanted[o].id: o for o in chunk}
+                self._settle_many(
                     "callbot",
-                    record.id,
+                    list(by_job),
                     report,
-                    f"order {order_id} of task {user_task_id} not finished",
+                    partial(_order_missing, by_job, user_task_id),
                 )
 
     def _callbot_list(self, record: JobRecord, report: Report) -> None:
         callbot = self.clients.callbot
         user_task_id = (record.result or {}).get("userTaskID") or record.id
+        self._budget()
         resp = self._ask(
             lambda: callbot.post(
                 "listTask",
@@ -357,51 +446,57 @@ class Reconciler:
                         {"userTaskID": user_task_id, "orderList": chunk},
                     )
                 )
-                for order in detail.body.get("orderDetailList") or []:
-                    self._try_apply(events.CALLBOT_ORDER, _order_row(order), report)
-            self._try_apply(events.CALLBOT_TASK, task, report)
+                self._apply_rows(
+                    events.CALLBOT_ORDER,
+                    [_present(_order_row(o)) for o in detail.body.get("orderDetailList") or []],
+                    report,
+                )
+            self._apply_rows(events.CALLBOT_TASK, [_present(task)], report)
         self._settle(
             "callbot", record.id, report, f"task {user_task_id} not finished (taskStatus {status})"
         )
 
-    def _try_apply(
-        self, kind: str, row: dict[str, Any], report: Report, job_kind: str | None = None
-    ) -> None:
-        try:
-            self._apply(
-                events.from_dict(kind, {k: v for k, v in row.items() if v is not None}),
-                report,
-                job_kind,
-            )
-        except events.Malformed:
-            report.counts["rows_malformed"] += 1
-
     # ---- agent: calls -------------------------------------------------------
 
-    def _cdr_rows(self, orderids: list[str]) -> dict[str, list[dict[str, Any]]]:
-        found: dict[str, list[dict[str, Any]]] = {o: [] for o in orderids}
+    def _cdr_chunks(
+        self, orderids: list[str]
+    ) -> Iterator[tuple[list[str], dict[str, list[dict[str, Any]]]]]:
+        """Per request (≤ CDR_ORDERIDS_PER_REQUEST orderids, within the run's budget): the
+        orderids asked and the CDRs found for each."""
         for start in range(0, len(orderids), CDR_ORDERIDS_PER_REQUEST):
             chunk = orderids[start : start + CDR_ORDERIDS_PER_REQUEST]
+            self._budget()
+            found: dict[str, list[dict[str, Any]]] = {o: [] for o in chunk}
             for row in self._ask(partial(self.clients.agent.cdr_by_orderid, chunk)):
                 if row.get("orderid") in found:
                     found[row["orderid"]].append(row)
-        return found
+            yield chunk, found
 
     def _calls(self, report: Report) -> None:
         records = self._due_records("agent", "call", report)
         orderids = {r.id: _orderid(r) for r in records}
+        by_orderid: dict[str, list[JobRecord]] = {}
+        for record in records:
+            by_orderid.setdefault(orderids[record.id], []).append(record)
+        asked: set[str] = set()
         try:
-            rows = self._cdr_rows(sorted(set(orderids.values()))) if records else {}
+            for chunk, rows in self._cdr_chunks(sorted(by_orderid)):
+                asked.update(chunk)
+                self._apply_rows(events.CDR, [_present(r) for o in chunk for r in rows[o]], report)
+                self._settle_many(
+                    "agent",
+                    [r.id for o in chunk for r in by_orderid[o]],
+                    report,
+                    lambda job_id, _f: f"no CDR for orderid {orderids[job_id]}",
+                )
         except NXCloudError as exc:
             report.counts["query_errors"] += 1
             log.warning("CDR lookup failed: %s %s", exc.code, exc.message)
-            for record in records:
-                self.ledger.recheck_at("agent", record.id, self.clock() + self.policy.recheck_s)
-            return
-        for record in records:
-            for row in rows.get(orderids[record.id], []):
-                self._try_apply(events.CDR, row, report)
-            self._settle("agent", record.id, report, f"no CDR for orderid {orderids[record.id]}")
+            self.ledger.recheck_many(
+                "agent",
+                [r.id for o, rs in by_orderid.items() if o not in asked for r in rs],
+                self.clock() + self.policy.recheck_s,
+            )
 
     def _ambiguous_calls(self, report: Report) -> None:
         """Makecalls whose answer was lost: look each orderid up once, after `ambiguous_after_s`."""
@@ -409,48 +504,74 @@ class Reconciler:
         job_ids = self.store.redis.zrangebyscore(
             keys.RECONCILE, "-inf", cutoff, start=0, num=self.policy.batch
         )
-        records = [r for r in (self.store.get(j) for j in job_ids) if r is not None]
+        records = [r for r in self.store.get_many(job_ids).values() if r is not None]
         for job_id in set(job_ids) - {r.id for r in records}:
             self.store.redis.zrem(keys.RECONCILE, job_id)  # expired
-        if not records:
-            return
-        orderids = {r.id: _orderid(r) for r in records}
+        by_orderid: dict[str, list[JobRecord]] = {}
+        for record in records:
+            by_orderid.setdefault(_orderid(record), []).append(record)
         try:
-            rows = self._cdr_rows(sorted(set(orderids.values())))
+            for chunk, rows in self._cdr_chunks(sorted(by_orderid)):
+                for orderid in chunk:
+                    for record in by_orderid[orderid]:
+                        self._ambiguous_call(record, orderid, rows[orderid], report)
         except NXCloudError as exc:
             report.counts["query_errors"] += 1
             log.warning("CDR lookup of ambiguous calls failed: %s %s", exc.code, exc.message)
+
+    def _ambiguous_call(
+        self, record: JobRecord, orderid: str, found: list[dict[str, Any]], report: Report
+    ) -> None:
+        # The CDR event resolves the ambiguous failure (see nxjobs/lua/callbacks_apply.lua).
+        self._apply_rows(events.CDR, [_present(r) for r in found], report)
+        if found:
+            self.store.redis.zrem(keys.RECONCILE, record.id)
+            # It happened: not a dead letter, and no in-flight doubt left.
+            DeadLetters(self.store.redis).remove(record.id)
+            InflightMarker(self.store.redis, record.id).clear()
+            report.counts["ambiguous_found"] += 1
             return
-        for record in records:
-            found = rows.get(orderids[record.id], [])
-            for row in found:
-                # The CDR event resolves the ambiguous failure (see nxjobs/lua/callbacks_apply.lua).
-                self._try_apply(events.CDR, row, report)
-            if found:
-                self.store.redis.zrem(keys.RECONCILE, record.id)
-                # It happened: not a dead letter, and no in-flight doubt left.
-                DeadLetters(self.store.redis).remove(record.id)
-                InflightMarker(self.store.redis, record.id).clear()
-                report.counts["ambiguous_found"] += 1
-                continue
-            error = JobError(
-                code="call_not_found",
-                retryable=True,
-                message=(
-                    f"makecall answer was lost, and orderid {orderids[record.id]} has no CDR "
-                    f"{self.clock() - _epoch(record.updated_at):.0f}s later: "
-                    "the call was not placed; safe to submit again"
-                ),
-            )
-            changed = self._not_found(
-                keys=[keys.job(record.id), keys.RECONCILE],
-                args=[record.id, error.model_dump_json(), utc_now_iso()],
-            )
-            if changed:
-                # Proven not placed: a replay may send it (the marker would make it look up again).
-                InflightMarker(self.store.redis, record.id).clear()
-                DeadLetters(self.store.redis).update_reason(record.id, error.model_dump())
-            report.counts["ambiguous_not_found" if changed else "gone"] += 1
+        error = JobError(
+            code="call_not_found",
+            retryable=True,
+            message=(
+                f"makecall answer was lost, and orderid {orderid} has no CDR "
+                f"{self.clock() - _epoch(record.updated_at):.0f}s later: "
+                "the call was not placed; safe to submit again"
+            ),
+        )
+        changed = self._not_found(
+            keys=[keys.job(record.id), keys.RECONCILE],
+            args=[record.id, error.model_dump_json(), utc_now_iso()],
+        )
+        if changed:
+            # Proven not placed: a replay may send it (the marker would make it look up again).
+            InflightMarker(self.store.redis, record.id).clear()
+            DeadLetters(self.store.redis).update_reason(record.id, error.model_dump())
+        report.counts["ambiguous_not_found" if changed else "gone"] += 1
+
+
+# Read from each due number check, without its callbacks or its batch's shared fields.
+_DUE_FIELDS = ("state", "kind", keys.PROOF_ID, "created_at")
+# What settling a job reads of it.
+_SETTLE_FIELDS = ("state", "kind", "submitted_at", "callbacks_needed", "callbacks_done")
+
+
+def _numbers_missing(_job_id: str, fields: dict[str, Any]) -> str:
+    needed = fields["callbacks_needed"]
+    done = int(fields["callbacks_done"] or 0)
+    return f"{max(int(needed or 0) - done, 0)} of {needed or '?'} number results missing"
+
+
+def _order_missing(
+    order_ids: dict[str, str], user_task_id: str, job_id: str, _fields: dict[str, Any]
+) -> str:
+    return f"order {order_ids[job_id]} of task {user_task_id} not finished"
+
+
+def _present(row: dict[str, Any]) -> dict[str, Any]:
+    """A query row without its null fields (they read as absent, as in a callback)."""
+    return {k: v for k, v in row.items() if v is not None}
 
 
 def _order_row(order: dict[str, Any]) -> dict[str, Any]:
