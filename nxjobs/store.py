@@ -199,19 +199,15 @@ class RecordStore:
         self, job_id: str, state: JobState, *, incr: Iterable[str] = (), **fields: Any
     ) -> Transition:
         """Move `job_id` to `state`, bump the `incr` counters and set `fields`, if the
-        state machine allows it (one round trip). Raises TransitionRefused otherwise."""
+        state machine allows it (one round trip; two for `submitted`, which reads the kind:
+        a caller that knows it calls `submit`). Raises TransitionRefused otherwise."""
         counters = list(incr)
         if not set(counters) <= _COUNTERS:
             raise ValueError(f"unknown counters {counters}")
-        args: list[str] = [utc_now_iso(), str(self.ttl_s), ",".join(counters)]
         if state is JobState.SUBMITTED:
-            status, current, attempts, throttles, after = self._submit_with_callbacks(
-                job_id, args, fields
-            )
-            if status != 1:
-                raise TransitionRefused(job_id, current or None, state)
-            return Transition(current, int(attempts), int(throttles), after)
-        args = [state.value, *args]
+            kind = self.redis.hget(keys.job(job_id), "kind")
+            return self._submit_with_callbacks(job_id, kind, counters, fields)
+        args: list[str] = [state.value, utc_now_iso(), str(self.ttl_s), ",".join(counters)]
         for name, value in _encode(fields).items():
             args += [name, value]
         status, current, attempts, throttles = self._transition(keys=[keys.job(job_id)], args=args)
@@ -219,23 +215,34 @@ class RecordStore:
             raise TransitionRefused(job_id, current or None, state)
         return Transition(current, int(attempts), int(throttles), state.value)
 
+    def submit(self, job_id: str, kind: str, **fields: Any) -> Transition:
+        """The move to `submitted` of a job of `kind` (the caller's message carries it), with its
+        callback bookkeeping, in one round trip. Raises TransitionRefused otherwise."""
+        return self._submit_with_callbacks(job_id, kind, [], fields)
+
     def _submit_with_callbacks(
-        self, job_id: str, args: list[str], fields: dict[str, Any]
-    ) -> list[Any]:
+        self,
+        job_id: str,
+        kind: str | None,
+        counters: list[str],
+        fields: dict[str, Any],
+    ) -> Transition:
         """The submitted transition with its callback bookkeeping (nxjobs/lua/store_submit.lua)."""
-        kind = self.redis.hget(keys.job(job_id), "kind")
         expect = correlate.on_submit(kind, fields.get("result"))
         now = time.time()
         family = KINDS[kind].queue if kind in KINDS else "none"
         due_at = now + float(self.callback_deadlines_s.get(kind or "", 0.0))
         proof_id = (expect.proof or {}).get(keys.PROOF_ID, "")
-        args = args + [job_id, str(expect.needed or 0), f"{due_at:.3f}", f"{now:.3f}", proof_id]
+        index_keys = list(expect.index_keys)
+        args = [utc_now_iso(), str(self.ttl_s), ",".join(counters)]
+        args += [job_id, str(expect.needed or 0), f"{due_at:.3f}", f"{now:.3f}", proof_id]
         for name, value in _encode(fields).items():
             args += [name, value]
-        reply: list[Any] = self._submit(
-            keys=[keys.job(job_id), keys.callbacks_waiting(family), *expect.index_keys], args=args
-        )
-        return reply
+        redis_keys = [keys.job(job_id), keys.callbacks_waiting(family), *index_keys]
+        status, current, attempts, throttles, after = self._submit(keys=redis_keys, args=args)
+        if status != 1:
+            raise TransitionRefused(job_id, current or None, JobState.SUBMITTED)
+        return Transition(current, int(attempts), int(throttles), after)
 
     def restore_failed(self, job_id: str, error: dict[str, Any]) -> bool:
         """Put a replayed job back to `failed` with `error` when its message could not be sent

@@ -290,8 +290,8 @@ class JobAttempt:
 
     def _submitted(self, claim: Transition, outcome: Outcome) -> Submitted:
         svc, job_id = self.svc, self.job_id
-        submit = svc.store.transition(
-            job_id, JobState.SUBMITTED, request=outcome.request, result=outcome.result, error=None
+        submit = svc.store.submit(
+            job_id, self.kind, request=outcome.request, result=outcome.result, error=None
         )
         # Recorded: a redelivery now stops at the claim, and the sweeper has nothing to re-send.
         self.marker.clear(keys.job_payload(job_id))

@@ -110,6 +110,9 @@ class FakeStore:
         self.history.append((state.value, dict(fields, incr=list(incr))))
         return Transition(previous, rec["attempts"], rec["throttles"], state.value)
 
+    def submit(self, job_id, kind, **fields):
+        return self.transition(job_id, JobState.SUBMITTED, **fields)
+
     def incr(self, job_id, counter):
         self._rec(job_id)[counter] += 1
 
