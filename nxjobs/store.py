@@ -206,7 +206,7 @@ class RecordStore:
             raise ValueError(f"unknown counters {counters}")
         if state is JobState.SUBMITTED:
             kind = self.redis.hget(keys.job(job_id), "kind")
-            return self._submit_with_callbacks(job_id, kind, counters, fields)
+            return self._submit_with_callbacks(job_id, kind, counters, fields, [])
         args: list[str] = [state.value, utc_now_iso(), str(self.ttl_s), ",".join(counters)]
         for name, value in _encode(fields).items():
             args += [name, value]
@@ -215,10 +215,13 @@ class RecordStore:
             raise TransitionRefused(job_id, current or None, state)
         return Transition(current, int(attempts), int(throttles), state.value)
 
-    def submit(self, job_id: str, kind: str, **fields: Any) -> Transition:
+    def submit(
+        self, job_id: str, kind: str, *, clear: Iterable[str] = (), **fields: Any
+    ) -> Transition:
         """The move to `submitted` of a job of `kind` (the caller's message carries it), with its
-        callback bookkeeping, in one round trip. Raises TransitionRefused otherwise."""
-        return self._submit_with_callbacks(job_id, kind, [], fields)
+        callback bookkeeping, in one round trip; once moved, the `clear` keys are deleted in the
+        same step. Raises TransitionRefused otherwise (nothing deleted)."""
+        return self._submit_with_callbacks(job_id, kind, [], fields, list(clear))
 
     def _submit_with_callbacks(
         self,
@@ -226,6 +229,7 @@ class RecordStore:
         kind: str | None,
         counters: list[str],
         fields: dict[str, Any],
+        clear: list[str],
     ) -> Transition:
         """The submitted transition with its callback bookkeeping (nxjobs/lua/store_submit.lua)."""
         expect = correlate.on_submit(kind, fields.get("result"))
@@ -236,9 +240,10 @@ class RecordStore:
         index_keys = list(expect.index_keys)
         args = [utc_now_iso(), str(self.ttl_s), ",".join(counters)]
         args += [job_id, str(expect.needed or 0), f"{due_at:.3f}", f"{now:.3f}", proof_id]
+        args.append(str(len(clear)))
         for name, value in _encode(fields).items():
             args += [name, value]
-        redis_keys = [keys.job(job_id), keys.callbacks_waiting(family), *index_keys]
+        redis_keys = [keys.job(job_id), keys.callbacks_waiting(family), *index_keys, *clear]
         status, current, attempts, throttles, after = self._submit(keys=redis_keys, args=args)
         if status != 1:
             raise TransitionRefused(job_id, current or None, JobState.SUBMITTED)

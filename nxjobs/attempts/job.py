@@ -290,11 +290,16 @@ class JobAttempt:
 
     def _submitted(self, claim: Transition, outcome: Outcome) -> Submitted:
         svc, job_id = self.svc, self.job_id
+        # Recorded: a redelivery now stops at the claim, and the sweeper has nothing to re-send,
+        # so the marker and the kept payload go in the same step.
         submit = svc.store.submit(
-            job_id, self.kind, request=outcome.request, result=outcome.result, error=None
+            job_id,
+            self.kind,
+            clear=[self.marker.key, keys.job_payload(job_id)],
+            request=outcome.request,
+            result=outcome.result,
+            error=None,
         )
-        # Recorded: a redelivery now stops at the claim, and the sweeper has nothing to re-send.
-        self.marker.clear(keys.job_payload(job_id))
         if submit.state == JobState.COMPLETED.value:
             report.observe_completed_at_submit(svc, job_id, self.kind, outcome.result)
         self._log(claim.attempts, "submitted", "0")

@@ -110,8 +110,10 @@ class FakeStore:
         self.history.append((state.value, dict(fields, incr=list(incr))))
         return Transition(previous, rec["attempts"], rec["throttles"], state.value)
 
-    def submit(self, job_id, kind, **fields):
-        return self.transition(job_id, JobState.SUBMITTED, **fields)
+    def submit(self, job_id, kind, *, clear=(), **fields):
+        moved = self.transition(job_id, JobState.SUBMITTED, **fields)
+        self.redis.delete(*clear)
+        return moved
 
     def incr(self, job_id, counter):
         self._rec(job_id)[counter] += 1
@@ -174,10 +176,12 @@ def services(*grants: Grant, store: FakeStore | None = None, answers=()) -> Simp
     limiter = FakeLimiter(*grants)
     gate = RateGate(limiter, lambda family, endpoint, body: LIMITS.get(family, []))
     provider = Provider(gate, *answers)
+    store = store or FakeStore()
+    store.redis = FakeRedis()
     return SimpleNamespace(
         settings=Settings(_env_file=None),
-        redis=FakeRedis(),
-        store=store or FakeStore(),
+        redis=store.redis,
+        store=store,
         gate=gate,
         limiter=limiter,
         dead_letters=FakeDeadLetters(),
