@@ -9,14 +9,19 @@ bookkeeping (nxjobs.callbacks: correlation ids, units needed, completion, deadli
 from __future__ import annotations
 
 import json
+import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
+
+import redis
 
 from nxjobs import compact_json, correlate, keys, scripts
 from nxjobs.jobs import KINDS
 from nxjobs.records import JobRecord, JobState, utc_now_iso
+
+log = logging.getLogger("nxjobs.store")
 
 _JSON_FIELDS = ("input", "request", "result", "error", "progress")
 _COUNTERS = frozenset({"attempts", "throttles", "waits"})
@@ -216,12 +221,20 @@ class RecordStore:
         return Transition(current, int(attempts), int(throttles), state.value)
 
     def submit(
-        self, job_id: str, kind: str, *, clear: Iterable[str] = (), **fields: Any
+        self,
+        job_id: str,
+        kind: str,
+        *,
+        clear: Iterable[str] = (),
+        also: Callable[[Any], None] | None = None,
+        **fields: Any,
     ) -> Transition:
         """The move to `submitted` of a job of `kind` (the caller's message carries it), with its
         callback bookkeeping, in one round trip; once moved, the `clear` keys are deleted in the
-        same step. Raises TransitionRefused otherwise (nothing deleted)."""
-        return self._submit_with_callbacks(job_id, kind, [], fields, list(clear))
+        same step. Raises TransitionRefused otherwise (nothing deleted). `also` queues writes that
+        do not depend on the move on the pipeline it is given: they are sent in the same round
+        trip, after the move, whatever it answers; their errors are logged and dropped."""
+        return self._submit_with_callbacks(job_id, kind, [], fields, list(clear), also)
 
     def _submit_with_callbacks(
         self,
@@ -230,6 +243,7 @@ class RecordStore:
         counters: list[str],
         fields: dict[str, Any],
         clear: list[str],
+        also: Callable[[Any], None] | None = None,
     ) -> Transition:
         """The submitted transition with its callback bookkeeping (nxjobs/lua/store_submit.lua)."""
         expect = correlate.on_submit(kind, fields.get("result"))
@@ -244,10 +258,32 @@ class RecordStore:
         for name, value in _encode(fields).items():
             args += [name, value]
         redis_keys = [keys.job(job_id), keys.callbacks_waiting(family), *index_keys, *clear]
-        status, current, attempts, throttles, after = self._submit(keys=redis_keys, args=args)
+        if also is None:
+            reply = self._submit(keys=redis_keys, args=args)
+        else:
+            reply = self._submit_with_others(job_id, redis_keys, args, also)
+        status, current, attempts, throttles, after = reply
         if status != 1:
             raise TransitionRefused(job_id, current or None, JobState.SUBMITTED)
         return Transition(current, int(attempts), int(throttles), after)
+
+    def _submit_with_others(
+        self, job_id: str, redis_keys: list[str], args: list[str], also: Callable[[Any], None]
+    ) -> list[Any]:
+        # EVALSHA queued by hand: a registered script run on a pipeline costs a SCRIPT EXISTS
+        # round trip first.
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.evalsha(self._submit.sha, len(redis_keys), *redis_keys, *args)
+        also(pipe)
+        reply, *others = pipe.execute(raise_on_error=False)
+        failed = [type(r).__name__ for r in others if isinstance(r, Exception)]
+        if failed:
+            log.warning("job=%s writes sent with its submit not recorded: %s", job_id, failed)
+        if isinstance(reply, redis.exceptions.NoScriptError):
+            return list(self._submit(keys=redis_keys, args=args))  # loads it, then runs it
+        if isinstance(reply, Exception):
+            raise reply
+        return list(reply)
 
     def restore_failed(self, job_id: str, error: dict[str, Any]) -> bool:
         """Put a replayed job back to `failed` with `error` when its message could not be sent

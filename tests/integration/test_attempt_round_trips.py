@@ -60,20 +60,40 @@ def _attempt(svc, job_id):
     return JobAttempt(svc, job_id, "ota-init", OTA, _ota_init).run()
 
 
-def test_an_ota_init_attempt_claims_records_and_reports_in_three_round_trips(services, producer):
+def _submitted_count(svc) -> int:
+    return int(svc.redis.hget(keys.METRICS_COUNTERS, "attempt|ota-init|submitted") or 0)
+
+
+def test_an_ota_init_attempt_claims_records_and_reports_in_two_round_trips(services, producer):
     from nxjobs.attempts.decisions import Skipped, Submitted
 
     warm, job_id = producer.ota_init(**OTA), producer.ota_init(**OTA)
     assert isinstance(_attempt(services, warm), Submitted)  # scripts loaded, pools open
+    counted = _submitted_count(services)
     services.redis.trips.clear()
 
     assert isinstance(_attempt(services, job_id), Submitted)
-    # The claim, the submit (its payload and marker dropped with it), the metrics.
-    assert services.redis.trips == ["EVALSHA", "EVALSHA", "PIPELINE"]
+    # The claim; the submit (its payload and marker dropped with it) with the metrics.
+    assert services.redis.trips == ["EVALSHA", "PIPELINE"]
     record = producer.store.get(job_id)
     assert record.state is JobState.COMPLETED and record.result["url"]
     assert services.redis.exists(keys.job_payload(job_id), keys.inflight(job_id)) == 0
+    assert _submitted_count(services) == counted + 1
 
     services.redis.trips.clear()
     assert isinstance(_attempt(services, job_id), Skipped)  # a redelivery: the claim refuses
     assert services.redis.trips == ["EVALSHA"]
+
+
+def test_a_submit_whose_script_redis_lost_loads_it_and_records_once(services, producer):
+    from nxjobs.attempts.decisions import Submitted
+
+    warm, job_id = producer.ota_init(**OTA), producer.ota_init(**OTA)
+    assert isinstance(_attempt(services, warm), Submitted)
+    counted = _submitted_count(services)
+    services.redis.script_flush()  # as after a Redis restart without its scripts
+
+    assert isinstance(_attempt(services, job_id), Submitted)
+    assert producer.store.get(job_id).state is JobState.COMPLETED
+    assert _submitted_count(services) == counted + 1
+    assert services.redis.exists(keys.job_payload(job_id)) == 0
