@@ -151,11 +151,40 @@ class Poller:
         self._thread.join(5)
 
 
+def _done(system: str, client, result_keys: list[str]) -> int:
+    """Jobs done: nxjobs counts its submitted attempts (ota-init completes at submit), the plain
+    task's results are in the backend."""
+    if system == "nxjobs":
+        from nxjobs import keys
+
+        return int(client.hget(keys.METRICS_COUNTERS, "attempt|ota-init|submitted") or 0)
+    return int(client.exists(*result_keys))
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as fh:
+            return [int(x) for x in fh.read().split()]
+    except OSError:
+        return []
+
+
+def _cpu_s(pids: list[int]) -> float:
+    """User + system CPU seconds of these processes (each its own, not its children's)."""
+    ticks = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                ticks += sum(int(x) for x in fh.read().rsplit(")", 1)[1].split()[11:13])
+        except OSError:
+            continue
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def run_round(system: str, jobs: int, timeout_s: float, *, monitor: bool = False) -> dict:
     import redis
     from celery import Celery
 
-    from nxjobs import keys
     from nxjobs.producers import Producer
     from nxjobs.records import JobState
     from sandbox.accounts import sandbox_env
@@ -221,23 +250,31 @@ def run_round(system: str, jobs: int, timeout_s: float, *, monitor: bool = False
                     env=env,
                     cwd=project_root(),
                 ).start()
-            deadline = time.monotonic() + timeout_s
-            polls = Counter()
-            done = 0
+                worker.wait_for_log(" ready.", 60)
             result_keys = [f"celery-task-meta-{i}" for i in ids]
+            # CPU from the worker's first ready moment; the jobs done by then are taken out.
+            processes = {
+                "worker main": [worker.proc.pid],
+                "worker pool": _children(worker.proc.pid),
+                "redis": [redis_server.pid],
+                "sandbox": [sandbox.proc.pid],
+            }
+            cpu_before = {name: _cpu_s(pids) for name, pids in processes.items()}
+            done_before = _done(system, client, result_keys)
+            deadline = time.monotonic() + timeout_s
+            polls = Counter({"hget" if system == "nxjobs" else "exists": 1})
+            done = 0
             while time.monotonic() < deadline:
-                if system == "nxjobs":
-                    done = int(
-                        client.hget(keys.METRICS_COUNTERS, "attempt|ota-init|submitted") or 0
-                    )
-                    polls["hget"] += 1
-                else:
-                    done = client.exists(*result_keys)
-                    polls["exists"] += 1
+                done = _done(system, client, result_keys)
+                polls["hget" if system == "nxjobs" else "exists"] += 1
                 if done >= jobs:
                     break
                 time.sleep(0.01)
             finished_at = time.monotonic()
+            cpu_ms = {
+                name: 1000 * (_cpu_s(pids) - cpu_before[name]) / max(jobs - done_before, 1)
+                for name, pids in processes.items()
+            }
             poller.stop()
             after = _commandstats(client)
             seen = watch.stop() if watch is not None else []
@@ -266,6 +303,7 @@ def run_round(system: str, jobs: int, timeout_s: float, *, monitor: bool = False
         "seconds": seconds,
         "rate": done / seconds if seconds > 0 else 0.0,
         "calls": calls,
+        "cpu_ms": cpu_ms,
         "monitored": _count_worker_commands(seen, bench_clients) if monitor else None,
     }
 
@@ -303,7 +341,8 @@ def main() -> int:
             print(
                 f"round {i + 1} {system:<6} {row['completed']:>6}/{row['jobs']} done "
                 f"in {row['seconds']:6.2f} s = {row['rate']:7.1f} jobs/s; "
-                f"commandstats calls/job {per_job:5.2f} (scripts' own calls included)",
+                f"commandstats calls/job {per_job:5.2f} (scripts' own calls included); "
+                "CPU ms/job " + ", ".join(f"{name} {ms:.2f}" for name, ms in row["cpu_ms"].items()),
                 flush=True,
             )
     if args.rounds:
