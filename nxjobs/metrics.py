@@ -1,11 +1,12 @@
 """Operations metrics kept in Redis, so every worker process, container and receiver adds
 to one set of numbers and a single exporter (workers/exporter.py) serves them.
 
-Writers call `record_attempt` (a worker, once per attempt), `record_rate_wait` (a worker,
-once per re-queue for a rate-limit slot), and time each job's completion once: the callback
-script hands `submitted_at` back with the callback that completed a job (the receiver batches
-those, reconciliation records them), and `observe_completion` covers a job completed at its
-submit step because every callback came first. Each write is one pipelined round trip.
+Writers call `record_attempt` (a worker, once per attempt; `queue_attempt` when it rides with
+the submit), `record_rate_wait` (a worker, once per re-queue for a rate-limit slot), and time
+each job's completion once: the callback script hands `submitted_at` back with the callback
+that completed a job (the receiver batches those, reconciliation records them), and
+`observe_completion` covers a job completed at its submit step because every callback came
+first. Each write is one pipelined round trip.
 Histograms store per-bucket (non-cumulative) counts; the exporter sums them up.
 
 Labels never carry a secret or a phone number: a rate-limit credential is shown as its
@@ -28,7 +29,8 @@ log = logging.getLogger("nxjobs.metrics")
 # Seconds of one provider HTTP request. Only bounds added below 0.05 since the first
 # release, so cells stored under the older bounds still add up.
 LATENCY_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-# Seconds. An attempt spans rate-limit gate, HTTP request(s) and recording.
+# Seconds. An attempt spans rate-limit gate, HTTP request(s) and recording (a submitted one up
+# to its submit, which its metrics are sent with).
 ATTEMPT_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 # Seconds a job was sent back to wait for its slot: a few ms when nearly due, up to
 # RateLimitSettings.max_wait_s (600 s) for a backlog beyond the reservation horizon.
@@ -121,8 +123,35 @@ def record_attempt(
     """Count one finished attempt: outcome, provider code, its duration, each provider request's
     duration, a throttle per credential if the provider said "too frequent"; remember the
     credentials (rate-limit names) and mark the queue consumed."""
-    label = outcome_label(outcome)
     pipe = client.pipeline(transaction=False)
+    queue_attempt(
+        pipe,
+        kind=kind,
+        queue=queue,
+        outcome=outcome,
+        code=code,
+        attempt_s=attempt_s,
+        request_latencies_s=request_latencies_s,
+        credentials=credentials,
+        now_s=now_s,
+    )
+    pipe.execute()
+
+
+def queue_attempt(
+    pipe,
+    *,
+    kind: str,
+    queue: str,
+    outcome: str,
+    code: str,
+    attempt_s: float,
+    request_latencies_s: Iterable[float] = (),
+    credentials: Iterable[str] = (),
+    now_s: float | None = None,
+) -> None:
+    """Queue record_attempt's writes on `pipe`, for a caller sending them with its own."""
+    label = outcome_label(outcome)
     pipe.hincrby(keys.METRICS_COUNTERS, f"attempt|{kind}|{label}", 1)
     pipe.hincrby(keys.METRICS_COUNTERS, f"response|{kind}|{code}", 1)
     for name in credentials:
@@ -133,7 +162,6 @@ def record_attempt(
         _observe(pipe, HIST_LATENCY, kind, latency_s, LATENCY_BUCKETS_S)
     _observe(pipe, HIST_ATTEMPT, kind, attempt_s, ATTEMPT_BUCKETS_S)
     pipe.hset(keys.METRICS_CONSUMED, queue, f"{time.time() if now_s is None else now_s:.3f}")
-    pipe.execute()
 
 
 def record_rate_wait(client, *, credentials: Iterable[str], wait_s: float) -> None:

@@ -9,14 +9,19 @@ bookkeeping (nxjobs.callbacks: correlation ids, units needed, completion, deadli
 from __future__ import annotations
 
 import json
+import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
+
+import redis
 
 from nxjobs import compact_json, correlate, keys, scripts
 from nxjobs.jobs import KINDS
 from nxjobs.records import JobRecord, JobState, utc_now_iso
+
+log = logging.getLogger("nxjobs.store")
 
 _JSON_FIELDS = ("input", "request", "result", "error", "progress")
 _COUNTERS = frozenset({"attempts", "throttles", "waits"})
@@ -231,19 +236,15 @@ class RecordStore:
         self, job_id: str, state: JobState, *, incr: Iterable[str] = (), **fields: Any
     ) -> Transition:
         """Move `job_id` to `state`, bump the `incr` counters and set `fields`, if the
-        state machine allows it (one round trip). Raises TransitionRefused otherwise."""
+        state machine allows it (one round trip; two for `submitted`, which reads the kind:
+        a caller that knows it calls `submit`). Raises TransitionRefused otherwise."""
         counters = list(incr)
         if not set(counters) <= _COUNTERS:
             raise ValueError(f"unknown counters {counters}")
-        args: list[str] = [utc_now_iso(), str(self.ttl_s), ",".join(counters)]
         if state is JobState.SUBMITTED:
-            status, current, attempts, throttles, after = self._submit_with_callbacks(
-                job_id, args, fields
-            )
-            if status != 1:
-                raise TransitionRefused(job_id, current or None, state)
-            return Transition(current, int(attempts), int(throttles), after)
-        args = [state.value, *args]
+            kind = self.redis.hget(keys.job(job_id), "kind")
+            return self._submit_with_callbacks(job_id, kind, counters, fields, [])
+        args: list[str] = [state.value, utc_now_iso(), str(self.ttl_s), ",".join(counters)]
         for name, value in _encode(fields).items():
             args += [name, value]
         status, current, attempts, throttles = self._transition(keys=[keys.job(job_id)], args=args)
@@ -251,23 +252,70 @@ class RecordStore:
             raise TransitionRefused(job_id, current or None, state)
         return Transition(current, int(attempts), int(throttles), state.value)
 
+    def submit(
+        self,
+        job_id: str,
+        kind: str,
+        *,
+        clear: Iterable[str] = (),
+        also: Callable[[Any], None] | None = None,
+        **fields: Any,
+    ) -> Transition:
+        """The move to `submitted` of a job of `kind` (the caller's message carries it), with its
+        callback bookkeeping, in one round trip; once moved, the `clear` keys are deleted in the
+        same step. Raises TransitionRefused otherwise (nothing deleted). `also` queues writes that
+        do not depend on the move on the pipeline it is given: they are sent in the same round
+        trip, after the move, whatever it answers; their errors are logged and dropped."""
+        return self._submit_with_callbacks(job_id, kind, [], fields, list(clear), also)
+
     def _submit_with_callbacks(
-        self, job_id: str, args: list[str], fields: dict[str, Any]
-    ) -> list[Any]:
+        self,
+        job_id: str,
+        kind: str | None,
+        counters: list[str],
+        fields: dict[str, Any],
+        clear: list[str],
+        also: Callable[[Any], None] | None = None,
+    ) -> Transition:
         """The submitted transition with its callback bookkeeping (nxjobs/lua/store_submit.lua)."""
-        kind = self.redis.hget(keys.job(job_id), "kind")
         expect = correlate.on_submit(kind, fields.get("result"), job_id)
         now = time.time()
         family = KINDS[kind].queue if kind in KINDS else "none"
         due_at = now + float(self.callback_deadlines_s.get(kind or "", 0.0))
         proof_id = (expect.proof or {}).get(keys.PROOF_ID, "")
-        args = args + [job_id, str(expect.needed or 0), f"{due_at:.3f}", f"{now:.3f}", proof_id]
+        index_keys = list(expect.index_keys)
+        args = [utc_now_iso(), str(self.ttl_s), ",".join(counters)]
+        args += [job_id, str(expect.needed or 0), f"{due_at:.3f}", f"{now:.3f}", proof_id]
+        args.append(str(len(clear)))
         for name, value in _encode(fields).items():
             args += [name, value]
-        reply: list[Any] = self._submit(
-            keys=[keys.job(job_id), keys.callbacks_waiting(family), *expect.index_keys], args=args
-        )
-        return reply
+        redis_keys = [keys.job(job_id), keys.callbacks_waiting(family), *index_keys, *clear]
+        if also is None:
+            reply = self._submit(keys=redis_keys, args=args)
+        else:
+            reply = self._submit_with_others(job_id, redis_keys, args, also)
+        status, current, attempts, throttles, after = reply
+        if status != 1:
+            raise TransitionRefused(job_id, current or None, JobState.SUBMITTED)
+        return Transition(current, int(attempts), int(throttles), after)
+
+    def _submit_with_others(
+        self, job_id: str, redis_keys: list[str], args: list[str], also: Callable[[Any], None]
+    ) -> list[Any]:
+        # EVALSHA queued by hand: a registered script run on a pipeline costs a SCRIPT EXISTS
+        # round trip first.
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.evalsha(self._submit.sha, len(redis_keys), *redis_keys, *args)
+        also(pipe)
+        reply, *others = pipe.execute(raise_on_error=False)
+        failed = [type(r).__name__ for r in others if isinstance(r, Exception)]
+        if failed:
+            log.warning("job=%s writes sent with its submit not recorded: %s", job_id, failed)
+        if isinstance(reply, redis.exceptions.NoScriptError):
+            return list(self._submit(keys=redis_keys, args=args))  # loads it, then runs it
+        if isinstance(reply, Exception):
+            raise reply
+        return list(reply)
 
     def restore_failed(self, job_id: str, error: dict[str, Any]) -> bool:
         """Put a replayed job back to `failed` with `error` when its message could not be sent

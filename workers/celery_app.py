@@ -53,6 +53,9 @@ app.conf.update(
     # Task events for Flower: states need -E (set by `nxjobs worker`) and "sent" needs this.
     worker_send_task_events=True,
     task_send_sent_event=True,
+    # Those events in batches (workers/event_batching.py): one message each cost a third of
+    # the worker main process's CPU.
+    worker_consumer="workers.event_batching:BatchingConsumer",
     task_track_started=True,
     broker_connection_retry_on_startup=True,
     worker_hijack_root_logger=True,

@@ -290,14 +290,31 @@ class JobAttempt:
 
     def _submitted(self, claim: Transition, outcome: Outcome) -> Submitted:
         svc, job_id = self.svc, self.job_id
-        submit = svc.store.transition(
-            job_id, JobState.SUBMITTED, request=outcome.request, result=outcome.result, error=None
+        done = report.prepare_attempt(
+            svc,
+            job_id,
+            self.kind,
+            claim.attempts,
+            "submitted",
+            "0",
+            self.started,
+            self.slots.permit.credentials,
         )
-        # Recorded: a redelivery now stops at the claim, and the sweeper has nothing to re-send.
-        self.marker.clear(keys.job_payload(job_id))
+        # Recorded: a redelivery now stops at the claim, and the sweeper has nothing to re-send,
+        # so the marker and the kept payload go in the same step. The metrics ride along: the
+        # provider accepted this attempt's request even if a duplicate delivery recorded first.
+        submit = svc.store.submit(
+            job_id,
+            self.kind,
+            clear=[self.marker.key, keys.job_payload(job_id)],
+            also=done.queue_metrics,
+            request=outcome.request,
+            result=outcome.result,
+            error=None,
+        )
         if submit.state == JobState.COMPLETED.value:
             report.observe_completed_at_submit(svc, job_id, self.kind, outcome.result)
-        self._log(claim.attempts, "submitted", "0")
+        done.log()
         return Submitted()
 
     def _wait_for_slot(self, wait: SlotNotReady, *, resumed: bool) -> WaitForSlot:

@@ -8,9 +8,101 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 log = logging.getLogger("nxjobs.jobs")
+
+
+@dataclass(frozen=True)
+class AttemptReport:
+    """A finished attempt's log line and metrics, measured when it was made (prepare_attempt)."""
+
+    job_id: str
+    kind: str
+    attempt: int
+    outcome: str
+    code: str
+    attempt_s: float
+    requests_s: list[float]
+    credentials: list[str]
+
+    def log(self) -> None:
+        """One log line (fields also as structured `extra`). Never a secret or a phone.
+        `latency_ms` is the provider's part (this attempt's requests, summed), `attempt_ms` the
+        whole attempt."""
+        latency_ms, attempt_ms = round(sum(self.requests_s) * 1000), round(self.attempt_s * 1000)
+        log.info(
+            "job=%s kind=%s attempt=%d outcome=%s code=%s latency_ms=%d attempt_ms=%d",
+            self.job_id,
+            self.kind,
+            self.attempt,
+            self.outcome,
+            self.code,
+            latency_ms,
+            attempt_ms,
+            extra={
+                "job_id": self.job_id,
+                "kind": self.kind,
+                "attempt": self.attempt,
+                "outcome": self.outcome,
+                "code": self.code,
+                "latency_ms": latency_ms,
+                "attempt_ms": attempt_ms,
+            },
+        )
+
+    def queue_metrics(self, pipe: Any) -> None:
+        """Queue its metrics on `pipe` (sent with the caller's own writes)."""
+        from nxjobs import metrics  # kept local: the metric helpers below are the only users
+        from nxjobs.jobs import KINDS
+
+        try:
+            metrics.queue_attempt(
+                pipe,
+                kind=self.kind,
+                queue=KINDS[self.kind].queue if self.kind in KINDS else "unknown",
+                outcome=self.outcome,
+                code=self.code,
+                attempt_s=self.attempt_s,
+                request_latencies_s=self.requests_s,
+                credentials=self.credentials,
+            )
+        except Exception as exc:  # metrics must never change a job's outcome
+            log.warning("job=%s metrics not recorded: %s", self.job_id, type(exc).__name__)
+
+    def record_metrics(self, client: Any) -> None:
+        """Its metrics in one pipelined round trip of their own."""
+        try:
+            pipe = client.pipeline(transaction=False)
+            self.queue_metrics(pipe)
+            pipe.execute()
+        except Exception as exc:  # metrics must never change a job's outcome
+            log.warning("job=%s metrics not recorded: %s", self.job_id, type(exc).__name__)
+
+
+def prepare_attempt(
+    svc: Any,
+    job_id: str,
+    kind: str,
+    attempt: int,
+    outcome: str,
+    code: str,
+    started: float,
+    credentials: Sequence[str] = (),
+) -> AttemptReport:
+    """The report of an attempt that ends now; `credentials`: the rate limits it went through."""
+    attempt_s = time.monotonic() - started
+    return AttemptReport(
+        job_id,
+        kind,
+        attempt,
+        outcome,
+        code,
+        attempt_s,
+        take_request_latencies(svc),
+        list(credentials),
+    )
 
 
 def log_attempt(
@@ -23,48 +115,10 @@ def log_attempt(
     started: float,
     credentials: Sequence[str] = (),
 ) -> None:
-    """One log line (fields also as structured `extra`) and one pipelined Redis call of metrics.
-    Never a secret or a phone. `latency_ms` is the provider's part (this attempt's requests,
-    summed), `attempt_ms` the whole attempt; `credentials`: the rate limits it went through."""
-    attempt_s = time.monotonic() - started
-    requests_s = take_request_latencies(svc)
-    latency_ms, attempt_ms = round(sum(requests_s) * 1000), round(attempt_s * 1000)
-    log.info(
-        "job=%s kind=%s attempt=%d outcome=%s code=%s latency_ms=%d attempt_ms=%d",
-        job_id,
-        kind,
-        attempt,
-        outcome,
-        code,
-        latency_ms,
-        attempt_ms,
-        extra={
-            "job_id": job_id,
-            "kind": kind,
-            "attempt": attempt,
-            "outcome": outcome,
-            "code": code,
-            "latency_ms": latency_ms,
-            "attempt_ms": attempt_ms,
-        },
-    )
-    from nxjobs import metrics  # kept local: the metric helpers below are the only users
-    from nxjobs.jobs import KINDS
-
-    try:
-        queue = KINDS[kind].queue if kind in KINDS else "unknown"
-        metrics.record_attempt(
-            svc.redis,
-            kind=kind,
-            queue=queue,
-            outcome=outcome,
-            code=code,
-            attempt_s=attempt_s,
-            request_latencies_s=requests_s,
-            credentials=list(credentials),
-        )
-    except Exception as exc:  # metrics must never change a job's outcome
-        log.warning("job=%s metrics not recorded: %s", job_id, type(exc).__name__)
+    """One log line and one pipelined Redis call of metrics (AttemptReport)."""
+    done = prepare_attempt(svc, job_id, kind, attempt, outcome, code, started, credentials)
+    done.log()
+    done.record_metrics(svc.redis)
 
 
 def take_request_latencies(svc: Any) -> list[float]:

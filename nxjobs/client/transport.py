@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -65,6 +66,12 @@ class Transport:
         )
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
+        # What requests reads from the environment on every request (proxies, CA bundle, .netrc)
+        # is read once per origin instead: it costs ~0.1 ms of CPU a request, and a worker's
+        # environment does not change under it.
+        self._env_session = requests.Session()
+        self.session.trust_env = False
+        self._env_settings: dict[tuple[str, str], dict[str, Any]] = {}
         self._local = threading.local()
 
     def post(self, url: str, *, data: bytes | dict[str, str], headers: dict[str, str]) -> Response:
@@ -120,7 +127,12 @@ class Transport:
     ) -> requests.Response:
         try:
             return self.session.post(
-                url, data=data, headers=headers, timeout=self.timeout, allow_redirects=False
+                url,
+                data=data,
+                headers=headers,
+                timeout=self.timeout,
+                allow_redirects=False,
+                **self._from_environment(url),
             )
         except requests.ConnectTimeout as exc:
             raise TransportError(
@@ -152,8 +164,24 @@ class Transport:
                 may_have_reached=True,
             ) from exc
 
+    def _from_environment(self, url: str) -> dict[str, Any]:
+        """The proxies, CA bundle and .netrc credentials requests would take from the environment
+        for `url`'s origin (what `trust_env` does), read on the origin's first request."""
+        parts = urlsplit(url)
+        origin = (parts.scheme, parts.netloc)
+        found = self._env_settings.get(origin)
+        if found is None:
+            env = self._env_session.merge_environment_settings(url, {}, None, None, None)
+            found = {"proxies": env["proxies"], "verify": env["verify"], "cert": env["cert"]}
+            auth = requests.utils.get_netrc_auth(url)
+            if auth:
+                found["auth"] = auth
+            self._env_settings[origin] = found
+        return found
+
     def close(self) -> None:
         self.session.close()
+        self._env_session.close()
 
 
 def _origin(url: str) -> str:

@@ -77,6 +77,23 @@ def test_submit_moves_only_a_running_job(client, before):
 
 
 @pytest.mark.parametrize("before", [None, *STATES])
+def test_submit_deletes_the_keys_it_is_given_only_when_it_moves(client, before):
+    store = RecordStore(client, ttl_s=60)
+    if before is not None:
+        client.hset(keys.job("j"), mapping={"state": before, "kind": "ota-init"})
+    client.set(keys.inflight("j"), "1")
+    client.set(keys.job_payload("j"), "{}")
+    try:
+        store.submit("j", "ota-init", clear=[keys.inflight("j"), keys.job_payload("j")], result={})
+        moved = True
+    except TransitionRefused:
+        moved = False
+    assert moved is (before == "running")
+    assert client.exists(keys.inflight("j"), keys.job_payload("j")) == (0 if moved else 2)
+    assert client.hget(keys.job("j"), "state") == ("completed" if moved else before)
+
+
+@pytest.mark.parametrize("before", [None, *STATES])
 def test_a_replay_takes_only_a_failed_job_and_never_creates_one(client, before):
     dead = DeadLetters(client)
     dead.add("j", "ota-init", {"phone": "1"}, {"code": "x"})

@@ -84,6 +84,16 @@ class FakeLimiter:
         return 1.5
 
 
+class RecordingPipeline:
+    """Notes the commands queued on it."""
+
+    def __init__(self):
+        self.queued: list[tuple] = []
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: self.queued.append((name, *args))
+
+
 class FakeStore:
     """Records and their state machine, as far as an attempt uses them."""
 
@@ -91,6 +101,7 @@ class FakeStore:
         self.records: dict[str, dict[str, Any]] = {}
         self.initial = (state, attempts, throttles)
         self.history: list[tuple[str, dict]] = []
+        self.sent_with_submit = RecordingPipeline()
 
     def _rec(self, job_id):
         state, attempts, throttles = self.initial
@@ -109,6 +120,13 @@ class FakeStore:
         rec.update(fields)
         self.history.append((state.value, dict(fields, incr=list(incr))))
         return Transition(previous, rec["attempts"], rec["throttles"], state.value)
+
+    def submit(self, job_id, kind, *, clear=(), also=None, **fields):
+        moved = self.transition(job_id, JobState.SUBMITTED, **fields)
+        self.redis.delete(*clear)
+        if also is not None:
+            also(self.sent_with_submit)
+        return moved
 
     def incr(self, job_id, counter):
         self._rec(job_id)[counter] += 1
@@ -171,10 +189,12 @@ def services(*grants: Grant, store: FakeStore | None = None, answers=()) -> Simp
     limiter = FakeLimiter(*grants)
     gate = RateGate(limiter, lambda family, endpoint, body: LIMITS.get(family, []))
     provider = Provider(gate, *answers)
+    store = store or FakeStore()
+    store.redis = FakeRedis()
     return SimpleNamespace(
         settings=Settings(_env_file=None),
-        redis=FakeRedis(),
-        store=store or FakeStore(),
+        redis=store.redis,
+        store=store,
         gate=gate,
         limiter=limiter,
         dead_letters=FakeDeadLetters(),
@@ -466,10 +486,17 @@ def test_the_attempt_reports_the_credentials_of_its_permit(caplog, monkeypatch):
     from nxjobs.attempts import report
 
     seen = []
-    monkeypatch.setattr(report, "log_attempt", lambda svc, *a: seen.append(a))
+    prepare = report.prepare_attempt
+    monkeypatch.setattr(
+        report, "prepare_attempt", lambda svc, *a: seen.append(a) or prepare(svc, *a)
+    )
     svc = services()
     run(svc, "ota-init")
     assert seen[-1][3] == "submitted" and seen[-1][-1] == ["api2:a"]
+    # Its metrics went out with the submit.
+    queued = svc.store.sent_with_submit.queued
+    assert ("sadd", keys.METRICS_CREDENTIALS, "api2:a") in queued
+    assert ("hincrby", keys.METRICS_COUNTERS, "attempt|ota-init|submitted", 1) in queued
 
 
 # ---- the marker ---------------------------------------------------------------------------------
