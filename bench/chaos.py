@@ -12,12 +12,17 @@ sandbox process, the callback receiver, a reconciliation beat and 2 workers
   faults   the sandbox answers 30 % "too frequent", 10 % HTTP 503 and 5 % slow past
            the client's read timeout (the side effect applied first), for the whole run
   sigterm  SIGTERM to every worker's main process (a rollout), then a fresh set
+  kill-held  calls only, under a makecall quota so they wait for rate-limit slots (countdowns
+           held in the worker's timer); kill -9 of one whole worker of two (main and pool)
+           while it holds such messages, no fresh worker started; prints the time from the
+           kill until every job it held left queued/running/retrying (nxjobs/held.py puts
+           them back; the visibility timeout is an hour, as shipped)
 
 lost = a job whose record is missing, or still queued/running/retrying when the
 run ends; duplicates = the sandbox's own count of an orderid / batchNo / orderID /
 userTaskID accepted twice. Every run is bounded (`--timeout`) and stops itself.
 
-Usage: python bench/chaos.py [--jobs 300] [--scenarios kill,redis,faults,sigterm]
+Usage: python bench/chaos.py [--jobs 300] [--scenarios kill,redis,faults,sigterm,kill-held]
        [--timeout 180] [--kill-mode group|children]
 """
 
@@ -47,7 +52,7 @@ from workers.devstack import (  # noqa: E402
     start_worker,
 )
 
-SCENARIOS = ("kill", "redis", "faults", "sigterm")
+SCENARIOS = ("kill", "redis", "faults", "sigterm", "kill-held")
 FAULTS = dict(throttle_rate=0.3, error_rate=0.1, slow_rate=0.05, slow_seconds=2.5)
 # Our quotas are the sandbox's (relaxed so a run takes seconds, not minutes); the
 # faults above are injected regardless of quotas.
@@ -92,6 +97,14 @@ KIND_MIX = (
     ("wa-calling", 15),
 )
 UNFINISHED = ("queued", "running", "retrying")
+# kill-held: the makecall quota (ours and the sandbox's) that makes calls wait for slots, and the
+# broker's visibility timeout as shipped, so only the held-messages restore can bring the dead
+# worker's messages back in time.
+HELD_MAKECALL_RATE = 2
+HELD_ENV = {
+    "NXJOBS_AGENT__RATE_PER_S": str(HELD_MAKECALL_RATE),
+    "NXJOBS_BROKER_VISIBILITY_TIMEOUT_S": "3600",
+}
 
 
 @dataclass
@@ -112,6 +125,14 @@ class Result:
     faults: dict = field(default_factory=dict)  # what the sandbox injected (stats()["faults"])
     retried: int = 0  # jobs that needed more than one attempt (evidence the fault hit jobs)
     seconds: float = 0.0
+    # kill-held: messages the killed worker listed, the jobs they were, seconds from the kill
+    # until each of those jobs left queued/running/retrying (None: not all did), and how many
+    # messages were put back (metrics counter restored|<queue>).
+    held_tags: int = 0
+    held_jobs: int = 0
+    held_settled_s: float | None = None
+    first_restore_s: float | None = None  # seconds from the kill until the first put back
+    restored: int = 0
 
     def row(self) -> str:
         failed = sum(self.failed.values())
@@ -153,7 +174,7 @@ def _payload(kind: str, rng: random.Random) -> dict:
 class Stack:
     """Redis + sandbox + receiver + beat + workers for one scenario; stop() ends all of it."""
 
-    def __init__(self, workers: int, concurrency: int):
+    def __init__(self, workers: int, concurrency: int, extra_env: dict[str, str] | None = None):
         from sandbox.accounts import sandbox_env
 
         self.n_workers, self.concurrency = workers, concurrency
@@ -176,6 +197,7 @@ class Stack:
             **{k: v for k, v in os.environ.items() if not k.startswith("NXJOBS_")},
             **sandbox_env(self.sandbox_url),
             **WORKER_ENV,
+            **(extra_env or {}),
             "NXJOBS_REDIS_URL": self.redis.url,
             "NXJOBS_CALLBACKS__TOKEN": token,
             "PYTHONPATH": project_root(),
@@ -209,6 +231,60 @@ def _pool_children(pid: int) -> list[int]:
             return [int(x) for x in fh.read().split()]
     except OSError:
         return []
+
+
+def _held_by(client, node: str) -> tuple[float, list[str]]:
+    """(when, tags) of a worker's list of held messages (nxjobs/held.py); (0, []) if none."""
+    import json
+
+    from nxjobs import keys
+
+    raw = client.hget(keys.WORKERS_HELD, node)
+    if not raw:
+        return 0.0, []
+    entry = json.loads(raw)
+    return float(entry["at"]), list(entry["tags"])
+
+
+def kill_holding(stack: Stack, result: Result, timeout_s: float = 30.0) -> tuple[float, set[str]]:
+    """kill -9 the whole group of the first worker once its list of held messages names more
+    than it can run at once (so countdowns waiting for a slot too), or any by `timeout_s`.
+
+    What it held: every message unacked at the kill that is still unacked once the surviving
+    worker has listed its own after the kill, minus those it lists (nothing is put back that
+    soon: the grace is 3 intervals). Returns the kill's monotonic time and their job ids."""
+    import json
+
+    from nxjobs.redis_conn import connect
+
+    client = connect(stack.redis.url)
+    victim, survivor = stack.workers[0], stack.workers[1]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and len(_held_by(client, victim.node_name)[1]) <= (
+        stack.concurrency
+    ):
+        time.sleep(0.2)
+    victim.signal(signal.SIGKILL)  # main and pool, no goodbye
+    killed_at, killed_wall = time.monotonic(), time.time()
+    result.held_tags = len(_held_by(client, victim.node_name)[1])
+    at_kill = dict(client.hgetall("unacked"))  # a bench-sized hash
+    victim.proc.wait(10)
+    stack.workers.remove(victim)
+    deadline = time.monotonic() + 15
+    at, survivor_tags = _held_by(client, survivor.node_name)
+    while time.monotonic() < deadline and at <= killed_wall:
+        time.sleep(0.1)
+        at, survivor_tags = _held_by(client, survivor.node_name)
+    tags = [t for t in at_kill if t not in set(survivor_tags)]
+    still = client.hmget("unacked", tags) if tags else []
+    jobs = {
+        json.loads(at_kill[t])[0]["headers"]["id"]
+        for t, now in zip(tags, still, strict=True)
+        if now is not None
+    }
+    result.held_jobs = len(jobs)
+    client.close()
+    return killed_at, jobs
 
 
 def inject(name: str, stack: Stack, kill_mode: str) -> None:
@@ -260,15 +336,20 @@ def run_scenario(
     from sandbox.control import SandboxControl
 
     rng = random.Random(seed)
-    kinds = [k for k, w in KIND_MIX for _ in range(w)]
+    held = name == "kill-held"
+    kinds = ["call"] if held else [k for k, w in KIND_MIX for _ in range(w)]
     result = Result(name)
     started = time.monotonic()
-    stack = Stack(workers, concurrency)
+    stack = Stack(workers, concurrency, HELD_ENV if held else None)
+    held_jobs: set[str] = set()
+    killed_at = 0.0
     try:
         control = SandboxControl(stack.sandbox_url)
         control.configure(cdr_callback_url=stack.cdr_url, **SANDBOX_QUOTAS)
         if name == "faults":
             control.configure(**FAULTS)
+        if held:
+            control.configure(makecall_rate=HELD_MAKECALL_RATE)
         ids: list[str] = []
         producer = Producer(stack.redis.url)
 
@@ -290,7 +371,10 @@ def run_scenario(
         submitter = threading.Thread(target=submit, daemon=True)
         submitter.start()
         time.sleep(submit_s * 0.4)
-        inject(name, stack, kill_mode)
+        if held:
+            killed_at, held_jobs = kill_holding(stack, result)
+        else:
+            inject(name, stack, kill_mode)
         submitter.join(submit_s + 60)
         result.submitted = len(ids)
         if name == "faults":
@@ -302,6 +386,14 @@ def run_scenario(
         deadline = started + timeout_s
         while time.monotonic() < deadline:
             records = producer.store.get_many(ids)
+            if held_jobs and result.held_settled_s is None:
+                if not any(
+                    records.get(j) is None or records[j].state.value in UNFINISHED
+                    for j in held_jobs
+                ):
+                    result.held_settled_s = time.monotonic() - killed_at
+            if held_jobs and result.first_restore_s is None and _restored(producer.redis):
+                result.first_restore_s = time.monotonic() - killed_at
             pending = [
                 r
                 for r in records.values()
@@ -340,12 +432,20 @@ def run_scenario(
         dup = stats["duplicates"]
         result.duplicates = sum(dup.values())
         result.duplicate_kinds = {k: v for k, v in dup.items() if v}
+        result.restored = _restored(producer.redis)
         producer.close()
         control.close()
     finally:
         stack.stop()
     result.seconds = time.monotonic() - started
     return result
+
+
+def _restored(client) -> int:
+    from nxjobs import keys
+
+    counters = client.hgetall(keys.METRICS_COUNTERS)
+    return sum(int(v) for f, v in counters.items() if f.startswith("restored|"))
 
 
 def _unfinished(producer, ids) -> bool:
@@ -367,9 +467,25 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.scenarios.split(","):
         if name not in SCENARIOS:
             p.error(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}")
-        r = run_scenario(name, args.jobs, args.timeout, kill_mode=args.kill_mode)
+        r = run_scenario(
+            name,
+            args.jobs,
+            args.timeout,
+            kill_mode=args.kill_mode,
+            concurrency=4 if name == "kill-held" else 3,
+        )
         results.append(r)
         print(f"{name}: {r.row()}", flush=True)
+        if name == "kill-held":
+            settled = "not all" if r.held_settled_s is None else f"{r.held_settled_s:.1f} s"
+            first = "never" if r.first_restore_s is None else f"{r.first_restore_s:.1f} s"
+            print(
+                f"  killed worker listed {r.held_tags} message(s), held {r.held_jobs} job(s); "
+                f"first put back {first} and all settled {settled} after the kill; "
+                f"put back {r.restored}; "
+                f"lost {r.lost}; duplicates {r.duplicates}",
+                flush=True,
+            )
         if r.lost_ids:
             print(f"  lost: {r.lost_ids[:10]}", flush=True)
         if r.duplicate_kinds:

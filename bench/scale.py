@@ -380,16 +380,16 @@ def _all_keys(client) -> set[str]:
 
 def _quiet(stack: Stack, client, timeout_s: float) -> bool:
     """Until no message is queued or unacked and the sandbox sent every callback it queued."""
+    from nxjobs.broker import queue_lists
     from nxjobs.jobs import QUEUES
     from sandbox.control import SandboxControl
-    from workers.exporter import queue_keys
 
     deadline = time.monotonic() + timeout_s
     with SandboxControl(stack.sandbox_url) as control:
         while time.monotonic() < deadline:
             pipe = client.pipeline(transaction=False)
             for q in QUEUES:
-                for key in queue_keys(q):
+                for key in queue_lists(q):
                     pipe.llen(key)
             pipe.hlen("unacked")
             backlog = sum(pipe.execute())

@@ -240,6 +240,30 @@ class RetentionSettings(BaseModel):
         return {"completed": self.completed_s, "failed": self.failed_s}
 
 
+class HeldSettings(BaseModel):
+    """Messages a worker holds (running, prefetched, countdowns waiting in its timer): each
+    worker's main process lists their delivery tags in Redis, and puts back on their queue the
+    unacked messages no live worker lists (a worker killed with -9), nxjobs/held.py."""
+
+    # How often each worker lists what it holds and looks for orphaned messages.
+    interval_s: float = Field(default=5.0, gt=0)
+    # An unacked message delivered longer ago than this, listed by no worker that wrote its list
+    # within this, is orphaned. Unset: 3 x interval_s. At least 2 x interval_s, so a live worker
+    # always lists a message before it can look orphaned.
+    grace_s: float | None = Field(default=None, gt=0)
+    # Most orphans one run puts back (the rest wait for the next run).
+    restore_limit: int = Field(default=1000, ge=1)
+
+    @model_validator(mode="after")
+    def _grace_covers_two_beats(self) -> HeldSettings:
+        if self.grace_s is not None and self.grace_s < 2 * self.interval_s:
+            raise ValueError("NXJOBS_HELD__GRACE_S must be at least 2 x NXJOBS_HELD__INTERVAL_S")
+        return self
+
+    def grace(self) -> float:
+        return self.grace_s if self.grace_s is not None else 3 * self.interval_s
+
+
 class RetrySettings(BaseModel):
     """Capped exponential backoff with full jitter (docs/provider.md §8, our choice)."""
 
@@ -307,6 +331,8 @@ class Settings(BaseSettings):
     task_soft_time_limit_s: int = Field(default=240, gt=0)
     dead_letters: DeadLetterSettings = DeadLetterSettings()
     recover: RecoverSettings = RecoverSettings()
+    # Held messages of a dead worker put back on their queue within seconds (nxjobs/held.py).
+    held: HeldSettings = HeldSettings()
     # Gathering one-number Number Checks and single Callbot contacts into provider batches
     # (nxjobs/coalesce.py).
     coalesce: CoalesceSettings = CoalesceSettings()

@@ -13,8 +13,20 @@ JOB_KEY_PREFIX = job("")
 
 def job_index(kind: str, state: str) -> str:
     """Sorted set of the ids of the jobs of `kind` now in `state` (score = unix time the job
-    entered it), kept by every write of `state` (lib/state.lua's set_state, RecordStore.create)."""
+    entered it), kept by every write of `state` (lib/state.lua's set_state, RecordStore.create),
+    for the INDEXED_STATES only."""
     return f"{PREFIX}:idx:{kind}:{state}"
+
+
+# The states of live work: the sweeper and the gauges read their indexes. A finished job
+# (completed, failed) is only counted (finished_count): an index of them would cost some 150 B a
+# job for as long as records are kept, and its record expires by its retention anyway.
+INDEXED_STATES = ("queued", "running", "retrying", "submitted")
+
+
+def finished_count(kind: str, state: str) -> str:
+    """Field of METRICS_COUNTERS: jobs of `kind` that entered finished `state` (set_state)."""
+    return f"finished|{kind}|{state}"
 
 
 # Hash state -> seconds a record in that state is kept (RecordStore writes it from its retention;
@@ -190,6 +202,14 @@ def recover_lock(family: str) -> str:
 
 
 DEAD_ENTRIES = f"{PREFIX}:dead:entries"
+
+
+# Hash worker node name -> {"at": unix time, "tags": [delivery tags]}: what each worker's main
+# process holds (running, prefetched, countdowns in its timer), rewritten every interval
+# (nxjobs/held.py). A dead worker's entry is deleted once none of its tags is unacked any more.
+WORKERS_HELD = f"{PREFIX}:workers:held"
+# Held (SET NX PX) by the one worker putting back orphaned messages.
+WORKERS_HELD_LOCK = f"{PREFIX}:workers:held:lock"
 
 
 # ---- coalescing (nxjobs.coalesce) ------------------------------------------------

@@ -19,7 +19,7 @@ import hashlib
 import logging
 import time
 from bisect import bisect_left
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from nxjobs import keys
 
@@ -258,3 +258,14 @@ def histogram_series(
             cumulative.append((le, running))
         out[label] = (cumulative, row.get("sum", 0.0))
     return out
+
+
+def record_restored(client, by_queue: Mapping[str, int]) -> None:
+    """Count messages put back on their queue because no live worker held them (nxjobs.held):
+    `restored|<queue>`."""
+    if not by_queue:
+        return
+    pipe = client.pipeline(transaction=False)
+    for queue, n in by_queue.items():
+        pipe.hincrby(keys.METRICS_COUNTERS, f"restored|{queue}", n)
+    pipe.execute()

@@ -10,7 +10,8 @@ a script that writes a job's `state`, the moves it makes (`-- moves: running -> 
   record field names of nxjobs.keys, as table FIELD) and `states` (the transition table of
   nxjobs.store as ALLOWED_FROM, and the moves the script and its includes declare as MOVES),
   `keys` (the key names of nxjobs.keys that lib/state.lua and lib/items.lua derive, as table
-  KEY, and job_index_key(kind, state) built from nxjobs.keys.job_index).
+  KEY, the set INDEXED of nxjobs.keys.INDEXED_STATES, and job_index_key(kind, state) and
+  finished_count(kind, state) built from nxjobs.keys.job_index and .finished_count).
   A script that writes `state` loads only with that table, which only the store hands in.
 
 No script spells a key: it gets each one as KEYS, or a prefix built by nxjobs.keys as an ARGV
@@ -41,7 +42,13 @@ _RENDER = re.compile(r"^--#render\s+(\S+)\s*$")
 _MOVES = re.compile(r"^--\s*moves:(.*)$")
 _MOVE = re.compile(r"^\s*([a-z]+)\s*->\s*([a-z]+)\s*$")
 # Key names of nxjobs.keys set_state and lib/items.lua derive (rendered as KEY.<name>).
-KEY_NAMES = ("JOB_KEY_PREFIX", "JOB_PAYLOAD_SUFFIX", "JOB_ITEMS_SUFFIX", "RETENTION")
+KEY_NAMES = (
+    "JOB_KEY_PREFIX",
+    "JOB_PAYLOAD_SUFFIX",
+    "JOB_ITEMS_SUFFIX",
+    "RETENTION",
+    "METRICS_COUNTERS",
+)
 # Record fields named in nxjobs.keys that scripts read or write (rendered as FIELD.<name>).
 FIELD_NAMES = (
     "CALLBACK_FIELD",
@@ -183,18 +190,29 @@ def render_fields() -> str:
 
 def render_keys() -> str:
     pairs = (f"{name} = {_lua_str(getattr(keys, name))}" for name in KEY_NAMES)
-    # The index key's shape comes from nxjobs.keys.job_index itself, split around its arguments.
-    head, rest = keys.job_index("\x01", "\x02").split("\x01")
+    indexed = ", ".join(f"[{_lua_str(state)}] = true" for state in keys.INDEXED_STATES)
+    return (
+        "local KEY = {" + ", ".join(pairs) + "}\n"
+        "local INDEXED = {"
+        + indexed
+        + "}\n"
+        + _lua_kind_state_fn("job_index_key", keys.job_index)
+        + "\n"
+        + _lua_kind_state_fn("finished_count", keys.finished_count)
+    )
+
+
+def _lua_kind_state_fn(name: str, build: Any) -> str:
+    """A Lua function (kind, state) -> the string `build` makes of them, its shape taken from
+    `build` itself (split around its arguments), so the two cannot disagree."""
+    head, rest = build("\x01", "\x02").split("\x01")
     middle, tail = rest.split("\x02")
     body = " .. ".join(
         part
         for part in (_lua_str(head), "kind", _lua_str(middle), "state", _lua_str(tail))
         if part != "''"
     )
-    return (
-        "local KEY = {" + ", ".join(pairs) + "}\n"
-        f"local function job_index_key(kind, state) return {body} end"
-    )
+    return f"local function {name}(kind, state) return {body} end"
 
 
 def _root() -> Any:
@@ -248,6 +266,6 @@ def _lua_sets(table: dict[str, frozenset[str]]) -> str:
 
 
 def _lua_str(value: str) -> str:
-    if not re.fullmatch(r"[A-Za-z0-9_:.\- ]*", value):
+    if not re.fullmatch(r"[A-Za-z0-9_:.|\- ]*", value):
         raise ScriptError(f"cannot render {value!r} as a Lua string")
     return "'" + value + "'"

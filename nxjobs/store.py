@@ -219,8 +219,8 @@ class RecordStore:
         kind = self.redis.hget(keys.job(job_id), "kind")
         pipe = self.redis.pipeline(transaction=True)
         if kind:
-            for state in JobState:
-                pipe.zrem(keys.job_index(kind, state.value), job_id)
+            for state in keys.INDEXED_STATES:
+                pipe.zrem(keys.job_index(kind, state), job_id)
         pipe.delete(keys.job(job_id), keys.job_payload(job_id), keys.job_items(job_id))
         pipe.execute()
 
@@ -235,9 +235,9 @@ class RecordStore:
         index_keys, cutoffs = [], []
         now = int(time.time())
         for kind in kinds:
-            for state in JobState:
-                index_keys.append(keys.job_index(kind, state.value))
-                cutoffs.append(str(now - self.kept_s(state.value)))
+            for state in keys.INDEXED_STATES:
+                index_keys.append(keys.job_index(kind, state))
+                cutoffs.append(str(now - self.kept_s(state)))
         return int(self._trim(keys=index_keys, args=[str(limit), *cutoffs]))
 
     def transition(
@@ -269,7 +269,7 @@ class RecordStore:
     ) -> list[Any]:
         """The submitted transition with its callback bookkeeping (nxjobs/lua/store_submit.lua)."""
         kind = self.redis.hget(keys.job(job_id), "kind")
-        expect = correlate.on_submit(kind, fields.get("result"))
+        expect = correlate.on_submit(kind, fields.get("result"), job_id)
         now = time.time()
         family = KINDS[kind].queue if kind in KINDS else "none"
         due_at = now + float(self.callback_deadlines_s.get(kind or "", 0.0))

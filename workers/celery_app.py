@@ -128,3 +128,19 @@ def _flower_kwargsrepr(sender=None, headers=None, body=None, **_kwargs) -> None:
         from nxjobs.redact import flower_repr
 
         headers["kwargsrepr"] = flower_repr(body[1] or {}, kind)
+
+
+# Each worker lists the messages it holds and puts back a dead worker's at once (nxjobs/held.py),
+# instead of after the visibility timeout.
+@signals.worker_ready.connect
+def _start_held(sender=None, **_kwargs) -> None:
+    from workers import held
+
+    held.start(app, sender, settings)
+
+
+@signals.worker_shutdown.connect
+def _stop_held(**_kwargs) -> None:
+    from workers import held
+
+    held.stop()

@@ -44,7 +44,6 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from nxjobs import broker, keys, metrics
 from nxjobs.jobs import KINDS, QUEUES
-from nxjobs.records import JobState
 from nxjobs.redis_conn import connect
 
 log = logging.getLogger("nxjobs.exporter")
@@ -186,9 +185,9 @@ class Exporter:
         return ok, {"ok": ok, "stall_s": self.stall_s, "queues": queues}
 
     def jobs_by_state(self) -> dict[tuple[str, str], int]:
-        """(kind, state) -> number of jobs, from the job indexes: one pipeline of kinds x states
-        ZCARDs, whatever the size of Redis."""
-        cells = [(kind, state.value) for kind in KINDS for state in JobState]
+        """(kind, state) -> number of jobs in a live state, from the job indexes: one pipeline of
+        kinds x INDEXED_STATES ZCARDs, whatever the size of Redis."""
+        cells = [(kind, state) for kind in KINDS for state in keys.INDEXED_STATES]
         pipe = self.redis.pipeline(transaction=False)
         for kind, state in cells:
             pipe.zcard(keys.job_index(kind, state))
@@ -217,7 +216,7 @@ class Exporter:
 
         jobs = GaugeMetricFamily(
             "nxjobs_jobs",
-            "Jobs by kind and state (the job indexes; finished ones kept per NXJOBS_RETENTION__*)",
+            "Jobs in a live state (queued, running, retrying, submitted), by kind",
             labels=["kind", "state"],
         )
         for (kind, state), n in sorted(self.jobs_by_state().items()):
@@ -240,11 +239,22 @@ class Exporter:
             "'Too frequent' answers from the provider, per credential (hashed id)",
             labels=["credential"],
         )
+        finished = CounterMetricFamily(
+            "nxjobs_jobs_finished",
+            "Jobs that entered a finished state (completed, failed), by kind",
+            labels=["kind", "state"],
+        )
         callbacks = CounterMetricFamily(
             "nxjobs_callbacks",
             "Requests the callback receiver answered, by outcome (recorded, duplicate, "
             "unmatched, dropped, deferred, store_error, refused) and refusal reason",
             labels=["outcome", "reason"],
+        )
+        restored = CounterMetricFamily(
+            "nxjobs_held_restored",
+            "Messages put back on their queue because no live worker held them (a worker "
+            "killed; nxjobs/held.py), by queue",
+            labels=["queue"],
         )
         for field, value in counters.items():
             what, _, rest = field.partition("|")
@@ -254,15 +264,21 @@ class Exporter:
                 responses.add_metric(rest.split("|", 1), float(value))
             elif what == "throttle":
                 throttles.add_metric([rest], float(value))
+            elif what == "finished":
+                finished.add_metric(rest.split("|", 1), float(value))
             elif what == "callback":
                 # `refused:<status>:<reason>` or a plain outcome
                 # (nxjobs.metrics.queue_callback_outcomes).
                 outcome, _, reason = rest.partition(":")
                 callbacks.add_metric([outcome, reason], float(value))
+            elif what == "restored":
+                restored.add_metric([rest], float(value))
         yield attempts
+        yield finished
         yield responses
         yield throttles
         yield callbacks
+        yield restored
 
         for name, series, buckets, label_name, help_text in (
             (

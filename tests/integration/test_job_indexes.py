@@ -62,12 +62,15 @@ def test_the_index_follows_every_move_of_a_job(client):
     after = store.transition("j1", JobState.SUBMITTED, result={"orderid": "o1"})
     assert after.state == "submitted" and indexed_in(client, "call", "j1") == ["submitted"]
     store.transition("j1", JobState.COMPLETED)
-    assert indexed_in(client, "call", "j1") == ["completed"]
+    # A finished job leaves the indexes and is counted instead.
+    assert indexed_in(client, "call", "j1") == []
+    assert client.hget(keys.METRICS_COUNTERS, keys.finished_count("call", "completed")) == "1"
 
     store.create("j2", "call", {})
     store.transition("j2", JobState.RUNNING)
     store.transition("j2", JobState.FAILED, error={"code": "x"})
-    assert indexed_in(client, "call", "j2") == ["failed"]
+    assert indexed_in(client, "call", "j2") == []
+    assert client.hget(keys.METRICS_COUNTERS, keys.finished_count("call", "failed")) == "1"
     store.delete("j2")
     assert indexed_in(client, "call", "j2") == [] and not client.exists(keys.job("j2"))
     # Another kind's indexes are untouched.
@@ -90,7 +93,8 @@ def test_coalesced_members_move_through_the_indexes_many_in_one_script(client):
     ]
     queue.fan_out("batch-1", [], outcomes, now_s=3.0, now_iso=NOW, due_at_s=600.0)
     assert indexed_in(client, "number-check", ids[0]) == ["submitted"]
-    assert indexed_in(client, "number-check", ids[1]) == ["failed"]
+    assert indexed_in(client, "number-check", ids[1]) == []
+    assert client.hget(keys.METRICS_COUNTERS, keys.finished_count("number-check", "failed")) == "1"
 
 
 def test_the_job_gauge_is_the_index_counts_and_no_scrape_scans(client):
@@ -117,7 +121,17 @@ def test_the_job_gauge_is_the_index_counts_and_no_scrape_scans(client):
     assert counts[("call", "queued")] == 3 and counts[("ota-init", "running")] == 1
     assert counts == {cell: client.zcard(keys.job_index(*cell)) for cell in counts} and len(
         counts
-    ) == len({c[0] for c in counts}) * len(JobState)
+    ) == len({c[0] for c in counts}) * len(keys.INDEXED_STATES)
+    # Finished jobs are a counter of the jobs that entered each finished state.
+    store.transition("r", JobState.FAILED, error={"code": "x"})
+    finished = {
+        (s.labels["kind"], s.labels["state"]): s.value
+        for m in exporter.collect()
+        if m.name == "nxjobs_jobs_finished"
+        for s in m.samples
+        if s.name == "nxjobs_jobs_finished_total"
+    }
+    assert finished == {("ota-init", "failed"): 1.0}
     assert gauge == counts
 
 
@@ -167,14 +181,14 @@ def test_a_finished_record_expires_after_its_states_retention(client):
 def test_the_trim_drops_members_of_expired_records_only_and_is_bounded(client):
     store = RecordStore(client, ttl_s=1000, retention_s=RETENTION)
     now = int(time.time())
-    completed, queued = keys.job_index("call", "completed"), keys.job_index("call", "queued")
-    client.zadd(completed, {f"old{i}": now - 60 - i for i in range(5)})
-    client.zadd(completed, {"live": now - 10})
+    submitted, queued = keys.job_index("call", "submitted"), keys.job_index("call", "queued")
+    client.zadd(submitted, {f"old{i}": now - 1001 - i for i in range(5)})
+    client.zadd(submitted, {"live": now - 10})
     client.zadd(queued, {"oldq": now - 1001, "liveq": now - 900})
     assert store.trim_indexes(["call"], limit=3) == 3
     assert store.trim_indexes(["call"], limit=100) == 3
     assert store.trim_indexes(["call"], limit=100) == 0
-    assert client.zrange(completed, 0, -1) == ["live"]
+    assert client.zrange(submitted, 0, -1) == ["live"]
     assert client.zrange(queued, 0, -1) == ["liveq"]
 
 
@@ -186,12 +200,12 @@ def test_the_recover_task_trims_its_familys_indexes(client, monkeypatch):
     url = client.connection_pool.connection_kwargs
     settings = Settings(redis_url=f"redis://{url['host']}:{url['port']}/{url['db']}")
     monkeypatch.setattr(tasks.services, "_services", tasks.services.Services(settings))
-    old = int(time.time()) - settings.retention.completed_s - 5
-    client.zadd(keys.job_index("call", "completed"), {"gone": old, "kept": int(time.time())})
-    client.zadd(keys.job_index("ota-init", "completed"), {"other-family": old})
+    old = int(time.time()) - settings.record_ttl_s - 5
+    client.zadd(keys.job_index("call", "submitted"), {"gone": old, "kept": int(time.time())})
+    client.zadd(keys.job_index("ota-init", "submitted"), {"other-family": old})
     report = recover_lost_messages.run("agent")
     assert report["index_trimmed"] == 1 and report["candidates"] == 0
-    assert client.zrange(keys.job_index("call", "completed"), 0, -1) == ["kept"]
-    assert client.zcard(keys.job_index("ota-init", "completed")) == 1  # the api2 run's to trim
+    assert client.zrange(keys.job_index("call", "submitted"), 0, -1) == ["kept"]
+    assert client.zcard(keys.job_index("ota-init", "submitted")) == 1  # the api2 run's to trim
     # The workers' store wrote the retention the scripts read.
     assert client.hget(keys.RETENTION, "completed") == str(settings.retention.completed_s)

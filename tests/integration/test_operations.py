@@ -140,6 +140,7 @@ def test_flower_lists_a_job_with_its_kind_id_and_masked_arguments(flower, produc
 # test_metrics_gaps.py)
 METRICS = (
     "nxjobs_jobs",
+    "nxjobs_jobs_finished_total",
     "nxjobs_attempts_total",
     "nxjobs_provider_responses_total",
     "nxjobs_provider_latency_seconds_bucket",
@@ -203,7 +204,7 @@ def test_metrics_endpoint_exposes_every_metric_after_a_demo_run(
             want = [f'{k}="{v}"' for k, v in labels.items()]
             return sum(v for lbl, v in got[name] if all(w in lbl for w in want))
 
-        assert value("nxjobs_jobs", kind="call", state="completed") >= 1
+        assert value("nxjobs_jobs_finished_total", kind="call", state="completed") >= 1
         assert value("nxjobs_attempts_total", kind="number-check", outcome="submitted") >= 1
         assert value("nxjobs_attempts_total", kind="wa-calling", outcome="throttled") >= 1
         assert value("nxjobs_provider_responses_total", kind="wa-calling", code="0") >= 1

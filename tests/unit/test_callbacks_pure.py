@@ -205,6 +205,13 @@ def test_correlation_rules_per_kind():
     assert correlate.on_enqueue("call", "J", call) == correlate.Expectation(
         1, (keys.callback_index("call", "ORDER1"),), callbacks_max=correlate.CALL_CALLBACKS_MAX
     )
+    # (a call's default orderid is its job id, which the receiver looks up directly: no index)
+    default = validate_payload("call", {"phone": "8613800138000"})
+    assert correlate.on_enqueue("call", "J", default).index_keys == ()
+    assert correlate.on_submit("call", {"orderid": "J", "sessionid": "S"}, "J").index_keys == ()
+    assert correlate.on_submit("call", {"orderid": "O1"}, "J").index_keys == (
+        keys.callback_index("call", "O1"),
+    )
     # ...with what a callback must prove: the batchNo, and each number (masked, as the provider may
     # send it)
     assert correlate.on_enqueue("number-check", "J", nc) == correlate.Expectation(

@@ -282,3 +282,12 @@ def test_a_coalesced_member_reads_what_it_shares_from_its_batch_while_it_has_non
     assert partial.result is None and partial.request == [{"endpoint": "/api/number/check"}]
     # A batch that expired leaves the member's own (empty) fields.
     assert _decode(base, None).request == []
+
+
+def test_the_indexed_states_are_the_live_states_of_the_record_model():
+    from nxjobs.records import JobState
+
+    live = {s.value for s in JobState} - {JobState.COMPLETED.value, JobState.FAILED.value}
+    assert set(keys.INDEXED_STATES) == live
+    rendered = scripts.render_keys()
+    assert "local INDEXED = {" in rendered and "finished_count(kind, state)" in rendered

@@ -5,11 +5,12 @@
 -- Returns (true, state before) when written, (false, state before) when refused, nothing
 -- written; state before is false for a job with no record (`new` in the table and the moves).
 -- With the write it keeps the job indexes (nxjobs.keys.job_index: the id leaves the old state's
--- sorted set and enters the new one's, scored by Redis TIME) and, for a state the retention hash
+-- sorted set and enters the new one's, scored by Redis TIME; a finished state, not INDEXED, is
+-- counted in METRICS_COUNTERS instead) and, for a state the retention hash
 -- (nxjobs.keys.RETENTION) names, expires the record and its payload key after that state's
 -- retention, and the items hash of a paged job with them. Keys it touches that are not in the
--- caller's KEYS: those indexes, the retention hash, the payload and items keys, all named by the
--- keys render from nxjobs.keys.
+-- caller's KEYS: those indexes, the retention hash, the metrics counters, the payload and items
+-- keys, all named by the keys render from nxjobs.keys.
 -- keep_record(jk, state, ttl): what a script calls instead of EXPIRE after set_state: the record
 -- TTL `ttl`, unless `state` has its own retention (then set_state has set it already).
 --#include lib/keys.lua
@@ -26,8 +27,12 @@ local function set_state(jk, to, ...)
   if not kind then kind = redis.call('HGET', jk, 'kind') end
   if kind then
     local id = string.sub(jk, #KEY.JOB_KEY_PREFIX + 1)
-    if from then redis.call('ZREM', job_index_key(kind, from), id) end
-    redis.call('ZADD', job_index_key(kind, to), redis.call('TIME')[1], id)
+    if from and INDEXED[from] then redis.call('ZREM', job_index_key(kind, from), id) end
+    if INDEXED[to] then
+      redis.call('ZADD', job_index_key(kind, to), redis.call('TIME')[1], id)
+    else
+      redis.call('HINCRBY', KEY.METRICS_COUNTERS, finished_count(kind, to), 1)
+    end
   end
   local keep = redis.call('HGET', KEY.RETENTION, to)
   if keep then
