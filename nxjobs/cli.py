@@ -66,9 +66,11 @@ def _service_env() -> dict[str, str] | None:
 
 def cmd_callbacks(rest: list[str]) -> int:
     """`nxjobs callbacks [--host --port --workers]` runs the receiver;
-    `nxjobs callbacks unmatched` lists."""
+    `nxjobs callbacks unmatched` lists; `nxjobs callbacks JOB_ID` pages through a job's."""
     if rest and rest[0] == "unmatched":
         return cmd_unmatched(rest[1:])
+    if rest and not rest[0].startswith("-"):
+        return cmd_job_callbacks(rest)
     env = _service_env()
     if env is None:
         return _error(
@@ -115,6 +117,54 @@ def cmd_unmatched(rest: list[str]) -> int:
             f"{row.get('received_at')}  {row.get('type'):<14} {row.get('source'):<9} {ids}  "
             f"[{row.get('reason')}]{repeats}"
         )
+    return EXIT_OK
+
+
+def cmd_job_callbacks(rest: list[str]) -> int:
+    """Print one page of a job's callbacks, oldest first, and the cursor of the next."""
+    p = argparse.ArgumentParser(
+        prog="nxjobs callbacks",
+        description="Page through one job's callbacks, oldest first.",
+    )
+    p.add_argument("job_id")
+    p.add_argument("--cursor", default="0", help="0 for the first page (default), then the next")
+    p.add_argument("--limit", type=int, default=50, help="callbacks per page (1..1000, default 50)")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(rest)
+    import redis
+
+    from nxjobs.correlate import callback_outcome
+    from nxjobs.producers import Producer
+    from nxjobs.redis_conn import RedisUnavailable
+    from nxjobs.store import MAX_PAGE, InvalidCursor
+
+    if not 1 <= args.limit <= MAX_PAGE:
+        return _error(f"--limit must be 1..{MAX_PAGE}, not {args.limit}", EXIT_INPUT)
+    try:
+        with Producer() as producer:
+            page = producer.callbacks(args.job_id, args.cursor, args.limit)
+    except InvalidCursor as exc:
+        return _error(str(exc), EXIT_INPUT)
+    except RedisUnavailable as exc:
+        return _error(str(exc), EXIT_REDIS)
+    except redis.RedisError as exc:
+        return _error(f"Redis error: {exc}", EXIT_REDIS)
+    if page is None:
+        return _error(f"job {args.job_id} not found", EXIT_JOB)
+    if args.json:
+        body = {
+            "job_id": args.job_id,
+            "total": page.total,
+            "next_cursor": page.next_cursor,
+            "callbacks": page.callbacks,
+        }
+        print(json.dumps(body, ensure_ascii=False, indent=2))
+        return EXIT_OK
+    for entry in page.callbacks:
+        outcome = callback_outcome(str(entry.get("type") or ""), entry.get("data") or {})
+        print(f"{entry.get('received_at')}  {entry.get('source'):<9} {outcome}")
+    more = f"; next: --cursor {page.next_cursor}" if page.next_cursor else "; no more"
+    print(f"{len(page.callbacks)} of {page.total} callback(s){more}")
     return EXIT_OK
 
 
@@ -399,6 +449,14 @@ def _print_record(record: JobRecord | None, *, as_json: bool) -> None:
         }
         line += "  " + " ".join(f"{k}={v}" for k, v in ids.items())
     print(line)
+    if record.callbacks_needed or record.callbacks_stored or record.callbacks_dropped:
+        counts = " ".join(f"{k}={v}" for k, v in sorted(record.callbacks_summary.items()))
+        dropped = f" dropped={record.callbacks_dropped}" if record.callbacks_dropped else ""
+        paged = f"  (`nxjobs callbacks {record.id}` pages them)" if record.callbacks_paged else ""
+        print(
+            f"  callbacks {record.callbacks_done}/{record.callbacks_needed or 0} done, "
+            f"{record.callbacks_stored} stored{dropped}  {counts}{paged}".rstrip()
+        )
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -569,7 +627,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "callbacks",
         help="run the callback receiver (--host, --port, --workers); "
-        "`callbacks unmatched [--limit N] [--json]` lists callbacks matching no job",
+        "`callbacks unmatched [--limit N] [--json]` lists callbacks matching no job; "
+        "`callbacks JOB_ID [--cursor C] [--limit N] [--json]` pages through a job's callbacks",
         add_help=False,
     )
     _add_submit_parser(sub)

@@ -36,6 +36,15 @@ DEFAULT_DEADLINES_S = {
 # a call has one CDR, a contact a few call attempts and its order, a list that much per contact.
 CALL_CALLBACKS_MAX = 8
 CONTACT_CALLBACKS_MAX = 64
+# A job that can get more callbacks than this keeps them out of its record hash, paged
+# (keys.CALLBACKS_PAGED, lib/items.lua): a number check of more numbers, every callbot list (each
+# contact's calls and order). A call, a one-number check, a coalesced member or a contact keeps
+# its few inline: an items hash would cost each of them another key.
+INLINE_CALLBACKS = 8
+# Distinct outcomes a paged job's summary counts apart; the rest are counted as "other".
+SUMMARY_OUTCOMES_MAX = 32
+# Characters of a provider value an outcome keeps (a summary key stays short whatever comes).
+_OUTCOME_VALUE_MAX = 32
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,8 @@ class Expectation:
     # how many callback entries the job may store (None = no cap).
     proof: dict[str, str] | None = None
     callbacks_max: int | None = None
+    # Its callbacks and proof marks go to its items hash (keys.job_items), paged.
+    paged: bool = False
 
 
 def phone_key(phone: str) -> str:
@@ -76,6 +87,7 @@ def on_enqueue(kind: str, job_id: str, payload: Any) -> Expectation:
             (keys.callback_index("nc-batch", batch_no),),
             proof,
             callbacks_max=len(payload.phones),
+            paged=len(payload.phones) > INLINE_CALLBACKS,
         )
     if kind == "callbot-list":
         # userTaskID is the job id: no index needed. Its orders: `<job id>-<index>`, or the explicit
@@ -85,7 +97,9 @@ def on_enqueue(kind: str, job_id: str, payload: Any) -> Expectation:
             keys.PROOF_ORDERS: str(len(contacts)),
             **{keys.proof_order(c.order_id): "1" for c in contacts if c.order_id},
         }
-        return Expectation(1, (), proof, callbacks_max=CONTACT_CALLBACKS_MAX * (len(contacts) + 1))
+        return Expectation(
+            1, (), proof, callbacks_max=CONTACT_CALLBACKS_MAX * (len(contacts) + 1), paged=True
+        )
     if kind == "callbot-contact":
         return Expectation(
             1,
@@ -146,6 +160,42 @@ def on_submit(kind: str | None, result: dict[str, Any] | None, job_id: str = "")
         order_id = result.get("orderID")
         return Expectation(1, (contact_index(str(order_id)),) if order_id else ())
     return Expectation(0)
+
+
+def callback_outcome(callback_type: str, data: dict[str, Any]) -> str:
+    """What a callback's summary counts it as: a DR by its code (0 = success, else a per-number
+    code, docs/provider.md §5.4), a Callbot call by its callStatus, an order by finished or not,
+    a task status callback by its taskStatus, a CDR by its hangup_cause. The ledger passes it to
+    the script (a paged job's counted summary) and the store reads a small job's from its entries:
+    both from the entry as stored (`type`, redacted `data`)."""
+    if callback_type == "number-check":
+        value = data.get("code")
+    elif callback_type == "callbot-call":
+        detail = data.get("callInfoDetail")
+        value = detail.get("callStatus") if isinstance(detail, dict) else None
+    elif callback_type == "callbot-order":
+        finish = data.get("finish")
+        done = finish.strip().lower() in ("1", "true", "yes") if isinstance(finish, str) else finish
+        value = "finished" if done else "open"
+    elif callback_type == "callbot-task":
+        value = data.get("taskStatus")
+    elif callback_type == "cdr":
+        value = data.get("hangup_cause")
+    else:
+        value = None
+    text = "?" if value is None or value == "" else str(value)[:_OUTCOME_VALUE_MAX]
+    return f"{callback_type}:{text}"
+
+
+def summarize(callbacks: list[dict[str, Any]]) -> dict[str, int]:
+    """A small job's summary, from its entries (a paged job's is counted as they come)."""
+    counts: dict[str, int] = {}
+    for entry in callbacks:
+        outcome = callback_outcome(str(entry.get("type") or ""), entry.get("data") or {})
+        if outcome not in counts and len(counts) >= SUMMARY_OUTCOMES_MAX:
+            outcome = "other"
+        counts[outcome] = counts.get(outcome, 0) + 1
+    return counts
 
 
 def contact_index(order_id: str) -> str:

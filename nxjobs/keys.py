@@ -65,11 +65,18 @@ def rate_log(limit_name: str) -> str:
 
 # ---- callbacks (nxjobs.callbacks) --------------------------------------------
 
-# A job's callbacks live in its own hash (one key per job, one TTL), as fields:
+# A small job's callbacks live in its own hash (one key per job, one TTL), as fields:
 # CALLBACK_FIELD + dedupe key -> the callback entry (JSON); UNIT_FIELD + unit -> "1" (a completion
 # unit counted). Record fields never contain ":".
 CALLBACK_FIELD = "cb:"
 UNIT_FIELD = "cu:"
+# A job that can have many callbacks (nxjobs.correlate.INLINE_CALLBACKS) is marked CALLBACKS_PAGED
+# = "1" and keeps them, its units and its proof marks in its items hash (job_items) instead: there
+# CALLBACK_FIELD + dedupe key -> the entry's number n, and ITEM_FIELD + n -> the entry (n from 1,
+# in arrival order: what paging reads). Its job hash keeps CALLBACKS_SUMMARY, counts by outcome.
+CALLBACKS_PAGED = "cb_paged"
+ITEM_FIELD = "e:"
+CALLBACKS_SUMMARY = "callbacks_summary"
 
 # Record fields the ledger proves a callback's ids against (nxjobs.callbacks.ledger). The first
 # four are plain fields; PHONE_FIELD / ORDER_FIELD + value mark each number / explicit orderID.
@@ -173,6 +180,16 @@ def job_payload(job_id: str) -> str:
 
 # What a job's payload key adds to its record key (set_state expires both together).
 JOB_PAYLOAD_SUFFIX = ":payload"
+
+
+def job_items(job_id: str) -> str:
+    """The items hash of a job whose callbacks are paged (CALLBACKS_PAGED): its callback entries,
+    units and proof marks, with the record's TTL (every expiry of the record sets both; deleted
+    with it)."""
+    return job(job_id) + JOB_ITEMS_SUFFIX
+
+
+JOB_ITEMS_SUFFIX = ":items"
 
 
 def recover_suspects(family: str) -> str:

@@ -39,7 +39,7 @@ from nxjobs.jobs import (
 from nxjobs.records import JobRecord, JobState, utc_now_iso
 from nxjobs.redact import flower_repr, redact
 from nxjobs.redis_conn import RedisUnavailable, connect, describe
-from nxjobs.store import RecordStore
+from nxjobs.store import CallbackPage, RecordStore
 from nxjobs.wire import call_list_item, contact_job_order_id
 
 log = logging.getLogger("nxjobs.producer")
@@ -443,6 +443,12 @@ class Producer:
 
     def get(self, job_id: str) -> JobRecord | None:
         return self.store.get(job_id)
+
+    def callbacks(self, job_id: str, cursor: str = "0", limit: int = 100) -> CallbackPage | None:
+        """One page of a job's callbacks, oldest first (RecordStore.callbacks): start at "0", then
+        pass the page's `next_cursor` until it is None. None if the job has no record; raises
+        InvalidCursor (a ValueError) for a cursor no page gave."""
+        return self.store.callbacks(job_id, cursor, limit)
 
     def wait(
         self,

@@ -61,8 +61,17 @@ class JobRecord(BaseModel):
         default=None, description="steps done, for multi-request jobs"
     )
     callbacks: list[dict[str, Any]] = Field(
-        default_factory=list, description="webhooks received, oldest first"
+        default_factory=list,
+        description="webhooks received, oldest first: all of a small job's, the first "
+        "RECORD_CALLBACKS of a paged one (callbacks_paged; the rest by RecordStore.callbacks)",
     )
+    # The callbacks stored, counted by outcome (nxjobs.correlate.callback_outcome: a DR's code, a
+    # call's callStatus, a CDR's hangup_cause...).
+    callbacks_summary: dict[str, int] = Field(default_factory=dict)
+    # Callback entries stored, and whether they are paged (a job that can have many keeps them
+    # apart from its record: `callbacks` shows only the first few).
+    callbacks_stored: int = 0
+    callbacks_paged: bool = False
     # Completion units the job waits for (numbers checked, 1 CDR, 1 finished task) and how many
     # came.
     callbacks_needed: int | None = None

@@ -9,16 +9,17 @@ a script that writes a job's `state`, the moves it makes (`-- moves: running -> 
 - `--#render NAME` puts a Lua statement built from Python data in its place: `fields` (the
   record field names of nxjobs.keys, as table FIELD) and `states` (the transition table of
   nxjobs.store as ALLOWED_FROM, and the moves the script and its includes declare as MOVES),
-  `keys` (the key names of nxjobs.keys that lib/state.lua derives, as table KEY, the set
-  INDEXED of nxjobs.keys.INDEXED_STATES, and job_index_key(kind, state) and
+  `keys` (the key names of nxjobs.keys that lib/state.lua and lib/items.lua derive, as table
+  KEY, the set INDEXED of nxjobs.keys.INDEXED_STATES, and job_index_key(kind, state) and
   finished_count(kind, state) built from nxjobs.keys.job_index and .finished_count).
   A script that writes `state` loads only with that table, which only the store hands in.
 
 No script spells a key: it gets each one as KEYS, or a prefix built by nxjobs.keys as an ARGV
 where it must derive keys itself (members of a batch, a job found by its id). The one exception
 is set_state (lib/state.lua), which every state write shares: it touches the job indexes, the
-retention hash and the job's payload key without them in KEYS, named by the `keys` render (so
-the store's scripts run on one Redis, never a cluster slot per key).
+retention hash and the job's payload and items keys without them in KEYS, named by the `keys`
+render (so the store's scripts run on one Redis, never a cluster slot per key); lib/items.lua
+derives a job's items hash the same way.
 """
 
 from __future__ import annotations
@@ -40,8 +41,14 @@ _INCLUDE = re.compile(r"^--#include\s+(\S+)\s*$")
 _RENDER = re.compile(r"^--#render\s+(\S+)\s*$")
 _MOVES = re.compile(r"^--\s*moves:(.*)$")
 _MOVE = re.compile(r"^\s*([a-z]+)\s*->\s*([a-z]+)\s*$")
-# Key names of nxjobs.keys set_state derives (rendered as KEY.<name>).
-KEY_NAMES = ("JOB_KEY_PREFIX", "JOB_PAYLOAD_SUFFIX", "RETENTION", "METRICS_COUNTERS")
+# Key names of nxjobs.keys set_state and lib/items.lua derive (rendered as KEY.<name>).
+KEY_NAMES = (
+    "JOB_KEY_PREFIX",
+    "JOB_PAYLOAD_SUFFIX",
+    "JOB_ITEMS_SUFFIX",
+    "RETENTION",
+    "METRICS_COUNTERS",
+)
 # Record fields named in nxjobs.keys that scripts read or write (rendered as FIELD.<name>).
 FIELD_NAMES = (
     "CALLBACK_FIELD",
@@ -54,6 +61,9 @@ FIELD_NAMES = (
     "PHONE_FIELD",
     "ORDER_FIELD",
     "BATCH_SHARED",
+    "CALLBACKS_PAGED",
+    "ITEM_FIELD",
+    "CALLBACKS_SUMMARY",
 )
 
 

@@ -1,4 +1,6 @@
-"""Job records in Redis: one hash per job, its callbacks included (nxjobs.keys.CALLBACK_FIELD).
+"""Job records in Redis: one hash per job, a small job's callbacks included
+(nxjobs.keys.CALLBACK_FIELD); a job that can have many keeps them in its items hash, paged
+(nxjobs.keys.CALLBACKS_PAGED, RecordStore.callbacks), its record holding their summary.
 
 State changes go through a Lua script (nxjobs/lua/store_transition.lua) so the check "may
 this state follow the current one?" and the write happen atomically in a single round trip;
@@ -23,7 +25,7 @@ from nxjobs.records import JobRecord, JobState, utc_now_iso
 
 log = logging.getLogger("nxjobs.store")
 
-_JSON_FIELDS = ("input", "request", "result", "error", "progress")
+_JSON_FIELDS = ("input", "request", "result", "error", "progress", keys.CALLBACKS_SUMMARY)
 _COUNTERS = frozenset({"attempts", "throttles", "waits"})
 
 # The state machine: which states each state may be entered from (None: no record yet), each
@@ -195,8 +197,19 @@ class RecordStore:
                 pipe.hset(keys.job(job_id), "callbacks_needed", expect.needed)
             if expect.callbacks_max is not None:
                 pipe.hset(keys.job(job_id), "callbacks_max", expect.callbacks_max)
-            if expect.proof:
-                pipe.hset(keys.job(job_id), mapping=expect.proof)
+            if expect.paged:
+                pipe.hset(keys.job(job_id), keys.CALLBACKS_PAGED, "1")
+            proof = dict(expect.proof or {})
+            # The per-number / per-order marks live with the job's callbacks (lib/items.lua).
+            marks = {f: v for f, v in proof.items() if f.startswith(_PROOF_MARKS)}
+            fixed = {f: v for f, v in proof.items() if f not in marks}
+            if fixed:
+                pipe.hset(keys.job(job_id), mapping=fixed)
+            if marks:
+                home = callbacks_home(job_id, expect.paged)
+                pipe.hset(home, mapping=marks)
+                if home != keys.job(job_id):
+                    pipe.expire(home, self.ttl_s)
             for index_key in expect.index_keys:
                 pipe.set(index_key, job_id, ex=self.ttl_s)
         pipe.expire(keys.job(job_id), self.ttl_s)
@@ -213,7 +226,7 @@ class RecordStore:
         if kind:
             for state in keys.INDEXED_STATES:
                 pipe.zrem(keys.job_index(kind, state), job_id)
-        pipe.delete(keys.job(job_id), keys.job_payload(job_id))
+        pipe.delete(keys.job(job_id), keys.job_payload(job_id), keys.job_items(job_id))
         pipe.execute()
 
     def kept_s(self, state: str) -> int:
@@ -344,16 +357,73 @@ class RecordStore:
         return self.get_many([job_id])[job_id]
 
     def get_many(self, job_ids: Iterable[str]) -> dict[str, JobRecord | None]:
+        """The records of `job_ids` (None: no record). A paged job's record carries its summary
+        and its first RECORD_CALLBACKS callbacks, never all of them: page with `callbacks`."""
         ids = list(job_ids)
         pipe = self.redis.pipeline(transaction=False)
         for job_id in ids:
             pipe.hgetall(keys.job(job_id))
         raws = pipe.execute()
         shared = self._batch_shared(raws)
+        first = self._first_items(ids, raws)
         return {
-            job_id: (_decode(raw, shared.get(raw.get("coalesce_batch", ""))) if raw else None)
+            job_id: (
+                _decode(raw, shared.get(raw.get("coalesce_batch", "")), first.get(job_id))
+                if raw
+                else None
+            )
             for job_id, raw in zip(ids, raws, strict=True)
         }
+
+    def _first_items(
+        self, ids: list[str], raws: list[dict[str, str]]
+    ) -> dict[str, list[dict[str, Any]]]:
+        """job id -> the first RECORD_CALLBACKS entries of each paged job among `raws`, read in
+        one round trip (none when there is no paged job)."""
+        wanted = [
+            (job_id, min(int(raw.get("callbacks_stored") or 0), RECORD_CALLBACKS))
+            for job_id, raw in zip(ids, raws, strict=True)
+            if raw and _paged(raw.get(keys.CALLBACKS_PAGED))
+        ]
+        out: dict[str, list[dict[str, Any]]] = {job_id: [] for job_id, _ in wanted}
+        wanted = [(job_id, n) for job_id, n in wanted if n > 0]
+        if not wanted:
+            return out
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id, n in wanted:
+            pipe.hmget(callbacks_home(job_id, True), _item_fields(0, n))
+        for (job_id, _), values in zip(wanted, pipe.execute(), strict=True):
+            out[job_id] = [json.loads(v) for v in values if v]
+        return out
+
+    def callbacks(self, job_id: str, cursor: str = "0", count: int = 100) -> CallbackPage | None:
+        """One page of a job's callbacks, oldest first: `count` (1..MAX_PAGE) from `cursor` ("0"
+        for the first page, then the page's `next_cursor`). None if the job has no record; raises
+        InvalidCursor for a cursor no page gave, ValueError for a count out of range. A paged job
+        reads its page alone (HMGET of its numbered entries); a small one from its record."""
+        start = parse_cursor(cursor)
+        if not 1 <= count <= MAX_PAGE:
+            raise ValueError(f"count must be 1..{MAX_PAGE}, not {count}")
+        kind, paged, stored = self.redis.hmget(
+            keys.job(job_id), "kind", keys.CALLBACKS_PAGED, "callbacks_stored"
+        )
+        if kind is None:
+            return None
+        if _paged(paged):
+            total = int(stored or 0)
+            end = min(start + count, total)
+            values = (
+                self.redis.hmget(callbacks_home(job_id, True), _item_fields(start, end))
+                if end > start
+                else []
+            )
+            items = [json.loads(v) for v in values if v]
+        else:
+            entries = _inline_callbacks(self.redis.hgetall(keys.job(job_id)))
+            total = len(entries)
+            end = min(start + count, total)
+            items = entries[start:end]
+        return CallbackPage(items, str(end) if end < total else None, total)
 
     def _batch_shared(self, raws: list[dict[str, str]]) -> dict[str, dict[str, str]]:
         """batch id -> the fields coalesced members among `raws` share with it (keys.BATCH_SHARED),
@@ -380,25 +450,79 @@ class RecordStore:
 
 # Callback bookkeeping kept in the job's hash, not part of the record a producer reads.
 _NOT_RECORD_FIELDS = (keys.UNIT_FIELD, keys.PHONE_FIELD, keys.ORDER_FIELD)
+# Proof fields that mark one number or order each: kept where the job's callbacks are.
+_PROOF_MARKS = (keys.PHONE_FIELD, keys.ORDER_FIELD)
+# Callbacks a paged job's record shows (its first ones); the rest are read by pages.
+RECORD_CALLBACKS = 20
+# Callbacks one page may hold.
+MAX_PAGE = 1000
+
+
+@dataclass(frozen=True)
+class CallbackPage:
+    callbacks: list[dict[str, Any]]  # oldest first
+    next_cursor: str | None  # what to pass for the next page; None: this was the last
+    total: int  # callbacks the job has stored
+
+
+class InvalidCursor(ValueError):
+    """A paging cursor that no page handed out."""
+
+
+def parse_cursor(cursor: str) -> int:
+    """The position a cursor names: "0", or a page's next_cursor (a count of callbacks)."""
+    text = str(cursor).strip()
+    if not (text.isascii() and text.isdigit() and len(text) <= 12):
+        raise InvalidCursor(
+            f"invalid cursor {cursor!r}: give 0 for the first page, then the next_cursor a page "
+            "returned"
+        )
+    return int(text)
+
+
+def callbacks_home(job_id: str, paged: bool) -> str:
+    """Where a job's callback entries, units and proof marks live (as lib/items.lua's items_key):
+    its own hash, or its items hash when it is paged (keys.CALLBACKS_PAGED)."""
+    return keys.job_items(job_id) if paged else keys.job(job_id)
+
+
+def _paged(flag: str | None) -> bool:
+    return flag == "1"
+
+
+def _item_fields(start: int, end: int) -> list[str]:
+    """The items-hash fields of a paged job's entries start+1..end (numbered from 1)."""
+    return [f"{keys.ITEM_FIELD}{n}" for n in range(start + 1, end + 1)]
+
+
+def _inline_callbacks(raw: dict[str, str]) -> list[dict[str, Any]]:
+    """A small job's callbacks from its hash, oldest first (same-millisecond ones keep no order)."""
+    entries = [json.loads(v) for name, v in raw.items() if name.startswith(keys.CALLBACK_FIELD)]
+    return sorted(entries, key=lambda c: c.get("received_at") or "")
+
+
 # What a coalesced member may share with its batch instead of storing its own copy.
 _BATCH_SHAREABLE = ("request", "result")
 # How a member's own `request` / `result` read before it has one of its own.
 _UNSET = ("", "[]")
 
 
-def _decode(raw: dict[str, str], batch: dict[str, str] | None = None) -> JobRecord:
-    """The record from its hash; `batch`: the fields of its coalesce batch it shares."""
+def _decode(
+    raw: dict[str, str],
+    batch: dict[str, str] | None = None,
+    first_items: list[dict[str, Any]] | None = None,
+) -> JobRecord:
+    """The record from its hash; `batch`: the fields of its coalesce batch it shares;
+    `first_items`: a paged job's first callbacks (its hash holds none)."""
     if batch:
         raw = dict(raw)
         for name in raw.get(keys.BATCH_SHARED, "").split(","):
             if name in batch and raw.get(name, "") in _UNSET:
                 raw[name] = batch[name]
     data: dict[str, Any] = {}
-    callbacks = []
+    paged = _paged(raw.get(keys.CALLBACKS_PAGED))
     for name, value in raw.items():
-        if name.startswith(keys.CALLBACK_FIELD):
-            callbacks.append(json.loads(value))
-        elif not name.startswith(_NOT_RECORD_FIELDS):
+        if not name.startswith((keys.CALLBACK_FIELD, *_NOT_RECORD_FIELDS)):
             data[name] = value
     for name in _JSON_FIELDS:
         text = data.get(name)
@@ -407,6 +531,12 @@ def _decode(raw: dict[str, str], batch: dict[str, str] | None = None) -> JobReco
     data["request"] = data["request"] or []
     for counter in _COUNTERS:
         data[counter] = int(data.get(counter, 0))
-    # Oldest first; callbacks stored within the same millisecond keep no order among them.
-    data["callbacks"] = sorted(callbacks, key=lambda c: c.get("received_at") or "")
+    data["callbacks_stored"] = int(data.get("callbacks_stored") or 0)
+    data["callbacks_paged"] = paged
+    if paged:
+        data["callbacks"] = first_items or []
+        data["callbacks_summary"] = data.get(keys.CALLBACKS_SUMMARY) or {}
+    else:
+        data["callbacks"] = _inline_callbacks(raw)
+        data["callbacks_summary"] = correlate.summarize(data["callbacks"])
     return JobRecord.model_validate(data)

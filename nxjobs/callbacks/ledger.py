@@ -3,9 +3,12 @@ unmatched ones, and the waiting sets reconciliation works from.
 
 One Lua script per callback (nxjobs/lua/callbacks_apply.lua) finds the job
 (correlation index keys, then a direct id), proves the callback is the job's
-own, drops a repeat, stores the entry in the job's own hash (field
-`cb:<dedupe key>`, nxjobs.keys.CALLBACK_FIELD: one key per job, so one TTL and
-no key to create per callback), counts completion units and, when the last
+own, drops a repeat, stores the entry where the job keeps its callbacks
+(nxjobs/lua/lib/items.lua: a small job in its own hash, field `cb:<dedupe key>`,
+so one key and one TTL; a job that can have many, a number check of more than
+8 numbers or a callbot list, in its items hash, numbered in arrival order, with
+counts by outcome in its record: nxjobs.correlate.INLINE_CALLBACKS,
+callback_outcome), counts completion units and, when the last
 one arrived and the job is submitted, completes it and takes it off the
 waiting set. A callback whose job is not submitted yet is kept and counted;
 the submit step (nxjobs/lua/store_submit.lua) completes the job if nothing is
@@ -44,12 +47,13 @@ import json
 import time
 from typing import Any, NamedTuple
 
-from nxjobs import compact_json, keys, store
+from nxjobs import compact_json, correlate, keys, store
 from nxjobs.callbacks.events import Event
 from nxjobs.jobs import KINDS
 from nxjobs.records import utc_now_iso
 
 RECORDED, DUPLICATE, UNMATCHED, DROPPED, DEFERRED = 1, 2, 0, 3, 4
+_SUMMARY_MAX = str(correlate.SUMMARY_OUTCOMES_MAX)
 _OUTCOMES = {
     RECORDED: "recorded",
     DUPLICATE: "duplicate",
@@ -139,6 +143,8 @@ class Ledger:
             str(self.unmatched_body_bytes),
             str(int(time.time() * 1000)),
             event.type,
+            correlate.callback_outcome(event.type, event.data),
+            _SUMMARY_MAX,
         ]
         return keys_, args
 

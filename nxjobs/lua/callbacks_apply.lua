@@ -1,8 +1,9 @@
 -- Apply one callback to its job (Ledger.apply; callbacks_apply_batch.lua runs it per entry):
 -- find the job (correlation index keys, then a direct id), prove the callback is the job's own,
--- drop a repeat, store the entry in the job's hash, count completion units and, when the last
--- one arrived and the job is submitted, complete it and take it off the waiting set. Whatever
--- proves nothing goes to the bounded unmatched store with its reason.
+-- drop a repeat, store the entry where the job keeps its callbacks (lib/items.lua: its own hash,
+-- or the items hash of a paged job, whose summary it counts too), count completion units and,
+-- when the last one arrived and the job is submitted, complete it and take it off the waiting set.
+-- Whatever proves nothing goes to the bounded unmatched store with its reason.
 -- KEYS[1] unmatched zset, KEYS[2] unmatched entries hash, KEYS[3] waiting zset of the job kind's
 --   family, KEYS[4] the ambiguous-call reconcile zset, KEYS[5] this callback's replay key,
 --   KEYS[6..] correlation index keys.
@@ -15,16 +16,19 @@
 --   other is the provider's own query answer), [14] check (events.CHECK_*) or '',
 --   [15..17] its proof ids, [18] replay key expiry (unix s) or '' (unsigned),
 --   [19] unmatched max bytes, [20] unmatched body bytes kept, [21] now (unix ms),
---   [22] callback type.
+--   [22] callback type, [23] its outcome (nxjobs.correlate.callback_outcome), [24] outcomes a
+--   paged job's summary counts apart at most.
 -- Returns {status, job id, state[, submitted_at, job kind]}: 1 recorded, 2 duplicate or replay
 --   (nothing written), 0 unmatched, 3 dropped (the job has all the callbacks it can have:
 --   counted), 4 deferred (a failed call is looked up at the provider instead); submitted_at
 --   (unix s) only from the callback that completed the job, once per job.
 -- moves: submitted -> completed, failed -> completed
 -- Beyond KEYS, set_state touches the job indexes, the retention hash and the payload key
--- (lib/state.lua; their names rendered from nxjobs.keys).
+-- (lib/state.lua; their names rendered from nxjobs.keys), and a paged job's items hash
+-- (lib/items.lua).
 --#include lib/state.lua
 --#include lib/fields.lua
+--#include lib/items.lua
 local replay = ARGV[18] ~= ''
 if replay and redis.call('EXISTS', KEYS[5]) == 1 then return {2, '', ''} end
 local function seen(reply)
@@ -66,17 +70,21 @@ for i = 6, #KEYS do
 end
 if not job_id and ARGV[2] ~= '' then job_id = ARGV[2] end
 local jk = job_id and (ARGV[1] .. job_id)
-local kind, state, done, need, stored, cap = false, false, 0, -1, 0, false
+local kind, state, done, need, stored, cap, paged = false, false, 0, -1, 0, false, false
 -- What the proof needs comes in the same read (FIELD.PROOF_*).
 local proof = {}
 if jk then
   local h = redis.call('HMGET', jk, 'kind', 'state', 'callbacks_done', 'callbacks_needed',
                        'callbacks_stored', 'callbacks_max', FIELD.PROOF_ID, FIELD.PROOF_SEEN,
-                       FIELD.PROOF_BATCH, FIELD.PROOF_TASK, FIELD.PROOF_ORDERS)
+                       FIELD.PROOF_BATCH, FIELD.PROOF_TASK, FIELD.PROOF_ORDERS,
+                       FIELD.CALLBACKS_PAGED)
   kind, state, done, need = h[1], h[2], tonumber(h[3] or '0'), tonumber(h[4] or '-1')
   stored, cap = tonumber(h[5] or '0'), tonumber(h[6] or '')
   proof = {id = h[7], seen = h[8], batch = h[9], task = h[10], orders = tonumber(h[11] or '0')}
+  paged = h[12] == '1'
 end
+-- Where this job's units, proof marks and dedupe keys are.
+local home = jk and items_key(jk, paged)
 local unit = ARGV[5]
 local alt = kind and ARGV[11] ~= '' and kind == ARGV[11]
 if alt then
@@ -101,7 +109,7 @@ if check == 'nc' and not trusted then
   if ARGV[16] == '' or proof.batch ~= ARGV[16] then
     return unmatched('batchNo disagrees')
   end
-  if ARGV[17] == '' or redis.call('HEXISTS', jk, FIELD.PHONE_FIELD .. ARGV[17]) == 0 then
+  if ARGV[17] == '' or redis.call('HEXISTS', home, FIELD.PHONE_FIELD .. ARGV[17]) == 0 then
     return unmatched('phone not in the job')
   end
   if not provisional(ARGV[15]) then return unmatched('requestId disagrees') end
@@ -127,29 +135,31 @@ elseif check == 'order' and not trusted then
     local index = string.sub(oid, 1, #head) == head and
                   string.match(string.sub(oid, #head + 1), '^%d+$')
     if not ((index and tonumber(index) < proof.orders) or
-            redis.call('HEXISTS', jk, FIELD.ORDER_FIELD .. oid) == 1) then
+            redis.call('HEXISTS', home, FIELD.ORDER_FIELD .. oid) == 1) then
       return unmatched('orderID not in the task')
     end
   end
 end
--- Stored in the job's own hash, keyed by its dedupe key: a repeat writes nothing. A job holds at
--- most `callbacks_max` entries (a Number Check: one per number); distinct ones past it are counted.
+-- Stored by its dedupe key (lib/items.lua): a repeat writes nothing. A job holds at most
+-- `callbacks_max` entries (a Number Check: one per number); distinct ones past it are counted.
 if cap and stored >= cap then
-  if redis.call('HEXISTS', jk, FIELD.CALLBACK_FIELD .. ARGV[4]) == 1 then
+  if redis.call('HEXISTS', home, FIELD.CALLBACK_FIELD .. ARGV[4]) == 1 then
     return seen({2, job_id, state})
   end
   redis.call('HINCRBY', jk, 'callbacks_dropped', 1)
   return seen({3, job_id, state})
 end
-if redis.call('HSETNX', jk, FIELD.CALLBACK_FIELD .. ARGV[4], ARGV[6]) == 0 then
+if not add_item(jk, paged, ARGV[4], ARGV[6], stored + 1) then
   return seen({2, job_id, state})
 end
 stored = stored + 1
+-- A small job's summary is read from its few entries; a paged one's is counted here.
+if paged then count_outcome(jk, ARGV[23], tonumber(ARGV[24])) end
 if unit == ARGV[4] then
   -- Each distinct callback is a unit (a Number Check DR): the line above has just counted it.
   done = done + 1
 elseif unit ~= '' then
-  done = done + redis.call('HSETNX', jk, FIELD.UNIT_FIELD .. unit, '1')
+  done = done + redis.call('HSETNX', home, FIELD.UNIT_FIELD .. unit, '1')
 end
 local completes = false
 if need >= 0 and done >= need then

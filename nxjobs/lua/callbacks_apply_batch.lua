@@ -9,6 +9,7 @@
 -- (lib/state.lua; their names rendered from nxjobs.keys).
 --#include lib/state.lua
 --#include lib/fields.lua
+--#include lib/items.lua
 local function apply_one(KEYS, ARGV)
 --#include callbacks_apply.lua
 end

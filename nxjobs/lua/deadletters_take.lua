@@ -9,7 +9,7 @@
 --   -1 no such entry
 -- moves: failed -> queued
 -- Beyond KEYS, set_state touches the job indexes, the retention hash and the payload key
--- (lib/state.lua; their names rendered from nxjobs.keys).
+-- (lib/state.lua; their names rendered from nxjobs.keys), and this script the items hash.
 --#include lib/state.lua
 local entry = redis.call('HGET', KEYS[3], ARGV[1])
 if not entry then return {-1, ''} end
@@ -21,4 +21,6 @@ if not state then return {2, entry} end
 if not moved then return {0, state} end
 redis.call('HINCRBY', KEYS[1], 'replays', 1)
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
+-- A paged job's items hash lives as long as its record (a no-op for others).
+redis.call('EXPIRE', KEYS[1] .. KEY.JOB_ITEMS_SUFFIX, tonumber(ARGV[3]))
 return {1, entry}

@@ -92,8 +92,12 @@ def test_concurrent_callbacks_share_a_call_and_each_is_recorded(db_url):
     out = asyncio.run(apply_all(db_url, evs))
     # Then each has its own outcome, and the job completed once every number had its result
     assert [a.outcome for a in out] == ["recorded"] * 30 + ["duplicate"]
-    assert len(store.get(job_id).callbacks) == 30
-    assert store.get(job_id).state == JobState.COMPLETED
+    page = store.callbacks(job_id, "0", 100)
+    assert page is not None and page.total == 30 and page.next_cursor is None
+    assert len({c["data"]["requestId"] for c in page.callbacks}) == 30
+    record = store.get(job_id)
+    assert record.callbacks_summary == {"number-check:0": 30}
+    assert record.state == JobState.COMPLETED
 
 
 def test_a_callback_whose_script_fails_fails_alone(db_url):

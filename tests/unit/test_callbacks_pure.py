@@ -273,3 +273,59 @@ def test_public_url_needs_a_long_enough_token(monkeypatch):
     monkeypatch.setenv("NXJOBS_CALLBACKS__TOKEN", "x" * 24)
     settings = Settings(_env_file=None)
     assert "x" * 24 not in repr(settings)
+
+
+# ---- where a job's callbacks are kept, and how they are summarised ------------------------------
+
+
+def test_only_jobs_that_can_have_many_callbacks_page_them():
+    def paged(kind: str, payload: dict) -> bool:
+        return correlate.on_enqueue(kind, "J", validate_payload(kind, payload)).paged
+
+    phones = [str(6591000000 + i) for i in range(correlate.INLINE_CALLBACKS + 1)]
+    assert not paged("number-check", {"phones": phones[:-1]})
+    assert paged("number-check", {"phones": phones})
+    assert paged(
+        "callbot-list",
+        {"scene_id": "s", "task_name": "t", "contacts": [{"user_phone": "8613900139000"}]},
+    )
+    assert not paged("call", {"phone": "8613800138000"})
+    assert not paged(
+        "callbot-contact", {"user_task_id": "T", "contact": {"user_phone": "8613900139000"}}
+    )
+
+
+@pytest.mark.parametrize(
+    "kind, body, outcome",
+    [
+        (events.NUMBER_CHECK, {"requestId": "R-000001", "code": 0}, "number-check:0"),
+        (events.NUMBER_CHECK, {"requestId": "R-000001", "code": 1001}, "number-check:1001"),
+        (events.NUMBER_CHECK, {"requestId": "R-000001"}, "number-check:?"),
+        (
+            events.CALLBOT_CALL,
+            {"userTaskID": "T", "orderID": "O", "callInfoDetail": {"callID": "c", "callStatus": 2}},
+            "callbot-call:2",
+        ),
+        (events.CALLBOT_ORDER, {"userTaskID": "T", "orderID": "O", "finish": "true"}, None),
+        (events.CALLBOT_ORDER, {"userTaskID": "T", "orderID": "O", "finish": 0}, None),
+        (events.CALLBOT_TASK, {"userTaskID": "T", "taskStatus": 3}, "callbot-task:3"),
+        (events.CDR, {"orderid": "O", "sessionid": "s", "hangup_cause": "NO_ANSWER"}, None),
+    ],
+)
+def test_a_callback_is_summarised_by_the_field_its_type_reports_its_outcome_in(kind, body, outcome):
+    event = events.from_dict(kind, body)
+    expected = (
+        outcome
+        or {
+            events.CALLBOT_ORDER: "callbot-order:" + ("finished" if body.get("finish") else "open"),
+            events.CDR: "cdr:NO_ANSWER",
+        }[kind]
+    )
+    assert correlate.callback_outcome(event.type, event.data) == expected
+
+
+def test_a_summary_keeps_its_outcomes_few_and_short():
+    entries = [{"type": "number-check", "data": {"code": f"{n:03d}" * 20}} for n in range(40)]
+    summary = correlate.summarize(entries + entries[:1])
+    assert len(summary) == correlate.SUMMARY_OUTCOMES_MAX + 1 and summary["other"] == 8
+    assert sum(summary.values()) == 41 and max(len(k) for k in summary) <= 13 + 32

@@ -8,11 +8,12 @@
 -- sorted set and enters the new one's, scored by Redis TIME; a finished state, not INDEXED, is
 -- counted in METRICS_COUNTERS instead) and, for a state the retention hash
 -- (nxjobs.keys.RETENTION) names, expires the record and its payload key after that state's
--- retention. Keys it touches that are not in the caller's KEYS: those indexes, the retention
--- hash, the metrics counters and the payload key, all named by the keys render from nxjobs.keys.
+-- retention, and the items hash of a paged job with them. Keys it touches that are not in the
+-- caller's KEYS: those indexes, the retention hash, the metrics counters, the payload and items
+-- keys, all named by the keys render from nxjobs.keys.
 -- keep_record(jk, state, ttl): what a script calls instead of EXPIRE after set_state: the record
 -- TTL `ttl`, unless `state` has its own retention (then set_state has set it already).
---#render keys
+--#include lib/keys.lua
 --#render states
 local function set_state(jk, to, ...)
   local cur = redis.call('HMGET', jk, 'state', 'kind')
@@ -37,9 +38,14 @@ local function set_state(jk, to, ...)
   if keep then
     redis.call('EXPIRE', jk, keep)
     redis.call('EXPIRE', jk .. KEY.JOB_PAYLOAD_SUFFIX, keep)
+    redis.call('EXPIRE', jk .. KEY.JOB_ITEMS_SUFFIX, keep)
   end
   return true, from
 end
 local function keep_record(jk, state, ttl)
-  if not redis.call('HGET', KEY.RETENTION, state) then redis.call('EXPIRE', jk, ttl) end
+  if not redis.call('HGET', KEY.RETENTION, state) then
+    redis.call('EXPIRE', jk, ttl)
+    -- A paged job's items hash (lib/items.lua) lives as long as its record; a no-op for others.
+    redis.call('EXPIRE', jk .. KEY.JOB_ITEMS_SUFFIX, ttl)
+  end
 end

@@ -1,0 +1,4 @@
+-- The key names of nxjobs.keys a script derives from a job's key (KEY.<name>), and
+-- job_index_key(kind, state): rendered from Python when a script is loaded.
+-- Shared by lib/state.lua and lib/items.lua.
+--#render keys
