@@ -50,13 +50,21 @@ def services(callbacks_env, monkeypatch):
 
 @pytest.fixture()
 def no_late_jobs(cb_producer, cb_sandbox, services):
-    """Earlier tests' late api2 jobs settled first (give-up 4 s), so a run sees only ours."""
+    """Earlier tests' late api2 jobs settled first, so a run sees only ours: each is made due
+    now (some wait for a re-check minutes away) and, past its give-up age (4 s), a run gives up
+    on it."""
     from tasks.reconcile import run_once
 
     svc = services()
-    deadline = time.monotonic() + 15
-    while cb_producer.redis.zcard(keys.callbacks_waiting("api2")):
-        assert time.monotonic() < deadline, "earlier tests' api2 jobs still waiting"
+    waiting = keys.callbacks_waiting("api2")
+    deadline = time.monotonic() + 30
+    while cb_producer.redis.zcard(waiting):
+        left = cb_producer.redis.zrange(waiting, 0, -1)
+        cb_producer.redis.zadd(waiting, dict.fromkeys(left, 0), xx=True)
+        assert time.monotonic() < deadline, (
+            "earlier tests' api2 jobs still waiting",
+            [(j, cb_producer.redis.hmget(keys.job(j), "state", "kind")) for j in left[:5]],
+        )
         run_once(svc, "api2")
         time.sleep(0.5)
 
