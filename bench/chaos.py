@@ -377,6 +377,10 @@ def run_scenario(
             inject(name, stack, kill_mode)
         submitter.join(submit_s + 60)
         result.submitted = len(ids)
+        if held_jobs:
+            # The killed worker held beat's tasks too (reconcile, sweeps): count only jobs.
+            held_jobs = held_jobs & set(ids)
+            result.held_jobs = len(held_jobs)
         if name == "faults":
             # Let the retries run into a healthy provider at the end, so "failed" means retries
             # exhausted.
