@@ -89,9 +89,33 @@ PROOF_TASK = "v_task"  # a callbot-contact's userTaskID
 PROOF_ORDERS = "v_orders"  # a callbot-list's contact count: orders `<job id>-<index>` below it
 PHONE_FIELD = "np:"
 ORDER_FIELD = "no:"
-# A coalesced member's comma list of record fields (`request`, `result`) it shares with its batch:
-# stored once in the batch hash (coalesce_batch), read from there while the member's own is empty.
-BATCH_SHARED = "batch_shared"
+# Set once a job's completion delay was observed (nxjobs.metrics, callbacks_apply.lua).
+COMPLETION_MARKER = "completion_observed"
+
+# A coalesced member (record field `coalesce_batch` -> its batch hash, coalesce_batch()) reads
+# from its batch every one of these it has none of its own of: stored once for the whole batch.
+BATCH_SHAREABLE = ("request", "result", "attempts", "throttles", "submitted_at")
+# A completed member keeps only what is its own (its number, state, times, its result row): these
+# fields go when it completes (callbacks_apply.lua), with its number's proof mark; the record reads
+# the shared ones from its batch, and a member's counts are then 1 of 1.
+COMPLETED_MEMBER_DROPS = (
+    "id",
+    *BATCH_SHAREABLE,
+    "error",
+    "callbacks_needed",
+    "callbacks_done",
+    "callbacks_stored",
+    "callbacks_max",
+    "coalesce_group",
+    COMPLETION_MARKER,
+    PROOF_ID,
+    PROOF_SEEN,
+    PROOF_BATCH,
+)
+# A completed member's correlation index key (member_index) then lives this long: the provider
+# retries a DR that got no 200 for up to 60 minutes (docs/provider.md §5.4), so a late repeat is
+# still told a duplicate.
+MEMBER_INDEX_AFTER_COMPLETION_S = 3600
 
 
 def proof_phone(phone_key: str) -> str:

@@ -75,7 +75,7 @@ HIST_RATE_WAIT = "ratelimit_wait"
 HIST_CALLBACK_DELAY = "callback_delay"
 # Set on a job record by the first observation of its completion, so it is counted once
 # however many processes see it complete (a late callback re-reports "completed").
-COMPLETION_MARKER = "completion_observed"
+COMPLETION_MARKER = keys.COMPLETION_MARKER
 
 # What `log_attempt` says happened, reduced to a bounded label set.
 OUTCOMES = ("submitted", "retry", "throttled", "failed")

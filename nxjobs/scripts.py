@@ -60,7 +60,7 @@ FIELD_NAMES = (
     "PROOF_ORDERS",
     "PHONE_FIELD",
     "ORDER_FIELD",
-    "BATCH_SHARED",
+    "COMPLETION_MARKER",
     "CALLBACKS_PAGED",
     "ITEM_FIELD",
     "CALLBACKS_SUMMARY",
@@ -185,7 +185,12 @@ def render_states(moves: Iterable[tuple[str, str]], table: Moves) -> str:
 
 def render_fields() -> str:
     pairs = (f"{name} = {_lua_str(getattr(keys, name))}" for name in FIELD_NAMES)
-    return "local FIELD = {" + ", ".join(pairs) + "}"
+    drops = ", ".join(_lua_str(name) for name in keys.COMPLETED_MEMBER_DROPS)
+    return (
+        "local FIELD = {" + ", ".join(pairs) + "}\n"
+        "local COMPLETED_MEMBER_DROPS = {" + drops + "}\n"
+        f"local MEMBER_INDEX_AFTER_COMPLETION_S = {int(keys.MEMBER_INDEX_AFTER_COMPLETION_S)}"
+    )
 
 
 def render_keys() -> str:

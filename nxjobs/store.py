@@ -368,7 +368,7 @@ class RecordStore:
         first = self._first_items(ids, raws)
         return {
             job_id: (
-                _decode(raw, shared.get(raw.get("coalesce_batch", "")), first.get(job_id))
+                _decode(raw, shared.get(raw.get("coalesce_batch", "")), first.get(job_id), job_id)
                 if raw
                 else None
             )
@@ -426,23 +426,19 @@ class RecordStore:
         return CallbackPage(items, str(end) if end < total else None, total)
 
     def _batch_shared(self, raws: list[dict[str, str]]) -> dict[str, dict[str, str]]:
-        """batch id -> the fields coalesced members among `raws` share with it (keys.BATCH_SHARED),
-        read in one round trip; none for a batch that has expired."""
-        batch_ids = sorted(
-            {
-                raw["coalesce_batch"]
-                for raw in raws
-                if raw.get(keys.BATCH_SHARED) and raw.get("coalesce_batch")
-            }
-        )
+        """batch id -> the fields coalesced members among `raws` share with it
+        (keys.BATCH_SHAREABLE), read in one round trip; none for a batch that has expired."""
+        batch_ids = sorted({raw["coalesce_batch"] for raw in raws if raw.get("coalesce_batch")})
         if not batch_ids:
             return {}
         pipe = self.redis.pipeline(transaction=False)
         for batch_id in batch_ids:
-            pipe.hmget(keys.coalesce_batch(batch_id), *_BATCH_SHAREABLE)
+            pipe.hmget(keys.coalesce_batch(batch_id), *keys.BATCH_SHAREABLE)
         return {
             batch_id: {
-                name: value for name, value in zip(_BATCH_SHAREABLE, values, strict=True) if value
+                name: value
+                for name, value in zip(keys.BATCH_SHAREABLE, values, strict=True)
+                if value
             }
             for batch_id, values in zip(batch_ids, pipe.execute(), strict=True)
         }
@@ -501,8 +497,6 @@ def _inline_callbacks(raw: dict[str, str]) -> list[dict[str, Any]]:
     return sorted(entries, key=lambda c: c.get("received_at") or "")
 
 
-# What a coalesced member may share with its batch instead of storing its own copy.
-_BATCH_SHAREABLE = ("request", "result")
 # How a member's own `request` / `result` read before it has one of its own.
 _UNSET = ("", "[]")
 
@@ -511,14 +505,19 @@ def _decode(
     raw: dict[str, str],
     batch: dict[str, str] | None = None,
     first_items: list[dict[str, Any]] | None = None,
+    job_id: str = "",
 ) -> JobRecord:
-    """The record from its hash; `batch`: the fields of its coalesce batch it shares;
-    `first_items`: a paged job's first callbacks (its hash holds none)."""
-    if batch:
-        raw = dict(raw)
-        for name in raw.get(keys.BATCH_SHARED, "").split(","):
-            if name in batch and raw.get(name, "") in _UNSET:
-                raw[name] = batch[name]
+    """The record from its hash; `batch`: the fields its coalesce batch holds for its members
+    (keys.BATCH_SHAREABLE), taken where the member has none of its own; `first_items`: a paged
+    job's first callbacks (its hash holds none)."""
+    raw = {"id": job_id, **raw} if job_id else dict(raw)
+    for name, value in (batch or {}).items():
+        if raw.get(name, "") in _UNSET:
+            raw[name] = value
+    if raw.get("coalesce_batch") and "callbacks_needed" not in raw:
+        # A completed member keeps no counts (keys.COMPLETED_MEMBER_DROPS): it had 1 of 1.
+        stored = sum(1 for name in raw if name.startswith(keys.CALLBACK_FIELD))
+        raw.update(callbacks_needed="1", callbacks_done="1", callbacks_stored=str(stored))
     data: dict[str, Any] = {}
     paged = _paged(raw.get(keys.CALLBACKS_PAGED))
     for name, value in raw.items():

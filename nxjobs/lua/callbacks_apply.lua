@@ -63,25 +63,27 @@ local function unmatched(reason)
   end
   return seen({0, '', ''})
 end
-local job_id = false
+local job_id, found_by = false, false
 for i = 6, #KEYS do
   job_id = redis.call('GET', KEYS[i])
-  if job_id then break end
+  if job_id then found_by = KEYS[i]; break end
 end
 if not job_id and ARGV[2] ~= '' then job_id = ARGV[2] end
 local jk = job_id and (ARGV[1] .. job_id)
 local kind, state, done, need, stored, cap, paged = false, false, 0, -1, 0, false, false
+local member = false
 -- What the proof needs comes in the same read (FIELD.PROOF_*).
 local proof = {}
 if jk then
   local h = redis.call('HMGET', jk, 'kind', 'state', 'callbacks_done', 'callbacks_needed',
                        'callbacks_stored', 'callbacks_max', FIELD.PROOF_ID, FIELD.PROOF_SEEN,
                        FIELD.PROOF_BATCH, FIELD.PROOF_TASK, FIELD.PROOF_ORDERS,
-                       FIELD.CALLBACKS_PAGED)
+                       FIELD.CALLBACKS_PAGED, 'coalesce_batch')
   kind, state, done, need = h[1], h[2], tonumber(h[3] or '0'), tonumber(h[4] or '-1')
   stored, cap = tonumber(h[5] or '0'), tonumber(h[6] or '')
   proof = {id = h[7], seen = h[8], batch = h[9], task = h[10], orders = tonumber(h[11] or '0')}
   paged = h[12] == '1'
+  member = h[13]
 end
 -- Where this job's units, proof marks and dedupe keys are.
 local home = jk and items_key(jk, paged)
@@ -106,6 +108,14 @@ local function provisional(id)
   return true
 end
 if check == 'nc' and not trusted then
+  if member and state == 'completed' and not proof.batch then
+    -- A completed coalesced member keeps no proof fields (compact_member below): its own
+    -- callback again is a repeat; anything else proves nothing.
+    if redis.call('HEXISTS', home, FIELD.CALLBACK_FIELD .. ARGV[4]) == 1 then
+      return seen({2, job_id, state})
+    end
+    return unmatched('batchNo disagrees')
+  end
   if ARGV[16] == '' or proof.batch ~= ARGV[16] then
     return unmatched('batchNo disagrees')
   end
@@ -184,7 +194,14 @@ end
 redis.call('ZREM', KEYS[3], job_id)
 -- Completed by this callback: hand back when it was submitted, once per job, so the caller
 -- can time it (nxjobs.metrics) without another round trip.
-if redis.call('HSETNX', jk, 'completion_observed', '1') == 1 then
-  return seen({1, job_id, 'completed', redis.call('HGET', jk, 'submitted_at') or '', kind})
+local submitted_at = ''
+if redis.call('HSETNX', jk, FIELD.COMPLETION_MARKER, '1') == 1 then
+  submitted_at = redis.call('HGET', jk, 'submitted_at') or ''
 end
-return seen({1, job_id, 'completed', '', kind})
+if member then
+  -- A completed coalesced member keeps only what is its own (nxjobs.keys.COMPLETED_MEMBER_DROPS:
+  -- its batch holds the rest), and its index key only while the provider may repeat its DR.
+  redis.call('HDEL', jk, FIELD.PHONE_FIELD .. ARGV[17], unpack(COMPLETED_MEMBER_DROPS))
+  if found_by then redis.call('EXPIRE', found_by, MEMBER_INDEX_AFTER_COMPLETION_S) end
+end
+return seen({1, job_id, 'completed', submitted_at, kind})

@@ -9,8 +9,9 @@
 --   two arguments, not three per member), [12] the provider id the members' callbacks must
 --   prove (the batch's requestId) or '', then per other member (3 each): id, 's' (submitted)
 --   or 'f' (failed), its own result or error JSON.
--- The request and the result members share are stored once, in the batch hash; a member names
---   the fields it reads from there in FIELD.BATCH_SHARED (RecordStore.get resolves them).
+-- What members share (request, result, attempts, throttles, submitted_at) is stored once, in the
+--   batch hash; a member reads from there what it has none of its own of (RecordStore.get,
+--   nxjobs.keys.BATCH_SHAREABLE).
 -- Returns the ids of members completed at once (their callback came first).
 -- moves: running -> submitted, retrying -> submitted, submitted -> completed
 -- moves: running -> failed, retrying -> failed
@@ -33,16 +34,14 @@ local function record(id, outcome, doc)
   -- The member's own story: its request was tried as often as its batch was.
   local now_in = 'failed'
   if outcome == 'f' then
-    set_state(jk, 'failed', 'error', doc, FIELD.BATCH_SHARED, 'request', 'updated_at', ARGV[2],
+    set_state(jk, 'failed', 'error', doc, 'updated_at', ARGV[2],
               'attempts', ARGV[8], 'throttles', ARGV[9])
   elseif doc then
-    set_state(jk, 'submitted', 'result', doc, 'error', '', FIELD.BATCH_SHARED, 'request',
-              'updated_at', ARGV[2], 'submitted_at', ARGV[3], 'attempts', ARGV[8],
-              'throttles', ARGV[9])
+    set_state(jk, 'submitted', 'result', doc, 'error', '', 'updated_at', ARGV[2],
+              'submitted_at', ARGV[3], 'attempts', ARGV[8], 'throttles', ARGV[9])
   else
-    set_state(jk, 'submitted', 'result', '', 'error', '', FIELD.BATCH_SHARED, 'request,result',
-              'updated_at', ARGV[2], 'submitted_at', ARGV[3], 'attempts', ARGV[8],
-              'throttles', ARGV[9])
+    set_state(jk, 'submitted', 'result', '', 'error', '', 'updated_at', ARGV[2],
+              'submitted_at', ARGV[3], 'attempts', ARGV[8], 'throttles', ARGV[9])
   end
   if outcome ~= 'f' then
     -- Its callback may have come first: then it is complete now.
@@ -66,7 +65,8 @@ for i = 1, #waiting, 2000 do
 end
 -- Kept (without its members) as proof it was sent: a late duplicate of its flush stops here.
 redis.call('HDEL', KEYS[2], 'members', 'items')
-redis.call('HSET', KEYS[2], 'done', '1', 'request', ARGV[7], 'result', ARGV[10])
+redis.call('HSET', KEYS[2], 'done', '1', 'request', ARGV[7], 'result', ARGV[10],
+           'submitted_at', ARGV[3], 'attempts', ARGV[8], 'throttles', ARGV[9])
 redis.call('EXPIRE', KEYS[2], ttl)
 redis.call('ZREM', KEYS[3], ARGV[6])
 return completed

@@ -462,3 +462,49 @@ def test_a_flood_of_refusals_writes_a_few_log_lines(receiver):
     health = requests.get(receiver.url + "/healthz", timeout=5).json()
     assert health["counts"]["rejected_401:bad token"] >= 300
     assert receiver.proc.log_text().count("callback rejected") - before <= 2
+
+
+def test_a_completed_coalesced_member_keeps_its_own_and_still_knows_a_repeat(receiver, client):
+    from config.settings import CoalesceSettings
+    from nxjobs import coalesce
+
+    # Given a coalesced member whose batch was sent and whose DR completed it
+    queue = coalesce.CoalesceQueue(client, CoalesceSettings(max_numbers=4), ttl_s=600)
+    job_id, batch_id, request_id = uuid.uuid4().hex, str(uuid.uuid4()), uuid.uuid4().hex
+    phone, now_iso = "6592000001", "2026-12-02T00:00:00.000Z"
+    queue.enqueue("nc1", [(job_id, phone, json.dumps({"phones": ["659***0001"]}))], now_iso)
+    assert queue.take("nc1", batch_id, time.time(), now_iso).members == [(job_id, phone)]
+    outcome = coalesce.MemberOutcome(job_id, False, {"requestId": request_id, "numbers": 1})
+    queue.fan_out(
+        batch_id,
+        [{"endpoint": "/api/number/check"}],
+        [outcome],
+        now_s=time.time(),
+        now_iso=now_iso,
+        due_at_s=time.time() + 600,
+    )
+    batch_no = coalesce.batch_no_of(batch_id)
+    first = dr(request_id, 1, phone, batch_no)
+    assert post(receiver.url, NC_PATH, first).status_code == 200
+    store = RecordStore(client)
+    record = store.get(job_id)
+    assert record.state == JobState.COMPLETED and (
+        record.callbacks_needed,
+        record.callbacks_done,
+    ) == (1, 1)
+    assert record.result["requestId"] == request_id
+    assert record.request == [{"endpoint": "/api/number/check"}]
+    # Then its hash holds no proof fields any more
+    assert not {keys.PROOF_BATCH, keys.PROOF_ID, "callbacks_needed"} & set(
+        client.hkeys(keys.job(job_id))
+    )
+    # and the same DR again is a repeat, stored nowhere
+    before = client.hgetall(keys.job(job_id))
+    assert post(receiver.url, NC_PATH, first).status_code == 200
+    assert client.hgetall(keys.job(job_id)) == before
+    assert not unmatched_for(client, requestId=first["requestId"])
+    # while another DR naming its batch and number proves nothing
+    other = dr(uuid.uuid4().hex, 1, phone, batch_no)
+    assert post(receiver.url, NC_PATH, other).status_code == 200
+    assert client.hgetall(keys.job(job_id)) == before
+    assert unmatched_for(client, requestId=other["requestId"])

@@ -46,14 +46,20 @@ def test_single_numbers_share_one_request_and_each_job_gets_its_own_callback(
         assert shown != phone and shown[:3] == phone[:3] and shown[-4:] == phone[-4:]
         assert record.result["coalesced"]["numbers"] == 40
         assert record.result["numbers"] == 1
-    # and the request and the result they share are stored once, in the batch, not per member
+    # and a completed member keeps only what is its own: what it shares is stored once, in its
+    # batch, and read from there
     raw = cb_producer.redis.hgetall(keys.job(job_ids[0]))
-    assert raw[keys.BATCH_SHARED] == "request,result" and raw["result"] == ""
-    assert raw["request"] == "[]" and "numbers of coalesced jobs" in str(
-        records[job_ids[0]].request
-    )
+    own = {"kind", "state", "input", "created_at", "updated_at", "coalesce_batch"}
+    assert set(raw) - own == {f for f in raw if f.startswith(keys.CALLBACK_FIELD)}, sorted(raw)
+    assert "numbers of coalesced jobs" in str(records[job_ids[0]].request)
+    assert records[job_ids[0]].attempts == 1 and records[job_ids[0]].id == job_ids[0]
     # in a compact encoding (the shipped hash-max-listpack-value)
     assert cb_producer.redis.object("encoding", keys.job(job_ids[0])) == "listpack"
+    # and its index key lives on only while the provider may repeat its DR
+    index_ttl = cb_producer.redis.ttl(
+        keys.member_index(records[job_ids[0]].result["batchNo"], phones[0])
+    )
+    assert 0 < index_ttl <= keys.MEMBER_INDEX_AFTER_COMPLETION_S
     # and the rejected number failed its own job only
     rejected = records[job_ids[-1]]
     assert rejected.state == JobState.FAILED

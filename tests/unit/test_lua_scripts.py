@@ -259,7 +259,6 @@ def test_a_coalesced_member_reads_what_it_shares_from_its_batch_while_it_has_non
     from nxjobs.store import _decode
 
     base = {
-        "id": "j1",
         "kind": "number-check",
         "state": "submitted",
         "created_at": "2026-12-02T00:00:00Z",
@@ -267,21 +266,32 @@ def test_a_coalesced_member_reads_what_it_shares_from_its_batch_while_it_has_non
         "input": "{}",
         "request": "[]",
         "result": "",
-        keys.BATCH_SHARED: "request,result",
+        "callbacks_needed": "1",
         "coalesce_batch": "b1",
     }
-    batch = {"request": '[{"endpoint":"/api/number/check"}]', "result": '{"requestId":"r1"}'}
-    record = _decode(base, batch)
+    batch = {
+        "request": '[{"endpoint":"/api/number/check"}]',
+        "result": '{"requestId":"r1"}',
+        "attempts": "2",
+    }
+    record = _decode(base, batch, job_id="j1")
+    assert record.id == "j1" and record.attempts == 2
     assert record.request == [{"endpoint": "/api/number/check"}]
     assert record.result == {"requestId": "r1"}
     # A replayed member that ran on its own keeps its own request and result.
-    own = _decode({**base, "request": '[{"endpoint":"/own"}]', "result": '{"own":1}'}, batch)
+    own = _decode(
+        {**base, "request": '[{"endpoint":"/own"}]', "result": '{"own":1}'}, batch, None, "j1"
+    )
     assert own.request == [{"endpoint": "/own"}] and own.result == {"own": 1}
-    # Only the fields it names are taken from the batch.
-    partial = _decode({**base, keys.BATCH_SHARED: "request"}, batch)
-    assert partial.result is None and partial.request == [{"endpoint": "/api/number/check"}]
+    # A completed member keeps no counts: it had its one callback of one.
+    done = {k: v for k, v in base.items() if k != "callbacks_needed"}
+    entry = '{"type":"number-check","source":"callback","received_at":"x","data":{}}'
+    compact = _decode(
+        {**done, "state": "completed", keys.CALLBACK_FIELD + "nc:r1-1": entry}, batch, None, "j1"
+    )
+    assert (compact.callbacks_needed, compact.callbacks_done, len(compact.callbacks)) == (1, 1, 1)
     # A batch that expired leaves the member's own (empty) fields.
-    assert _decode(base, None).request == []
+    assert _decode(base, None, None, "j1").request == []
 
 
 def test_the_indexed_states_are_the_live_states_of_the_record_model():
