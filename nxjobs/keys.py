@@ -100,7 +100,8 @@ BATCH_SHAREABLE = ("request", "result", "attempts", "throttles", "submitted_at")
 # the shared ones from its batch, and a member's counts are then 1 of 1.
 COMPLETED_MEMBER_DROPS = (
     "id",
-    *BATCH_SHAREABLE,
+    # What fan-out gave every member alike; `result` stays: some members have their own.
+    *(name for name in BATCH_SHAREABLE if name != "result"),
     "error",
     "callbacks_needed",
     "callbacks_done",

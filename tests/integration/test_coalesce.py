@@ -49,7 +49,7 @@ def test_single_numbers_share_one_request_and_each_job_gets_its_own_callback(
     # and a completed member keeps only what is its own: what it shares is stored once, in its
     # batch, and read from there
     raw = cb_producer.redis.hgetall(keys.job(job_ids[0]))
-    own = {"kind", "state", "input", "created_at", "updated_at", "coalesce_batch"}
+    own = {"kind", "state", "input", "created_at", "updated_at", "coalesce_batch", "result"}
     assert set(raw) - own == {f for f in raw if f.startswith(keys.CALLBACK_FIELD)}, sorted(raw)
     assert "numbers of coalesced jobs" in str(records[job_ids[0]].request)
     assert records[job_ids[0]].attempts == 1 and records[job_ids[0]].id == job_ids[0]
