@@ -42,6 +42,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from nxjobs.broker import unacked_key  # noqa: E402
 from workers.devstack import (  # noqa: E402
     RedisServer,
     ServiceProcess,
@@ -267,7 +268,7 @@ def kill_holding(stack: Stack, result: Result, timeout_s: float = 30.0) -> tuple
     victim.signal(signal.SIGKILL)  # main and pool, no goodbye
     killed_at, killed_wall = time.monotonic(), time.time()
     result.held_tags = len(_held_by(client, victim.node_name)[1])
-    at_kill = dict(client.hgetall("unacked"))  # a bench-sized hash
+    at_kill = dict(client.hgetall(unacked_key()))  # a bench-sized hash
     victim.proc.wait(10)
     stack.workers.remove(victim)
     deadline = time.monotonic() + 15
@@ -276,7 +277,7 @@ def kill_holding(stack: Stack, result: Result, timeout_s: float = 30.0) -> tuple
         time.sleep(0.1)
         at, survivor_tags = _held_by(client, survivor.node_name)
     tags = [t for t in at_kill if t not in set(survivor_tags)]
-    still = client.hmget("unacked", tags) if tags else []
+    still = client.hmget(unacked_key(), tags) if tags else []
     jobs = {
         json.loads(at_kill[t])[0]["headers"]["id"]
         for t, now in zip(tags, still, strict=True)

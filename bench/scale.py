@@ -380,7 +380,7 @@ def _all_keys(client) -> set[str]:
 
 def _quiet(stack: Stack, client, timeout_s: float) -> bool:
     """Until no message is queued or unacked and the sandbox sent every callback it queued."""
-    from nxjobs.broker import queue_lists
+    from nxjobs.broker import queue_lists, unacked_key
     from nxjobs.jobs import QUEUES
     from sandbox.control import SandboxControl
 
@@ -391,7 +391,7 @@ def _quiet(stack: Stack, client, timeout_s: float) -> bool:
             for q in QUEUES:
                 for key in queue_lists(q):
                     pipe.llen(key)
-            pipe.hlen("unacked")
+            pipe.hlen(unacked_key())
             backlog = sum(pipe.execute())
             c = control.stats()["callbacks"]
             sent = c["delivered"] + c["expired"] >= c["queued"] - c["dropped"] + c["duplicated"]

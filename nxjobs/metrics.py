@@ -21,6 +21,7 @@ import logging
 import time
 from bisect import bisect_left
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from nxjobs import keys
 
@@ -108,33 +109,13 @@ def _observe(pipe, name: str, label: str, value: float, buckets: tuple[float, ..
     pipe.hincrbyfloat(keys.METRICS_HISTOGRAMS, f"{name}|{label}|sum", value)
 
 
-def record_attempt(
-    client,
-    *,
-    kind: str,
-    queue: str,
-    outcome: str,
-    code: str,
-    attempt_s: float,
-    request_latencies_s: Iterable[float] = (),
-    credentials: Iterable[str] = (),
-    now_s: float | None = None,
-) -> None:
-    """Count one finished attempt: outcome, provider code, its duration, each provider request's
-    duration, a throttle per credential if the provider said "too frequent"; remember the
-    credentials (rate-limit names) and mark the queue consumed."""
+def record_attempt(client, **attempt: Any) -> None:
+    """Count one finished attempt (queue_attempt's fields) in one pipelined round trip of its own:
+    outcome, provider code, its duration, each provider request's duration, a throttle per
+    credential if the provider said "too frequent"; remember the credentials (rate-limit names)
+    and mark the queue consumed."""
     pipe = client.pipeline(transaction=False)
-    queue_attempt(
-        pipe,
-        kind=kind,
-        queue=queue,
-        outcome=outcome,
-        code=code,
-        attempt_s=attempt_s,
-        request_latencies_s=request_latencies_s,
-        credentials=credentials,
-        now_s=now_s,
-    )
+    queue_attempt(pipe, **attempt)
     pipe.execute()
 
 
@@ -150,7 +131,8 @@ def queue_attempt(
     credentials: Iterable[str] = (),
     now_s: float | None = None,
 ) -> None:
-    """Queue record_attempt's writes on `pipe`, for a caller sending them with its own."""
+    """Queue one finished attempt's writes (record_attempt) on `pipe`, for a caller sending them
+    with its own."""
     label = outcome_label(outcome)
     pipe.hincrby(keys.METRICS_COUNTERS, f"attempt|{kind}|{label}", 1)
     pipe.hincrby(keys.METRICS_COUNTERS, f"response|{kind}|{code}", 1)

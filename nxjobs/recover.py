@@ -36,8 +36,6 @@ from nxjobs.records import JobState
 
 log = logging.getLogger("nxjobs.recover")
 
-# Kombu's hash of unacked messages (redis transport default `unacked_key`).
-UNACKED_KEY = broker.unacked_key()
 SCAN_CHUNK = 2000
 # Candidates read per state index and run: the oldest first, so a backlog is worked through.
 PER_STATE = 1000

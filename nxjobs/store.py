@@ -497,7 +497,7 @@ def _inline_callbacks(raw: dict[str, str]) -> list[dict[str, Any]]:
     return sorted(entries, key=lambda c: c.get("received_at") or "")
 
 
-# How a member's own `request` / `result` read before it has one of its own.
+# How a member's own field reads while it has none of its own (then its batch's is taken).
 _UNSET = ("", "[]")
 
 

@@ -7,6 +7,9 @@ fails them in CI (CI=true), so CI can never go green by skipping.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from collections.abc import Callable
 from types import SimpleNamespace
 
 import pytest
@@ -181,3 +184,22 @@ def cb_producer(callbacks_redis_url):
 
     with Producer(callbacks_redis_url) as p:
         yield p
+
+
+def cli_runner(redis_url: str, cwd: object) -> Callable[..., subprocess.CompletedProcess]:
+    """`nxjobs ARGS` as a user runs it (`python -m nxjobs.cli`, a real process) against
+    `redis_url`, with no other NXJOBS_ setting of this environment."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NXJOBS_")}
+    env["NXJOBS_REDIS_URL"] = redis_url
+
+    def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "nxjobs.cli", *args],
+            env=env,
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    return run

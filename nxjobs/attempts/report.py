@@ -105,18 +105,10 @@ def prepare_attempt(
     )
 
 
-def log_attempt(
-    svc: Any,
-    job_id: str,
-    kind: str,
-    attempt: int,
-    outcome: str,
-    code: str,
-    started: float,
-    credentials: Sequence[str] = (),
-) -> None:
-    """One log line and one pipelined Redis call of metrics (AttemptReport)."""
-    done = prepare_attempt(svc, job_id, kind, attempt, outcome, code, started, credentials)
+def log_attempt(svc: Any, *args: Any, **kwargs: Any) -> None:
+    """prepare_attempt's report of an attempt that ends now, logged and its metrics sent in one
+    pipelined round trip of their own (AttemptReport); the same arguments as prepare_attempt."""
+    done = prepare_attempt(svc, *args, **kwargs)
     done.log()
     done.record_metrics(svc.redis)
 

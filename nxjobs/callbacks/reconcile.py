@@ -151,11 +151,10 @@ class Reconciler:
         job_ids = self.ledger.due(family, now=self.clock(), limit=self.policy.batch)
         for job_id, record in self.store.get_many(job_ids).items():
             if record is None or record.state != JobState.SUBMITTED or record.kind not in kinds:
-                gone.append(job_id)  # completed, failed or expired meanwhile
+                gone.append(job_id)
                 continue
             out.append(record)
-        self.ledger.forget_many(family, gone)
-        report.counts["gone"] += len(gone)
+        self._forget_gone(family, gone, report)
         return out
 
     def _due_fields(self, family: str, kind: str, report: Report) -> dict[str, dict[str, Any]]:
@@ -169,12 +168,16 @@ class Reconciler:
         for job_id, values in zip(job_ids, pipe.execute() if job_ids else [], strict=True):
             fields = dict(zip(_DUE_FIELDS, values, strict=True))
             if fields["state"] != JobState.SUBMITTED.value or fields["kind"] != kind:
-                gone.append(job_id)  # completed, failed or expired meanwhile
+                gone.append(job_id)
                 continue
             out[job_id] = fields
-        self.ledger.forget_many(family, gone)
-        report.counts["gone"] += len(gone)
+        self._forget_gone(family, gone, report)
         return out
+
+    def _forget_gone(self, family: str, job_ids: list[str], report: Report) -> None:
+        """Due jobs that completed, failed or expired meanwhile leave the waiting set."""
+        self.ledger.forget_many(family, job_ids)
+        report.counts["gone"] += len(job_ids)
 
     def _budget(self) -> None:
         """Called before each new question to the provider: past the run's bounds, stop."""

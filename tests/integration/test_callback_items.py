@@ -10,12 +10,8 @@ the ledger, so each controls exactly what a job recorded.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 import redis
@@ -26,11 +22,11 @@ from nxjobs.callbacks.ledger import Ledger
 from nxjobs.jobs import validate_payload
 from nxjobs.records import JobState
 from nxjobs.store import MAX_PAGE, RECORD_CALLBACKS, InvalidCursor, RecordStore
+from tests.conftest import cli_runner
 
 pytestmark = pytest.mark.integration
 
 NUMBERS = 1000
-ROOT = Path(__file__).resolve().parents[2]
 WAIT_S = 90
 
 
@@ -83,20 +79,7 @@ def test_a_thousand_number_check_keeps_its_record_small_and_pages_its_results(
     assert items[:RECORD_CALLBACKS] == record.callbacks
     assert cb_producer.callbacks(job_id, str(NUMBERS), 10).callbacks == []
     # and the CLI pages the same items and shows the summary with the status
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NXJOBS_")}
-    env["NXJOBS_REDIS_URL"] = callbacks_redis_url
-    env["PYTHONPATH"] = str(ROOT)  # this checkout's nxjobs, whatever is installed
-
-    def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-m", "nxjobs.cli", *args],
-            env=env,
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-
+    cli = cli_runner(callbacks_redis_url, tmp_path)
     shown = cli("callbacks", job_id, "--cursor", "990", "--limit", "20", "--json")
     assert shown.returncode == 0, shown.stderr
     page = json.loads(shown.stdout)

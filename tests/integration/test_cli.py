@@ -9,25 +9,14 @@ import sys
 
 import pytest
 
+from tests.conftest import cli_runner
+
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture()
 def nxjobs(redis_url, tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NXJOBS_")}
-    env["NXJOBS_REDIS_URL"] = redis_url
-
-    def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-m", "nxjobs.cli", *args],
-            env=env,
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-
-    return run
+    return cli_runner(redis_url, tmp_path)
 
 
 def _queued(producer) -> dict[str, int]:

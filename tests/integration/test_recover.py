@@ -10,7 +10,8 @@ import time
 import pytest
 
 from nxjobs import keys
-from nxjobs.recover import UNACKED_KEY, LostMessageSweeper
+from nxjobs.broker import unacked_key
+from nxjobs.recover import LostMessageSweeper
 from nxjobs.redis_conn import connect
 from nxjobs.store import RecordStore
 
@@ -48,7 +49,7 @@ def test_a_job_whose_message_vanished_is_republished_after_confirmation(client):
     for j in (lost, queued, held):
         _job(client, j)
     client.lpush("agent\x06\x163", _message(queued))  # a priority step list
-    client.hset(UNACKED_KEY, "tag1", json.dumps([json.loads(_message(held)), "", "agent"]))
+    client.hset(unacked_key(), "tag1", json.dumps([json.loads(_message(held)), "", "agent"]))
     sent = []
     now = [time.time()]
     sweeper = LostMessageSweeper(
