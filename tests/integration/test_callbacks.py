@@ -218,11 +218,13 @@ def test_unmatched_callback_is_kept_and_listed_for_operators(
 
 def _snapshot(redis_client, job_id: str) -> dict:
     names = [keys.job(job_id), keys.CALLBACKS_UNMATCHED]
-    # Every key of ours but the metrics, which a receiver or worker may be writing for earlier jobs.
+    # Every key of ours but the metrics, which a receiver or worker may be writing for earlier jobs,
+    # and the workers' held-messages list and lock, which each worker writes every few seconds.
+    own_schedule = tuple(name.encode() for name in (f"{keys.PREFIX}:metrics:", keys.WORKERS_HELD))
     ours = sorted(
         k
         for k in redis_client.scan_iter(match=f"{keys.PREFIX}:*", count=1000)
-        if not k.startswith(f"{keys.PREFIX}:metrics:".encode())
+        if not k.startswith(own_schedule)
     )
     return {"keys": ours, **{n: redis_client.dump(n) for n in names}}
 
