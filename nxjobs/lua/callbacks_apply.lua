@@ -94,11 +94,6 @@ if alt then
 elseif kind ~= ARGV[3] then
   return unmatched(kind and 'job of another kind' or 'no job')
 end
--- A repeat of a callback the job has stored (it was proven then) writes nothing: checked before
--- the proof, which a completed coalesced member no longer keeps the fields for.
-if redis.call('HEXISTS', home, FIELD.CALLBACK_FIELD .. ARGV[4]) == 1 then
-  return seen({2, job_id, state})
-end
 -- Finding the job is not enough: its ids must be the ones the job recorded (FIELD.PROOF_*).
 local check, trusted = ARGV[14], ARGV[13] ~= 'callback'
 local function provisional(id)
@@ -113,6 +108,14 @@ local function provisional(id)
   return true
 end
 if check == 'nc' and not trusted then
+  if member and state == 'completed' and not proof.batch then
+    -- A completed coalesced member keeps no proof fields (dropped at completion, below): its own
+    -- callback again is a repeat; anything else proves nothing.
+    if redis.call('HEXISTS', home, FIELD.CALLBACK_FIELD .. ARGV[4]) == 1 then
+      return seen({2, job_id, state})
+    end
+    return unmatched('batchNo disagrees')
+  end
   if ARGV[16] == '' or proof.batch ~= ARGV[16] then
     return unmatched('batchNo disagrees')
   end
@@ -147,9 +150,12 @@ elseif check == 'order' and not trusted then
     end
   end
 end
--- Stored by its dedupe key (lib/items.lua). A job holds at most `callbacks_max` entries (a
--- Number Check: one per number); distinct ones past it are counted.
+-- Stored by its dedupe key (lib/items.lua): a repeat writes nothing. A job holds at most
+-- `callbacks_max` entries (a Number Check: one per number); distinct ones past it are counted.
 if cap and stored >= cap then
+  if redis.call('HEXISTS', home, FIELD.CALLBACK_FIELD .. ARGV[4]) == 1 then
+    return seen({2, job_id, state})
+  end
   redis.call('HINCRBY', jk, 'callbacks_dropped', 1)
   return seen({3, job_id, state})
 end
