@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 from nxjobs.bulk_files import MAX_UNKNOWN, PHONE_SPELLINGS, Reader, open_reader
 from nxjobs.jobs import CALLBOT_MAX_CONTACTS, NUMBER_CHECK_MAX_PHONES, Contact, InvalidJob, _phone
@@ -92,7 +93,7 @@ class Progress:
             self.stream.flush()
 
 
-def _reason(err: dict[str, Any], spelled: dict[str, str]) -> str:
+def _reason(err: ErrorDetails, spelled: dict[str, str]) -> str:
     """A validation error as `<column as the file spells it>: <message>`."""
     loc = [str(p) for p in err["loc"]]
     where = ".".join(loc)
@@ -119,16 +120,14 @@ def _number_rows(
     With `rejected` (the lines pass 1 rejected) rows are trusted: those lines are skipped and the
     rest only normalised as `_phone` does, without the regex or the set of phones seen."""
     seen: set[int] = set()
-    for row in reader.rows():
-        line, frac = row.line, row.frac
-        cell = row.fields.get("phone")
+    for line, cell, spelled, error, frac in reader.phones():
         if rejected is not None:
             if line not in rejected:
-                assert isinstance(cell, str)
                 yield line, cell[1:] if cell.startswith("+") else cell, "", frac
             continue
-        if row.error:
-            yield line, None, f"{row.value}\x00{row.error}", frac
+        shown = cell if isinstance(cell, str) else ""
+        if error:
+            yield line, None, f"{shown}\x00{error}", frac
             continue
         if cell is None:
             yield line, None, f"\x00{_PHONE_MISSING['number-check']}", frac
@@ -136,8 +135,7 @@ def _number_rows(
         try:
             phone = _phone(cell)
         except ValueError as exc:
-            shown = row.value if isinstance(cell, str) else repr(cell)
-            yield line, None, f"{shown}\x00{row.spelled['phone']}: {exc}", frac
+            yield line, None, f"{shown or repr(cell)}\x00{spelled}: {exc}", frac
             continue
         key = int(phone)
         if key in seen:
