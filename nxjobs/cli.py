@@ -620,7 +620,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser(
         "worker",
-        help="start a Celery worker (events on); options pass through: -Q, -c, --pool",
+        help="start a Celery worker (events on); every celery worker option passes through "
+        "(-Q, -c, -n, --pool, --autoscale, --max-tasks-per-child, ...; `worker --help`)",
         add_help=False,
     )
     sub.add_parser(
