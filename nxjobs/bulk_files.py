@@ -55,6 +55,7 @@ PHONE_SPELLINGS = {
 }
 # Contacts without a header: user_phone[,order_id[,user_name]].
 POSITIONAL_CONTACT = ("user_phone", "order_id", "user_name")
+_POSITIONAL_SPELLED = {f: f for f in POSITIONAL_CONTACT}
 # The longest JSON array element read (characters); a contact with 64 params of 1 024
 # characters is some 70 000.
 MAX_ELEMENT_CHARS = 1 << 20
@@ -88,6 +89,8 @@ class Reader:
     format: str  # csv, csv-header, jsonl, json
     header: list[tuple[str, str]] = field(default_factory=list)  # (field or "", as written)
     unknown: list[str] = field(default_factory=list)
+    _spelled: dict[str, str] | None = None
+    _columns_plan: list[tuple[str, str, str | None]] | None = None
 
     @property
     def columns(self) -> dict[str, str]:
@@ -167,7 +170,7 @@ class Reader:
             value = cells[0].strip()
             return Row(line, {"phone": value}, {"phone": "phone"}, frac, value=value)
         cells = [c.strip() for c in cells]
-        row = Row(line, {}, {f: f for f in POSITIONAL_CONTACT}, frac, value=cells[0])
+        row = Row(line, {}, _POSITIONAL_SPELLED, frac, value=cells[0])
         if len(cells) > len(POSITIONAL_CONTACT):
             row.error = (
                 f"expected {','.join(POSITIONAL_CONTACT)} (or a header row), "
@@ -182,30 +185,51 @@ class Reader:
         return row
 
     def _headed(self, line: int, cells: list[str], frac: float) -> Row:
-        row = Row(line, {}, {}, frac)
+        # How the header spells each field: one dict for every row, copied only for params.
+        spelled_by_field = self._spelled_by_field
+        row = Row(line, {}, spelled_by_field, frac)
         extra = cells[len(self.header) :]
         if self.kind != "number-check" and any(c.strip() for c in extra):
             # A shifted row (an unquoted comma in a name?) would put values in the wrong fields.
             row.error = f"{len(cells)} columns, the header has {len(self.header)}"
         params: list[dict[str, str]] = []
-        for (target, spelled), cell in zip(self.header, cells, strict=False):
-            cell = cell.strip()
-            if target == "phone" or target == "user_phone":
-                row.value = cell
-            if not cell or not target:
+        fields = row.fields
+        for (target, spelled, param), cell in zip(self._plan, cells, strict=False):
+            if not target:
                 continue
-            if target.startswith(PARAM_PREFIX):
-                row.spelled[f"params.{len(params)}"] = spelled
-                params.append({"name": target[len(PARAM_PREFIX) :], "value": cell})
-            else:
-                row.fields[target] = cell
-                row.spelled[target] = spelled
+            cell = cell.strip()
+            if not cell:
+                continue
+            if param is None:
+                fields[target] = cell
+                continue
+            if not params:
+                row.spelled = dict(spelled_by_field)
+            row.spelled[f"params.{len(params)}"] = spelled
+            params.append({"name": param, "value": cell})
         if params:
             row.fields["params"] = params
+        phone = "phone" if self.kind == "number-check" else "user_phone"
+        row.value = row.fields.get(phone, "")
         if not row.error and not row.value:
-            phone = "phone" if self.kind == "number-check" else "user_phone"
-            row.error = f"{dict((t, s) for t, s in self.header)[phone]}: empty"
+            row.error = f"{spelled_by_field[phone]}: empty"
         return row
+
+    @property
+    def _spelled_by_field(self) -> dict[str, str]:
+        if self._spelled is None:
+            self._spelled = {t: s for t, s in self.header if t}
+        return self._spelled
+
+    @property
+    def _plan(self) -> list[tuple[str, str, str | None]]:
+        """Per header column: (field or "", as written, the param's name or None)."""
+        if self._columns_plan is None:
+            self._columns_plan = [
+                (t, s, t[len(PARAM_PREFIX) :] if t.startswith(PARAM_PREFIX) else None)
+                for t, s in self.header
+            ]
+        return self._columns_plan
 
     # ---- JSON --------------------------------------------------------------------------
 

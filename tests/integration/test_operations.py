@@ -441,6 +441,24 @@ def test_a_jsonl_contacts_file_and_a_header_without_a_phone_column(worker_env, t
     assert "nothing was enqueued" in refused.stderr
 
 
+def test_a_json_array_number_file_submits_and_a_broken_one_enqueues_nothing(worker_env, tmp_path):
+    from nxjobs.producers import Producer
+
+    # Given a JSON array of bare phones and objects
+    path = tmp_path / "numbers.json"
+    path.write_text('[8613800000101,\n "+8613800000102",\n {"msisdn": "8613800000103"}]\n')
+    ok = cli(worker_env, "submit", "number-check", "--file", str(path), "--no-progress")
+    assert ok.returncode == 0, ok.stderr
+    (job_id,) = ok.stdout.split()
+    with Producer(worker_env["NXJOBS_REDIS_URL"]) as producer:
+        assert len(producer.get(job_id).input["phones"]) == 3
+    # And an array broken on line 3 is refused whole, naming file and line
+    path.write_text('[8613800000101,\n "+8613800000102",\n {"msisdn": ]\n')
+    bad = cli(worker_env, "submit", "number-check", "--file", str(path), "--no-progress")
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert f"{path} line 3: not valid JSON" in bad.stderr and "nothing was enqueued" in bad.stderr
+
+
 def test_a_million_rows_submit_within_the_memory_bound(tmp_path):
     # The benchmark script itself: 1 000 000 rows -> 200 jobs, peak RSS of the CLI process under the
     # bound.
