@@ -218,13 +218,16 @@ def _add_submit_parser(sub) -> None:
     p.add_argument(
         "--contacts",
         metavar="FILE",
-        help="callbot-list: CSV with user_phone[,order_id[,user_name]] "
+        help="callbot-list: contacts file: CSV with a header naming its columns (userPhone, "
+        "orderID, userName, param.<name>; any order, other columns ignored) or without one "
+        "(user_phone[,order_id[,user_name]]), or JSON lines / a JSON array of contact objects "
         "(any size: split into jobs of --per-job contacts)",
     )
     p.add_argument(
         "--file",
         metavar="FILE",
-        help="number-check: CSV, one phone per row (any size: split into jobs of 5 000)",
+        help="number-check: CSV, one phone per row (first column, or the one a header names "
+        "phone), or JSON lines / a JSON array (any size: split into jobs of 5 000)",
     )
     p.add_argument(
         "--per-job",
@@ -378,10 +381,12 @@ def _submit_file(args: argparse.Namespace) -> int:
             rejects_path=rejects_path,
             progress=progress,
             on_job=lambda job_id: print(job_id, flush=True),
+            warn=lambda message: print(f"warning: {message}", file=sys.stderr),
         )
     rej = result.rejects
     for line, value, reason in rej.first:
-        print(f"rejected: line {line}: {value!r}: {reason}", file=sys.stderr)
+        shown = f" (value {value!r})" if value else ""
+        print(f"rejected: {path} line {line}: {reason}{shown}", file=sys.stderr)
     if rej.count > len(rej.first):
         print(f"rejected: ... {rej.count - len(rej.first):,} more", file=sys.stderr)
     if rej.count:
@@ -615,7 +620,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser(
         "worker",
-        help="start a Celery worker (events on); options pass through: -Q, -c, --pool",
+        help="start a Celery worker (events on); every celery worker option passes through "
+        "(-Q, -c, -n, --pool, --autoscale, --max-tasks-per-child, ...; `worker --help`)",
         add_help=False,
     )
     sub.add_parser(
