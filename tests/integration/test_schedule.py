@@ -12,6 +12,7 @@ import signal
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -30,6 +31,7 @@ from workers.devstack import RedisServer, start_worker
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 NC_PATH = "/api/number/check"
+REPO = Path(__file__).resolve().parents[2]
 # A due job starts within this of its time (promotion every 0.2 s here, plus load on a shared
 # machine).
 ON_TIME_S = 3.0
@@ -330,8 +332,8 @@ def test_cancel_and_claim_race_with_exactly_one_winner(redis_url):
         client.flushdb()
 
 
-def test_cli_schedules_and_cancels_with_its_exit_codes(redis_url, worker, sandbox, tmp_path):
-    nxjobs = cli_runner(redis_url, tmp_path)
+def test_cli_schedules_and_cancels_with_its_exit_codes(redis_url, worker, sandbox):
+    nxjobs = cli_runner(redis_url, REPO)
     client = connect(redis_url)
     # --in: scheduled, status shows run_at
     out = nxjobs("submit", "number-check", "--phone", _phone(), "--no-batch", "--in", "2h")
