@@ -17,7 +17,7 @@ import os
 import time
 import uuid
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeGuard
 
 import redis
@@ -34,6 +34,7 @@ from nxjobs.jobs import (
     NUMBER_CHECK_MAX_PHONES,
     PRIORITY_NEW,
     CallbotContactPayload,
+    CallbotListPayload,
     InvalidJob,
     NumberCheckPayload,
     get_kind,
@@ -142,9 +143,18 @@ class Producer:
         timing = schedule.when(at, delay_s)
         model = validate_payload(kind, payload)
         self._check_order_ids([model])
-        if timing.due is not None:
-            return self._enqueue_scheduled(kind, model, timing.due)
         past = _past_fields(timing)
+        if timing.due is not None and isinstance(model, CallbotListPayload):
+            # The provider starts it at its time (startupType 2); we create it a lead before.
+            model = model.model_copy(update={"start_at": int(timing.due.timestamp())})
+            wake = timing.due - timedelta(seconds=schedule.PROVIDER_START_LEAD_S)
+            if wake > datetime.now(UTC):
+                return self._enqueue_scheduled(
+                    kind, model, wake, run_at=timing.due, note=_PROVIDER_STARTS
+                )
+            past = {"run_at": schedule.iso(timing.due), "schedule_note": _PROVIDER_STARTS}
+        elif timing.due is not None:
+            return self._enqueue_scheduled(kind, model, timing.due)
         if batch and _coalescible(model):
             job_id = self._enqueue_coalesced([model])[0]
             if past:
@@ -187,9 +197,17 @@ class Producer:
             ) from None
         return job_id
 
-    def _enqueue_scheduled(self, kind: str, model: Any, due: datetime) -> str:
-        """The record (`scheduled`, with run_at), its schedule entry and its stored message, in
-        one transaction: nothing is sent now (nxjobs.schedule)."""
+    def _enqueue_scheduled(
+        self,
+        kind: str,
+        model: Any,
+        due: datetime,
+        run_at: datetime | None = None,
+        note: str | None = None,
+    ) -> str:
+        """The record (`scheduled`, with run_at), its schedule entry (due at `due`) and its stored
+        message, in one transaction: nothing is sent now (nxjobs.schedule). `run_at`: when the
+        job runs, if not when it is due (a callbot list the provider starts)."""
         job_kind = get_kind(kind)
         body = model.model_dump(mode="json", exclude_none=True)
         job_id = uuid.uuid4().hex
@@ -211,7 +229,10 @@ class Producer:
                 pipe=pipe,
                 payload=body,
                 state=JobState.SCHEDULED,
-                extra={"run_at": schedule.iso(due)},
+                extra={
+                    "run_at": schedule.iso(run_at or due),
+                    **({"schedule_note": note} if note else {}),
+                },
                 ttl_s=keep_s,
                 index_score=int(due.timestamp()),
             )
@@ -663,6 +684,9 @@ def _coalescible(model: Any) -> TypeGuard[NumberCheckPayload | CallbotContactPay
     return (
         isinstance(model, NumberCheckPayload) and len(model.phones) == 1 and model.batch_no is None
     )
+
+
+_PROVIDER_STARTS = "created at the provider with its scheduled start (startupAt = run_at)"
 
 
 def _past_fields(timing: schedule.When) -> dict[str, str] | None:

@@ -40,6 +40,10 @@ log = logging.getLogger("nxjobs.schedule")
 TAKE_LIMIT = 100
 # How long a taken entry stays hidden from other workers before it is offered again.
 LEASE_S = 30.0
+# A scheduled callbot list is created this long before its time, with the provider's own
+# scheduled start (startupType 2, startupAt = its time): the provider starts it on time even if
+# no worker is up then.
+PROVIDER_START_LEAD_S = 300.0
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 _UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 

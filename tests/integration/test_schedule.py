@@ -7,6 +7,7 @@ changing nothing."""
 
 from __future__ import annotations
 
+import json
 import random
 import signal
 import threading
@@ -26,7 +27,7 @@ from nxjobs.redis_conn import connect
 from nxjobs.schedule import Schedule
 from nxjobs.store import RecordStore, TransitionRefused
 from tests.conftest import cli_runner
-from workers.devstack import RedisServer, start_worker
+from workers.devstack import RedisServer, free_port, start_worker
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -368,3 +369,61 @@ def test_cli_schedules_and_cancels_with_its_exit_codes(redis_url, worker, sandbo
         record = producer.wait([ran], timeout_s=30)[ran]
     assert record.reached(JobState.SUBMITTED) and "already past" in (record.schedule_note or "")
     assert "already past" in nxjobs("status", ran).stdout
+
+
+def test_a_scheduled_callbot_list_is_started_by_the_provider_on_time_while_we_are_down(
+    own_redis, own_env, sandbox, tmp_path
+):
+    order_id = "sched" + uuid.uuid4().hex[:12]
+    # Callbacks go nowhere (a closed port): the sandbox logs each attempt with its body.
+    dead_end = f"http://127.0.0.1:{free_port()}/cb"
+    worker = start_worker(own_env, log_dir=str(tmp_path / "w"))
+    with Producer(own_redis.url) as producer:
+        try:
+            # Given a list due in 8 s (within the lead: it is created at once, the provider to
+            # start it)
+            job_id = producer.callbot_list(
+                scene_id="123",
+                task_name="scheduled",
+                contacts=[{"user_phone": _phone(), "order_id": order_id}],
+                call_callback_url=dead_end,
+                delay_s=8,
+            )
+            start = int(time.time() + 8)
+            record = producer.wait([job_id], until="submitted", timeout_s=30)[job_id]
+        finally:
+            worker.stop()  # and then no worker is up
+    # Then it was created with the provider's scheduled start, and not started by us
+    assert record.state == JobState.SUBMITTED, record
+    assert record.result["startupAt"] in (start - 1, start) and record.result["taskStatus"] == 1
+    assert "startupAt" in (record.schedule_note or "") and record.run_at
+    created = [
+        r
+        for r in sandbox.requests(path="/callcentre/api/v3/createAndCall", limit=100)
+        if r["body"].get("userTaskID") == job_id
+    ]
+    assert len(created) == 1
+    setting = created[0]["body"]["taskCreateSetting"]
+    assert (setting["startupType"], setting["startupAt"]) == (2, record.result["startupAt"])
+    started_by_us = [
+        r
+        for r in sandbox.requests(path="/callcentre/api/v3/mgrTaskStatus", limit=100)
+        if r["body"].get("userTaskID") == job_id
+    ]
+    assert started_by_us == []
+
+    def dialled() -> list[int]:
+        out = []
+        for entry in sandbox.callbacks(kind="callbot-call", limit=1000):
+            body = json.loads(entry["body"]) if isinstance(entry["body"], str) else entry["body"]
+            if body.get("orderID") == order_id:
+                out.append(int(body["callInfoDetail"]["callStartTs"]))
+        return out
+
+    assert dialled() == [], "dialled before its scheduled start"
+    # And the provider dials it at its time, with no worker running
+    deadline = time.time() + 20
+    while not dialled():
+        assert time.time() < deadline, "the provider never started the list"
+        time.sleep(0.2)
+    assert all(ts >= record.result["startupAt"] for ts in dialled()), dialled()
