@@ -4,8 +4,8 @@
 --   key, [5] its in-flight marker.
 -- ARGV[1] job id, [2] now ISO, [3] record ttl s.
 -- Returns {1, state before} cancelled; {0, state, why} refused, nothing changed: why is
---   'inflight' (a request may have reached the provider), 'batch' (a coalesced member whose
---   batch is built) or '' (its state cannot be cancelled); {-1, ''} no record.
+--   'inflight' (a request may have reached the provider), 'batch' (a coalesced member retrying
+--   with its built batch) or '' (its state cannot be cancelled); {-1, ''} no record.
 -- moves: scheduled -> cancelled, queued -> cancelled, retrying -> cancelled
 -- Beyond KEYS, set_state touches the job indexes, the retention hash and the payload key
 -- (lib/state.lua; their names rendered from nxjobs.keys).
@@ -17,7 +17,8 @@ if state ~= 'scheduled' and state ~= 'queued' and state ~= 'retrying' then
   return {0, state, ''}
 end
 if redis.call('EXISTS', KEYS[5]) == 1 then return {0, state, 'inflight'} end
-if batch and batch ~= '' then return {0, state, 'batch'} end
+-- A member retrying with its built batch (a queued one with a batch field is a replayed single job).
+if state == 'retrying' and batch and batch ~= '' then return {0, state, 'batch'} end
 if not set_state(KEYS[1], 'cancelled', 'updated_at', ARGV[2], 'cancelled_from', state) then
   return {0, state, ''}
 end

@@ -250,6 +250,7 @@ def test_what_cannot_be_cancelled_is_refused_and_nothing_changes(producer, sandb
         "running": ("ota-init", "running", cancel.BEING_SENT),
         "inflight": ("call", "retrying", cancel.MAY_HAVE_REACHED),
         "list": ("callbot-list", "submitted", cancel.CALLBOT_LIST_SUBMITTED),
+        "member": ("number-check", "retrying", cancel.BATCH_BUILT),
     }
     try:
         for name, (kind, state, reason) in fakes.items():
@@ -259,6 +260,8 @@ def test_what_cannot_be_cancelled_is_refused_and_nothing_changes(producer, sandb
             client.expire(keys.job(job_id), 60)
             if name == "inflight":
                 client.set(keys.inflight(job_id), "1", ex=60)
+            if name == "member":  # retrying with the batch it was built into
+                client.hset(keys.job(job_id), "coalesce_batch", "b1")
             answer = producer.cancel(job_id)
             assert (answer.cancelled, answer.reason) == (False, reason), name
             assert client.hget(keys.job(job_id), "state") == state
