@@ -237,13 +237,30 @@ class RecoverSettings(BaseModel):
 
 class RetentionSettings(BaseModel):
     """How long a finished job's record (and its index entry) is kept, by the state it ended in;
-    a job still queued, running, retrying or submitted keeps NXJOBS_RECORD_TTL_S."""
+    a job still scheduled, queued, running, retrying or submitted keeps NXJOBS_RECORD_TTL_S."""
 
     completed_s: int = Field(default=86400, gt=0)
     failed_s: int = Field(default=7 * 24 * 3600, gt=0)
+    # A job cancelled before it was sent (nxjobs/cancel.py).
+    cancelled_s: int = Field(default=7 * 24 * 3600, gt=0)
 
     def by_state(self) -> dict[str, int]:
-        return {"completed": self.completed_s, "failed": self.failed_s}
+        return {
+            "completed": self.completed_s,
+            "failed": self.failed_s,
+            "cancelled": self.cancelled_s,
+        }
+
+
+class ScheduleSettings(BaseModel):
+    """Scheduled jobs (nxjobs/schedule.py): every worker's main process publishes the due ones."""
+
+    # How often each worker looks for due jobs: a due job starts within about this much.
+    interval_s: float = Field(default=0.5, gt=0, le=10)
+    # Most due jobs one look takes (the rest are taken by the next).
+    batch: int = Field(default=100, ge=1, le=10_000)
+    # A job taken but not confirmed (its worker died publishing it) is offered again after this.
+    lease_s: float = Field(default=30.0, gt=0, le=3600)
 
 
 class HeldSettings(BaseModel):
@@ -339,6 +356,8 @@ class Settings(BaseSettings):
     recover: RecoverSettings = RecoverSettings()
     # Held messages of a dead worker put back on their queue within seconds (nxjobs/held.py).
     held: HeldSettings = HeldSettings()
+    # Jobs scheduled for later wait in Redis; workers publish them when due (nxjobs/schedule.py).
+    schedule: ScheduleSettings = ScheduleSettings()
     # Gathering one-number Number Checks and single Callbot contacts into provider batches
     # (nxjobs/coalesce.py).
     coalesce: CoalesceSettings = CoalesceSettings()

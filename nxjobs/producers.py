@@ -17,6 +17,7 @@ import os
 import time
 import uuid
 from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeGuard
 
 import redis
@@ -24,13 +25,16 @@ from celery import Celery
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from nxjobs import coalesce, compact_json, correlate, keys
+from nxjobs import cancel as cancelling
+from nxjobs import coalesce, compact_json, correlate, keys, schedule
+from nxjobs.cancel import Cancelled
 from nxjobs.deadletters import DeadLetters
 from nxjobs.jobs import (
     CALLBOT_CHUNK_SIZE,
     NUMBER_CHECK_MAX_PHONES,
     PRIORITY_NEW,
     CallbotContactPayload,
+    CallbotListPayload,
     InvalidJob,
     NumberCheckPayload,
     get_kind,
@@ -44,7 +48,15 @@ from nxjobs.wire import call_list_item, contact_job_order_id
 
 log = logging.getLogger("nxjobs.producer")
 
-__all__ = ["Producer", "InvalidJob", "RedisUnavailable", "EnqueueError", "JobRecord", "JobState"]
+__all__ = [
+    "Producer",
+    "InvalidJob",
+    "RedisUnavailable",
+    "EnqueueError",
+    "JobRecord",
+    "JobState",
+    "Cancelled",
+]
 
 
 class ProducerCoalesceSettings(BaseModel):
@@ -87,6 +99,8 @@ class Producer:
         self.coalesce = coalesce.CoalesceQueue(
             self.redis, settings.coalesce, ttl_s=self.store.ttl_s
         )
+        self.schedule = schedule.Schedule(self.redis, self.store.ttl_s)
+        self._canceller = cancelling.Canceller(self.redis, self.store.ttl_s)
         self._celery = Celery("nxjobs-producer", broker=self.redis_url, set_as_current=False)
         self._celery.conf.update(
             task_serializer="json",
@@ -106,17 +120,46 @@ class Producer:
 
     # ---- enqueue ----------------------------------------------------------
 
-    def enqueue(self, kind: str, payload: dict[str, Any], *, batch: bool = True) -> str:
+    def enqueue(
+        self,
+        kind: str,
+        payload: dict[str, Any],
+        *,
+        batch: bool = True,
+        at: datetime | None = None,
+        delay_s: float | None = None,
+    ) -> str:
         """Validate `payload` for `kind`, store its record, enqueue it; return the job id.
+
+        With `at` (an aware datetime) or `delay_s` (seconds), the job is `scheduled` until then
+        (nxjobs.schedule): it waits in Redis, and a worker publishes it when due. A coalescible
+        job scheduled so is sent as a single job (its own request). An `at` already past runs at
+        once, and its record says so (`schedule_note`); a naive datetime is refused.
 
         A one-number Number Check (no batchNo of its own), or a Callbot contact, is sent together
         with others (of its check level, of its task) in one provider request (nxjobs.coalesce),
         unless `batch=False`: then it is sent on its own at once, for a latency-sensitive job."""
         job_kind = get_kind(kind)
+        timing = schedule.when(at, delay_s)
         model = validate_payload(kind, payload)
         self._check_order_ids([model])
+        past = _past_fields(timing)
+        if timing.due is not None and isinstance(model, CallbotListPayload):
+            # The provider starts it at its time (startupType 2); we create it a lead before.
+            model = model.model_copy(update={"start_at": int(timing.due.timestamp())})
+            wake = timing.due - timedelta(seconds=schedule.PROVIDER_START_LEAD_S)
+            if wake > datetime.now(UTC):
+                return self._enqueue_scheduled(
+                    kind, model, wake, run_at=timing.due, note=_PROVIDER_STARTS
+                )
+            past = {"run_at": schedule.iso(timing.due), "schedule_note": _PROVIDER_STARTS}
+        elif timing.due is not None:
+            return self._enqueue_scheduled(kind, model, timing.due)
         if batch and _coalescible(model):
-            return self._enqueue_coalesced([model])[0]
+            job_id = self._enqueue_coalesced([model])[0]
+            if past:
+                self._note(job_id, past)
+            return job_id
         body = model.model_dump(mode="json", exclude_none=True)
         job_id = uuid.uuid4().hex
         kwargs = {"job_id": job_id, "payload": body}
@@ -129,6 +172,7 @@ class Producer:
                 redact(body),
                 expect=correlate.on_enqueue(kind, job_id, model),
                 payload=body,
+                extra=past,
             )
         except redis.RedisError as exc:
             raise RedisUnavailable(
@@ -152,6 +196,61 @@ class Producer:
                 f"{type(exc).__name__}: {exc}"
             ) from None
         return job_id
+
+    def _enqueue_scheduled(
+        self,
+        kind: str,
+        model: Any,
+        due: datetime,
+        run_at: datetime | None = None,
+        note: str | None = None,
+    ) -> str:
+        """The record (`scheduled`, with run_at), its schedule entry (due at `due`) and its stored
+        message, in one transaction: nothing is sent now (nxjobs.schedule). `run_at`: when the
+        job runs, if not when it is due (a callbot list the provider starts)."""
+        job_kind = get_kind(kind)
+        body = model.model_dump(mode="json", exclude_none=True)
+        job_id = uuid.uuid4().hex
+        keep_s = self.schedule.keep_s(due)
+        msg = schedule.message(
+            kind,
+            job_kind.task_name,
+            job_kind.queue,
+            PRIORITY_NEW,
+            {"job_id": job_id, "payload": body},
+        )
+        try:
+            pipe = self.redis.pipeline(transaction=True)
+            self.store.create(
+                job_id,
+                kind,
+                redact(body),
+                expect=correlate.on_enqueue(kind, job_id, model),
+                pipe=pipe,
+                payload=body,
+                state=JobState.SCHEDULED,
+                extra={
+                    "run_at": schedule.iso(run_at or due),
+                    **({"schedule_note": note} if note else {}),
+                },
+                ttl_s=keep_s,
+                index_score=int(due.timestamp()),
+            )
+            self.schedule.add(pipe, job_id, due, msg)
+            pipe.execute()
+        except redis.RedisError as exc:
+            raise RedisUnavailable(
+                f"cannot reach Redis at {describe(self.redis_url)}: {exc}"
+            ) from None
+        return job_id
+
+    def _note(self, job_id: str, fields: dict[str, str]) -> None:
+        """Add what the schedule says to a record just created (a past `at`)."""
+        client: Any = self.redis
+        try:
+            client.hset(keys.job(job_id), mapping=fields)
+        except redis.RedisError:
+            pass  # only a note; the job itself is enqueued
 
     def enqueue_many(
         self, kind: str, payloads: Iterable[dict[str, Any]], *, batch: bool = True
@@ -315,10 +414,19 @@ class Producer:
             pass  # Redis is gone: the record is as unreachable as the message would be
 
     def call(
-        self, *, phone: str, order_id: str | None = None, show_phone: str | None = None
+        self,
+        *,
+        phone: str,
+        order_id: str | None = None,
+        show_phone: str | None = None,
+        at: datetime | None = None,
+        delay_s: float | None = None,
     ) -> str:
         return self.enqueue(
-            "call", _drop_none(phone=phone, order_id=order_id, show_phone=show_phone)
+            "call",
+            _drop_none(phone=phone, order_id=order_id, show_phone=show_phone),
+            at=at,
+            delay_s=delay_s,
         )
 
     def callbot_list(
@@ -331,6 +439,8 @@ class Producer:
         task_callback_url: str | None = None,
         order_callback_url: str | None = None,
         call_callback_url: str | None = None,
+        at: datetime | None = None,
+        delay_s: float | None = None,
     ) -> str:
         return self.enqueue(
             "callbot-list",
@@ -343,16 +453,28 @@ class Producer:
                 order_callback_url=order_callback_url,
                 call_callback_url=call_callback_url,
             ),
+            at=at,
+            delay_s=delay_s,
         )
 
     def callbot_contact(
-        self, *, user_task_id: str, contact: dict[str, Any], batch: bool = True
+        self,
+        *,
+        user_task_id: str,
+        contact: dict[str, Any],
+        batch: bool = True,
+        at: datetime | None = None,
+        delay_s: float | None = None,
     ) -> str:
         """Add one contact to the existing Callbot task `user_task_id` (e.g. a callbot-list job's
         id). Shares an addBatchCall with other contacts for that task (nxjobs.coalesce), unless
         `batch=False`: then it gets a request of its own, at once."""
         return self.enqueue(
-            "callbot-contact", {"user_task_id": user_task_id, "contact": contact}, batch=batch
+            "callbot-contact",
+            {"user_task_id": user_task_id, "contact": contact},
+            batch=batch,
+            at=at,
+            delay_s=delay_s,
         )
 
     def number_check(
@@ -362,19 +484,74 @@ class Producer:
         check_level: int = 1,
         batch_no: str | None = None,
         batch: bool = True,
+        at: datetime | None = None,
+        delay_s: float | None = None,
     ) -> str:
         """`batch=False`: a one-number check gets a request of its own instead of sharing one."""
         return self.enqueue(
             "number-check",
             _drop_none(phones=phones, check_level=check_level, batch_no=batch_no),
             batch=batch,
+            at=at,
+            delay_s=delay_s,
         )
 
-    def ota_init(self, *, phone: str, user_ip: str) -> str:
-        return self.enqueue("ota-init", {"phone": phone, "user_ip": user_ip})
+    def ota_init(
+        self,
+        *,
+        phone: str,
+        user_ip: str,
+        at: datetime | None = None,
+        delay_s: float | None = None,
+    ) -> str:
+        return self.enqueue(
+            "ota-init", {"phone": phone, "user_ip": user_ip}, at=at, delay_s=delay_s
+        )
 
-    def wa_calling(self, *, business_phone: str) -> str:
-        return self.enqueue("wa-calling", {"business_phone": business_phone})
+    def wa_calling(
+        self, *, business_phone: str, at: datetime | None = None, delay_s: float | None = None
+    ) -> str:
+        return self.enqueue(
+            "wa-calling", {"business_phone": business_phone}, at=at, delay_s=delay_s
+        )
+
+    # ---- cancel -----------------------------------------------------------
+
+    def cancel(self, job_id: str) -> Cancelled:
+        """Cancel a job that has not been sent (nxjobs.cancel): scheduled, queued, waiting for its
+        slot, retrying, or a coalesced member whose batch is not built. Atomic with a worker's
+        claim: exactly one of them wins, and the record says which. Anything else is refused with
+        its reason and nothing changes. Raises InvalidJob for an id that cannot be a job's."""
+        if (
+            not isinstance(job_id, str)
+            or not job_id
+            or len(job_id) > 128
+            or not job_id.isprintable()
+        ):
+            raise InvalidJob("job_id", f"not a job id: {job_id!r}")
+        if any(c.isspace() for c in job_id):
+            raise InvalidJob("job_id", f"not a job id: {job_id!r}")
+        try:
+            status, state, why = self._canceller.try_cancel(job_id)
+            if status == 1:
+                return Cancelled(job_id, True, state, f"cancelled (was {state})")
+            if status == -1:
+                return Cancelled(job_id, False, None, cancelling.NOT_FOUND)
+            if state == JobState.SUBMITTED.value and (
+                self.redis.hget(keys.job(job_id), "kind") == "callbot-list"
+            ):
+                return self._cancel_submitted_callbot_list(job_id)
+        except redis.RedisError as exc:
+            raise RedisUnavailable(
+                f"cannot reach Redis at {describe(self.redis_url)}: {exc}"
+            ) from None
+        return Cancelled(job_id, False, state, cancelling.refusal(state, why))
+
+    def _cancel_submitted_callbot_list(self, job_id: str) -> Cancelled:
+        """The one place a submitted callbot list's cancel is decided: campaign control
+        (complete the task at the provider, undialled numbers deleted, then submitted ->
+        cancelled) plugs in here. Until then: refused, nothing changed."""
+        return Cancelled(job_id, False, JobState.SUBMITTED.value, cancelling.CALLBOT_LIST_SUBMITTED)
 
     # ---- dead letters -----------------------------------------------------
 
@@ -458,15 +635,16 @@ class Producer:
         timeout_s: float = 60.0,
         poll_s: float = 0.2,
     ) -> dict[str, JobRecord | None]:
-        """Poll until every job reached `until` or failed, or `timeout_s` passed; return the
-        last records."""
+        """Poll until every job reached `until`, failed or was cancelled, or `timeout_s` passed;
+        return the last records."""
         target = JobState(until)
         ids = list(job_ids)
         deadline = time.monotonic() + timeout_s
         while True:
             records = self.store.get_many(ids)
             done = all(
-                r is not None and (r.reached(target) or r.state == JobState.FAILED)
+                r is not None
+                and (r.reached(target) or r.state in (JobState.FAILED, JobState.CANCELLED))
                 for r in records.values()
             )
             if done or time.monotonic() >= deadline:
@@ -506,6 +684,16 @@ def _coalescible(model: Any) -> TypeGuard[NumberCheckPayload | CallbotContactPay
     return (
         isinstance(model, NumberCheckPayload) and len(model.phones) == 1 and model.batch_no is None
     )
+
+
+_PROVIDER_STARTS = "created at the provider with its scheduled start (startupAt = run_at)"
+
+
+def _past_fields(timing: schedule.When) -> dict[str, str] | None:
+    """The record fields of an `at` that was already past (it runs now)."""
+    if timing.note is None or timing.asked is None:
+        return None
+    return {"run_at": schedule.iso(timing.asked), "schedule_note": timing.note}
 
 
 def _drop_none(**fields: Any) -> dict[str, Any]:

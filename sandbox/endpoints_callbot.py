@@ -264,6 +264,10 @@ def _cb_new_task(state: SandboxState, req: _Request) -> dict[str, Any]:
         state.duplicate_rejections["callbot_usertaskid"] += 1
         raise _Answer(_cb_env(req, 4, "userTaskID already exists"))
     setting = b.get("taskCreateSetting") if isinstance(b.get("taskCreateSetting"), dict) else {}
+    startup_type = _as_int(setting.get("startupType"))
+    startup_at = _as_int(setting.get("startupAt"))
+    if startup_type == 2 and startup_at is None:
+        raise _Answer(_cb_env(req, 4, "parameter value error: startupType 2 needs startupAt"))
     return {
         "userTaskID": user_task_id,
         "taskID": str(uuid.uuid4().int % 10**12).zfill(12),
@@ -277,7 +281,34 @@ def _cb_new_task(state: SandboxState, req: _Request) -> dict[str, Any]:
         "_taskCallbackUrl": setting.get("taskCallbackUrl") or b.get("taskCallbackUrl"),
         "_orderCallbackUrl": b.get("orderCallbackUrl"),
         "_callCallbackUrl": b.get("callCallbackUrl"),
+        # A scheduled start (startupType 2): the task starts itself then (start_due).
+        "_startupAt": startup_at if startup_type == 2 else None,
     }
+
+
+def _cb_start(state: SandboxState, task: dict[str, Any], now: float) -> None:
+    """The task starts (status 2): every order not dialled yet is dialled."""
+    task["taskStatus"] = 2
+    task["_finished_by_orders"] = False
+    for order_id in task["orderIDs"]:
+        order = state.stores.cb_orders[order_id]
+        if not order["callInfoDetailList"]:
+            _cb_dial(state, order, now)
+    _cb_maybe_finish(state, task)
+
+
+def start_due(state: SandboxState) -> int:
+    """Start the tasks whose scheduled start (startupAt) has come, as the provider does on its
+    own, whoever is connected; run by the callback dispatcher's loop. Returns how many started."""
+    with state.lock:
+        now = state.now()
+        due = [t for t, at in state.stores.cb_scheduled.items() if at <= now]
+        for user_task_id in due:
+            del state.stores.cb_scheduled[user_task_id]
+            task = state.stores.cb_tasks.get(user_task_id)
+            if task is not None and task["taskStatus"] == 1:
+                _cb_start(state, task, now)
+        return len(due)
 
 
 def _cb_store_task(state: SandboxState, task: dict[str, Any]) -> None:
@@ -287,6 +318,8 @@ def _cb_store_task(state: SandboxState, task: dict[str, Any]) -> None:
         state.duplicates["callbot_usertaskid"] += 1
     state.stores.cb_tasks[task["userTaskID"]] = task
     state.accepted["callbot_tasks"] += 1
+    if task.get("_startupAt") is not None:
+        state.stores.cb_scheduled[task["userTaskID"]] = float(task["_startupAt"])
 
 
 def _cb_create_task(state: SandboxState, req: _Request) -> dict[str, Any]:
@@ -333,14 +366,12 @@ def _cb_mgr_task_status(state: SandboxState, req: _Request) -> dict[str, Any]:
     task = _cb_task(state, req)
     if task["taskStatus"] == 3 and new_status != 3:
         return _cb_env(req, 4, "parameter value error: task is completed")
-    task["taskStatus"] = new_status
-    task["_finished_by_orders"] = False  # an operator's status sticks: completed stays completed
+    state.stores.cb_scheduled.pop(task["userTaskID"], None)  # an operator's start or stop wins
     if new_status == 2:
-        for order_id in task["orderIDs"]:
-            order = state.stores.cb_orders[order_id]
-            if not order["callInfoDetailList"]:
-                _cb_dial(state, order, req.now)
-        _cb_maybe_finish(state, task)
+        _cb_start(state, task, req.now)
+    else:
+        task["taskStatus"] = new_status
+        task["_finished_by_orders"] = False  # an operator's status sticks: completed stays so
     return _cb_ok(req, taskID=task["taskID"], taskStatus=new_status)
 
 

@@ -147,6 +147,8 @@ class _Stores:
     # Callbot v3.
     cb_tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
     cb_orders: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # userTaskID -> its scheduled start (startupAt, unix s) while it has not come.
+    cb_scheduled: dict[str, float] = field(default_factory=dict)
     # Agent API: token -> {"appkey", "expires_at"}; accepted makecalls, oldest first.
     tokens: dict[str, dict[str, Any]] = field(default_factory=dict)
     calls: list[dict[str, Any]] = field(default_factory=list)
