@@ -1,4 +1,4 @@
-"""`nxjobs` command line: worker, callbacks, dead, submit, status, wait.
+"""`nxjobs` command line: worker, callbacks, dead, callbot, submit, status, wait.
 
 Exit codes: 0 success; 1 a job failed, timed out or was not found; 2 bad input
 (nothing was enqueued) or bad configuration; 3 Redis unreachable.
@@ -631,6 +631,13 @@ def build_parser() -> argparse.ArgumentParser:
         "`callbacks JOB_ID [--cursor C] [--limit N] [--json]` pages through a job's callbacks",
         add_help=False,
     )
+    sub.add_parser(
+        "callbot",
+        help="campaign control of a submitted callbot list: `callbot pause|resume JOB_ID`, "
+        "`callbot complete JOB_ID [--delete-undialled]`, `callbot stop-contacts JOB_ID "
+        "ORDER_ID...`, `callbot update JOB_ID --settings JSON` (docs/campaigns.md)",
+        add_help=False,
+    )
     _add_submit_parser(sub)
     sub.add_parser(
         "coalesce-adopt",
@@ -680,6 +687,10 @@ def main(argv: list[str] | None = None) -> int:
         )
     if argv and argv[0] == "callbacks":
         return cmd_callbacks(argv[1:])
+    if argv and argv[0] == "callbot":
+        from nxjobs.cli_campaign import cmd_callbot  # campaign control lives there
+
+        return cmd_callbot(argv[1:])
     if argv and argv[0] == "dead":
         from nxjobs.cli_dead import cmd_dead  # the dead-letter commands live there
 

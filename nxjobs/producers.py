@@ -24,7 +24,8 @@ from celery import Celery
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from nxjobs import coalesce, compact_json, correlate, keys
+from nxjobs import campaign, coalesce, compact_json, correlate, keys
+from nxjobs.campaign import CampaignRefused
 from nxjobs.deadletters import DeadLetters
 from nxjobs.jobs import (
     CALLBOT_CHUNK_SIZE,
@@ -36,7 +37,7 @@ from nxjobs.jobs import (
     get_kind,
     validate_payload,
 )
-from nxjobs.records import JobRecord, JobState, utc_now_iso
+from nxjobs.records import TERMINAL_STATES, JobRecord, JobState, utc_now_iso
 from nxjobs.redact import flower_repr, redact
 from nxjobs.redis_conn import RedisUnavailable, connect, describe
 from nxjobs.store import CallbackPage, RecordStore
@@ -44,7 +45,15 @@ from nxjobs.wire import call_list_item, contact_job_order_id
 
 log = logging.getLogger("nxjobs.producer")
 
-__all__ = ["Producer", "InvalidJob", "RedisUnavailable", "EnqueueError", "JobRecord", "JobState"]
+__all__ = [
+    "Producer",
+    "InvalidJob",
+    "CampaignRefused",
+    "RedisUnavailable",
+    "EnqueueError",
+    "JobRecord",
+    "JobState",
+]
 
 
 class ProducerCoalesceSettings(BaseModel):
@@ -439,6 +448,76 @@ class Producer:
             ) from None
         return "replayed"
 
+    # ---- campaign control of a callbot list (nxjobs.campaign, docs/campaigns.md) ----------
+
+    def callbot_pause(self, job_id: str) -> str:
+        """Pause the task of submitted callbot list `job_id`: it stops dialling. Returns the
+        operation id to wait on (`wait_campaign`); raises CampaignRefused naming why not, with
+        nothing enqueued. So do the other callbot_* operations."""
+        return self._control(job_id, "pause", {})
+
+    def callbot_resume(self, job_id: str) -> str:
+        """Start the paused task of `job_id` again."""
+        return self._control(job_id, "resume", {})
+
+    def callbot_complete(self, job_id: str, delete_undialled: bool = False) -> str:
+        """End the task of `job_id` at the provider; `delete_undialled`: drop the numbers not yet
+        dialled. The job completes when the task's callback says so, as every list does."""
+        return self._control(job_id, "complete", {"delete_undialled": delete_undialled})
+
+    def callbot_stop_contacts(self, job_id: str, order_ids: Iterable[str]) -> str:
+        """Stop these orders (the list's orderIDs) for good: they are not dialled again."""
+        return self._control(job_id, "stop-contacts", {"order_ids": list(order_ids)})
+
+    def callbot_update(self, job_id: str, settings: dict[str, Any]) -> str:
+        """Change taskCreateSetting fields of the task of `job_id`, only while it is paused."""
+        return self._control(job_id, "update", {"settings": settings})
+
+    def callbot_cancel_submitted(self, job_id: str) -> str:
+        """Cancel a submitted callbot list: its task is completed at the provider with its
+        undialled numbers deleted, and the job ends `cancelled` keeping what was dialled."""
+        return self._control(job_id, "cancel", {})
+
+    def wait_campaign(
+        self, job_id: str, op_id: str, *, timeout_s: float = 60.0, poll_s: float = 0.2
+    ) -> dict[str, Any] | None:
+        """Poll until operation `op_id` of `job_id` is recorded; return its entry (op, at,
+        outcome: done, refused or failed, detail), or None at `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            entry = campaign.find_operation(self.store.get(job_id), op_id)
+            if entry is not None or time.monotonic() >= deadline:
+                return entry
+            time.sleep(poll_s)
+
+    def _control(self, job_id: str, op: str, args: dict[str, Any]) -> str:
+        try:
+            record = self.store.get(job_id)
+        except redis.RedisError as exc:
+            raise RedisUnavailable(
+                f"cannot reach Redis at {describe(self.redis_url)}: {exc}"
+            ) from None
+        checked = campaign.check(record, job_id, op, args)
+        op_id = uuid.uuid4().hex
+        kwargs = {"job_id": job_id, "op_id": op_id, "op": op, "args": checked}
+        try:
+            self._celery.send_task(
+                campaign.CONTROL_TASK,
+                kwargs=kwargs,
+                task_id=op_id,
+                queue=campaign.CONTROL_QUEUE,
+                routing_key=campaign.CONTROL_QUEUE,
+                priority=PRIORITY_NEW,
+                kwargsrepr=repr(redact(kwargs)),
+                argsrepr="()",
+            )
+        except Exception as exc:
+            raise EnqueueError(
+                f"could not enqueue {op} of job {job_id} on {describe(self.redis_url)}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from None
+        return op_id
+
     # ---- read back --------------------------------------------------------
 
     def get(self, job_id: str) -> JobRecord | None:
@@ -466,7 +545,7 @@ class Producer:
         while True:
             records = self.store.get_many(ids)
             done = all(
-                r is not None and (r.reached(target) or r.state == JobState.FAILED)
+                r is not None and (r.reached(target) or r.state in TERMINAL_STATES)
                 for r in records.values()
             )
             if done or time.monotonic() >= deadline:

@@ -18,9 +18,12 @@ class JobState(StrEnum):
     SUBMITTED = "submitted"  # the provider accepted the request
     COMPLETED = "completed"  # its final callbacks arrived
     FAILED = "failed"
+    # Stopped by its producer: a submitted callbot list completed at the provider, keeping what
+    # was dialled so far (docs/campaigns.md).
+    CANCELLED = "cancelled"
 
 
-TERMINAL_STATES = frozenset({JobState.COMPLETED, JobState.FAILED})
+TERMINAL_STATES = frozenset({JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED})
 
 # Order used by `wait --until`: reaching a later state implies the earlier one.
 PROGRESS = {
@@ -79,11 +82,16 @@ class JobRecord(BaseModel):
     # Distinct callbacks past what the job can have (more results than numbers...): counted, not
     # kept.
     callbacks_dropped: int = 0
+    campaign: dict[str, Any] | None = Field(
+        default=None,
+        description="a callbot list's campaign control: status, its times, the operations "
+        "asked and what the provider answered (docs/campaigns.md)",
+    )
 
     def reached(self, state: JobState) -> bool:
         """True if this job has got as far as `state` (and has not failed)."""
-        if self.state == JobState.FAILED:
-            return state == JobState.FAILED
+        if self.state in (JobState.FAILED, JobState.CANCELLED):
+            return state == self.state
         return PROGRESS.get(self.state, -1) >= PROGRESS[state]
 
 

@@ -25,7 +25,15 @@ from nxjobs.records import JobRecord, JobState, utc_now_iso
 
 log = logging.getLogger("nxjobs.store")
 
-_JSON_FIELDS = ("input", "request", "result", "error", "progress", keys.CALLBACKS_SUMMARY)
+_JSON_FIELDS = (
+    "input",
+    "request",
+    "result",
+    "error",
+    "progress",
+    keys.CALLBACKS_SUMMARY,
+    keys.CAMPAIGN_FIELD,
+)
 _COUNTERS = frozenset({"attempts", "throttles", "waits"})
 
 # The state machine: which states each state may be entered from (None: no record yet), each
@@ -79,6 +87,13 @@ ALLOWED_FROM: dict[JobState, frozenset[JobState | None]] = {
             JobState.RUNNING,  # store_transition.lua (tasks/base.py); coalesce_fan_out.lua
             JobState.RETRYING,  # coalesce_fan_out.lua; store_transition.lua allows it
             JobState.SUBMITTED,  # store_transition.lua: reconciliation gives up (callbacks_timeout)
+        }
+    ),
+    JobState.CANCELLED: frozenset(
+        {
+            # campaign_record.lua: a submitted callbot list completed at the provider by its
+            # producer (Producer.callbot_cancel_submitted, docs/campaigns.md).
+            JobState.SUBMITTED,
         }
     ),
 }

@@ -1,12 +1,17 @@
 """Callbot v3 tasks: create a call list task, add its contacts, start it; add one contact to a
 task on its own (a `callbot-contact` job with batch=False, or a dead-letter replay; the coalesced
-ones are sent by tasks/coalesce.py)."""
+ones are sent by tasks/coalesce.py); one campaign-control operation on a list's task
+(nxjobs.campaign)."""
+
+from functools import cache
 
 from celery import shared_task
 
+from nxjobs.campaign import CONTROL_TASK, ControlRun, Later
 from nxjobs.client import operations
 from nxjobs.jobs import KINDS
 from tasks.base import JobTask
+from tasks.services import get_services
 
 
 @shared_task(name=KINDS["callbot-list"].task_name, bind=True, base=JobTask)
@@ -49,4 +54,38 @@ def _add_contact(svc, job_id, payload, outcome):
         payload=payload,
         public_url=svc.settings.callbacks.public_url,
         outcome=outcome,
+    )
+
+
+@shared_task(name=CONTROL_TASK, bind=True, acks_late=True, ignore_result=True, max_retries=None)
+def control_campaign(
+    self, job_id: str, op_id: str, op: str, args: dict, slot_at_us=None, errors: int = 0
+) -> str:
+    # slot_at_us / errors are set only by our own re-queues (rate-limit waits, retries).
+    result = _control().run(job_id, op_id, op, args, slot_at_us=slot_at_us, errors=errors)
+    if isinstance(result, Later):
+        kwargs = {
+            "job_id": job_id,
+            "op_id": op_id,
+            "op": op,
+            "args": args,
+            "slot_at_us": result.slot_at_us,
+            "errors": result.errors,
+        }
+        raise self.retry(kwargs=kwargs, countdown=result.countdown, exc=RuntimeError(result.reason))
+    return result.outcome
+
+
+@cache
+def _control() -> ControlRun:
+    svc = get_services()
+    return ControlRun(
+        svc.redis,
+        svc.callbot,
+        svc.gate,
+        svc.limiter,
+        retry=svc.settings.retry,
+        ratelimit=svc.settings.ratelimit,
+        ttl_s=svc.settings.record_ttl_s,
+        rng=svc.rng,
     )
