@@ -13,7 +13,13 @@ import json
 import sys
 from typing import Any
 
-from nxjobs.cli import EXIT_INPUT, EXIT_JOB, EXIT_OK, EXIT_REDIS, _error
+# As nxjobs.cli's (it imports this module, so this one cannot import it).
+EXIT_OK, EXIT_JOB, EXIT_INPUT, EXIT_REDIS = 0, 1, 2, 3
+
+
+def _error(message: str, code: int) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code
 
 
 def _parser() -> argparse.ArgumentParser:
