@@ -33,6 +33,15 @@ KIND = "callbot-list"
 CONTROL_TASK = "nxjobs.callbot_control"
 CONTROL_QUEUE = QUEUE_CALLBOT
 OPERATIONS = ("pause", "resume", "complete", "stop-contacts", "update", "cancel")
+# The provider endpoint each operation calls (nxjobs.client.operations).
+_ENDPOINT = {
+    "pause": "mgrTaskStatus",
+    "resume": "mgrTaskStatus",
+    "complete": "mgrTaskStatus",
+    "cancel": "mgrTaskStatus",
+    "stop-contacts": "stopOrder",
+    "update": "updateTask",
+}
 # stopOrder's orderIDs per request (our choice, as addBatchCall's callList).
 MAX_STOP_ORDERS = 1000
 # Operations a record keeps, newest last.
@@ -155,6 +164,7 @@ class Later:
     reason: str
     slot_at_us: int | None = None
     errors: int = 0
+    throttles: int = 0
 
 
 class ControlRun:
@@ -192,21 +202,26 @@ class ControlRun:
         *,
         slot_at_us: int | None = None,
         errors: int = 0,
+        throttles: int = 0,
     ) -> Recorded | Later:
-        endpoint = "mgrTaskStatus"
+        """Send `op` once; record its answer, or say when to send it again (`errors`, `throttles`:
+        the error attempts and "too frequent" answers of earlier runs)."""
+        endpoint = _ENDPOINT[op]
         try:
             with self.gate.bind() as slots:
                 if slot_at_us is not None:
                     slots.prepay(slot_at_us)
-                endpoint, answer = self._send(job_id, op, args)
+                answer = self._send(job_id, op, args)
         except SlotNotReady as wait:
             countdown, _ = policy.slot_wait(wait.grant, self.ratelimit, self.rng)
             reserved = wait.grant.slot_at_us if wait.grant.reserved else None
-            return Later(countdown, f"{op} {job_id}: waits for its slot", reserved, errors)
+            return Later(
+                countdown, f"{op} {job_id}: waits for its slot", reserved, errors, throttles
+            )
         except NXCloudError as err:
             cls = err.classification
             detail = {"code": err.code, "message": err.message}
-            if cls.throttled:
+            if cls.throttled and throttles + 1 <= self.ratelimit.max_throttles:
                 limits = self.gate.limits_for("callbot", endpoint, {})
                 rl = self.ratelimit
                 cooldown = self.limiter.cool_down(
@@ -216,31 +231,36 @@ class ControlRun:
                     repeat_within_s=rl.cooldown_repeat_s,
                     rng=self.rng,
                 )
-                return Later(cooldown, f"{op} {job_id}: too frequent ({err.code})", None, errors)
-            delay = policy.retry_delay(cls, errors + 1, self.retry, self.rng)
+                reason = f"{op} {job_id}: too frequent ({err.code})"
+                return Later(cooldown, reason, None, errors, throttles + 1)
+            delay = (
+                None if cls.throttled else policy.retry_delay(cls, errors + 1, self.retry, self.rng)
+            )
             if delay is not None:
-                return Later(delay, f"{op} {job_id}: {err.code} {err.message}", None, errors + 1)
-            # The provider's own no, or no answer after every retry.
-            outcome = "refused" if isinstance(err, ProviderError) else "failed"
+                reason = f"{op} {job_id}: {err.code} {err.message}"
+                return Later(delay, reason, None, errors + 1, throttles)
+            # The provider's definite no; or every retry used up (no answer, or "try later").
+            refused = isinstance(err, ProviderError) and not cls.retryable
+            outcome = "refused" if refused else "failed"
             return self.record(job_id, op_id, op, outcome, detail)
         return self.record(job_id, op_id, op, "done", answer)
 
-    def _send(self, job_id: str, op: str, args: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    def _send(self, job_id: str, op: str, args: dict[str, Any]) -> dict[str, Any]:
         # The task's userTaskID is the job id (operations.submit_call_list).
         if op in ("pause", "resume", "complete", "cancel"):
             operate = {"pause": operations.TASK_PAUSE, "resume": operations.TASK_START}.get(
                 op, operations.TASK_COMPLETE
             )
             delete = op == "cancel" or bool(args.get("delete_undialled"))
-            return "mgrTaskStatus", operations.manage_task(
+            return operations.manage_task(
                 self.callbot, user_task_id=job_id, operate=operate, delete_undialled=delete
             )
         if op == "stop-contacts":
-            return "stopOrder", operations.stop_orders(
+            return operations.stop_orders(
                 self.callbot, user_task_id=job_id, order_ids=list(args["order_ids"])
             )
         if op == "update":
-            return "updateTask", operations.update_task(
+            return operations.update_task(
                 self.callbot,
                 user_task_id=job_id,
                 scene_id=str(args.get("scene_id") or ""),

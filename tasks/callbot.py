@@ -5,7 +5,9 @@ ones are sent by tasks/coalesce.py); one campaign-control operation on a list's 
 
 from functools import cache
 
+import redis
 from celery import shared_task
+from celery.exceptions import Reject
 
 from nxjobs.campaign import CONTROL_TASK, ControlRun, Later
 from nxjobs.client import operations
@@ -59,10 +61,23 @@ def _add_contact(svc, job_id, payload, outcome):
 
 @shared_task(name=CONTROL_TASK, bind=True, acks_late=True, ignore_result=True, max_retries=None)
 def control_campaign(
-    self, job_id: str, op_id: str, op: str, args: dict, slot_at_us=None, errors: int = 0
+    self,
+    job_id: str,
+    op_id: str,
+    op: str,
+    args: dict,
+    slot_at_us=None,
+    errors: int = 0,
+    throttles: int = 0,
 ) -> str:
-    # slot_at_us / errors are set only by our own re-queues (rate-limit waits, retries).
-    result = _control().run(job_id, op_id, op, args, slot_at_us=slot_at_us, errors=errors)
+    # slot_at_us / errors / throttles are set only by our own re-queues (waits, retries).
+    try:
+        result = _control().run(
+            job_id, op_id, op, args, slot_at_us=slot_at_us, errors=errors, throttles=throttles
+        )
+    except redis.RedisError as exc:
+        # The answer could not be recorded: run it again (every operation is safe to resend).
+        raise Reject(f"redis unavailable: {type(exc).__name__}", requeue=True) from exc
     if isinstance(result, Later):
         kwargs = {
             "job_id": job_id,
@@ -71,6 +86,7 @@ def control_campaign(
             "args": args,
             "slot_at_us": result.slot_at_us,
             "errors": result.errors,
+            "throttles": result.throttles,
         }
         raise self.retry(kwargs=kwargs, countdown=result.countdown, exc=RuntimeError(result.reason))
     return result.outcome

@@ -127,6 +127,57 @@ def test_stop_contacts_stops_for_good(producer, paced, sandbox_handle, worker):
     assert [bool(o["callInfoDetailList"]) for o in orders] == [True, False, False, True]
 
 
+MGR = "/callcentre/api/v3/mgrTaskStatus"
+
+
+def _pauses(sandbox_handle):
+    return [
+        r for r in sandbox_handle.state.recent_requests(MGR, 50) if r["body"]["taskOperate"] == 2
+    ]
+
+
+def test_a_transient_error_is_retried_with_the_same_request(
+    producer, paced, sandbox_handle, worker
+):
+    job_id = _list(producer, n=2)
+    paced.script(MGR, 5001, times=2)  # bounded retry: "busy, try again"
+    entry = _done(producer, job_id, producer.callbot_pause(job_id))
+    assert entry["outcome"] == "done"
+    assert len(_pauses(sandbox_handle)) == 3
+    assert _task(sandbox_handle, job_id)[0]["taskStatus"] == 5
+
+
+def test_a_permanent_error_is_recorded_refused_and_changes_no_status(
+    producer, paced, sandbox_handle, worker
+):
+    job_id = _list(producer, n=2)
+    paced.script(MGR, 2, times=1, message="missing parameter")
+    entry = _done(producer, job_id, producer.callbot_pause(job_id))
+    assert entry["outcome"] == "refused"
+    assert entry["detail"] == {"code": "2", "message": "missing parameter"}
+    assert len(_pauses(sandbox_handle)) == 1  # not retried
+    campaign = producer.get(job_id).campaign
+    assert "status" not in campaign and [op["outcome"] for op in campaign["operations"]] == [
+        "refused"
+    ]
+
+
+def test_too_frequent_cools_the_credential_down_and_is_sent_again(
+    producer, paced, sandbox_handle, worker
+):
+    from nxjobs import keys
+    from sandbox.accounts import CALLBOT_UUID
+
+    job_id = _list(producer, n=2)
+    producer.redis.delete(keys.rate_strikes(f"callbot:{CALLBOT_UUID}"))
+    paced.script(MGR, 7, times=1)  # Callbot's "system busy"
+    entry = _done(producer, job_id, producer.callbot_pause(job_id))
+    assert entry["outcome"] == "done"
+    assert len(_pauses(sandbox_handle)) == 2
+    # Every worker's Callbot credential was slowed down, through the shared limiter.
+    assert producer.redis.exists(keys.rate_strikes(f"callbot:{CALLBOT_UUID}"))
+
+
 def test_refusals_name_why_and_enqueue_nothing(producer, paced, worker):
     job_id = _list(producer, n=2)
     other = producer.call(phone="8613800138000")
