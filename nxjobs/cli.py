@@ -457,6 +457,14 @@ def _print_record(record: JobRecord | None, *, as_json: bool) -> None:
             f"  callbacks {record.callbacks_done}/{record.callbacks_needed or 0} done, "
             f"{record.callbacks_stored} stored{dropped}  {counts}{paged}".rstrip()
         )
+    if record.campaign:
+        c = record.campaign
+        last = (c.get("operations") or [{}])[-1]
+        status = c.get("status") or "as started"  # only refused operations so far
+        print(
+            f"  campaign {status}  stopped_orders={c.get('stopped_orders', 0)}"
+            f"  last: {last.get('op')} {last.get('outcome')} at {last.get('at')}"
+        )
 
 
 def cmd_status(args: argparse.Namespace) -> int:

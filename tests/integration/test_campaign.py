@@ -213,6 +213,8 @@ def test_cli_pause_prints_the_answer_and_refuses_a_non_callbot_job(
     assert "not a callbot-list" in refused.stderr and "nothing was enqueued" in refused.stderr
     bad = run("callbot", "update", job_id, "--settings", "{not json")
     assert bad.returncode == 2 and "settings" in bad.stderr
+    status = run("status", job_id)
+    assert "campaign paused" in status.stdout and "last: pause done" in status.stdout
 
 
 # ---- with callbacks: the job ends as its task callback says ---------------------------------
