@@ -241,7 +241,7 @@ class Exporter:
         )
         finished = CounterMetricFamily(
             "nxjobs_jobs_finished",
-            "Jobs that entered a finished state (completed, failed), by kind",
+            "Jobs that entered a finished state (completed, failed, cancelled), by kind",
             labels=["kind", "state"],
         )
         callbacks = CounterMetricFamily(
