@@ -19,6 +19,8 @@ from nxjobs.jobs import KINDS, InvalidJob
 from nxjobs.records import JobRecord, JobState
 
 EXIT_OK, EXIT_JOB, EXIT_INPUT, EXIT_REDIS = 0, 1, 2, 3
+# States a job ends in without getting anywhere `wait` waits for.
+_ENDED = frozenset({JobState.FAILED.value, JobState.CANCELLED.value})
 
 
 class CliError(Exception):
@@ -568,7 +570,8 @@ def _wait_live(
                 continue
             counts[st] = counts.get(st, 0) + 1
             cb_done, cb_need = cb_done + min(done, need), cb_need + need
-            if st == JobState.FAILED.value or PROGRESS.get(JobState(st), -1) >= PROGRESS[target]:
+            # A failed or cancelled job will not get further: done waiting (and bad, below).
+            if st in _ENDED or PROGRESS.get(JobState(st), -1) >= PROGRESS[target]:
                 finished += 1
         all_done = finished + missing == len(job_ids)
         if show:
@@ -601,11 +604,7 @@ def _wait_summary(states: dict[str, tuple[str | None, int, int]], target: JobSta
     bad = []
     for job_id, (st, _done, _need) in states.items():
         counts[st or "not found"] = counts.get(st or "not found", 0) + 1
-        if (
-            st is None
-            or st == JobState.FAILED.value
-            or PROGRESS.get(JobState(st), -1) < PROGRESS[target]
-        ):
+        if st is None or st in _ENDED or PROGRESS.get(JobState(st), -1) < PROGRESS[target]:
             bad.append((job_id, st or "not found"))
     print(f"{len(states):,} jobs: " + ", ".join(f"{n:,} {st}" for st, n in sorted(counts.items())))
     for job_id, st in bad:

@@ -247,7 +247,7 @@ def test_complete_deletes_undialled_and_the_task_callback_completes_the_job(
 
 
 def test_cancel_of_a_submitted_list_keeps_what_was_dialled(
-    cb_producer, cb_sandbox, sandbox_handle, callbacks_worker
+    cb_producer, cb_sandbox, sandbox_handle, callbacks_worker, callbacks_redis_url
 ):
     cb_sandbox.configure(callbot_dial_interval_s=3600)
     try:
@@ -267,5 +267,15 @@ def test_cancel_of_a_submitted_list_keeps_what_was_dialled(
         assert record.callbacks_stored >= 3, record.callbacks
         with pytest.raises(CampaignRefused, match="cancelled"):
             cb_producer.callbot_pause(job_id)
+        # Waiting for it to complete ends at once: it never will.
+        from tests.conftest import cli_runner
+
+        run = cli_runner(
+            callbacks_redis_url, cwd=str(__import__("pathlib").Path(__file__).parents[2])
+        )
+        started = time.monotonic()
+        waited = run("wait", job_id, "--until", "completed", "--timeout", "20")
+        assert waited.returncode == 1 and "cancelled" in waited.stdout + waited.stderr
+        assert time.monotonic() - started < 15
     finally:
         cb_sandbox.configure(callbot_dial_interval_s=0)
