@@ -28,7 +28,7 @@ MAY_HAVE_REACHED = (
 )
 BATCH_BUILT = "being sent with its coalesced batch; try again"
 ALREADY_SENT = "already sent to the provider; a call cannot be taken back"
-CALLBOT_LIST_SUBMITTED = "submitted callbot list: complete it at the provider"
+CALLBOT_LIST_SUBMITTED = "submitted callbot list"
 
 
 def finished(state: str) -> str:

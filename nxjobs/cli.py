@@ -1,4 +1,4 @@
-"""`nxjobs` command line: worker, callbacks, dead, submit, status, wait.
+"""`nxjobs` command line: worker, callbacks, dead, callbot, submit, status, wait.
 
 Exit codes: 0 success; 1 a job failed, timed out or was not found; 2 bad input
 (nothing was enqueued) or bad configuration; 3 Redis unreachable.
@@ -20,6 +20,8 @@ from nxjobs.jobs import KINDS, InvalidJob
 from nxjobs.records import JobRecord, JobState
 
 EXIT_OK, EXIT_JOB, EXIT_INPUT, EXIT_REDIS = 0, 1, 2, 3
+# States a job ends in without getting anywhere `wait` waits for.
+_ENDED = frozenset({JobState.FAILED.value, JobState.CANCELLED.value})
 
 
 class CliError(Exception):
@@ -502,6 +504,14 @@ def _print_record(record: JobRecord | None, *, as_json: bool) -> None:
             f"  callbacks {record.callbacks_done}/{record.callbacks_needed or 0} done, "
             f"{record.callbacks_stored} stored{dropped}  {counts}{paged}".rstrip()
         )
+    if record.campaign:
+        c = record.campaign
+        last = (c.get("operations") or [{}])[-1]
+        status = c.get("status") or "as started"  # only refused operations so far
+        print(
+            f"  campaign {status}  stopped_orders={c.get('stopped_orders', 0)}"
+            f"  last: {last.get('op')} {last.get('outcome')} at {last.get('at')}"
+        )
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -527,7 +537,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     if len(set(ids)) != len(ids):
         ids = list(dict.fromkeys(ids))
     with Producer() as producer:
-        answers = [producer.cancel(job_id) for job_id in ids]
+        answers = [producer.cancel(job_id, timeout_s=args.timeout) for job_id in ids]
     if args.json:
         print(json.dumps([a.as_dict() for a in answers], ensure_ascii=False, indent=2))
     else:
@@ -585,8 +595,6 @@ def cmd_wait(args: argparse.Namespace) -> int:
 # More jobs than this: `wait` prints a summary (and the failed ones) instead of a line per job.
 _WAIT_FULL_MAX = 100
 _STATES = tuple(state.value for state in JobState)
-# States a job never leaves for the one waited for.
-_GAVE_UP = (JobState.FAILED.value, JobState.CANCELLED.value)
 
 
 def _wait_ids(args: argparse.Namespace) -> list[str]:
@@ -629,7 +637,8 @@ def _wait_live(
                 continue
             counts[st] = counts.get(st, 0) + 1
             cb_done, cb_need = cb_done + min(done, need), cb_need + need
-            if st in _GAVE_UP or PROGRESS.get(JobState(st), -1) >= PROGRESS[target]:
+            # A failed or cancelled job will not get further: done waiting (and bad, below).
+            if st in _ENDED or PROGRESS.get(JobState(st), -1) >= PROGRESS[target]:
                 finished += 1
         all_done = finished + missing == len(job_ids)
         if show:
@@ -662,7 +671,7 @@ def _wait_summary(states: dict[str, tuple[str | None, int, int]], target: JobSta
     bad = []
     for job_id, (st, _done, _need) in states.items():
         counts[st or "not found"] = counts.get(st or "not found", 0) + 1
-        if st is None or st in _GAVE_UP or PROGRESS.get(JobState(st), -1) < PROGRESS[target]:
+        if st is None or st in _ENDED or PROGRESS.get(JobState(st), -1) < PROGRESS[target]:
             bad.append((job_id, st or "not found"))
     print(f"{len(states):,} jobs: " + ", ".join(f"{n:,} {st}" for st, n in sorted(counts.items())))
     for job_id, st in bad:
@@ -697,6 +706,13 @@ def build_parser() -> argparse.ArgumentParser:
         "`callbacks JOB_ID [--cursor C] [--limit N] [--json]` pages through a job's callbacks",
         add_help=False,
     )
+    sub.add_parser(
+        "callbot",
+        help="campaign control of a submitted callbot list: `callbot pause|resume JOB_ID`, "
+        "`callbot complete JOB_ID [--delete-undialled]`, `callbot stop-contacts JOB_ID "
+        "ORDER_ID...`, `callbot update JOB_ID --settings JSON` (docs/campaigns.md)",
+        add_help=False,
+    )
     _add_submit_parser(sub)
     sub.add_parser(
         "coalesce-adopt",
@@ -705,11 +721,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p = sub.add_parser(
         "cancel",
-        help="cancel jobs not yet sent (scheduled, queued, retrying); exit 0 all cancelled, "
+        help="cancel jobs not yet sent (scheduled, queued, retrying) and submitted callbot lists "
+        "(completed at the provider); exit 0 all cancelled, "
         "1 some could not be (each with its reason), 2 bad input",
     )
     p.add_argument("job_ids", nargs="+", metavar="JOB_ID")
     p.add_argument("--json", action="store_true", help="one JSON object per job")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        help="seconds to wait for the provider to complete a submitted callbot list (default 60)",
+    )
     p = sub.add_parser("status", help="print one job's record")
     p.add_argument("job_id")
     p.add_argument("--json", action="store_true")
@@ -753,6 +776,10 @@ def main(argv: list[str] | None = None) -> int:
         )
     if argv and argv[0] == "callbacks":
         return cmd_callbacks(argv[1:])
+    if argv and argv[0] == "callbot":
+        from nxjobs.cli_campaign import cmd_callbot  # campaign control lives there
+
+        return cmd_callbot(argv[1:])
     if argv and argv[0] == "dead":
         from nxjobs.cli_dead import cmd_dead  # the dead-letter commands live there
 

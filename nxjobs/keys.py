@@ -79,6 +79,9 @@ UNIT_FIELD = "cu:"
 CALLBACKS_PAGED = "cb_paged"
 ITEM_FIELD = "e:"
 CALLBACKS_SUMMARY = "callbacks_summary"
+# A callbot list's campaign control (nxjobs.campaign, lua/campaign_record.lua): JSON of its status,
+# times, stopped orders and the operations asked, newest last.
+CAMPAIGN_FIELD = "campaign"
 
 # Record fields the ledger proves a callback's ids against (nxjobs.callbacks.ledger). The first
 # four are plain fields; PHONE_FIELD / ORDER_FIELD + value mark each number / explicit orderID.

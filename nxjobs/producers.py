@@ -25,8 +25,9 @@ from celery import Celery
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from nxjobs import campaign, coalesce, compact_json, correlate, keys, schedule
 from nxjobs import cancel as cancelling
-from nxjobs import coalesce, compact_json, correlate, keys, schedule
+from nxjobs.campaign import CampaignRefused
 from nxjobs.cancel import Cancelled
 from nxjobs.deadletters import DeadLetters
 from nxjobs.jobs import (
@@ -40,7 +41,7 @@ from nxjobs.jobs import (
     get_kind,
     validate_payload,
 )
-from nxjobs.records import JobRecord, JobState, utc_now_iso
+from nxjobs.records import TERMINAL_STATES, JobRecord, JobState, utc_now_iso
 from nxjobs.redact import flower_repr, redact
 from nxjobs.redis_conn import RedisUnavailable, connect, describe
 from nxjobs.store import CallbackPage, RecordStore
@@ -51,6 +52,7 @@ log = logging.getLogger("nxjobs.producer")
 __all__ = [
     "Producer",
     "InvalidJob",
+    "CampaignRefused",
     "RedisUnavailable",
     "EnqueueError",
     "JobRecord",
@@ -517,11 +519,13 @@ class Producer:
 
     # ---- cancel -----------------------------------------------------------
 
-    def cancel(self, job_id: str) -> Cancelled:
+    def cancel(self, job_id: str, *, timeout_s: float = 60.0) -> Cancelled:
         """Cancel a job that has not been sent (nxjobs.cancel): scheduled, queued, waiting for its
         slot, retrying, or a coalesced member whose batch is not built. Atomic with a worker's
-        claim: exactly one of them wins, and the record says which. Anything else is refused with
-        its reason and nothing changes. Raises InvalidJob for an id that cannot be a job's."""
+        claim: exactly one of them wins, and the record says which. A submitted callbot list is
+        completed at the provider (waiting up to `timeout_s` for its answer). Anything else is
+        refused with its reason and nothing changes. Raises InvalidJob for an id that cannot be
+        a job's."""
         if (
             not isinstance(job_id, str)
             or not job_id
@@ -540,18 +544,44 @@ class Producer:
             if state == JobState.SUBMITTED.value and (
                 self.redis.hget(keys.job(job_id), "kind") == "callbot-list"
             ):
-                return self._cancel_submitted_callbot_list(job_id)
+                return self._cancel_submitted_callbot_list(job_id, timeout_s)
         except redis.RedisError as exc:
             raise RedisUnavailable(
                 f"cannot reach Redis at {describe(self.redis_url)}: {exc}"
             ) from None
         return Cancelled(job_id, False, state, cancelling.refusal(state, why))
 
-    def _cancel_submitted_callbot_list(self, job_id: str) -> Cancelled:
-        """The one place a submitted callbot list's cancel is decided: campaign control
-        (complete the task at the provider, undialled numbers deleted, then submitted ->
-        cancelled) plugs in here. Until then: refused, nothing changed."""
-        return Cancelled(job_id, False, JobState.SUBMITTED.value, cancelling.CALLBOT_LIST_SUBMITTED)
+    def _cancel_submitted_callbot_list(self, job_id: str, timeout_s: float) -> Cancelled:
+        """The one place a submitted callbot list's cancel is decided: campaign control completes
+        its task at the provider, undialled numbers deleted, and the job goes submitted ->
+        cancelled keeping what was dialled (docs/campaigns.md). Waits up to `timeout_s` for the
+        provider's answer."""
+        submitted = JobState.SUBMITTED.value
+        try:
+            op_id = self.callbot_cancel_submitted(job_id)
+        except CampaignRefused as exc:
+            reason = f"{cancelling.CALLBOT_LIST_SUBMITTED}: {exc}"
+            return Cancelled(job_id, False, submitted, reason)
+        entry = self.wait_campaign(job_id, op_id, timeout_s=timeout_s)
+        if entry is None:
+            return Cancelled(
+                job_id,
+                False,
+                submitted,
+                f"{cancelling.CALLBOT_LIST_SUBMITTED}: asked (operation {op_id}), no answer within "
+                f"{timeout_s:g} s; `nxjobs status {job_id}` shows the outcome",
+            )
+        if entry.get("outcome") == "done":
+            return Cancelled(
+                job_id, True, submitted, "cancelled (was submitted): task completed at the provider"
+            )
+        return Cancelled(
+            job_id,
+            False,
+            submitted,
+            f"{cancelling.CALLBOT_LIST_SUBMITTED}: the provider did not complete it: "
+            f"{campaign.describe(entry)}",
+        )
 
     # ---- dead letters -----------------------------------------------------
 
@@ -616,6 +646,76 @@ class Producer:
             ) from None
         return "replayed"
 
+    # ---- campaign control of a callbot list (nxjobs.campaign, docs/campaigns.md) ----------
+
+    def callbot_pause(self, job_id: str) -> str:
+        """Pause the task of submitted callbot list `job_id`: it stops dialling. Returns the
+        operation id to wait on (`wait_campaign`); raises CampaignRefused naming why not, with
+        nothing enqueued. So do the other callbot_* operations."""
+        return self._control(job_id, "pause", {})
+
+    def callbot_resume(self, job_id: str) -> str:
+        """Start the paused task of `job_id` again."""
+        return self._control(job_id, "resume", {})
+
+    def callbot_complete(self, job_id: str, delete_undialled: bool = False) -> str:
+        """End the task of `job_id` at the provider; `delete_undialled`: drop the numbers not yet
+        dialled. The job completes when the task's callback says so, as every list does."""
+        return self._control(job_id, "complete", {"delete_undialled": delete_undialled})
+
+    def callbot_stop_contacts(self, job_id: str, order_ids: Iterable[str]) -> str:
+        """Stop these orders (the list's orderIDs) for good: they are not dialled again."""
+        return self._control(job_id, "stop-contacts", {"order_ids": list(order_ids)})
+
+    def callbot_update(self, job_id: str, settings: dict[str, Any]) -> str:
+        """Change taskCreateSetting fields of the task of `job_id`, only while it is paused."""
+        return self._control(job_id, "update", {"settings": settings})
+
+    def callbot_cancel_submitted(self, job_id: str) -> str:
+        """Cancel a submitted callbot list: its task is completed at the provider with its
+        undialled numbers deleted, and the job ends `cancelled` keeping what was dialled."""
+        return self._control(job_id, "cancel", {})
+
+    def wait_campaign(
+        self, job_id: str, op_id: str, *, timeout_s: float = 60.0, poll_s: float = 0.2
+    ) -> dict[str, Any] | None:
+        """Poll until operation `op_id` of `job_id` is recorded; return its entry (op, at,
+        outcome: done, refused or failed, detail), or None at `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            entry = campaign.find_operation(self.store.get(job_id), op_id)
+            if entry is not None or time.monotonic() >= deadline:
+                return entry
+            time.sleep(poll_s)
+
+    def _control(self, job_id: str, op: str, args: dict[str, Any]) -> str:
+        try:
+            record = self.store.get(job_id)
+        except redis.RedisError as exc:
+            raise RedisUnavailable(
+                f"cannot reach Redis at {describe(self.redis_url)}: {exc}"
+            ) from None
+        checked = campaign.check(record, job_id, op, args)
+        op_id = uuid.uuid4().hex
+        kwargs = {"job_id": job_id, "op_id": op_id, "op": op, "args": checked}
+        try:
+            self._celery.send_task(
+                campaign.CONTROL_TASK,
+                kwargs=kwargs,
+                task_id=op_id,
+                queue=campaign.CONTROL_QUEUE,
+                routing_key=campaign.CONTROL_QUEUE,
+                priority=PRIORITY_NEW,
+                kwargsrepr=repr(redact(kwargs)),
+                argsrepr="()",
+            )
+        except Exception as exc:
+            raise EnqueueError(
+                f"could not enqueue {op} of job {job_id} on {describe(self.redis_url)}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from None
+        return op_id
+
     # ---- read back --------------------------------------------------------
 
     def get(self, job_id: str) -> JobRecord | None:
@@ -643,8 +743,7 @@ class Producer:
         while True:
             records = self.store.get_many(ids)
             done = all(
-                r is not None
-                and (r.reached(target) or r.state in (JobState.FAILED, JobState.CANCELLED))
+                r is not None and (r.reached(target) or r.state in TERMINAL_STATES)
                 for r in records.values()
             )
             if done or time.monotonic() >= deadline:

@@ -19,7 +19,9 @@ class JobState(StrEnum):
     SUBMITTED = "submitted"  # the provider accepted the request
     COMPLETED = "completed"  # its final callbacks arrived
     FAILED = "failed"
-    CANCELLED = "cancelled"  # cancelled before it was sent (nxjobs/cancel.py); never sent
+    # Never sent (nxjobs/cancel.py), or a submitted callbot list completed at the provider
+    # by its producer, keeping what was dialled so far (docs/campaigns.md).
+    CANCELLED = "cancelled"
 
 
 TERMINAL_STATES = frozenset({JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED})
@@ -88,6 +90,11 @@ class JobRecord(BaseModel):
     # Distinct callbacks past what the job can have (more results than numbers...): counted, not
     # kept.
     callbacks_dropped: int = 0
+    campaign: dict[str, Any] | None = Field(
+        default=None,
+        description="a callbot list's campaign control: status, its times, the operations "
+        "asked and what the provider answered (docs/campaigns.md)",
+    )
 
     def reached(self, state: JobState) -> bool:
         """True if this job has got as far as `state` (and has not failed or been cancelled)."""

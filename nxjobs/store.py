@@ -25,7 +25,15 @@ from nxjobs.records import JobRecord, JobState, utc_now_iso
 
 log = logging.getLogger("nxjobs.store")
 
-_JSON_FIELDS = ("input", "request", "result", "error", "progress", keys.CALLBACKS_SUMMARY)
+_JSON_FIELDS = (
+    "input",
+    "request",
+    "result",
+    "error",
+    "progress",
+    keys.CALLBACKS_SUMMARY,
+    keys.CAMPAIGN_FIELD,
+)
 _COUNTERS = frozenset({"attempts", "throttles", "waits"})
 
 # The state machine: which states each state may be entered from (None: no record yet), each
@@ -97,6 +105,9 @@ ALLOWED_FROM: dict[JobState, frozenset[JobState | None]] = {
             JobState.SCHEDULED,
             JobState.QUEUED,
             JobState.RETRYING,
+            # campaign_record.lua: a submitted callbot list completed at the provider by its
+            # producer (Producer.callbot_cancel_submitted, docs/campaigns.md).
+            JobState.SUBMITTED,
         }
     ),
 }

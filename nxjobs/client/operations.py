@@ -519,3 +519,48 @@ def _find_task(callbot: CallbotClient, user_task_id: str) -> dict[str, Any] | No
         if task.get("userTaskID") == user_task_id:
             return task
     return None
+
+
+# ---- Callbot v3: campaign control of a task (nxjobs.campaign, docs/campaigns.md) ---------
+
+# mgrTaskStatus's taskOperate (docs/provider.md §6.4).
+TASK_START, TASK_PAUSE, TASK_COMPLETE = 1, 2, 3
+
+
+def manage_task(
+    callbot: CallbotClient, *, user_task_id: str, operate: int, delete_undialled: bool
+) -> dict[str, Any]:
+    """Start (resume), pause or complete task `user_task_id`; `delete_undialled` (delCall 1, with
+    complete): the numbers not yet dialled are dropped. Returns the answer's taskID, taskStatus."""
+    body = {
+        "userTaskID": user_task_id,
+        "taskOperate": operate,
+        "delCall": 1 if delete_undialled else 0,
+    }
+    resp = callbot.post("mgrTaskStatus", body)
+    return {"taskID": resp.body.get("taskID"), "taskStatus": resp.body.get("taskStatus")}
+
+
+def stop_orders(
+    callbot: CallbotClient, *, user_task_id: str, order_ids: list[str]
+) -> dict[str, Any]:
+    """Stop these orders of task `user_task_id` for good (stopOrder, irreversible; delCall 1: they
+    are not dialled again). Returns totalCount, successCount and errList as the provider gave
+    them: an order already stopped or finished is refused there, and nothing is stopped twice."""
+    body = {"userTaskID": user_task_id, "orderIDs": list(order_ids), "delCall": 1}
+    resp = callbot.post("stopOrder", body)
+    return {
+        "totalCount": resp.body.get("totalCount"),
+        "successCount": resp.body.get("successCount"),
+        "errList": resp.body.get("errList") or [],
+    }
+
+
+def update_task(
+    callbot: CallbotClient, *, user_task_id: str, scene_id: str, settings: dict[str, Any]
+) -> dict[str, Any]:
+    """Change the taskCreateSetting fields `settings` of a paused (or not started) task
+    (updateTask). Returns the fields sent: the answer is the envelope alone."""
+    body = {"userTaskID": user_task_id, "sceneID": scene_id, "taskCreateSetting": dict(settings)}
+    callbot.post("updateTask", body)
+    return {"updated": sorted(settings)}
