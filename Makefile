@@ -28,7 +28,8 @@ $(STAMP): pyproject.toml | $(VPY)
 	@touch $@
 
 # Debian packages the checks in `make test` call (command:package).
-TOOLS := docker-compose:docker-compose
+# kubectl renders deploy/kubernetes (its built-in kustomize), promtool checks deploy/prometheus.
+TOOLS := docker-compose:docker-compose kubectl:kubernetes-client promtool:prometheus
 
 install: $(STAMP) redis tools ## Create .venv, pip install -e '.[dev]', ensure redis-server and the check tools
 
