@@ -4,6 +4,9 @@ mounted as a volume reaches config.settings without any credential in the enviro
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -82,3 +85,37 @@ def test_the_default_directory_is_used_only_when_it_exists(tmp_path, monkeypatch
     monkeypatch.setattr(settings_module, "DEFAULT_SECRETS_DIR", tmp_path)
     assert secrets_dir({}) == tmp_path
     assert secrets_dir({"NXJOBS_SECRETS_DIR": ""}) == tmp_path
+
+
+def _worker(env_extra: dict[str, str], cwd) -> subprocess.CompletedProcess[str]:
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).parents[2]), **env_extra}
+    return subprocess.run(
+        [sys.executable, "-m", "workers", "worker", "-Q", "agent"],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_a_worker_reads_its_credentials_from_the_files(tmp_path):
+    # Given two of the agent family's three credentials as files, none in the environment
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "NXJOBS_AGENT__APPKEY").write_text("appkey-1")
+    (secrets / "NXJOBS_AGENT__SECRETKEY").write_text("secretkey-1")
+    # When a worker for the agent queue starts
+    proc = _worker({"NXJOBS_SECRETS_DIR": str(secrets)}, tmp_path)
+    # Then it stops naming only the one still missing
+    assert proc.returncode == 2
+    assert "NXJOBS_AGENT__USERNAME" in proc.stderr
+    assert "NXJOBS_AGENT__APPKEY" not in proc.stderr and "SECRETKEY" not in proc.stderr
+    assert "secretkey-1" not in proc.stderr + proc.stdout
+
+
+def test_a_worker_whose_settings_files_are_not_mounted_stops_with_one_line(tmp_path):
+    proc = _worker({"NXJOBS_SECRETS_DIR": str(tmp_path / "not-mounted")}, tmp_path)
+    assert proc.returncode == 2
+    assert "NXJOBS_SECRETS_DIR" in proc.stderr and "not mounted" in proc.stderr
+    assert "Traceback" not in proc.stderr
