@@ -5,6 +5,7 @@ process on a real Redis, holding the metrics workers and the receiver write, scr
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
 import requests
@@ -17,7 +18,7 @@ from tests.integration.test_operations import start_exporter
 
 pytestmark = pytest.mark.integration
 
-DB = 13
+DB = 15
 # The sample names each metric type adds to its family's name in the text format.
 SUFFIXES = {
     "counter": ("_total",),
@@ -27,7 +28,7 @@ SUFFIXES = {
 
 
 @pytest.fixture()
-def db_url(redis_url) -> str:
+def db_url(redis_url) -> Iterator[str]:
     url = redis_url.rsplit("/", 1)[0] + f"/{DB}"
     client = connect(url)
     client.flushdb()
@@ -54,8 +55,11 @@ def db_url(redis_url) -> str:
     metrics.record_callback_delay(client, kind="call", delay_s=12.0)
     metrics.record_restored(client, {"api2": 1})
     client.zadd(keys.DEAD_INDEX, {"job-1": 1.0})
-    client.close()
-    return url
+    try:
+        yield url
+    finally:
+        client.flushdb()
+        client.close()
 
 
 def served(text: str) -> dict[str, set[str]]:
