@@ -16,14 +16,20 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, TypeGuard
 
 import redis
 from celery import Celery
 from pydantic import BaseModel, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SecretsSettingsSource,
+    SettingsConfigDict,
+)
 
 from nxjobs import campaign, coalesce, compact_json, correlate, keys, schedule
 from nxjobs import cancel as cancelling
@@ -70,8 +76,27 @@ class ProducerCoalesceSettings(BaseModel):
     max_contacts: int = Field(default=CALLBOT_CHUNK_SIZE, ge=1, le=1000)
 
 
+# The settings-files directory, as config.settings finds it (tests/unit/test_settings_shared.py
+# keeps the two equal): a Secret mounted as files, one per variable.
+SECRETS_DIR_VARIABLE = "NXJOBS_SECRETS_DIR"
+DEFAULT_SECRETS_DIR = Path("/run/secrets/nxjobs")
+
+
+def settings_files_dir(environ: Mapping[str, str] | None = None) -> Path | None:
+    """NXJOBS_SECRETS_DIR (which must exist), else DEFAULT_SECRETS_DIR if it exists, else None."""
+    env = os.environ if environ is None else environ
+    named = (env.get(SECRETS_DIR_VARIABLE) or "").strip()
+    if named:
+        if not Path(named).is_dir():
+            raise RuntimeError(f"{SECRETS_DIR_VARIABLE}={named} is not a directory")
+        return Path(named)
+    return DEFAULT_SECRETS_DIR if DEFAULT_SECRETS_DIR.is_dir() else None
+
+
 class ProducerSettings(BaseSettings):
-    """The settings a producer needs; same names as the service's config.settings."""
+    """The settings a producer needs; same names as the service's config.settings. Each
+    top-level one can also be a file named like its variable in the settings-files directory
+    (`NXJOBS_REDIS_URL`), below the environment and `.env`."""
 
     model_config = SettingsConfigDict(
         env_prefix="NXJOBS_",
@@ -83,6 +108,21 @@ class ProducerSettings(BaseSettings):
     redis_url: str = "redis://localhost:6379/0"
     record_ttl_s: int = Field(default=7 * 24 * 3600, gt=0)
     coalesce: ProducerCoalesceSettings = ProducerCoalesceSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # pydantic-settings' own files source: it matches top-level names, all a producer's
+        # credentials are (file names compared case-insensitively: NXJOBS_REDIS_URL).
+        directory = settings_files_dir()
+        files = SecretsSettingsSource(settings_cls, secrets_dir=directory)
+        return (init_settings, env_settings, dotenv_settings, files)
 
 
 class EnqueueError(RuntimeError):

@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from pydantic import ValidationError
 
-    from config.settings import MissingSetting, load_settings
+    from config.settings import MissingSetting, SecretsDirMissing, load_settings
 
     queues = _queues_from(args)
     unknown = [q for q in queues if q not in QUEUES]
@@ -88,9 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     except MissingSetting as exc:
         print(
             f"error: {exc} (needed by queue(s) {', '.join(queues)}); "
-            "set them in the environment or .env",
+            "set them in the environment, .env or as files in NXJOBS_SECRETS_DIR",
             file=sys.stderr,
         )
+        return 2
+    except SecretsDirMissing as exc:
+        print(f"error: {exc} (the settings files are not mounted)", file=sys.stderr)
         return 2
     except ValidationError as exc:
         print(f"error: invalid settings: {exc}", file=sys.stderr)
