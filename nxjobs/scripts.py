@@ -64,6 +64,7 @@ FIELD_NAMES = (
     "CALLBACKS_PAGED",
     "ITEM_FIELD",
     "CALLBACKS_SUMMARY",
+    "MEMBER_CALLBACK_FIELD",
 )
 
 
@@ -187,9 +188,7 @@ def render_fields() -> str:
     pairs = (f"{name} = {_lua_str(getattr(keys, name))}" for name in FIELD_NAMES)
     drops = ", ".join(_lua_str(name) for name in keys.COMPLETED_MEMBER_DROPS)
     return (
-        "local FIELD = {" + ", ".join(pairs) + "}\n"
-        "local COMPLETED_MEMBER_DROPS = {" + drops + "}\n"
-        f"local MEMBER_INDEX_AFTER_COMPLETION_S = {int(keys.MEMBER_INDEX_AFTER_COMPLETION_S)}"
+        "local FIELD = {" + ", ".join(pairs) + "}\nlocal COMPLETED_MEMBER_DROPS = {" + drops + "}"
     )
 
 

@@ -1,7 +1,9 @@
 -- Fan a coalesced batch's answer out to its members (CoalesceQueue.fan_out), then mark the
 -- batch done. A member no longer running or retrying (e.g. failed by an operator) is left as
 -- it is. A member whose callback came first is completed at once.
--- KEYS[1] waiting zset (the kind's family), KEYS[2] batch hash, KEYS[3] open batches zset.
+-- KEYS[1] waiting zset (the kind's family), KEYS[2] batch hash, KEYS[3] open batches zset,
+--   KEYS[4] (a number check's only) the batch's member index hash: it keeps ARGV[12] too, what a
+--   completed member's repeated DR is proved against (callbacks_apply.lua).
 -- ARGV[1] job key prefix (nxjobs.keys.JOB_KEY_PREFIX), [2] now ISO, [3] now unix s,
 --   [4] callbacks due-at unix s, [5] ttl s, [6] batch id, [7] request JSON (shared),
 --   [8] the batch's attempts, [9] its throttles, [10] the result JSON most members share,
@@ -68,5 +70,9 @@ redis.call('HDEL', KEYS[2], 'members', 'items')
 redis.call('HSET', KEYS[2], 'done', '1', 'request', ARGV[7], 'result', ARGV[10],
            'submitted_at', ARGV[3], 'attempts', ARGV[8], 'throttles', ARGV[9])
 redis.call('EXPIRE', KEYS[2], ttl)
+if KEYS[4] and ARGV[12] ~= '' then
+  redis.call('HSET', KEYS[4], FIELD.PROOF_ID, ARGV[12])
+  redis.call('EXPIRE', KEYS[4], ttl)
+end
 redis.call('ZREM', KEYS[3], ARGV[6])
 return completed
