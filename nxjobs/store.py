@@ -432,14 +432,11 @@ class RecordStore:
         if not batch_ids:
             return {}
         pipe = self.redis.pipeline(transaction=False)
+        names = (*keys.BATCH_SHAREABLE, _BATCH_NO)
         for batch_id in batch_ids:
-            pipe.hmget(keys.coalesce_batch(batch_id), *keys.BATCH_SHAREABLE)
+            pipe.hmget(keys.coalesce_batch(batch_id), *names)
         return {
-            batch_id: {
-                name: value
-                for name, value in zip(keys.BATCH_SHAREABLE, values, strict=True)
-                if value
-            }
+            batch_id: {name: value for name, value in zip(names, values, strict=True) if value}
             for batch_id, values in zip(batch_ids, pipe.execute(), strict=True)
         }
 
@@ -499,6 +496,8 @@ def _inline_callbacks(raw: dict[str, str]) -> list[dict[str, Any]]:
 
 # How a member's own field reads while it has none of its own (then its batch's is taken).
 _UNSET = ("", "[]")
+# The batch hash's batchNo (coalesce_take.lua): what a member's compact DR entry leaves out.
+_BATCH_NO = "batch_no"
 
 
 def _decode(
@@ -511,7 +510,9 @@ def _decode(
     (keys.BATCH_SHAREABLE), taken where the member has none of its own; `first_items`: a paged
     job's first callbacks (its hash holds none)."""
     raw = {"id": job_id, **raw} if job_id else dict(raw)
-    for name, value in (batch or {}).items():
+    batch = dict(batch or {})
+    batch_no = batch.pop(_BATCH_NO, None)
+    for name, value in batch.items():
         if raw.get(name, "") in _UNSET:
             raw[name] = value
     if raw.get("coalesce_batch") and "callbacks_needed" not in raw:
@@ -519,7 +520,7 @@ def _decode(
         stored = sum(1 for name in raw if name.startswith(keys.CALLBACK_FIELD))
         done, needed = member_counts(raw.get("state"), raw.get("coalesce_batch"), None, None)
         raw.update(callbacks_needed=needed, callbacks_done=done, callbacks_stored=str(stored))
-        _member_entries_back(raw)
+        _member_entries_back(raw, batch_no)
     data: dict[str, Any] = {}
     paged = _paged(raw.get(keys.CALLBACKS_PAGED))
     for name, value in raw.items():
@@ -577,9 +578,10 @@ def member_entry(entry: dict[str, Any], request_id: str) -> tuple[str, str] | No
 _MEMBER_SHARED = ("requestId", "batchNo")
 
 
-def _member_entries_back(raw: dict[str, str]) -> None:
+def _member_entries_back(raw: dict[str, str], batch_no: str | None) -> None:
     """A completed member's compact DR entries (keys.MEMBER_CALLBACK_FIELD) as they came: their
-    requestId and batchNo from its result (or its batch's), received_at its updated_at."""
+    requestId from its result (or its batch's), batchNo its batch's, received_at its
+    updated_at."""
     result = json.loads(raw.get("result") or "null") or {}
     for name in [n for n in raw if n.startswith(keys.MEMBER_CALLBACK_FIELD)]:
         kept = json.loads(raw.pop(name))
@@ -590,7 +592,7 @@ def _member_entries_back(raw: dict[str, str]) -> None:
             "received_at": raw.get("updated_at"),
             "data": {
                 "requestId": f"{result.get('requestId', '')}{suffix}",
-                "batchNo": result.get("batchNo"),
+                "batchNo": batch_no or result.get("batchNo"),
                 **kept.get("data", {}),
             },
         }
