@@ -140,10 +140,20 @@ def callback_index(id_kind: str, value: str) -> str:
 
 
 def member_index(batch_no: str) -> str:
-    """Correlation index of one coalesced batch of number checks: a hash phone -> member job id
-    (a callback's (batchNo, phone) finds its member), set when the batch is built
-    (coalesce_take.lua) and expiring with the batch, so no member has an index key of its own."""
+    """Correlation index of one coalesced batch of number checks: phone -> member job id (a
+    callback's (batchNo, phone) finds its member), set when the batch is built (coalesce_take.lua)
+    and expiring with the batch, so no member has an index key of its own. A hash; a batch of
+    more than MEMBER_INDEX_SHARD_SIZE members keeps its phones in MEMBER_INDEX_SHARDS shards
+    instead (this key + MEMBER_INDEX_SHARD_SEP + n, n from 0; lib/member_index.lua picks one by
+    phone), so each stays a compact listpack (about 50 B a member, not 96 as a hashtable)."""
     return callback_index("nc-num", batch_no)
+
+
+MEMBER_INDEX_SHARD_SEP = ":"
+# Members a shard is sized for (the listpack limit, hash-max-listpack-entries, is 128), and the
+# member index field that holds the number of shards (absent: 1, the phones are in it).
+MEMBER_INDEX_SHARD_SIZE = 64
+MEMBER_INDEX_SHARDS = "shards"
 
 
 def callbacks_waiting(family: str) -> str:

@@ -48,6 +48,7 @@ KEY_NAMES = (
     "JOB_ITEMS_SUFFIX",
     "RETENTION",
     "METRICS_COUNTERS",
+    "MEMBER_INDEX_SHARD_SEP",
 )
 # Record fields named in nxjobs.keys that scripts read or write (rendered as FIELD.<name>).
 FIELD_NAMES = (
@@ -65,6 +66,7 @@ FIELD_NAMES = (
     "ITEM_FIELD",
     "CALLBACKS_SUMMARY",
     "MEMBER_CALLBACK_FIELD",
+    "MEMBER_INDEX_SHARDS",
 )
 
 
@@ -203,6 +205,7 @@ def render_keys() -> str:
         + _lua_kind_state_fn("job_index_key", keys.job_index)
         + "\n"
         + _lua_kind_state_fn("finished_count", keys.finished_count)
+        + f"\nlocal MEMBER_INDEX_SHARD_SIZE = {int(keys.MEMBER_INDEX_SHARD_SIZE)}"
     )
 
 

@@ -18,7 +18,7 @@
 --   [19] unmatched max bytes, [20] unmatched body bytes kept, [21] now (unix ms),
 --   [22] callback type, [23] its outcome (nxjobs.correlate.callback_outcome), [24] outcomes a
 --   paged job's summary counts apart at most, [25] the phone a coalesced member is found by in
---   KEYS[6], its batch's member index hash, or '' (KEYS[6] is then a plain index key), [26] the
+--   KEYS[6], its batch's member index (lib/member_index.lua), or '' (KEYS[6] is then a plain index key), [26] the
 --   entry as a completed member keeps it (nxjobs.store.member_entry) or '', [27] its field's
 --   suffix (after FIELD.MEMBER_CALLBACK_FIELD).
 -- Returns {status, job id, state[, submitted_at, job kind]}: 1 recorded, 2 duplicate or replay
@@ -27,11 +27,12 @@
 --   (unix s) only from the callback that completed the job, once per job.
 -- moves: submitted -> completed, failed -> completed
 -- Beyond KEYS, set_state touches the job indexes, the retention hash and the payload key
--- (lib/state.lua; their names rendered from nxjobs.keys), and a paged job's items hash
--- (lib/items.lua).
+-- (lib/state.lua; their names rendered from nxjobs.keys), a paged job's items hash
+-- (lib/items.lua) and the shards of a member index (lib/member_index.lua).
 --#include lib/state.lua
 --#include lib/fields.lua
 --#include lib/items.lua
+--#include lib/member_index.lua
 local replay = ARGV[18] ~= ''
 if replay and redis.call('EXISTS', KEYS[5]) == 1 then return {2, '', ''} end
 local function seen(reply)
@@ -69,7 +70,7 @@ end
 local job_id, found_by = false, false
 for i = 6, #KEYS do
   if i == 6 and ARGV[25] ~= '' then
-    job_id = redis.call('HGET', KEYS[6], ARGV[25])
+    job_id = member_index_find(KEYS[6], ARGV[25])
   else
     job_id = redis.call('GET', KEYS[i])
   end

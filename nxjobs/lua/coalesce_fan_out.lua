@@ -18,9 +18,11 @@
 -- moves: running -> submitted, retrying -> submitted, submitted -> completed
 -- moves: running -> failed, retrying -> failed
 -- Beyond KEYS, set_state touches the job indexes, the retention hash and the payload key
--- (lib/state.lua; their names rendered from nxjobs.keys).
+-- (lib/state.lua; their names rendered from nxjobs.keys), and a member index its shards
+-- (lib/member_index.lua).
 --#include lib/state.lua
 --#include lib/prove_early.lua
+--#include lib/member_index.lua
 local prefix, ttl = ARGV[1], tonumber(ARGV[5])
 local completed = {}
 local waiting = {}
@@ -72,7 +74,7 @@ redis.call('HSET', KEYS[2], 'done', '1', 'request', ARGV[7], 'result', ARGV[10],
 redis.call('EXPIRE', KEYS[2], ttl)
 if KEYS[4] and ARGV[12] ~= '' then
   redis.call('HSET', KEYS[4], FIELD.PROOF_ID, ARGV[12])
-  redis.call('EXPIRE', KEYS[4], ttl)
+  member_index_expire(KEYS[4], ttl)
 end
 redis.call('ZREM', KEYS[3], ARGV[6])
 return completed

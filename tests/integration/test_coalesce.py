@@ -99,6 +99,19 @@ def test_a_full_batch_is_sent_without_waiting_for_the_linger(
     }
     sizes = sorted(len(b) for b in _batches(cb_sandbox, set(phones)))
     assert sizes == [500, 2000], sizes
+    # each found through its batch's member index, whose shards stay compact listpacks
+    redis = cb_producer.redis
+    index = keys.member_index(records[job_ids[0]].result["batchNo"])
+    shards = int(redis.hget(index, keys.MEMBER_INDEX_SHARDS))
+    assert shards == 2000 // keys.MEMBER_INDEX_SHARD_SIZE + (
+        2000 % keys.MEMBER_INDEX_SHARD_SIZE > 0
+    )
+    shard_keys = [f"{index}{keys.MEMBER_INDEX_SHARD_SEP}{n}" for n in range(shards)]
+    assert sum(redis.hlen(k) for k in shard_keys) == 2000
+    assert {redis.object("encoding", k) for k in shard_keys} == {"listpack"}
+    assert all(redis.ttl(k) > 0 for k in [index, *shard_keys])
+    index_bytes = sum(redis.memory_usage(k, samples=0) for k in [index, *shard_keys])
+    assert index_bytes / 2000 <= 60, index_bytes
     # and no number was sent twice
     sent = [n for b in _batches(cb_sandbox, set(phones)) for n in b]
     assert len(sent) == len(set(sent)) == 2500
