@@ -419,7 +419,13 @@ class RecordStore:
             )
             items = [json.loads(v) for v in values if v]
         else:
-            entries = _inline_callbacks(self.redis.hgetall(keys.job(job_id)))
+            raw = self.redis.hgetall(keys.job(job_id))
+            if raw.get("coalesce_batch"):
+                # A completed member's entry is read back with its batch's ids (member_entry).
+                batch = self._batch_shared([raw]).get(raw["coalesce_batch"])
+                entries = _decode(raw, batch, None, job_id).callbacks
+            else:
+                entries = _inline_callbacks(raw)
             total = len(entries)
             end = min(start + count, total)
             items = entries[start:end]

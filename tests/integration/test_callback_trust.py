@@ -502,6 +502,7 @@ def test_a_completed_coalesced_member_keeps_its_own_and_still_knows_a_repeat(
     assert shown["data"] == {**first, "phone": "659***0001"}, shown
     assert (shown["type"], shown["source"]) == ("number-check", "callback")
     assert shown["received_at"] == record.updated_at
+    assert store.callbacks(job_id).callbacks == [shown]
     # Then its hash holds no proof fields any more, and only its own part of the DR
     assert not {keys.PROOF_BATCH, keys.PROOF_ID, "callbacks_needed"} & set(
         client.hkeys(keys.job(job_id))
