@@ -18,9 +18,9 @@
 --   [19] unmatched max bytes, [20] unmatched body bytes kept, [21] now (unix ms),
 --   [22] callback type, [23] its outcome (nxjobs.correlate.callback_outcome), [24] outcomes a
 --   paged job's summary counts apart at most, [25] the phone a coalesced member is found by in
---   KEYS[6], its batch's member index (lib/member_index.lua), or '' (KEYS[6] is then a plain index key), [26] the
---   entry as a completed member keeps it (nxjobs.store.member_entry) or '', [27] its field's
---   suffix (after FIELD.MEMBER_CALLBACK_FIELD).
+--   KEYS[6], its batch's member index (lib/member_index.lua), or '' (KEYS[6] is then a plain
+--   index key), [26] the entry as a completed member keeps it (nxjobs.store.member_entry) or '',
+--   [27] its field's suffix (after FIELD.MEMBER_CALLBACK_FIELD).
 -- Returns {status, job id, state[, submitted_at, job kind]}: 1 recorded, 2 duplicate or replay
 --   (nothing written), 0 unmatched, 3 dropped (the job has all the callbacks it can have:
 --   counted), 4 deferred (a failed call is looked up at the provider instead); submitted_at

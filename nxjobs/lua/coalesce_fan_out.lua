@@ -2,8 +2,9 @@
 -- batch done. A member no longer running or retrying (e.g. failed by an operator) is left as
 -- it is. A member whose callback came first is completed at once.
 -- KEYS[1] waiting zset (the kind's family), KEYS[2] batch hash, KEYS[3] open batches zset,
---   KEYS[4] (a number check's only) the batch's member index hash: it keeps ARGV[12] too, what a
---   completed member's repeated DR is proved against (callbacks_apply.lua).
+--   KEYS[4] (a number check's only) the batch's member index (lib/member_index.lua): it keeps
+--   ARGV[12] too, what a completed member's repeated DR is proved against (callbacks_apply.lua),
+--   and lives on with the members' records.
 -- ARGV[1] job key prefix (nxjobs.keys.JOB_KEY_PREFIX), [2] now ISO, [3] now unix s,
 --   [4] callbacks due-at unix s, [5] ttl s, [6] batch id, [7] request JSON (shared),
 --   [8] the batch's attempts, [9] its throttles, [10] the result JSON most members share,

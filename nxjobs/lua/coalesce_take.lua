@@ -1,6 +1,6 @@
 -- The flush half of coalescing (CoalesceQueue.take): build batch ARGV[1] from the pending list,
 -- or return it if built before. Members go `running`; a number check's correlation index
--- (batchNo, phone) -> job id, one hash for the batch, is set before anything is sent.
+-- (batchNo, phone) -> job id, one index for the batch, is set before anything is sent.
 -- KEYS[1] batch hash, KEYS[2] pending list, KEYS[3] open batches zset, KEYS[4] flush-armed flag,
 --   KEYS[5] groups with pending items (set): ARGV[8] leaves it when its list is empty, and is
 --   added back while items remain (a set missing the group heals here), KEYS[6] (a number

@@ -16,24 +16,22 @@ end
 local function member_index_shards(index)
   return tonumber(redis.call('HGET', index, FIELD.MEMBER_INDEX_SHARDS) or '1')
 end
+local function expire_all(index, shards, ttl)
+  redis.call('EXPIRE', index, ttl)
+  if shards <= 1 then return end
+  for n = 0, shards - 1 do redis.call('EXPIRE', index .. KEY.MEMBER_INDEX_SHARD_SEP .. n, ttl) end
+end
 local function member_index_build(index, members, ttl)
   local shards = math.ceil(#members / MEMBER_INDEX_SHARD_SIZE)
   if shards > 1 then redis.call('HSET', index, FIELD.MEMBER_INDEX_SHARDS, shards) end
   for _, m in ipairs(members) do
     redis.call('HSET', member_shard_key(index, m[2], shards), m[2], m[1])
   end
-  redis.call('EXPIRE', index, ttl)
-  for n = 0, shards - 1 do
-    if shards > 1 then redis.call('EXPIRE', index .. KEY.MEMBER_INDEX_SHARD_SEP .. n, ttl) end
-  end
+  expire_all(index, shards, ttl)
 end
 local function member_index_find(index, phone)
   return redis.call('HGET', member_shard_key(index, phone, member_index_shards(index)), phone)
 end
 local function member_index_expire(index, ttl)
-  local shards = member_index_shards(index)
-  redis.call('EXPIRE', index, ttl)
-  for n = 0, shards - 1 do
-    if shards > 1 then redis.call('EXPIRE', index .. KEY.MEMBER_INDEX_SHARD_SEP .. n, ttl) end
-  end
+  expire_all(index, member_index_shards(index), ttl)
 end
