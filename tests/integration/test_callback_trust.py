@@ -536,3 +536,44 @@ def test_a_completed_coalesced_member_keeps_its_own_and_still_knows_a_repeat(
         assert post(receiver.url, NC_PATH, forged).status_code == 200
         assert client.hgetall(keys.job(job_id)) == before
         assert unmatched_for(client, requestId=forged["requestId"])
+
+
+def test_a_sharded_member_index_finds_each_member_and_refuses_other_numbers(receiver, client):
+    from config.settings import CoalesceSettings
+    from nxjobs import coalesce
+
+    # Given a batch of more members than one index shard holds, sent and fanned out
+    n = keys.MEMBER_INDEX_SHARD_SIZE + 6
+    queue = coalesce.CoalesceQueue(client, CoalesceSettings(max_numbers=n), ttl_s=600)
+    batch_id, request_id, now_iso = str(uuid.uuid4()), uuid.uuid4().hex, "2026-12-03T00:00:00.000Z"
+    members = [(uuid.uuid4().hex, f"659300{i:04d}") for i in range(n)]
+    queue.enqueue(
+        "nc1", [(j, p, json.dumps({"phones": ["659***0000"]})) for j, p in members], now_iso
+    )
+    assert queue.take("nc1", batch_id, time.time(), now_iso).members == members
+    document = {"requestId": request_id, "numbers": 1}
+    queue.fan_out(
+        batch_id,
+        [{"endpoint": "/api/number/check"}],
+        [coalesce.MemberOutcome(j, False, document) for j, _ in members],
+        now_s=time.time(),
+        now_iso=now_iso,
+        due_at_s=time.time() + 600,
+    )
+    batch_no = coalesce.batch_no_of(batch_id)
+    index = keys.member_index(batch_no)
+    assert client.hget(index, keys.MEMBER_INDEX_SHARDS) == "2"
+    # When each member's DR comes, it completes that member and no other
+    store = RecordStore(client)
+    for i, (_job_id, phone) in enumerate(members):
+        assert post(receiver.url, NC_PATH, dr(request_id, i + 1, phone, batch_no)).ok
+    records = store.get_many([j for j, _ in members])
+    for i, (job_id, _phone) in enumerate(members):
+        record = records[job_id]
+        assert record.state == JobState.COMPLETED, (i, record.state)
+        assert [c["data"]["requestId"] for c in record.callbacks] == [f"{request_id}-{i + 1:06d}"]
+    # and a number the batch does not have, in either shard, proves nothing
+    for phone in ("6593009999", "6593009998"):
+        forged = dr(request_id, 900, phone, batch_no)
+        assert post(receiver.url, NC_PATH, forged).ok
+        assert unmatched_for(client, requestId=forged["requestId"])
