@@ -618,17 +618,20 @@ def _wait_live(
     redraw a progress line."""
     from nxjobs import keys
     from nxjobs.records import PROGRESS
+    from nxjobs.store import member_counts
 
     started = time.monotonic()
     deadline = started + timeout_s
     while True:
         pipe = producer.redis.pipeline(transaction=False)
         for job_id in job_ids:
-            pipe.hmget(keys.job(job_id), "state", "callbacks_done", "callbacks_needed")
-        states = {
-            jid: (st, int(done or 0), int(need or 0))
-            for jid, (st, done, need) in zip(job_ids, pipe.execute(), strict=True)
-        }
+            pipe.hmget(
+                keys.job(job_id), "state", "callbacks_done", "callbacks_needed", "coalesce_batch"
+            )
+        states = {}
+        for jid, (st, done, need, batch) in zip(job_ids, pipe.execute(), strict=True):
+            done, need = member_counts(st, batch, done, need)
+            states[jid] = (st, int(done), int(need))
         counts = {name: 0 for name in _STATES}
         missing = finished = cb_done = cb_need = 0
         for st, done, need in states.values():

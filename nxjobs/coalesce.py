@@ -22,7 +22,7 @@ How a job travels (number checks; contacts alike, with orderID for phone):
 2. A flush (the Celery task `nxjobs.number_check_batch`, `nxjobs.callbot_contact_batch`)
    takes its rate-limit slot, then takes up to `max_numbers` (`max_contacts`)
    entries into a batch named after its own task id, in one script: members go
-   `running`, and each member's correlation key `(batchNo, phone) -> job id` is
+   `running`, and the batch's correlation hash `batchNo: phone -> job id` is
    set before anything is sent, so a callback that beats the fan-out still finds
    its job. A redelivered flush finds its batch already built and sends (or
    looks up) that batch.
@@ -84,7 +84,7 @@ class Spec:
     `prefix` starts every group name of the kind; `max_setting` the BatchSizing field that caps
     a batch; `index_at_enqueue` builds a member's correlation index key from its key, set when the
     job is enqueued (the id is ours and known then); `index_at_take` builds, from a batch's batchNo,
-    the prefix its members' index keys share (+ key), set when the batch is built (the id is the
+    the one index hash of its members (key -> job id), set when the batch is built (the id is the
     batch's); None = no such index."""
 
     kind: str
@@ -135,9 +135,9 @@ def user_task_id_of(group: str) -> str:
     return group.removeprefix(CONTACTS.prefix)
 
 
-def member_index_key(batch_no: str, phone: str) -> str:
-    """Correlation index of one member: a callback's (batchNo, phone) -> job id."""
-    return keys.member_index(batch_no, phone)
+def member_index_key(batch_no: str) -> str:
+    """Correlation index of a batch's members: a hash a callback's phone -> job id."""
+    return keys.member_index(batch_no)
 
 
 @dataclass(frozen=True)
@@ -244,6 +244,7 @@ class CoalesceQueue:
                 keys.COALESCE_OPEN,
                 keys.coalesce_armed(group),
                 keys.COALESCE_GROUPS,
+                *([index(batch_no)] if index else []),
             ],
             args=[
                 batch_id,
@@ -253,7 +254,6 @@ class CoalesceQueue:
                 now_iso,
                 self.ttl_s,
                 keys.JOB_KEY_PREFIX,
-                index(batch_no) if index else "",
                 group,
             ],
         )
@@ -326,6 +326,7 @@ class CoalesceQueue:
                     keys.callbacks_waiting(family),
                     keys.coalesce_batch(batch_id),
                     keys.COALESCE_OPEN,
+                    *([keys.member_index(batch_no_of(batch_id))] if request_id else []),
                 ],
                 args=args,
             )

@@ -118,10 +118,11 @@ COMPLETED_MEMBER_DROPS = (
     PROOF_SEEN,
     PROOF_BATCH,
 )
-# A completed member's correlation index key (member_index) then lives this long: the provider
-# retries a DR that got no 200 for up to 60 minutes (docs/provider.md §5.4), so a late repeat is
-# still told a duplicate.
-MEMBER_INDEX_AFTER_COMPLETION_S = 3600
+# A completed member's DR entry is rewritten to what is its own (callbacks_apply.lua), under
+# MEMBER_CALLBACK_FIELD + the per-number id's suffix (`-000001`): its type, its `requestId`'s
+# head, its `batchNo`, its `received_at` (the member's `updated_at`: the DR completed it) and a
+# `source` of "callback" are the batch's or the record's, and the store puts them back on read.
+MEMBER_CALLBACK_FIELD = CALLBACK_FIELD + "m"
 
 
 def proof_phone(phone_key: str) -> str:
@@ -143,10 +144,21 @@ def callback_index(id_kind: str, value: str) -> str:
     return f"{PREFIX}:cb:idx:{id_kind}:{value}"
 
 
-def member_index(batch_no: str, key: str = "") -> str:
-    """Correlation index of one coalesced number check: a callback's (batchNo, phone) -> job id.
-    Without `key`: what every member index of the batch starts with (the take script adds it)."""
-    return callback_index("nc-num", f"{batch_no}:{key}")
+def member_index(batch_no: str) -> str:
+    """Correlation index of one coalesced batch of number checks: phone -> member job id (a
+    callback's (batchNo, phone) finds its member), set when the batch is built (coalesce_take.lua)
+    and expiring with the batch, so no member has an index key of its own. A hash; a batch of
+    more than MEMBER_INDEX_SHARD_SIZE members keeps its phones in MEMBER_INDEX_SHARDS shards
+    instead (this key + MEMBER_INDEX_SHARD_SEP + n, n from 0; lib/member_index.lua picks one by
+    phone), so each stays a compact listpack (about 50 B a member, not 96 as a hashtable)."""
+    return callback_index("nc-num", batch_no)
+
+
+MEMBER_INDEX_SHARD_SEP = ":"
+# Members a shard is sized for (the listpack limit, hash-max-listpack-entries, is 128), and the
+# member index field that holds the number of shards (absent: 1, the phones are in it).
+MEMBER_INDEX_SHARD_SIZE = 64
+MEMBER_INDEX_SHARDS = "shards"
 
 
 def callbacks_waiting(family: str) -> str:

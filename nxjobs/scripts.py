@@ -48,6 +48,7 @@ KEY_NAMES = (
     "JOB_ITEMS_SUFFIX",
     "RETENTION",
     "METRICS_COUNTERS",
+    "MEMBER_INDEX_SHARD_SEP",
 )
 # Record fields named in nxjobs.keys that scripts read or write (rendered as FIELD.<name>).
 FIELD_NAMES = (
@@ -65,6 +66,8 @@ FIELD_NAMES = (
     "ITEM_FIELD",
     "CALLBACKS_SUMMARY",
     "CAMPAIGN_FIELD",
+    "MEMBER_CALLBACK_FIELD",
+    "MEMBER_INDEX_SHARDS",
 )
 
 
@@ -188,9 +191,7 @@ def render_fields() -> str:
     pairs = (f"{name} = {_lua_str(getattr(keys, name))}" for name in FIELD_NAMES)
     drops = ", ".join(_lua_str(name) for name in keys.COMPLETED_MEMBER_DROPS)
     return (
-        "local FIELD = {" + ", ".join(pairs) + "}\n"
-        "local COMPLETED_MEMBER_DROPS = {" + drops + "}\n"
-        f"local MEMBER_INDEX_AFTER_COMPLETION_S = {int(keys.MEMBER_INDEX_AFTER_COMPLETION_S)}"
+        "local FIELD = {" + ", ".join(pairs) + "}\nlocal COMPLETED_MEMBER_DROPS = {" + drops + "}"
     )
 
 
@@ -205,6 +206,7 @@ def render_keys() -> str:
         + _lua_kind_state_fn("job_index_key", keys.job_index)
         + "\n"
         + _lua_kind_state_fn("finished_count", keys.finished_count)
+        + f"\nlocal MEMBER_INDEX_SHARD_SIZE = {int(keys.MEMBER_INDEX_SHARD_SIZE)}"
     )
 
 

@@ -466,7 +466,13 @@ class RecordStore:
             )
             items = [json.loads(v) for v in values if v]
         else:
-            entries = _inline_callbacks(self.redis.hgetall(keys.job(job_id)))
+            raw = self.redis.hgetall(keys.job(job_id))
+            if raw.get("coalesce_batch"):
+                # A completed member's entry is read back with its batch's ids (member_entry).
+                batch = self._batch_shared([raw]).get(raw["coalesce_batch"])
+                entries = _decode(raw, batch, None, job_id).callbacks
+            else:
+                entries = _inline_callbacks(raw)
             total = len(entries)
             end = min(start + count, total)
             items = entries[start:end]
@@ -479,14 +485,11 @@ class RecordStore:
         if not batch_ids:
             return {}
         pipe = self.redis.pipeline(transaction=False)
+        names = (*keys.BATCH_SHAREABLE, _BATCH_NO)
         for batch_id in batch_ids:
-            pipe.hmget(keys.coalesce_batch(batch_id), *keys.BATCH_SHAREABLE)
+            pipe.hmget(keys.coalesce_batch(batch_id), *names)
         return {
-            batch_id: {
-                name: value
-                for name, value in zip(keys.BATCH_SHAREABLE, values, strict=True)
-                if value
-            }
+            batch_id: {name: value for name, value in zip(names, values, strict=True) if value}
             for batch_id, values in zip(batch_ids, pipe.execute(), strict=True)
         }
 
@@ -546,6 +549,8 @@ def _inline_callbacks(raw: dict[str, str]) -> list[dict[str, Any]]:
 
 # How a member's own field reads while it has none of its own (then its batch's is taken).
 _UNSET = ("", "[]")
+# The batch hash's batchNo (coalesce_take.lua): what a member's compact DR entry leaves out.
+_BATCH_NO = "batch_no"
 
 
 def _decode(
@@ -558,13 +563,17 @@ def _decode(
     (keys.BATCH_SHAREABLE), taken where the member has none of its own; `first_items`: a paged
     job's first callbacks (its hash holds none)."""
     raw = {"id": job_id, **raw} if job_id else dict(raw)
-    for name, value in (batch or {}).items():
+    batch = dict(batch or {})
+    batch_no = batch.pop(_BATCH_NO, None)
+    for name, value in batch.items():
         if raw.get(name, "") in _UNSET:
             raw[name] = value
     if raw.get("coalesce_batch") and "callbacks_needed" not in raw:
         # A completed member keeps no counts (keys.COMPLETED_MEMBER_DROPS): it had 1 of 1.
         stored = sum(1 for name in raw if name.startswith(keys.CALLBACK_FIELD))
-        raw.update(callbacks_needed="1", callbacks_done="1", callbacks_stored=str(stored))
+        done, needed = member_counts(raw.get("state"), raw.get("coalesce_batch"), None, None)
+        raw.update(callbacks_needed=needed, callbacks_done=done, callbacks_stored=str(stored))
+        _member_entries_back(raw, batch_no)
     data: dict[str, Any] = {}
     paged = _paged(raw.get(keys.CALLBACKS_PAGED))
     for name, value in raw.items():
@@ -586,3 +595,58 @@ def _decode(
         data["callbacks"] = _inline_callbacks(raw)
         data["callbacks_summary"] = correlate.summarize(data["callbacks"])
     return JobRecord.model_validate(data)
+
+
+def member_counts(
+    state: str | None, coalesce_batch: str | None, done: str | None, needed: str | None
+) -> tuple[str, str]:
+    """A job's (callbacks_done, callbacks_needed) from its fields: a completed coalesced member
+    keeps none (keys.COMPLETED_MEMBER_DROPS), it had 1 of 1."""
+    if coalesce_batch and needed is None and state == JobState.COMPLETED.value:
+        return "1", "1"
+    return done or "0", needed or "0"
+
+
+def member_entry(entry: dict[str, Any], request_id: str) -> tuple[str, str] | None:
+    """What a completed coalesced member keeps of the number-check DR `entry` whose per-number id
+    is `request_id` + a suffix (request_id: its batch's requestId): (the suffix, the entry
+    without what its record or batch has: type, source "callback", received_at, the data's
+    requestId and batchNo); None if it does not have that shape. _member_entries_back undoes it."""
+    data = entry.get("data")
+    if entry.get("type") != "number-check" or not isinstance(data, dict):
+        return None
+    number_id, batch_no = data.get("requestId"), data.get("batchNo")
+    if not (isinstance(number_id, str) and isinstance(batch_no, str) and batch_no and request_id):
+        return None
+    suffix = number_id.removeprefix(request_id)
+    if suffix == number_id or not suffix.startswith("-"):
+        return None
+    kept: dict[str, Any] = {"data": {k: v for k, v in data.items() if k not in _MEMBER_SHARED}}
+    if entry.get("source") != "callback":
+        kept["source"] = entry.get("source")
+    return suffix, compact_json.dumps(kept)
+
+
+# What a member's compact DR entry leaves out of its data (its batch's result has them).
+_MEMBER_SHARED = ("requestId", "batchNo")
+
+
+def _member_entries_back(raw: dict[str, str], batch_no: str | None) -> None:
+    """A completed member's compact DR entries (keys.MEMBER_CALLBACK_FIELD) as they came: their
+    requestId from its result (or its batch's), batchNo its batch's, received_at its
+    updated_at."""
+    result = json.loads(raw.get("result") or "null") or {}
+    for name in [n for n in raw if n.startswith(keys.MEMBER_CALLBACK_FIELD)]:
+        kept = json.loads(raw.pop(name))
+        suffix = name.removeprefix(keys.MEMBER_CALLBACK_FIELD)
+        entry = {
+            "type": "number-check",
+            "source": kept.get("source", "callback"),
+            "received_at": raw.get("updated_at"),
+            "data": {
+                "requestId": f"{result.get('requestId', '')}{suffix}",
+                "batchNo": batch_no or result.get("batchNo"),
+                **kept.get("data", {}),
+            },
+        }
+        raw[keys.CALLBACK_FIELD + "nc:" + entry["data"]["requestId"]] = compact_json.dumps(entry)

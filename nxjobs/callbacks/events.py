@@ -165,6 +165,9 @@ class Event(NamedTuple):
     # A signed callback's replay key ("" = unsigned), remembered until `replay_until` (unix s).
     replay: str = ""
     replay_until: int = 0
+    # A DR that may be a coalesced member's: index_keys[0] is its batch's member index hash
+    # (nxjobs.keys.member_index), read at this field (the phone); "" = no such index.
+    member: str = ""
 
 
 CONTACT_KIND = "callbot-contact"
@@ -192,11 +195,14 @@ def to_event(kind: str, model: _Payload, payload: dict[str, Any]) -> Event:
         base = number_check_base_id(nid)
         phone = model.phone or ""
         index = [keys.callback_index("nc-req", base)]
+        member = ""
         if model.batchNo:
             index.append(keys.callback_index("nc-batch", model.batchNo))
             if phone:
-                # A coalesced job is one number of a shared batch (nxjobs.coalesce): found by both.
-                index.insert(0, coalesce.member_index_key(model.batchNo, phone))
+                # A coalesced job is one number of a shared batch (nxjobs.coalesce): found by both,
+                # in its batch's member index.
+                index.insert(0, coalesce.member_index_key(model.batchNo))
+                member = phone
         dedupe = f"nc:{nid}"
         return Event(
             NUMBER_CHECK,
@@ -209,6 +215,7 @@ def to_event(kind: str, model: _Payload, payload: dict[str, Any]) -> Event:
             {"requestId": nid, "batchNo": model.batchNo},
             check=CHECK_NUMBER,
             proof=(base, model.batchNo or "", phone_key(phone)),
+            member=member,
         )
     if isinstance(model, CallbotCall):
         # A contact added on its own (callbot-contact) is found by its orderID; else the list job.

@@ -145,6 +145,8 @@ class Ledger:
             event.type,
             correlate.callback_outcome(event.type, event.data),
             _SUMMARY_MAX,
+            event.member,
+            *_member_entry(event, entry),
         ]
         return keys_, args
 
@@ -219,6 +221,13 @@ class Ledger:
     def forget_many(self, family: str, job_ids: list[str]) -> None:
         for start in range(0, len(job_ids), 1000):
             self.redis.zrem(keys.callbacks_waiting(family), *job_ids[start : start + 1000])
+
+
+def _member_entry(event: Event, entry: dict[str, Any]) -> tuple[str, str]:
+    """(entry JSON, field suffix) a coalesced member keeps of this DR once it completes, or
+    ("", "") (nxjobs.store.member_entry)."""
+    kept = store.member_entry(entry, event.proof[0]) if event.member else None
+    return ("", "") if kept is None else (kept[1], kept[0])
 
 
 def _is_async(client: Any) -> bool:

@@ -17,18 +17,22 @@
 --   [15..17] its proof ids, [18] replay key expiry (unix s) or '' (unsigned),
 --   [19] unmatched max bytes, [20] unmatched body bytes kept, [21] now (unix ms),
 --   [22] callback type, [23] its outcome (nxjobs.correlate.callback_outcome), [24] outcomes a
---   paged job's summary counts apart at most.
+--   paged job's summary counts apart at most, [25] the phone a coalesced member is found by in
+--   KEYS[6], its batch's member index (lib/member_index.lua), or '' (KEYS[6] is then a plain
+--   index key), [26] the entry as a completed member keeps it (nxjobs.store.member_entry) or '',
+--   [27] its field's suffix (after FIELD.MEMBER_CALLBACK_FIELD).
 -- Returns {status, job id, state[, submitted_at, job kind]}: 1 recorded, 2 duplicate or replay
 --   (nothing written), 0 unmatched, 3 dropped (the job has all the callbacks it can have:
 --   counted), 4 deferred (a failed call is looked up at the provider instead); submitted_at
 --   (unix s) only from the callback that completed the job, once per job.
 -- moves: submitted -> completed, failed -> completed
 -- Beyond KEYS, set_state touches the job indexes, the retention hash and the payload key
--- (lib/state.lua; their names rendered from nxjobs.keys), and a paged job's items hash
--- (lib/items.lua).
+-- (lib/state.lua; their names rendered from nxjobs.keys), a paged job's items hash
+-- (lib/items.lua) and the shards of a member index (lib/member_index.lua).
 --#include lib/state.lua
 --#include lib/fields.lua
 --#include lib/items.lua
+--#include lib/member_index.lua
 local replay = ARGV[18] ~= ''
 if replay and redis.call('EXISTS', KEYS[5]) == 1 then return {2, '', ''} end
 local function seen(reply)
@@ -65,7 +69,11 @@ local function unmatched(reason)
 end
 local job_id, found_by = false, false
 for i = 6, #KEYS do
-  job_id = redis.call('GET', KEYS[i])
+  if i == 6 and ARGV[25] ~= '' then
+    job_id = member_index_find(KEYS[6], ARGV[25])
+  else
+    job_id = redis.call('GET', KEYS[i])
+  end
   if job_id then found_by = KEYS[i]; break end
 end
 if not job_id and ARGV[2] ~= '' then job_id = ARGV[2] end
@@ -109,9 +117,14 @@ local function provisional(id)
 end
 if check == 'nc' and not trusted then
   if member and state == 'completed' and not proof.batch then
-    -- A completed coalesced member keeps no proof fields (dropped at completion, below): its own
-    -- callback again is a repeat; anything else proves nothing.
-    if redis.call('HEXISTS', home, FIELD.CALLBACK_FIELD .. ARGV[4]) == 1 then
+    -- A completed coalesced member keeps no proof fields (dropped at completion, below): found
+    -- in its batch's member index (batchNo and phone), with the batch's requestId (kept there by
+    -- the fan-out), its own callback again is a repeat; anything else proves nothing.
+    if found_by and ARGV[25] ~= '' and ARGV[15] ~= '' and
+       redis.call('HGET', found_by, FIELD.PROOF_ID) == ARGV[15] and
+       (redis.call('HEXISTS', home, FIELD.CALLBACK_FIELD .. ARGV[4]) == 1 or
+        (ARGV[27] ~= '' and
+         redis.call('HEXISTS', home, FIELD.MEMBER_CALLBACK_FIELD .. ARGV[27]) == 1)) then
       return seen({2, job_id, state})
     end
     return unmatched('batchNo disagrees')
@@ -200,8 +213,13 @@ if redis.call('HSETNX', jk, FIELD.COMPLETION_MARKER, '1') == 1 then
 end
 if member then
   -- A completed coalesced member keeps only what is its own (nxjobs.keys.COMPLETED_MEMBER_DROPS:
-  -- its batch holds the rest), and its index key only while the provider may repeat its DR.
+  -- its batch holds the rest), its DR entry too (nxjobs.keys.MEMBER_CALLBACK_FIELD) when the DR
+  -- carries the batch's ids, and no empty result (its batch's is read).
+  if ARGV[26] ~= '' and ARGV[27] ~= '' and proof.id == ARGV[15] and proof.batch == ARGV[16] then
+    redis.call('HDEL', jk, FIELD.CALLBACK_FIELD .. ARGV[4])
+    redis.call('HSET', jk, FIELD.MEMBER_CALLBACK_FIELD .. ARGV[27], ARGV[26])
+  end
+  if redis.call('HGET', jk, 'result') == '' then redis.call('HDEL', jk, 'result') end
   redis.call('HDEL', jk, FIELD.PHONE_FIELD .. ARGV[17], unpack(COMPLETED_MEMBER_DROPS))
-  if found_by then redis.call('EXPIRE', found_by, MEMBER_INDEX_AFTER_COMPLETION_S) end
 end
 return seen({1, job_id, 'completed', submitted_at, kind})

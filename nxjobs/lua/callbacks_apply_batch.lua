@@ -10,6 +10,7 @@
 --#include lib/state.lua
 --#include lib/fields.lua
 --#include lib/items.lua
+--#include lib/member_index.lua
 local function apply_one(KEYS, ARGV)
 --#include callbacks_apply.lua
 end

@@ -1,7 +1,10 @@
 -- Fan a coalesced batch's answer out to its members (CoalesceQueue.fan_out), then mark the
 -- batch done. A member no longer running or retrying (e.g. failed by an operator) is left as
 -- it is. A member whose callback came first is completed at once.
--- KEYS[1] waiting zset (the kind's family), KEYS[2] batch hash, KEYS[3] open batches zset.
+-- KEYS[1] waiting zset (the kind's family), KEYS[2] batch hash, KEYS[3] open batches zset,
+--   KEYS[4] (a number check's only) the batch's member index (lib/member_index.lua): it keeps
+--   ARGV[12] too, what a completed member's repeated DR is proved against (callbacks_apply.lua),
+--   and lives on with the members' records.
 -- ARGV[1] job key prefix (nxjobs.keys.JOB_KEY_PREFIX), [2] now ISO, [3] now unix s,
 --   [4] callbacks due-at unix s, [5] ttl s, [6] batch id, [7] request JSON (shared),
 --   [8] the batch's attempts, [9] its throttles, [10] the result JSON most members share,
@@ -16,9 +19,11 @@
 -- moves: running -> submitted, retrying -> submitted, submitted -> completed
 -- moves: running -> failed, retrying -> failed
 -- Beyond KEYS, set_state touches the job indexes, the retention hash and the payload key
--- (lib/state.lua; their names rendered from nxjobs.keys).
+-- (lib/state.lua; their names rendered from nxjobs.keys), and a member index its shards
+-- (lib/member_index.lua).
 --#include lib/state.lua
 --#include lib/prove_early.lua
+--#include lib/member_index.lua
 local prefix, ttl = ARGV[1], tonumber(ARGV[5])
 local completed = {}
 local waiting = {}
@@ -68,5 +73,9 @@ redis.call('HDEL', KEYS[2], 'members', 'items')
 redis.call('HSET', KEYS[2], 'done', '1', 'request', ARGV[7], 'result', ARGV[10],
            'submitted_at', ARGV[3], 'attempts', ARGV[8], 'throttles', ARGV[9])
 redis.call('EXPIRE', KEYS[2], ttl)
+if KEYS[4] and ARGV[12] ~= '' then
+  redis.call('HSET', KEYS[4], FIELD.PROOF_ID, ARGV[12])
+  member_index_expire(KEYS[4], ttl)
+end
 redis.call('ZREM', KEYS[3], ARGV[6])
 return completed

@@ -1,26 +1,29 @@
 -- The flush half of coalescing (CoalesceQueue.take): build batch ARGV[1] from the pending list,
 -- or return it if built before. Members go `running`; a number check's correlation index
--- (batchNo, phone) -> job id is set before anything is sent.
+-- (batchNo, phone) -> job id, one index for the batch, is set before anything is sent.
 -- KEYS[1] batch hash, KEYS[2] pending list, KEYS[3] open batches zset, KEYS[4] flush-armed flag,
---   KEYS[5] groups with pending items (set): ARGV[9] leaves it when its list is empty, and is
---   added back while items remain (a set missing the group heals here).
+--   KEYS[5] groups with pending items (set): ARGV[8] leaves it when its list is empty, and is
+--   added back while items remain (a set missing the group heals here), KEYS[6] (a number
+--   check's only) this batch's member index (nxjobs.keys.member_index(batchNo), and its shards:
+--   lib/member_index.lua): key -> job id, with the batch's TTL.
 -- ARGV[1] batch id, [2] max items, [3] batchNo, [4] now unix s, [5] now ISO, [6] ttl s,
---   [7] job key prefix (nxjobs.keys.JOB_KEY_PREFIX), [8] this batch's member index prefix
---   (nxjobs.keys.member_index(batchNo), the key is appended) or '', [9] group.
+--   [7] job key prefix (nxjobs.keys.JOB_KEY_PREFIX), [8] group.
 -- Returns {0 nothing taken | 1 built before | 2 built now | 3 already sent and recorded,
 --          members JSON [[id, key], ...], pending left, items JSON {id: item JSON}}.
 -- moves: queued -> running
 -- Beyond KEYS, set_state touches the job indexes, the retention hash and the payload key
--- (lib/state.lua; their names rendered from nxjobs.keys).
+-- (lib/state.lua; their names rendered from nxjobs.keys), and a member index its shards
+-- (lib/member_index.lua).
 --#include lib/state.lua
 --#include lib/fields.lua
+--#include lib/member_index.lua
 -- The pending list's length, with the groups set made to agree with it.
 local function pending_left()
   local left = redis.call('LLEN', KEYS[2])
   if left == 0 then
-    redis.call('SREM', KEYS[5], ARGV[9])
+    redis.call('SREM', KEYS[5], ARGV[8])
   else
-    redis.call('SADD', KEYS[5], ARGV[9])
+    redis.call('SADD', KEYS[5], ARGV[8])
   end
   return left
 end
@@ -55,8 +58,7 @@ for _, entry in ipairs(entries) do
       seen[key] = true
       table.insert(members, {id, key})
       if item then items[id] = item; has_items = true end
-      if ARGV[8] ~= '' then
-        redis.call('SET', ARGV[8] .. key, id, 'EX', ttl)
+      if KEYS[6] then
         -- Its callbacks must carry the batch's batchNo (nxjobs.callbacks.ledger).
         redis.call('HSET', jk, FIELD.PROOF_BATCH, ARGV[3])
       end
@@ -68,10 +70,11 @@ local left = pending_left()
 if #members == 0 then return {0, '[]', left, '{}'} end
 local encoded = cjson.encode(members)
 local encoded_items = has_items and cjson.encode(items) or '{}'
-redis.call('HSET', KEYS[1], 'group', ARGV[9], 'batch_no', ARGV[3], 'members', encoded,
+redis.call('HSET', KEYS[1], 'group', ARGV[8], 'batch_no', ARGV[3], 'members', encoded,
            'items', encoded_items, 'created_at', ARGV[4], 'created_iso', ARGV[5], 'attempts', 0,
            'throttles', 0)
 redis.call('EXPIRE', KEYS[1], ttl)
+if KEYS[6] then member_index_build(KEYS[6], members, ttl) end
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
 redis.call('DEL', KEYS[4])
 return {2, encoded, left, encoded_items}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 import redis
@@ -23,7 +24,7 @@ from nxjobs.jobs import validate_payload
 from nxjobs.records import JobError, JobState
 from nxjobs.store import RecordStore
 from sandbox import accounts
-from tests.conftest import CALLBACK_TOKEN
+from tests.conftest import CALLBACK_TOKEN, cli_runner
 
 pytestmark = pytest.mark.integration
 
@@ -464,7 +465,9 @@ def test_a_flood_of_refusals_writes_a_few_log_lines(receiver):
     assert receiver.proc.log_text().count("callback rejected") - before <= 2
 
 
-def test_a_completed_coalesced_member_keeps_its_own_and_still_knows_a_repeat(receiver, client):
+def test_a_completed_coalesced_member_keeps_its_own_and_still_knows_a_repeat(
+    receiver, client, callbacks_redis_url
+):
     from config.settings import CoalesceSettings
     from nxjobs import coalesce
 
@@ -494,10 +497,27 @@ def test_a_completed_coalesced_member_keeps_its_own_and_still_knows_a_repeat(rec
     ) == (1, 1)
     assert record.result["requestId"] == request_id
     assert record.request == [{"endpoint": "/api/number/check"}]
-    # Then its hash holds no proof fields any more
+    # and the record shows the DR as it came (its number masked)
+    [shown] = record.callbacks
+    assert shown["data"] == {**first, "phone": "659***0001"}, shown
+    assert (shown["type"], shown["source"]) == ("number-check", "callback")
+    assert shown["received_at"] == record.updated_at
+    assert store.callbacks(job_id).callbacks == [shown]
+    # Then its hash holds no proof fields any more, and only its own part of the DR
     assert not {keys.PROOF_BATCH, keys.PROOF_ID, "callbacks_needed"} & set(
         client.hkeys(keys.job(job_id))
     )
+    [kept] = [v for f, v in client.hgetall(keys.job(job_id)).items() if f.startswith("cb:")]
+    assert batch_no not in kept and request_id not in kept
+    assert client.memory_usage(keys.job(job_id)) <= 512
+    # and it has no index key of its own: its batch's member index finds it
+    assert client.hget(keys.member_index(batch_no), phone) == job_id
+    assert not client.exists(keys.callback_index("nc-num", f"{batch_no}:{phone}"))
+    # and `nxjobs wait` shows its own progress, 1 of 1
+    nxjobs = cli_runner(callbacks_redis_url, Path(__file__).resolve().parents[2])
+    proc = nxjobs("wait", "--progress", "--until", "completed", "--timeout", "5", job_id)
+    assert proc.returncode == 0, proc.stderr
+    assert "callbacks 1/1" in proc.stderr, proc.stderr
     # and the same DR again is a repeat, stored nowhere
     before = client.hgetall(keys.job(job_id))
     assert post(receiver.url, NC_PATH, first).status_code == 200
@@ -508,3 +528,52 @@ def test_a_completed_coalesced_member_keeps_its_own_and_still_knows_a_repeat(rec
     assert post(receiver.url, NC_PATH, other).status_code == 200
     assert client.hgetall(keys.job(job_id)) == before
     assert unmatched_for(client, requestId=other["requestId"])
+    # nor does its own DR sent as another batch's, or for a number its batch does not have
+    for forged in (
+        dr(request_id, 2, phone, uuid.uuid4().hex),
+        dr(request_id, 3, "6592000009", batch_no),
+    ):
+        assert post(receiver.url, NC_PATH, forged).status_code == 200
+        assert client.hgetall(keys.job(job_id)) == before
+        assert unmatched_for(client, requestId=forged["requestId"])
+
+
+def test_a_sharded_member_index_finds_each_member_and_refuses_other_numbers(receiver, client):
+    from config.settings import CoalesceSettings
+    from nxjobs import coalesce
+
+    # Given a batch of more members than one index shard holds, sent and fanned out
+    n = keys.MEMBER_INDEX_SHARD_SIZE + 6
+    queue = coalesce.CoalesceQueue(client, CoalesceSettings(max_numbers=n), ttl_s=600)
+    batch_id, request_id, now_iso = str(uuid.uuid4()), uuid.uuid4().hex, "2026-12-03T00:00:00.000Z"
+    members = [(uuid.uuid4().hex, f"659300{i:04d}") for i in range(n)]
+    queue.enqueue(
+        "nc1", [(j, p, json.dumps({"phones": ["659***0000"]})) for j, p in members], now_iso
+    )
+    assert queue.take("nc1", batch_id, time.time(), now_iso).members == members
+    document = {"requestId": request_id, "numbers": 1}
+    queue.fan_out(
+        batch_id,
+        [{"endpoint": "/api/number/check"}],
+        [coalesce.MemberOutcome(j, False, document) for j, _ in members],
+        now_s=time.time(),
+        now_iso=now_iso,
+        due_at_s=time.time() + 600,
+    )
+    batch_no = coalesce.batch_no_of(batch_id)
+    index = keys.member_index(batch_no)
+    assert client.hget(index, keys.MEMBER_INDEX_SHARDS) == "2"
+    # When each member's DR comes, it completes that member and no other
+    store = RecordStore(client)
+    for i, (_job_id, phone) in enumerate(members):
+        assert post(receiver.url, NC_PATH, dr(request_id, i + 1, phone, batch_no)).ok
+    records = store.get_many([j for j, _ in members])
+    for i, (job_id, _phone) in enumerate(members):
+        record = records[job_id]
+        assert record.state == JobState.COMPLETED, (i, record.state)
+        assert [c["data"]["requestId"] for c in record.callbacks] == [f"{request_id}-{i + 1:06d}"]
+    # and a number the batch does not have, in either shard, proves nothing
+    for phone in ("6593009999", "6593009998"):
+        forged = dr(request_id, 900, phone, batch_no)
+        assert post(receiver.url, NC_PATH, forged).ok
+        assert unmatched_for(client, requestId=forged["requestId"])

@@ -48,18 +48,30 @@ def test_single_numbers_share_one_request_and_each_job_gets_its_own_callback(
         assert record.result["numbers"] == 1
     # and a completed member keeps only what is its own: what it shares is stored once, in its
     # batch, and read from there
-    raw = cb_producer.redis.hgetall(keys.job(job_ids[0]))
-    own = {"kind", "state", "input", "created_at", "updated_at", "coalesce_batch", "result"}
-    assert set(raw) - own == {f for f in raw if f.startswith(keys.CALLBACK_FIELD)}, sorted(raw)
+    redis = cb_producer.redis
+    raw = redis.hgetall(keys.job(job_ids[0]))
+    own = {"kind", "state", "input", "created_at", "updated_at", "coalesce_batch"}
+    assert set(raw) - own == {f for f in raw if f.startswith(keys.MEMBER_CALLBACK_FIELD)}, sorted(
+        raw
+    )
     assert "numbers of coalesced jobs" in str(records[job_ids[0]].request)
     assert records[job_ids[0]].attempts == 1 and records[job_ids[0]].id == job_ids[0]
-    # in a compact encoding (the shipped hash-max-listpack-value)
-    assert cb_producer.redis.object("encoding", keys.job(job_ids[0])) == "listpack"
-    # and its index key lives on only while the provider may repeat its DR
-    index_ttl = cb_producer.redis.ttl(
-        keys.member_index(records[job_ids[0]].result["batchNo"], phones[0])
-    )
-    assert 0 < index_ttl <= keys.MEMBER_INDEX_AFTER_COMPLETION_S
+    # and its DR entry only what is its own: the record still shows the whole DR
+    [entry] = [v for f, v in raw.items() if f.startswith(keys.CALLBACK_FIELD)]
+    batch_no, request_id = (records[job_ids[0]].result[f] for f in ("batchNo", "requestId"))
+    assert batch_no not in entry and request_id not in entry and "received_at" not in entry
+    shown = records[job_ids[0]].callbacks[0]
+    assert shown["data"]["batchNo"] == batch_no and shown["type"] == "number-check"
+    assert shown["data"]["requestId"].startswith(request_id + "-")
+    assert shown["received_at"] == records[job_ids[0]].updated_at and shown["source"] == "callback"
+    # in a compact encoding (the shipped hash-max-listpack-value), small
+    assert redis.object("encoding", keys.job(job_ids[0])) == "listpack"
+    assert redis.memory_usage(keys.job(job_ids[0])) <= 560
+    # and no member has an index key of its own: its batch's index hash finds it
+    index = keys.member_index(batch_no)
+    assert redis.hget(index, phones[0]) == job_ids[0] and redis.ttl(index) > 0
+    assert redis.keys(keys.callback_index("nc-num", batch_no) + ":*") == []
+    assert redis.memory_usage(index) / len(phones) <= 110
     # and the rejected number failed its own job only
     rejected = records[job_ids[-1]]
     assert rejected.state == JobState.FAILED
@@ -87,6 +99,19 @@ def test_a_full_batch_is_sent_without_waiting_for_the_linger(
     }
     sizes = sorted(len(b) for b in _batches(cb_sandbox, set(phones)))
     assert sizes == [500, 2000], sizes
+    # each found through its batch's member index, whose shards stay compact listpacks
+    redis = cb_producer.redis
+    index = keys.member_index(records[job_ids[0]].result["batchNo"])
+    shards = int(redis.hget(index, keys.MEMBER_INDEX_SHARDS))
+    assert shards == 2000 // keys.MEMBER_INDEX_SHARD_SIZE + (
+        2000 % keys.MEMBER_INDEX_SHARD_SIZE > 0
+    )
+    shard_keys = [f"{index}{keys.MEMBER_INDEX_SHARD_SEP}{n}" for n in range(shards)]
+    assert sum(redis.hlen(k) for k in shard_keys) == 2000
+    assert {redis.object("encoding", k) for k in shard_keys} == {"listpack"}
+    assert all(redis.ttl(k) > 0 for k in [index, *shard_keys])
+    index_bytes = sum(redis.memory_usage(k, samples=0) for k in [index, *shard_keys])
+    assert index_bytes / 2000 <= 60, index_bytes
     # and no number was sent twice
     sent = [n for b in _batches(cb_sandbox, set(phones)) for n in b]
     assert len(sent) == len(set(sent)) == 2500

@@ -69,7 +69,10 @@ def test_a_flush_takes_at_most_a_batch_and_never_one_phone_twice(queue):
     # Members run, and a callback for (batchNo, phone) finds its member already
     assert queue.redis.hget(keys.job(jobs[0][0]), "state") == "running"
     batch_no = coalesce.batch_no_of("batch-1")
-    assert queue.redis.get(coalesce.member_index_key(batch_no, "6590000002")) == jobs[2][0]
+    index = coalesce.member_index_key(batch_no)
+    assert queue.redis.hget(index, "6590000002") == jobs[2][0]
+    # in one index hash for the batch, expiring with it: no member has an index key of its own
+    assert queue.redis.hlen(index) == 3 and 0 < queue.redis.ttl(index) <= queue.ttl_s
 
 
 def test_a_batch_is_built_once_and_a_late_duplicate_flush_stops(queue):

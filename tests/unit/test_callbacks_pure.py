@@ -133,10 +133,11 @@ def test_number_check_dr_event_correlates_by_member_then_request_id_then_batch_n
     # Then both find the job by (batchNo, phone) of a coalesced one, then the submit's requestId,
     # then batchNo, and count one unit each
     assert current.index_keys == (
-        keys.callback_index("nc-num", "B1:8613800138000"),
+        keys.member_index("B1"),
         keys.callback_index("nc-req", "abc"),
         keys.callback_index("nc-batch", "B1"),
     )
+    assert (current.member, legacy.member) == ("8613800138000", "")
     assert (current.dedupe, current.unit, current.job_kind) == (
         "nc:abc-000002",
         "nc:abc-000002",
