@@ -79,6 +79,8 @@ class JobRecord(BaseModel):
     # Distinct callbacks past what the job can have (more results than numbers...): counted, not
     # kept.
     callbacks_dropped: int = 0
+    # Where this job's end is POSTed besides NXJOBS_NOTIFY__URL (docs/notifications.md).
+    notify_url: str | None = None
 
     def reached(self, state: JobState) -> bool:
         """True if this job has got as far as `state` (and has not failed)."""

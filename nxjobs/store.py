@@ -170,8 +170,9 @@ class RecordStore:
         expect: correlate.Expectation | None = None,
         pipe: Any = None,
         payload: dict[str, Any] | None = None,
+        notify_url: str | None = None,
     ) -> JobRecord:
-        """Store a new queued record; with `expect`, also register the ids its callbacks will
+        """Store a new queued record (with `notify_url`: where its end is POSTed); with `expect`, also register the ids its callbacks will
         carry (same transaction), so a callback that beats the submit result finds the job.
         With `pipe`, only queue the commands on it (bulk enqueue); the caller executes it."""
         now = utc_now_iso()
@@ -187,6 +188,8 @@ class RecordStore:
             "result": None,
             "error": None,
         }
+        if notify_url is not None:
+            fields["notify_url"] = notify_url
         own = pipe is None
         if own:
             pipe = self.redis.pipeline(transaction=True)
