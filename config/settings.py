@@ -28,6 +28,8 @@ REQUIRED_CREDENTIALS = {
     "api2": [("api2", "access_key"), ("api2", "access_secret"), ("api2", "appkey")],
     "callbot": [("callbot", "uuid"), ("callbot", "secret_key")],
     "agent": [("agent", "appkey"), ("agent", "secretkey"), ("agent", "username")],
+    # The webhook workers sign every delivery: a per-job notify_url needs the secret as well.
+    "notify": [("notify", "secret")],
 }
 
 
@@ -307,6 +309,41 @@ class CoalesceSettings(BaseModel):
     stale_batch_s: float = Field(default=900.0, gt=0)
 
 
+class NotifySettings(BaseModel):
+    """Job-end notifications (docs/notifications.md): the events stream every finished job adds
+    to, and the webhooks the `notify` workers POST from it."""
+
+    # Where every job's end is POSTed (a job's own notify_url is POSTed too); None: only those.
+    url: str | None = None
+    # HMAC-SHA256 key of the Nxjobs-Signature header; required when url is set, and by a worker
+    # of the notify queue.
+    secret: SecretStr | None = None
+    # The events stream keeps about this many entries (XADD MAXLEN ~).
+    events_maxlen: int = Field(default=100_000, ge=1000)
+    # A delivery answered other than 2xx is retried after base_s, doubling up to cap_s, for up to
+    # max_age_s from the job's end; then it is given up (counted).
+    base_s: float = Field(default=10.0, gt=0)
+    cap_s: float = Field(default=3600.0, gt=0)
+    max_age_s: float = Field(default=24 * 3600.0, gt=0)
+    connect_timeout_s: float = Field(default=3.05, gt=0)
+    read_timeout_s: float = Field(default=10.0, gt=0)
+    # Events and due retries the dispatcher takes per read, and how long a read blocks.
+    batch: int = Field(default=100, ge=1, le=10_000)
+    block_s: float = Field(default=1.0, gt=0, le=5)
+    # An event a dispatcher read but did not acknowledge this long ago (it died) is taken over.
+    claim_idle_s: float = Field(default=60.0, gt=0)
+
+    @model_validator(mode="after")
+    def _secret_with_url(self) -> NotifySettings:
+        if self.url and not self.secret:
+            raise ValueError(
+                f"{ENV_PREFIX}NOTIFY__SECRET is required when {ENV_PREFIX}NOTIFY__URL is set"
+            )
+        if self.url and not self.url.lower().startswith(("http://", "https://")):
+            raise ValueError(f"{ENV_PREFIX}NOTIFY__URL must be an http or https URL")
+        return self
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -342,6 +379,8 @@ class Settings(BaseSettings):
     # Gathering one-number Number Checks and single Callbot contacts into provider batches
     # (nxjobs/coalesce.py).
     coalesce: CoalesceSettings = CoalesceSettings()
+    # Job-end events and webhooks (nxjobs/webhooks.py).
+    notify: NotifySettings = NotifySettings()
     # Unacked messages (running jobs, and countdown retries a worker holds) come back
     # this long after their worker vanished. workers/delivery.py checks at startup that
     # it exceeds the task time limit plus the longest countdown we ever set.

@@ -172,8 +172,9 @@ class RecordStore:
         payload: dict[str, Any] | None = None,
         notify_url: str | None = None,
     ) -> JobRecord:
-        """Store a new queued record (with `notify_url`: where its end is POSTed); with `expect`, also register the ids its callbacks will
-        carry (same transaction), so a callback that beats the submit result finds the job.
+        """Store a new queued record (with `notify_url`: where its end is POSTed); with `expect`,
+        also register the ids its callbacks will carry (same transaction), so a callback that beats
+        the submit result finds the job.
         With `pipe`, only queue the commands on it (bulk enqueue); the caller executes it."""
         now = utc_now_iso()
         fields = {

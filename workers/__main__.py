@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from nxjobs.jobs import QUEUES
+from nxjobs.jobs import QUEUES, WORKER_QUEUES
 
 
 def _queues_from(argv: list[str]) -> list[str]:
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] != "worker":
         print(
-            "usage: python -m workers worker [-Q agent,callbot,api2] [-c N] "
+            "usage: python -m workers worker [-Q agent,callbot,api2,notify] [-c N] "
             "[--pool prefork|threads|solo]",
             file=sys.stderr,
         )
@@ -37,10 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     from config.settings import MissingSetting, load_settings
 
     queues = _queues_from(argv)
-    unknown = [q for q in queues if q not in QUEUES]
+    unknown = [q for q in queues if q not in WORKER_QUEUES]
     if unknown:
         print(
-            f"error: unknown queue(s) {', '.join(unknown)}; expected any of {', '.join(QUEUES)}",
+            f"error: unknown queue(s) {', '.join(unknown)}; "
+            f"expected any of {', '.join(WORKER_QUEUES)}",
             file=sys.stderr,
         )
         return 2

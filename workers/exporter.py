@@ -208,9 +208,11 @@ class Exporter:
         if dead:
             pipe.exists(dead)
             pipe.type(dead)
+        pipe.zcard(keys.NOTIFY_DUE)
         pipe.time()
         replies = pipe.execute()
         counters, hists, consumed, unacked = replies[:4]
+        notify_due = replies[-2]
         waiting = replies[4 : 4 + len(QUEUES)]
         redis_now_s = float(replies[-1][0]) + float(replies[-1][1]) / 1e6
 
@@ -256,6 +258,12 @@ class Exporter:
             "killed; nxjobs/held.py), by queue",
             labels=["queue"],
         )
+        notify_posts = CounterMetricFamily(
+            "nxjobs_notify_posts",
+            "Job-end webhook POSTs, by outcome (delivered, retry; gave_up: a delivery dropped "
+            "after NXJOBS_NOTIFY__MAX_AGE_S)",
+            labels=["outcome"],
+        )
         for field, value in counters.items():
             what, _, rest = field.partition("|")
             if what == "attempt":
@@ -273,12 +281,21 @@ class Exporter:
                 callbacks.add_metric([outcome, reason], float(value))
             elif what == "restored":
                 restored.add_metric([rest], float(value))
+            elif what == "notify":
+                notify_posts.add_metric([rest], float(value))
         yield attempts
         yield finished
         yield responses
         yield throttles
         yield callbacks
         yield restored
+        yield notify_posts
+        backlog = GaugeMetricFamily(
+            "nxjobs_notify_retries_due",
+            "Webhook deliveries waiting for their next attempt (nxjobs.webhooks)",
+        )
+        backlog.add_metric([], float(notify_due))
+        yield backlog
 
         for name, series, buckets, label_name, help_text in (
             (

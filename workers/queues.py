@@ -3,9 +3,9 @@
 from kombu import Queue
 
 from nxjobs.coalesce import SPECS
-from nxjobs.jobs import KINDS, QUEUES
+from nxjobs.jobs import KINDS, NOTIFY_TASK, QUEUE_NOTIFY, WORKER_QUEUES
 
-TASK_QUEUES = tuple(Queue(name, routing_key=name) for name in QUEUES)
+TASK_QUEUES = tuple(Queue(name, routing_key=name) for name in WORKER_QUEUES)
 TASK_ROUTES = {
     kind.task_name: {"queue": kind.queue, "routing_key": kind.queue} for kind in KINDS.values()
 }
@@ -14,3 +14,4 @@ TASK_ROUTES = {
 TASK_ROUTES.update(
     {spec.flush_task: {"queue": spec.family, "routing_key": spec.family} for spec in SPECS}
 )
+TASK_ROUTES[NOTIFY_TASK] = {"queue": QUEUE_NOTIFY, "routing_key": QUEUE_NOTIFY}
