@@ -16,6 +16,7 @@ import hmac
 import json
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 from nxjobs import compact_json
 
@@ -51,6 +52,15 @@ def event_body(stream_entry_id: str, state: str, at_ms: int, job: dict[str, Any]
         "created": at_ms // 1000,
         "job": {name: job.get(name) for name in JOB_FIELDS},
     }
+
+
+def valid_url(url: str) -> bool:
+    """True for an absolute http or https URL (what a notify URL must be)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 def encode(body: dict[str, Any]) -> bytes:

@@ -36,6 +36,7 @@ from nxjobs.jobs import (
     get_kind,
     validate_payload,
 )
+from nxjobs.notify import valid_url
 from nxjobs.records import JobRecord, JobState, utc_now_iso
 from nxjobs.redact import flower_repr, redact
 from nxjobs.redis_conn import RedisUnavailable, connect, describe
@@ -106,17 +107,27 @@ class Producer:
 
     # ---- enqueue ----------------------------------------------------------
 
-    def enqueue(self, kind: str, payload: dict[str, Any], *, batch: bool = True) -> str:
+    def enqueue(
+        self,
+        kind: str,
+        payload: dict[str, Any],
+        *,
+        batch: bool = True,
+        notify_url: str | None = None,
+    ) -> str:
         """Validate `payload` for `kind`, store its record, enqueue it; return the job id.
+        `notify_url`: an http(s) URL the job's end is POSTed to (docs/notifications.md), besides
+        NXJOBS_NOTIFY__URL.
 
         A one-number Number Check (no batchNo of its own), or a Callbot contact, is sent together
         with others (of its check level, of its task) in one provider request (nxjobs.coalesce),
         unless `batch=False`: then it is sent on its own at once, for a latency-sensitive job."""
         job_kind = get_kind(kind)
         model = validate_payload(kind, payload)
+        _check_notify_url(notify_url)
         self._check_order_ids([model])
         if batch and _coalescible(model):
-            return self._enqueue_coalesced([model])[0]
+            return self._enqueue_coalesced([model], notify_url)[0]
         body = model.model_dump(mode="json", exclude_none=True)
         job_id = uuid.uuid4().hex
         kwargs = {"job_id": job_id, "payload": body}
@@ -129,6 +140,7 @@ class Producer:
                 redact(body),
                 expect=correlate.on_enqueue(kind, job_id, model),
                 payload=body,
+                notify_url=notify_url,
             )
         except redis.RedisError as exc:
             raise RedisUnavailable(
@@ -154,7 +166,12 @@ class Producer:
         return job_id
 
     def enqueue_many(
-        self, kind: str, payloads: Iterable[dict[str, Any]], *, batch: bool = True
+        self,
+        kind: str,
+        payloads: Iterable[dict[str, Any]],
+        *,
+        batch: bool = True,
+        notify_url: str | None = None,
     ) -> list[str]:
         """Validate and enqueue several jobs of one kind; return their ids, in order.
 
@@ -168,10 +185,11 @@ class Producer:
         """
         job_kind = get_kind(kind)
         models = [validate_payload(kind, payload) for payload in payloads]
+        _check_notify_url(notify_url)
         self._check_order_ids(models)
         coalescible = [m for m in models if _coalescible(m)] if batch else []
         if models and len(coalescible) == len(models):
-            return self._enqueue_coalesced(coalescible)
+            return self._enqueue_coalesced(coalescible, notify_url)
         jobs = [
             (job_id, model, model.model_dump(mode="json", exclude_none=True))
             for job_id, model in zip(new_job_ids(len(models)), models, strict=True)
@@ -186,6 +204,7 @@ class Producer:
                     expect=correlate.on_enqueue(kind, job_id, model),
                     pipe=pipe,
                     payload=body,
+                    notify_url=notify_url,
                 )
             pipe.execute()
         except redis.RedisError as exc:
@@ -221,7 +240,9 @@ class Producer:
         return sent
 
     def _enqueue_coalesced(
-        self, models: list[NumberCheckPayload | CallbotContactPayload]
+        self,
+        models: list[NumberCheckPayload | CallbotContactPayload],
+        notify_url: str | None = None,
     ) -> list[str]:
         """Records plus pending entries (one atomic step per group), then the flush messages due."""
         job_ids = new_job_ids(len(models))
@@ -246,7 +267,7 @@ class Producer:
                 )
         for group, jobs in groups.items():
             try:
-                flushes = self.coalesce.enqueue(group, jobs, utc_now_iso())
+                flushes = self.coalesce.enqueue(group, jobs, utc_now_iso(), notify_url)
             except redis.RedisError as exc:
                 raise RedisUnavailable(
                     f"cannot reach Redis at {describe(self.redis_url)}: {exc}"
@@ -315,10 +336,17 @@ class Producer:
             pass  # Redis is gone: the record is as unreachable as the message would be
 
     def call(
-        self, *, phone: str, order_id: str | None = None, show_phone: str | None = None
+        self,
+        *,
+        phone: str,
+        order_id: str | None = None,
+        show_phone: str | None = None,
+        notify_url: str | None = None,
     ) -> str:
         return self.enqueue(
-            "call", _drop_none(phone=phone, order_id=order_id, show_phone=show_phone)
+            "call",
+            _drop_none(phone=phone, order_id=order_id, show_phone=show_phone),
+            notify_url=notify_url,
         )
 
     def callbot_list(
@@ -331,6 +359,7 @@ class Producer:
         task_callback_url: str | None = None,
         order_callback_url: str | None = None,
         call_callback_url: str | None = None,
+        notify_url: str | None = None,
     ) -> str:
         return self.enqueue(
             "callbot-list",
@@ -343,16 +372,25 @@ class Producer:
                 order_callback_url=order_callback_url,
                 call_callback_url=call_callback_url,
             ),
+            notify_url=notify_url,
         )
 
     def callbot_contact(
-        self, *, user_task_id: str, contact: dict[str, Any], batch: bool = True
+        self,
+        *,
+        user_task_id: str,
+        contact: dict[str, Any],
+        batch: bool = True,
+        notify_url: str | None = None,
     ) -> str:
         """Add one contact to the existing Callbot task `user_task_id` (e.g. a callbot-list job's
         id). Shares an addBatchCall with other contacts for that task (nxjobs.coalesce), unless
         `batch=False`: then it gets a request of its own, at once."""
         return self.enqueue(
-            "callbot-contact", {"user_task_id": user_task_id, "contact": contact}, batch=batch
+            "callbot-contact",
+            {"user_task_id": user_task_id, "contact": contact},
+            batch=batch,
+            notify_url=notify_url,
         )
 
     def number_check(
@@ -362,19 +400,21 @@ class Producer:
         check_level: int = 1,
         batch_no: str | None = None,
         batch: bool = True,
+        notify_url: str | None = None,
     ) -> str:
         """`batch=False`: a one-number check gets a request of its own instead of sharing one."""
         return self.enqueue(
             "number-check",
             _drop_none(phones=phones, check_level=check_level, batch_no=batch_no),
             batch=batch,
+            notify_url=notify_url,
         )
 
-    def ota_init(self, *, phone: str, user_ip: str) -> str:
-        return self.enqueue("ota-init", {"phone": phone, "user_ip": user_ip})
+    def ota_init(self, *, phone: str, user_ip: str, notify_url: str | None = None) -> str:
+        return self.enqueue("ota-init", {"phone": phone, "user_ip": user_ip}, notify_url=notify_url)
 
-    def wa_calling(self, *, business_phone: str) -> str:
-        return self.enqueue("wa-calling", {"business_phone": business_phone})
+    def wa_calling(self, *, business_phone: str, notify_url: str | None = None) -> str:
+        return self.enqueue("wa-calling", {"business_phone": business_phone}, notify_url=notify_url)
 
     # ---- dead letters -----------------------------------------------------
 
@@ -506,6 +546,18 @@ def _coalescible(model: Any) -> TypeGuard[NumberCheckPayload | CallbotContactPay
     return (
         isinstance(model, NumberCheckPayload) and len(model.phones) == 1 and model.batch_no is None
     )
+
+
+# A notify_url longer than this is refused (it is stored in every record that has one).
+NOTIFY_URL_MAX = 2048
+
+
+def _check_notify_url(url: str | None) -> None:
+    """Raise InvalidJob("notify_url") unless `url` is None or an absolute http(s) URL."""
+    if url is None:
+        return
+    if not isinstance(url, str) or len(url) > NOTIFY_URL_MAX or not valid_url(url):
+        raise InvalidJob("notify_url", "must be an http or https URL (at most 2048 characters)")
 
 
 def _drop_none(**fields: Any) -> dict[str, Any]:

@@ -67,11 +67,6 @@ def safe_url(url: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, parts.path, query, ""))
 
 
-def valid_url(url: str) -> bool:
-    parts = urlsplit(url)
-    return parts.scheme in ("http", "https") and bool(parts.netloc)
-
-
 def ensure_group(client: Any) -> None:
     """The dispatchers' consumer group on the events stream, created at the stream's end (events
     before it are not delivered); a no-op once it exists."""
