@@ -543,3 +543,49 @@ def _decode(
         data["callbacks"] = _inline_callbacks(raw)
         data["callbacks_summary"] = correlate.summarize(data["callbacks"])
     return JobRecord.model_validate(data)
+
+
+# ---- what an asyncio reader needs (nxjobs.aio): the same reads, planned here -----------------
+
+
+def batch_ids_of(raws: Iterable[dict[str, str]]) -> list[str]:
+    """The coalesce batches whose shared fields the records `raws` read (as _batch_shared)."""
+    return sorted({raw["coalesce_batch"] for raw in raws if raw and raw.get("coalesce_batch")})
+
+
+def shared_fields(values: list[str | None]) -> dict[str, str]:
+    """A batch's shareable fields from HMGET keys.BATCH_SHAREABLE."""
+    return {name: v for name, v in zip(keys.BATCH_SHAREABLE, values, strict=True) if v}
+
+
+def first_items_wanted(ids: list[str], raws: list[dict[str, str]]) -> list[tuple[str, list[str]]]:
+    """(job id, items-hash fields) of the first callbacks of each paged job among `raws`
+    (RecordStore._first_items reads them with HMGET of callbacks_home(job id, True))."""
+    out = []
+    for job_id, raw in zip(ids, raws, strict=True):
+        if raw and _paged(raw.get(keys.CALLBACKS_PAGED)):
+            n = min(int(raw.get("callbacks_stored") or 0), RECORD_CALLBACKS)
+            out.append((job_id, _item_fields(0, n)))
+    return out
+
+
+def decode_record(
+    raw: dict[str, str],
+    batch: dict[str, str] | None,
+    first_items: list[dict[str, Any]] | None,
+    job_id: str,
+) -> JobRecord:
+    """The record from its hash, as RecordStore.get_many builds it."""
+    return _decode(raw, batch, first_items, job_id)
+
+
+def item_fields(start: int, end: int) -> list[str]:
+    return _item_fields(start, end)
+
+
+def inline_callbacks(raw: dict[str, str]) -> list[dict[str, Any]]:
+    return _inline_callbacks(raw)
+
+
+def is_paged(flag: str | None) -> bool:
+    return _paged(flag)

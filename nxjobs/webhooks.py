@@ -164,7 +164,9 @@ class Dispatcher:
         made = 0
         for entry_id, fields in entries:
             record = records.get(fields.get("id", ""))
-            job = record.model_dump(mode="json") if record is not None else dict(fields)
+            job: dict[str, Any] = (
+                record.model_dump(mode="json") if record is not None else dict(fields)
+            )
             job["state"] = fields.get("state")  # the state this event is about
             body = notify.encode(
                 notify.event_body(entry_id, fields.get("state", ""), int(fields.get("at", 0)), job)
