@@ -313,22 +313,26 @@ class NotifySettings(BaseModel):
     """Job-end notifications (docs/notifications.md): the events stream every finished job adds
     to, and the webhooks the `notify` workers POST from it."""
 
-    # Where every job's end is POSTed (a job's own notify_url is POSTed too); None: only those.
+    # Where every job's end is POSTed (docs/notifications.md); a job's own notify_url is POSTed
+    # too. Unset: only those.
     url: str | None = None
-    # HMAC-SHA256 key of the Nxjobs-Signature header; required when url is set, and by a worker
-    # of the notify queue.
+    # Key of the HMAC-SHA256 Nxjobs-Signature header, shared with the receiving application.
     secret: SecretStr | None = None
-    # The events stream keeps about this many entries (XADD MAXLEN ~).
+    # Entries the job events stream keeps, about (XADD MAXLEN ~).
     events_maxlen: int = Field(default=100_000, ge=1000)
-    # A delivery answered other than 2xx is retried after base_s, doubling up to cap_s, for up to
-    # max_age_s from the job's end; then it is given up (counted).
+    # Wait before the first retry of a POST answered other than 2xx (or not answered).
     base_s: float = Field(default=10.0, gt=0)
+    # Longest wait between retries (each wait doubles the one before).
     cap_s: float = Field(default=3600.0, gt=0)
+    # A delivery still failing this long after the job ended is given up (and counted).
     max_age_s: float = Field(default=24 * 3600.0, gt=0)
+    # Connect timeout of each POST.
     connect_timeout_s: float = Field(default=3.05, gt=0)
+    # Read timeout of each POST.
     read_timeout_s: float = Field(default=10.0, gt=0)
-    # Events and due retries the dispatcher takes per read, and how long a read blocks.
+    # Events, and due retries, the dispatcher takes per read.
     batch: int = Field(default=100, ge=1, le=10_000)
+    # How long the dispatcher's read of the stream blocks waiting for events.
     block_s: float = Field(default=1.0, gt=0, le=5)
     # An event a dispatcher read but did not acknowledge this long ago (it died) is taken over.
     claim_idle_s: float = Field(default=60.0, gt=0)
