@@ -87,12 +87,16 @@ def test_event_body_has_a_stable_id_and_the_record_fields_only():
     job_with_more = {**job, "input": {"phone": "86158****795"}, "attempts": 1}
     a = notify.event_body("1700000000123-0", "completed", 1700000000123, job_with_more)
     b = notify.event_body("1700000000123-0", "completed", 1700000000123, job)
-    assert a == b == {
-        "id": "evt_1700000000123-0",
-        "type": "job.completed",
-        "created": 1700000000,
-        "job": job,
-    }
+    assert (
+        a
+        == b
+        == {
+            "id": "evt_1700000000123-0",
+            "type": "job.completed",
+            "created": 1700000000,
+            "job": job,
+        }
+    )
     assert notify.event_body("1-0", "failed", 0, job)["type"] == "job.failed"
     assert notify.event_body("1-0", "cancelled", 0, job)["type"] == "job.cancelled"
 
