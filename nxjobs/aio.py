@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 
 from nxjobs import keys, producers, store
+from nxjobs.deadletters import DeadLetters
 from nxjobs.jobs import InvalidJob
 from nxjobs.producers import EnqueueError, ProducerSettings
 from nxjobs.records import JobRecord, JobState
@@ -74,6 +75,11 @@ class Producer:
 
     async def wa_calling(self, **arguments: Any) -> str:
         return await self._in_thread(self.sync.wa_calling, **arguments)
+
+    @property
+    def dead_letters(self) -> DeadLetters:
+        """The sync producer's (nxjobs.deadletters, blocking calls)."""
+        return self.sync.dead_letters
 
     async def replay_dead(self, job_id: str) -> str:
         return await self._in_thread(self.sync.replay_dead, job_id)

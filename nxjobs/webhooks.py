@@ -253,6 +253,7 @@ def deliver(
     if age + delay > policy.max_age_s:
         pipe = client.pipeline(transaction=True)
         pipe.delete(key)
+        pipe.zrem(keys.NOTIFY_DUE, delivery_id)
         metrics.queue_notify(pipe, "gave_up")
         pipe.execute()
         log.warning(

@@ -285,8 +285,22 @@ def test_a_delivery_past_its_max_age_is_given_up_and_counted(db, receiver):
     # Then it is dropped and counted
     assert outcome.status == "gave_up"
     assert not db.exists(keys.notify_delivery(delivery_id))
+    assert db.zscore(keys.NOTIFY_DUE, delivery_id) is None
     assert db.hget(keys.METRICS_COUNTERS, "notify|gave_up") == "1"
     assert webhooks.deliver(db, delivery_id, SECRET, policy).status == "gone"
+    # and the exporter shows the outcomes and the retries waiting
+    from prometheus_client import generate_latest
+    from prometheus_client.core import CollectorRegistry
+
+    from workers.exporter import Exporter
+
+    db.zadd(keys.NOTIFY_DUE, {"evt_other": time.time() + 60})
+    registry = CollectorRegistry()
+    registry.register(Exporter(db, stall_s=300))
+    text = generate_latest(registry).decode()
+    assert 'nxjobs_notify_posts_total{outcome="gave_up"} 1.0' in text
+    assert 'nxjobs_notify_posts_total{outcome="retry"} 1.0' in text
+    assert "nxjobs_notify_retries_due 1.0" in text
 
 
 def test_applications_read_job_ends_through_a_consumer_group_and_the_stream_is_bounded(db):
