@@ -174,17 +174,53 @@ def test_a_finished_job_is_posted_signed_and_retried_after_500s_with_one_event_i
 def test_a_job_of_its_own_url_gets_that_post_too_with_the_same_event_id(
     sandbox, notify_worker, receiver, jobs
 ):
-    # Given a job with its own notify_url (with a query string)
+    # Given a job with its own notify_url (with a query string), and a receiver failing once
+    receiver.fail = 1
     job_id = jobs.wa_calling(
         business_phone="6581234567", notify_url=receiver.url + "/mine?token=t0ken"
     )
     assert jobs.get(job_id).notify_url == receiver.url + "/mine?token=t0ken"
-    # When it ends, then both URLs get the event, with one id
-    got = receiver.wait_for(job_id, 2)
-    assert sorted(r["path"] for r in got) == ["/hooks", "/mine?token=t0ken"]
+    # When it ends, then both URLs get the event (one of them after a retry), with one id
+    got = receiver.wait_for(job_id, 3)
+    delivered = sorted(r["path"] for r in got if r["status"] == 200)
+    assert delivered == ["/hooks", "/mine?token=t0ken"]
     assert len({json.loads(r["body"])["id"] for r in got}) == 1
     for r in got:
         notify.verify(r["body"], r["signature"], SECRET)
+    # And the worker's log names the retried delivery without the URL's query string or the
+    # secret
+    time.sleep(0.5)
+    log = notify_worker.logfile.read_text()
+    retried = [line for line in log.splitlines() if "again in" in line and job_id not in line]
+    assert any("/mine?..." in line or "/hooks" in line for line in retried), retried
+    assert "t0ken" not in log and SECRET not in log
+
+
+def test_a_notify_worker_without_the_secret_does_not_start(worker_env, notify_url):
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in worker_env.items() if not k.startswith("NXJOBS_NOTIFY__")}
+    env["NXJOBS_REDIS_URL"] = notify_url
+    # A notify worker with no secret at all
+    out = subprocess.run(
+        [sys.executable, "-m", "workers", "worker", "-Q", "notify"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2 and "NXJOBS_NOTIFY__SECRET" in out.stderr
+    # Any worker with a notify URL and no secret
+    env["NXJOBS_NOTIFY__URL"] = "https://app.example/hook"
+    out = subprocess.run(
+        [sys.executable, "-m", "workers", "worker", "-Q", "api2"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2 and "NXJOBS_NOTIFY__SECRET" in out.stderr
 
 
 def test_a_bad_notify_url_is_refused_and_nothing_is_stored(jobs, notify_url):
