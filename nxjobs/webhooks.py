@@ -12,6 +12,8 @@ body is built once, so every attempt POSTs the same bytes with the same event id
 signature each time). A non-2xx answer or a connection error puts it in NOTIFY_DUE for its
 backoff; the dispatcher sends it again when due, until `max_age_s` after the job ended. Celery
 countdowns are not used for these waits: they may not outlive the broker visibility timeout.
+A delivery is in NOTIFY_DUE while its message is on its way too, due `lost_after_s` later: a
+lost message is sent again (at least once), and the POST moves or removes the entry.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ log = logging.getLogger("nxjobs.notify")
 
 # What a delivery hash outlives its give-up age by (a retry in flight still finds it).
 DELIVERY_TTL_MARGIN_S = 3600
+# Time a delivery message may wait in the notify queue before it counts as lost (Policy).
+LOST_MARGIN_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,12 @@ class Policy:
     batch: int = 100
     block_s: float = 1.0
     claim_idle_s: float = 60.0
+
+    @property
+    def lost_after_s(self) -> float:
+        """A delivery sent this long ago and neither done nor rescheduled is sent again (its
+        message was lost): one POST's timeouts plus a margin for the queue."""
+        return self.connect_timeout_s + self.read_timeout_s + LOST_MARGIN_S
 
     def delay_s(self, attempts: int) -> float:
         """The wait after the `attempts`-th failed POST."""
@@ -125,12 +135,9 @@ class Dispatcher:
         for delivery_id in due:
             if not self.redis.zrem(keys.NOTIFY_DUE, delivery_id):
                 continue
-            try:
-                self.send(delivery_id)
-            except Exception:
-                # Back in the set: the next pass sends it.
-                self.redis.zadd(keys.NOTIFY_DUE, {delivery_id: self.now()})
-                raise
+            # Back in the set for when its message would be lost; deliver() moves or removes it.
+            self.redis.zadd(keys.NOTIFY_DUE, {delivery_id: self.now() + self.policy.lost_after_s})
+            self.send(delivery_id)
             sent += 1
         return sent
 
@@ -191,6 +198,8 @@ class Dispatcher:
         pipe.hsetnx(key, "first_at", f"{ended_at or self.now():.3f}")
         pipe.hsetnx(key, "attempts", 0)
         pipe.expire(key, int(self.policy.max_age_s + DELIVERY_TTL_MARGIN_S))
+        # Sent again if its message is lost: deliver() moves or removes this entry.
+        pipe.zadd(keys.NOTIFY_DUE, {delivery_id: self.now() + self.policy.lost_after_s})
         pipe.execute()
 
 
@@ -216,6 +225,7 @@ def deliver(
     key = keys.notify_delivery(delivery_id)
     stored = client.hgetall(key)
     if not stored or "body" not in stored:
+        client.zrem(keys.NOTIFY_DUE, delivery_id)
         return Outcome("gone")
     body = stored["body"].encode()
     url = stored["url"]
@@ -269,7 +279,7 @@ def deliver(
     metrics.queue_notify(pipe, "retry")
     pipe.execute()
     log.info(
-        "notify %s to %s: %s, attempt %d, again in %.0f s",
+        "notify %s to %s: %s, attempt %d, again in %.1f s",
         delivery_id,
         safe_url(url),
         why,

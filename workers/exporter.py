@@ -292,7 +292,7 @@ class Exporter:
         yield notify_posts
         backlog = GaugeMetricFamily(
             "nxjobs_notify_retries_due",
-            "Webhook deliveries waiting for their next attempt (nxjobs.webhooks)",
+            "Webhook deliveries not done: waiting for a retry, or on their way (nxjobs.webhooks)",
         )
         backlog.add_metric([], float(notify_due))
         yield backlog
