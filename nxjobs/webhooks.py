@@ -35,8 +35,6 @@ log = logging.getLogger("nxjobs.notify")
 
 # What a delivery hash outlives its give-up age by (a retry in flight still finds it).
 DELIVERY_TTL_MARGIN_S = 3600
-# Time a delivery message may wait in the notify queue before it counts as lost (Policy).
-LOST_MARGIN_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -47,7 +45,9 @@ class Policy:
     max_age_s: a delivery still failing this long after the job ended is given up;
     connect_timeout_s, read_timeout_s: of each POST;
     batch: events (and due retries) taken per read; block_s: how long a read waits for events;
-    claim_idle_s: an event read but not acknowledged this long ago is taken over.
+    claim_idle_s: an event read but not acknowledged this long ago is taken over;
+    lost_margin_s: how long a delivery's message may wait in the notify queue, beyond one
+    POST's timeouts, before it counts as lost and is sent again.
     """
 
     base_s: float = 10.0
@@ -58,12 +58,13 @@ class Policy:
     batch: int = 100
     block_s: float = 1.0
     claim_idle_s: float = 60.0
+    lost_margin_s: float = 120.0
 
     @property
     def lost_after_s(self) -> float:
         """A delivery sent this long ago and neither done nor rescheduled is sent again (its
         message was lost): one POST's timeouts plus a margin for the queue."""
-        return self.connect_timeout_s + self.read_timeout_s + LOST_MARGIN_S
+        return self.connect_timeout_s + self.read_timeout_s + self.lost_margin_s
 
     def delay_s(self, attempts: int) -> float:
         """The wait after the `attempts`-th failed POST."""

@@ -301,6 +301,24 @@ def test_a_redelivered_event_keeps_its_id(db):
     assert db.xpending(keys.EVENTS, keys.NOTIFY_GROUP)["pending"] == 0
 
 
+def test_a_delivery_whose_message_was_lost_is_sent_again(db):
+    # Given a delivery whose message never reached a notify worker
+    webhooks.ensure_group(db)
+    _failed_job(RecordStore(db), "j-lost")
+    sent: list[str] = []
+    policy = webhooks.Policy(connect_timeout_s=0.01, read_timeout_s=0.01, lost_margin_s=0.1)
+    dispatcher = webhooks.Dispatcher(db, sent.append, policy, consumer="a", url="http://h/x")
+    dispatcher.run_once(block=False)
+    assert len(sent) == 1
+    # When its POST's timeouts and the queue margin have passed with no outcome
+    assert dispatcher.run_once(block=False)["retries"] == 0
+    time.sleep(0.2)
+    # Then the dispatcher sends it again, once, under the same id
+    assert dispatcher.run_once(block=False)["retries"] == 1
+    assert sent == [sent[0], sent[0]]
+    assert db.zscore(keys.NOTIFY_DUE, sent[0]) is not None  # armed again for the resend
+
+
 def test_a_delivery_past_its_max_age_is_given_up_and_counted(db, receiver):
     webhooks.ensure_group(db)
     _failed_job(RecordStore(db), "j-old")
