@@ -166,6 +166,8 @@ class Producer:
         Wakes when a job's state changes (its channel), never on a timer."""
         target = JobState(until)
         ids = list(dict.fromkeys(job_ids))
+        if not ids:
+            return {}
         deadline = time.monotonic() + timeout_s
         by_channel = {keys.job_channel(job_id): job_id for job_id in ids}
         pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
