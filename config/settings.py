@@ -45,6 +45,8 @@ REQUIRED_CREDENTIALS = {
     "api2": [("api2", "access_key"), ("api2", "access_secret"), ("api2", "appkey")],
     "callbot": [("callbot", "uuid"), ("callbot", "secret_key")],
     "agent": [("agent", "appkey"), ("agent", "secretkey"), ("agent", "username")],
+    # The webhook workers sign every delivery: a per-job notify_url needs the secret as well.
+    "notify": [("notify", "secret")],
 }
 
 
@@ -341,6 +343,45 @@ class CoalesceSettings(BaseModel):
     stale_batch_s: float = Field(default=900.0, gt=0)
 
 
+class NotifySettings(BaseModel):
+    """Job-end notifications (docs/notifications.md): the events stream every finished job adds
+    to, and the webhooks the `notify` workers POST from it."""
+
+    # Where every job's end is POSTed (docs/notifications.md); a job's own notify_url is POSTed
+    # too. Unset: only those.
+    url: str | None = None
+    # Key of the HMAC-SHA256 Nxjobs-Signature header, shared with the receiving application.
+    secret: SecretStr | None = None
+    # Entries the job events stream keeps, about (XADD MAXLEN ~).
+    events_maxlen: int = Field(default=100_000, ge=1000)
+    # Wait before the first retry of a POST answered other than 2xx (or not answered).
+    base_s: float = Field(default=10.0, gt=0)
+    # Longest wait between retries (each wait doubles the one before).
+    cap_s: float = Field(default=3600.0, gt=0)
+    # A delivery still failing this long after the job ended is given up (and counted).
+    max_age_s: float = Field(default=24 * 3600.0, gt=0)
+    # Connect timeout of each POST.
+    connect_timeout_s: float = Field(default=3.05, gt=0)
+    # Read timeout of each POST.
+    read_timeout_s: float = Field(default=10.0, gt=0)
+    # Events, and due retries, the dispatcher takes per read.
+    batch: int = Field(default=100, ge=1, le=10_000)
+    # How long the dispatcher's read of the stream blocks waiting for events.
+    block_s: float = Field(default=1.0, gt=0, le=5)
+    # An event a dispatcher read but did not acknowledge this long ago (it died) is taken over.
+    claim_idle_s: float = Field(default=60.0, gt=0)
+
+    @model_validator(mode="after")
+    def _secret_with_url(self) -> NotifySettings:
+        if self.url and not self.secret:
+            raise ValueError(
+                f"{ENV_PREFIX}NOTIFY__SECRET is required when {ENV_PREFIX}NOTIFY__URL is set"
+            )
+        if self.url and not self.url.lower().startswith(("http://", "https://")):
+            raise ValueError(f"{ENV_PREFIX}NOTIFY__URL must be an http or https URL")
+        return self
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -378,6 +419,8 @@ class Settings(BaseSettings):
     # Gathering one-number Number Checks and single Callbot contacts into provider batches
     # (nxjobs/coalesce.py).
     coalesce: CoalesceSettings = CoalesceSettings()
+    # Job-end events and webhooks (nxjobs/webhooks.py).
+    notify: NotifySettings = NotifySettings()
     # Unacked messages (running jobs, and countdown retries a worker holds) come back
     # this long after their worker vanished. workers/delivery.py checks at startup that
     # it exceeds the task time limit plus the longest countdown we ever set.

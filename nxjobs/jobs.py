@@ -230,6 +230,11 @@ QUEUE_AGENT = "agent"
 QUEUE_CALLBOT = "callbot"
 QUEUE_API2 = "api2"
 QUEUES = (QUEUE_AGENT, QUEUE_CALLBOT, QUEUE_API2)
+# The job-end webhooks (nxjobs.webhooks) have their own queue and workers: a slow receiving
+# application never holds up job work. Not a job family (no kinds, credentials or beat entries).
+QUEUE_NOTIFY = "notify"
+NOTIFY_TASK = "nxjobs.notify_deliver"
+WORKER_QUEUES = (*QUEUES, QUEUE_NOTIFY)
 
 # Message priorities. Celery's Redis transport reads priority 0 first (its
 # priority lists are popped in ascending order), so a job holding a reserved

@@ -31,6 +31,37 @@ def finished_count(kind: str, state: str) -> str:
     return f"finished|{kind}|{state}"
 
 
+# ---- job events (lib/state.lua, nxjobs.webhooks, nxjobs.aio) --------------------
+
+# Stream of job events: set_state adds one entry (fields id, kind, state, at = unix ms) when a job
+# enters an EVENT_STATES state, trimmed to about the events maxlen (MAXLEN ~). Applications read
+# it with consumer groups; the webhook dispatcher is the group NOTIFY_GROUP.
+EVENTS = f"{PREFIX}:events"
+EVENT_STATES = ("completed", "failed", "cancelled")
+# Hash of the stream's settings the workers write (field `maxlen`); EVENTS_MAXLEN_DEFAULT when
+# absent.
+EVENTS_SETTINGS = f"{PREFIX}:events:settings"
+EVENTS_MAXLEN_DEFAULT = 100_000
+# Pub/sub channel per job: set_state PUBLISHes the new state on every move (waiters subscribe).
+JOB_CHANNEL_PREFIX = f"{PREFIX}:chan:job:"
+
+
+def job_channel(job_id: str) -> str:
+    return JOB_CHANNEL_PREFIX + job_id
+
+
+# The consumer group of EVENTS that turns events into webhook deliveries.
+NOTIFY_GROUP = "nxjobs-notify"
+# Sorted set of webhook delivery ids (= event ids) waiting for a retry, score = unix time due.
+NOTIFY_DUE = f"{PREFIX}:notify:due"
+
+
+def notify_delivery(event_id: str) -> str:
+    """Hash of one webhook delivery not yet done: url, body, first_at, attempts; expires after
+    the give-up age (deleted on success)."""
+    return f"{PREFIX}:notify:delivery:{event_id}"
+
+
 # Hash state -> seconds a record in that state is kept (RecordStore writes it from its retention;
 # set_state reads it when a job enters the state). A state without an entry keeps the record TTL.
 RETENTION = f"{PREFIX}:retention"

@@ -284,3 +284,12 @@ def record_restored(client, by_queue: Mapping[str, int]) -> None:
     for queue, n in by_queue.items():
         pipe.hincrby(keys.METRICS_COUNTERS, f"restored|{queue}", n)
     pipe.execute()
+
+
+NOTIFY_OUTCOMES = ("delivered", "retry", "gave_up")
+
+
+def queue_notify(pipe, outcome: str) -> None:
+    """Count one webhook POST's outcome (nxjobs.webhooks.deliver) on `pipe`: `notify|<outcome>`,
+    one of NOTIFY_OUTCOMES (`gave_up`: a delivery dropped past its max age)."""
+    pipe.hincrby(keys.METRICS_COUNTERS, f"notify|{outcome}", 1)

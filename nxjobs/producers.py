@@ -47,6 +47,7 @@ from nxjobs.jobs import (
     get_kind,
     validate_payload,
 )
+from nxjobs.notify import valid_url
 from nxjobs.records import TERMINAL_STATES, JobRecord, JobState, utc_now_iso
 from nxjobs.redact import flower_repr, redact
 from nxjobs.redis_conn import RedisUnavailable, connect, describe
@@ -170,8 +171,11 @@ class Producer:
         batch: bool = True,
         at: datetime | None = None,
         delay_s: float | None = None,
+        notify_url: str | None = None,
     ) -> str:
         """Validate `payload` for `kind`, store its record, enqueue it; return the job id.
+        `notify_url`: an http(s) URL the job's end is POSTed to (docs/notifications.md), besides
+        NXJOBS_NOTIFY__URL.
 
         With `at` (an aware datetime) or `delay_s` (seconds), the job is `scheduled` until then
         (nxjobs.schedule): it waits in Redis, and a worker publishes it when due. A coalescible
@@ -184,6 +188,7 @@ class Producer:
         job_kind = get_kind(kind)
         timing = schedule.when(at, delay_s)
         model = validate_payload(kind, payload)
+        _check_notify_url(notify_url)
         self._check_order_ids([model])
         past = _past_fields(timing)
         if timing.due is not None and isinstance(model, CallbotListPayload):
@@ -198,7 +203,7 @@ class Producer:
         elif timing.due is not None:
             return self._enqueue_scheduled(kind, model, timing.due)
         if batch and _coalescible(model):
-            job_id = self._enqueue_coalesced([model])[0]
+            job_id = self._enqueue_coalesced([model], notify_url)[0]
             if past:
                 self._note(job_id, past)
             return job_id
@@ -215,6 +220,7 @@ class Producer:
                 expect=correlate.on_enqueue(kind, job_id, model),
                 payload=body,
                 extra=past,
+                notify_url=notify_url,
             )
         except redis.RedisError as exc:
             raise RedisUnavailable(
@@ -295,7 +301,12 @@ class Producer:
             pass  # only a note; the job itself is enqueued
 
     def enqueue_many(
-        self, kind: str, payloads: Iterable[dict[str, Any]], *, batch: bool = True
+        self,
+        kind: str,
+        payloads: Iterable[dict[str, Any]],
+        *,
+        batch: bool = True,
+        notify_url: str | None = None,
     ) -> list[str]:
         """Validate and enqueue several jobs of one kind; return their ids, in order.
 
@@ -309,10 +320,11 @@ class Producer:
         """
         job_kind = get_kind(kind)
         models = [validate_payload(kind, payload) for payload in payloads]
+        _check_notify_url(notify_url)
         self._check_order_ids(models)
         coalescible = [m for m in models if _coalescible(m)] if batch else []
         if models and len(coalescible) == len(models):
-            return self._enqueue_coalesced(coalescible)
+            return self._enqueue_coalesced(coalescible, notify_url)
         jobs = [
             (job_id, model, model.model_dump(mode="json", exclude_none=True))
             for job_id, model in zip(new_job_ids(len(models)), models, strict=True)
@@ -327,6 +339,7 @@ class Producer:
                     expect=correlate.on_enqueue(kind, job_id, model),
                     pipe=pipe,
                     payload=body,
+                    notify_url=notify_url,
                 )
             pipe.execute()
         except redis.RedisError as exc:
@@ -362,7 +375,9 @@ class Producer:
         return sent
 
     def _enqueue_coalesced(
-        self, models: list[NumberCheckPayload | CallbotContactPayload]
+        self,
+        models: list[NumberCheckPayload | CallbotContactPayload],
+        notify_url: str | None = None,
     ) -> list[str]:
         """Records plus pending entries (one atomic step per group), then the flush messages due."""
         job_ids = new_job_ids(len(models))
@@ -387,7 +402,7 @@ class Producer:
                 )
         for group, jobs in groups.items():
             try:
-                flushes = self.coalesce.enqueue(group, jobs, utc_now_iso())
+                flushes = self.coalesce.enqueue(group, jobs, utc_now_iso(), notify_url)
             except redis.RedisError as exc:
                 raise RedisUnavailable(
                     f"cannot reach Redis at {describe(self.redis_url)}: {exc}"
@@ -463,12 +478,14 @@ class Producer:
         show_phone: str | None = None,
         at: datetime | None = None,
         delay_s: float | None = None,
+        notify_url: str | None = None,
     ) -> str:
         return self.enqueue(
             "call",
             _drop_none(phone=phone, order_id=order_id, show_phone=show_phone),
             at=at,
             delay_s=delay_s,
+            notify_url=notify_url,
         )
 
     def callbot_list(
@@ -483,6 +500,7 @@ class Producer:
         call_callback_url: str | None = None,
         at: datetime | None = None,
         delay_s: float | None = None,
+        notify_url: str | None = None,
     ) -> str:
         return self.enqueue(
             "callbot-list",
@@ -497,6 +515,7 @@ class Producer:
             ),
             at=at,
             delay_s=delay_s,
+            notify_url=notify_url,
         )
 
     def callbot_contact(
@@ -507,6 +526,7 @@ class Producer:
         batch: bool = True,
         at: datetime | None = None,
         delay_s: float | None = None,
+        notify_url: str | None = None,
     ) -> str:
         """Add one contact to the existing Callbot task `user_task_id` (e.g. a callbot-list job's
         id). Shares an addBatchCall with other contacts for that task (nxjobs.coalesce), unless
@@ -517,6 +537,7 @@ class Producer:
             batch=batch,
             at=at,
             delay_s=delay_s,
+            notify_url=notify_url,
         )
 
     def number_check(
@@ -528,6 +549,7 @@ class Producer:
         batch: bool = True,
         at: datetime | None = None,
         delay_s: float | None = None,
+        notify_url: str | None = None,
     ) -> str:
         """`batch=False`: a one-number check gets a request of its own instead of sharing one."""
         return self.enqueue(
@@ -536,6 +558,7 @@ class Producer:
             batch=batch,
             at=at,
             delay_s=delay_s,
+            notify_url=notify_url,
         )
 
     def ota_init(
@@ -545,16 +568,30 @@ class Producer:
         user_ip: str,
         at: datetime | None = None,
         delay_s: float | None = None,
+        notify_url: str | None = None,
     ) -> str:
         return self.enqueue(
-            "ota-init", {"phone": phone, "user_ip": user_ip}, at=at, delay_s=delay_s
+            "ota-init",
+            {"phone": phone, "user_ip": user_ip},
+            at=at,
+            delay_s=delay_s,
+            notify_url=notify_url,
         )
 
     def wa_calling(
-        self, *, business_phone: str, at: datetime | None = None, delay_s: float | None = None
+        self,
+        *,
+        business_phone: str,
+        at: datetime | None = None,
+        delay_s: float | None = None,
+        notify_url: str | None = None,
     ) -> str:
         return self.enqueue(
-            "wa-calling", {"business_phone": business_phone}, at=at, delay_s=delay_s
+            "wa-calling",
+            {"business_phone": business_phone},
+            at=at,
+            delay_s=delay_s,
+            notify_url=notify_url,
         )
 
     # ---- cancel -----------------------------------------------------------
@@ -833,6 +870,18 @@ def _past_fields(timing: schedule.When) -> dict[str, str] | None:
     if timing.note is None or timing.asked is None:
         return None
     return {"run_at": schedule.iso(timing.asked), "schedule_note": timing.note}
+
+
+# A notify_url longer than this is refused (it is stored in every record that has one).
+NOTIFY_URL_MAX = 2048
+
+
+def _check_notify_url(url: str | None) -> None:
+    """Raise InvalidJob("notify_url") unless `url` is None or an absolute http(s) URL."""
+    if url is None:
+        return
+    if not isinstance(url, str) or len(url) > NOTIFY_URL_MAX or not valid_url(url):
+        raise InvalidJob("notify_url", "must be an http or https URL (at most 2048 characters)")
 
 
 def _drop_none(**fields: Any) -> dict[str, Any]:

@@ -95,6 +95,8 @@ class JobRecord(BaseModel):
         description="a callbot list's campaign control: status, its times, the operations "
         "asked and what the provider answered (docs/campaigns.md)",
     )
+    # Where this job's end is POSTed besides NXJOBS_NOTIFY__URL (docs/notifications.md).
+    notify_url: str | None = None
 
     def reached(self, state: JobState) -> bool:
         """True if this job has got as far as `state` (and has not failed or been cancelled)."""

@@ -49,6 +49,9 @@ KEY_NAMES = (
     "RETENTION",
     "METRICS_COUNTERS",
     "MEMBER_INDEX_SHARD_SEP",
+    "EVENTS",
+    "EVENTS_SETTINGS",
+    "JOB_CHANNEL_PREFIX",
 )
 # Record fields named in nxjobs.keys that scripts read or write (rendered as FIELD.<name>).
 FIELD_NAMES = (
@@ -203,6 +206,10 @@ def render_keys() -> str:
         "local INDEXED = {"
         + indexed
         + "}\n"
+        + "local EVENT_STATES = {"
+        + ", ".join(f"[{_lua_str(state)}] = true" for state in keys.EVENT_STATES)
+        + "}\n"
+        + f"local EVENTS_MAXLEN_DEFAULT = {int(keys.EVENTS_MAXLEN_DEFAULT)}\n"
         + _lua_kind_state_fn("job_index_key", keys.job_index)
         + "\n"
         + _lua_kind_state_fn("finished_count", keys.finished_count)

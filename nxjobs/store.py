@@ -205,9 +205,11 @@ class RecordStore:
         extra: dict[str, str] | None = None,
         ttl_s: int | None = None,
         index_score: int | None = None,
+        notify_url: str | None = None,
     ) -> JobRecord:
-        """Store a new queued record; with `expect`, also register the ids its callbacks will
-        carry (same transaction), so a callback that beats the submit result finds the job.
+        """Store a new queued record (with `notify_url`: where its end is POSTed); with `expect`,
+        also register the ids its callbacks will carry (same transaction), so a callback that
+        beats the submit result finds the job.
         With `pipe`, only queue the commands on it (bulk enqueue); the caller executes it.
         A scheduled job (nxjobs.schedule) is created with `state` SCHEDULED, its `extra` fields
         (run_at), a `ttl_s` that covers its wait and an `index_score` of its due time."""
@@ -227,6 +229,8 @@ class RecordStore:
             "result": None,
             "error": None,
         }
+        if notify_url is not None:
+            fields["notify_url"] = notify_url
         own = pipe is None
         if own:
             pipe = self.redis.pipeline(transaction=True)
@@ -481,15 +485,14 @@ class RecordStore:
     def _batch_shared(self, raws: list[dict[str, str]]) -> dict[str, dict[str, str]]:
         """batch id -> the fields coalesced members among `raws` share with it
         (keys.BATCH_SHAREABLE), read in one round trip; none for a batch that has expired."""
-        batch_ids = sorted({raw["coalesce_batch"] for raw in raws if raw.get("coalesce_batch")})
+        batch_ids = batch_ids_of(raws)
         if not batch_ids:
             return {}
         pipe = self.redis.pipeline(transaction=False)
-        names = (*keys.BATCH_SHAREABLE, _BATCH_NO)
         for batch_id in batch_ids:
-            pipe.hmget(keys.coalesce_batch(batch_id), *names)
+            pipe.hmget(keys.coalesce_batch(batch_id), *BATCH_READ)
         return {
-            batch_id: {name: value for name, value in zip(names, values, strict=True) if value}
+            batch_id: shared_fields(values)
             for batch_id, values in zip(batch_ids, pipe.execute(), strict=True)
         }
 
@@ -551,6 +554,8 @@ def _inline_callbacks(raw: dict[str, str]) -> list[dict[str, Any]]:
 _UNSET = ("", "[]")
 # The batch hash's batchNo (coalesce_take.lua): what a member's compact DR entry leaves out.
 _BATCH_NO = "batch_no"
+# What a member reads of its batch: the fields it shares (keys.BATCH_SHAREABLE) and its batchNo.
+BATCH_READ = (*keys.BATCH_SHAREABLE, _BATCH_NO)
 
 
 def _decode(
@@ -650,3 +655,49 @@ def _member_entries_back(raw: dict[str, str], batch_no: str | None) -> None:
             },
         }
         raw[keys.CALLBACK_FIELD + "nc:" + entry["data"]["requestId"]] = compact_json.dumps(entry)
+
+
+# ---- what an asyncio reader needs (nxjobs.aio): the same reads, planned here -----------------
+
+
+def batch_ids_of(raws: Iterable[dict[str, str]]) -> list[str]:
+    """The coalesce batches whose shared fields the records `raws` read (as _batch_shared)."""
+    return sorted({raw["coalesce_batch"] for raw in raws if raw and raw.get("coalesce_batch")})
+
+
+def shared_fields(values: list[str | None]) -> dict[str, str]:
+    """A batch's fields its members read, from HMGET of BATCH_READ."""
+    return {name: v for name, v in zip(BATCH_READ, values, strict=True) if v}
+
+
+def first_items_wanted(ids: list[str], raws: list[dict[str, str]]) -> list[tuple[str, list[str]]]:
+    """(job id, items-hash fields) of the first callbacks of each paged job among `raws`
+    (RecordStore._first_items reads them with HMGET of callbacks_home(job id, True))."""
+    out = []
+    for job_id, raw in zip(ids, raws, strict=True):
+        if raw and _paged(raw.get(keys.CALLBACKS_PAGED)):
+            n = min(int(raw.get("callbacks_stored") or 0), RECORD_CALLBACKS)
+            out.append((job_id, _item_fields(0, n)))
+    return out
+
+
+def decode_record(
+    raw: dict[str, str],
+    batch: dict[str, str] | None,
+    first_items: list[dict[str, Any]] | None,
+    job_id: str,
+) -> JobRecord:
+    """The record from its hash, as RecordStore.get_many builds it."""
+    return _decode(raw, batch, first_items, job_id)
+
+
+def item_fields(start: int, end: int) -> list[str]:
+    return _item_fields(start, end)
+
+
+def inline_callbacks(raw: dict[str, str]) -> list[dict[str, Any]]:
+    return _inline_callbacks(raw)
+
+
+def is_paged(flag: str | None) -> bool:
+    return _paged(flag)

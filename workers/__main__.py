@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import sys
 
-from nxjobs.jobs import QUEUES
+from nxjobs.jobs import QUEUES, WORKER_QUEUES
 
 USAGE = (
-    "usage: python -m workers worker [-Q agent,callbot,api2] [-c N] [-n NAME@%h] "
+    "usage: python -m workers worker [-Q agent,callbot,api2,notify] [-c N] [-n NAME@%h] "
     "[other celery worker options; --help lists them]"
 )
 
@@ -73,10 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     from config.settings import MissingSetting, SecretsDirMissing, load_settings
 
     queues = _queues_from(args)
-    unknown = [q for q in queues if q not in QUEUES]
+    unknown = [q for q in queues if q not in WORKER_QUEUES]
     if unknown:
         print(
-            f"error: unknown queue(s) {', '.join(unknown)}; expected any of {', '.join(QUEUES)}",
+            f"error: unknown queue(s) {', '.join(unknown)}; "
+            f"expected any of {', '.join(WORKER_QUEUES)}",
             file=sys.stderr,
         )
         return 2

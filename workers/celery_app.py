@@ -20,7 +20,14 @@ check_visibility(settings)
 
 app = Celery(
     "nxjobs",
-    include=["tasks.calls", "tasks.callbot", "tasks.api2", "tasks.coalesce", "tasks.reconcile"],
+    include=[
+        "tasks.calls",
+        "tasks.callbot",
+        "tasks.api2",
+        "tasks.coalesce",
+        "tasks.reconcile",
+        "tasks.notify",
+    ],
 )
 app.conf.update(
     broker_url=settings.redis_url,
@@ -140,6 +147,10 @@ def _start_held(sender=None, **_kwargs) -> None:
     from workers import held
 
     held.start(app, sender, settings)
+    # A worker of the notify queue dispatches job events to webhooks (workers/notify.py).
+    from workers import notify
+
+    notify.start(app, sender, settings)
 
 
 @signals.worker_shutdown.connect
@@ -147,6 +158,9 @@ def _stop_held(**_kwargs) -> None:
     from workers import held
 
     held.stop()
+    from workers import notify
+
+    notify.stop()
 
 
 # Each worker's main process publishes the scheduled jobs that are due (nxjobs/schedule.py).

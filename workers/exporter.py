@@ -209,11 +209,12 @@ class Exporter:
             pipe.exists(dead)
             pipe.type(dead)
         pipe.info("memory")
+        pipe.zcard(keys.NOTIFY_DUE)
         pipe.time()
         replies = pipe.execute()
         counters, hists, consumed, unacked = replies[:4]
         waiting = replies[4 : 4 + len(QUEUES)]
-        memory = replies[-2]
+        memory, notify_due = replies[-3], replies[-2]
         redis_now_s = float(replies[-1][0]) + float(replies[-1][1]) / 1e6
 
         jobs = GaugeMetricFamily(
@@ -258,6 +259,12 @@ class Exporter:
             "killed; nxjobs/held.py), by queue",
             labels=["queue"],
         )
+        notify_posts = CounterMetricFamily(
+            "nxjobs_notify_posts",
+            "Job-end webhook POSTs, by outcome (delivered, retry; gave_up: a delivery dropped "
+            "after NXJOBS_NOTIFY__MAX_AGE_S)",
+            labels=["outcome"],
+        )
         for field, value in counters.items():
             what, _, rest = field.partition("|")
             if what == "attempt":
@@ -275,12 +282,21 @@ class Exporter:
                 callbacks.add_metric([outcome, reason], float(value))
             elif what == "restored":
                 restored.add_metric([rest], float(value))
+            elif what == "notify":
+                notify_posts.add_metric([rest], float(value))
         yield attempts
         yield finished
         yield responses
         yield throttles
         yield callbacks
         yield restored
+        yield notify_posts
+        backlog = GaugeMetricFamily(
+            "nxjobs_notify_retries_due",
+            "Webhook deliveries not done: waiting for a retry, or on their way (nxjobs.webhooks)",
+        )
+        backlog.add_metric([], float(notify_due))
+        yield backlog
 
         for name, series, buckets, label_name, help_text in (
             (

@@ -4,9 +4,9 @@ from kombu import Queue
 
 from nxjobs.campaign import CONTROL_QUEUE, CONTROL_TASK
 from nxjobs.coalesce import SPECS
-from nxjobs.jobs import KINDS, QUEUES
+from nxjobs.jobs import KINDS, NOTIFY_TASK, QUEUE_NOTIFY, WORKER_QUEUES
 
-TASK_QUEUES = tuple(Queue(name, routing_key=name) for name in QUEUES)
+TASK_QUEUES = tuple(Queue(name, routing_key=name) for name in WORKER_QUEUES)
 TASK_ROUTES = {
     kind.task_name: {"queue": kind.queue, "routing_key": kind.queue} for kind in KINDS.values()
 }
@@ -17,3 +17,5 @@ TASK_ROUTES.update(
 )
 # Campaign control of a callbot list runs where the Callbot credentials are.
 TASK_ROUTES[CONTROL_TASK] = {"queue": CONTROL_QUEUE, "routing_key": CONTROL_QUEUE}
+# Webhook deliveries on their own queue, so they never wait behind job work.
+TASK_ROUTES[NOTIFY_TASK] = {"queue": QUEUE_NOTIFY, "routing_key": QUEUE_NOTIFY}

@@ -26,7 +26,8 @@
 --   counted), 4 deferred (a failed call is looked up at the provider instead); submitted_at
 --   (unix s) only from the callback that completed the job, once per job.
 -- moves: submitted -> completed, failed -> completed
--- Beyond KEYS, set_state touches the job indexes, the retention hash and the payload key
+-- Beyond KEYS, set_state touches the job indexes, the retention hash, the payload key, the
+-- events stream and its settings, and publishes on the job's channel
 -- (lib/state.lua; their names rendered from nxjobs.keys), a paged job's items hash
 -- (lib/items.lua) and the shards of a member index (lib/member_index.lua).
 --#include lib/state.lua

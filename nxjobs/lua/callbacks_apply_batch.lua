@@ -5,7 +5,8 @@
 -- ARGV[1] JSON [[keys, args], ...], each as callbacks_apply.lua takes them.
 -- Returns one reply per entry: callbacks_apply.lua's, or {-1, message} when that entry raised.
 -- Included here, above apply_one, so their tables are built once per call, not per callback.
--- Beyond KEYS, set_state touches the job indexes, the retention hash and the payload key
+-- Beyond KEYS, set_state touches the job indexes, the retention hash, the payload key, the
+-- events stream and its settings, and publishes on the job's channel
 -- (lib/state.lua; their names rendered from nxjobs.keys).
 --#include lib/state.lua
 --#include lib/fields.lua

@@ -10,7 +10,8 @@
 -- Returns {flushes due now (a push filled a batch), 1 if a lingering flush must be sent}.
 -- Job ids are fresh: one that already has a record is left alone, and not queued.
 -- moves: new -> queued
--- Beyond KEYS, set_state touches the job indexes, the retention hash and the payload key
+-- Beyond KEYS, set_state touches the job indexes, the retention hash, the payload key, the
+-- events stream and its settings, and publishes on the job's channel
 -- (lib/state.lua; their names rendered from nxjobs.keys).
 --#include lib/state.lua
 local ttl, max, per = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[7])

@@ -18,9 +18,10 @@
 -- Returns the ids of members completed at once (their callback came first).
 -- moves: running -> submitted, retrying -> submitted, submitted -> completed
 -- moves: running -> failed, retrying -> failed
--- Beyond KEYS, set_state touches the job indexes, the retention hash and the payload key
--- (lib/state.lua; their names rendered from nxjobs.keys), and a member index its shards
--- (lib/member_index.lua).
+-- Beyond KEYS, set_state touches the job indexes, the retention hash, the payload key, the
+-- events stream and its settings, and publishes on the job's channel
+-- (lib/state.lua; their names rendered from nxjobs.keys), and a member index its
+-- shards (lib/member_index.lua).
 --#include lib/state.lua
 --#include lib/prove_early.lua
 --#include lib/member_index.lua

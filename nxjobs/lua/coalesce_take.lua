@@ -11,9 +11,10 @@
 -- Returns {0 nothing taken | 1 built before | 2 built now | 3 already sent and recorded,
 --          members JSON [[id, key], ...], pending left, items JSON {id: item JSON}}.
 -- moves: queued -> running
--- Beyond KEYS, set_state touches the job indexes, the retention hash and the payload key
--- (lib/state.lua; their names rendered from nxjobs.keys), and a member index its shards
--- (lib/member_index.lua).
+-- Beyond KEYS, set_state touches the job indexes, the retention hash, the payload key, the
+-- events stream and its settings, and publishes on the job's channel
+-- (lib/state.lua; their names rendered from nxjobs.keys), and a member index its
+-- shards (lib/member_index.lua).
 --#include lib/state.lua
 --#include lib/fields.lua
 --#include lib/member_index.lua

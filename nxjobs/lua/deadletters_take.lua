@@ -8,7 +8,8 @@
 --    0 record is no longer failed (e.g. reconciliation completed it): stale entry removed
 --   -1 no such entry
 -- moves: failed -> queued
--- Beyond KEYS, set_state touches the job indexes, the retention hash and the payload key
+-- Beyond KEYS, set_state touches the job indexes, the retention hash, the payload key, the
+-- events stream and its settings, and publishes on the job's channel
 -- (lib/state.lua; their names rendered from nxjobs.keys), and this script the items hash.
 --#include lib/state.lua
 local entry = redis.call('HGET', KEYS[3], ARGV[1])

@@ -13,7 +13,8 @@
 -- Returns as store_transition.lua plus the state the job is left in: `completed` tells the
 --   caller the callbacks had all come before the submit result.
 -- moves: running -> submitted, submitted -> completed
--- Beyond KEYS, set_state touches the job indexes, the retention hash and the payload key
+-- Beyond KEYS, set_state touches the job indexes, the retention hash, the payload key, the
+-- events stream and its settings, and publishes on the job's channel
 -- (lib/state.lua; their names rendered from nxjobs.keys).
 --#include lib/state.lua
 --#include lib/prove_early.lua

@@ -10,7 +10,8 @@
 -- moves: running -> retrying
 -- moves: submitted -> completed
 -- moves: queued -> failed, running -> failed, retrying -> failed, submitted -> failed
--- Beyond KEYS, set_state touches the job indexes, the retention hash and the payload key
+-- Beyond KEYS, set_state touches the job indexes, the retention hash, the payload key, the
+-- events stream and its settings, and publishes on the job's channel
 -- (lib/state.lua; their names rendered from nxjobs.keys).
 --#include lib/state.lua
 local moved, cur = set_state(KEYS[1], ARGV[1], 'updated_at', ARGV[2])

@@ -11,6 +11,10 @@
 -- retention, and the items hash of a paged job with them. Keys it touches that are not in the
 -- caller's KEYS: those indexes, the retention hash, the metrics counters, the payload and items
 -- keys, all named by the keys render from nxjobs.keys.
+-- Every move is PUBLISHed on the job's channel (KEY.JOB_CHANNEL_PREFIX .. id, message: the new
+-- state; nothing is sent with no subscriber), and entering an EVENT_STATES state adds one entry
+-- to the events stream KEY.EVENTS (id, kind, state, at = unix ms), trimmed to about its maxlen
+-- (KEY.EVENTS_SETTINGS `maxlen`, else EVENTS_MAXLEN_DEFAULT).
 -- keep_record(jk, state, ttl): what a script calls instead of EXPIRE after set_state: the record
 -- TTL `ttl`, unless `state` has its own retention (then set_state has set it already).
 --#include lib/keys.lua
@@ -25,8 +29,8 @@ local function set_state(jk, to, ...)
   end
   redis.call('HSET', jk, 'state', to, ...)
   if not kind then kind = redis.call('HGET', jk, 'kind') end
+  local id = string.sub(jk, #KEY.JOB_KEY_PREFIX + 1)
   if kind then
-    local id = string.sub(jk, #KEY.JOB_KEY_PREFIX + 1)
     if from and INDEXED[from] then redis.call('ZREM', job_index_key(kind, from), id) end
     if INDEXED[to] then
       redis.call('ZADD', job_index_key(kind, to), redis.call('TIME')[1], id)
@@ -34,6 +38,13 @@ local function set_state(jk, to, ...)
       redis.call('HINCRBY', KEY.METRICS_COUNTERS, finished_count(kind, to), 1)
     end
   end
+  if EVENT_STATES[to] then
+    local now = redis.call('TIME')
+    local maxlen = redis.call('HGET', KEY.EVENTS_SETTINGS, 'maxlen') or EVENTS_MAXLEN_DEFAULT
+    redis.call('XADD', KEY.EVENTS, 'MAXLEN', '~', maxlen, '*', 'id', id, 'kind', kind or '',
+      'state', to, 'at', now[1] * 1000 + math.floor(now[2] / 1000))
+  end
+  redis.call('PUBLISH', KEY.JOB_CHANNEL_PREFIX .. id, to)
   local keep = redis.call('HGET', KEY.RETENTION, to)
   if keep then
     redis.call('EXPIRE', jk, keep)
