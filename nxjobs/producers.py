@@ -21,16 +21,18 @@ from typing import Any, TypeGuard
 
 import redis
 from celery import Celery
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from nxjobs import coalesce, compact_json, correlate, keys
+from nxjobs import calling_hours, coalesce, compact_json, correlate, keys
 from nxjobs.deadletters import DeadLetters
 from nxjobs.jobs import (
     CALLBOT_CHUNK_SIZE,
     NUMBER_CHECK_MAX_PHONES,
     PRIORITY_NEW,
     CallbotContactPayload,
+    CallbotListPayload,
+    CallPayload,
     InvalidJob,
     NumberCheckPayload,
     get_kind,
@@ -40,11 +42,19 @@ from nxjobs.records import JobRecord, JobState, utc_now_iso
 from nxjobs.redact import flower_repr, redact
 from nxjobs.redis_conn import RedisUnavailable, connect, describe
 from nxjobs.store import CallbackPage, RecordStore
+from nxjobs.suppression import AddResult, SuppressionList, SuppressionUnavailable
 from nxjobs.wire import call_list_item, contact_job_order_id
 
 log = logging.getLogger("nxjobs.producer")
 
 __all__ = ["Producer", "InvalidJob", "RedisUnavailable", "EnqueueError", "JobRecord", "JobState"]
+
+
+# The calling-hours settings' shapes, as config.settings spells them (its meaning:
+# calling_hours.Policy.build).
+WINDOW_PATTERN = r"^[0-9]{2}:[0-9]{2}-[0-9]{2}:[0-9]{2}$"
+DAYS_PATTERN = r"^[A-Za-z]{3}(,[A-Za-z]{3})*$"
+COUNTRIES_PATTERN = r"^([A-Za-z]{2}(,[A-Za-z]{2})*)?$"
 
 
 class ProducerCoalesceSettings(BaseModel):
@@ -54,6 +64,24 @@ class ProducerCoalesceSettings(BaseModel):
     linger_s: float = Field(default=0.5, gt=0, le=60)
     max_numbers: int = Field(default=coalesce.BIG_BATCH_NUMBERS, ge=1, le=NUMBER_CHECK_MAX_PHONES)
     max_contacts: int = Field(default=CALLBOT_CHUNK_SIZE, ge=1, le=1000)
+
+
+class ProducerCallingHoursSettings(BaseModel):
+    """The calling-hours rule, which a producer checks a job's own `calling_hours` against. Same
+    variables, defaults and bounds as the service's (tests/unit/test_settings_shared.py)."""
+
+    enabled: bool = True
+    window: str = Field(default=calling_hours.DEFAULT_WINDOW, pattern=WINDOW_PATTERN)
+    days: str = Field(default=calling_hours.DEFAULT_DAYS, pattern=DAYS_PATTERN)
+    by_country: dict[str, dict[str, str]] = Field(default_factory=dict)
+    holidays: str = Field(default="", pattern=COUNTRIES_PATTERN)
+    allow_wider: bool = False
+
+
+class ProducerSuppressionSettings(BaseModel):
+    """The do-not-call list's key (nxjobs.suppression); same variable as the service's."""
+
+    secret: SecretStr | None = Field(default=None, min_length=16)
 
 
 class ProducerSettings(BaseSettings):
@@ -69,6 +97,8 @@ class ProducerSettings(BaseSettings):
     redis_url: str = "redis://localhost:6379/0"
     record_ttl_s: int = Field(default=7 * 24 * 3600, gt=0)
     coalesce: ProducerCoalesceSettings = ProducerCoalesceSettings()
+    calling_hours: ProducerCallingHoursSettings = ProducerCallingHoursSettings()
+    suppression: ProducerSuppressionSettings = ProducerSuppressionSettings()
 
 
 class EnqueueError(RuntimeError):
@@ -86,6 +116,12 @@ class Producer:
         self.store = RecordStore(self.redis, ttl_s=record_ttl_s or settings.record_ttl_s)
         self.coalesce = coalesce.CoalesceQueue(
             self.redis, settings.coalesce, ttl_s=self.store.ttl_s
+        )
+        # Bad calling-hours settings fail here, naming the variable (CallingHoursError).
+        self.calling_hours = calling_hours.Policy.from_settings(settings.calling_hours)
+        secret = settings.suppression.secret
+        self.suppression = SuppressionList(
+            self.redis, secret.get_secret_value() if secret else None
         )
         self._celery = Celery("nxjobs-producer", broker=self.redis_url, set_as_current=False)
         self._celery.conf.update(
@@ -115,6 +151,8 @@ class Producer:
         job_kind = get_kind(kind)
         model = validate_payload(kind, payload)
         self._check_order_ids([model])
+        self._check_calling_hours([model])
+        [(model, left_out)] = self._screen([model])
         if batch and _coalescible(model):
             return self._enqueue_coalesced([model])[0]
         body = model.model_dump(mode="json", exclude_none=True)
@@ -126,7 +164,7 @@ class Producer:
             self.store.create(
                 job_id,
                 kind,
-                redact(body),
+                _shown(body, left_out),
                 expect=correlate.on_enqueue(kind, job_id, model),
                 payload=body,
             )
@@ -169,6 +207,9 @@ class Producer:
         job_kind = get_kind(kind)
         models = [validate_payload(kind, payload) for payload in payloads]
         self._check_order_ids(models)
+        self._check_calling_hours(models)
+        screened = self._screen(models)
+        models = [m for m, _ in screened]
         coalescible = [m for m in models if _coalescible(m)] if batch else []
         if models and len(coalescible) == len(models):
             return self._enqueue_coalesced(coalescible)
@@ -176,13 +217,14 @@ class Producer:
             (job_id, model, model.model_dump(mode="json", exclude_none=True))
             for job_id, model in zip(new_job_ids(len(models)), models, strict=True)
         ]
+        left_outs = [n for _, n in screened]
         try:
             pipe = self.redis.pipeline(transaction=True)
-            for job_id, model, body in jobs:
+            for (job_id, model, body), left_out in zip(jobs, left_outs, strict=True):
                 self.store.create(
                     job_id,
                     kind,
-                    redact(body),
+                    _shown(body, left_out),
                     expect=correlate.on_enqueue(kind, job_id, model),
                     pipe=pipe,
                     payload=body,
@@ -308,6 +350,73 @@ class Producer:
                     f"{prefix.format(i)}contact.order_id", f"already used by job {owner}"
                 )
 
+    def _check_calling_hours(self, models: list[Any]) -> None:
+        """A call's own window must lie inside its number's rule (unless the operator allows
+        wider); a call to a number with no known time zone is refused while calling hours are on
+        (fail closed: its local time is unknown)."""
+        if self.calling_hours is None:
+            return
+        prefix = "" if len(models) == 1 else "{}."
+        for i, m in enumerate(models):
+            if not isinstance(m, CallPayload):
+                continue
+            try:
+                if m.calling_hours is not None:
+                    self.calling_hours.narrow(m.phone, m.calling_hours)
+                else:
+                    self.calling_hours.rule_for(m.phone)
+            except calling_hours.CallingHoursError as exc:
+                raise InvalidJob(prefix.format(i) + exc.field, exc.message) from None
+            except calling_hours.NoTimeZone as exc:
+                raise InvalidJob(
+                    prefix.format(i) + "phone", f"{exc}: its calling hours cannot be checked"
+                ) from None
+
+    def _screen(self, models: list[Any]) -> list[tuple[Any, int]]:
+        """The do-not-call list at enqueue: a call or a single contact to a listed number is
+        refused (InvalidJob, `suppressed`, nothing written); a list's listed contacts are left
+        out and counted. Returns each model (its contacts screened) with how many were left
+        out. Number checks, OTA init and WhatsApp queries call nobody: not screened."""
+        phones: list[tuple[int, str]] = []
+        for i, m in enumerate(models):
+            if isinstance(m, CallPayload):
+                phones.append((i, m.phone))
+            elif isinstance(m, CallbotContactPayload):
+                phones.append((i, m.contact.user_phone))
+            elif isinstance(m, CallbotListPayload):
+                phones.extend((i, c.user_phone) for c in m.contacts)
+        if not phones:
+            return [(m, 0) for m in models]
+        try:
+            listed = self.suppression.contains_many([p for _, p in phones])
+        except SuppressionUnavailable as exc:
+            raise InvalidJob("suppression", str(exc)) from None
+        except redis.RedisError as exc:
+            raise RedisUnavailable(
+                f"cannot reach Redis at {describe(self.redis_url)}: {exc}"
+            ) from None
+        flags = iter(listed)
+        out: list[tuple[Any, int]] = []
+        prefix = "" if len(models) == 1 else "{}."
+        for i, m in enumerate(models):
+            if isinstance(m, CallbotListPayload):
+                keep = [c for c in m.contacts if not next(flags)]
+                left_out = len(m.contacts) - len(keep)
+                if not keep:
+                    raise InvalidJob(
+                        prefix.format(i) + "contacts",
+                        f"suppressed: all {left_out} contacts are on the do-not-call list",
+                    )
+                out.append((m.model_copy(update={"contacts": keep}) if left_out else m, left_out))
+                continue
+            if isinstance(m, CallPayload | CallbotContactPayload) and next(flags):
+                field = "phone" if isinstance(m, CallPayload) else "contact.user_phone"
+                raise InvalidJob(
+                    prefix.format(i) + field, "suppressed: the number is on the do-not-call list"
+                )
+            out.append((m, 0))
+        return out
+
     def _forget(self, job_id: str) -> None:
         try:
             self.store.delete(job_id)
@@ -315,10 +424,23 @@ class Producer:
             pass  # Redis is gone: the record is as unreachable as the message would be
 
     def call(
-        self, *, phone: str, order_id: str | None = None, show_phone: str | None = None
+        self,
+        *,
+        phone: str,
+        order_id: str | None = None,
+        show_phone: str | None = None,
+        calling_hours: str | None = None,
     ) -> str:
+        """`calling_hours`: "HH:MM-HH:MM" in the callee's local time, narrowing the configured
+        rule's window (docs/calling-hours.md)."""
         return self.enqueue(
-            "call", _drop_none(phone=phone, order_id=order_id, show_phone=show_phone)
+            "call",
+            _drop_none(
+                phone=phone,
+                order_id=order_id,
+                show_phone=show_phone,
+                calling_hours=calling_hours,
+            ),
         )
 
     def callbot_list(
@@ -375,6 +497,23 @@ class Producer:
 
     def wa_calling(self, *, business_phone: str) -> str:
         return self.enqueue("wa-calling", {"business_phone": business_phone})
+
+    # ---- do-not-call list (nxjobs.suppression) -----------------------------
+
+    def suppress(self, phones: Iterable[str]) -> AddResult:
+        """Add numbers to the do-not-call list: (added, already listed, invalid)."""
+        return self.suppression.add(phones)
+
+    def unsuppress(self, phones: Iterable[str]) -> int:
+        """Remove numbers from the list; returns how many were listed."""
+        return self.suppression.remove(phones).added
+
+    def is_suppressed(self, phone: str) -> bool:
+        self.suppression.digest(phone)  # no secret: SuppressionUnavailable, even for an empty list
+        return self.suppression.contains(phone)
+
+    def suppressed_count(self) -> int:
+        return self.suppression.count()
 
     # ---- dead letters -----------------------------------------------------
 
@@ -506,6 +645,14 @@ def _coalescible(model: Any) -> TypeGuard[NumberCheckPayload | CallbotContactPay
     return (
         isinstance(model, NumberCheckPayload) and len(model.phones) == 1 and model.batch_no is None
     )
+
+
+def _shown(body: dict[str, Any], left_out: int) -> dict[str, Any]:
+    """The record's input: phones masked, and how many contacts the do-not-call list left out."""
+    shown = redact(body)
+    if left_out:
+        shown["suppressed"] = left_out
+    return shown
 
 
 def _drop_none(**fields: Any) -> dict[str, Any]:
