@@ -304,12 +304,16 @@ class Policy:
         )
 
     def rule_for(self, phone: str, job_window: str | None = None) -> Rule:
-        """The number's rule; `job_window` (already checked by `narrow`) replaces the window."""
+        """The number's rule. `job_window` replaces its window if it lies inside it (or wider
+        windows are allowed); a wider one (from a message our producer did not check) is
+        ignored: the configured rule wins."""
         region, zones = zones_for(phone)
         override = self.by_country.get(region, Override())
         window = override.window or self.window
         if job_window is not None:
-            window = parse_window(job_window, "calling_hours")
+            wanted = parse_window(job_window, "calling_hours")
+            if self.allow_wider or wanted.inside(window):
+                window = wanted
         return Rule(
             region=region,
             zones=zones,
@@ -323,7 +327,7 @@ class Policy:
         CallingHoursError (`field`) if it is malformed, or wider than the rule and the operator
         does not allow that; NoTimeZone if the number has no zone."""
         wanted = parse_window(job_window, field)
-        rule = self.rule_for(phone)
+        rule = self.rule_for(phone)  # the configured rule, without the job's window
         if not self.allow_wider and not wanted.inside(rule.window):
             raise CallingHoursError(
                 field,
