@@ -4,6 +4,8 @@ a worker at startup, naming the variable."""
 
 from __future__ import annotations
 
+import os
+import uuid
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -15,6 +17,11 @@ from nxjobs.records import JobState
 pytestmark = pytest.mark.integration
 
 SG = "6591239001"
+
+
+def _job_id() -> str:
+    # Not enqueued: a live session worker would take the message. The attempt starts the record.
+    return uuid.uuid4().hex
 
 
 def _window(start_h: float, end_h: float) -> str:
@@ -60,7 +67,8 @@ def test_outside_the_window_the_call_waits_with_the_reason(services_with, produc
 
     # Given a window that opens in two hours (Singapore time)
     svc = services_with(_window(2, 3))
-    job_id = producer.call(phone=SG)
+    job_id = _job_id()
+    producer.store.create(job_id, "call", {"phone": "659***9001"})  # the record, no message
     sent_before = _makecalls(sandbox)
     # When the attempt runs now
     decision = _run(svc, job_id)
@@ -88,7 +96,9 @@ def test_the_jobs_own_window_narrows_the_rule(services_with, redis_url, sandbox,
     svc = services_with(_window(-1, 6))  # open now ...
     own = _window(1, 2)  # ... but not for this job
     with Producer(redis_url) as producer:  # the worker's rule, so the window is inside it
-        job_id = producer.call(phone=SG, calling_hours=own)
+        assert producer.calling_hours is not None
+        assert producer.calling_hours.narrow(SG, own) == own  # what enqueue checks
+        job_id = _job_id()
         sent_before = _makecalls(sandbox)
         decision = _run(svc, job_id, calling_hours=own)
         assert isinstance(decision, RetryLater)
@@ -107,3 +117,25 @@ def test_a_bad_calling_hours_setting_stops_the_worker_at_startup(monkeypatch, ca
     assert main(["worker", "-Q", "api2"]) == 2
     err = capsys.readouterr().err
     assert "NXJOBS_CALLING_HOURS__BY_COUNTRY.SG.window" in err and "equal" in err
+
+
+def test_enqueue_refuses_a_wider_window_and_a_number_without_a_zone(producer, redis_url):
+    from nxjobs.jobs import InvalidJob
+    from tests.conftest import cli_runner
+
+    before = producer.redis.llen("agent"), producer.redis.dbsize()
+    with pytest.raises(InvalidJob) as err:
+        producer.call(phone=SG, calling_hours="08:00-18:00")  # the rule opens at 09:00
+    assert err.value.field == "calling_hours" and "not inside" in err.value.message
+    with pytest.raises(InvalidJob) as err:
+        producer.call(phone=SG, calling_hours="8-18")
+    assert err.value.field == "calling_hours"
+    with pytest.raises(InvalidJob) as err:
+        producer.call(phone="88234567890")  # +882: no time zone, fail closed
+    assert err.value.field == "phone" and "time zone" in err.value.message
+    assert (producer.redis.llen("agent"), producer.redis.dbsize()) == before
+    proc = cli_runner(redis_url, os.getcwd())(  # this tree's nxjobs, not the installed one
+        "submit", "call", "--phone", SG, "--calling-hours", "07:00-10:00"
+    )
+    assert proc.returncode == 2 and proc.stderr.startswith("error: calling_hours: ")
+    assert producer.redis.llen("agent") == before[0]
