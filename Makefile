@@ -12,7 +12,7 @@ PIP_FLAGS   := -q --disable-pip-version-check
 PYTEST_ARGS ?=
 COMPOSE_FILE := docker-compose.yml
 
-.PHONY: help install redis tools lint test demo bench check-compose clean
+.PHONY: help install redis tools lint test demo bench check-compose check-deploy clean
 
 help: ## List targets
 	@echo "nxjobs make targets:"
@@ -28,7 +28,8 @@ $(STAMP): pyproject.toml | $(VPY)
 	@touch $@
 
 # Debian packages the checks in `make test` call (command:package).
-TOOLS := docker-compose:docker-compose
+# kubectl renders deploy/kubernetes (its built-in kustomize), promtool checks deploy/prometheus.
+TOOLS := docker-compose:docker-compose kubectl:kubernetes-client promtool:prometheus
 
 install: $(STAMP) redis tools ## Create .venv, pip install -e '.[dev]', ensure redis-server and the check tools
 
@@ -82,6 +83,12 @@ check-compose: $(STAMP) ## Strict-parse all YAML, validate docker-compose.yml (i
 		echo "check-compose: SKIPPED - neither docker-compose nor 'docker compose' found;" \
 		     "install one (apt-get install docker-compose) to validate $(COMPOSE_FILE)"; \
 	fi
+
+# The deploy/ checks alone (also part of `make test`): kustomize renders, schemas, probes,
+# promtool, and the live scrape that every metric they name is served.
+check-deploy: install ## Check deploy/: kubectl kustomize, kubernetes-validate, promtool, metric names
+	$(VPY) -m pytest -q tests/unit/test_deploy.py tests/integration/test_deploy_metrics.py \
+		tests/integration/test_deploy_pods.py
 
 clean: ## Remove .venv, caches and .run/
 	rm -rf $(VENV) .run .pytest_cache .hypothesis build dist *.egg-info

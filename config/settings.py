@@ -3,16 +3,33 @@
 Nested groups use `__`: `NXJOBS_API2__ACCESS_KEY`. Credentials have no default;
 `Settings.require(family)` turns a missing one into one clear error naming the
 variable, checked when a worker starts rather than mid-job.
+
+Any setting can also come from a file named like its variable in the secrets directory
+(`NXJOBS_SECRETS_DIR`, or `/run/secrets/nxjobs` when that exists): a Kubernetes Secret or a
+Docker secret mounted as files, so credentials never sit in the process's environment.
+An environment variable (or `.env`) of the same name wins over the file.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 ENV_PREFIX = "NXJOBS_"
+# Where the settings files are: this variable names the directory; unset, the default is used
+# when it exists (a container without the mount simply has no files).
+SECRETS_DIR_VARIABLE = f"{ENV_PREFIX}SECRETS_DIR"
+DEFAULT_SECRETS_DIR = Path("/run/secrets/nxjobs")
 
 
 class MissingSetting(RuntimeError):
@@ -237,13 +254,30 @@ class RecoverSettings(BaseModel):
 
 class RetentionSettings(BaseModel):
     """How long a finished job's record (and its index entry) is kept, by the state it ended in;
-    a job still queued, running, retrying or submitted keeps NXJOBS_RECORD_TTL_S."""
+    a job still scheduled, queued, running, retrying or submitted keeps NXJOBS_RECORD_TTL_S."""
 
     completed_s: int = Field(default=86400, gt=0)
     failed_s: int = Field(default=7 * 24 * 3600, gt=0)
+    # A job cancelled before it was sent (nxjobs/cancel.py).
+    cancelled_s: int = Field(default=7 * 24 * 3600, gt=0)
 
     def by_state(self) -> dict[str, int]:
-        return {"completed": self.completed_s, "failed": self.failed_s}
+        return {
+            "completed": self.completed_s,
+            "failed": self.failed_s,
+            "cancelled": self.cancelled_s,
+        }
+
+
+class ScheduleSettings(BaseModel):
+    """Scheduled jobs (nxjobs/schedule.py): every worker's main process publishes the due ones."""
+
+    # How often each worker looks for due jobs: a due job starts within about this much.
+    interval_s: float = Field(default=0.5, gt=0, le=10)
+    # Most due jobs one look takes (the rest are taken by the next).
+    batch: int = Field(default=100, ge=1, le=10_000)
+    # A job taken but not confirmed (its worker died publishing it) is offered again after this.
+    lease_s: float = Field(default=30.0, gt=0, le=3600)
 
 
 class HeldSettings(BaseModel):
@@ -373,6 +407,8 @@ class Settings(BaseSettings):
     recover: RecoverSettings = RecoverSettings()
     # Held messages of a dead worker put back on their queue within seconds (nxjobs/held.py).
     held: HeldSettings = HeldSettings()
+    # Jobs scheduled for later wait in Redis; workers publish them when due (nxjobs/schedule.py).
+    schedule: ScheduleSettings = ScheduleSettings()
     # Gathering one-number Number Checks and single Callbot contacts into provider batches
     # (nxjobs/coalesce.py).
     coalesce: CoalesceSettings = CoalesceSettings()
@@ -384,6 +420,23 @@ class Settings(BaseSettings):
     # this long after their worker vanished. workers/delivery.py checks at startup that
     # it exceeds the task time limit plus the longest countdown we ever set.
     broker_visibility_timeout_s: int = Field(default=3600, gt=0)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Highest first: arguments, environment, .env, then the settings files.
+        return (
+            init_settings,
+            env_settings,
+            dotenv_settings,
+            SecretFilesSource(settings_cls, secrets_dir()),
+        )
 
     def missing(self, family: str) -> list[str]:
         """Environment variable names of the credentials `family` needs but lacks."""
@@ -397,6 +450,53 @@ class Settings(BaseSettings):
         missing = [v for f in families for v in self.missing(f)]
         if missing:
             raise MissingSetting(missing)
+
+
+class SecretsDirMissing(RuntimeError):
+    """NXJOBS_SECRETS_DIR names a directory that is not there (a Secret not mounted)."""
+
+
+def secrets_dir(environ: Mapping[str, str] | None = None) -> Path | None:
+    """The settings-files directory: NXJOBS_SECRETS_DIR (which must exist: a deployment that
+    names one and lacks it starts with nothing rather than with defaults), else
+    DEFAULT_SECRETS_DIR if it exists, else None."""
+    env = os.environ if environ is None else environ
+    named = (env.get(SECRETS_DIR_VARIABLE) or "").strip()
+    if named:
+        path = Path(named)
+        if not path.is_dir():
+            raise SecretsDirMissing(f"{SECRETS_DIR_VARIABLE}={named} is not a directory")
+        return path
+    return DEFAULT_SECRETS_DIR if DEFAULT_SECRETS_DIR.is_dir() else None
+
+
+class SecretFilesSource(EnvSettingsSource):
+    """Settings from files named like their variables (`NXJOBS_API2__ACCESS_SECRET`), one value
+    each, surrounding whitespace stripped. pydantic-settings' own `secrets_dir` source matches
+    top-level field names only; this is its environment source, `__` nesting and all, reading
+    the directory instead of the environment."""
+
+    def __init__(self, settings_cls: type[BaseSettings], directory: Path | None) -> None:
+        self.directory = directory
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        if self.directory is None:
+            return {}
+        values: dict[str, str | None] = {}
+        # Kubernetes mounts each key as a symlink into a hidden `..data` directory: skip dot files.
+        for path in sorted(self.directory.iterdir()):
+            name = path.name
+            if (
+                name.startswith(".")
+                or not name.upper().startswith(ENV_PREFIX)
+                or not path.is_file()
+            ):
+                continue
+            value = path.read_text(encoding="utf-8").strip()
+            if value or not self.env_ignore_empty:
+                values[name.lower()] = value
+        return values
 
 
 def load_settings() -> Settings:

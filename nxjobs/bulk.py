@@ -1,5 +1,6 @@
-"""Bulk submission from CSV files: `nxjobs submit number-check --file F` and
-`nxjobs submit callbot-list --contacts F`.
+"""Bulk submission from files: `nxjobs submit number-check --file F` and
+`nxjobs submit callbot-list --contacts F` (CSV with or without a header, JSON lines, a JSON
+array: nxjobs/bulk_files.py reads them).
 
 Two streaming passes, so memory does not grow with the file:
 
@@ -18,8 +19,6 @@ are held across rows. Imports nothing of the service packages.
 from __future__ import annotations
 
 import csv
-import io
-import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -27,14 +26,14 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
+from nxjobs.bulk_files import MAX_UNKNOWN, PHONE_SPELLINGS, Reader, open_reader
 from nxjobs.jobs import CALLBOT_MAX_CONTACTS, NUMBER_CHECK_MAX_PHONES, Contact, InvalidJob, _phone
 from nxjobs.redact import mask_phone
 
 # Rows handed to one enqueue_many call (whole jobs, at least one): bounds memory in flight.
 ENQUEUE_BATCH_ROWS = 50_000
-_NUMBER_HEADERS = frozenset({"phone", "phones", "number", "numbers", "msisdn", "mobile"})
-_CONTACT_HEADERS = frozenset({"user_phone", "phone", "userphone"})
 
 
 @dataclass
@@ -94,55 +93,49 @@ class Progress:
             self.stream.flush()
 
 
-def _rows(path: str) -> Iterator[tuple[int, list[str], float]]:
-    """(line number, cells, fraction of the file read) for each non-blank row, streamed."""
-    try:
-        size = os.path.getsize(path) or 1
-        raw = open(path, "rb")
-    except OSError as exc:
-        raise InvalidJob("file", f"cannot read {path}: {exc.strerror}") from None
-    with raw, io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as text:
-        reader = csv.reader(text)
-        frac = 0.0
-        try:
-            for cells in reader:
-                if cells and (cells[0].strip() or any(c.strip() for c in cells)):
-                    if reader.line_num & 4095 == 0:
-                        frac = raw.tell() / size
-                    yield reader.line_num, cells, frac
-        except (csv.Error, UnicodeDecodeError) as exc:
-            raise InvalidJob(
-                "file", f"line {reader.line_num + 1}: not readable as UTF-8 CSV ({exc})"
-            ) from None
-
-
-def _is_header(line: int, cell: str, names: frozenset[str]) -> bool:
-    return line == 1 and cell.strip().lower() in names
+def _reason(err: ErrorDetails, spelled: dict[str, str]) -> str:
+    """A validation error as `<column as the file spells it>: <message>`."""
+    loc = [str(p) for p in err["loc"]]
+    where = ".".join(loc)
+    if loc and loc[0] in spelled:
+        where = spelled[loc[0]]
+    elif len(loc) >= 2 and f"{loc[0]}.{loc[1]}" in spelled:
+        where = spelled[f"{loc[0]}.{loc[1]}"]
+        if len(loc) > 2 and loc[2] == "name":
+            where += " (its name)"
+    message = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        message = "unknown field"
+    return f"{where}: {message}"
 
 
 # ---- number check -------------------------------------------------------------
 
 
 def _number_rows(
-    path: str, per_job: int, rejected: set[int] | None = None
+    reader: Reader, per_job: int, rejected: set[int] | None = None
 ) -> Iterator[tuple[int, str | None, str, float]]:
     """(line, phone or None, reason or raw value, fraction); phones normalised, duplicates rejected.
 
     With `rejected` (the lines pass 1 rejected) rows are trusted: those lines are skipped and the
     rest only normalised as `_phone` does, without the regex or the set of phones seen."""
     seen: set[int] = set()
-    for line, cells, frac in _rows(path):
-        cell = cells[0].strip()
-        if _is_header(line, cell, _NUMBER_HEADERS):
-            continue
+    for line, cell, spelled, error, frac in reader.phones():
         if rejected is not None:
             if line not in rejected:
                 yield line, cell[1:] if cell.startswith("+") else cell, "", frac
             continue
+        shown = cell if isinstance(cell, str) else ""
+        if error:
+            yield line, None, f"{shown}\x00{error}", frac
+            continue
+        if cell is None:
+            yield line, None, f"\x00{_PHONE_MISSING['number-check']}", frac
+            continue
         try:
             phone = _phone(cell)
         except ValueError as exc:
-            yield line, None, f"{cell}\x00{exc}", frac
+            yield line, None, f"{shown or repr(cell)}\x00{spelled}: {exc}", frac
             continue
         key = int(phone)
         if key in seen:
@@ -152,8 +145,11 @@ def _number_rows(
         yield line, phone, "", frac
 
 
+_PHONE_MISSING = {kind: f"no phone (one of {names})" for kind, names in PHONE_SPELLINGS.items()}
+
+
 def _contact_rows(
-    path: str, per_job: int, rejected: set[int] | None = None
+    reader: Reader, per_job: int, rejected: set[int] | None = None
 ) -> Iterator[tuple[int, dict[str, Any] | None, str, float]]:
     """(line, contact or None, reason or raw value, fraction); order ids unique within each job.
 
@@ -161,41 +157,25 @@ def _contact_rows(
     the normalised contact that validation produces."""
     order_ids: set[str] = set()
     valid = 0
-    for line, cells, frac in _rows(path):
-        cells = [c.strip() for c in cells]
-        if _is_header(line, cells[0], _CONTACT_HEADERS):
+    for row in reader.rows():
+        line, frac = row.line, row.frac
+        if row.error:
+            yield line, None, f"{row.value}\x00{row.error}", frac
             continue
-        contact: dict[str, Any] = {"user_phone": cells[0]}
-        if len(cells) > 1 and cells[1]:
-            contact["order_id"] = cells[1]
-        if len(cells) > 2 and cells[2]:
-            contact["user_name"] = cells[2]
-        if len(cells) > 3:
-            yield (
-                line,
-                None,
-                f"{cells[0]}\x00expected user_phone[,order_id[,user_name]], "
-                f"got {len(cells)} columns",
-                frac,
-            )
+        if "user_phone" not in row.fields:
+            yield line, None, f"\x00{_PHONE_MISSING['callbot-list']}", frac
             continue
         try:
-            model = Contact.model_validate(contact)
+            model = Contact.model_validate(row.fields)
         except ValidationError as exc:
-            err = exc.errors()[0]
-            where = ".".join(str(p) for p in err["loc"])
-            yield (
-                line,
-                None,
-                f"{cells[0]}\x00{where}: {err['msg'].removeprefix('Value error, ')}",
-                frac,
-            )
+            yield line, None, f"{row.value}\x00{_reason(exc.errors()[0], row.spelled)}", frac
             continue
         if valid % per_job == 0:
             order_ids.clear()  # a new job starts here
         if model.order_id is not None:
             if model.order_id in order_ids:
-                yield line, None, f"{cells[0]}\x00order_id: duplicate within its job", frac
+                where = row.spelled.get("order_id", "order_id")
+                yield line, None, f"{row.value}\x00{where}: duplicate within its job", frac
                 continue
             order_ids.add(model.order_id)
         valid += 1
@@ -212,6 +192,7 @@ class BulkResult:
     rejects: Rejects = field(default_factory=Rejects)
     job_ids: list[str] = field(default_factory=list)
     enqueued: bool = False
+    unknown_columns: list[str] = field(default_factory=list)
 
 
 def submit_file(
@@ -225,16 +206,19 @@ def submit_file(
     rejects_path: str | None,
     progress: Progress,
     on_job: Callable[[str], None] = lambda _id: None,
+    warn: Callable[[str], None] = lambda _message: None,
 ) -> BulkResult:
-    """Validate `path`, then (if rejects <= max_rejects; None = any) enqueue its valid
-    rows as jobs of `kind`.
+    """Validate `path` (any format of nxjobs.bulk_files), then (if rejects <= max_rejects;
+    None = any) enqueue its valid rows as jobs of `kind`.
 
     `make_payload(items, part, parts)` builds one job's payload from its rows (part counts from 1).
+    `warn` is told once, after validation, of the columns the file has that we do not use.
     """
     rows_of = _number_rows if kind == "number-check" else _contact_rows
+    reader = open_reader(path, kind)
     result = BulkResult(rejects=Rejects(path=rejects_path))
     try:
-        for line, item, info, frac in rows_of(path, per_job):
+        for line, item, info, frac in rows_of(reader, per_job):
             result.rows += 1
             if item is None:
                 value, _, reason = info.partition("\x00")
@@ -253,6 +237,10 @@ def submit_file(
         progress.done()
     finally:
         result.rejects.close()
+    result.unknown_columns = list(reader.unknown)
+    if reader.unknown:
+        more = " (and more)" if len(reader.unknown) >= MAX_UNKNOWN else ""
+        warn(f"{path}: ignoring column(s) we do not use: {', '.join(reader.unknown)}{more}")
     if result.valid == 0:
         raise InvalidJob("file", f"{path}: no valid rows ({result.rejects.count} rejected)")
     if max_rejects is not None and result.rejects.count > max_rejects:
@@ -276,7 +264,7 @@ def submit_file(
     # Number rows are trusted now (pass 1 rejected lines skipped); contacts are validated again,
     # deterministically, so the same rows are rejected.
     batch_jobs = max(1, ENQUEUE_BATCH_ROWS // per_job)
-    for _line, item, _info, _frac in rows_of(path, per_job, result.rejects.lines):
+    for _line, item, _info, _frac in rows_of(reader, per_job, result.rejects.lines):
         if item is None:
             continue
         chunk.append(item)

@@ -1,4 +1,4 @@
-"""`nxjobs` command line: worker, callbacks, dead, submit, status, wait.
+"""`nxjobs` command line: worker, callbacks, dead, callbot, submit, status, wait.
 
 Exit codes: 0 success; 1 a job failed, timed out or was not found; 2 bad input
 (nothing was enqueued) or bad configuration; 3 Redis unreachable.
@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import time
+from datetime import datetime
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ from nxjobs.jobs import KINDS, InvalidJob
 from nxjobs.records import JobRecord, JobState
 
 EXIT_OK, EXIT_JOB, EXIT_INPUT, EXIT_REDIS = 0, 1, 2, 3
+# States a job ends in without getting anywhere `wait` waits for.
+_ENDED = frozenset({JobState.FAILED.value, JobState.CANCELLED.value})
 
 
 class CliError(Exception):
@@ -184,6 +187,19 @@ def _add_submit_parser(sub) -> None:
     p.add_argument(
         "--payload", help="the whole job input as a JSON object (overrides the options below)"
     )
+    when = p.add_mutually_exclusive_group()
+    when.add_argument(
+        "--at",
+        metavar="ISO8601",
+        help="schedule: run at this time, with its time zone (e.g. 2026-12-24T09:00:00+08:00); "
+        "a time already past runs now",
+    )
+    when.add_argument(
+        "--in",
+        dest="in_",
+        metavar="DURATION",
+        help="schedule: run this long from now (90s, 30m, 2h, 1d)",
+    )
     p.add_argument(
         "--phone", action="append", help="phone with country code (repeat for number-check)"
     )
@@ -223,13 +239,16 @@ def _add_submit_parser(sub) -> None:
     p.add_argument(
         "--contacts",
         metavar="FILE",
-        help="callbot-list: CSV with user_phone[,order_id[,user_name]] "
+        help="callbot-list: contacts file: CSV with a header naming its columns (userPhone, "
+        "orderID, userName, param.<name>; any order, other columns ignored) or without one "
+        "(user_phone[,order_id[,user_name]]), or JSON lines / a JSON array of contact objects "
         "(any size: split into jobs of --per-job contacts)",
     )
     p.add_argument(
         "--file",
         metavar="FILE",
-        help="number-check: CSV, one phone per row (any size: split into jobs of 5 000)",
+        help="number-check: CSV, one phone per row (first column, or the one a header names "
+        "phone), or JSON lines / a JSON array (any size: split into jobs of 5 000)",
     )
     p.add_argument(
         "--per-job",
@@ -384,10 +403,12 @@ def _submit_file(args: argparse.Namespace) -> int:
             rejects_path=rejects_path,
             progress=progress,
             on_job=lambda job_id: print(job_id, flush=True),
+            warn=lambda message: print(f"warning: {message}", file=sys.stderr),
         )
     rej = result.rejects
     for line, value, reason in rej.first:
-        print(f"rejected: line {line}: {value!r}: {reason}", file=sys.stderr)
+        shown = f" (value {value!r})" if value else ""
+        print(f"rejected: {path} line {line}: {reason}{shown}", file=sys.stderr)
     if rej.count > len(rej.first):
         print(f"rejected: ... {rej.count - len(rej.first):,} more", file=sys.stderr)
     if rej.count:
@@ -413,6 +434,23 @@ def rej_count_text(n: int) -> str:
     return f"{n:,} row{'s' if n != 1 else ''}"
 
 
+def _when(args: argparse.Namespace) -> tuple[datetime | None, float | None]:
+    """--at (ISO 8601 with a time zone) or --in (a duration), for Producer.enqueue."""
+    from nxjobs.schedule import parse_duration
+
+    if args.in_ is not None:
+        return None, parse_duration(args.in_, "--in")
+    if args.at is None:
+        return None, None
+    try:
+        at = datetime.fromisoformat(args.at.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidJob("--at", f"{args.at!r} is not an ISO 8601 time") from None
+    if at.tzinfo is None:
+        raise InvalidJob("--at", "needs a time zone (e.g. 2026-12-24T09:00:00+08:00)")
+    return at, None
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     from nxjobs.jobs import get_kind
     from nxjobs.producers import Producer
@@ -421,12 +459,15 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if (args.kind == "number-check" and args.file) or (
         args.kind == "callbot-list" and args.contacts
     ):
+        if args.at is not None or args.in_ is not None:
+            raise InvalidJob("--at", "file input is enqueued now: --at / --in are for one job")
         return _submit_file(args)
     if args.file or args.contacts:
         raise InvalidJob("file", "--file is for number-check, --contacts for callbot-list")
+    at, delay_s = _when(args)
     payload = _payload_from_args(args)
     with Producer() as producer:
-        job_id = producer.enqueue(args.kind, payload, batch=args.batch)
+        job_id = producer.enqueue(args.kind, payload, batch=args.batch, at=at, delay_s=delay_s)
         if args.json:
             _print_record(producer.get(job_id), as_json=True)
         else:
@@ -444,6 +485,10 @@ def _print_record(record: JobRecord | None, *, as_json: bool) -> None:
         print(json.dumps(record.model_dump(mode="json"), ensure_ascii=False, indent=2))
         return
     line = f"{record.id}  {record.kind:<15} {record.state.value:<9} attempts={record.attempts}"
+    if record.run_at:
+        line += f"  run_at={record.run_at}"
+    if record.cancelled_from:
+        line += f"  cancelled_from={record.cancelled_from}"
     if record.error:
         line += f"  error={record.error.code}: {record.error.message}"
     elif record.result:
@@ -455,6 +500,8 @@ def _print_record(record: JobRecord | None, *, as_json: bool) -> None:
         }
         line += "  " + " ".join(f"{k}={v}" for k, v in ids.items())
     print(line)
+    if record.schedule_note:
+        print(f"  {record.schedule_note}")
     if record.callbacks_needed or record.callbacks_stored or record.callbacks_dropped:
         counts = " ".join(f"{k}={v}" for k, v in sorted(record.callbacks_summary.items()))
         dropped = f" dropped={record.callbacks_dropped}" if record.callbacks_dropped else ""
@@ -462,6 +509,14 @@ def _print_record(record: JobRecord | None, *, as_json: bool) -> None:
         print(
             f"  callbacks {record.callbacks_done}/{record.callbacks_needed or 0} done, "
             f"{record.callbacks_stored} stored{dropped}  {counts}{paged}".rstrip()
+        )
+    if record.campaign:
+        c = record.campaign
+        last = (c.get("operations") or [{}])[-1]
+        status = c.get("status") or "as started"  # only refused operations so far
+        print(
+            f"  campaign {status}  stopped_orders={c.get('stopped_orders', 0)}"
+            f"  last: {last.get('op')} {last.get('outcome')} at {last.get('at')}"
         )
 
 
@@ -474,6 +529,28 @@ def cmd_status(args: argparse.Namespace) -> int:
         return _error(f"job {args.job_id} not found", EXIT_JOB)
     _print_record(record, as_json=args.json)
     return EXIT_OK
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    """Cancel each job not yet sent; 0 all cancelled, 1 some could not be (reason each), 2 bad
+    input (nothing is cancelled then)."""
+    from nxjobs.producers import Producer
+
+    ids = list(args.job_ids)
+    for job_id in ids:
+        if not job_id or len(job_id) > 128 or not job_id.isprintable() or " " in job_id:
+            raise InvalidJob("JOB_ID", f"not a job id: {job_id!r}")
+    if len(set(ids)) != len(ids):
+        ids = list(dict.fromkeys(ids))
+    with Producer() as producer:
+        answers = [producer.cancel(job_id, timeout_s=args.timeout) for job_id in ids]
+    if args.json:
+        print(json.dumps([a.as_dict() for a in answers], ensure_ascii=False, indent=2))
+    else:
+        for a in answers:
+            mark = "cancelled" if a.cancelled else "not cancelled"
+            print(f"{a.job_id}  {mark}: {a.reason}")
+    return EXIT_OK if all(a.cancelled for a in answers) else EXIT_JOB
 
 
 def cmd_coalesce_adopt(args: argparse.Namespace) -> int:
@@ -523,7 +600,7 @@ def cmd_wait(args: argparse.Namespace) -> int:
 
 # More jobs than this: `wait` prints a summary (and the failed ones) instead of a line per job.
 _WAIT_FULL_MAX = 100
-_STATES = ("queued", "running", "retrying", "submitted", "completed", "failed")
+_STATES = tuple(state.value for state in JobState)
 
 
 def _wait_ids(args: argparse.Namespace) -> list[str]:
@@ -566,7 +643,8 @@ def _wait_live(
                 continue
             counts[st] = counts.get(st, 0) + 1
             cb_done, cb_need = cb_done + min(done, need), cb_need + need
-            if st == JobState.FAILED.value or PROGRESS.get(JobState(st), -1) >= PROGRESS[target]:
+            # A failed or cancelled job will not get further: done waiting (and bad, below).
+            if st in _ENDED or PROGRESS.get(JobState(st), -1) >= PROGRESS[target]:
                 finished += 1
         all_done = finished + missing == len(job_ids)
         if show:
@@ -599,11 +677,7 @@ def _wait_summary(states: dict[str, tuple[str | None, int, int]], target: JobSta
     bad = []
     for job_id, (st, _done, _need) in states.items():
         counts[st or "not found"] = counts.get(st or "not found", 0) + 1
-        if (
-            st is None
-            or st == JobState.FAILED.value
-            or PROGRESS.get(JobState(st), -1) < PROGRESS[target]
-        ):
+        if st is None or st in _ENDED or PROGRESS.get(JobState(st), -1) < PROGRESS[target]:
             bad.append((job_id, st or "not found"))
     print(f"{len(states):,} jobs: " + ", ".join(f"{n:,} {st}" for st, n in sorted(counts.items())))
     for job_id, st in bad:
@@ -621,7 +695,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser(
         "worker",
-        help="start a Celery worker (events on); options pass through: -Q, -c, --pool",
+        help="start a Celery worker (events on); every celery worker option passes through "
+        "(-Q, -c, -n, --pool, --autoscale, --max-tasks-per-child, ...; `worker --help`)",
         add_help=False,
     )
     sub.add_parser(
@@ -644,11 +719,32 @@ def build_parser() -> argparse.ArgumentParser:
         "`callbacks JOB_ID [--cursor C] [--limit N] [--json]` pages through a job's callbacks",
         add_help=False,
     )
+    sub.add_parser(
+        "callbot",
+        help="campaign control of a submitted callbot list: `callbot pause|resume JOB_ID`, "
+        "`callbot complete JOB_ID [--delete-undialled]`, `callbot stop-contacts JOB_ID "
+        "ORDER_ID...`, `callbot update JOB_ID --settings JSON` (docs/campaigns.md)",
+        add_help=False,
+    )
     _add_submit_parser(sub)
     sub.add_parser(
         "coalesce-adopt",
         help="once, after upgrading from a version without the coalesce groups set: "
         "add every group with pending items to it (one SCAN of the keyspace)",
+    )
+    p = sub.add_parser(
+        "cancel",
+        help="cancel jobs not yet sent (scheduled, queued, retrying) and submitted callbot lists "
+        "(completed at the provider); exit 0 all cancelled, "
+        "1 some could not be (each with its reason), 2 bad input",
+    )
+    p.add_argument("job_ids", nargs="+", metavar="JOB_ID")
+    p.add_argument("--json", action="store_true", help="one JSON object per job")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        help="seconds to wait for the provider to complete a submitted callbot list (default 60)",
     )
     p = sub.add_parser("status", help="print one job's record")
     p.add_argument("job_id")
@@ -697,6 +793,10 @@ def main(argv: list[str] | None = None) -> int:
         from nxjobs.cli_suppress import cmd_suppress  # the do-not-call list commands live there
 
         return cmd_suppress(argv[1:])
+    if argv and argv[0] == "callbot":
+        from nxjobs.cli_campaign import cmd_callbot  # campaign control lives there
+
+        return cmd_callbot(argv[1:])
     if argv and argv[0] == "dead":
         from nxjobs.cli_dead import cmd_dead  # the dead-letter commands live there
 
@@ -711,6 +811,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return {
             "submit": cmd_submit,
+            "cancel": cmd_cancel,
             "status": cmd_status,
             "wait": cmd_wait,
             "coalesce-adopt": cmd_coalesce_adopt,

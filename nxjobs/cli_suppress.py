@@ -27,7 +27,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="action", required=True)
     add = sub.add_parser("add", help="add numbers, or every number of a CSV file (first column)")
     add.add_argument("phones", nargs="*", metavar="PHONE")
-    add.add_argument("--file", help="CSV file, one number a row in its first column")
+    add.add_argument(
+        "--file", help="a numbers file as `submit number-check --file` takes (CSV, JSON lines)"
+    )
     add.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
@@ -43,15 +45,16 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _file_numbers(path: str, progress: object) -> Iterator[str]:
-    from nxjobs import bulk
+    """The phone of each row, read as `submit number-check --file` reads its file (a phone column
+    by name, or the first column; CSV, JSON lines or a JSON array: nxjobs.bulk_files)."""
+    from nxjobs import bulk, bulk_files
 
     assert isinstance(progress, bulk.Progress)
-    for line, cells, frac in bulk._rows(path):
-        cell = cells[0].strip()
-        if line == 1 and cell and not cell.lstrip("+")[:1].isdigit():
-            continue  # a header row
+    for line, phone, _spelled, _error, frac in bulk_files.open_reader(
+        path, "number-check"
+    ).phones():
         progress.show("suppress", frac, f"line {line:,}")
-        yield cell
+        yield "" if phone is None else str(phone)
 
 
 def cmd_suppress(argv: list[str]) -> int:

@@ -145,6 +145,9 @@ class CallbotListPayload(_Payload):
     task_callback_url: OptionalUrl = None
     order_callback_url: OptionalUrl = None
     call_callback_url: OptionalUrl = None
+    # Unix time the provider starts the task by itself (a scheduled start, docs/provider.md §6.3);
+    # set by the producer for a list scheduled with `at` / `delay_s` (nxjobs/schedule.py).
+    start_at: int | None = Field(default=None, gt=0)
 
     @model_validator(mode="after")
     def _unique_order_ids(self) -> CallbotListPayload:

@@ -21,7 +21,9 @@ def job_index(kind: str, state: str) -> str:
 # The states of live work: the sweeper and the gauges read their indexes. A finished job
 # (completed, failed) is only counted (finished_count): an index of them would cost some 150 B a
 # job for as long as records are kept, and its record expires by its retention anyway.
-INDEXED_STATES = ("queued", "running", "retrying", "submitted")
+# A scheduled job is live too (gauged), but its index is scored by its due time (unix s), not the
+# time it entered: RecordStore.create writes it, and the trim keeps it until due + record TTL.
+INDEXED_STATES = ("scheduled", "queued", "running", "retrying", "submitted")
 
 
 def finished_count(kind: str, state: str) -> str:
@@ -77,6 +79,9 @@ UNIT_FIELD = "cu:"
 CALLBACKS_PAGED = "cb_paged"
 ITEM_FIELD = "e:"
 CALLBACKS_SUMMARY = "callbacks_summary"
+# A callbot list's campaign control (nxjobs.campaign, lua/campaign_record.lua): JSON of its status,
+# times, stopped orders and the operations asked, newest last.
+CAMPAIGN_FIELD = "campaign"
 
 # Record fields the ledger proves a callback's ids against (nxjobs.callbacks.ledger). The first
 # four are plain fields; PHONE_FIELD / ORDER_FIELD + value mark each number / explicit orderID.
@@ -235,6 +240,22 @@ DEAD_ENTRIES = f"{PREFIX}:dead:entries"
 WORKERS_HELD = f"{PREFIX}:workers:held"
 # Held (SET NX PX) by the one worker putting back orphaned messages.
 WORKERS_HELD_LOCK = f"{PREFIX}:workers:held:lock"
+
+
+# ---- scheduled jobs (nxjobs.schedule) -------------------------------------------
+
+# Sorted set of scheduled job ids, score = due time (unix ms); a job taken for publishing is
+# re-scored to the end of its lease, so a worker that died before confirming re-offers it.
+SCHEDULE = f"{PREFIX}:schedule"
+
+
+def scheduled_message(job_id: str) -> str:
+    """What publishing a scheduled job needs (task name, queue, priority, kwargs; JSON): written
+    with its record, deleted when the job is promoted or cancelled (TTL: due + record TTL)."""
+    return job(job_id) + SCHEDULED_MESSAGE_SUFFIX
+
+
+SCHEDULED_MESSAGE_SUFFIX = ":scheduled"
 
 
 # ---- coalescing (nxjobs.coalesce) ------------------------------------------------

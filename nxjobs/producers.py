@@ -16,15 +16,25 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, TypeGuard
 
 import redis
 from celery import Celery
 from pydantic import BaseModel, Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SecretsSettingsSource,
+    SettingsConfigDict,
+)
 
-from nxjobs import calling_hours, coalesce, compact_json, correlate, keys
+from nxjobs import calling_hours, campaign, coalesce, compact_json, correlate, keys, schedule
+from nxjobs import cancel as cancelling
+from nxjobs.campaign import CampaignRefused
+from nxjobs.cancel import Cancelled
 from nxjobs.deadletters import DeadLetters
 from nxjobs.jobs import (
     CALLBOT_CHUNK_SIZE,
@@ -38,7 +48,7 @@ from nxjobs.jobs import (
     get_kind,
     validate_payload,
 )
-from nxjobs.records import JobRecord, JobState, utc_now_iso
+from nxjobs.records import TERMINAL_STATES, JobRecord, JobState, utc_now_iso
 from nxjobs.redact import flower_repr, redact
 from nxjobs.redis_conn import RedisUnavailable, connect, describe
 from nxjobs.store import CallbackPage, RecordStore
@@ -47,7 +57,16 @@ from nxjobs.wire import call_list_item, contact_job_order_id
 
 log = logging.getLogger("nxjobs.producer")
 
-__all__ = ["Producer", "InvalidJob", "RedisUnavailable", "EnqueueError", "JobRecord", "JobState"]
+__all__ = [
+    "Producer",
+    "InvalidJob",
+    "CampaignRefused",
+    "RedisUnavailable",
+    "EnqueueError",
+    "JobRecord",
+    "JobState",
+    "Cancelled",
+]
 
 
 # The calling-hours settings' shapes, as config.settings spells them (its meaning:
@@ -84,8 +103,27 @@ class ProducerSuppressionSettings(BaseModel):
     secret: SecretStr | None = Field(default=None, min_length=16)
 
 
+# The settings-files directory, as config.settings finds it (tests/unit/test_settings_shared.py
+# keeps the two equal): a Secret mounted as files, one per variable.
+SECRETS_DIR_VARIABLE = "NXJOBS_SECRETS_DIR"
+DEFAULT_SECRETS_DIR = Path("/run/secrets/nxjobs")
+
+
+def settings_files_dir(environ: Mapping[str, str] | None = None) -> Path | None:
+    """NXJOBS_SECRETS_DIR (which must exist), else DEFAULT_SECRETS_DIR if it exists, else None."""
+    env = os.environ if environ is None else environ
+    named = (env.get(SECRETS_DIR_VARIABLE) or "").strip()
+    if named:
+        if not Path(named).is_dir():
+            raise RuntimeError(f"{SECRETS_DIR_VARIABLE}={named} is not a directory")
+        return Path(named)
+    return DEFAULT_SECRETS_DIR if DEFAULT_SECRETS_DIR.is_dir() else None
+
+
 class ProducerSettings(BaseSettings):
-    """The settings a producer needs; same names as the service's config.settings."""
+    """The settings a producer needs; same names as the service's config.settings. Each
+    top-level one can also be a file named like its variable in the settings-files directory
+    (`NXJOBS_REDIS_URL`), below the environment and `.env`."""
 
     model_config = SettingsConfigDict(
         env_prefix="NXJOBS_",
@@ -99,6 +137,21 @@ class ProducerSettings(BaseSettings):
     coalesce: ProducerCoalesceSettings = ProducerCoalesceSettings()
     calling_hours: ProducerCallingHoursSettings = ProducerCallingHoursSettings()
     suppression: ProducerSuppressionSettings = ProducerSuppressionSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # pydantic-settings' own files source: it matches top-level names, all a producer's
+        # credentials are (file names compared case-insensitively: NXJOBS_REDIS_URL).
+        directory = settings_files_dir()
+        files = SecretsSettingsSource(settings_cls, secrets_dir=directory)
+        return (init_settings, env_settings, dotenv_settings, files)
 
 
 class EnqueueError(RuntimeError):
@@ -123,6 +176,8 @@ class Producer:
         self.suppression = SuppressionList(
             self.redis, secret.get_secret_value() if secret else None
         )
+        self.schedule = schedule.Schedule(self.redis, self.store.ttl_s)
+        self._canceller = cancelling.Canceller(self.redis, self.store.ttl_s)
         self._celery = Celery("nxjobs-producer", broker=self.redis_url, set_as_current=False)
         self._celery.conf.update(
             task_serializer="json",
@@ -142,19 +197,48 @@ class Producer:
 
     # ---- enqueue ----------------------------------------------------------
 
-    def enqueue(self, kind: str, payload: dict[str, Any], *, batch: bool = True) -> str:
+    def enqueue(
+        self,
+        kind: str,
+        payload: dict[str, Any],
+        *,
+        batch: bool = True,
+        at: datetime | None = None,
+        delay_s: float | None = None,
+    ) -> str:
         """Validate `payload` for `kind`, store its record, enqueue it; return the job id.
+
+        With `at` (an aware datetime) or `delay_s` (seconds), the job is `scheduled` until then
+        (nxjobs.schedule): it waits in Redis, and a worker publishes it when due. A coalescible
+        job scheduled so is sent as a single job (its own request). An `at` already past runs at
+        once, and its record says so (`schedule_note`); a naive datetime is refused.
 
         A one-number Number Check (no batchNo of its own), or a Callbot contact, is sent together
         with others (of its check level, of its task) in one provider request (nxjobs.coalesce),
         unless `batch=False`: then it is sent on its own at once, for a latency-sensitive job."""
         job_kind = get_kind(kind)
+        timing = schedule.when(at, delay_s)
         model = validate_payload(kind, payload)
         self._check_order_ids([model])
         self._check_calling_hours([model])
         [(model, left_out)] = self._screen([model])
+        past = _past_fields(timing)
+        if timing.due is not None and isinstance(model, CallbotListPayload):
+            # The provider starts it at its time (startupType 2); we create it a lead before.
+            model = model.model_copy(update={"start_at": int(timing.due.timestamp())})
+            wake = timing.due - timedelta(seconds=schedule.PROVIDER_START_LEAD_S)
+            if wake > datetime.now(UTC):
+                return self._enqueue_scheduled(
+                    kind, model, wake, run_at=timing.due, note=_PROVIDER_STARTS, left_out=left_out
+                )
+            past = {"run_at": schedule.iso(timing.due), "schedule_note": _PROVIDER_STARTS}
+        elif timing.due is not None:
+            return self._enqueue_scheduled(kind, model, timing.due, left_out=left_out)
         if batch and _coalescible(model):
-            return self._enqueue_coalesced([model])[0]
+            job_id = self._enqueue_coalesced([model])[0]
+            if past:
+                self._note(job_id, past)
+            return job_id
         body = model.model_dump(mode="json", exclude_none=True)
         job_id = uuid.uuid4().hex
         kwargs = {"job_id": job_id, "payload": body}
@@ -167,6 +251,7 @@ class Producer:
                 _shown(body, left_out),
                 expect=correlate.on_enqueue(kind, job_id, model),
                 payload=body,
+                extra=past,
             )
         except redis.RedisError as exc:
             raise RedisUnavailable(
@@ -190,6 +275,62 @@ class Producer:
                 f"{type(exc).__name__}: {exc}"
             ) from None
         return job_id
+
+    def _enqueue_scheduled(
+        self,
+        kind: str,
+        model: Any,
+        due: datetime,
+        run_at: datetime | None = None,
+        note: str | None = None,
+        left_out: int = 0,
+    ) -> str:
+        """The record (`scheduled`, with run_at), its schedule entry (due at `due`) and its stored
+        message, in one transaction: nothing is sent now (nxjobs.schedule). `run_at`: when the
+        job runs, if not when it is due (a callbot list the provider starts)."""
+        job_kind = get_kind(kind)
+        body = model.model_dump(mode="json", exclude_none=True)
+        job_id = uuid.uuid4().hex
+        keep_s = self.schedule.keep_s(due)
+        msg = schedule.message(
+            kind,
+            job_kind.task_name,
+            job_kind.queue,
+            PRIORITY_NEW,
+            {"job_id": job_id, "payload": body},
+        )
+        try:
+            pipe = self.redis.pipeline(transaction=True)
+            self.store.create(
+                job_id,
+                kind,
+                _shown(body, left_out),
+                expect=correlate.on_enqueue(kind, job_id, model),
+                pipe=pipe,
+                payload=body,
+                state=JobState.SCHEDULED,
+                extra={
+                    "run_at": schedule.iso(run_at or due),
+                    **({"schedule_note": note} if note else {}),
+                },
+                ttl_s=keep_s,
+                index_score=int(due.timestamp()),
+            )
+            self.schedule.add(pipe, job_id, due, msg)
+            pipe.execute()
+        except redis.RedisError as exc:
+            raise RedisUnavailable(
+                f"cannot reach Redis at {describe(self.redis_url)}: {exc}"
+            ) from None
+        return job_id
+
+    def _note(self, job_id: str, fields: dict[str, str]) -> None:
+        """Add what the schedule says to a record just created (a past `at`)."""
+        client: Any = self.redis
+        try:
+            client.hset(keys.job(job_id), mapping=fields)
+        except redis.RedisError:
+            pass  # only a note; the job itself is enqueued
 
     def enqueue_many(
         self, kind: str, payloads: Iterable[dict[str, Any]], *, batch: bool = True
@@ -430,6 +571,8 @@ class Producer:
         order_id: str | None = None,
         show_phone: str | None = None,
         calling_hours: str | None = None,
+        at: datetime | None = None,
+        delay_s: float | None = None,
     ) -> str:
         """`calling_hours`: "HH:MM-HH:MM" in the callee's local time, narrowing the configured
         rule's window (docs/calling-hours.md)."""
@@ -441,6 +584,8 @@ class Producer:
                 show_phone=show_phone,
                 calling_hours=calling_hours,
             ),
+            at=at,
+            delay_s=delay_s,
         )
 
     def callbot_list(
@@ -453,6 +598,8 @@ class Producer:
         task_callback_url: str | None = None,
         order_callback_url: str | None = None,
         call_callback_url: str | None = None,
+        at: datetime | None = None,
+        delay_s: float | None = None,
     ) -> str:
         return self.enqueue(
             "callbot-list",
@@ -465,16 +612,28 @@ class Producer:
                 order_callback_url=order_callback_url,
                 call_callback_url=call_callback_url,
             ),
+            at=at,
+            delay_s=delay_s,
         )
 
     def callbot_contact(
-        self, *, user_task_id: str, contact: dict[str, Any], batch: bool = True
+        self,
+        *,
+        user_task_id: str,
+        contact: dict[str, Any],
+        batch: bool = True,
+        at: datetime | None = None,
+        delay_s: float | None = None,
     ) -> str:
         """Add one contact to the existing Callbot task `user_task_id` (e.g. a callbot-list job's
         id). Shares an addBatchCall with other contacts for that task (nxjobs.coalesce), unless
         `batch=False`: then it gets a request of its own, at once."""
         return self.enqueue(
-            "callbot-contact", {"user_task_id": user_task_id, "contact": contact}, batch=batch
+            "callbot-contact",
+            {"user_task_id": user_task_id, "contact": contact},
+            batch=batch,
+            at=at,
+            delay_s=delay_s,
         )
 
     def number_check(
@@ -484,19 +643,102 @@ class Producer:
         check_level: int = 1,
         batch_no: str | None = None,
         batch: bool = True,
+        at: datetime | None = None,
+        delay_s: float | None = None,
     ) -> str:
         """`batch=False`: a one-number check gets a request of its own instead of sharing one."""
         return self.enqueue(
             "number-check",
             _drop_none(phones=phones, check_level=check_level, batch_no=batch_no),
             batch=batch,
+            at=at,
+            delay_s=delay_s,
         )
 
-    def ota_init(self, *, phone: str, user_ip: str) -> str:
-        return self.enqueue("ota-init", {"phone": phone, "user_ip": user_ip})
+    def ota_init(
+        self,
+        *,
+        phone: str,
+        user_ip: str,
+        at: datetime | None = None,
+        delay_s: float | None = None,
+    ) -> str:
+        return self.enqueue(
+            "ota-init", {"phone": phone, "user_ip": user_ip}, at=at, delay_s=delay_s
+        )
 
-    def wa_calling(self, *, business_phone: str) -> str:
-        return self.enqueue("wa-calling", {"business_phone": business_phone})
+    def wa_calling(
+        self, *, business_phone: str, at: datetime | None = None, delay_s: float | None = None
+    ) -> str:
+        return self.enqueue(
+            "wa-calling", {"business_phone": business_phone}, at=at, delay_s=delay_s
+        )
+
+    # ---- cancel -----------------------------------------------------------
+
+    def cancel(self, job_id: str, *, timeout_s: float = 60.0) -> Cancelled:
+        """Cancel a job that has not been sent (nxjobs.cancel): scheduled, queued, waiting for its
+        slot, retrying, or a coalesced member whose batch is not built. Atomic with a worker's
+        claim: exactly one of them wins, and the record says which. A submitted callbot list is
+        completed at the provider (waiting up to `timeout_s` for its answer). Anything else is
+        refused with its reason and nothing changes. Raises InvalidJob for an id that cannot be
+        a job's."""
+        if (
+            not isinstance(job_id, str)
+            or not job_id
+            or len(job_id) > 128
+            or not job_id.isprintable()
+        ):
+            raise InvalidJob("job_id", f"not a job id: {job_id!r}")
+        if any(c.isspace() for c in job_id):
+            raise InvalidJob("job_id", f"not a job id: {job_id!r}")
+        try:
+            status, state, why = self._canceller.try_cancel(job_id)
+            if status == 1:
+                return Cancelled(job_id, True, state, f"cancelled (was {state})")
+            if status == -1:
+                return Cancelled(job_id, False, None, cancelling.NOT_FOUND)
+            if state == JobState.SUBMITTED.value and (
+                self.redis.hget(keys.job(job_id), "kind") == "callbot-list"
+            ):
+                return self._cancel_submitted_callbot_list(job_id, timeout_s)
+        except redis.RedisError as exc:
+            raise RedisUnavailable(
+                f"cannot reach Redis at {describe(self.redis_url)}: {exc}"
+            ) from None
+        return Cancelled(job_id, False, state, cancelling.refusal(state, why))
+
+    def _cancel_submitted_callbot_list(self, job_id: str, timeout_s: float) -> Cancelled:
+        """The one place a submitted callbot list's cancel is decided: campaign control completes
+        its task at the provider, undialled numbers deleted, and the job goes submitted ->
+        cancelled keeping what was dialled (docs/campaigns.md). Waits up to `timeout_s` for the
+        provider's answer."""
+        submitted = JobState.SUBMITTED.value
+        try:
+            op_id = self.callbot_cancel_submitted(job_id)
+        except CampaignRefused as exc:
+            reason = f"{cancelling.CALLBOT_LIST_SUBMITTED}: {exc}"
+            return Cancelled(job_id, False, submitted, reason)
+        entry = self.wait_campaign(job_id, op_id, timeout_s=timeout_s)
+        if entry is None:
+            return Cancelled(
+                job_id,
+                False,
+                submitted,
+                f"{cancelling.CALLBOT_LIST_SUBMITTED}: asked (operation {op_id}), no answer within "
+                f"{timeout_s:g} s; `nxjobs status {job_id}` shows the outcome",
+            )
+        if entry.get("outcome") == "done":
+            return Cancelled(
+                job_id, True, submitted, "cancelled (was submitted): task completed at the provider"
+            )
+        return Cancelled(
+            job_id,
+            False,
+            submitted,
+            f"{cancelling.CALLBOT_LIST_SUBMITTED}: the provider did not complete it: "
+            f"{campaign.describe(entry)}",
+        )
 
     # ---- do-not-call list (nxjobs.suppression) -----------------------------
 
@@ -578,6 +820,76 @@ class Producer:
             ) from None
         return "replayed"
 
+    # ---- campaign control of a callbot list (nxjobs.campaign, docs/campaigns.md) ----------
+
+    def callbot_pause(self, job_id: str) -> str:
+        """Pause the task of submitted callbot list `job_id`: it stops dialling. Returns the
+        operation id to wait on (`wait_campaign`); raises CampaignRefused naming why not, with
+        nothing enqueued. So do the other callbot_* operations."""
+        return self._control(job_id, "pause", {})
+
+    def callbot_resume(self, job_id: str) -> str:
+        """Start the paused task of `job_id` again."""
+        return self._control(job_id, "resume", {})
+
+    def callbot_complete(self, job_id: str, delete_undialled: bool = False) -> str:
+        """End the task of `job_id` at the provider; `delete_undialled`: drop the numbers not yet
+        dialled. The job completes when the task's callback says so, as every list does."""
+        return self._control(job_id, "complete", {"delete_undialled": delete_undialled})
+
+    def callbot_stop_contacts(self, job_id: str, order_ids: Iterable[str]) -> str:
+        """Stop these orders (the list's orderIDs) for good: they are not dialled again."""
+        return self._control(job_id, "stop-contacts", {"order_ids": list(order_ids)})
+
+    def callbot_update(self, job_id: str, settings: dict[str, Any]) -> str:
+        """Change taskCreateSetting fields of the task of `job_id`, only while it is paused."""
+        return self._control(job_id, "update", {"settings": settings})
+
+    def callbot_cancel_submitted(self, job_id: str) -> str:
+        """Cancel a submitted callbot list: its task is completed at the provider with its
+        undialled numbers deleted, and the job ends `cancelled` keeping what was dialled."""
+        return self._control(job_id, "cancel", {})
+
+    def wait_campaign(
+        self, job_id: str, op_id: str, *, timeout_s: float = 60.0, poll_s: float = 0.2
+    ) -> dict[str, Any] | None:
+        """Poll until operation `op_id` of `job_id` is recorded; return its entry (op, at,
+        outcome: done, refused or failed, detail), or None at `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            entry = campaign.find_operation(self.store.get(job_id), op_id)
+            if entry is not None or time.monotonic() >= deadline:
+                return entry
+            time.sleep(poll_s)
+
+    def _control(self, job_id: str, op: str, args: dict[str, Any]) -> str:
+        try:
+            record = self.store.get(job_id)
+        except redis.RedisError as exc:
+            raise RedisUnavailable(
+                f"cannot reach Redis at {describe(self.redis_url)}: {exc}"
+            ) from None
+        checked = campaign.check(record, job_id, op, args)
+        op_id = uuid.uuid4().hex
+        kwargs = {"job_id": job_id, "op_id": op_id, "op": op, "args": checked}
+        try:
+            self._celery.send_task(
+                campaign.CONTROL_TASK,
+                kwargs=kwargs,
+                task_id=op_id,
+                queue=campaign.CONTROL_QUEUE,
+                routing_key=campaign.CONTROL_QUEUE,
+                priority=PRIORITY_NEW,
+                kwargsrepr=repr(redact(kwargs)),
+                argsrepr="()",
+            )
+        except Exception as exc:
+            raise EnqueueError(
+                f"could not enqueue {op} of job {job_id} on {describe(self.redis_url)}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from None
+        return op_id
+
     # ---- read back --------------------------------------------------------
 
     def get(self, job_id: str) -> JobRecord | None:
@@ -597,15 +909,15 @@ class Producer:
         timeout_s: float = 60.0,
         poll_s: float = 0.2,
     ) -> dict[str, JobRecord | None]:
-        """Poll until every job reached `until` or failed, or `timeout_s` passed; return the
-        last records."""
+        """Poll until every job reached `until`, failed or was cancelled, or `timeout_s` passed;
+        return the last records."""
         target = JobState(until)
         ids = list(job_ids)
         deadline = time.monotonic() + timeout_s
         while True:
             records = self.store.get_many(ids)
             done = all(
-                r is not None and (r.reached(target) or r.state == JobState.FAILED)
+                r is not None and (r.reached(target) or r.state in TERMINAL_STATES)
                 for r in records.values()
             )
             if done or time.monotonic() >= deadline:
@@ -653,6 +965,16 @@ def _shown(body: dict[str, Any], left_out: int) -> dict[str, Any]:
     if left_out:
         shown["suppressed"] = left_out
     return shown
+
+
+_PROVIDER_STARTS = "created at the provider with its scheduled start (startupAt = run_at)"
+
+
+def _past_fields(timing: schedule.When) -> dict[str, str] | None:
+    """The record fields of an `at` that was already past (it runs now)."""
+    if timing.note is None or timing.asked is None:
+        return None
+    return {"run_at": schedule.iso(timing.asked), "schedule_note": timing.note}
 
 
 def _drop_none(**fields: Any) -> dict[str, Any]:

@@ -12,18 +12,23 @@ from pydantic import BaseModel, Field
 
 
 class JobState(StrEnum):
+    SCHEDULED = "scheduled"  # waiting for its run_at (nxjobs/schedule.py); no message yet
     QUEUED = "queued"
     RUNNING = "running"
     RETRYING = "retrying"
     SUBMITTED = "submitted"  # the provider accepted the request
     COMPLETED = "completed"  # its final callbacks arrived
     FAILED = "failed"
+    # Never sent (nxjobs/cancel.py), or a submitted callbot list completed at the provider
+    # by its producer, keeping what was dialled so far (docs/campaigns.md).
+    CANCELLED = "cancelled"
 
 
-TERMINAL_STATES = frozenset({JobState.COMPLETED, JobState.FAILED})
+TERMINAL_STATES = frozenset({JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED})
 
 # Order used by `wait --until`: reaching a later state implies the earlier one.
 PROGRESS = {
+    JobState.SCHEDULED: -1,
     JobState.QUEUED: 0,
     JobState.RUNNING: 1,
     JobState.RETRYING: 1,
@@ -49,6 +54,12 @@ class JobRecord(BaseModel):
     waits: int = 0
     # Times an operator replayed it from the dead letters (`nxjobs dead replay`).
     replays: int = 0
+    # A scheduled job's due time (ISO, UTC), and what happened to its schedule when that is worth
+    # saying (an `at` already past: it ran at once).
+    run_at: str | None = None
+    schedule_note: str | None = None
+    # The state a cancelled job was cancelled from.
+    cancelled_from: str | None = None
     created_at: str
     updated_at: str
     input: dict[str, Any] = Field(default_factory=dict, description="producer input, phones masked")
@@ -79,11 +90,16 @@ class JobRecord(BaseModel):
     # Distinct callbacks past what the job can have (more results than numbers...): counted, not
     # kept.
     callbacks_dropped: int = 0
+    campaign: dict[str, Any] | None = Field(
+        default=None,
+        description="a callbot list's campaign control: status, its times, the operations "
+        "asked and what the provider answered (docs/campaigns.md)",
+    )
 
     def reached(self, state: JobState) -> bool:
-        """True if this job has got as far as `state` (and has not failed)."""
-        if self.state == JobState.FAILED:
-            return state == JobState.FAILED
+        """True if this job has got as far as `state` (and has not failed or been cancelled)."""
+        if self.state in (JobState.FAILED, JobState.CANCELLED):
+            return state == self.state
         return PROGRESS.get(self.state, -1) >= PROGRESS[state]
 
 

@@ -25,7 +25,15 @@ from nxjobs.records import JobRecord, JobState, utc_now_iso
 
 log = logging.getLogger("nxjobs.store")
 
-_JSON_FIELDS = ("input", "request", "result", "error", "progress", keys.CALLBACKS_SUMMARY)
+_JSON_FIELDS = (
+    "input",
+    "request",
+    "result",
+    "error",
+    "progress",
+    keys.CALLBACKS_SUMMARY,
+    keys.CAMPAIGN_FIELD,
+)
 _COUNTERS = frozenset({"attempts", "throttles", "waits"})
 
 # The state machine: which states each state may be entered from (None: no record yet), each
@@ -36,12 +44,18 @@ _COUNTERS = frozenset({"attempts", "throttles", "waits"})
 # States move forward, so a late or redelivered worker never drags a job back; the one way
 # back is an operator's replay of a dead letter (failed -> queued).
 ALLOWED_FROM: dict[JobState, frozenset[JobState | None]] = {
+    JobState.SCHEDULED: frozenset(
+        {
+            None,  # RecordStore.create: a producer's job with a run_at ahead (Producer.enqueue)
+        }
+    ),
     JobState.QUEUED: frozenset(
         {
             # RecordStore.create: a producer's job, a worker's job with no record (tasks/base.py),
             # a replay whose record expired (Producer.replay_dead); coalesce_enqueue.lua.
             None,
             JobState.FAILED,  # deadletters_take.lua: `nxjobs dead replay` (Producer.replay_dead)
+            JobState.SCHEDULED,  # schedule_confirm.lua: it was due and its message is published
         }
     ),
     JobState.RUNNING: frozenset(
@@ -49,6 +63,9 @@ ALLOWED_FROM: dict[JobState, frozenset[JobState | None]] = {
             JobState.QUEUED,  # store_transition.lua: a claim (tasks/base.py); coalesce_take.lua
             JobState.RUNNING,  # store_transition.lua: a redelivery after a worker died mid-task
             JobState.RETRYING,  # store_transition.lua: the claim of a retry
+            # store_transition.lua: the claim of a promoted job whose message came before the
+            # promotion's confirm (nxjobs/schedule.py)
+            JobState.SCHEDULED,
         }
     ),
     JobState.RETRYING: frozenset(
@@ -81,9 +98,22 @@ ALLOWED_FROM: dict[JobState, frozenset[JobState | None]] = {
             JobState.SUBMITTED,  # store_transition.lua: reconciliation gives up (callbacks_timeout)
         }
     ),
+    JobState.CANCELLED: frozenset(
+        {
+            # job_cancel.lua (Producer.cancel): not sent yet; its message, if any, is skipped by
+            # the claim, a coalesced member by the take.
+            JobState.SCHEDULED,
+            JobState.QUEUED,
+            JobState.RETRYING,
+            # campaign_record.lua: a submitted callbot list completed at the provider by its
+            # producer (Producer.callbot_cancel_submitted, docs/campaigns.md).
+            JobState.SUBMITTED,
+        }
+    ),
 }
-# The moves Python makes itself, outside any script: RecordStore.create writes a queued record.
-CREATED_BY_STORE = frozenset({(None, JobState.QUEUED)})
+# The moves Python makes itself, outside any script: RecordStore.create writes a queued record, or
+# a scheduled one.
+CREATED_BY_STORE = frozenset({(None, JobState.QUEUED), (None, JobState.SCHEDULED)})
 # The table as the scripts get it: (from, to) values, from "" = no record yet.
 STATE_MOVES: scripts.Moves = frozenset(
     ("" if frm is None else frm.value, to.value)
@@ -170,15 +200,25 @@ class RecordStore:
         expect: correlate.Expectation | None = None,
         pipe: Any = None,
         payload: dict[str, Any] | None = None,
+        *,
+        state: JobState = JobState.QUEUED,
+        extra: dict[str, str] | None = None,
+        ttl_s: int | None = None,
+        index_score: int | None = None,
     ) -> JobRecord:
         """Store a new queued record; with `expect`, also register the ids its callbacks will
         carry (same transaction), so a callback that beats the submit result finds the job.
-        With `pipe`, only queue the commands on it (bulk enqueue); the caller executes it."""
+        With `pipe`, only queue the commands on it (bulk enqueue); the caller executes it.
+        A scheduled job (nxjobs.schedule) is created with `state` SCHEDULED, its `extra` fields
+        (run_at), a `ttl_s` that covers its wait and an `index_score` of its due time."""
+        if (None, state) not in CREATED_BY_STORE:
+            raise ValueError(f"a record is not created {state.value}")
+        ttl = self.ttl_s if ttl_s is None else int(ttl_s)
         now = utc_now_iso()
-        fields = {
+        fields: dict[str, Any] = {
             "id": job_id,
             "kind": kind,
-            "state": JobState.QUEUED.value,
+            "state": state.value,
             "attempts": 0,
             "created_at": now,
             "updated_at": now,
@@ -190,8 +230,9 @@ class RecordStore:
         own = pipe is None
         if own:
             pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(keys.job(job_id), mapping=_encode(fields))
-        pipe.zadd(keys.job_index(kind, JobState.QUEUED.value), {job_id: int(time.time())})
+        pipe.hset(keys.job(job_id), mapping={**_encode(fields), **(extra or {})})
+        score = int(time.time()) if index_score is None else int(index_score)
+        pipe.zadd(keys.job_index(kind, state.value), {job_id: score})
         if expect is not None:
             if expect.needed is not None:
                 pipe.hset(keys.job(job_id), "callbacks_needed", expect.needed)
@@ -209,16 +250,16 @@ class RecordStore:
                 home = callbacks_home(job_id, expect.paged)
                 pipe.hset(home, mapping=marks)
                 if home != keys.job(job_id):
-                    pipe.expire(home, self.ttl_s)
+                    pipe.expire(home, ttl)
             for index_key in expect.index_keys:
-                pipe.set(index_key, job_id, ex=self.ttl_s)
-        pipe.expire(keys.job(job_id), self.ttl_s)
+                pipe.set(index_key, job_id, ex=ttl)
+        pipe.expire(keys.job(job_id), ttl)
         if payload is not None:
             # Kept until the job is submitted or failed, so a lost broker message can be re-sent.
-            pipe.set(keys.job_payload(job_id), compact_json.dumps(payload), ex=self.ttl_s)
+            pipe.set(keys.job_payload(job_id), compact_json.dumps(payload), ex=ttl)
         if own:
             pipe.execute()
-        return JobRecord.model_validate({**fields, "state": JobState.QUEUED})
+        return JobRecord.model_validate({**fields, **(extra or {}), "state": state})
 
     def delete(self, job_id: str) -> None:
         kind = self.redis.hget(keys.job(job_id), "kind")
@@ -226,7 +267,13 @@ class RecordStore:
         if kind:
             for state in keys.INDEXED_STATES:
                 pipe.zrem(keys.job_index(kind, state), job_id)
-        pipe.delete(keys.job(job_id), keys.job_payload(job_id), keys.job_items(job_id))
+        pipe.delete(
+            keys.job(job_id),
+            keys.job_payload(job_id),
+            keys.job_items(job_id),
+            keys.scheduled_message(job_id),
+        )
+        pipe.zrem(keys.SCHEDULE, job_id)
         pipe.execute()
 
     def kept_s(self, state: str) -> int:

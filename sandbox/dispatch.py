@@ -43,6 +43,7 @@ from pydantic_core import to_json
 
 from nxjobs.client.signing import callbot_headers
 from sandbox import accounts
+from sandbox.endpoints_callbot import start_due
 from sandbox.state import SandboxState
 
 # Connect timeout, and the longest silence while waiting for an answer (requests' timeout=).
@@ -400,6 +401,7 @@ class CallbackDispatcher:
     async def _main(self) -> None:
         last_sweep = time.monotonic()
         while not self._stopped:
+            start_due(self.state)  # tasks whose scheduled start came queue their callbacks
             self._schedule(self.state.take_outbox())
             self._route(self._due())
             now = time.monotonic()

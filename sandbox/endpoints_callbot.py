@@ -129,16 +129,7 @@ def _cb_maybe_finish(state: SandboxState, task: dict[str, Any]) -> None:
         return
     task["taskStatus"] = 3
     task["_finished_by_orders"] = True
-    body = {
-        "callbackType": 1,
-        "userTaskID": task["userTaskID"],
-        "taskID": task["taskID"],
-        "sceneID": task["sceneID"],
-        "taskStatus": 3,
-        "createTs": task["createTs"],
-        "taskStat": _cb_task_stat(state, task),
-    }
-    state.queue_callback("callbot-task", task.get("_taskCallbackUrl"), body, signed=True)
+    _cb_task_callback(state, task)
 
 
 def _cb_dial(state: SandboxState, order: dict[str, Any], now: float) -> None:
@@ -176,6 +167,45 @@ def _cb_dial(state: SandboxState, order: dict[str, Any], now: float) -> None:
     state.queue_callback(
         "callbot-order", order.get("_orderCallbackUrl"), _cb_order_callback(order, 2), signed=True
     )
+
+
+def _cb_undialled(state: SandboxState, task: dict[str, Any]) -> list[dict[str, Any]]:
+    """The task's orders not yet dialled and not stopped, in the order they were added."""
+    orders = (state.stores.cb_orders[o] for o in task["orderIDs"])
+    return [o for o in orders if not o["callInfoDetailList"] and not o["finish"]]
+
+
+def _cb_dial_due(state: SandboxState, task: dict[str, Any], now: float) -> None:
+    """A running task dials what is due: everything at once, or with callbot_dial_interval_s one
+    number per interval from when it was (re)started; then it completes if every order is done."""
+    if task["taskStatus"] != 2:
+        return
+    interval = state.config.callbot_dial_interval_s
+    pending = _cb_undialled(state, task)
+    if interval <= 0:
+        for order in pending:
+            _cb_dial(state, order, now)
+    else:
+        next_at = task.get("_next_dial_at") or now
+        while pending and next_at <= now:
+            _cb_dial(state, pending.pop(0), now)
+            next_at += interval
+        task["_next_dial_at"] = max(next_at, now) if not pending else next_at
+    _cb_maybe_finish(state, task)
+
+
+def _cb_task_callback(state: SandboxState, task: dict[str, Any]) -> None:
+    """The task-status callback (docs/provider.md §6.6), sent when a task completes."""
+    body = {
+        "callbackType": 1,
+        "userTaskID": task["userTaskID"],
+        "taskID": task["taskID"],
+        "sceneID": task["sceneID"],
+        "taskStatus": task["taskStatus"],
+        "createTs": task["createTs"],
+        "taskStat": _cb_task_stat(state, task),
+    }
+    state.queue_callback("callbot-task", task.get("_taskCallbackUrl"), body, signed=True)
 
 
 def _cb_call_list(req: _Request) -> list[Any]:
@@ -246,10 +276,8 @@ def _cb_add_orders(
             added += 1
             if reopen:
                 task["taskStatus"], task["_finished_by_orders"], reopen = 2, False, False
-            if task["taskStatus"] == 2:
-                _cb_dial(state, order, now)
     if added:
-        _cb_maybe_finish(state, task)
+        _cb_dial_due(state, task, now)
     state.accepted["callbot_orders"] += added
     return {"totalCount": len(call_list), "successCount": added, "errList": errors}
 
@@ -264,6 +292,10 @@ def _cb_new_task(state: SandboxState, req: _Request) -> dict[str, Any]:
         state.duplicate_rejections["callbot_usertaskid"] += 1
         raise _Answer(_cb_env(req, 4, "userTaskID already exists"))
     setting = b.get("taskCreateSetting") if isinstance(b.get("taskCreateSetting"), dict) else {}
+    startup_type = _as_int(setting.get("startupType"))
+    startup_at = _as_int(setting.get("startupAt"))
+    if startup_type == 2 and startup_at is None:
+        raise _Answer(_cb_env(req, 4, "parameter value error: startupType 2 needs startupAt"))
     return {
         "userTaskID": user_task_id,
         "taskID": str(uuid.uuid4().int % 10**12).zfill(12),
@@ -277,7 +309,31 @@ def _cb_new_task(state: SandboxState, req: _Request) -> dict[str, Any]:
         "_taskCallbackUrl": setting.get("taskCallbackUrl") or b.get("taskCallbackUrl"),
         "_orderCallbackUrl": b.get("orderCallbackUrl"),
         "_callCallbackUrl": b.get("callCallbackUrl"),
+        # A scheduled start (startupType 2): the task starts itself then (start_due).
+        "_startupAt": startup_at if startup_type == 2 else None,
     }
+
+
+def _cb_start(state: SandboxState, task: dict[str, Any], now: float) -> None:
+    """The task starts (status 2) and dials what is due (_cb_dial_due)."""
+    task["taskStatus"] = 2
+    task["_finished_by_orders"] = False
+    task["_next_dial_at"] = now
+    _cb_dial_due(state, task, now)
+
+
+def start_due(state: SandboxState) -> int:
+    """Start the tasks whose scheduled start (startupAt) has come, as the provider does on its
+    own, whoever is connected; run by the callback dispatcher's loop. Returns how many started."""
+    with state.lock:
+        now = state.now()
+        due = [t for t, at in state.stores.cb_scheduled.items() if at <= now]
+        for user_task_id in due:
+            del state.stores.cb_scheduled[user_task_id]
+            task = state.stores.cb_tasks.get(user_task_id)
+            if task is not None and task["taskStatus"] == 1:
+                _cb_start(state, task, now)
+        return len(due)
 
 
 def _cb_store_task(state: SandboxState, task: dict[str, Any]) -> None:
@@ -287,6 +343,8 @@ def _cb_store_task(state: SandboxState, task: dict[str, Any]) -> None:
         state.duplicates["callbot_usertaskid"] += 1
     state.stores.cb_tasks[task["userTaskID"]] = task
     state.accepted["callbot_tasks"] += 1
+    if task.get("_startupAt") is not None:
+        state.stores.cb_scheduled[task["userTaskID"]] = float(task["_startupAt"])
 
 
 def _cb_create_task(state: SandboxState, req: _Request) -> dict[str, Any]:
@@ -313,6 +371,7 @@ def _cb_task(state: SandboxState, req: _Request) -> dict[str, Any]:
     task = state.stores.cb_tasks.get(user_task_id)
     if task is None:
         raise _Answer(_cb_env(req, 4, "parameter value error: userTaskID not found"))
+    _cb_dial_due(state, task, req.now)
     return task
 
 
@@ -331,17 +390,82 @@ def _cb_mgr_task_status(state: SandboxState, req: _Request) -> dict[str, Any]:
     if new_status is None:
         return _cb_env(req, 4, "parameter value error: taskOperate must be 1, 2 or 3")
     task = _cb_task(state, req)
-    if task["taskStatus"] == 3 and new_status != 3:
+    was = task["taskStatus"]
+    if was == 3 and new_status != 3:
         return _cb_env(req, 4, "parameter value error: task is completed")
-    task["taskStatus"] = new_status
+    state.stores.cb_scheduled.pop(task["userTaskID"], None)  # an operator's start or stop wins
     task["_finished_by_orders"] = False  # an operator's status sticks: completed stays completed
+    if new_status == was:  # asked again (a resent request): the answer is the same, nothing moves
+        return _cb_ok(req, taskID=task["taskID"], taskStatus=was)
+    task["taskStatus"] = new_status
     if new_status == 2:
-        for order_id in task["orderIDs"]:
-            order = state.stores.cb_orders[order_id]
-            if not order["callInfoDetailList"]:
-                _cb_dial(state, order, req.now)
+        task["_next_dial_at"] = req.now  # (re)started: the next number is dialled at once
+        _cb_dial_due(state, task, req.now)
+    elif new_status == 3:
+        if _as_int(req.body.get("delCall")) == 1:
+            # delCall 1: the numbers not yet dialled are deleted from the task.
+            dropped = {o["orderID"] for o in _cb_undialled(state, task)}
+            task["orderIDs"] = [o for o in task["orderIDs"] if o not in dropped]
+            for order_id in dropped:
+                del state.stores.cb_orders[order_id]
+        _cb_task_callback(state, task)
+    return _cb_ok(req, taskID=task["taskID"], taskStatus=task["taskStatus"])
+
+
+def _cb_stop_order(state: SandboxState, req: _Request) -> dict[str, Any]:
+    """Stop orders for good (irreversible): each is finished undialled and never dialled again;
+    one already dialled, already stopped or not the task's is refused in errList."""
+    task = _cb_task(state, req)
+    order_ids = req.body.get("orderIDs")
+    if order_ids is None:
+        return _cb_env(req, 2, "missing parameter: orderIDs")
+    if not isinstance(order_ids, list):
+        return _cb_env(req, 3, "parameter format error: orderIDs must be an array")
+    if len(order_ids) > CALLBOT_MAX_CALL_LIST:
+        return _cb_env(req, 4001, f"too many array elements (max {CALLBOT_MAX_CALL_LIST})")
+    errors, stopped = [], 0
+    for order_id in order_ids:
+        order = state.stores.cb_orders.get(order_id) if isinstance(order_id, str) else None
+        if order is None or order["userTaskID"] != task["userTaskID"]:
+            errors.append({"orderID": str(order_id), "errMsg": "orderID not found in the task"})
+        elif order.get("_stopped"):
+            errors.append({"orderID": order_id, "errMsg": "order already stopped"})
+        elif order["finish"]:
+            errors.append({"orderID": order_id, "errMsg": "order already finished"})
+        else:
+            order["finish"], order["_stopped"] = True, True
+            stopped += 1
+    if stopped:
         _cb_maybe_finish(state, task)
-    return _cb_ok(req, taskID=task["taskID"], taskStatus=new_status)
+    return _cb_ok(req, totalCount=len(order_ids), successCount=stopped, errList=errors)
+
+
+# What updateTask may carry besides the task's ids (docs/provider.md §6.3).
+_CB_UPDATABLE = frozenset({"productID", "userTaskID", "sceneID", "taskCreateSetting", "funcFlag"})
+
+
+def _cb_update_task(state: SandboxState, req: _Request) -> dict[str, Any]:
+    """Change a paused or not-started task's taskCreateSetting / funcFlag; nothing else."""
+    task = _cb_task(state, req)
+    b = req.body
+    if task["taskStatus"] not in (1, 5):
+        return _cb_env(
+            req, 4, "parameter value error: only a paused or not started task can be updated"
+        )
+    extra = sorted(set(b) - _CB_UPDATABLE)
+    if extra:
+        return _cb_env(req, 4, f"parameter value error: {extra[0]} cannot be updated")
+    if b.get("sceneID") != task["sceneID"]:
+        return _cb_env(req, 4, "parameter value error: sceneID does not match the task")
+    setting = b.get("taskCreateSetting")
+    if not isinstance(setting, dict):
+        return _cb_env(req, 3, "parameter format error: taskCreateSetting must be an object")
+    task["taskName"] = setting.get("taskName") or task["taskName"]
+    task["_taskCallbackUrl"] = setting.get("taskCallbackUrl") or task["_taskCallbackUrl"]
+    task.setdefault("_settings", {}).update(setting)
+    if isinstance(b.get("funcFlag"), dict):
+        task.setdefault("_funcFlag", {}).update(b["funcFlag"])
+    return _cb_ok(req)
 
 
 def _cb_task_stat(state: SandboxState, task: dict[str, Any]) -> dict[str, Any]:

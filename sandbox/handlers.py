@@ -52,7 +52,9 @@ from sandbox.endpoints_callbot import (
     _cb_mgr_task_status,
     _cb_ping,
     _cb_quotas,
+    _cb_stop_order,
     _cb_throttle,
+    _cb_update_task,
     _cb_verifier,
 )
 from sandbox.state import SandboxState
@@ -87,6 +89,8 @@ ROUTES: dict[str, _Route] = {
     CALLBOT_PREFIX + "createAndCall": _callbot(_cb_create_and_call),
     CALLBOT_PREFIX + "addBatchCall": _callbot(_cb_add_batch_call),
     CALLBOT_PREFIX + "mgrTaskStatus": _callbot(_cb_mgr_task_status),
+    CALLBOT_PREFIX + "stopOrder": _callbot(_cb_stop_order),
+    CALLBOT_PREFIX + "updateTask": _callbot(_cb_update_task),
     CALLBOT_PREFIX + "listTask": _callbot(_cb_list_task),
     CALLBOT_PREFIX + "listOrderDetail": _callbot(_cb_list_order_detail),
     "/v1/call/token": _Route(

@@ -247,6 +247,12 @@ def _parser() -> argparse.ArgumentParser:
         default=d.callback_retry_window_s,
         help="give a callback up this long after its first attempt (NXCloud: 3600)",
     )
+    p.add_argument(
+        "--callbot-dial-interval",
+        type=float,
+        default=d.callbot_dial_interval_s,
+        help="seconds between the numbers a running Callbot task dials (0: all at once)",
+    )
     return p
 
 
@@ -274,6 +280,7 @@ def run(argv: list[str] | None = None) -> int:
             callback_drop_rate=args.callback_drop_rate,
             callback_retry_s=args.callback_retry,
             callback_retry_window_s=args.callback_retry_window,
+            callbot_dial_interval_s=args.callbot_dial_interval,
         )
         handle_ = start_in_thread(args.host, args.port, config)
     except (ValueError, OSError) as exc:

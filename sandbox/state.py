@@ -74,6 +74,10 @@ class SandboxConfig:
     # (NXCloud: every minute for up to 60 minutes), then give up.
     callback_retry_s: float = 60.0
     callback_retry_window_s: float = 3600.0
+    # A running Callbot task dials its next number every this many seconds, the first at once
+    # (0: all at once, when started or added). Dialling advances when the task is next asked
+    # about (any request naming its userTaskID), so tests see a list part-dialled.
+    callbot_dial_interval_s: float = 0.0
 
     def updated(self, **changes: Any) -> SandboxConfig:
         """A copy with `changes` applied after type coercion and range checks (ValueError)."""
@@ -118,6 +122,7 @@ def _coerce(name: str, value: Any) -> Any:
         "callback_jitter_s",
         "callback_retry_s",
         "callback_retry_window_s",
+        "callbot_dial_interval_s",
     ):
         value = float(value)
     else:
@@ -147,6 +152,8 @@ class _Stores:
     # Callbot v3.
     cb_tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
     cb_orders: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # userTaskID -> its scheduled start (startupAt, unix s) while it has not come.
+    cb_scheduled: dict[str, float] = field(default_factory=dict)
     # Agent API: token -> {"appkey", "expires_at"}; accepted makecalls, oldest first.
     tokens: dict[str, dict[str, Any]] = field(default_factory=dict)
     calls: list[dict[str, Any]] = field(default_factory=list)

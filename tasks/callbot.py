@@ -1,12 +1,19 @@
 """Callbot v3 tasks: create a call list task, add its contacts, start it; add one contact to a
 task on its own (a `callbot-contact` job with batch=False, or a dead-letter replay; the coalesced
-ones are sent by tasks/coalesce.py)."""
+ones are sent by tasks/coalesce.py); one campaign-control operation on a list's task
+(nxjobs.campaign)."""
 
+from functools import cache
+
+import redis
 from celery import shared_task
+from celery.exceptions import Reject
 
+from nxjobs.campaign import CONTROL_TASK, ControlRun, Later
 from nxjobs.client import operations
 from nxjobs.jobs import KINDS
 from tasks.base import JobTask
+from tasks.services import get_services
 
 
 @shared_task(name=KINDS["callbot-list"].task_name, bind=True, base=JobTask)
@@ -49,4 +56,52 @@ def _add_contact(svc, job_id, payload, outcome):
         payload=payload,
         public_url=svc.settings.callbacks.public_url,
         outcome=outcome,
+    )
+
+
+@shared_task(name=CONTROL_TASK, bind=True, acks_late=True, ignore_result=True, max_retries=None)
+def control_campaign(
+    self,
+    job_id: str,
+    op_id: str,
+    op: str,
+    args: dict,
+    slot_at_us=None,
+    errors: int = 0,
+    throttles: int = 0,
+) -> str:
+    # slot_at_us / errors / throttles are set only by our own re-queues (waits, retries).
+    try:
+        result = _control().run(
+            job_id, op_id, op, args, slot_at_us=slot_at_us, errors=errors, throttles=throttles
+        )
+    except redis.RedisError as exc:
+        # The answer could not be recorded: run it again (every operation is safe to resend).
+        raise Reject(f"redis unavailable: {type(exc).__name__}", requeue=True) from exc
+    if isinstance(result, Later):
+        kwargs = {
+            "job_id": job_id,
+            "op_id": op_id,
+            "op": op,
+            "args": args,
+            "slot_at_us": result.slot_at_us,
+            "errors": result.errors,
+            "throttles": result.throttles,
+        }
+        raise self.retry(kwargs=kwargs, countdown=result.countdown, exc=RuntimeError(result.reason))
+    return result.outcome
+
+
+@cache
+def _control() -> ControlRun:
+    svc = get_services()
+    return ControlRun(
+        svc.redis,
+        svc.callbot,
+        svc.gate,
+        svc.limiter,
+        retry=svc.settings.retry,
+        ratelimit=svc.settings.ratelimit,
+        ttl_s=svc.settings.record_ttl_s,
+        rng=svc.rng,
     )

@@ -147,3 +147,18 @@ def _stop_held(**_kwargs) -> None:
     from workers import held
 
     held.stop()
+
+
+# Each worker's main process publishes the scheduled jobs that are due (nxjobs/schedule.py).
+@signals.worker_ready.connect
+def _start_schedule(sender=None, **_kwargs) -> None:
+    from workers import schedule
+
+    schedule.start(app, settings)
+
+
+@signals.worker_shutdown.connect
+def _stop_schedule(**_kwargs) -> None:
+    from workers import schedule
+
+    schedule.stop()

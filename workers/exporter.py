@@ -208,10 +208,12 @@ class Exporter:
         if dead:
             pipe.exists(dead)
             pipe.type(dead)
+        pipe.info("memory")
         pipe.time()
         replies = pipe.execute()
         counters, hists, consumed, unacked = replies[:4]
         waiting = replies[4 : 4 + len(QUEUES)]
+        memory = replies[-2]
         redis_now_s = float(replies[-1][0]) + float(replies[-1][1]) / 1e6
 
         jobs = GaugeMetricFamily(
@@ -241,7 +243,7 @@ class Exporter:
         )
         finished = CounterMetricFamily(
             "nxjobs_jobs_finished",
-            "Jobs that entered a finished state (completed, failed), by kind",
+            "Jobs that entered a finished state (completed, failed, cancelled), by kind",
             labels=["kind", "state"],
         )
         callbacks = CounterMetricFamily(
@@ -383,6 +385,18 @@ class Exporter:
             yield GaugeMetricFamily(
                 "nxjobs_dead_letters", "Jobs in the dead-letter store", value=size
             )
+
+        yield GaugeMetricFamily(
+            "nxjobs_redis_memory_used_bytes",
+            "Redis used_memory (INFO memory): queues, job records and everything else",
+            value=float(memory.get("used_memory", 0)),
+        )
+        yield GaugeMetricFamily(
+            "nxjobs_redis_memory_max_bytes",
+            "Redis maxmemory, the limit past which a noeviction Redis refuses writes "
+            "(0 = no limit set)",
+            value=float(memory.get("maxmemory", 0)),
+        )
 
         ok, _ = self.health()
         yield GaugeMetricFamily(

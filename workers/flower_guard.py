@@ -16,6 +16,11 @@ Checks the environment, then replaces itself with
 changes) answers 403, and the dashboard hides those buttons. Reading stays behind the basic
 auth; /healthcheck and Flower's own /metrics stay unauthenticated (compose publishes the port
 on 127.0.0.1 only).
+
+FLOWER_BASIC_AUTH_FILE names a file holding the `user:password` entries instead (a Kubernetes
+Secret mounted as a volume): the wrapper reads it and hands the value to Flower in its own
+environment, so it is never in the pod's or container's declared environment. Setting both is
+refused.
 """
 
 from __future__ import annotations
@@ -56,6 +61,24 @@ class UnsafeFlower(ValueError):
 def is_placeholder(password: str) -> bool:
     folded = password.strip().lower()
     return folded in PLACEHOLDER_PASSWORDS or folded.startswith(PLACEHOLDER_PREFIXES)
+
+
+def basic_auth_from_file(env: dict[str, str] | os._Environ) -> dict[str, str]:
+    """`env` with FLOWER_BASIC_AUTH read from FLOWER_BASIC_AUTH_FILE when that is set."""
+    path = (env.get("FLOWER_BASIC_AUTH_FILE") or "").strip()
+    if not path:
+        return dict(env)
+    if (env.get("FLOWER_BASIC_AUTH") or "").strip():
+        raise UnsafeFlower("set FLOWER_BASIC_AUTH or FLOWER_BASIC_AUTH_FILE, not both")
+    try:
+        value = Path(path).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise UnsafeFlower(
+            f"FLOWER_BASIC_AUTH_FILE={path} cannot be read: {type(exc).__name__}"
+        ) from None
+    out = {k: v for k, v in env.items() if k != "FLOWER_BASIC_AUTH_FILE"}
+    out["FLOWER_BASIC_AUTH"] = value
+    return out
 
 
 def check(env: dict[str, str] | os._Environ, argv: list[str], cwd: Path) -> None:
@@ -118,12 +141,13 @@ def flower_argv(argv: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     try:
-        check(os.environ, args, Path.cwd())
+        env = basic_auth_from_file(os.environ)
+        check(env, args, Path.cwd())
     except UnsafeFlower as exc:
         print(f"flower: refusing to start: {exc}", file=sys.stderr, flush=True)
         return 2
     command = flower_argv(args)
-    os.execv(command[0], command)
+    os.execve(command[0], command, env)
     return 0  # not reached
 
 

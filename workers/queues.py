@@ -2,6 +2,7 @@
 
 from kombu import Queue
 
+from nxjobs.campaign import CONTROL_QUEUE, CONTROL_TASK
 from nxjobs.coalesce import SPECS
 from nxjobs.jobs import KINDS, QUEUES
 
@@ -14,3 +15,5 @@ TASK_ROUTES = {
 TASK_ROUTES.update(
     {spec.flush_task: {"queue": spec.family, "routing_key": spec.family} for spec in SPECS}
 )
+# Campaign control of a callbot list runs where the Callbot credentials are.
+TASK_ROUTES[CONTROL_TASK] = {"queue": CONTROL_QUEUE, "routing_key": CONTROL_QUEUE}

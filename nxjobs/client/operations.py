@@ -8,6 +8,7 @@ so every attempt reuses them.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +36,10 @@ from nxjobs.wire import (
     contact_order_id,
     number_check_batch_no,
 )
+
+# A callbot list's scheduled start (payload.start_at) left to the provider (startupType 2) only
+# when still at least this far ahead when the task is created; nearer, we start it ourselves.
+PROVIDER_START_MIN_AHEAD_S = 5.0
 
 
 @dataclass
@@ -389,7 +394,13 @@ def submit_call_list(
         else:
             state["create_sent"] = True
             state["create_mode"] = "createAndCall" if total <= CALLBOT_CHUNK_SIZE else "createTask"
+            # A start still far enough ahead is the provider's to make (it starts the task then,
+            # whether or not we are up); otherwise we start it ourselves below, as any list.
+            if payload.start_at and payload.start_at >= time.time() + PROVIDER_START_MIN_AHEAD_S:
+                state["startup_at"] = payload.start_at
             save_progress(state)
+            if state.get("startup_at"):
+                setting = {**setting, "startupType": 2, "startupAt": state["startup_at"]}
             if state["create_mode"] == "createAndCall":
                 body: dict[str, Any] = {
                     "userTaskID": user_task_id,
@@ -433,6 +444,10 @@ def submit_call_list(
             endpoint="addBatchCall",
         )
 
+    if state.get("startup_at"):
+        # Created with its scheduled start: the provider starts it; nothing for us to send.
+        state["started"] = True
+        state.setdefault("taskStatus", 1)  # not started yet (docs/provider.md §6)
     if not state.get("started") and state.get("start_sent"):
         # An earlier attempt sent the start and lost the answer: the task may be running or,
         # with a short list, already finished (a second start is then refused). Ask first.
@@ -459,6 +474,8 @@ def submit_call_list(
     outcome.result = {
         k: state.get(k) for k in ("userTaskID", "taskID", "taskStatus", "accepted", "rejected")
     }
+    if state.get("startup_at"):
+        outcome.result["startupAt"] = state["startup_at"]
     outcome.result["contacts"] = total
     return outcome
 
@@ -502,3 +519,48 @@ def _find_task(callbot: CallbotClient, user_task_id: str) -> dict[str, Any] | No
         if task.get("userTaskID") == user_task_id:
             return task
     return None
+
+
+# ---- Callbot v3: campaign control of a task (nxjobs.campaign, docs/campaigns.md) ---------
+
+# mgrTaskStatus's taskOperate (docs/provider.md §6.4).
+TASK_START, TASK_PAUSE, TASK_COMPLETE = 1, 2, 3
+
+
+def manage_task(
+    callbot: CallbotClient, *, user_task_id: str, operate: int, delete_undialled: bool
+) -> dict[str, Any]:
+    """Start (resume), pause or complete task `user_task_id`; `delete_undialled` (delCall 1, with
+    complete): the numbers not yet dialled are dropped. Returns the answer's taskID, taskStatus."""
+    body = {
+        "userTaskID": user_task_id,
+        "taskOperate": operate,
+        "delCall": 1 if delete_undialled else 0,
+    }
+    resp = callbot.post("mgrTaskStatus", body)
+    return {"taskID": resp.body.get("taskID"), "taskStatus": resp.body.get("taskStatus")}
+
+
+def stop_orders(
+    callbot: CallbotClient, *, user_task_id: str, order_ids: list[str]
+) -> dict[str, Any]:
+    """Stop these orders of task `user_task_id` for good (stopOrder, irreversible; delCall 1: they
+    are not dialled again). Returns totalCount, successCount and errList as the provider gave
+    them: an order already stopped or finished is refused there, and nothing is stopped twice."""
+    body = {"userTaskID": user_task_id, "orderIDs": list(order_ids), "delCall": 1}
+    resp = callbot.post("stopOrder", body)
+    return {
+        "totalCount": resp.body.get("totalCount"),
+        "successCount": resp.body.get("successCount"),
+        "errList": resp.body.get("errList") or [],
+    }
+
+
+def update_task(
+    callbot: CallbotClient, *, user_task_id: str, scene_id: str, settings: dict[str, Any]
+) -> dict[str, Any]:
+    """Change the taskCreateSetting fields `settings` of a paused (or not started) task
+    (updateTask). Returns the fields sent: the answer is the envelope alone."""
+    body = {"userTaskID": user_task_id, "sceneID": scene_id, "taskCreateSetting": dict(settings)}
+    callbot.post("updateTask", body)
+    return {"updated": sorted(settings)}

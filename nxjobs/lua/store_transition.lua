@@ -6,7 +6,7 @@
 -- Returns {status, state before, attempts, throttles}: status 1 moved, 0 the state may not
 --   follow the current one, -1 no record.
 -- The target is the caller's (ARGV[1]); the moves it may make:
--- moves: queued -> running, running -> running, retrying -> running
+-- moves: queued -> running, running -> running, retrying -> running, scheduled -> running
 -- moves: running -> retrying
 -- moves: submitted -> completed
 -- moves: queued -> failed, running -> failed, retrying -> failed, submitted -> failed

@@ -79,3 +79,32 @@ def test_task_and_worker_control_is_refused_even_when_authenticated(guarded_flow
         requests.post(guarded_flower + path.format(id=uuid.uuid4()), json={}, timeout=5).status_code
         == 401
     )
+
+
+def test_the_basic_auth_can_come_from_a_mounted_file(redis_url, tmp_path):
+    # Given the user:password in a file (a Kubernetes Secret volume), none in the environment
+    auth_file = tmp_path / "FLOWER_BASIC_AUTH"
+    auth_file.write_text(":".join(AUTH) + "\n")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FLOWER_", "NXJOBS_"))}
+    env.update(
+        {
+            "NXJOBS_REDIS_URL": redis_url.rsplit("/", 1)[0] + "/9",
+            "FLOWER_BASIC_AUTH_FILE": str(auth_file),
+        }
+    )
+    proc = ServiceProcess(
+        "flower-file",
+        [sys.executable, "-m", "workers.flower_guard", f"--port={port}", "--address=127.0.0.1"],
+        env=env,
+        log_dir=str(tmp_path),
+        cwd=project_root(),
+    ).start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(proc, url + "/healthcheck", 30)
+        # Then Flower demands exactly that user and password
+        assert requests.get(f"{url}/api/tasks", timeout=5).status_code == 401
+        assert requests.get(f"{url}/api/tasks", auth=AUTH, timeout=5).status_code == 200
+    finally:
+        proc.stop()

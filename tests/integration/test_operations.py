@@ -366,6 +366,99 @@ def test_callbot_contacts_file_bigger_than_a_job_becomes_named_parts(worker_env,
     assert "8613900000000" not in json.dumps([r.input for r in records.values()])
 
 
+def _callbot_file(env: dict[str, str], path, *extra: str) -> subprocess.CompletedProcess:
+    return cli(
+        env,
+        "submit",
+        "callbot-list",
+        "--scene-id",
+        "7",
+        "--task-name",
+        "crm",
+        "--contacts",
+        str(path),
+        "--no-progress",
+        *extra,
+    )
+
+
+def test_a_crm_export_headed_by_name_submits_with_its_params_and_extra_columns_ignored(
+    worker_env, tmp_path
+):
+    from nxjobs.producers import Producer
+
+    # Given a CRM export: columns in its own order and spelling, a column we do not use, a param
+    # column, and a bad phone on line 3
+    path = tmp_path / "contacts.csv"
+    rows = ["o1,86139000000001,Li,North,gold", "o2,12-34,Wu,South,", "o3,86139000000003,,East,"]
+    path.write_text("orderID,userPhone,userName,Region,param.plan\n" + "\n".join(rows) + "\n")
+    # When submitted strictly, Then nothing is enqueued and the error names file, line and column
+    strict = _callbot_file(worker_env, path)
+    assert strict.returncode == 2 and strict.stdout == "", strict.stderr
+    assert f"rejected: {path} line 3: userPhone: must be 6-20 digits" in strict.stderr
+    assert strict.stderr.count("Region") == 1 and "warning: " in strict.stderr
+    # When the bad row is allowed, Then two contacts go out by name, params from param.plan
+    ok = _callbot_file(worker_env, path, "--skip-invalid")
+    assert ok.returncode == 0, ok.stderr
+    (job_id,) = ok.stdout.split()
+    with Producer(worker_env["NXJOBS_REDIS_URL"]) as producer:
+        record = producer.get(job_id)
+    contacts = record.input["contacts"]
+    assert [c["order_id"] for c in contacts] == ["o1", "o3"]
+    assert contacts[0]["user_name"] == "Li" and contacts[0]["params"] == [
+        {"name": "plan", "value": "gold"}
+    ]
+    assert not contacts[1]["params"] and "North" not in json.dumps(contacts)
+
+
+def test_a_jsonl_contacts_file_and_a_header_without_a_phone_column(worker_env, tmp_path):
+    from nxjobs.producers import Producer
+
+    # Given a JSON-lines file (phones as numbers, params as an object, a key we do not use)
+    path = tmp_path / "contacts.jsonl"
+    path.write_text(
+        json.dumps({"userPhone": 86139000000011, "orderID": "j1", "params": {"plan": "gold"}})
+        + "\n"
+        + json.dumps({"phone": "+86139000000012", "name": "Wu", "crm_id": 9})
+        + "\n"
+    )
+    # When submitted, Then one job holds both contacts, normalised
+    ok = _callbot_file(worker_env, path)
+    assert ok.returncode == 0, ok.stderr
+    assert "crm_id" in ok.stderr
+    (job_id,) = ok.stdout.split()
+    with Producer(worker_env["NXJOBS_REDIS_URL"]) as producer:
+        contacts = producer.get(job_id).input["contacts"]
+    assert [c.get("order_id") for c in contacts] == ["j1", None]
+    assert contacts[0]["params"] == [{"name": "plan", "value": "gold"}]
+    assert contacts[1]["user_name"] == "Wu"
+    # And a CSV whose header names no phone column is refused whole, naming the spellings
+    bad = tmp_path / "nophone.csv"
+    bad.write_text("orderID,userName\no1,Li\n")
+    refused = _callbot_file(worker_env, bad)
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert "no phone column; name it one of userPhone, user_phone, phone" in refused.stderr
+    assert "nothing was enqueued" in refused.stderr
+
+
+def test_a_json_array_number_file_submits_and_a_broken_one_enqueues_nothing(worker_env, tmp_path):
+    from nxjobs.producers import Producer
+
+    # Given a JSON array of bare phones and objects
+    path = tmp_path / "numbers.json"
+    path.write_text('[8613800000101,\n "+8613800000102",\n {"msisdn": "8613800000103"}]\n')
+    ok = cli(worker_env, "submit", "number-check", "--file", str(path), "--no-progress")
+    assert ok.returncode == 0, ok.stderr
+    (job_id,) = ok.stdout.split()
+    with Producer(worker_env["NXJOBS_REDIS_URL"]) as producer:
+        assert len(producer.get(job_id).input["phones"]) == 3
+    # And an array broken on line 3 is refused whole, naming file and line
+    path.write_text('[8613800000101,\n "+8613800000102",\n {"msisdn": ]\n')
+    bad = cli(worker_env, "submit", "number-check", "--file", str(path), "--no-progress")
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert f"{path} line 3: not valid JSON" in bad.stderr and "nothing was enqueued" in bad.stderr
+
+
 def test_a_million_rows_submit_within_the_memory_bound(tmp_path):
     # The benchmark script itself: 1 000 000 rows -> 200 jobs, peak RSS of the CLI process under the
     # bound.

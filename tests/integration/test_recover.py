@@ -11,6 +11,7 @@ import pytest
 
 from nxjobs import keys
 from nxjobs.broker import unacked_key
+from nxjobs.records import JobState
 from nxjobs.recover import LostMessageSweeper
 from nxjobs.redis_conn import connect
 from nxjobs.store import RecordStore
@@ -86,3 +87,28 @@ def test_a_suspect_that_moves_on_is_forgotten(client):
     now[0] += 11
     assert sweeper.run("agent") == {"candidates": 0, "suspects": 0, "republished": 0}
     assert sent == [] and client.hlen(keys.recover_suspects("agent")) == 0
+
+
+def test_a_scheduled_job_has_no_message_on_purpose_and_is_never_republished(client):
+    # A scheduled job (nxjobs/schedule.py), long unchanged, whose index entry is old
+    job = "e" * 32
+    store = RecordStore(client)
+    store.create(
+        job,
+        "call",
+        {"phone": "861******8000"},
+        payload={"phone": "8613800138000"},
+        state=JobState.SCHEDULED,
+        index_score=1577836800,
+    )
+    client.hset(keys.job(job), "updated_at", "2020-01-01T00:00:00.000Z")
+    sent = []
+    now = [time.time()]
+    sweeper = LostMessageSweeper(
+        client, lambda *a: sent.append(a), confirm_s=10, clock=lambda: now[0]
+    )
+    for _ in range(3):
+        report = sweeper.run("agent")
+        now[0] += 11
+        assert report["candidates"] == 0 and report.get("republished", 0) == 0, report
+    assert sent == []

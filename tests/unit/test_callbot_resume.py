@@ -122,3 +122,68 @@ def test_a_start_held_back_by_the_rate_limiter_is_not_looked_up_next_time():
     # Then the saved progress does not claim a start was sent: the resumed attempt will not
     # spend its reserved slot on a lookup and wait again for the start (a loop)
     assert saved[-1]["start_sent"] is False
+
+
+def _create(payload, progress=None):
+    callbot = RecordingCallbot()
+    saved = []
+    out = submit_call_list(
+        callbot,
+        job_id="job1",
+        payload=payload,
+        public_url=None,
+        strategy_name="s",
+        progress=progress or {},
+        save_progress=lambda p: saved.append(dict(p)),
+        outcome=Outcome(),
+    )
+    return out, callbot, saved
+
+
+class RecordingCallbot:
+    def __init__(self):
+        self.sent: list[tuple[str, dict]] = []
+
+    def post(self, endpoint, body):
+        self.sent.append((endpoint, body))
+        return SimpleNamespace(
+            body={"taskID": "T1", "taskStatus": 1 if endpoint != "mgrTaskStatus" else 2}
+        )
+
+
+def test_a_start_far_enough_ahead_is_the_providers_and_no_start_is_sent():
+    import time
+
+    start = int(time.time()) + 3600
+    out, callbot, saved = _create(PAYLOAD.model_copy(update={"start_at": start}))
+    assert [e for e, _ in callbot.sent] == ["createAndCall"]
+    setting = callbot.sent[0][1]["taskCreateSetting"]
+    assert (setting["startupType"], setting["startupAt"]) == (2, start)
+    assert out.result["startupAt"] == start and out.result["taskStatus"] == 1
+    # Saved before the create is sent: a resumed attempt knows the provider will start it
+    assert saved[0]["startup_at"] == start
+
+
+def test_a_start_too_near_or_past_is_ours_to_send():
+    import time
+
+    out, callbot, _ = _create(PAYLOAD.model_copy(update={"start_at": int(time.time()) + 1}))
+    assert [e for e, _ in callbot.sent] == ["createAndCall", "mgrTaskStatus"]
+    assert "startupType" not in callbot.sent[0][1]["taskCreateSetting"]
+    assert "startupAt" not in out.result
+
+
+def test_a_resumed_list_created_with_its_scheduled_start_sends_no_start():
+    progress = {
+        "userTaskID": "job1",
+        "added": 1,
+        "accepted": 1,
+        "rejected": [],
+        "taskID": "T1",
+        "create_sent": True,
+        "create_mode": "createAndCall",
+        "startup_at": 1_900_000_000,
+    }
+    out, callbot, _ = _create(PAYLOAD, progress)
+    assert callbot.sent == []
+    assert out.result["startupAt"] == 1_900_000_000

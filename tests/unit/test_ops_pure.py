@@ -93,6 +93,7 @@ def test_readme_configuration_table_is_generated_from_the_settings_model():
 
 def test_number_file_rows_are_validated_deduplicated_and_trusted_on_the_second_pass(tmp_path):
     from nxjobs.bulk import _number_rows
+    from nxjobs.bulk_files import open_reader
 
     # Given a header, a '+' number, a bad row, a duplicate and a blank line
     path = tmp_path / "n.csv"
@@ -100,7 +101,7 @@ def test_number_file_rows_are_validated_deduplicated_and_trusted_on_the_second_p
     # When validated
     rows = [
         (line, phone, info.split("\x00")[-1])
-        for line, phone, info, _ in _number_rows(str(path), 5000)
+        for line, phone, info, _ in _number_rows(open_reader(str(path), "number-check"), 5000)
     ]
     # Then line numbers are the file's, the '+' is dropped and the repeat is rejected
     assert rows == [
@@ -111,7 +112,8 @@ def test_number_file_rows_are_validated_deduplicated_and_trusted_on_the_second_p
     ]
     assert "digits" in rows[1][2]
     # And the second pass, told which lines were rejected, yields exactly the valid rows
-    trusted = [(line, phone) for line, phone, _, _ in _number_rows(str(path), 5000, {3, 5})]
+    reader = open_reader(str(path), "number-check")
+    trusted = [(line, phone) for line, phone, _, _ in _number_rows(reader, 5000, {3, 5})]
     assert trusted == [(2, "8613800138000"), (6, "6591234567")]
 
 

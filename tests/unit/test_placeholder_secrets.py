@@ -165,3 +165,27 @@ def test_the_entrypoint_exits_before_starting_flower(env):
     assert "refusing to start" in proc.stderr
     assert "Visit me at" not in proc.stdout + proc.stderr  # Flower's banner: it never started
     assert time.monotonic() - started < 20
+
+
+def test_flower_auth_from_a_file_is_checked_like_the_variable(tmp_path):
+    # Given the entries in a mounted file
+    good = tmp_path / "auth"
+    good.write_text("ops:Zq8-vT3kLm2pRx9w\n")
+    env = flower_guard.basic_auth_from_file({"FLOWER_BASIC_AUTH_FILE": str(good), "A": "1"})
+    # Then Flower gets them as its variable, the file's name is not passed on
+    assert env == {"A": "1", "FLOWER_BASIC_AUTH": "ops:Zq8-vT3kLm2pRx9w"}
+    check(env, [], tmp_path)
+    # And a placeholder in the file is refused as one in the variable is
+    weak = tmp_path / "weak"
+    weak.write_text("ops:change-me")
+    with pytest.raises(UnsafeFlower, match="placeholder"):
+        check(
+            flower_guard.basic_auth_from_file({"FLOWER_BASIC_AUTH_FILE": str(weak)}), [], tmp_path
+        )
+    # And a missing file, or both sources at once, stop it
+    with pytest.raises(UnsafeFlower, match="cannot be read"):
+        flower_guard.basic_auth_from_file({"FLOWER_BASIC_AUTH_FILE": str(tmp_path / "none")})
+    with pytest.raises(UnsafeFlower, match="not both"):
+        flower_guard.basic_auth_from_file(
+            {"FLOWER_BASIC_AUTH_FILE": str(good), "FLOWER_BASIC_AUTH": "ops:Zq8-vT3kLm2pRx9w"}
+        )

@@ -53,6 +53,10 @@ def test_empty_env_values_count_as_unset(monkeypatch):
         (["worker", "-Q", "api2"], ["api2"]),
         (["worker", "-Qagent,api2"], ["agent", "api2"]),
         (["worker", "--queues=callbot"], ["callbot"]),
+        # as Celery (click) reads them: the last -Q counts; -X takes families out
+        (["worker", "-Q", "agent", "-n", "q@%h", "--queues", "api2"], ["api2"]),
+        (["worker", "-X", "agent", "-c", "2"], ["callbot", "api2"]),
+        (["worker", "-Q", "agent,api2", "--exclude-queues=api2"], ["agent"]),
     ],
 )
 def test_worker_queue_parsing(argv, queues):

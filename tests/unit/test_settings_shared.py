@@ -98,3 +98,28 @@ def test_malformed_values_are_refused_by_both(
     for model in (ProducerSettings, Settings):
         with pytest.raises(ValidationError, match=named):
             model()
+
+
+def test_both_find_the_settings_files_in_the_same_directory(tmp_path, monkeypatch) -> None:
+    from config import settings as service
+    from nxjobs import producers
+
+    assert producers.SECRETS_DIR_VARIABLE == service.SECRETS_DIR_VARIABLE
+    assert producers.DEFAULT_SECRETS_DIR == service.DEFAULT_SECRETS_DIR
+    for env in ({}, {"NXJOBS_SECRETS_DIR": str(tmp_path)}):
+        assert producers.settings_files_dir(env) == service.secrets_dir(env)
+    with pytest.raises(RuntimeError, match="NXJOBS_SECRETS_DIR"):
+        producers.settings_files_dir({"NXJOBS_SECRETS_DIR": str(tmp_path / "absent")})
+
+
+def test_both_read_the_redis_url_from_its_file(tmp_path, monkeypatch) -> None:
+    from config.settings import Settings
+
+    # Given the Redis URL only as a file (how the Kubernetes pods get it)
+    monkeypatch.delenv("NXJOBS_REDIS_URL", raising=False)
+    (tmp_path / "NXJOBS_REDIS_URL").write_text("redis://:pw@redis.internal:6379/2\n")
+    (tmp_path / "..data").mkdir()
+    monkeypatch.setenv("NXJOBS_SECRETS_DIR", str(tmp_path))
+    # Then `nxjobs status` in a pod reaches the same Redis as the workers
+    url = "redis://:pw@redis.internal:6379/2"
+    assert ProducerSettings(_env_file=None).redis_url == Settings(_env_file=None).redis_url == url
