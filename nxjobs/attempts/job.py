@@ -325,7 +325,8 @@ class JobAttempt:
         countdown = max(
             0.0, min((opening - now).total_seconds(), svc.settings.ratelimit.max_wait_s)
         )
-        self._log(claim.attempts, f"deferred {countdown:.0f}s", "calling_hours")
+        # A log line, not an attempt's metrics: nothing was tried (the number is not in it).
+        log.info("job=%s kind=%s deferred %.0fs: %s", job_id, self.kind, countdown, message)
         return RetryLater(
             countdown=countdown,
             priority=PRIORITY_RETRY,
