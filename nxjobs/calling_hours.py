@@ -232,7 +232,7 @@ def zones_for(phone: str) -> tuple[str, tuple[str, ...]]:
     try:
         number = phonenumbers.parse("+" + phone.lstrip("+"))
     except phonenumbers.NumberParseException:
-        raise NoTimeZone(f"not a phone number phonenumbers can parse: {phone[:4]}...") from None
+        raise NoTimeZone("not a phone number phonenumbers can parse") from None
     region = phonenumbers.region_code_for_number(number) or ""
     zones = pn_timezone.time_zones_for_number(number)
     if not zones or zones[0] == pn_timezone.UNKNOWN_TIMEZONE:
