@@ -382,6 +382,40 @@ class NotifySettings(BaseModel):
         return self
 
 
+# The shapes of the calling-hours settings; what they mean (equal ends refused, known countries,
+# the window arithmetic) is checked by nxjobs.calling_hours.Policy.build when a worker or producer
+# starts (workers/__main__.py, tasks/services.py, nxjobs.producers).
+WINDOW_PATTERN = r"^[0-9]{2}:[0-9]{2}-[0-9]{2}:[0-9]{2}$"
+DAYS_PATTERN = r"^[A-Za-z]{3}(,[A-Za-z]{3})*$"
+COUNTRIES_PATTERN = r"^([A-Za-z]{2}(,[A-Za-z]{2})*)?$"
+
+
+class CallingHoursSettings(BaseModel):
+    """When a call may ring, in the called party's local time (docs/calling-hours.md). Producers
+    read the same variables (nxjobs.producers.ProducerCallingHoursSettings)."""
+
+    # Off: calls go whenever their turn comes.
+    enabled: bool = True
+    # Local time, end excluded; may span midnight (20:00-02:00 belongs to the day it opens).
+    window: str = Field(default="09:00-20:00", pattern=WINDOW_PATTERN)
+    # Days the window opens on.
+    days: str = Field(default="mon,tue,wed,thu,fri,sat", pattern=DAYS_PATTERN)
+    # JSON: ISO 3166 alpha-2 -> {"window": "HH:MM-HH:MM", "days": "..."}, either key optional.
+    by_country: dict[str, dict[str, str]] = Field(default_factory=dict)
+    # Countries (ISO 3166 alpha-2, comma-separated) whose public holidays close the window.
+    holidays: str = Field(default="", pattern=COUNTRIES_PATTERN)
+    # A job's own calling_hours may be wider than the rule's window (else it may only narrow it).
+    allow_wider: bool = False
+
+
+class SuppressionSettings(BaseModel):
+    """The do-not-call list (docs/suppression.md). Producers read the same variable."""
+
+    # HMAC key the list's numbers are stored under (never in plain form). Without it the
+    # `suppress` commands refuse to run, and calls are refused while the list is not empty.
+    secret: SecretStr | None = Field(default=None, min_length=16)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -421,6 +455,10 @@ class Settings(BaseSettings):
     coalesce: CoalesceSettings = CoalesceSettings()
     # Job-end events and webhooks (nxjobs/webhooks.py).
     notify: NotifySettings = NotifySettings()
+    # Calling hours by the called party's local time (nxjobs/calling_hours.py).
+    calling_hours: CallingHoursSettings = CallingHoursSettings()
+    # The do-not-call list (nxjobs/suppression.py).
+    suppression: SuppressionSettings = SuppressionSettings()
     # Unacked messages (running jobs, and countdown retries a worker holds) come back
     # this long after their worker vanished. workers/delivery.py checks at startup that
     # it exceeds the task time limit plus the longest countdown we ever set.

@@ -205,6 +205,11 @@ def _add_submit_parser(sub) -> None:
     )
     p.add_argument("--order-id", help="call: 4-32 letters/digits (default: the job id)")
     p.add_argument("--show-phone", help="call: caller id to display")
+    p.add_argument(
+        "--calling-hours",
+        metavar="HH:MM-HH:MM",
+        help="call: the callee-local window, inside the configured calling hours",
+    )
     p.add_argument("--check-level", type=int, help="number-check: 1 basic, 4 call, 5 HLR")
     p.add_argument("--batch-no", help="number-check: batch number (default: the job id)")
     p.add_argument(
@@ -300,6 +305,7 @@ def _payload_from_args(args: argparse.Namespace) -> dict[str, Any]:
             "phone": phones[0] if phones else None,
             "order_id": args.order_id,
             "show_phone": args.show_phone,
+            "calling_hours": args.calling_hours,
         }
         _only_one(phones, "phone")
     elif kind == "number-check":
@@ -703,6 +709,13 @@ def build_parser() -> argparse.ArgumentParser:
         add_help=False,
     )
     sub.add_parser(
+        "suppress",
+        help="the do-not-call list: `suppress add PHONE... | --file numbers.csv`, "
+        "`suppress remove PHONE...`, `suppress check PHONE` (exit 0 listed, 1 not), "
+        "`suppress count`",
+        add_help=False,
+    )
+    sub.add_parser(
         "callbacks",
         help="run the callback receiver (--host, --port, --workers); "
         "`callbacks unmatched [--limit N] [--json]` lists callbacks matching no job; "
@@ -779,6 +792,10 @@ def main(argv: list[str] | None = None) -> int:
         )
     if argv and argv[0] == "callbacks":
         return cmd_callbacks(argv[1:])
+    if argv and argv[0] == "suppress":
+        from nxjobs.cli_suppress import cmd_suppress  # the do-not-call list commands live there
+
+        return cmd_suppress(argv[1:])
     if argv and argv[0] == "callbot":
         from nxjobs.cli_campaign import cmd_callbot  # campaign control lives there
 
@@ -790,6 +807,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     import redis
 
+    from nxjobs.calling_hours import CallingHoursError
     from nxjobs.producers import EnqueueError
     from nxjobs.redis_conn import RedisUnavailable
 
@@ -803,6 +821,8 @@ def main(argv: list[str] | None = None) -> int:
         }[args.command](args)
     except InvalidJob as exc:
         return _error(f"{exc.field}: {exc.message} (nothing was enqueued)", EXIT_INPUT)
+    except CallingHoursError as exc:
+        return _error(f"invalid setting {exc.field}: {exc.message}", EXIT_INPUT)
     except (RedisUnavailable, EnqueueError) as exc:
         return _error(str(exc), EXIT_REDIS)
     except redis.RedisError as exc:

@@ -21,6 +21,8 @@ from pydantic import (
     model_validator,
 )
 
+from nxjobs.calling_hours import CallingHoursError, parse_window
+
 _PHONE_RE = re.compile(r"^[1-9][0-9]{5,19}$")
 _ORDER_ID_RE = re.compile(r"^[A-Za-z0-9]{4,32}$")
 _CONTACT_ORDER_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -73,6 +75,19 @@ class CallPayload(_Payload):
         default=None, description="4-32 letters/digits; defaults to the job id"
     )
     show_phone: str | None = Field(default=None, max_length=32)
+    # The job's own calling hours, "HH:MM-HH:MM" in the callee's local time (docs/calling-hours.md):
+    # inside the configured rule's window unless the operator allows wider (checked by Producer).
+    calling_hours: str | None = None
+
+    @field_validator("calling_hours")
+    @classmethod
+    def _calling_hours(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        try:
+            return str(parse_window(v, "calling_hours"))
+        except CallingHoursError as exc:
+            raise ValueError(exc.message) from None
 
     @field_validator("order_id")
     @classmethod

@@ -327,3 +327,10 @@ COALESCE_OPEN = f"{PREFIX}:coalesce:open"
 # Set of the groups whose pending list has items (kept by the scripts that push and take), so
 # the sweep reads these groups, not the keyspace.
 COALESCE_GROUPS = f"{PREFIX}:coalesce:groups"
+
+
+# ---- do-not-call list (nxjobs.suppression) -----------------------------------
+
+# Set of HMAC-SHA256 digests (hex, 128 bits) of suppressed numbers in E.164; never a plain number.
+# No TTL: the operator owns it (`nxjobs suppress add/remove`); its size is SCARD.
+SUPPRESSION = f"{PREFIX}:suppression"

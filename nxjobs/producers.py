@@ -23,7 +23,7 @@ from typing import Any, TypeGuard
 
 import redis
 from celery import Celery
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -31,7 +31,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from nxjobs import campaign, coalesce, compact_json, correlate, keys, schedule
+from nxjobs import calling_hours, campaign, coalesce, compact_json, correlate, keys, schedule
 from nxjobs import cancel as cancelling
 from nxjobs.campaign import CampaignRefused
 from nxjobs.cancel import Cancelled
@@ -42,6 +42,7 @@ from nxjobs.jobs import (
     PRIORITY_NEW,
     CallbotContactPayload,
     CallbotListPayload,
+    CallPayload,
     InvalidJob,
     NumberCheckPayload,
     get_kind,
@@ -52,6 +53,7 @@ from nxjobs.records import TERMINAL_STATES, JobRecord, JobState, utc_now_iso
 from nxjobs.redact import flower_repr, redact
 from nxjobs.redis_conn import RedisUnavailable, connect, describe
 from nxjobs.store import CallbackPage, RecordStore
+from nxjobs.suppression import AddResult, SuppressionList, SuppressionUnavailable
 from nxjobs.wire import call_list_item, contact_job_order_id
 
 log = logging.getLogger("nxjobs.producer")
@@ -68,6 +70,13 @@ __all__ = [
 ]
 
 
+# The calling-hours settings' shapes, as config.settings spells them (its meaning:
+# calling_hours.Policy.build).
+WINDOW_PATTERN = r"^[0-9]{2}:[0-9]{2}-[0-9]{2}:[0-9]{2}$"
+DAYS_PATTERN = r"^[A-Za-z]{3}(,[A-Za-z]{3})*$"
+COUNTRIES_PATTERN = r"^([A-Za-z]{2}(,[A-Za-z]{2})*)?$"
+
+
 class ProducerCoalesceSettings(BaseModel):
     """The coalesce settings a producer needs: when a batch is full, how long it lingers.
     Same variables, defaults and bounds as the service's (tests/unit/test_settings_shared.py)."""
@@ -75,6 +84,24 @@ class ProducerCoalesceSettings(BaseModel):
     linger_s: float = Field(default=0.5, gt=0, le=60)
     max_numbers: int = Field(default=coalesce.BIG_BATCH_NUMBERS, ge=1, le=NUMBER_CHECK_MAX_PHONES)
     max_contacts: int = Field(default=CALLBOT_CHUNK_SIZE, ge=1, le=1000)
+
+
+class ProducerCallingHoursSettings(BaseModel):
+    """The calling-hours rule, which a producer checks a job's own `calling_hours` against. Same
+    variables, defaults and bounds as the service's (tests/unit/test_settings_shared.py)."""
+
+    enabled: bool = True
+    window: str = Field(default=calling_hours.DEFAULT_WINDOW, pattern=WINDOW_PATTERN)
+    days: str = Field(default=calling_hours.DEFAULT_DAYS, pattern=DAYS_PATTERN)
+    by_country: dict[str, dict[str, str]] = Field(default_factory=dict)
+    holidays: str = Field(default="", pattern=COUNTRIES_PATTERN)
+    allow_wider: bool = False
+
+
+class ProducerSuppressionSettings(BaseModel):
+    """The do-not-call list's key (nxjobs.suppression); same variable as the service's."""
+
+    secret: SecretStr | None = Field(default=None, min_length=16)
 
 
 # The settings-files directory, as config.settings finds it (tests/unit/test_settings_shared.py
@@ -109,6 +136,8 @@ class ProducerSettings(BaseSettings):
     redis_url: str = "redis://localhost:6379/0"
     record_ttl_s: int = Field(default=7 * 24 * 3600, gt=0)
     coalesce: ProducerCoalesceSettings = ProducerCoalesceSettings()
+    calling_hours: ProducerCallingHoursSettings = ProducerCallingHoursSettings()
+    suppression: ProducerSuppressionSettings = ProducerSuppressionSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -141,6 +170,12 @@ class Producer:
         self.store = RecordStore(self.redis, ttl_s=record_ttl_s or settings.record_ttl_s)
         self.coalesce = coalesce.CoalesceQueue(
             self.redis, settings.coalesce, ttl_s=self.store.ttl_s
+        )
+        # Bad calling-hours settings fail here, naming the variable (CallingHoursError).
+        self.calling_hours = calling_hours.Policy.from_settings(settings.calling_hours)
+        secret = settings.suppression.secret
+        self.suppression = SuppressionList(
+            self.redis, secret.get_secret_value() if secret else None
         )
         self.schedule = schedule.Schedule(self.redis, self.store.ttl_s)
         self._canceller = cancelling.Canceller(self.redis, self.store.ttl_s)
@@ -190,6 +225,8 @@ class Producer:
         model = validate_payload(kind, payload)
         _check_notify_url(notify_url)
         self._check_order_ids([model])
+        self._check_calling_hours([model])
+        [(model, left_out)] = self._screen([model])
         past = _past_fields(timing)
         if timing.due is not None and isinstance(model, CallbotListPayload):
             # The provider starts it at its time (startupType 2); we create it a lead before.
@@ -197,11 +234,11 @@ class Producer:
             wake = timing.due - timedelta(seconds=schedule.PROVIDER_START_LEAD_S)
             if wake > datetime.now(UTC):
                 return self._enqueue_scheduled(
-                    kind, model, wake, run_at=timing.due, note=_PROVIDER_STARTS
+                    kind, model, wake, run_at=timing.due, note=_PROVIDER_STARTS, left_out=left_out
                 )
             past = {"run_at": schedule.iso(timing.due), "schedule_note": _PROVIDER_STARTS}
         elif timing.due is not None:
-            return self._enqueue_scheduled(kind, model, timing.due)
+            return self._enqueue_scheduled(kind, model, timing.due, left_out=left_out)
         if batch and _coalescible(model):
             job_id = self._enqueue_coalesced([model], notify_url)[0]
             if past:
@@ -216,7 +253,7 @@ class Producer:
             self.store.create(
                 job_id,
                 kind,
-                redact(body),
+                _shown(body, left_out),
                 expect=correlate.on_enqueue(kind, job_id, model),
                 payload=body,
                 extra=past,
@@ -252,6 +289,7 @@ class Producer:
         due: datetime,
         run_at: datetime | None = None,
         note: str | None = None,
+        left_out: int = 0,
     ) -> str:
         """The record (`scheduled`, with run_at), its schedule entry (due at `due`) and its stored
         message, in one transaction: nothing is sent now (nxjobs.schedule). `run_at`: when the
@@ -272,7 +310,7 @@ class Producer:
             self.store.create(
                 job_id,
                 kind,
-                redact(body),
+                _shown(body, left_out),
                 expect=correlate.on_enqueue(kind, job_id, model),
                 pipe=pipe,
                 payload=body,
@@ -322,6 +360,9 @@ class Producer:
         models = [validate_payload(kind, payload) for payload in payloads]
         _check_notify_url(notify_url)
         self._check_order_ids(models)
+        self._check_calling_hours(models)
+        screened = self._screen(models)
+        models = [m for m, _ in screened]
         coalescible = [m for m in models if _coalescible(m)] if batch else []
         if models and len(coalescible) == len(models):
             return self._enqueue_coalesced(coalescible, notify_url)
@@ -329,13 +370,14 @@ class Producer:
             (job_id, model, model.model_dump(mode="json", exclude_none=True))
             for job_id, model in zip(new_job_ids(len(models)), models, strict=True)
         ]
+        left_outs = [n for _, n in screened]
         try:
             pipe = self.redis.pipeline(transaction=True)
-            for job_id, model, body in jobs:
+            for (job_id, model, body), left_out in zip(jobs, left_outs, strict=True):
                 self.store.create(
                     job_id,
                     kind,
-                    redact(body),
+                    _shown(body, left_out),
                     expect=correlate.on_enqueue(kind, job_id, model),
                     pipe=pipe,
                     payload=body,
@@ -464,6 +506,73 @@ class Producer:
                     f"{prefix.format(i)}contact.order_id", f"already used by job {owner}"
                 )
 
+    def _check_calling_hours(self, models: list[Any]) -> None:
+        """A call's own window must lie inside its number's rule (unless the operator allows
+        wider); a call to a number with no known time zone is refused while calling hours are on
+        (fail closed: its local time is unknown)."""
+        if self.calling_hours is None:
+            return
+        prefix = "" if len(models) == 1 else "{}."
+        for i, m in enumerate(models):
+            if not isinstance(m, CallPayload):
+                continue
+            try:
+                if m.calling_hours is not None:
+                    self.calling_hours.narrow(m.phone, m.calling_hours)
+                else:
+                    self.calling_hours.rule_for(m.phone)
+            except calling_hours.CallingHoursError as exc:
+                raise InvalidJob(prefix.format(i) + exc.field, exc.message) from None
+            except calling_hours.NoTimeZone as exc:
+                raise InvalidJob(
+                    prefix.format(i) + "phone", f"{exc}: its calling hours cannot be checked"
+                ) from None
+
+    def _screen(self, models: list[Any]) -> list[tuple[Any, int]]:
+        """The do-not-call list at enqueue: a call or a single contact to a listed number is
+        refused (InvalidJob, `suppressed`, nothing written); a list's listed contacts are left
+        out and counted. Returns each model (its contacts screened) with how many were left
+        out. Number checks, OTA init and WhatsApp queries call nobody: not screened."""
+        phones: list[tuple[int, str]] = []
+        for i, m in enumerate(models):
+            if isinstance(m, CallPayload):
+                phones.append((i, m.phone))
+            elif isinstance(m, CallbotContactPayload):
+                phones.append((i, m.contact.user_phone))
+            elif isinstance(m, CallbotListPayload):
+                phones.extend((i, c.user_phone) for c in m.contacts)
+        if not phones:
+            return [(m, 0) for m in models]
+        try:
+            listed = self.suppression.contains_many([p for _, p in phones])
+        except SuppressionUnavailable as exc:
+            raise InvalidJob("suppression", str(exc)) from None
+        except redis.RedisError as exc:
+            raise RedisUnavailable(
+                f"cannot reach Redis at {describe(self.redis_url)}: {exc}"
+            ) from None
+        flags = iter(listed)
+        out: list[tuple[Any, int]] = []
+        prefix = "" if len(models) == 1 else "{}."
+        for i, m in enumerate(models):
+            if isinstance(m, CallbotListPayload):
+                keep = [c for c in m.contacts if not next(flags)]
+                left_out = len(m.contacts) - len(keep)
+                if not keep:
+                    raise InvalidJob(
+                        prefix.format(i) + "contacts",
+                        f"suppressed: all {left_out} contacts are on the do-not-call list",
+                    )
+                out.append((m.model_copy(update={"contacts": keep}) if left_out else m, left_out))
+                continue
+            if isinstance(m, CallPayload | CallbotContactPayload) and next(flags):
+                field = "phone" if isinstance(m, CallPayload) else "contact.user_phone"
+                raise InvalidJob(
+                    prefix.format(i) + field, "suppressed: the number is on the do-not-call list"
+                )
+            out.append((m, 0))
+        return out
+
     def _forget(self, job_id: str) -> None:
         try:
             self.store.delete(job_id)
@@ -476,13 +585,21 @@ class Producer:
         phone: str,
         order_id: str | None = None,
         show_phone: str | None = None,
+        calling_hours: str | None = None,
         at: datetime | None = None,
         delay_s: float | None = None,
         notify_url: str | None = None,
     ) -> str:
+        """`calling_hours`: "HH:MM-HH:MM" in the callee's local time, narrowing the configured
+        rule's window (docs/calling-hours.md)."""
         return self.enqueue(
             "call",
-            _drop_none(phone=phone, order_id=order_id, show_phone=show_phone),
+            _drop_none(
+                phone=phone,
+                order_id=order_id,
+                show_phone=show_phone,
+                calling_hours=calling_hours,
+            ),
             at=at,
             delay_s=delay_s,
             notify_url=notify_url,
@@ -659,6 +776,23 @@ class Producer:
             f"{cancelling.CALLBOT_LIST_SUBMITTED}: the provider did not complete it: "
             f"{campaign.describe(entry)}",
         )
+
+    # ---- do-not-call list (nxjobs.suppression) -----------------------------
+
+    def suppress(self, phones: Iterable[str]) -> AddResult:
+        """Add numbers to the do-not-call list: (added, already listed, invalid)."""
+        return self.suppression.add(phones)
+
+    def unsuppress(self, phones: Iterable[str]) -> int:
+        """Remove numbers from the list; returns how many were listed."""
+        return self.suppression.remove(phones).added
+
+    def is_suppressed(self, phone: str) -> bool:
+        self.suppression.digest(phone)  # no secret: SuppressionUnavailable, even for an empty list
+        return self.suppression.contains(phone)
+
+    def suppressed_count(self) -> int:
+        return self.suppression.count()
 
     # ---- dead letters -----------------------------------------------------
 
@@ -860,6 +994,14 @@ def _coalescible(model: Any) -> TypeGuard[NumberCheckPayload | CallbotContactPay
     return (
         isinstance(model, NumberCheckPayload) and len(model.phones) == 1 and model.batch_no is None
     )
+
+
+def _shown(body: dict[str, Any], left_out: int) -> dict[str, Any]:
+    """The record's input: phones masked, and how many contacts the do-not-call list left out."""
+    shown = redact(body)
+    if left_out:
+        shown["suppressed"] = left_out
+    return shown
 
 
 _PROVIDER_STARTS = "created at the provider with its scheduled start (startupAt = run_at)"

@@ -26,13 +26,16 @@ API2_SECRETS = {API2_ACCESS_KEY: API2_ACCESS_SECRET}
 CALLBOT_SECRETS = {CALLBOT_UUID: CALLBOT_SECRET_KEY}
 AGENT_SECRETS = {AGENT_APPKEY: AGENT_SECRETKEY}
 AGENT_USERNAMES = frozenset({AGENT_USERNAME})
+# The do-not-call list's key for the sandbox's workers (and the tests' producers): not a secret.
+SUPPRESSION_SECRET = "sandbox-suppression-key-not-a-secret"
 
 
 def sandbox_env(base_url: str) -> dict[str, str]:
     """`NXJOBS_*` variables that make our workers talk to a sandbox at `base_url`.
 
     Every family shares one base URL: the sandbox serves all of them on one port
-    and their paths do not collide.
+    and their paths do not collide. The sandbox rings no phone: calling hours are off (the tests
+    that exercise them turn them on), and the do-not-call list has the sandbox's key.
     """
     base_url = base_url.rstrip("/")
     return {
@@ -49,4 +52,6 @@ def sandbox_env(base_url: str) -> dict[str, str]:
         "NXJOBS_AGENT__APPKEY": AGENT_APPKEY,
         "NXJOBS_AGENT__SECRETKEY": AGENT_SECRETKEY,
         "NXJOBS_AGENT__USERNAME": AGENT_USERNAME,
+        "NXJOBS_CALLING_HOURS__ENABLED": "false",
+        "NXJOBS_SUPPRESSION__SECRET": SUPPRESSION_SECRET,
     }

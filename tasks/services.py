@@ -13,6 +13,7 @@ from functools import cached_property
 from config.settings import Settings, load_settings
 from nxjobs.agent_tokens import AgentTokenCache
 from nxjobs.callbacks.ledger import Ledger
+from nxjobs.calling_hours import Policy
 from nxjobs.client.agent import AgentClient
 from nxjobs.client.api2 import Api2Client
 from nxjobs.client.callbot import CallbotClient
@@ -23,6 +24,7 @@ from nxjobs.ratelimit.gate import RateGate
 from nxjobs.ratelimit.limiter import RateLimiter
 from nxjobs.redis_conn import connect
 from nxjobs.store import RecordStore
+from nxjobs.suppression import SuppressionList
 from tasks.limits import limits_for
 
 
@@ -56,6 +58,16 @@ class Services:
     @cached_property
     def coalesce(self) -> CoalesceQueue:
         return CoalesceQueue(self.redis, self.settings.coalesce, ttl_s=self.settings.record_ttl_s)
+
+    @cached_property
+    def calling_hours(self) -> Policy | None:
+        """None when calling hours are off (checked at worker startup too: workers/__main__.py)."""
+        return Policy.from_settings(self.settings.calling_hours)
+
+    @cached_property
+    def suppression(self) -> SuppressionList:
+        secret = self.settings.suppression.secret
+        return SuppressionList(self.redis, secret.get_secret_value() if secret else None)
 
     @cached_property
     def dead_letters(self) -> DeadLetters:

@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     from pydantic import ValidationError
 
     from config.settings import MissingSetting, SecretsDirMissing, load_settings
+    from nxjobs.calling_hours import CallingHoursError, Policy
 
     queues = _queues_from(args)
     unknown = [q for q in queues if q not in WORKER_QUEUES]
@@ -85,7 +86,12 @@ def main(argv: list[str] | None = None) -> int:
         print("error: -X excludes every queue; nothing to consume", file=sys.stderr)
         return 2
     try:
-        load_settings().require(*queues)
+        settings = load_settings()
+        settings.require(*queues)
+        Policy.from_settings(settings.calling_hours)
+    except CallingHoursError as exc:
+        print(f"error: invalid setting {exc.field}: {exc.message}", file=sys.stderr)
+        return 2
     except MissingSetting as exc:
         print(
             f"error: {exc} (needed by queue(s) {', '.join(queues)}); "

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
@@ -41,6 +42,7 @@ from nxjobs.ratelimit.limiter import Grant
 from nxjobs.records import TERMINAL_STATES, JobError, JobState, utc_now_iso
 from nxjobs.redact import redact
 from nxjobs.store import Transition, TransitionRefused
+from nxjobs.suppression import SuppressionUnavailable
 from nxjobs.wire import call_order_id, number_check_batch_no
 
 log = logging.getLogger("nxjobs.jobs")
@@ -51,6 +53,11 @@ Operation = Callable[[Any, str, Any, Outcome], Outcome]
 # Kinds whose request has a side effect worth guarding with the in-flight marker:
 # a phone rings, a batch is billed, a task is created.
 SIDE_EFFECT_KINDS = frozenset({"call", "number-check", "callbot-list"})
+# Kinds that ring a phone of their own: calling hours and the do-not-call list apply at send time.
+# (Number checks, OTA init and WhatsApp queries call nobody; a callbot list's contacts are screened
+# at enqueue, its dialling times are the provider's strategy.)
+CALLING_HOURS_KINDS = frozenset({"call"})
+SUPPRESSION_KINDS = frozenset({"call", "callbot-contact"})
 # ... and those a redelivery looks up by idempotency key before sending again.
 # callbot-list needs no lookup here: its operation saves progress after every
 # step and asks listTask before creating the task again.
@@ -81,6 +88,21 @@ def wait_for_slot(grant: Grant, ratelimit: Any, rng: Any, *, resumed: bool = Fal
         slot_at_us=grant.slot_at_us if grant.reserved else None,
         reason=f"waiting {countdown:.3f}s for a rate-limit slot",
     )
+
+
+class _Suppressed(Exception):
+    """The callee is on the do-not-call list (or the list cannot be read): nothing is sent."""
+
+    def __init__(self, error: JobError):
+        self.error = error
+
+
+def _callee(kind: str, model: Any) -> str | None:
+    if kind == "call":
+        return str(model.phone)
+    if kind == "callbot-contact":
+        return str(model.contact.user_phone)
+    return None
 
 
 class JobAttempt:
@@ -131,6 +153,11 @@ class JobAttempt:
                 claim.attempts, JobError(code="invalid_payload", message=str(exc), retryable=False)
             )
 
+        if kind in CALLING_HOURS_KINDS and svc.calling_hours is not None:
+            closed = self._outside_calling_hours(model, datetime.now(UTC))
+            if closed is not None:
+                return closed
+
         # A job waiting for its slot is not running: take the slot before claiming.
         limits = svc.gate.limits_for(*first_request(kind, model))
         try:
@@ -157,6 +184,8 @@ class JobAttempt:
                     job_id, JobState.RETRYING, incr=["waits"], request=outcome.request
                 )
                 return self._wait_for_slot(wait, resumed=True)
+            except _Suppressed as refused:
+                return self._fail(claim.attempts, refused.error, outcome)
             except AmbiguousSubmission as err:
                 svc.redis.zadd(keys.RECONCILE, {job_id: time.time()})
                 # Dead-lettered too (reconciliation drops the entry if it finds the call);
@@ -238,11 +267,72 @@ class JobAttempt:
                         orderid,
                     )
                 self.marker.clear()  # the provider files a batch at once: no trace, safe to send
+        self._check_suppressed(model)
         if kind in SIDE_EFFECT_KINDS:
             self.marker.set(ttl_s=svc.settings.record_ttl_s)
             self.marker_set = True
         self.operation(svc, job_id, model, outcome)
         return None
+
+    def _check_suppressed(self, model: Any) -> None:
+        """Right before the request: a callee put on the do-not-call list after enqueue is never
+        called (the job fails `suppressed`); a list that cannot be read fails closed."""
+        phone = _callee(self.kind, model)
+        if phone is None or self.kind not in SUPPRESSION_KINDS:
+            return
+        try:
+            listed = self.svc.suppression.contains(phone)
+        except SuppressionUnavailable as exc:
+            raise _Suppressed(
+                JobError(code="suppression_unavailable", message=str(exc), retryable=False)
+            ) from None
+        if listed:
+            raise _Suppressed(
+                JobError(
+                    code="suppressed",
+                    message="the number is on the do-not-call list; not called",
+                    retryable=False,
+                )
+            )
+
+    # ---- calling hours: the one place a closed window defers a call ----------------------
+    # Until the `scheduled` state and its promoter exist, "defer" is the existing come-back-later
+    # decision: the record goes retrying with the reason, and the message returns after the
+    # seconds to the opening, capped at ratelimit.max_wait_s (a countdown check_visibility already
+    # bounds), to be checked again. Point this method at the schedule to defer for real.
+
+    def _outside_calling_hours(self, model: Any, now: datetime) -> Decision | None:
+        svc, job_id = self.svc, self.job_id
+        closed = svc.calling_hours.check(model.phone, model.calling_hours, now)
+        if closed is None:
+            return None
+        opening, reason = closed
+        claim = self._claim(bump=False)
+        if claim is None:
+            return Skipped()
+        if opening is None:
+            return self._fail(
+                claim.attempts,
+                JobError(
+                    code="calling_hours",
+                    message=f"{reason}: no time inside the window in every zone",
+                    retryable=False,
+                ),
+            )
+        message = f"deferred: {reason} until {opening.isoformat()}"
+        error = JobError(code="calling_hours", message=message, retryable=True)
+        svc.store.transition(job_id, JobState.RETRYING, error=error.model_dump())
+        countdown = max(
+            0.0, min((opening - now).total_seconds(), svc.settings.ratelimit.max_wait_s)
+        )
+        # A log line, not an attempt's metrics: nothing was tried (the number is not in it).
+        log.info("job=%s kind=%s deferred %.0fs: %s", job_id, self.kind, countdown, message)
+        return RetryLater(
+            countdown=countdown,
+            priority=PRIORITY_RETRY,
+            resumed=True,
+            reason=f"{self.kind} job {job_id}: {message}",
+        )
 
     def _look_up(self, model: Any, outcome: Outcome) -> dict | None:
         svc, job_id = self.svc, self.job_id

@@ -202,6 +202,8 @@ def services(*grants: Grant, store: FakeStore | None = None, answers=()) -> Simp
         provider=provider,
         agent=provider,
         api2=provider,
+        calling_hours=None,
+        suppression=SimpleNamespace(contains=lambda phone: False),
     )
 
 

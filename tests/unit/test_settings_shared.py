@@ -40,6 +40,66 @@ def test_both_read_the_same_variables(monkeypatch: pytest.MonkeyPatch) -> None:
     assert ProducerSettings().coalesce.linger_s == Settings().coalesce.linger_s == 2.5
 
 
+# ---- calling hours and the do-not-call list: the same variables on both sides ---------------
+
+PAIRS = [
+    ("calling_hours", "CallingHoursSettings", "ProducerCallingHoursSettings"),
+    ("suppression", "SuppressionSettings", "ProducerSuppressionSettings"),
+]
+
+
+@pytest.mark.parametrize(("group", "service", "producer"), PAIRS)
+def test_calling_hours_and_suppression_models_are_equal(
+    group: str, service: str, producer: str
+) -> None:
+    import config.settings
+    import nxjobs.producers
+
+    theirs = getattr(config.settings, service).model_fields
+    ours = getattr(nxjobs.producers, producer).model_fields
+    assert sorted(ours) == sorted(theirs)
+    for name in ours:
+        assert ours[name].default == theirs[name].default, name
+        assert ours[name].default_factory == theirs[name].default_factory, name
+        assert ours[name].annotation == theirs[name].annotation, name
+        assert sorted(map(repr, ours[name].metadata)) == sorted(map(repr, theirs[name].metadata))
+
+
+def test_calling_hours_variables_reach_both(monkeypatch: pytest.MonkeyPatch) -> None:
+    from config.settings import Settings
+
+    monkeypatch.setenv("NXJOBS_CALLING_HOURS__WINDOW", "10:00-18:00")
+    monkeypatch.setenv("NXJOBS_CALLING_HOURS__BY_COUNTRY", '{"SG": {"days": "mon"}}')
+    monkeypatch.setenv("NXJOBS_SUPPRESSION__SECRET", "s" * 16)
+    for settings in (ProducerSettings(), Settings()):
+        assert settings.calling_hours.window == "10:00-18:00"
+        assert settings.calling_hours.by_country == {"SG": {"days": "mon"}}
+        assert settings.suppression.secret is not None
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "named"),
+    [
+        ("NXJOBS_CALLING_HOURS__WINDOW", "9-20", "window"),
+        ("NXJOBS_CALLING_HOURS__DAYS", "monday tuesday", "days"),
+        ("NXJOBS_CALLING_HOURS__HOLIDAYS", "U S", "holidays"),
+        ("NXJOBS_CALLING_HOURS__BY_COUNTRY", '{"SG": "10-18"}', "by_country"),
+        ("NXJOBS_SUPPRESSION__SECRET", "short", "secret"),
+    ],
+)
+def test_malformed_values_are_refused_by_both(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, named: str
+) -> None:
+    from pydantic import ValidationError
+
+    from config.settings import Settings
+
+    monkeypatch.setenv(variable, value)
+    for model in (ProducerSettings, Settings):
+        with pytest.raises(ValidationError, match=named):
+            model()
+
+
 def test_both_find_the_settings_files_in_the_same_directory(tmp_path, monkeypatch) -> None:
     from config import settings as service
     from nxjobs import producers
