@@ -7,7 +7,7 @@ variable, checked when a worker starts rather than mid-job.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -307,6 +307,19 @@ class CoalesceSettings(BaseModel):
     stale_batch_s: float = Field(default=900.0, gt=0)
 
 
+class RedisTlsSettings(BaseModel):
+    """TLS for `rediss://` URLs, the record store's and the broker's alike (docs/configuration.md
+    § Redis)."""
+
+    # The CA that signed the server's certificate (PEM); unset: the system's CAs.
+    ca_file: str | None = None
+    # A client certificate and its key, for servers with `tls-auth-clients yes`.
+    cert_file: str | None = None
+    key_file: str | None = None
+    # The server's name must match its certificate.
+    check_hostname: bool = True
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -317,7 +330,20 @@ class Settings(BaseSettings):
         extra="ignore",
     )
 
+    # The record store: job records, rate limits, metrics, locks. `redis://`, `rediss://` or
+    # `sentinel://h1:26379;sentinel://h2:26379/0` (docs/configuration.md § Redis); a user and
+    # password go in the URL.
     redis_url: str = "redis://localhost:6379/0"
+    # The Sentinel master's name, for a sentinel:// NXJOBS_REDIS_URL.
+    redis_sentinel_master: str | None = None
+    # The sentinels' own password (requirepass of the sentinels), if they have one.
+    redis_sentinel_password: SecretStr | None = None
+    # For rediss:// URLs (both the record store's and the broker's).
+    redis_tls: RedisTlsSettings = RedisTlsSettings()
+    # Celery's broker (kombu's queues); unset: NXJOBS_REDIS_URL. Same URL forms.
+    broker_url: str | None = None
+    # The broker's Sentinel master; unset: NXJOBS_REDIS_SENTINEL_MASTER.
+    broker_sentinel_master: str | None = None
     # Job records outlive the job by this long, then Redis drops them.
     record_ttl_s: int = Field(default=7 * 24 * 3600, gt=0)
     # Finished jobs by their final state (completed, failed).
@@ -346,6 +372,26 @@ class Settings(BaseSettings):
     # this long after their worker vanished. workers/delivery.py checks at startup that
     # it exceeds the task time limit plus the longest countdown we ever set.
     broker_visibility_timeout_s: int = Field(default=3600, gt=0)
+
+    def store_redis(self) -> dict[str, Any]:
+        """The record store's Redis, as nxjobs.redis_conn.target's arguments."""
+        return self._redis(self.redis_url, self.redis_sentinel_master)
+
+    def broker_redis(self) -> dict[str, Any]:
+        """The broker's Redis (defaults to the record store's), same shape."""
+        return self._redis(
+            self.broker_url or self.redis_url,
+            self.broker_sentinel_master or self.redis_sentinel_master,
+        )
+
+    def _redis(self, url: str, master: str | None) -> dict[str, Any]:
+        password = self.redis_sentinel_password
+        return {
+            "url": url,
+            "sentinel_master": master,
+            "sentinel_password": password.get_secret_value() if password else None,
+            "tls": self.redis_tls.model_dump(),
+        }
 
     def missing(self, family: str) -> list[str]:
         """Environment variable names of the credentials `family` needs but lacks."""

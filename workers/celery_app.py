@@ -11,7 +11,7 @@ from celery import Celery, signals
 from config.settings import load_settings
 from nxjobs.coalesce import SPECS, SWEEP_TASK
 from nxjobs.jobs import KINDS, QUEUES
-from workers.delivery import broker_transport_options, check_visibility
+from workers.delivery import broker_target, broker_transport_options, check_visibility
 from workers.queues import TASK_QUEUES, TASK_ROUTES
 
 settings = load_settings()
@@ -22,8 +22,13 @@ app = Celery(
     "nxjobs",
     include=["tasks.calls", "tasks.callbot", "tasks.api2", "tasks.coalesce", "tasks.reconcile"],
 )
+broker = broker_target(settings)
 app.conf.update(
-    broker_url=settings.redis_url,
+    # NXJOBS_BROKER_URL, or the record store's NXJOBS_REDIS_URL (docs/configuration.md § Redis);
+    # a sentinel:// URL names its master in broker_transport_options, a rediss:// one verifies
+    # the server with NXJOBS_REDIS_TLS__*.
+    broker_url=broker.url,
+    broker_use_ssl=broker.kombu_ssl(),
     # https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-serializer
     # JSON only: never unpickle what arrives from a shared broker.
     task_serializer="json",
