@@ -320,6 +320,14 @@ class RedisTlsSettings(BaseModel):
     check_hostname: bool = True
 
 
+class BeatSettings(BaseModel):
+    """Celery beat: only the one holding the beat lock sends periodic tasks (workers/beat.py)."""
+
+    # The lock lapses this long after its holder's last renewal (renewed every third of it); a
+    # standby beat takes over within it.
+    lock_ttl_s: float = Field(default=30.0, ge=1)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -368,6 +376,8 @@ class Settings(BaseSettings):
     # Gathering one-number Number Checks and single Callbot contacts into provider batches
     # (nxjobs/coalesce.py).
     coalesce: CoalesceSettings = CoalesceSettings()
+    # One beat sends at a time (a Redis lock; docs/operations.md § One beat).
+    beat: BeatSettings = BeatSettings()
     # Unacked messages (running jobs, and countdown retries a worker holds) come back
     # this long after their worker vanished. workers/delivery.py checks at startup that
     # it exceeds the task time limit plus the longest countdown we ever set.

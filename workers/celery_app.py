@@ -69,6 +69,9 @@ app.conf.update(
         "%(asctime)s %(levelname)s %(processName)s %(task_name)s[%(task_id)s]: %(message)s"
     ),
     enable_utc=True,
+    # Sends only while holding the beat lock (workers/beat.py): two beats never double a
+    # periodic task. In memory: no schedule file to write.
+    beat_scheduler="workers.beat:LockedScheduler",
 )
 
 
@@ -88,7 +91,7 @@ def _per_family(name: str, task: str, interval_s: float, families) -> dict:
 
 
 # https://docs.celeryq.dev/en/stable/userguide/periodic-tasks.html
-# Run by `celery -A workers.celery_app beat` (one beat per deployment):
+# Run by `celery -A workers.celery_app beat` (one sends at a time: workers/beat.py):
 # - reconcile jobs whose callbacks are late (a run that finds another still going skips:
 #   Redis lock);
 # - re-publish jobs whose broker message was lost (a worker killed between kombu's BRPOP and its
