@@ -28,7 +28,7 @@ class LockedScheduler(Scheduler):
         settings = load_settings()
         self.lock_ttl_s = settings.beat.lock_ttl_s
         self.lock = BeatLock(store_target(settings).connect(), ttl_s=self.lock_ttl_s)
-        self.holding = False
+        self.holding: bool | None = None  # unknown until the first tick
         super().__init__(*args, **kwargs)
 
     def renew_s(self) -> float:
