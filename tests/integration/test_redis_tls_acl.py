@@ -22,7 +22,8 @@ pytestmark = pytest.mark.integration
 # and the pub/sub channels of Celery's events and remote control.
 ACL = [
     "on", ">s3cret-pw", "resetkeys", "~nxjobs:*", "~_kombu.*", "~unacked*",
-    "~agent*", "~callbot*", "~api2*", "~*.celery.pidbox*", "resetchannels", "&*", "+@all", "-@dangerous",
+    "~agent*", "~callbot*", "~api2*", "~*.celery.pidbox*",
+    "resetchannels", "&*", "+@all", "-@dangerous",
     "+info", "+client|setname", "+ping", "+script|load", "+script|exists",
 ]  # fmt: skip
 
