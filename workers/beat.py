@@ -2,9 +2,11 @@
 (nxjobs.beat_lock), so a second beat started by mistake (or a standby) sends nothing until the
 first is gone.
 
-Celery's in-memory `Scheduler`, not the `PersistentScheduler`: no schedule file, so beat runs on
-a read-only root filesystem. A beat that starts, or takes the lock over, runs each entry once at
-once; every periodic task is safe to run again (docs/operations.md § One beat).
+Celery's `PersistentScheduler`: its schedule file (`--schedule`) remembers the last runs across a
+restart and, rewritten every few minutes by holder and standby alike, is what the container's
+health check watches; on a read-only root filesystem point `--schedule` at a writable volume
+(docs/operations.md § One beat). A beat taking the lock over runs the entries that are due by
+its own file at once; every periodic task is safe to run again.
 """
 
 from __future__ import annotations
@@ -13,14 +15,14 @@ import logging
 from typing import Any
 
 import redis
-from celery.beat import Scheduler
+from celery.beat import PersistentScheduler
 
 from nxjobs.beat_lock import BeatLock
 
 log = logging.getLogger("nxjobs.beat")
 
 
-class LockedScheduler(Scheduler):
+class LockedScheduler(PersistentScheduler):
     def __init__(self, *args: Any, **kwargs: Any):
         from config.settings import load_settings
         from workers.delivery import store_target
@@ -47,7 +49,7 @@ class LockedScheduler(Scheduler):
             else:
                 log.info("beat lock held by another beat: this one waits")
         if not holding:
-            return self.renew_s()
+            return self.renew_s()  # beat's service loop still syncs the file after each tick
         return min(super().tick(*args, **kwargs), self.renew_s())
 
     def close(self) -> None:

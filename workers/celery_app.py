@@ -70,7 +70,7 @@ app.conf.update(
     ),
     enable_utc=True,
     # Sends only while holding the beat lock (workers/beat.py): two beats never double a
-    # periodic task. In memory: no schedule file to write.
+    # periodic task.
     beat_scheduler="workers.beat:LockedScheduler",
 )
 
