@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import time
 
 import pytest
 import redis
@@ -32,7 +33,14 @@ def _env(url: str, sandbox_url: str, **extra: str) -> dict[str, str]:
     from sandbox.accounts import sandbox_env
 
     clean = {k: v for k, v in os.environ.items() if not k.startswith("NXJOBS_")}
-    return {**clean, **sandbox_env(sandbox_url), **WORKER_ENV, "NXJOBS_REDIS_URL": url, **extra}
+    return {
+        **clean,
+        **sandbox_env(sandbox_url),
+        **WORKER_ENV,
+        "NXJOBS_REDIS_URL": url,
+        "NXJOBS_HELD__INTERVAL_S": "0.5",
+        **extra,
+    }
 
 
 def _run_one_job(producer, env, tmp_path) -> None:
@@ -41,6 +49,8 @@ def _run_one_job(producer, env, tmp_path) -> None:
         job_id = producer.ota_init(phone="8615800001795", user_ip="203.0.113.7")
         record = producer.wait([job_id], until="completed", timeout_s=30)[job_id]
         assert record is not None and record.state.value == "completed", worker.log_tail()
+        time.sleep(1.5)  # a held-messages tick or two (NXJOBS_HELD__INTERVAL_S below)
+        assert "NOPERM" not in worker.log_text() and "no permissions" not in worker.log_text()
     finally:
         worker.stop()
 
