@@ -127,7 +127,9 @@ def test_failover_mid_run_loses_nothing_and_sends_nothing_twice(
         )
         print(
             f"failover: {JOBS} jobs, lost 0, duplicates 0, new master in {recovery_s:.2f} s, "
-            f"producer retries {retries}, results found by reconciliation {reconciled}"
+            f"producer retries {retries}, results found by reconciliation {reconciled}, "
+            f"messages re-published by the lost-message sweeper "
+            f"{worker.log_text().count('re-published')}"
         )
     finally:
         producer.close()
