@@ -182,6 +182,55 @@ def _contact_rows(
         yield line, model.model_dump(exclude_none=True, exclude_defaults=True), "", frac
 
 
+class _ListedPerJob:
+    """Pass 1 of a contacts file: whether some future job would have all its contacts on the
+    do-not-call list (checked in chunks, one round trip each). Jobs are cut in file order, so
+    only the job being filled is tracked."""
+
+    CHUNK = 10_000
+
+    def __init__(self, producer: Any, per_job: int):
+        self.suppression: Any = getattr(producer, "suppression", None)
+        self.per_job = per_job
+        self.pending: list[tuple[int, str]] = []
+        self.valid = 0
+        self.current: list[int] = []  # first line, last line, contacts, of them listed
+        self.found: tuple[int, int, int] | None = None
+
+    def add(self, line: int, phone: str) -> None:
+        if self.suppression is None or self.found is not None:
+            return
+        self.pending.append((line, phone))
+        if len(self.pending) >= self.CHUNK:
+            self._check()
+
+    def _check(self) -> None:
+        flags = self.suppression.contains_many([p for _, p in self.pending])
+        for (line, _), flag in zip(self.pending, flags, strict=True):
+            if self.valid % self.per_job == 0:
+                self._close()
+                self.current = [line, line, 0, 0]
+            self.current[1] = line
+            self.current[2] += 1
+            self.current[3] += int(flag)
+            self.valid += 1
+        self.pending.clear()
+
+    def _close(self) -> None:
+        c = self.current
+        if c and self.found is None and c[3] == c[2]:
+            self.found = (c[0], c[1], c[2])
+
+    def empty_job(self, valid: int) -> tuple[int, int, int] | None:
+        """(first line, last line, size) of a job all of whose contacts are listed, or None."""
+        if self.suppression is None:
+            return None
+        if self.pending:
+            self._check()
+        self._close()
+        return self.found
+
+
 # ---- the two passes -------------------------------------------------------------
 
 
@@ -217,6 +266,7 @@ def submit_file(
     rows_of = _number_rows if kind == "number-check" else _contact_rows
     reader = open_reader(path, kind)
     result = BulkResult(rejects=Rejects(path=rejects_path))
+    listed = _ListedPerJob(producer, per_job) if kind != "number-check" else None
     try:
         for line, item, info, frac in rows_of(reader, per_job):
             result.rows += 1
@@ -225,6 +275,8 @@ def submit_file(
                 result.rejects.add(line, value, reason)
             else:
                 result.valid += 1
+                if listed is not None and isinstance(item, dict):
+                    listed.add(line, item["user_phone"])
             progress.show(
                 "validating", frac, f"{result.rows:,} rows, {result.rejects.count:,} rejected"
             )
@@ -243,6 +295,17 @@ def submit_file(
         warn(f"{path}: ignoring column(s) we do not use: {', '.join(reader.unknown)}{more}")
     if result.valid == 0:
         raise InvalidJob("file", f"{path}: no valid rows ({result.rejects.count} rejected)")
+    if listed is not None:
+        # Each job leaves its listed contacts out (Producer._screen); one left with none would be
+        # refused mid-way, after the jobs before it: refuse the file now instead.
+        empty = listed.empty_job(result.valid)
+        if empty is not None:
+            first, last, n = empty
+            raise InvalidJob(
+                "contacts",
+                f"{path} lines {first}-{last}: all {n} contacts of one job are on the "
+                "do-not-call list",
+            )
     if max_rejects is not None and result.rejects.count > max_rejects:
         return result
 

@@ -177,3 +177,34 @@ def test_cli_bad_calling_hours_setting_is_refused(redis_url, tmp_path):
     )
     assert proc.returncode == 2
     assert "NXJOBS_CALLING_HOURS__WINDOW" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_contacts_file_with_a_job_of_only_listed_contacts_is_refused_whole(
+    listing, redis_url, tmp_path
+):
+    # Given a file cut into jobs of 2 contacts, the second job's two contacts both listed
+    listing.suppress(["6591230011", "6591230012"])
+    contacts = tmp_path / "contacts.csv"
+    phones = ["6591230010", "6591230013", "6591230011", "6591230012", "6591230014"]
+    contacts.write_text("userPhone\n" + "\n".join(phones) + "\n")
+    before = _snapshot(listing.redis)
+    # When it is submitted
+    proc = _cli(
+        redis_url,
+        os.getcwd(),
+        "submit",
+        "callbot-list",
+        "--scene-id",
+        "1",
+        "--task-name",
+        "t",
+        "--contacts",
+        str(contacts),
+        "--per-job",
+        "2",
+    )
+    # Then it is refused before anything is enqueued, naming the lines of that job
+    assert proc.returncode == 2, proc.stderr
+    assert "lines 4-5" in proc.stderr and "do-not-call" in proc.stderr, proc.stderr
+    assert _snapshot(listing.redis) == before
+    assert "6591230011" not in proc.stdout + proc.stderr
