@@ -185,6 +185,13 @@ def member_index(batch_no: str) -> str:
     return callback_index("nc-num", batch_no)
 
 
+def member_index_before_shards(batch_no: str, phone: str) -> str:
+    """The per-member index key batches built by earlier versions have (a plain string, the job
+    id): read last, so their members' callbacks still find them after an upgrade; written by
+    nothing now, each expires with its batch."""
+    return callback_index("nc-num", f"{batch_no}:{phone}")
+
+
 MEMBER_INDEX_SHARD_SEP = ":"
 # Members a shard is sized for (the listpack limit, hash-max-listpack-entries, is 128), and the
 # member index field that holds the number of shards (absent: 1, the phones are in it).

@@ -202,6 +202,7 @@ def to_event(kind: str, model: _Payload, payload: dict[str, Any]) -> Event:
                 # A coalesced job is one number of a shared batch (nxjobs.coalesce): found by both,
                 # in its batch's member index.
                 index.insert(0, coalesce.member_index_key(model.batchNo))
+                index.append(keys.member_index_before_shards(model.batchNo, phone))
                 member = phone
         dedupe = f"nc:{nid}"
         return Event(

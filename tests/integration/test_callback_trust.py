@@ -577,3 +577,34 @@ def test_a_sharded_member_index_finds_each_member_and_refuses_other_numbers(rece
         forged = dr(request_id, 900, phone, batch_no)
         assert post(receiver.url, NC_PATH, forged).ok
         assert unmatched_for(client, requestId=forged["requestId"])
+
+
+def test_a_member_of_a_batch_built_before_member_indexes_is_still_found(receiver, client):
+    from config.settings import CoalesceSettings
+    from nxjobs import coalesce
+
+    # Given a sent batch whose member is indexed the way earlier versions did it: a key of its
+    # own, no member index for the batch
+    queue = coalesce.CoalesceQueue(client, CoalesceSettings(max_numbers=4), ttl_s=600)
+    job_id, batch_id, request_id = uuid.uuid4().hex, str(uuid.uuid4()), uuid.uuid4().hex
+    phone, now_iso = "6592000002", "2026-12-02T00:00:00.000Z"
+    queue.enqueue("nc2", [(job_id, phone, json.dumps({"phones": ["659***0002"]}))], now_iso)
+    assert queue.take("nc2", batch_id, time.time(), now_iso).members == [(job_id, phone)]
+    outcome = coalesce.MemberOutcome(job_id, False, {"requestId": request_id, "numbers": 1})
+    queue.fan_out(
+        batch_id,
+        [{"endpoint": "/api/number/check"}],
+        [outcome],
+        now_s=time.time(),
+        now_iso=now_iso,
+        due_at_s=time.time() + 600,
+    )
+    batch_no = coalesce.batch_no_of(batch_id)
+    client.delete(keys.member_index(batch_no))
+    client.set(keys.member_index_before_shards(batch_no, phone), job_id, ex=600)
+    # When its DR comes
+    assert post(receiver.url, NC_PATH, dr(request_id, 1, phone, batch_no)).status_code == 200
+    # Then it completes the member, and nothing goes to the unmatched store
+    record = RecordStore(client).get(job_id)
+    assert record.state == JobState.COMPLETED, record
+    assert not unmatched_for(client, batchNo=batch_no)

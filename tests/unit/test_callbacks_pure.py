@@ -132,10 +132,12 @@ def test_number_check_dr_event_correlates_by_member_then_request_id_then_batch_n
     )
     # Then both find the job by (batchNo, phone) of a coalesced one, then the submit's requestId,
     # then batchNo, and count one unit each
+    # (and last, the key of its own a member of a batch built by an earlier version has)
     assert current.index_keys == (
         keys.member_index("B1"),
         keys.callback_index("nc-req", "abc"),
         keys.callback_index("nc-batch", "B1"),
+        keys.member_index_before_shards("B1", "8613800138000"),
     )
     assert (current.member, legacy.member) == ("8613800138000", "")
     assert (current.dedupe, current.unit, current.job_kind) == (

@@ -43,5 +43,9 @@ def test_a_number_result_tries_the_coalesced_member_first():
     assert event.index_keys[0] == coalesce.member_index_key("B1")
     assert event.member == "6591234567"
     # then the ids of a job that had the whole batch to itself
-    assert event.index_keys[1:] == ("nxjobs:cb:idx:nc-req:abc", "nxjobs:cb:idx:nc-batch:B1")
+    assert event.index_keys[1:] == (
+        "nxjobs:cb:idx:nc-req:abc",
+        "nxjobs:cb:idx:nc-batch:B1",
+        "nxjobs:cb:idx:nc-num:B1:6591234567",  # a member of a batch built by an earlier version
+    )
     assert "6591234567" not in str(event.data)
