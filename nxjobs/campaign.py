@@ -16,7 +16,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from nxjobs import compact_json, keys, store
+from nxjobs import callbot_zones, compact_json, keys, store
 from nxjobs.attempts import policy
 from nxjobs.client import operations
 from nxjobs.client.callbot import CallbotClient
@@ -94,11 +94,17 @@ def check(record: JobRecord | None, job_id: str, op: str, args: dict[str, Any]) 
             f"job {job_id} is {record.state.value}: only a submitted list has a provider task "
             "to control",
         )
+    tasks = callbot_zones.job_tasks(job_id, record.result, record.progress)
     out: dict[str, Any] = {}
+    if len(tasks) > 1:
+        # A list split by time zone: every operation applies to each of its tasks.
+        out["tasks"] = [uid for uid, _ in tasks]
     if op == "complete":
         out["delete_undialled"] = bool(args.get("delete_undialled", False))
     elif op == "stop-contacts":
         out["order_ids"] = _check_orders(record, job_id, args.get("order_ids"))
+        if len(tasks) > 1:
+            out["orders_by_task"] = _orders_by_task(record, job_id, out["order_ids"], tasks)
     elif op == "update":
         status = (record.campaign or {}).get("status")
         if status != "paused":
@@ -130,6 +136,29 @@ def _check_orders(record: JobRecord, job_id: str, order_ids: Any) -> list[str]:
             )
         if order_id not in out:
             out.append(order_id)
+    return out
+
+
+def _orders_by_task(
+    record: JobRecord,
+    job_id: str,
+    order_ids: list[str],
+    tasks: list[tuple[str, list[int] | None]],
+) -> dict[str, list[str]]:
+    """Each order to its own task (a list split by time zone): userTaskID -> its orderIDs."""
+    contacts = record.input.get("contacts") or []
+    index = {
+        contact_order_id(job_id, i, c.get("order_id") if isinstance(c, dict) else None): i
+        for i, c in enumerate(contacts)
+    }
+    task_of = {i: uid for uid, indices in tasks for i in indices or ()}
+    out: dict[str, list[str]] = {}
+    for order_id in order_ids:
+        uid = task_of.get(index[order_id])
+        if uid is None:
+            # Its task was never started (the provider accepted none of its contacts).
+            raise CampaignRefused("order_ids", f"{order_id!r} is in no started task of {job_id}")
+        out.setdefault(uid, []).append(order_id)
     return out
 
 
@@ -246,23 +275,35 @@ class ControlRun:
         return self.record(job_id, op_id, op, "done", answer)
 
     def _send(self, job_id: str, op: str, args: dict[str, Any]) -> dict[str, Any]:
-        # The task's userTaskID is the job id (operations.submit_call_list).
+        """The operation on every task of the list (`args["tasks"]`; the job id when absent: one
+        task), one request each; their answers merged. Sent again after an error, a task that
+        already did it answers as such."""
+        tasks = [str(t) for t in args.get("tasks") or [job_id]]
+        if op == "stop-contacts":
+            by_task = args.get("orders_by_task") or {tasks[0]: list(args["order_ids"])}
+            answers = {
+                uid: operations.stop_orders(self.callbot, user_task_id=uid, order_ids=list(orders))
+                for uid, orders in by_task.items()
+            }
+        else:
+            answers = {uid: self._send_one(uid, op, args) for uid in tasks}
+        if len(answers) == 1:
+            return next(iter(answers.values()))
+        return _merged(op, answers)
+
+    def _send_one(self, user_task_id: str, op: str, args: dict[str, Any]) -> dict[str, Any]:
         if op in ("pause", "resume", "complete", "cancel"):
             operate = {"pause": operations.TASK_PAUSE, "resume": operations.TASK_START}.get(
                 op, operations.TASK_COMPLETE
             )
             delete = op == "cancel" or bool(args.get("delete_undialled"))
             return operations.manage_task(
-                self.callbot, user_task_id=job_id, operate=operate, delete_undialled=delete
-            )
-        if op == "stop-contacts":
-            return operations.stop_orders(
-                self.callbot, user_task_id=job_id, order_ids=list(args["order_ids"])
+                self.callbot, user_task_id=user_task_id, operate=operate, delete_undialled=delete
             )
         if op == "update":
             return operations.update_task(
                 self.callbot,
-                user_task_id=job_id,
+                user_task_id=user_task_id,
                 scene_id=str(args.get("scene_id") or ""),
                 settings=dict(args["settings"]),
             )
@@ -294,6 +335,21 @@ class ControlRun:
             ],
         )
         return Recorded(outcome, str(reply[1]), detail)
+
+
+def _merged(op: str, answers: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """One answer for the record from each task's: per task, and what they say together (a
+    taskStatus only when every task gives the same; stopOrder's counts summed)."""
+    out: dict[str, Any] = {"tasks": answers}
+    if op == "stop-contacts":
+        out["totalCount"] = sum(int(a.get("totalCount") or 0) for a in answers.values())
+        out["successCount"] = sum(int(a.get("successCount") or 0) for a in answers.values())
+        out["errList"] = [e for a in answers.values() for e in a.get("errList") or []]
+        return out
+    statuses = {a.get("taskStatus") for a in answers.values()}
+    if len(statuses) == 1:
+        out["taskStatus"] = statuses.pop()
+    return out
 
 
 def find_operation(record: JobRecord | None, op_id: str) -> dict[str, Any] | None:

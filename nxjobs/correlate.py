@@ -8,7 +8,7 @@ the store when a job is submitted (provider-chosen ids, the final count).
 |---|---|---|
 | number-check | every accepted number has its result | requestId (per number), batchNo |
 | call | its CDR arrived | orderid |
-| callbot-list | a task-status callback says finished (taskStatus 3/4) | userTaskID = job id |
+| callbot-list | each task's status callback says finished (3/4) | userTaskID = job id (+`-z<n>`) |
 | callbot-contact | its order callback says finished | orderID, before userTaskID |
 | ota-init, wa-calling | at once: the synchronous answer is final | — |
 
@@ -155,6 +155,10 @@ def on_submit(kind: str | None, result: dict[str, Any] | None, job_id: str = "")
             {keys.PROOF_ID: str(sessionid)} if sessionid else None,
         )
     if kind == "callbot-list":
+        # One task-status callback per task it started (a list split by time zone has several).
+        tasks = result.get("tasks")
+        if isinstance(tasks, list) and tasks:
+            return Expectation(max(sum(1 for t in tasks if t.get("started")), 1))
         return Expectation(1)
     if kind == "callbot-contact":
         order_id = result.get("orderID")

@@ -123,6 +123,9 @@ PROOF_SEEN = "v_seen"
 PROOF_BATCH = "v_batch"  # Number Check batchNo
 PROOF_TASK = "v_task"  # a callbot-contact's userTaskID
 PROOF_ORDERS = "v_orders"  # a callbot-list's contact count: orders `<job id>-<index>` below it
+# A callbot list split by time zone: its task count, tasks `<job id>-z<n>` below it (set with its
+# plan, before any task is created; nxjobs.callbot_zones).
+PROOF_TASKS = "v_tasks"
 PHONE_FIELD = "np:"
 ORDER_FIELD = "no:"
 # Set once a job's completion delay was observed (nxjobs.metrics, callbacks_apply.lua).

@@ -400,6 +400,15 @@ class RecordStore:
         fields["updated_at"] = utc_now_iso()
         self.redis.hset(keys.job(job_id), mapping=_encode(fields))
 
+    def save_progress(self, job_id: str, progress: dict[str, Any]) -> None:
+        """The progress of a multi-step job. A callbot list split by time zone (its `tasks`) also
+        records how many tasks it has: what its callbacks' userTaskIDs are proved against."""
+        fields: dict[str, Any] = {"progress": progress}
+        tasks = progress.get("tasks")
+        if isinstance(tasks, list) and tasks:
+            fields[keys.PROOF_TASKS] = len(tasks)
+        self.update(job_id, **fields)
+
     def get_progress(self, job_id: str) -> dict[str, Any]:
         raw = self.redis.hget(keys.job(job_id), "progress")
         return json.loads(raw) if raw else {}
