@@ -16,7 +16,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from nxjobs import callbot_zones, compact_json, keys, store
+from nxjobs import callbot_zones, compact_json, correlate, keys, store
 from nxjobs.attempts import policy
 from nxjobs.client import operations
 from nxjobs.client.callbot import CallbotClient
@@ -220,6 +220,7 @@ class ControlRun:
         self.ratelimit = ratelimit
         self.ttl_s = ttl_s
         self.rng = rng or random.Random()
+        self.redis = redis_client
         self._record = store.register_script(redis_client, "campaign_record")
 
     def run(
@@ -279,6 +280,10 @@ class ControlRun:
         task), one request each; their answers merged. Sent again after an error, a task that
         already did it answers as such."""
         tasks = [str(t) for t in args.get("tasks") or [job_id]]
+        if len(tasks) > 1:
+            # A list split by time zone: a task that finished already has nothing to pause (the
+            # provider refuses to), resume or complete.
+            tasks = self._unfinished(job_id, tasks)
         if op == "stop-contacts":
             by_task = args.get("orders_by_task") or {tasks[0]: list(args["order_ids"])}
             answers = {
@@ -290,6 +295,15 @@ class ControlRun:
         if len(answers) == 1:
             return next(iter(answers.values()))
         return _merged(op, answers)
+
+    def _unfinished(self, job_id: str, tasks: list[str]) -> list[str]:
+        """The tasks whose finished task-status callback the job has not counted."""
+        paged = self.redis.hget(keys.job(job_id), keys.CALLBACKS_PAGED) == "1"
+        home = keys.job_items(job_id) if paged else keys.job(job_id)
+        done = self.redis.hmget(
+            home, [keys.UNIT_FIELD + correlate.list_task_unit(uid) for uid in tasks]
+        )
+        return [uid for uid, mark in zip(tasks, done, strict=True) if not mark]
 
     def _send_one(self, user_task_id: str, op: str, args: dict[str, Any]) -> dict[str, Any]:
         if op in ("pause", "resume", "complete", "cancel"):

@@ -166,6 +166,13 @@ def on_submit(kind: str | None, result: dict[str, Any] | None, job_id: str = "")
     return Expectation(0)
 
 
+def list_task_unit(user_task_id: str) -> str:
+    """The completion unit of a callbot list's task that finished: one per task of a list split by
+    time zone (`<job id>-z<n>`), the one of a list of one task (its userTaskID is the job id)."""
+    zone = wire.list_job_of_task(user_task_id)[1]
+    return "task-finished" if zone is None else f"task-finished:z{zone}"
+
+
 def callback_outcome(callback_type: str, data: dict[str, Any]) -> str:
     """What a callback's summary counts it as: a DR by its code (0 = success, else a per-number
     code, docs/provider.md §5.4), a Callbot call by its callStatus, an order by finished or not,

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import from_json
 
 from nxjobs import coalesce, keys
-from nxjobs.correlate import contact_index, phone_key
+from nxjobs.correlate import contact_index, list_task_unit, phone_key
 from nxjobs.redact import redact
 from nxjobs.wire import list_job_of_task
 
@@ -257,9 +257,7 @@ def to_event(kind: str, model: _Payload, payload: dict[str, Any]) -> Event:
         total = model.taskStat.totalCall if model.taskStat else None
         # A list split by time zone finishes task by task: each is its own unit.
         job_id, zone = list_job_of_task(model.userTaskID)
-        unit = ""
-        if model.taskStatus in TASK_FINISHED:
-            unit = "task-finished" if zone is None else f"task-finished:z{zone}"
+        unit = list_task_unit(model.userTaskID) if model.taskStatus in TASK_FINISHED else ""
         dedupe = f"task:{model.taskStatus}:{total}"
         return Event(
             CALLBOT_TASK,
