@@ -315,9 +315,10 @@ def _cb_new_task(state: SandboxState, req: _Request) -> dict[str, Any]:
         "_callCallbackUrl": b.get("callCallbackUrl"),
         # A scheduled start (startupType 2): the task starts itself then (start_due).
         "_startupAt": startup_at if startup_type == 2 else None,
-        # The setting as it came (zoneSecond, dialAtWeekDay, dialAtUpHour, dialAtDownHour...):
-        # recorded, not enforced; the sandbox dials whenever a task runs.
-        "_settings": dict(setting),
+        # The taskCreateSetting it was created with (zoneSecond, dialAtWeekDay, dialAtUpHour,
+        # dialAtDownHour...): recorded, not enforced, the sandbox dials whenever a task runs;
+        # an updateTask's changes go to `_settings`.
+        "_createSetting": dict(setting),
     }
 
 

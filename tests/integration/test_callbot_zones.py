@@ -126,10 +126,10 @@ def test_a_mixed_zone_list_is_split_into_per_zone_tasks_with_the_right_fields(
     ny, sp, sg = (tasks[f"{job_id}-z{n}"] for n in range(3))
     assert (ny[1], sp[1], sg[1]) == ([NY], [SP], [SG, SG2])
     dialling = ("zoneSecond", "dialAtWeekDay", "dialAtUpHour", "dialAtDownHour")
-    assert [ny[0]["_settings"][k] for k in dialling][1:] == ["1,2,3,4,5,6,7", "08:00", "21:00"]
-    assert ny[0]["_settings"]["zoneSecond"] in (-18000, -14400)  # EST or EDT, as of now
-    assert [sp[0]["_settings"][k] for k in dialling] == [-10800, "1,2", "09:00", "18:00"]
-    assert [sg[0]["_settings"][k] for k in dialling] == [28800, "1,2,3,4,5,6,7", "08:00", "21:00"]
+    assert [ny[0]["_createSetting"][k] for k in dialling][1:] == ["1,2,3,4,5,6,7", "08:00", "21:00"]
+    assert ny[0]["_createSetting"]["zoneSecond"] in (-18000, -14400)  # EST or EDT, as of now
+    assert [sp[0]["_createSetting"][k] for k in dialling] == [-10800, "1,2", "09:00", "18:00"]
+    assert [sg[0]["_createSetting"][k] for k in dialling] == [28800, "1,2,3,4,5,6,7", "08:00", "21:00"]
     # and the orders keep the list's own indices, whatever task they are in
     with sandbox_handle.state.lock:
         assert sg[0]["orderIDs"] == [f"{job_id}-0", f"{job_id}-2"]
@@ -179,7 +179,7 @@ def test_a_single_zone_list_stays_one_task_named_by_the_job(zoned, cb_sandbox, s
     tasks = _tasks(sandbox_handle, job_id)
     assert list(tasks) == [job_id]
     task, phones = tasks[job_id]
-    assert phones == [SG, SG2] and task["_settings"]["zoneSecond"] == 28800
+    assert phones == [SG, SG2] and task["_createSetting"]["zoneSecond"] == 28800
     record = _wait(zoned, job_id, lambda r: r.state == JobState.COMPLETED)
     assert record.state == JobState.COMPLETED and record.result["userTaskID"] == job_id
     assert callbot_zones.job_tasks(job_id, record.result, record.progress) == [(job_id, None)]
