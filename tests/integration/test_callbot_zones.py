@@ -129,7 +129,12 @@ def test_a_mixed_zone_list_is_split_into_per_zone_tasks_with_the_right_fields(
     assert [ny[0]["_createSetting"][k] for k in dialling][1:] == ["1,2,3,4,5,6,7", "08:00", "21:00"]
     assert ny[0]["_createSetting"]["zoneSecond"] in (-18000, -14400)  # EST or EDT, as of now
     assert [sp[0]["_createSetting"][k] for k in dialling] == [-10800, "1,2", "09:00", "18:00"]
-    assert [sg[0]["_createSetting"][k] for k in dialling] == [28800, "1,2,3,4,5,6,7", "08:00", "21:00"]
+    assert [sg[0]["_createSetting"][k] for k in dialling] == [
+        28800,
+        "1,2,3,4,5,6,7",
+        "08:00",
+        "21:00",
+    ]
     # and the orders keep the list's own indices, whatever task they are in
     with sandbox_handle.state.lock:
         assert sg[0]["orderIDs"] == [f"{job_id}-0", f"{job_id}-2"]
@@ -206,3 +211,39 @@ def test_enqueue_refuses_a_list_with_a_contact_of_no_zone(zoned, callbacks_redis
             )
         assert err.value.field == "calling_hours"
         assert producer.redis.dbsize() == before
+
+
+@pytest.fixture(scope="module")
+def beat(callbacks_env, callbacks_worker, tmp_path_factory):
+    from workers.devstack import start_beat
+
+    proc = start_beat(callbacks_env, log_dir=str(tmp_path_factory.mktemp("beat")))
+    yield proc
+    proc.stop()
+
+
+def test_a_split_list_whose_callbacks_were_lost_is_completed_by_asking_every_task(
+    zoned, cb_sandbox, beat, monkeypatch
+):
+    from config.settings import Settings
+    from tasks.services import Services
+
+    # Given every callback the provider sends is lost, and the list's deadline is 1 s
+    cb_sandbox.configure(callback_drop_rate=1.0)
+    monkeypatch.setenv("NXJOBS_CALLBACKS__CALLBOT_DEADLINE_S", "1")
+    svc = Services(Settings(_env_file=None))
+    job_id = _submit(svc, [SG, NY])
+    # When the reconciliation (beat, a worker) finds it due
+    record = _wait(svc, job_id, lambda r: r.state != JobState.SUBMITTED)
+    # Then it asked each task, and their answers completed the job
+    assert record.state == JobState.COMPLETED, (record.state, record.error)
+    callbacks = svc.store.callbacks(job_id).callbacks
+    assert {c["source"] for c in callbacks} == {"reconcile"}
+    assert sorted(c["data"]["userTaskID"] for c in callbacks if c["type"] == "callbot-task") == [
+        f"{job_id}-z0",
+        f"{job_id}-z1",
+    ]
+    asked = [r["body"] for r in cb_sandbox.requests(path="/callcentre/api/v3/listTask", limit=1000)]
+    assert {f"{job_id}-z0", f"{job_id}-z1"} <= {
+        uid for b in asked for uid in (b.get("queryConditions") or {}).get("userTaskID") or []
+    }
