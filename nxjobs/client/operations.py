@@ -9,7 +9,7 @@ so every attempt reuses them.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -341,7 +341,7 @@ def submit_call_list(
     progress: dict[str, Any],
     save_progress: Callable[[dict[str, Any]], None],
     outcome: Outcome,
-    plan: Callable[[], list[ZonePlan]] | None = None,
+    plan: Callable[[], Sequence[ZonePlan]] | None = None,
 ) -> Outcome:
     """Create the list's task(s) with their contacts and start them, resuming after the last
     step a previous attempt completed (`progress`, saved after every step).
