@@ -165,16 +165,16 @@ def describe_days(days: frozenset[int]) -> str:
 
 
 def job_tasks(
-    job_id: str, result: dict[str, Any] | None, progress: dict[str, Any] | None
+    job_id: str, progress: dict[str, Any] | None, plan: list[list[int]] | None
 ) -> list[tuple[str, list[int] | None]]:
     """A submitted list's started provider tasks: (userTaskID, its contacts' indices, None = all),
-    from its progress (the saved plan of a split list); else its one task (the job id)."""
+    from its progress and plan (nxjobs.store: a split list's); else its one task, the job id."""
     saved = (progress or {}).get("tasks")
-    if isinstance(saved, list) and saved:
+    if isinstance(saved, list) and saved and plan and len(plan) == len(saved):
         # A task none of whose contacts the provider accepted was never started: nothing to ask.
         return [
-            (str(t["userTaskID"]), list(t.get("contacts") or []))
-            for t in saved
+            (str(t["userTaskID"]), list(indices or []))
+            for t, indices in zip(saved, plan, strict=True)
             if t.get("accepted") != 0
         ]
-    return [(str((result or {}).get("userTaskID") or job_id), None)]
+    return [(job_id, None)]

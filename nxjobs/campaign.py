@@ -78,10 +78,17 @@ class CampaignRefused(ValueError):
         super().__init__(f"{field_name}: {message}")
 
 
-def check(record: JobRecord | None, job_id: str, op: str, args: dict[str, Any]) -> dict[str, Any]:
+def check(
+    record: JobRecord | None,
+    job_id: str,
+    op: str,
+    args: dict[str, Any],
+    plan: list[list[int]] | None = None,
+) -> dict[str, Any]:
     """The arguments the control task needs for `op` on `job_id`, or CampaignRefused naming why
     not: the job exists, is a callbot list, has a provider task (is submitted); `update` only
-    while the campaign is paused; stop-contacts only the list's own orderIDs."""
+    while the campaign is paused; stop-contacts only the list's own orderIDs. `plan`: a list split
+    by time zone, its tasks' contacts (RecordStore.zone_plan)."""
     if op not in OPERATIONS:
         raise CampaignRefused("operation", f"unknown operation {op!r}; known: {list(OPERATIONS)}")
     if record is None:
@@ -94,7 +101,7 @@ def check(record: JobRecord | None, job_id: str, op: str, args: dict[str, Any]) 
             f"job {job_id} is {record.state.value}: only a submitted list has a provider task "
             "to control",
         )
-    tasks = callbot_zones.job_tasks(job_id, record.result, record.progress)
+    tasks = callbot_zones.job_tasks(job_id, record.progress, plan)
     out: dict[str, Any] = {}
     if len(tasks) > 1:
         # A list split by time zone: every operation applies to each of its tasks.

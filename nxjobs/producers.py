@@ -933,11 +933,12 @@ class Producer:
     def _control(self, job_id: str, op: str, args: dict[str, Any]) -> str:
         try:
             record = self.store.get(job_id)
+            plan = self.store.zone_plan(job_id)  # a list split by time zone: its tasks' contacts
         except redis.RedisError as exc:
             raise RedisUnavailable(
                 f"cannot reach Redis at {describe(self.redis_url)}: {exc}"
             ) from None
-        checked = campaign.check(record, job_id, op, args)
+        checked = campaign.check(record, job_id, op, args, plan)
         op_id = uuid.uuid4().hex
         kwargs = {"job_id": job_id, "op_id": op_id, "op": op, "args": checked}
         try:

@@ -426,9 +426,8 @@ class Reconciler:
         callbot = self.clients.callbot
         contacts = record.input.get("contacts") or []
         missing: list[str] = []
-        for user_task_id, indices in callbot_zones.job_tasks(
-            record.id, record.result, record.progress
-        ):
+        plan = self.store.zone_plan(record.id)
+        for user_task_id, indices in callbot_zones.job_tasks(record.id, record.progress, plan):
             self._budget()
             resp = self._ask(
                 partial(

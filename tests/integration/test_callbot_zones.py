@@ -99,7 +99,7 @@ def _wait(svc, job_id, until, timeout_s=WAIT_S):
         time.sleep(0.05)
 
 
-def _control(svc, job_id, op):
+def _control(svc, job_id, op, **op_args):
     run = campaign.ControlRun(
         svc.redis,
         svc.callbot,
@@ -109,7 +109,8 @@ def _control(svc, job_id, op):
         ratelimit=svc.settings.ratelimit,
         ttl_s=svc.settings.record_ttl_s,
     )
-    args = campaign.check(svc.store.get(job_id), job_id, op, {})
+    record, plan = svc.store.get(job_id), svc.store.zone_plan(job_id)
+    args = campaign.check(record, job_id, op, op_args, plan)
     result = run.run(job_id, uuid.uuid4().hex, op, args)
     assert isinstance(result, campaign.Recorded) and result.outcome == "done", result
     return result
@@ -141,6 +142,9 @@ def test_a_mixed_zone_list_is_split_into_per_zone_tasks_with_the_right_fields(
     record = zoned.store.get(job_id)
     assert record.state == JobState.SUBMITTED and record.callbacks_needed == 3
     assert [t["userTaskID"] for t in record.result["tasks"]] == sorted(tasks)
+    # The plan is kept apart from the progress (saved after every step): per task, its contacts
+    assert zoned.store.zone_plan(job_id) == [[1], [3], [0, 2]]
+    assert all("contacts" not in t for t in record.progress["tasks"])
 
     # When the one-contact tasks finish, the job is still waiting for the third
     record = _wait(zoned, job_id, lambda r: r.callbacks_done >= 2)
@@ -166,7 +170,17 @@ def test_a_mixed_zone_list_is_split_into_per_zone_tasks_with_the_right_fields(
         (f"{job_id}-z2", 2)
     ]
 
-    # When it is resumed, the second Singapore number is dialled, its task finishes and the job
+    # When the second Singapore contact is stopped, the request goes to its own task
+    stop = "/callcentre/api/v3/stopOrder"
+    stops_before = len(sandbox_handle.state.recent_requests(stop, 10**6))
+    result = _control(zoned, job_id, "stop-contacts", order_ids=[f"{job_id}-2"])
+    assert result.detail["successCount"] == 1
+    sent = sandbox_handle.state.recent_requests(stop, 10**6)[stops_before:]
+    assert [(r["body"]["userTaskID"], r["body"]["orderIDs"]) for r in sent] == [
+        (f"{job_id}-z2", [f"{job_id}-2"])
+    ]
+
+    # When it is resumed, its last task has nothing left to dial and finishes, and the job
     # completes: every task's callback came
     _control(zoned, job_id, "resume")
     record = _wait(zoned, job_id, lambda r: r.state == JobState.COMPLETED)
@@ -187,7 +201,8 @@ def test_a_single_zone_list_stays_one_task_named_by_the_job(zoned, cb_sandbox, s
     assert phones == [SG, SG2] and task["_createSetting"]["zoneSecond"] == 28800
     record = _wait(zoned, job_id, lambda r: r.state == JobState.COMPLETED)
     assert record.state == JobState.COMPLETED and record.result["userTaskID"] == job_id
-    assert callbot_zones.job_tasks(job_id, record.result, record.progress) == [(job_id, None)]
+    assert zoned.store.zone_plan(job_id) is None and "tasks" not in record.progress
+    assert callbot_zones.job_tasks(job_id, record.progress, None) == [(job_id, None)]
 
 
 def test_enqueue_refuses_a_list_with_a_contact_of_no_zone(zoned, callbacks_redis_url):
