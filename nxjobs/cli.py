@@ -500,6 +500,9 @@ def _print_record(record: JobRecord | None, *, as_json: bool) -> None:
             in ("orderid", "sessionid", "requestId", "taskID", "batchNo", "userTaskID", "orderID")
         }
         line += "  " + " ".join(f"{k}={v}" for k, v in ids.items())
+        tasks = record.result.get("tasks")
+        if isinstance(tasks, list) and tasks:  # a callbot list split by time zone
+            line += f" tasks={len(tasks)}"
     print(line)
     if record.schedule_note:
         print(f"  {record.schedule_note}")
