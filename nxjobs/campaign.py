@@ -102,15 +102,16 @@ def check(
             "to control",
         )
     tasks = callbot_zones.job_tasks(job_id, record.progress, plan)
+    split = tasks != [(job_id, None)]
     out: dict[str, Any] = {}
-    if len(tasks) > 1:
-        # A list split by time zone: every operation applies to each of its tasks.
+    if split:
+        # A list split by time zone: every operation applies to each of its (started) tasks.
         out["tasks"] = [uid for uid, _ in tasks]
     if op == "complete":
         out["delete_undialled"] = bool(args.get("delete_undialled", False))
     elif op == "stop-contacts":
         out["order_ids"] = _check_orders(record, job_id, args.get("order_ids"))
-        if len(tasks) > 1:
+        if split:
             out["orders_by_task"] = _orders_by_task(record, job_id, out["order_ids"], tasks)
     elif op == "update":
         status = (record.campaign or {}).get("status")
@@ -287,7 +288,7 @@ class ControlRun:
         task), one request each; their answers merged. Sent again after an error, a task that
         already did it answers as such."""
         tasks = [str(t) for t in args.get("tasks") or [job_id]]
-        if len(tasks) > 1:
+        if args.get("tasks"):
             # A list split by time zone: a task that finished already has nothing to pause (the
             # provider refuses to), resume or complete.
             tasks = self._unfinished(job_id, tasks)
