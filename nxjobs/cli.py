@@ -377,6 +377,7 @@ def _submit_file(args: argparse.Namespace) -> int:
                 "task_callback_url": args.task_callback_url,
                 "order_callback_url": args.order_callback_url,
                 "call_callback_url": args.call_callback_url,
+                "calling_hours": args.calling_hours,
             }.items()
             if v is not None
         }

@@ -5,6 +5,7 @@ list is not enqueued); campaign operations run here too (nxjobs.campaign.Control
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 
@@ -14,6 +15,7 @@ from nxjobs import callbot_zones, campaign, correlate
 from nxjobs.jobs import CallbotListPayload, InvalidJob
 from nxjobs.records import JobState
 from nxjobs.redact import redact
+from tests.conftest import cli_runner
 from tests.integration.test_callbacks import post_signed
 
 pytestmark = pytest.mark.integration
@@ -226,6 +228,13 @@ def test_enqueue_refuses_a_list_with_a_contact_of_no_zone(zoned, callbacks_redis
             )
         assert err.value.field == "calling_hours"
         assert producer.redis.dbsize() == before
+    # and the CLI says so too (the rule opens at 08:00 here, 09:00 by default)
+    run = cli_runner(callbacks_redis_url, os.getcwd())  # this tree's nxjobs
+    proc = run(
+        "submit", "callbot-list", "--scene-id", "s", "--task-name", "t",
+        "--contact", SG, "--calling-hours", "07:00-10:00",
+    )  # fmt: skip
+    assert proc.returncode == 2 and proc.stderr.startswith("error: calling_hours: "), proc.stderr
 
 
 @pytest.fixture(scope="module")
