@@ -271,3 +271,31 @@ def test_a_split_list_whose_callbacks_were_lost_is_completed_by_asking_every_tas
     assert {f"{job_id}-z0", f"{job_id}-z1"} <= {
         uid for b in asked for uid in (b.get("queryConditions") or {}).get("userTaskID") or []
     }
+
+
+def test_a_list_no_producer_checked_fails_calling_hours_before_anything_is_sent(
+    zoned, cb_sandbox, sandbox_handle
+):
+    from nxjobs.attempts.decisions import Failed
+    from nxjobs.attempts.job import JobAttempt
+    from tasks.callbot import _submit_call_list
+
+    # Given a list with a contact of no time zone that reached a worker (no producer checked it)
+    job_id = uuid.uuid4().hex
+    body = {
+        "scene_id": "s",
+        "task_name": "t",
+        "contacts": [{"user_phone": SG}, {"user_phone": "88234567890"}],
+    }
+    zoned.store.create(job_id, "callbot-list", redact(body), payload=body)
+    created_before = len(sandbox_handle.state.recent_requests(None, 10**6))
+    # When the attempt runs
+    decision = JobAttempt(zoned, job_id, "callbot-list", body, _submit_call_list).run()
+    # Then the job fails calling_hours, naming the contact, and no task was created
+    assert isinstance(decision, Failed), decision
+    record = zoned.store.get(job_id)
+    assert record.state == JobState.FAILED and record.error.code == "calling_hours"
+    assert "contacts.1.user_phone" in record.error.message
+    sent = sandbox_handle.state.recent_requests(None, 10**6)[created_before:]
+    assert not [r for r in sent if str(r["body"].get("userTaskID", "")).startswith(job_id)]
+    assert _tasks(sandbox_handle, job_id) == {}
