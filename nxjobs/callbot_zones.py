@@ -7,15 +7,17 @@ calling-hours rule (nxjobs.calling_hours) becomes those four values, and contact
 four share a task:
 
 - a number whose candidate zones all have one UTC offset now: that offset, the rule's window;
-- a number of several offsets (a US mobile): the hours inside the window in EVERY candidate zone
-  (the narrowest intersection, as a call's), written in the easternmost offset; none: refused;
+- a number of several offsets (a Russian mobile): the hours inside the window in EVERY
+  candidate zone (the narrowest intersection, as a call's), written in the easternmost offset;
+  none: refused;
 - the days are the rule's (its country's), read in the group's offset; public holidays are not
   the provider's to know and are not applied to lists.
 
-Offsets are taken once, at the first submit (`now`): the plan is saved with the job's progress
-and never recomputed, so a DST change later does not move a contact to another task. Groups are
-ordered by (offset, window, days); a list of one group is one task whose userTaskID is the job id,
-a list of several has tasks `<job id>-z0`, `-z1`, ... (nxjobs.wire.zone_task_id).
+Offsets are taken once, at the first submit (`now`): the plan is saved beside the job's progress
+(nxjobs.store, keys.ZONE_PLAN) before any task is created and never recomputed, so a DST change
+later does not move a contact to another task. Groups are ordered by (offset, window, days); a
+list of one group is one task whose userTaskID is the job id, a list of several has tasks
+`<job id>-z0`, `-z1`, ... (nxjobs.wire.zone_task_id).
 
     plan(["6591234567", "12015550123"], policy, None, now)
     # [ZoneGroup(zone_second=-18000, ...), ZoneGroup(zone_second=28800, ...)]
@@ -29,7 +31,7 @@ from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from nxjobs.calling_hours import DAY_NAMES, NoTimeZone, Policy, Window
+from nxjobs.calling_hours import NoTimeZone, Policy, Window
 from nxjobs.client.errors import PERMANENT, NXCloudError
 
 
@@ -158,10 +160,6 @@ def _longest_arc(minutes: set[int]) -> Window | None:
         if length > best_len:
             best_start, best_len = start, length
     return Window(best_start, (best_start + best_len) % 1440)
-
-
-def describe_days(days: frozenset[int]) -> str:
-    return ",".join(DAY_NAMES[d] for d in sorted(days))
 
 
 def job_tasks(
