@@ -16,7 +16,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from nxjobs import compact_json, keys, store
+from nxjobs import callbot_zones, compact_json, correlate, keys, store
 from nxjobs.attempts import policy
 from nxjobs.client import operations
 from nxjobs.client.callbot import CallbotClient
@@ -78,10 +78,17 @@ class CampaignRefused(ValueError):
         super().__init__(f"{field_name}: {message}")
 
 
-def check(record: JobRecord | None, job_id: str, op: str, args: dict[str, Any]) -> dict[str, Any]:
+def check(
+    record: JobRecord | None,
+    job_id: str,
+    op: str,
+    args: dict[str, Any],
+    plan: list[list[int]] | None = None,
+) -> dict[str, Any]:
     """The arguments the control task needs for `op` on `job_id`, or CampaignRefused naming why
     not: the job exists, is a callbot list, has a provider task (is submitted); `update` only
-    while the campaign is paused; stop-contacts only the list's own orderIDs."""
+    while the campaign is paused; stop-contacts only the list's own orderIDs. `plan`: a list split
+    by time zone, its tasks' contacts (RecordStore.zone_plan)."""
     if op not in OPERATIONS:
         raise CampaignRefused("operation", f"unknown operation {op!r}; known: {list(OPERATIONS)}")
     if record is None:
@@ -94,11 +101,18 @@ def check(record: JobRecord | None, job_id: str, op: str, args: dict[str, Any]) 
             f"job {job_id} is {record.state.value}: only a submitted list has a provider task "
             "to control",
         )
+    tasks = callbot_zones.job_tasks(job_id, record.progress, plan)
+    split = tasks != [(job_id, None)]
     out: dict[str, Any] = {}
+    if split:
+        # A list split by time zone: every operation applies to each of its (started) tasks.
+        out["tasks"] = [uid for uid, _ in tasks]
     if op == "complete":
         out["delete_undialled"] = bool(args.get("delete_undialled", False))
     elif op == "stop-contacts":
         out["order_ids"] = _check_orders(record, job_id, args.get("order_ids"))
+        if split:
+            out["orders_by_task"] = _orders_by_task(record, job_id, out["order_ids"], tasks)
     elif op == "update":
         status = (record.campaign or {}).get("status")
         if status != "paused":
@@ -130,6 +144,29 @@ def _check_orders(record: JobRecord, job_id: str, order_ids: Any) -> list[str]:
             )
         if order_id not in out:
             out.append(order_id)
+    return out
+
+
+def _orders_by_task(
+    record: JobRecord,
+    job_id: str,
+    order_ids: list[str],
+    tasks: list[tuple[str, list[int] | None]],
+) -> dict[str, list[str]]:
+    """Each order to its own task (a list split by time zone): userTaskID -> its orderIDs."""
+    contacts = record.input.get("contacts") or []
+    index = {
+        contact_order_id(job_id, i, c.get("order_id") if isinstance(c, dict) else None): i
+        for i, c in enumerate(contacts)
+    }
+    task_of = {i: uid for uid, indices in tasks for i in indices or ()}
+    out: dict[str, list[str]] = {}
+    for order_id in order_ids:
+        uid = task_of.get(index[order_id])
+        if uid is None:
+            # Its task was never started (the provider accepted none of its contacts).
+            raise CampaignRefused("order_ids", f"{order_id!r} is in no started task of {job_id}")
+        out.setdefault(uid, []).append(order_id)
     return out
 
 
@@ -191,6 +228,7 @@ class ControlRun:
         self.ratelimit = ratelimit
         self.ttl_s = ttl_s
         self.rng = rng or random.Random()
+        self.redis = redis_client
         self._record = store.register_script(redis_client, "campaign_record")
 
     def run(
@@ -246,23 +284,48 @@ class ControlRun:
         return self.record(job_id, op_id, op, "done", answer)
 
     def _send(self, job_id: str, op: str, args: dict[str, Any]) -> dict[str, Any]:
-        # The task's userTaskID is the job id (operations.submit_call_list).
+        """The operation on every task of the list (`args["tasks"]`; the job id when absent: one
+        task), one request each; their answers merged. Sent again after an error, a task that
+        already did it answers as such."""
+        tasks = [str(t) for t in args.get("tasks") or [job_id]]
+        if args.get("tasks"):
+            # A list split by time zone: a task that finished already has nothing to pause (the
+            # provider refuses to), resume or complete.
+            tasks = self._unfinished(job_id, tasks)
+        if op == "stop-contacts":
+            by_task = args.get("orders_by_task") or {tasks[0]: list(args["order_ids"])}
+            answers = {
+                uid: operations.stop_orders(self.callbot, user_task_id=uid, order_ids=list(orders))
+                for uid, orders in by_task.items()
+            }
+        else:
+            answers = {uid: self._send_one(uid, op, args) for uid in tasks}
+        if len(answers) == 1:
+            return next(iter(answers.values()))
+        return _merged(op, answers)
+
+    def _unfinished(self, job_id: str, tasks: list[str]) -> list[str]:
+        """The tasks whose finished task-status callback the job has not counted."""
+        paged = self.redis.hget(keys.job(job_id), keys.CALLBACKS_PAGED) == "1"
+        home = keys.job_items(job_id) if paged else keys.job(job_id)
+        done = self.redis.hmget(
+            home, [keys.UNIT_FIELD + correlate.list_task_unit(uid) for uid in tasks]
+        )
+        return [uid for uid, mark in zip(tasks, done, strict=True) if not mark]
+
+    def _send_one(self, user_task_id: str, op: str, args: dict[str, Any]) -> dict[str, Any]:
         if op in ("pause", "resume", "complete", "cancel"):
             operate = {"pause": operations.TASK_PAUSE, "resume": operations.TASK_START}.get(
                 op, operations.TASK_COMPLETE
             )
             delete = op == "cancel" or bool(args.get("delete_undialled"))
             return operations.manage_task(
-                self.callbot, user_task_id=job_id, operate=operate, delete_undialled=delete
-            )
-        if op == "stop-contacts":
-            return operations.stop_orders(
-                self.callbot, user_task_id=job_id, order_ids=list(args["order_ids"])
+                self.callbot, user_task_id=user_task_id, operate=operate, delete_undialled=delete
             )
         if op == "update":
             return operations.update_task(
                 self.callbot,
-                user_task_id=job_id,
+                user_task_id=user_task_id,
                 scene_id=str(args.get("scene_id") or ""),
                 settings=dict(args["settings"]),
             )
@@ -294,6 +357,21 @@ class ControlRun:
             ],
         )
         return Recorded(outcome, str(reply[1]), detail)
+
+
+def _merged(op: str, answers: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """One answer for the record from each task's: per task, and what they say together (a
+    taskStatus only when every task gives the same; stopOrder's counts summed)."""
+    out: dict[str, Any] = {"tasks": answers}
+    if op == "stop-contacts":
+        out["totalCount"] = sum(int(a.get("totalCount") or 0) for a in answers.values())
+        out["successCount"] = sum(int(a.get("successCount") or 0) for a in answers.values())
+        out["errList"] = [e for a in answers.values() for e in a.get("errList") or []]
+        return out
+    statuses = {a.get("taskStatus") for a in answers.values()}
+    if len(statuses) == 1:
+        out["taskStatus"] = statuses.pop()
+    return out
 
 
 def find_operation(record: JobRecord | None, op_id: str) -> dict[str, Any] | None:

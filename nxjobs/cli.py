@@ -209,7 +209,7 @@ def _add_submit_parser(sub) -> None:
     p.add_argument(
         "--calling-hours",
         metavar="HH:MM-HH:MM",
-        help="call: the callee-local window, inside the configured calling hours",
+        help="call, callbot-list: the callee-local window, inside the configured calling hours",
     )
     p.add_argument("--check-level", type=int, help="number-check: 1 basic, 4 call, 5 HLR")
     p.add_argument("--batch-no", help="number-check: batch number (default: the job id)")
@@ -330,6 +330,7 @@ def _payload_from_args(args: argparse.Namespace) -> dict[str, Any]:
             "task_callback_url": args.task_callback_url,
             "order_callback_url": args.order_callback_url,
             "call_callback_url": args.call_callback_url,
+            "calling_hours": args.calling_hours,
         }
     elif kind == "callbot-contact":
         contacts = [_contact(c.split(",")) for c in (args.contact or [])]
@@ -376,6 +377,7 @@ def _submit_file(args: argparse.Namespace) -> int:
                 "task_callback_url": args.task_callback_url,
                 "order_callback_url": args.order_callback_url,
                 "call_callback_url": args.call_callback_url,
+                "calling_hours": args.calling_hours,
             }.items()
             if v is not None
         }
@@ -500,6 +502,9 @@ def _print_record(record: JobRecord | None, *, as_json: bool) -> None:
             in ("orderid", "sessionid", "requestId", "taskID", "batchNo", "userTaskID", "orderID")
         }
         line += "  " + " ".join(f"{k}={v}" for k, v in ids.items())
+        tasks = record.result.get("tasks")
+        if isinstance(tasks, list) and tasks:  # a callbot list split by time zone
+            line += f" tasks={len(tasks)}"
     print(line)
     if record.schedule_note:
         print(f"  {record.schedule_note}")

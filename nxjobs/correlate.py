@@ -8,7 +8,7 @@ the store when a job is submitted (provider-chosen ids, the final count).
 |---|---|---|
 | number-check | every accepted number has its result | requestId (per number), batchNo |
 | call | its CDR arrived | orderid |
-| callbot-list | a task-status callback says finished (taskStatus 3/4) | userTaskID = job id |
+| callbot-list | each task's status callback says finished (3/4) | userTaskID = job id (+`-z<n>`) |
 | callbot-contact | its order callback says finished | orderID, before userTaskID |
 | ota-init, wa-calling | at once: the synchronous answer is final | — |
 
@@ -155,11 +155,22 @@ def on_submit(kind: str | None, result: dict[str, Any] | None, job_id: str = "")
             {keys.PROOF_ID: str(sessionid)} if sessionid else None,
         )
     if kind == "callbot-list":
+        # One task-status callback per task it started (a list split by time zone has several).
+        tasks = result.get("tasks")
+        if isinstance(tasks, list) and tasks:
+            return Expectation(max(sum(1 for t in tasks if t.get("started")), 1))
         return Expectation(1)
     if kind == "callbot-contact":
         order_id = result.get("orderID")
         return Expectation(1, (contact_index(str(order_id)),) if order_id else ())
     return Expectation(0)
+
+
+def list_task_unit(user_task_id: str) -> str:
+    """The completion unit of a callbot list's task that finished: one per task of a list split by
+    time zone (`<job id>-z<n>`), the one of a list of one task (its userTaskID is the job id)."""
+    zone = wire.list_job_of_task(user_task_id)[1]
+    return "task-finished" if zone is None else f"task-finished:z{zone}"
 
 
 def callback_outcome(callback_type: str, data: dict[str, Any]) -> str:

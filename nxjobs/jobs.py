@@ -148,6 +148,19 @@ class CallbotListPayload(_Payload):
     # Unix time the provider starts the task by itself (a scheduled start, docs/provider.md §6.3);
     # set by the producer for a list scheduled with `at` / `delay_s` (nxjobs/schedule.py).
     start_at: int | None = Field(default=None, gt=0)
+    # The list's own calling hours, "HH:MM-HH:MM" in each contact's local time: narrows the rule
+    # each zone group's task is given (nxjobs.callbot_zones, docs/calling-hours.md).
+    calling_hours: str | None = None
+
+    @field_validator("calling_hours")
+    @classmethod
+    def _calling_hours(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        try:
+            return str(parse_window(v, "calling_hours"))
+        except CallingHoursError as exc:
+            raise ValueError(exc.message) from None
 
     @model_validator(mode="after")
     def _unique_order_ids(self) -> CallbotListPayload:

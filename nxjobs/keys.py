@@ -123,6 +123,13 @@ PROOF_SEEN = "v_seen"
 PROOF_BATCH = "v_batch"  # Number Check batchNo
 PROOF_TASK = "v_task"  # a callbot-contact's userTaskID
 PROOF_ORDERS = "v_orders"  # a callbot-list's contact count: orders `<job id>-<index>` below it
+# A callbot list split by time zone: its task count, tasks `<job id>-z<n>` below it (set with its
+# plan, before any task is created; nxjobs.callbot_zones).
+PROOF_TASKS = "v_tasks"
+# ... and its plan: JSON, per task (in order) the indices of its contacts in the list. Written once,
+# before any task is created, beside the job's `progress` (which is saved after every step, so
+# keeps only the tasks' counters); read by the submit, reconciliation and campaign control.
+ZONE_PLAN = "zone_plan"
 PHONE_FIELD = "np:"
 ORDER_FIELD = "no:"
 # Set once a job's completion delay was observed (nxjobs.metrics, callbacks_apply.lua).

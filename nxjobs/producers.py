@@ -32,6 +32,7 @@ from pydantic_settings import (
 )
 
 from nxjobs import (
+    callbot_zones,
     calling_hours,
     campaign,
     coalesce,
@@ -585,6 +586,9 @@ class Producer:
             return
         prefix = "" if len(models) == 1 else "{}."
         for i, m in enumerate(models):
+            if isinstance(m, CallbotListPayload):
+                self._check_list_zones(m, prefix.format(i))
+                continue
             if not isinstance(m, CallPayload):
                 continue
             try:
@@ -598,6 +602,21 @@ class Producer:
                 raise InvalidJob(
                     prefix.format(i) + "phone", f"{exc}: its calling hours cannot be checked"
                 ) from None
+
+    def _check_list_zones(self, model: CallbotListPayload, prefix: str) -> None:
+        """A list's own window must lie inside every contact's rule (unless wider is allowed), and
+        every contact must have dialling hours a provider task can be given (nxjobs.callbot_zones:
+        a known zone, an hour open in all its zones)."""
+        assert self.calling_hours is not None
+        try:
+            if model.calling_hours is not None:
+                for c in model.contacts:
+                    self.calling_hours.narrow(c.user_phone, model.calling_hours)
+            callbot_zones.plan_zones(model, self.calling_hours)
+        except calling_hours.CallingHoursError as exc:
+            raise InvalidJob(prefix + exc.field, exc.message) from None
+        except callbot_zones.ZoneError as exc:
+            raise InvalidJob(prefix + exc.field, exc.message) from None
 
     def _screen(self, models: list[Any]) -> list[tuple[Any, int]]:
         """The do-not-call list at enqueue: a call or a single contact to a listed number is
@@ -689,7 +708,10 @@ class Producer:
         at: datetime | None = None,
         delay_s: float | None = None,
         notify_url: str | None = None,
+        calling_hours: str | None = None,
     ) -> str:
+        """`calling_hours`: "HH:MM-HH:MM" in each contact's local time, narrowing the configured
+        rule its zone group's task dials by (docs/calling-hours.md, "Callbot lists")."""
         return self.enqueue(
             "callbot-list",
             _drop_none(
@@ -700,6 +722,7 @@ class Producer:
                 task_callback_url=task_callback_url,
                 order_callback_url=order_callback_url,
                 call_callback_url=call_callback_url,
+                calling_hours=calling_hours,
             ),
             at=at,
             delay_s=delay_s,
@@ -973,11 +996,12 @@ class Producer:
     def _control(self, job_id: str, op: str, args: dict[str, Any]) -> str:
         try:
             record = self.store.get(job_id)
+            plan = self.store.zone_plan(job_id)  # a list split by time zone: its tasks' contacts
         except redis.RedisError as exc:
             raise RedisUnavailable(
                 f"cannot reach Redis at {describe(self.redis_url)}: {exc}"
             ) from None
-        checked = campaign.check(record, job_id, op, args)
+        checked = campaign.check(record, job_id, op, args, plan)
         op_id = uuid.uuid4().hex
         kwargs = {"job_id": job_id, "op_id": op_id, "op": op, "args": checked}
         try:

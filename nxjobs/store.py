@@ -400,9 +400,37 @@ class RecordStore:
         fields["updated_at"] = utc_now_iso()
         self.redis.hset(keys.job(job_id), mapping=_encode(fields))
 
+    def save_progress(self, job_id: str, progress: dict[str, Any]) -> None:
+        """The progress of a multi-step job. A callbot list split by time zone (its `tasks`, each
+        with its `contacts`): the tasks' contacts go to the job's plan (keys.ZONE_PLAN), written
+        with the first save, when no task is created yet, with how many tasks it has (what its
+        callbacks' userTaskIDs are proved against); the progress keeps the rest."""
+        fields: dict[str, Any] = {"progress": progress}
+        tasks = progress.get("tasks")
+        if isinstance(tasks, list) and tasks:
+            if not any(t.get("create_sent") or t.get("taskID") for t in tasks):
+                fields[keys.ZONE_PLAN] = compact_json.dumps([t.get("contacts") for t in tasks])
+                fields[keys.PROOF_TASKS] = len(tasks)
+            fields["progress"] = {
+                **progress,
+                "tasks": [{k: v for k, v in t.items() if k != "contacts"} for t in tasks],
+            }
+        self.update(job_id, **fields)
+
     def get_progress(self, job_id: str) -> dict[str, Any]:
-        raw = self.redis.hget(keys.job(job_id), "progress")
-        return json.loads(raw) if raw else {}
+        """The progress save_progress saved (a split list's tasks with their contacts again)."""
+        raw, plan = self.redis.hmget(keys.job(job_id), ["progress", keys.ZONE_PLAN])
+        progress: dict[str, Any] = json.loads(raw) if raw else {}
+        tasks = progress.get("tasks")
+        if isinstance(tasks, list) and plan:
+            for task, contacts in zip(tasks, json.loads(plan), strict=True):
+                task["contacts"] = contacts
+        return progress
+
+    def zone_plan(self, job_id: str) -> list[list[int]] | None:
+        """A callbot list split by time zone: per task, its contacts' indices (None: not split)."""
+        raw = self.redis.hget(keys.job(job_id), keys.ZONE_PLAN)
+        return json.loads(raw) if raw else None
 
     def get(self, job_id: str) -> JobRecord | None:
         return self.get_many([job_id])[job_id]

@@ -6,6 +6,7 @@ so they derive from the job id alone and never change between attempts.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from nxjobs.jobs import CallbotContactPayload, CallPayload, Contact, NumberCheckPayload
@@ -49,3 +50,19 @@ def contact_of_item(item: dict[str, Any]) -> dict[str, Any]:
     if item.get("params"):
         contact["params"] = item["params"]
     return contact
+
+
+# A callbot list split by time zone (nxjobs.callbot_zones) has one task per group: the job id and
+# `-z<n>`, n from 0 in the plan's order; a list of one group keeps the job id itself.
+ZONE_SUFFIX = "-z"
+_ZONE_TASK_RE = re.compile(r"^(.+)-z([0-9]{1,4})$")
+
+
+def zone_task_id(job_id: str, n: int) -> str:
+    return f"{job_id}{ZONE_SUFFIX}{n}"
+
+
+def list_job_of_task(user_task_id: str) -> tuple[str, int | None]:
+    """(job id, zone group n or None) of a callbot list's userTaskID: what a callback names."""
+    m = _ZONE_TASK_RE.match(user_task_id)
+    return (m.group(1), int(m.group(2))) if m else (user_task_id, None)

@@ -4,6 +4,7 @@ the call, order and task callbacks they send."""
 from __future__ import annotations
 
 import hmac
+import re
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -296,6 +297,9 @@ def _cb_new_task(state: SandboxState, req: _Request) -> dict[str, Any]:
     startup_at = _as_int(setting.get("startupAt"))
     if startup_type == 2 and startup_at is None:
         raise _Answer(_cb_env(req, 4, "parameter value error: startupType 2 needs startupAt"))
+    bad = _cb_dialling_error(setting)
+    if bad:
+        raise _Answer(_cb_env(req, 4, f"parameter value error: {bad}"))
     return {
         "userTaskID": user_task_id,
         "taskID": str(uuid.uuid4().int % 10**12).zfill(12),
@@ -311,7 +315,34 @@ def _cb_new_task(state: SandboxState, req: _Request) -> dict[str, Any]:
         "_callCallbackUrl": b.get("callCallbackUrl"),
         # A scheduled start (startupType 2): the task starts itself then (start_due).
         "_startupAt": startup_at if startup_type == 2 else None,
+        # The taskCreateSetting it was created with (zoneSecond, dialAtWeekDay, dialAtUpHour,
+        # dialAtDownHour...): recorded, not enforced, the sandbox dials whenever a task runs;
+        # an updateTask's changes go to `_settings`.
+        "_createSetting": dict(setting),
     }
+
+
+_HHMM = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]$|^24:00$")
+_WEEKDAYS = re.compile(r"^[1-7](,[1-7])*$")
+
+
+def _cb_dialling_error(setting: dict[str, Any]) -> str:
+    """What is wrong with a setting's dialling fields, in the formats we chose for them
+    (docs/provider.md §6.3): zoneSecond an int of seconds east of UTC (-12 h to +14 h),
+    dialAtWeekDay "1,2,3" (1 = Monday), dialAtUpHour / dialAtDownHour "HH:MM" ("24:00" an end)."""
+    zone = setting.get("zoneSecond")
+    if zone is not None and (
+        not isinstance(zone, int) or isinstance(zone, bool) or not -43200 <= zone <= 50400
+    ):
+        return "zoneSecond must be seconds from UTC, -43200 to 50400"
+    days = setting.get("dialAtWeekDay")
+    if days is not None and not (isinstance(days, str) and _WEEKDAYS.match(days)):
+        return 'dialAtWeekDay must be like "1,2,3,4,5" (1 = Monday)'
+    for name in ("dialAtUpHour", "dialAtDownHour"):
+        value = setting.get(name)
+        if value is not None and not (isinstance(value, str) and _HHMM.match(value)):
+            return f'{name} must be "HH:MM"'
+    return ""
 
 
 def _cb_start(state: SandboxState, task: dict[str, Any], now: float) -> None:
@@ -460,6 +491,9 @@ def _cb_update_task(state: SandboxState, req: _Request) -> dict[str, Any]:
     setting = b.get("taskCreateSetting")
     if not isinstance(setting, dict):
         return _cb_env(req, 3, "parameter format error: taskCreateSetting must be an object")
+    bad = _cb_dialling_error(setting)
+    if bad:
+        return _cb_env(req, 4, f"parameter value error: {bad}")
     task["taskName"] = setting.get("taskName") or task["taskName"]
     task["_taskCallbackUrl"] = setting.get("taskCallbackUrl") or task["_taskCallbackUrl"]
     task.setdefault("_settings", {}).update(setting)

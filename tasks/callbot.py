@@ -3,12 +3,13 @@ task on its own (a `callbot-contact` job with batch=False, or a dead-letter repl
 ones are sent by tasks/coalesce.py); one campaign-control operation on a list's task
 (nxjobs.campaign)."""
 
-from functools import cache
+from functools import cache, partial
 
 import redis
 from celery import shared_task
 from celery.exceptions import Reject
 
+from nxjobs import callbot_zones
 from nxjobs.campaign import CONTROL_TASK, ControlRun, Later
 from nxjobs.client import operations
 from nxjobs.jobs import KINDS
@@ -27,6 +28,7 @@ def submit_call_list(
 
 
 def _submit_call_list(svc, job_id, payload, outcome):
+    policy = svc.calling_hours
     return operations.submit_call_list(
         svc.callbot,
         job_id=job_id,
@@ -34,8 +36,10 @@ def _submit_call_list(svc, job_id, payload, outcome):
         public_url=svc.settings.callbacks.public_url,
         strategy_name=svc.settings.callbot.strategy_name,
         progress=svc.store.get_progress(job_id),
-        save_progress=lambda progress: svc.store.update(job_id, progress=progress),
+        save_progress=lambda progress: svc.store.save_progress(job_id, progress),
         outcome=outcome,
+        # Calling hours on: the contacts by time zone, one task per group (asked once).
+        plan=None if policy is None else partial(callbot_zones.plan_list, payload, policy),
     )
 
 

@@ -55,7 +55,7 @@ Operation = Callable[[Any, str, Any, Outcome], Outcome]
 SIDE_EFFECT_KINDS = frozenset({"call", "number-check", "callbot-list"})
 # Kinds that ring a phone of their own: calling hours and the do-not-call list apply at send time.
 # (Number checks, OTA init and WhatsApp queries call nobody; a callbot list's contacts are screened
-# at enqueue, its dialling times are the provider's strategy.)
+# at enqueue, and its tasks carry their dialling hours to the provider: nxjobs.callbot_zones.)
 CALLING_HOURS_KINDS = frozenset({"call"})
 SUPPRESSION_KINDS = frozenset({"call", "callbot-contact"})
 # ... and those a redelivery looks up by idempotency key before sending again.

@@ -8,7 +8,7 @@ came by callback and the same result found by a query are one and the same.
 
 A Callbot call or order callback belongs to a `callbot-contact` job when its
 orderID is indexed (the job added that contact), else to the `callbot-list`
-job whose id is its userTaskID.
+job whose id is its userTaskID (a list split by time zone: without its `-z<n>`).
 
 Dedupe keys (docs/provider.md §5.4, §6.6, §7.3/7.4): Number Check = per-number id;
 Callbot call = callID; order = (orderID, finish); task = (taskStatus,
@@ -28,8 +28,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import from_json
 
 from nxjobs import coalesce, keys
-from nxjobs.correlate import contact_index, phone_key
+from nxjobs.correlate import contact_index, list_task_unit, phone_key
 from nxjobs.redact import redact
+from nxjobs.wire import list_job_of_task
 
 # Number Check: per-number ids are `<submit requestId>-<6 digits>` (docs/provider.md §5.1).
 _PER_NUMBER_SUFFIX = re.compile(r"-[0-9]{6}$")
@@ -53,6 +54,9 @@ CHECK_CDR = (
     "cdr"  # (sessionid,): the makecall's sessionid; a failed/ambiguous call is looked up instead
 )
 CHECK_ORDER = "order"  # (userTaskID, orderID): the contact's task, or an order of the list job
+CHECK_TASK = (
+    "task"  # (userTaskID,): a task of the list job (the job id, or `-z<n>` below its count)
+)
 
 
 class Malformed(ValueError):
@@ -225,7 +229,7 @@ def to_event(kind: str, model: _Payload, payload: dict[str, Any]) -> Event:
             CALLBOT_CALL,
             "callbot-list",
             (contact_index(model.orderID),),
-            model.userTaskID,
+            list_job_of_task(model.userTaskID)[0],
             f"call:{call_id}",
             "",
             data,
@@ -240,7 +244,7 @@ def to_event(kind: str, model: _Payload, payload: dict[str, Any]) -> Event:
             CALLBOT_ORDER,
             "callbot-list",
             (contact_index(model.orderID),),
-            model.userTaskID,
+            list_job_of_task(model.userTaskID)[0],
             f"order:{model.orderID}:{finish}",
             "",
             data,
@@ -252,16 +256,21 @@ def to_event(kind: str, model: _Payload, payload: dict[str, Any]) -> Event:
         )
     if isinstance(model, CallbotTask):
         total = model.taskStat.totalCall if model.taskStat else None
-        unit = "task-finished" if model.taskStatus in TASK_FINISHED else ""
+        # A list split by time zone finishes task by task: each is its own unit.
+        job_id, zone = list_job_of_task(model.userTaskID)
+        unit = list_task_unit(model.userTaskID) if model.taskStatus in TASK_FINISHED else ""
+        dedupe = f"task:{model.taskStatus}:{total}"
         return Event(
             CALLBOT_TASK,
             "callbot-list",
             (),
-            model.userTaskID,
-            f"task:{model.taskStatus}:{total}",
+            job_id,
+            dedupe if zone is None else f"{dedupe}:z{zone}",
             unit,
             data,
             {"userTaskID": model.userTaskID, "taskStatus": model.taskStatus},
+            check=CHECK_TASK,
+            proof=(model.userTaskID,),
         )
     if isinstance(model, AgentCdr):
         one = model.sessionid or f"row-{model.id}"

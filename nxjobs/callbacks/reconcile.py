@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from nxjobs import keys, metrics, scripts, wire
+from nxjobs import callbot_zones, keys, metrics, scripts, wire
 from nxjobs.callbacks import events
 from nxjobs.callbacks.ledger import Ledger
 from nxjobs.client.errors import NXCloudError
@@ -421,24 +421,34 @@ class Reconciler:
                 )
 
     def _callbot_list(self, record: JobRecord, report: Report) -> None:
+        """Each of the list's tasks (one, or one per time zone, nxjobs.callbot_zones): once
+        finished, its orders and its task status are applied as their callbacks."""
         callbot = self.clients.callbot
-        user_task_id = (record.result or {}).get("userTaskID") or record.id
-        self._budget()
-        resp = self._ask(
-            lambda: callbot.post(
-                "listTask",
-                {"page": 1, "size": 1, "queryConditions": {"userTaskID": [user_task_id]}},
+        contacts = record.input.get("contacts") or []
+        missing: list[str] = []
+        plan = self.store.zone_plan(record.id)
+        for user_task_id, indices in callbot_zones.job_tasks(record.id, record.progress, plan):
+            self._budget()
+            resp = self._ask(
+                partial(
+                    callbot.post,
+                    "listTask",
+                    {"page": 1, "size": 1, "queryConditions": {"userTaskID": [user_task_id]}},
+                )
             )
-        )
-        task = next(
-            (t for t in resp.body.get("taskData") or [] if t.get("userTaskID") == user_task_id),
-            None,
-        )
-        status = task.get("taskStatus") if task else None
-        if task and status in events.TASK_FINISHED:
+            task = next(
+                (t for t in resp.body.get("taskData") or [] if t.get("userTaskID") == user_task_id),
+                None,
+            )
+            status = task.get("taskStatus") if task else None
+            if not (task and status in events.TASK_FINISHED):
+                missing.append(f"task {user_task_id} not finished (taskStatus {status})")
+                continue
+            chosen = range(len(contacts)) if indices is None else indices
             order_ids = [
-                wire.contact_order_id(record.id, i, c.get("order_id"))
-                for i, c in enumerate(record.input.get("contacts") or [])
+                wire.contact_order_id(record.id, i, contacts[i].get("order_id"))
+                for i in chosen
+                if i < len(contacts)
             ]
             for start in range(0, len(order_ids), CALLBOT_DETAIL_CHUNK):
                 chunk = order_ids[start : start + CALLBOT_DETAIL_CHUNK]
@@ -455,9 +465,7 @@ class Reconciler:
                     report,
                 )
             self._apply_rows(events.CALLBOT_TASK, [_present(task)], report)
-        self._settle(
-            "callbot", record.id, report, f"task {user_task_id} not finished (taskStatus {status})"
-        )
+        self._settle("callbot", record.id, report, "; ".join(missing) or "tasks not finished")
 
     # ---- agent: calls -------------------------------------------------------
 

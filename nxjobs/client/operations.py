@@ -9,9 +9,9 @@ so every attempt reuses them.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from nxjobs import callback_urls
 from nxjobs.client.agent import MAKECALL_PATH, AgentClient, TokenSource
@@ -35,11 +35,22 @@ from nxjobs.wire import (
     contact_job_order_id,
     contact_order_id,
     number_check_batch_no,
+    zone_task_id,
 )
 
 # A callbot list's scheduled start (payload.start_at) left to the provider (startupType 2) only
 # when still at least this far ahead when the task is created; nearer, we start it ourselves.
 PROVIDER_START_MIN_AHEAD_S = 5.0
+
+
+class ZonePlan(Protocol):
+    """One zone group of a list (nxjobs.callbot_zones.ZoneGroup): its contacts' indices and the
+    taskCreateSetting fields its task dials by."""
+
+    @property
+    def indices(self) -> tuple[int, ...]: ...
+
+    def setting(self) -> dict[str, Any]: ...
 
 
 @dataclass
@@ -230,17 +241,6 @@ def wa_calling(
 # ---- Callbot v3 -----------------------------------------------------------
 
 
-def _call_list(
-    job_id: str, payload: CallbotListPayload, start: int, stop: int
-) -> list[dict[str, Any]]:
-    return [
-        call_list_item(
-            payload.contacts[i], contact_order_id(job_id, i, payload.contacts[i].order_id)
-        )
-        for i in range(start, min(stop, len(payload.contacts)))
-    ]
-
-
 def _already_present(err: dict[str, Any]) -> bool:
     # On a resumed attempt the provider rejects orders it already has; that is success.
     return "already exist" in str(err.get("errMsg", "")).lower()
@@ -341,10 +341,16 @@ def submit_call_list(
     progress: dict[str, Any],
     save_progress: Callable[[dict[str, Any]], None],
     outcome: Outcome,
+    plan: Callable[[], Sequence[ZonePlan]] | None = None,
 ) -> Outcome:
-    """Create the task with its contacts and start it, resuming after the last
-    step a previous attempt completed (`progress`, saved after every step)."""
-    user_task_id = job_id
+    """Create the list's task(s) with their contacts and start them, resuming after the last
+    step a previous attempt completed (`progress`, saved after every step).
+
+    `plan` (calling hours on, nxjobs.callbot_zones): the zone groups, asked once, on the first
+    attempt; their plan is saved before anything is sent. One group (or no plan) is one task whose
+    userTaskID is the job id; several are one task each, `<job id>-z<n>`, each with its group's
+    contacts and dialling fields. Every task is created and filled first, then every task that
+    has a contact the provider accepted is started."""
     task_cb = payload.task_callback_url or callback_urls.build(
         public_url, callback_urls.CALLBOT_TASK
     )
@@ -354,25 +360,128 @@ def submit_call_list(
     call_cb = payload.call_callback_url or callback_urls.build(
         public_url, callback_urls.CALLBOT_CALL
     )
-    setting: dict[str, Any] = {
+    base: dict[str, Any] = {
         "taskName": payload.task_name,
         "strategyName": payload.strategy_name or strategy_name,
     }
     if task_cb:
-        setting["taskCallbackUrl"] = task_cb
-    state = dict(progress) or {
-        "userTaskID": user_task_id,
-        "added": 0,
-        "accepted": 0,
-        "rejected": [],
-    }
-    sent = outcome.request
+        base["taskCallbackUrl"] = task_cb
+    if progress:
+        state = dict(progress)
+    else:
+        groups = plan() if plan is not None else []
+        state = {"userTaskID": job_id, "added": 0, "accepted": 0, "rejected": []}
+        if len(groups) == 1:
+            state["zone"] = groups[0].setting()
+        elif len(groups) > 1:
+            state = {
+                "tasks": [
+                    {
+                        "userTaskID": zone_task_id(job_id, n),
+                        "contacts": list(g.indices),
+                        "zone": g.setting(),
+                        "added": 0,
+                        "accepted": 0,
+                        "rejected": [],
+                    }
+                    for n, g in enumerate(groups)
+                ]
+            }
+            save_progress(state)  # the plan is fixed before any task exists
+    tasks: list[dict[str, Any]] = state["tasks"] if "tasks" in state else [state]
+
+    def save(_task: dict[str, Any] | None = None) -> None:
+        save_progress(state)  # a task's state is part of it
+
+    for task in tasks:
+        indices = task.get("contacts")
+        chosen = list(range(len(payload.contacts))) if indices is None else list(indices)
+        setting = {**base, **(task.get("zone") or {})}
+        _create_and_add(
+            callbot,
+            job_id,
+            payload,
+            task,
+            chosen,
+            setting,
+            task_cb,
+            order_cb,
+            call_cb,
+            save,
+            outcome.request,
+        )
+
+    if sum(int(t["accepted"]) for t in tasks) == 0:
+        rejected = [e for t in tasks for e in t["rejected"]]
+        raise ProviderError(
+            "callbot",
+            "4",
+            "every contact was rejected: " + str(rejected[:3]),
+            endpoint="addBatchCall",
+        )
+    for task in tasks:
+        if task["accepted"] > 0:
+            _start(callbot, task, save, outcome.request)
+
     total = len(payload.contacts)
+    if "tasks" not in state:
+        outcome.result = {
+            k: state.get(k) for k in ("userTaskID", "taskID", "taskStatus", "accepted", "rejected")
+        }
+        if state.get("zone"):
+            outcome.result["zone"] = state["zone"]
+        if state.get("startup_at"):
+            outcome.result["startupAt"] = state["startup_at"]
+        outcome.result["contacts"] = total
+        return outcome
+    outcome.result = {
+        "tasks": [
+            {
+                "userTaskID": t["userTaskID"],
+                "taskID": t.get("taskID"),
+                "taskStatus": t.get("taskStatus"),
+                "started": t["accepted"] > 0,
+                "contacts": len(t["contacts"]),
+                "accepted": t["accepted"],
+                "zone": t["zone"],
+            }
+            for t in tasks
+        ],
+        "accepted": sum(int(t["accepted"]) for t in tasks),
+        "rejected": [e for t in tasks for e in t["rejected"]][:100],
+        "contacts": total,
+    }
+    if tasks[0].get("startup_at"):
+        outcome.result["startupAt"] = tasks[0]["startup_at"]
+    return outcome
+
+
+def _create_and_add(
+    callbot: CallbotClient,
+    job_id: str,
+    payload: CallbotListPayload,
+    state: dict[str, Any],
+    chosen: list[int],
+    setting: dict[str, Any],
+    task_cb: str | None,
+    order_cb: str | None,
+    call_cb: str | None,
+    save_progress: Callable[[dict[str, Any]], None],
+    sent: list[dict[str, Any]],
+) -> None:
+    """Create task `state["userTaskID"]` with the contacts `chosen` (their indices in the list),
+    unless an earlier attempt did; then add the rest of them, a chunk a request."""
+    user_task_id = state["userTaskID"]
+    total = len(chosen)
 
     def info_list(start: int) -> dict[str, Any]:
-        return _call_info(
-            _call_list(job_id, payload, start, start + CALLBOT_CHUNK_SIZE), None, order_cb, call_cb
-        )
+        items = [
+            call_list_item(
+                payload.contacts[i], contact_order_id(job_id, i, payload.contacts[i].order_id)
+            )
+            for i in chosen[start : start + CALLBOT_CHUNK_SIZE]
+        ]
+        return _call_info(items, None, order_cb, call_cb)
 
     def record_added(resp_body: dict[str, Any], count: int) -> None:
         errs = [e for e in (resp_body.get("errList") or []) if not _already_present(e)]
@@ -436,14 +545,15 @@ def submit_call_list(
         resp = callbot.post("addBatchCall", body)
         record_added(resp.body, min(CALLBOT_CHUNK_SIZE, total - start))
 
-    if state["accepted"] == 0:
-        raise ProviderError(
-            "callbot",
-            "4",
-            "every contact was rejected: " + str(state["rejected"][:3]),
-            endpoint="addBatchCall",
-        )
 
+def _start(
+    callbot: CallbotClient,
+    state: dict[str, Any],
+    save_progress: Callable[[dict[str, Any]], None],
+    sent: list[dict[str, Any]],
+) -> None:
+    """Start task `state["userTaskID"]` unless it is started (or scheduled to start itself)."""
+    user_task_id = state["userTaskID"]
     if state.get("startup_at"):
         # Created with its scheduled start: the provider starts it; nothing for us to send.
         state["started"] = True
@@ -470,14 +580,6 @@ def submit_call_list(
         state["started"] = True
         state["taskStatus"] = resp.body.get("taskStatus")
         save_progress(state)
-
-    outcome.result = {
-        k: state.get(k) for k in ("userTaskID", "taskID", "taskStatus", "accepted", "rejected")
-    }
-    if state.get("startup_at"):
-        outcome.result["startupAt"] = state["startup_at"]
-    outcome.result["contacts"] = total
-    return outcome
 
 
 def _post_once(

@@ -3,7 +3,8 @@
 -- drop a repeat, store the entry where the job keeps its callbacks (lib/items.lua: its own hash,
 -- or the items hash of a paged job, whose summary it counts too), count completion units and,
 -- when the last one arrived and the job is submitted, complete it and take it off the waiting set.
--- Whatever proves nothing goes to the bounded unmatched store with its reason.
+-- Whatever proves nothing goes to the bounded unmatched store with its reason. A callbot list's
+-- callbacks name one of its tasks (FIELD.PROOF_TASKS: a list split by time zone has several).
 -- KEYS[1] unmatched zset, KEYS[2] unmatched entries hash, KEYS[3] waiting zset of the job kind's
 --   family, KEYS[4] the ambiguous-call reconcile zset, KEYS[5] this callback's replay key,
 --   KEYS[6..] correlation index keys.
@@ -87,12 +88,20 @@ if jk then
   local h = redis.call('HMGET', jk, 'kind', 'state', 'callbacks_done', 'callbacks_needed',
                        'callbacks_stored', 'callbacks_max', FIELD.PROOF_ID, FIELD.PROOF_SEEN,
                        FIELD.PROOF_BATCH, FIELD.PROOF_TASK, FIELD.PROOF_ORDERS,
-                       FIELD.CALLBACKS_PAGED, 'coalesce_batch')
+                       FIELD.CALLBACKS_PAGED, 'coalesce_batch', FIELD.PROOF_TASKS)
   kind, state, done, need = h[1], h[2], tonumber(h[3] or '0'), tonumber(h[4] or '-1')
   stored, cap = tonumber(h[5] or '0'), tonumber(h[6] or '')
-  proof = {id = h[7], seen = h[8], batch = h[9], task = h[10], orders = tonumber(h[11] or '0')}
+  proof = {id = h[7], seen = h[8], batch = h[9], task = h[10], orders = tonumber(h[11] or '0'),
+           tasks = tonumber(h[14] or '1')}
   paged = h[12] == '1'
   member = h[13]
+end
+-- A callbot list's own task: the job id, or (split by time zone) `<job id>-z<n>` below its count.
+local function list_task(uid)
+  if proof.tasks <= 1 then return uid == job_id end
+  local head = job_id .. '-z'
+  local n = string.sub(uid, 1, #head) == head and string.match(string.sub(uid, #head + 1), '^%d+$')
+  return n and tonumber(n) < proof.tasks or false
 end
 -- Where this job's units, proof marks and dedupe keys are.
 local home = jk and items_key(jk, paged)
@@ -155,6 +164,7 @@ elseif check == 'order' and not trusted then
       return unmatched('userTaskID disagrees')
     end
   else
+    if not list_task(ARGV[15]) then return unmatched('userTaskID not a task of the job') end
     local oid, head = ARGV[16], job_id .. '-'
     local index = string.sub(oid, 1, #head) == head and
                   string.match(string.sub(oid, #head + 1), '^%d+$')
@@ -163,6 +173,8 @@ elseif check == 'order' and not trusted then
       return unmatched('orderID not in the task')
     end
   end
+elseif check == 'task' and not trusted then
+  if not list_task(ARGV[15]) then return unmatched('userTaskID not a task of the job') end
 end
 -- A completed member's DR is kept compact, under its suffix, not its dedupe key: the provider's
 -- query row for it (trusted, so not proved above) is a repeat too.

@@ -66,3 +66,22 @@ def test_accepted_arguments_are_what_the_worker_needs():
         "settings": {"maxCall": 2},
         "scene_id": "s1",
     }
+
+
+def test_a_list_split_by_time_zone_names_every_task_and_each_orders_task():
+    # Given a list of three contacts in two tasks (the plan: task 0 has contact 1, task 1 the rest)
+    record = _record()
+    record.input["contacts"].append({"user_phone": "65...", "order_id": "third"})
+    record.progress = {
+        "tasks": [{"userTaskID": "j1-z0", "accepted": 1}, {"userTaskID": "j1-z1", "accepted": 2}]
+    }
+    plan = [[1], [0, 2]]
+    # Then every operation names both tasks, and stop-contacts sends each order to its own
+    assert check(record, "j1", "pause", {}, plan) == {"tasks": ["j1-z0", "j1-z1"]}
+    stop = check(record, "j1", "stop-contacts", {"order_ids": ["third", "mine", "j1-0"]}, plan)
+    assert stop["orders_by_task"] == {"j1-z1": ["third", "j1-0"], "j1-z0": ["mine"]}
+    # A task the provider accepted no contact of was never started: not controlled
+    record.progress["tasks"][0]["accepted"] = 0
+    assert check(record, "j1", "resume", {}, plan) == {"tasks": ["j1-z1"]}
+    with pytest.raises(CampaignRefused, match="no started task"):
+        check(record, "j1", "stop-contacts", {"order_ids": ["mine"]}, plan)
