@@ -111,7 +111,8 @@ class JobAttempt:
     """`svc`: the worker's services (tasks.services.Services or alike: settings, redis, store,
     gate, limiter, dead_letters, rng, transport, and the clients lookups use).
     `time_limit_errors`: what the runner raises when the attempt runs out of time;
-    `infra_errors`: store or broker failures, raised through (nothing was decided)."""
+    `infra_errors`: store or broker failures, raised through (nothing was decided).
+    `clock`: now, as an aware datetime (calling hours)."""
 
     def __init__(
         self,
@@ -125,6 +126,7 @@ class JobAttempt:
         resumed: bool = False,
         time_limit_errors: tuple[type[BaseException], ...] = (),
         infra_errors: tuple[type[BaseException], ...] = (redis.RedisError,),
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ):
         self.svc = svc
         self.job_id = job_id
@@ -135,6 +137,7 @@ class JobAttempt:
         self.resumed = resumed
         self.time_limit_errors = time_limit_errors
         self.infra_errors = infra_errors
+        self.clock = clock  # the time calling hours are judged at (tests fix it)
         self.slots = Slots()
         self.marker = InflightMarker(svc.redis, job_id)
         self.marker_set = False
@@ -158,7 +161,7 @@ class JobAttempt:
         self.model = model
 
         if kind in CALLING_HOURS_KINDS and svc.calling_hours is not None:
-            closed = self._outside_calling_hours(model, datetime.now(UTC))
+            closed = self._outside_calling_hours(self.clock())
             if closed is not None:
                 return closed
 
@@ -319,7 +322,7 @@ class JobAttempt:
             return None
         return self.svc.calling_hours.defer(self.model.phone, self.model.calling_hours, at)
 
-    def _outside_calling_hours(self, model: Any, now: datetime) -> Decision | None:
+    def _outside_calling_hours(self, now: datetime) -> Decision | None:
         deferral = self._deferral(now)
         if deferral is None:
             return None
@@ -344,7 +347,7 @@ class JobAttempt:
     def _past_closing(self, countdown: float) -> tuple[Deferral, str] | None:
         """A wait of `countdown` s that would end outside the window: (where it waits to, when
         the wait would have ended)."""
-        due = datetime.now(UTC) + timedelta(seconds=countdown)
+        due = self.clock() + timedelta(seconds=countdown)
         deferral = self._deferral(due)
         if deferral is None or deferral.until is None:
             return None  # open then; or no opening at all: the next run fails it
