@@ -227,3 +227,43 @@ def test_enqueue_refuses_a_wider_window_and_a_number_without_a_zone(redis_url, m
     )
     assert proc.returncode == 2 and proc.stderr.startswith("error: calling_hours: ")
     assert producer.redis.llen("agent") == before[0]
+
+
+def test_submit_call_outside_the_window_prints_the_id_and_says_it_is_deferred(redis_url):
+    import subprocess
+    import sys
+
+    from nxjobs.redis_conn import connect
+
+    window = _window(2, 3)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NXJOBS_")}
+    env.update(
+        NXJOBS_REDIS_URL=redis_url,
+        NXJOBS_CALLING_HOURS__ENABLED="true",
+        NXJOBS_CALLING_HOURS__DAYS="mon,tue,wed,thu,fri,sat,sun",
+        NXJOBS_CALLING_HOURS__WINDOW=window,
+    )
+
+    def nxjobs(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "nxjobs.cli", *args],
+            env=env,
+            cwd=os.getcwd(),  # this tree's nxjobs
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    client = connect(redis_url)
+    agent_before = client.llen("agent")
+    proc = nxjobs("submit", "call", "--phone", SG)
+    assert proc.returncode == 0, proc.stderr
+    job_id = proc.stdout.strip()
+    assert len(job_id) == 32
+    note = f"deferred: calling hours SG {window} (Asia/Singapore); run_at="
+    assert proc.stderr.startswith(note)
+    status = nxjobs("status", job_id)
+    assert " scheduled " in status.stdout and "run_at=" in status.stdout
+    assert f"deferred: calling hours SG {window} (Asia/Singapore)" in status.stdout
+    assert client.llen("agent") == agent_before  # no message sent
+    assert nxjobs("cancel", job_id).returncode == 0
