@@ -1,6 +1,7 @@
 """Deferred calls end to end on a real Redis, a real worker (calling hours on) and the sandbox over
 HTTP: a call enqueued while its window is closed waits `scheduled` for the next opening, the
-sandbox gets no makecall before it and exactly one after; number checks and OTA init to the same
+sandbox gets no makecall before it and exactly one after; so does one whose message reaches the
+worker anyway (deferred at send time, its message acked); number checks and OTA init to the same
 number, which call nobody, are sent at once. A promotion racing a deferral leaves the deferral in
 place."""
 
@@ -14,7 +15,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from nxjobs import keys
+from nxjobs import broker, keys
 from nxjobs.client.agent import MAKECALL_PATH
 from nxjobs.records import JobState, utc_now_iso
 from nxjobs.schedule import Schedule, iso
@@ -93,8 +94,12 @@ def test_an_at_inside_a_closed_window_moves_to_the_opening(hours, hours_producer
     assert producer.cancel(job_id).cancelled
 
 
-def test_a_deferred_call_reaches_the_sandbox_only_after_its_opening(hours, hours_producer, sandbox):
-    _, opening, _ = hours
+def test_a_deferred_call_reaches_the_sandbox_only_after_its_opening(
+    hours, hours_producer, sandbox, monkeypatch
+):
+    from nxjobs.producers import Producer
+
+    url, opening, _ = hours
     producer = hours_producer
     assert datetime.now(UTC) < opening - timedelta(seconds=5), "the worker took too long"
     # Given the SG window is closed now and opens at `opening`
@@ -108,7 +113,24 @@ def test_a_deferred_call_reaches_the_sandbox_only_after_its_opening(hours, hours
     assert record.schedule_note.endswith("(Asia/Singapore)")
     assert producer.redis.zscore(keys.SCHEDULE, job_id) == int(opening.timestamp() * 1000)
     assert producer.redis.llen("agent") == 0  # no message: nothing for a worker to take
-    orderid = job_id  # a call's orderid is its job id, unless the producer gave one
+
+    # And a call whose message reaches the worker anyway (its producer had calling hours off) is
+    # deferred by the worker at send time, and its message acked
+    monkeypatch.setenv("NXJOBS_CALLING_HOURS__ENABLED", "false")
+    with Producer(url) as elsewhere:
+        sent_anyway = elsewhere.call(phone=SG)
+    deadline = time.monotonic() + 30
+    while (record := producer.get(sent_anyway)).state != JobState.SCHEDULED:
+        assert time.monotonic() < deadline, record
+        time.sleep(0.1)
+    assert record.state == JobState.SCHEDULED and record.attempts == 0
+    assert record.run_at == iso(opening)
+    assert record.schedule_note.startswith("deferred: calling hours SG ")
+    deadline = time.monotonic() + 10
+    while producer.redis.hlen(broker.unacked_key()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert producer.redis.hlen(broker.unacked_key()) == 0  # acked, not held as a countdown
+    assert producer.redis.llen("agent") == 0
 
     # And while it waits, a number check and an OTA init to the same number are sent at once:
     # they call nobody
@@ -120,22 +142,25 @@ def test_a_deferred_call_reaches_the_sandbox_only_after_its_opening(hours, hours
     assert all(r is not None and r.reached(JobState.SUBMITTED) for r in done.values())
     assert all(r.schedule_note is None for r in done.values())
 
-    # Then no makecall reaches the sandbox before the opening
+    # Then no makecall reaches the sandbox before the opening (a call's orderid is its job id)
+    both = [job_id, sent_anyway]
     while datetime.now(UTC) < opening - timedelta(seconds=1):
-        assert _makecalls(sandbox, orderid) == []
-        assert producer.get(job_id).state == JobState.SCHEDULED
+        assert [_makecalls(sandbox, one) for one in both] == [[], []]
+        assert {producer.get(one).state for one in both} == {JobState.SCHEDULED}
         time.sleep(0.5)
-    # And exactly one after it, within seconds
-    record = producer.wait([job_id], until="submitted", timeout_s=30)[job_id]
-    assert record is not None and record.reached(JobState.SUBMITTED)
-    sent = _makecalls(sandbox, orderid)
-    assert len(sent) == 1
-    assert datetime.fromisoformat(record.updated_at) >= opening
-    assert record.attempts == 1 and record.error is None
+    # And exactly one each after it, within seconds
+    records = producer.wait(both, until="submitted", timeout_s=30)
+    for one in both:
+        record = records[one]
+        assert record is not None and record.reached(JobState.SUBMITTED)
+        assert len(_makecalls(sandbox, one)) == 1
+        assert datetime.fromisoformat(record.updated_at) >= opening
+        assert record.attempts == 1 and record.error is None
     time.sleep(1.0)  # a second message (a promotion offered twice) would show by now
-    assert len(_makecalls(sandbox, orderid)) == 1
-    assert producer.redis.zscore(keys.SCHEDULE, job_id) is None
-    assert not producer.redis.exists(keys.scheduled_message(job_id))
+    for one in both:
+        assert len(_makecalls(sandbox, one)) == 1
+        assert producer.redis.zscore(keys.SCHEDULE, one) is None
+        assert not producer.redis.exists(keys.scheduled_message(one))
 
 
 def test_a_confirm_leaves_a_job_deferred_again_after_its_take(hours, hours_producer):
