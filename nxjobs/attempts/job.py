@@ -143,6 +143,8 @@ class JobAttempt:
         self.marker_set = False
         self.started = 0.0
         self.model: Any = None
+        # Set when a deferral was refused because another run moved the job first.
+        self._deferred_elsewhere = False
 
     def run(self) -> Decision:
         svc, job_id, kind = self.svc, self.job_id, self.kind
@@ -383,9 +385,7 @@ class JobAttempt:
         if crossing is None:
             return None
         deferral, ends = crossing
-        if throttled:
-            self.svc.store.incr(self.job_id, "throttles")
-        return self._defer(
+        deferred = self._defer(
             deferral,
             f"; its {what} would end at {ends}",
             {
@@ -393,8 +393,9 @@ class JobAttempt:
                 "request": compact_json.dumps(outcome.request),
             },
         )
-
-    _deferred_elsewhere = False
+        if deferred is not None and throttled:
+            self.svc.store.incr(self.job_id, "throttles")  # as the cooldown's transition would
+        return deferred
 
     def _defer(
         self, deferral: Deferral, after: str = "", fields: dict[str, str] | None = None

@@ -191,3 +191,15 @@ class _Longest(random.Random):
 
     def uniform(self, a: float, b: float) -> float:
         return b
+
+
+def test_a_cooldown_that_would_end_after_closing_counts_the_throttle_and_defers():
+    svc = with_hours(ProviderError("agent", "2206", "too frequent"))
+    just_before = utc(2026, 6, 4, 11, 59, 59)  # 19:59:59 in Singapore; the cooldown is 1.5 s
+    decision = attempt(svc, "call", just_before)
+    assert isinstance(decision, decisions.Rescheduled) and decision.run_at == iso(FRI_OPENING)
+    assert svc.limiter.cooled  # every worker still backs off the credential
+    [(_, _, _, fields)] = svc.schedule.deferred
+    assert "its cooldown would end at " in fields["schedule_note"]
+    assert json.loads(fields["error"])["code"] == "2206"
+    assert svc.store.records["job1"]["throttles"] == 1
