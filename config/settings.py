@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import (
@@ -416,6 +416,27 @@ class SuppressionSettings(BaseModel):
     secret: SecretStr | None = Field(default=None, min_length=16)
 
 
+class RedisTlsSettings(BaseModel):
+    """TLS for `rediss://` URLs, the record store's and the broker's alike (docs/configuration.md
+    § Redis)."""
+
+    # The CA that signed the server's certificate (PEM); unset: the system's CAs.
+    ca_file: str | None = None
+    # A client certificate and its key, for servers with `tls-auth-clients yes`.
+    cert_file: str | None = None
+    key_file: str | None = None
+    # The server's name must match its certificate.
+    check_hostname: bool = True
+
+
+class BeatSettings(BaseModel):
+    """Celery beat: only the one holding the beat lock sends periodic tasks (workers/beat.py)."""
+
+    # The lock lapses this long after its holder's last renewal (renewed every third of it); a
+    # standby beat takes over within it.
+    lock_ttl_s: float = Field(default=30.0, ge=1)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -426,7 +447,20 @@ class Settings(BaseSettings):
         extra="ignore",
     )
 
+    # The record store: job records, rate limits, metrics, locks. `redis://`, `rediss://` or
+    # `sentinel://h1:26379;sentinel://h2:26379/0` (docs/configuration.md § Redis); a user and
+    # password go in the URL.
     redis_url: str = "redis://localhost:6379/0"
+    # The Sentinel master's name, for a sentinel:// NXJOBS_REDIS_URL.
+    redis_sentinel_master: str | None = None
+    # The sentinels' own password (requirepass of the sentinels), if they have one.
+    redis_sentinel_password: SecretStr | None = None
+    # For rediss:// URLs (both the record store's and the broker's).
+    redis_tls: RedisTlsSettings = RedisTlsSettings()
+    # Celery's broker (kombu's queues); unset: NXJOBS_REDIS_URL. Same URL forms.
+    broker_url: str | None = None
+    # The broker's Sentinel master; unset: NXJOBS_REDIS_SENTINEL_MASTER.
+    broker_sentinel_master: str | None = None
     # Job records outlive the job by this long, then Redis drops them.
     record_ttl_s: int = Field(default=7 * 24 * 3600, gt=0)
     # Finished jobs by their final state (completed, failed).
@@ -459,6 +493,8 @@ class Settings(BaseSettings):
     calling_hours: CallingHoursSettings = CallingHoursSettings()
     # The do-not-call list (nxjobs/suppression.py).
     suppression: SuppressionSettings = SuppressionSettings()
+    # One beat sends at a time (a Redis lock; docs/operations.md § One beat).
+    beat: BeatSettings = BeatSettings()
     # Unacked messages (running jobs, and countdown retries a worker holds) come back
     # this long after their worker vanished. workers/delivery.py checks at startup that
     # it exceeds the task time limit plus the longest countdown we ever set.
@@ -480,6 +516,26 @@ class Settings(BaseSettings):
             dotenv_settings,
             SecretFilesSource(settings_cls, secrets_dir()),
         )
+
+    def store_redis(self) -> dict[str, Any]:
+        """The record store's Redis, as nxjobs.redis_conn.target's arguments."""
+        return self._redis(self.redis_url, self.redis_sentinel_master)
+
+    def broker_redis(self) -> dict[str, Any]:
+        """The broker's Redis (defaults to the record store's), same shape."""
+        return self._redis(
+            self.broker_url or self.redis_url,
+            self.broker_sentinel_master or self.redis_sentinel_master,
+        )
+
+    def _redis(self, url: str, master: str | None) -> dict[str, Any]:
+        password = self.redis_sentinel_password
+        return {
+            "url": url,
+            "sentinel_master": master,
+            "sentinel_password": password.get_secret_value() if password else None,
+            "tls": self.redis_tls.model_dump(),
+        }
 
     def missing(self, family: str) -> list[str]:
         """Environment variable names of the credentials `family` needs but lacks."""

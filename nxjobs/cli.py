@@ -99,11 +99,12 @@ def cmd_unmatched(rest: list[str]) -> int:
 
     from nxjobs.callbacks.ledger import Ledger
     from nxjobs.producers import ProducerSettings
-    from nxjobs.redis_conn import connect, describe
+    from nxjobs.redis_conn import describe
 
-    url = ProducerSettings().redis_url
+    settings = ProducerSettings()
+    url = settings.target(settings.redis_url, settings.redis_sentinel_master)
     try:
-        client = connect(url)
+        client = url.connect()
         ledger = Ledger(client)
         rows = ledger.unmatched(args.limit)
         total = ledger.unmatched_count()

@@ -283,6 +283,9 @@ DEAD_ENTRIES = f"{PREFIX}:dead:entries"
 WORKERS_HELD = f"{PREFIX}:workers:held"
 # Held (SET NX PX) by the one worker putting back orphaned messages.
 WORKERS_HELD_LOCK = f"{PREFIX}:workers:held:lock"
+# The one Celery beat allowed to send periodic tasks (nxjobs.beat_lock): a token with a TTL,
+# renewed by its holder every tick; another beat takes it when it lapses.
+BEAT_LOCK = f"{PREFIX}:beat:lock"
 
 
 # ---- scheduled jobs (nxjobs.schedule) -------------------------------------------

@@ -31,7 +31,16 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from nxjobs import calling_hours, campaign, coalesce, compact_json, correlate, keys, schedule
+from nxjobs import (
+    calling_hours,
+    campaign,
+    coalesce,
+    compact_json,
+    correlate,
+    keys,
+    redis_conn,
+    schedule,
+)
 from nxjobs import cancel as cancelling
 from nxjobs.campaign import CampaignRefused
 from nxjobs.cancel import Cancelled
@@ -51,7 +60,7 @@ from nxjobs.jobs import (
 from nxjobs.notify import valid_url
 from nxjobs.records import TERMINAL_STATES, JobRecord, JobState, utc_now_iso
 from nxjobs.redact import flower_repr, redact
-from nxjobs.redis_conn import RedisUnavailable, connect, describe
+from nxjobs.redis_conn import RedisTarget, RedisUnavailable, describe
 from nxjobs.store import CallbackPage, RecordStore
 from nxjobs.suppression import AddResult, SuppressionList, SuppressionUnavailable
 from nxjobs.wire import call_list_item, contact_job_order_id
@@ -121,6 +130,15 @@ def settings_files_dir(environ: Mapping[str, str] | None = None) -> Path | None:
     return DEFAULT_SECRETS_DIR if DEFAULT_SECRETS_DIR.is_dir() else None
 
 
+class ProducerRedisTlsSettings(BaseModel):
+    """NXJOBS_REDIS_TLS__*: same fields and defaults as the service's (config.settings)."""
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    check_hostname: bool = True
+
+
 class ProducerSettings(BaseSettings):
     """The settings a producer needs; same names as the service's config.settings. Each
     top-level one can also be a file named like its variable in the settings-files directory
@@ -134,6 +152,11 @@ class ProducerSettings(BaseSettings):
         extra="ignore",
     )
     redis_url: str = "redis://localhost:6379/0"
+    redis_sentinel_master: str | None = None
+    redis_sentinel_password: SecretStr | None = None
+    redis_tls: ProducerRedisTlsSettings = ProducerRedisTlsSettings()
+    broker_url: str | None = None
+    broker_sentinel_master: str | None = None
     record_ttl_s: int = Field(default=7 * 24 * 3600, gt=0)
     coalesce: ProducerCoalesceSettings = ProducerCoalesceSettings()
     calling_hours: ProducerCallingHoursSettings = ProducerCallingHoursSettings()
@@ -154,6 +177,15 @@ class ProducerSettings(BaseSettings):
         files = SecretsSettingsSource(settings_cls, secrets_dir=directory)
         return (init_settings, env_settings, dotenv_settings, files)
 
+    def target(self, url: str, master: str | None) -> RedisTarget:
+        password = self.redis_sentinel_password
+        return redis_conn.target(
+            url,
+            sentinel_master=master,
+            sentinel_password=password.get_secret_value() if password else None,
+            tls=self.redis_tls.model_dump(),
+        )
+
 
 class EnqueueError(RuntimeError):
     """The job was valid but could not be enqueued; nothing was left behind. `job_ids`: of a
@@ -162,11 +194,47 @@ class EnqueueError(RuntimeError):
     job_ids: list[str]
 
 
+def _as_target(
+    given: str | RedisTarget | None, default: str, master: str | None, settings: ProducerSettings
+) -> RedisTarget:
+    if isinstance(given, RedisTarget):
+        return given
+    return settings.target(given or default, master)
+
+
 class Producer:
-    def __init__(self, redis_url: str | None = None, *, record_ttl_s: int | None = None):
+    """Enqueue jobs and read their records.
+
+    Parameters
+    ----------
+    redis_url: the record store, a URL or a nxjobs.redis_conn.RedisTarget; default
+        NXJOBS_REDIS_URL (with NXJOBS_REDIS_SENTINEL_MASTER, NXJOBS_REDIS_TLS__*).
+    broker_url: Celery's broker, same forms; default NXJOBS_BROKER_URL, else the record store's
+        (an explicit `redis_url` without `broker_url` publishes there too).
+    record_ttl_s: job records' TTL; default NXJOBS_RECORD_TTL_S.
+    """
+
+    def __init__(
+        self,
+        redis_url: str | RedisTarget | None = None,
+        *,
+        broker_url: str | RedisTarget | None = None,
+        record_ttl_s: int | None = None,
+    ):
         settings = ProducerSettings()
-        self.redis_url = redis_url or settings.redis_url
-        self.redis = connect(self.redis_url)
+        self.target = _as_target(
+            redis_url, settings.redis_url, settings.redis_sentinel_master, settings
+        )
+        self.redis_url = self.target.url
+        if broker_url is None and redis_url is not None:
+            broker_url = self.target
+        self.broker = _as_target(
+            broker_url,
+            settings.broker_url or settings.redis_url,
+            settings.broker_sentinel_master or settings.redis_sentinel_master,
+            settings,
+        )
+        self.redis = self.target.connect()
         self.store = RecordStore(self.redis, ttl_s=record_ttl_s or settings.record_ttl_s)
         self.coalesce = coalesce.CoalesceQueue(
             self.redis, settings.coalesce, ttl_s=self.store.ttl_s
@@ -179,8 +247,11 @@ class Producer:
         )
         self.schedule = schedule.Schedule(self.redis, self.store.ttl_s)
         self._canceller = cancelling.Canceller(self.redis, self.store.ttl_s)
-        self._celery = Celery("nxjobs-producer", broker=self.redis_url, set_as_current=False)
+        self._celery = Celery("nxjobs-producer", broker=self.broker.url, set_as_current=False)
         self._celery.conf.update(
+            # Sentinel: the master's name; rediss://: the CA and client certificate.
+            broker_transport_options=self.broker.kombu_transport_options(),
+            broker_use_ssl=self.broker.kombu_ssl(),
             task_serializer="json",
             accept_content=["json"],
             # Flower shows a job as "sent" the moment it is enqueued.
@@ -284,7 +355,7 @@ class Producer:
         except Exception as exc:
             self._forget(job_id)
             raise EnqueueError(
-                f"could not enqueue {kind} job on {describe(self.redis_url)}: "
+                f"could not enqueue {kind} job on {describe(self.broker)}: "
                 f"{type(exc).__name__}: {exc}"
             ) from None
         return job_id
@@ -418,7 +489,7 @@ class Producer:
             for job_id, _model, _body in jobs[len(sent) :]:
                 self._forget(job_id)
             err = EnqueueError(
-                f"enqueued {len(sent)} of {len(jobs)} {kind} jobs on {describe(self.redis_url)}, "
+                f"enqueued {len(sent)} of {len(jobs)} {kind} jobs on {describe(self.broker)}, "
                 f"then: {type(exc).__name__}: {exc}"
             )
             err.job_ids = sent
@@ -885,7 +956,7 @@ class Producer:
             except redis.RedisError:
                 pass
             raise EnqueueError(
-                f"could not replay {entry['kind']} job {job_id} on {describe(self.redis_url)}: "
+                f"could not replay {entry['kind']} job {job_id} on {describe(self.broker)}: "
                 f"{type(exc).__name__}: {exc}"
             ) from None
         return "replayed"

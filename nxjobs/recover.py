@@ -52,15 +52,18 @@ class LostMessageSweeper:
         clock: Callable[[], float] = time.time,
         transport_options: dict[str, Any] | None = None,
         per_state: int = PER_STATE,
+        broker_client: redis.Redis | None = None,
     ):
         self.redis = client
+        # kombu's keys live on the broker's Redis (the record store's unless set apart).
+        self.broker = broker_client if broker_client is not None else client
         self.publish = publish  # (kind, job id, payload) -> sends the task message
         self.confirm_s = confirm_s
         self.clock = clock
         # The broker's (Celery's broker_transport_options): they name the queue lists.
         self.transport_options = dict(transport_options or {})
         self.per_state = per_state
-        self._ids = scripts.register(client, "recover_ids")
+        self._ids = scripts.register(self.broker, "recover_ids")
 
     def run(self, family: str) -> dict[str, int]:
         counts = {"candidates": 0, "suspects": 0, "republished": 0}
@@ -148,7 +151,7 @@ class LostMessageSweeper:
         """Ids of every message in the family's queue lists (one per priority step) or unacked."""
         found: set[str] = set()
         for key in broker.queue_lists(family, self.transport_options):
-            for start in range(0, self.redis.llen(key), SCAN_CHUNK):
+            for start in range(0, self.broker.llen(key), SCAN_CHUNK):
                 found.update(self._ids(keys=[key], args=["list", start, start + SCAN_CHUNK - 1]))
         unacked = broker.unacked_key(self.transport_options)
         found.update(self._ids(keys=[unacked], args=["hash", 0, -1]))

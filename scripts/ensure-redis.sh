@@ -7,12 +7,43 @@
 #   1. $NXJOBS_REDIS_SERVER, if set and executable
 #   2. redis-server on PATH (then /usr/bin, /usr/sbin)
 #   3. as root with apt-get: apt-get install redis-server (no service start)
+# redis-sentinel (the Sentinel tests, tests/integration/test_sentinel.py) is installed alongside
+# by the same rule: as root with apt-get, when it is not on PATH. Its absence is not an error
+# here (those tests skip on a developer machine and fail in CI).
 # Progress and errors go to stderr so callers can capture stdout.
 set -euo pipefail
 
 log() { printf 'ensure-redis: %s\n' "$*" >&2; }
 
+ensure_sentinel() {
+    command -v redis-sentinel >/dev/null 2>&1 && return 0
+    [[ -x /usr/bin/redis-sentinel ]] && return 0
+    if [[ "$(id -u)" -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+        log "redis-sentinel not found; installing Debian package redis-sentinel"
+        with_no_service_start apt-get install -y -qq --no-install-recommends redis-sentinel >&2 \
+            || { apt-get update -qq >&2 && with_no_service_start \
+                apt-get install -y -qq --no-install-recommends redis-sentinel >&2; } \
+            || log "could not install redis-sentinel (the Sentinel tests will not run)"
+    else
+        log "redis-sentinel not found (the Sentinel tests will not run): apt-get install redis-sentinel"
+    fi
+}
+
+with_no_service_start() {
+    # Keep the package's init scripts from starting a system-wide service during install.
+    local policy=/usr/sbin/policy-rc.d created=0 rc=0
+    if [[ ! -e "$policy" ]]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy"
+        chmod 0755 "$policy"
+        created=1
+    fi
+    DEBIAN_FRONTEND=noninteractive "$@" || rc=$?
+    [[ $created -eq 1 ]] && rm -f "$policy"
+    return $rc
+}
+
 found() {
+    ensure_sentinel
     # Make the path absolute but do NOT resolve symlinks: Debian's
     # redis-server is a symlink to redis-check-rdb and picks its role from
     # argv[0].

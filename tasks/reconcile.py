@@ -122,6 +122,7 @@ def recover_lost_messages(family: str) -> dict:
         report = LostMessageSweeper(
             svc.redis,
             publish,
+            broker_client=svc.broker_redis,
             confirm_s=svc.settings.recover.confirm_s,
             transport_options=current_app.conf.broker_transport_options,
         ).run(family)

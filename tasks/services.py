@@ -22,7 +22,7 @@ from nxjobs.coalesce import CoalesceQueue
 from nxjobs.deadletters import DeadLetters
 from nxjobs.ratelimit.gate import RateGate
 from nxjobs.ratelimit.limiter import RateLimiter
-from nxjobs.redis_conn import connect
+from nxjobs.redis_conn import target
 from nxjobs.schedule import Schedule
 from nxjobs.store import RecordStore
 from nxjobs.suppression import SuppressionList
@@ -35,7 +35,18 @@ class Services:
 
     @cached_property
     def redis(self):
-        return connect(self.settings.redis_url)
+        return target(**self.settings.store_redis()).connect()
+
+    @cached_property
+    def broker_redis(self):
+        """The broker's Redis (kombu's queue lists and unacked hash), the record store's unless
+        NXJOBS_BROKER_URL sets it apart."""
+        settings = self.settings
+        if (settings.broker_url or settings.redis_url) == settings.redis_url and (
+            settings.broker_sentinel_master or settings.redis_sentinel_master
+        ) == settings.redis_sentinel_master:
+            return self.redis
+        return target(**settings.broker_redis()).connect()
 
     @cached_property
     def store(self) -> RecordStore:

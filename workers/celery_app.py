@@ -11,7 +11,7 @@ from celery import Celery, signals
 from config.settings import load_settings
 from nxjobs.coalesce import SPECS, SWEEP_TASK
 from nxjobs.jobs import KINDS, QUEUES
-from workers.delivery import broker_transport_options, check_visibility
+from workers.delivery import broker_target, broker_transport_options, check_visibility
 from workers.queues import TASK_QUEUES, TASK_ROUTES
 
 settings = load_settings()
@@ -29,8 +29,13 @@ app = Celery(
         "tasks.notify",
     ],
 )
+broker = broker_target(settings)
 app.conf.update(
-    broker_url=settings.redis_url,
+    # NXJOBS_BROKER_URL, or the record store's NXJOBS_REDIS_URL (docs/configuration.md § Redis);
+    # a sentinel:// URL names its master in broker_transport_options, a rediss:// one verifies
+    # the server with NXJOBS_REDIS_TLS__*.
+    broker_url=broker.url,
+    broker_use_ssl=broker.kombu_ssl(),
     # https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-serializer
     # JSON only: never unpickle what arrives from a shared broker.
     task_serializer="json",
@@ -71,6 +76,9 @@ app.conf.update(
         "%(asctime)s %(levelname)s %(processName)s %(task_name)s[%(task_id)s]: %(message)s"
     ),
     enable_utc=True,
+    # Sends only while holding the beat lock (workers/beat.py): two beats never double a
+    # periodic task.
+    beat_scheduler="workers.beat:LockedScheduler",
 )
 
 
@@ -90,7 +98,7 @@ def _per_family(name: str, task: str, interval_s: float, families) -> dict:
 
 
 # https://docs.celeryq.dev/en/stable/userguide/periodic-tasks.html
-# Run by `celery -A workers.celery_app beat` (one beat per deployment):
+# Run by `celery -A workers.celery_app beat` (one sends at a time: workers/beat.py):
 # - reconcile jobs whose callbacks are late (a run that finds another still going skips:
 #   Redis lock);
 # - re-publish jobs whose broker message was lost (a worker killed between kombu's BRPOP and its

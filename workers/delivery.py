@@ -8,7 +8,10 @@ inconsistent configuration refuses to start instead of ringing a phone twice.
 
 from __future__ import annotations
 
+from typing import Any
+
 from config.settings import Settings
+from nxjobs.redis_conn import RedisTarget, target
 
 # Callbot "maintenance" (retCode 5) backs off from this many seconds (nxjobs.client.errors);
 # the backoff cap is max(retry cap, this). Repeated here: config/ imports nothing of ours.
@@ -32,9 +35,23 @@ def countdown_bounds_s(settings: Settings) -> dict[str, float]:
     }
 
 
-def broker_transport_options(settings: Settings) -> dict[str, float]:
-    """Celery's broker_transport_options; also what names the queue lists (nxjobs.broker)."""
-    return {"visibility_timeout": settings.broker_visibility_timeout_s}
+def broker_transport_options(settings: Settings) -> dict[str, Any]:
+    """Celery's broker_transport_options; also what names the queue lists (nxjobs.broker).
+    A Sentinel broker adds its master's name (nxjobs.redis_conn)."""
+    return {
+        "visibility_timeout": settings.broker_visibility_timeout_s,
+        **broker_target(settings).kombu_transport_options(),
+    }
+
+
+def broker_target(settings: Settings) -> RedisTarget:
+    """The broker's Redis: NXJOBS_BROKER_URL, or the record store's."""
+    return target(**settings.broker_redis())
+
+
+def store_target(settings: Settings) -> RedisTarget:
+    """The record store's Redis: NXJOBS_REDIS_URL."""
+    return target(**settings.store_redis())
 
 
 def check_visibility(settings: Settings) -> None:

@@ -18,12 +18,21 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["find_redis_server", "free_port", "RedisServer"]
+__all__ = [
+    "find_redis_server",
+    "free_port",
+    "make_tls_files",
+    "RedisServer",
+    "SentinelGroup",
+    "TlsFiles",
+]
 
 _FALLBACK_PATHS = ("/usr/bin/redis-server", "/usr/sbin/redis-server")
 
@@ -61,20 +70,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _ping(port: int, timeout: float = 1.0) -> bool:
+def _open(port: int, timeout: float, tls: TlsFiles | None):
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    if tls is None:
+        return sock
+    ctx = ssl.create_default_context(cafile=tls.ca_file)
+    ctx.check_hostname = False
+    return ctx.wrap_socket(sock)
+
+
+def _ping(port: int, timeout: float = 1.0, tls: TlsFiles | None = None) -> bool:
     """Raw-socket ``PING`` -> ``+PONG`` (no redis-py needed)."""
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        with _open(port, timeout, tls) as s:
             s.sendall(b"PING\r\n")
             return s.recv(64).startswith(b"+PONG")
     except OSError:
         return False
 
 
-def _server_pid(port: int, timeout: float = 1.0) -> int | None:
+def _server_pid(port: int, timeout: float = 1.0, tls: TlsFiles | None = None) -> int | None:
     """``process_id`` from ``INFO server``, to be sure we reached *our* server."""
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        with _open(port, timeout, tls) as s:
             s.sendall(b"INFO server\r\n")
             data = b""
             while b"process_id:" not in data or not data.endswith(b"\r\n"):
@@ -90,11 +108,45 @@ def _server_pid(port: int, timeout: float = 1.0) -> int | None:
     return None
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """A server certificate, its key and the CA that signed it (PEM files)."""
+
+    cert_file: str
+    key_file: str
+    ca_file: str
+
+
+def make_tls_files(directory: str | Path, hostname: str = "127.0.0.1") -> TlsFiles:
+    """A throwaway CA and a server certificate it signed for `hostname` (an IP address or a
+    name, in the subjectAltName), made with the ``openssl`` command line."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    ca_key, ca, key, csr, cert = (d / n for n in ("ca.key", "ca.crt", "r.key", "r.csr", "r.crt"))
+    san = d / "san.cnf"
+    kind = "IP" if hostname.replace(".", "").isdigit() else "DNS"
+    san.write_text(f"subjectAltName={kind}:{hostname}\n")
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+    new_key = ["-newkey", "rsa:2048", "-nodes"]
+    run("req", "-x509", *new_key, "-days", "2", "-subj", "/CN=nxjobs test CA",
+        "-keyout", str(ca_key), "-out", str(ca))  # fmt: skip
+    run("req", *new_key, "-subj", f"/CN={hostname}", "-keyout", str(key), "-out", str(csr))
+    sign = ["-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial", "-days", "2"]
+    run("x509", "-req", "-in", str(csr), *sign, "-extfile", str(san), "-out", str(cert))
+    return TlsFiles(cert_file=str(cert), key_file=str(key), ca_file=str(ca))
+
+
 class RedisServer:
     """A private ``redis-server`` on 127.0.0.1 (context manager).
 
     >>> with RedisServer() as r:
     ...     r.url  # 'redis://127.0.0.1:PORT/0'
+
+    `args`: more redis-server options (``--replicaof``...); `tls`: serve
+    TLS only (``--port 0 --tls-port``), its URL is then ``rediss://``.
     """
 
     def __init__(
@@ -105,7 +157,11 @@ class RedisServer:
         executable: str | None = None,
         start_timeout: float = 10.0,
         debug_command: bool = False,
+        args: list[str] | tuple[str, ...] = (),
+        tls: TlsFiles | None = None,
     ):
+        self.args = list(args)
+        self.tls = tls
         self.executable = executable or find_redis_server()
         self._port = port or free_port()
         self.appendonly = appendonly
@@ -124,7 +180,8 @@ class RedisServer:
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self._port}/0"
+        scheme = "rediss" if self.tls else "redis"
+        return f"{scheme}://127.0.0.1:{self._port}/0"
 
     @property
     def pid(self) -> int | None:
@@ -142,12 +199,17 @@ class RedisServer:
         if self.dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="nxjobs-redis-")
             self.dir = Path(self._tmp.name)
+        if self.tls:
+            ports = ["--port", "0", "--tls-port", str(self._port)]
+            ports += ["--tls-cert-file", self.tls.cert_file, "--tls-key-file", self.tls.key_file]
+            ports += ["--tls-ca-cert-file", self.tls.ca_file, "--tls-auth-clients", "no"]
+        else:
+            ports = ["--port", str(self._port)]
         cmd = [
             self.executable,
             "--bind",
             "127.0.0.1",
-            "--port",
-            str(self._port),
+            *ports,
             "--dir",
             str(self.dir),
             "--save",
@@ -168,6 +230,7 @@ class RedisServer:
         ]
         if self.debug_command:
             cmd += ["--enable-debug-command", "local"]
+        cmd += self.args
         self.proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
         )
@@ -178,8 +241,8 @@ class RedisServer:
                     f"redis-server exited with code {self.proc.returncode} "
                     f"on port {self._port}; log tail:\n{self._log_tail()}"
                 )
-            if _ping(self._port, timeout=0.5):
-                if _server_pid(self._port) == self.proc.pid:
+            if _ping(self._port, timeout=0.5, tls=self.tls):
+                if _server_pid(self._port, tls=self.tls) == self.proc.pid:
                     return self
                 # Something else owns the port; ours will exit shortly.
             time.sleep(0.05)
@@ -236,6 +299,177 @@ class RedisServer:
 
     def __repr__(self) -> str:
         return f"RedisServer(url={self.url!r}, pid={self.pid})"
+
+
+def _command(port: int, *words: str, timeout: float = 2.0) -> str:
+    """One inline command to 127.0.0.1:port, its raw reply (no redis-py needed)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall((" ".join(words) + "\r\n").encode())
+        data = b""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            chunk = s.recv(65536)
+            data += chunk
+            if not chunk or _complete(data):
+                break
+        return data.decode(errors="replace")
+
+
+def _complete(data: bytes) -> bool:
+    if data[:1] in (b"+", b"-", b":"):
+        return data.endswith(b"\r\n")
+    if data[:1] == b"$":
+        head, _, rest = data.partition(b"\r\n")
+        return int(head[1:]) < 0 or len(rest) >= int(head[1:]) + 2
+    return data.endswith(b"\r\n")  # arrays: good enough for the short replies read here
+
+
+class SentinelGroup:
+    """A master, a replica and `sentinels` redis-sentinel processes watching it as `master_name`
+    (quorum: a majority), all on 127.0.0.1 free ports (context manager), for failover tests.
+
+    `url` is the kombu-style ``sentinel://h:p1;sentinel://h:p2/0``; `failover()` asks a sentinel
+    to promote the replica (after waiting until it has every write) and waits for the switch.
+    """
+
+    def __init__(self, *, master_name: str = "mymaster", sentinels: int = 3):
+        self.master_name = master_name
+        self.master = RedisServer()
+        self.replica = RedisServer(args=["--replicaof", "127.0.0.1", str(self.master.port)])
+        self.sentinel_ports = [free_port() for _ in range(sentinels)]
+        self.sentinels: list[subprocess.Popen] = []
+        self._tmp: tempfile.TemporaryDirectory | None = None
+
+    @property
+    def url(self) -> str:
+        return ";".join(f"sentinel://127.0.0.1:{p}" for p in self.sentinel_ports) + "/0"
+
+    def master_port(self) -> int:
+        reply = _command(
+            self.sentinel_ports[0], "SENTINEL", "get-master-addr-by-name", self.master_name
+        )
+        return int(reply.split("\r\n")[4])
+
+    def start(self) -> SentinelGroup:
+        self.master.start()
+        self.replica.start()
+        self.wait_in_sync()
+        self._tmp = tempfile.TemporaryDirectory(prefix="nxjobs-sentinel-")
+        quorum = len(self.sentinel_ports) // 2 + 1
+        sentinel = shutil.which("redis-sentinel") or "/usr/bin/redis-sentinel"
+        for port in self.sentinel_ports:
+            conf = Path(self._tmp.name) / f"sentinel-{port}.conf"
+            conf.write_text(
+                f"bind 127.0.0.1\nport {port}\ndir {self._tmp.name}\n"
+                f"sentinel monitor {self.master_name} 127.0.0.1 {self.master.port} {quorum}\n"
+                f"sentinel down-after-milliseconds {self.master_name} 1000\n"
+                f"sentinel failover-timeout {self.master_name} 10000\n"
+            )
+            log = Path(self._tmp.name) / f"sentinel-{port}.log"
+            self.sentinels.append(
+                subprocess.Popen(
+                    [sentinel, str(conf), "--logfile", str(log)],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                # Every sentinel knows the master and its replica: a failover can pick it.
+                if all(
+                    "num-slaves" in (r := _command(p, "SENTINEL", "master", self.master_name))
+                    and "\r\n1\r\n" in r.split("num-slaves", 1)[1][:12]
+                    for p in self.sentinel_ports
+                ):
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("sentinels did not see the master and its replica within 15 s")
+
+    def wait_in_sync(self, timeout_s: float = 10.0) -> None:
+        """Until the replica's link is up and it has acknowledged every write the master took
+        (WAIT 1): a failover then loses nothing."""
+        deadline = time.monotonic() + timeout_s
+        port = self.master_port() if self.sentinels else self.master.port
+        while time.monotonic() < deadline:
+            try:
+                if _command(port, "WAIT", "1", "500").startswith(":1"):
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"the replica of 127.0.0.1:{port} did not catch up in {timeout_s} s")
+
+    def failover(self, timeout_s: float = 20.0) -> float:
+        """Promote the replica with SENTINEL FAILOVER (the master stays up); return seconds until
+        the sentinels name the new master, it accepts writes and the old master is its replica.
+        Writes clients send to the old master between the promotion and its demotion are dropped
+        by Redis (docs/operations.md § Redis that survives a node)."""
+        old = self.master_port()
+        self.wait_in_sync()
+        started = time.monotonic()
+        reply = _command(self.sentinel_ports[0], "SENTINEL", "FAILOVER", self.master_name)
+        if not reply.startswith("+OK"):
+            raise RuntimeError(f"SENTINEL FAILOVER refused: {reply.strip()}")
+        return self._wait_new_master(old, started, timeout_s, demoted=True)
+
+    def crash_master(self, timeout_s: float = 30.0) -> float:
+        """Kill the master (SIGKILL) once the replica has every write; return seconds until the
+        sentinels have promoted the replica and it accepts writes."""
+        old = self.master_port()
+        self.wait_in_sync()
+        started = time.monotonic()
+        node = self.master if self.master.port == old else self.replica
+        if node.proc is not None:
+            node.proc.kill()
+            node.proc.wait()
+            node.proc = None
+        return self._wait_new_master(old, started, timeout_s, demoted=False)
+
+    def _wait_new_master(self, old: int, started: float, timeout_s: float, *, demoted: bool):
+        while time.monotonic() - started < timeout_s:
+            try:
+                new = self.master_port()
+                if (
+                    new != old
+                    and "role:master" in _command(new, "INFO", "replication")
+                    and (not demoted or "role:slave" in _command(old, "INFO", "replication"))
+                ):
+                    return time.monotonic() - started
+            except (OSError, ValueError, IndexError):
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"no new master within {timeout_s} s")
+
+    def stop(self) -> None:
+        for proc in self.sentinels:
+            proc.terminate()
+        for proc in self.sentinels:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.sentinels = []
+        self.replica.stop()
+        self.master.stop()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self) -> SentinelGroup:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
 
 
 # ---------------------------------------------------------------------------

@@ -44,7 +44,6 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from nxjobs import broker, keys, metrics
 from nxjobs.jobs import KINDS, QUEUES
-from nxjobs.redis_conn import connect
 
 log = logging.getLogger("nxjobs.exporter")
 
@@ -130,8 +129,12 @@ class Exporter:
         stall_s: float,
         clock=time.time,
         transport_options: dict[str, Any] | None = None,
+        broker_client: redis.Redis | None = None,
     ):
         self.redis = client
+        # kombu's queue lists and unacked hash: on the broker's Redis (the record store's unless
+        # NXJOBS_BROKER_URL sets it apart).
+        self.broker = broker_client if broker_client is not None else client
         self.stall_s = stall_s
         self.clock = clock
         # Celery's broker_transport_options: they name the queue lists and the unacked hash.
@@ -147,7 +150,7 @@ class Exporter:
     # ---- reads --------------------------------------------------------------
 
     def queue_depths(self) -> dict[str, int]:
-        pipe = self.redis.pipeline(transaction=False)
+        pipe = self.broker.pipeline(transaction=False)
         lists = {qname: broker.queue_lists(qname, self.transport_options) for qname in QUEUES}
         for names in lists.values():
             for key in names:
@@ -201,7 +204,6 @@ class Exporter:
         pipe.hgetall(keys.METRICS_COUNTERS)
         pipe.hgetall(keys.METRICS_HISTOGRAMS)
         pipe.hgetall(keys.METRICS_CONSUMED)
-        pipe.hlen(broker.unacked_key(self.transport_options))
         for family in QUEUES:
             pipe.zcard(keys.callbacks_waiting(family))
         dead = dead_letter_key()
@@ -212,14 +214,15 @@ class Exporter:
         pipe.zcard(keys.NOTIFY_DUE)
         pipe.time()
         replies = pipe.execute()
-        counters, hists, consumed, unacked = replies[:4]
-        waiting = replies[4 : 4 + len(QUEUES)]
+        counters, hists, consumed = replies[:3]
+        waiting = replies[3 : 3 + len(QUEUES)]
+        unacked = self.broker.hlen(broker.unacked_key(self.transport_options))
         memory, notify_due = replies[-3], replies[-2]
         redis_now_s = float(replies[-1][0]) + float(replies[-1][1]) / 1e6
 
         jobs = GaugeMetricFamily(
             "nxjobs_jobs",
-            "Jobs in a live state (queued, running, retrying, submitted), by kind",
+            "Jobs in a live state (scheduled, queued, running, retrying, submitted), by kind",
             labels=["kind", "state"],
         )
         for (kind, state), n in sorted(self.jobs_by_state().items()):
@@ -388,7 +391,7 @@ class Exporter:
         yield g
 
         if dead:
-            exists, kind = replies[4 + len(QUEUES)], replies[5 + len(QUEUES)]
+            exists, kind = replies[3 + len(QUEUES)], replies[4 + len(QUEUES)]
             size = 0
             if exists:
                 size = {
@@ -702,15 +705,16 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--threads must be >= 1, --pending >= 0 and --read-timeout-s > 0")
 
     from config.settings import load_settings
-    from workers.delivery import broker_transport_options
+    from workers.delivery import broker_target, broker_transport_options, store_target
     from workers.logs import setup_logging
 
     settings = load_settings()
     setup_logging(settings.log_format)
     exporter = Exporter(
-        connect(settings.redis_url),
+        store_target(settings).connect(),
         stall_s=settings.metrics.stall_s,
         transport_options=broker_transport_options(settings),
+        broker_client=broker_target(settings).connect(),
     )
     server = make_server(
         exporter,

@@ -19,7 +19,7 @@ from celery.worker.request import Request
 
 from config.settings import Settings
 from nxjobs.held import HeldMessages
-from nxjobs.redis_conn import connect
+from workers.delivery import store_target
 
 log = logging.getLogger("nxjobs.held")
 
@@ -69,7 +69,7 @@ class HeldThread(threading.Thread):
         self.app = app
         self.consumer = consumer
         self.settings = settings.held
-        self.redis_url = settings.redis_url
+        self.store = store_target(settings)
         self.node = consumer.hostname
         self._stop_event = threading.Event()
 
@@ -87,7 +87,7 @@ class HeldThread(threading.Thread):
                 try:
                     if held is None:  # here, so Redis away at startup is only a failed tick
                         held = HeldMessages(
-                            connect(self.redis_url),
+                            self.store.connect(),
                             conn.default_channel,
                             node=self.node,
                             interval_s=self.settings.interval_s,

@@ -39,11 +39,12 @@ log = logging.getLogger("nxjobs.callbacks")
 def config_from_settings():
     from config.settings import load_settings
     from nxjobs.callbacks.app import ReceiverConfig
+    from nxjobs.redis_conn import target
 
     s = load_settings()
     cb = s.callbacks
     return ReceiverConfig(
-        redis_url=s.redis_url,
+        redis=target(**s.store_redis()),
         token=cb.token.get_secret_value() if cb.token else "",
         callbot_uuid=s.callbot.uuid,
         callbot_secret_key=s.callbot.secret_key.get_secret_value()

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
-import redis.asyncio as aioredis
 
 from nxjobs import callback_urls, metrics
 from nxjobs.callbacks import events
@@ -34,6 +33,7 @@ from nxjobs.callbacks.applier import BatchApplier
 from nxjobs.callbacks.ledger import UNMATCHED, Applied, Ledger
 from nxjobs.callbacks.verify import Rejected, check_callbot, check_token
 from nxjobs.log_limit import LogLimiter
+from nxjobs.redis_conn import RedisTarget, describe
 
 log = logging.getLogger("nxjobs.callbacks")
 
@@ -50,7 +50,7 @@ class ReceiverConfig:
 
     Parameters
     ----------
-    redis_url: where job records live.
+    redis: where job records live: a URL or a nxjobs.redis_conn.RedisTarget (Sentinel, TLS).
     token: per-deployment token expected in unsigned callback URLs (>= 16 chars).
     callbot_uuid, callbot_secret_key, callbot_algorithm: to verify signed Callbot callbacks;
         without them Callbot callbacks are refused (401).
@@ -63,7 +63,7 @@ class ReceiverConfig:
     clock: returns epoch seconds (tests pin it).
     """
 
-    redis_url: str
+    redis: str | RedisTarget
     token: str
     callbot_uuid: str | None = None
     callbot_secret_key: str | None = None
@@ -79,7 +79,8 @@ class ReceiverConfig:
 
     def __repr__(self) -> str:  # never print the secrets
         return (
-            f"ReceiverConfig(redis_url={self.redis_url!r}, callbot_uuid={self.callbot_uuid!r}, ...)"
+            f"ReceiverConfig(redis={describe(self.redis)!r}, "
+            f"callbot_uuid={self.callbot_uuid!r}, ...)"
         )
 
 
@@ -148,13 +149,8 @@ class Receiver:
 
     async def start(self) -> None:
         c = self.config
-        client = aioredis.Redis.from_url(
-            c.redis_url,
-            decode_responses=True,
-            socket_connect_timeout=3,
-            socket_timeout=5,
-            max_connections=c.max_connections,
-        )
+        target = c.redis if isinstance(c.redis, RedisTarget) else RedisTarget(c.redis)
+        client = target.connect_async(max_connections=c.max_connections)
         self._ledger = Ledger(
             client,
             unmatched_max=c.unmatched_max,

@@ -164,6 +164,12 @@ elseif check == 'order' and not trusted then
     end
   end
 end
+-- A completed member's DR is kept compact, under its suffix, not its dedupe key: the provider's
+-- query row for it (trusted, so not proved above) is a repeat too.
+if member and state == 'completed' and ARGV[27] ~= '' and
+   redis.call('HEXISTS', home, FIELD.MEMBER_CALLBACK_FIELD .. ARGV[27]) == 1 then
+  return seen({2, job_id, state})
+end
 -- Stored by its dedupe key (lib/items.lua): a repeat writes nothing. A job holds at most
 -- `callbacks_max` entries (a Number Check: one per number); distinct ones past it are counted.
 if cap and stored >= cap then

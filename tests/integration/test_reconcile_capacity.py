@@ -159,7 +159,7 @@ def test_one_run_settles_every_late_member_with_one_query_per_request_id_page(
     assert len(queries) == sum(math.ceil(n / NUMBER_QUERY_PAGE) for n in sizes)
     assert len(queries) < len(late)
     # and the rows of members whose DR came were recognised as repeats, nothing else
-    assert report["callbacks_duplicate"] == 3000 - len(late)
+    assert report.get("callbacks_duplicate") == 3000 - len(late), report
     assert elapsed < RUN_BOUND_S
 
 

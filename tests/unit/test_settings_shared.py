@@ -123,3 +123,23 @@ def test_both_read_the_redis_url_from_its_file(tmp_path, monkeypatch) -> None:
     # Then `nxjobs status` in a pod reaches the same Redis as the workers
     url = "redis://:pw@redis.internal:6379/2"
     assert ProducerSettings(_env_file=None).redis_url == Settings(_env_file=None).redis_url == url
+
+
+def test_redis_settings_are_the_same_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Producers reach the same record store and broker as the workers (nxjobs.redis_conn)."""
+    from config.settings import RedisTlsSettings, Settings
+    from nxjobs.producers import ProducerRedisTlsSettings
+
+    assert ProducerRedisTlsSettings().model_dump() == RedisTlsSettings().model_dump()
+    monkeypatch.setenv("NXJOBS_REDIS_URL", "sentinel://h1:26379;sentinel://h2:26379/0")
+    monkeypatch.setenv("NXJOBS_REDIS_SENTINEL_MASTER", "mymaster")
+    monkeypatch.setenv("NXJOBS_BROKER_URL", "rediss://broker:6380/0")
+    monkeypatch.setenv("NXJOBS_REDIS_TLS__CA_FILE", "/ca.pem")
+    service, producer = Settings(), ProducerSettings()
+    assert service.store_redis()["tls"] == producer.redis_tls.model_dump()
+    assert producer.target(
+        producer.redis_url, producer.redis_sentinel_master
+    ).kombu_transport_options() == {"master_name": "mymaster"}
+    assert service.broker_redis()["url"] == producer.broker_url == "rediss://broker:6380/0"
+    # The broker's master defaults to the record store's.
+    assert service.broker_redis()["sentinel_master"] == "mymaster"
