@@ -695,7 +695,8 @@ class Producer:
         notify_url: str | None = None,
     ) -> str:
         """`calling_hours`: "HH:MM-HH:MM" in the callee's local time, narrowing the configured
-        rule's window (docs/calling-hours.md)."""
+        rule's window (docs/calling-hours.md). A call whose window is closed when it would run
+        (now, or at `at`) is `scheduled` for the next opening, its `schedule_note` saying why."""
         return self.enqueue(
             "call",
             _drop_none(
