@@ -629,7 +629,12 @@ class Producer:
             )
         note = deferral.note
         if timing.asked is not None:
-            note += f"; the run_at asked for, {schedule.iso(timing.asked)}, is outside it"
+            asked = schedule.iso(timing.asked)
+            note += (
+                f"; the run_at asked for, {asked}, is outside it"
+                if timing.due is not None
+                else f"; the run_at asked for, {asked}, was already past"
+            )
         return deferral.until, note
 
     def _screen(self, models: list[Any]) -> list[tuple[Any, int]]:

@@ -267,3 +267,23 @@ def test_submit_call_outside_the_window_prints_the_id_and_says_it_is_deferred(re
     assert f"deferred: calling hours SG {window} (Asia/Singapore)" in status.stdout
     assert client.llen("agent") == agent_before  # no message sent
     assert nxjobs("cancel", job_id).returncode == 0
+
+
+def test_an_at_already_past_while_the_window_is_closed_waits_for_the_opening(
+    services_with, redis_url
+):
+    from nxjobs.producers import Producer
+    from nxjobs.schedule import iso
+
+    svc = services_with(_window(2, 3))  # sets the variables this producer reads too
+    with Producer(redis_url) as producer:
+        asked = datetime.now(UTC) - timedelta(minutes=5)
+        before = datetime.now(UTC)
+        job_id = producer.call(phone=SG, at=asked)
+        record = producer.get(job_id)
+        assert record.state == JobState.SCHEDULED and record.run_at == iso(_opening(svc, before))
+        assert record.schedule_note.startswith("deferred: calling hours SG ")
+        assert record.schedule_note.endswith(
+            f"the run_at asked for, {iso(asked)}, was already past"
+        )
+        assert producer.cancel(job_id).cancelled
