@@ -352,6 +352,9 @@ def run_scenario(
         if held:
             control.configure(makecall_rate=HELD_MAKECALL_RATE)
         ids: list[str] = []
+        # Calling hours off for this producer too, as for the workers (sandbox_env): its calls are
+        # sent whatever the hour, not deferred to the schedule.
+        os.environ.setdefault("NXJOBS_CALLING_HOURS__ENABLED", "false")
         producer = Producer(stack.redis.url)
 
         def submit() -> None:

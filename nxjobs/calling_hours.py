@@ -11,6 +11,7 @@ it opens on, so `days` and holidays are those of its opening day). A number with
     policy.is_open("6591234567", now)           # True / False
     policy.next_opening("6591234567", now)      # aware datetime (None: no opening in SEARCH_DAYS)
     policy.check("6591234567", "10:00-18:00", now)  # None (go) or (opening, reason)
+    policy.defer("6591234567", None, due)       # None (open at `due`) or Deferral(until, reason)
 """
 
 from __future__ import annotations
@@ -244,6 +245,21 @@ def zones_for(phone: str) -> tuple[str, tuple[str, ...]]:
 
 
 @dataclass(frozen=True)
+class Deferral:
+    """A call that may not ring at the instant asked: it waits `until` the next opening (None:
+    no opening within SEARCH_DAYS, or no zone known; the call cannot be made). `reason` names the
+    rule, e.g. "calling hours SG 09:00-20:00 (Asia/Singapore)"."""
+
+    until: datetime | None
+    reason: str
+
+    @property
+    def note(self) -> str:
+        """What the record says (its `schedule_note`)."""
+        return f"deferred: {self.reason}"
+
+
+@dataclass(frozen=True)
 class Override:
     window: Window | None = None
     days: frozenset[int] | None = None
@@ -357,3 +373,12 @@ class Policy:
             return None
         opening = rule.next_opening(now)
         return opening, rule.describe()
+
+    def defer(self, phone: str, job_window: str | None, at: datetime) -> Deferral | None:
+        """Whether a call due at `at` (now, a producer's `at`, or when a retry or slot wait would
+        end) must wait: None when the window is open then, else where it waits to."""
+        closed = self.check(phone, job_window, at)
+        if closed is None:
+            return None
+        opening, reason = closed
+        return Deferral(opening, reason)

@@ -475,7 +475,16 @@ def cmd_submit(args: argparse.Namespace) -> int:
             _print_record(producer.get(job_id), as_json=True)
         else:
             print(job_id)
+            if args.kind == "call" and producer.calling_hours is not None:
+                _say_if_deferred(producer.get(job_id))
     return EXIT_OK
+
+
+def _say_if_deferred(record: JobRecord | None) -> None:
+    """On stderr (stdout stays the id): a call deferred to its calling hours' next opening."""
+    note = record.schedule_note if record is not None else None
+    if note and note.startswith("deferred: ") and record is not None:
+        print(f"{note}; run_at={record.run_at}", file=sys.stderr)
 
 
 # ---- status / wait --------------------------------------------------------

@@ -309,8 +309,15 @@ class Producer:
                     kind, model, wake, run_at=timing.due, note=_PROVIDER_STARTS, left_out=left_out
                 )
             past = {"run_at": schedule.iso(timing.due), "schedule_note": _PROVIDER_STARTS}
+        elif (deferred := self._outside_calling_hours(model, timing)) is not None:
+            opening, note = deferred
+            return self._enqueue_scheduled(
+                kind, model, opening, note=note, left_out=left_out, notify_url=notify_url
+            )
         elif timing.due is not None:
-            return self._enqueue_scheduled(kind, model, timing.due, left_out=left_out)
+            return self._enqueue_scheduled(
+                kind, model, timing.due, left_out=left_out, notify_url=notify_url
+            )
         if batch and _coalescible(model):
             job_id = self._enqueue_coalesced([model], notify_url)[0]
             if past:
@@ -362,6 +369,7 @@ class Producer:
         run_at: datetime | None = None,
         note: str | None = None,
         left_out: int = 0,
+        notify_url: str | None = None,
     ) -> str:
         """The record (`scheduled`, with run_at), its schedule entry (due at `due`) and its stored
         message, in one transaction: nothing is sent now (nxjobs.schedule). `run_at`: when the
@@ -393,6 +401,7 @@ class Producer:
                 },
                 ttl_s=keep_s,
                 index_score=int(due.timestamp()),
+                notify_url=notify_url,
             )
             self.schedule.add(pipe, job_id, due, msg)
             pipe.execute()
@@ -618,6 +627,35 @@ class Producer:
         except callbot_zones.ZoneError as exc:
             raise InvalidJob(prefix + exc.field, exc.message) from None
 
+    def _outside_calling_hours(
+        self, model: Any, timing: schedule.When
+    ) -> tuple[datetime, str] | None:
+        """A call whose window is closed when it would run (now, or at its `at`) is deferred:
+        (the next opening, the record's schedule_note). One with no opening at all is refused
+        (InvalidJob naming its window, or its phone): it could never be called."""
+        if self.calling_hours is None or not isinstance(model, CallPayload):
+            return None
+        deferral = self.calling_hours.defer(
+            model.phone, model.calling_hours, timing.due or datetime.now(UTC)
+        )
+        if deferral is None:
+            return None
+        if deferral.until is None:
+            raise InvalidJob(
+                "calling_hours" if model.calling_hours else "phone",
+                f"{deferral.reason}: no time inside the window in every zone within "
+                f"{calling_hours.SEARCH_DAYS} days",
+            )
+        note = deferral.note
+        if timing.asked is not None:
+            asked = schedule.iso(timing.asked)
+            note += (
+                f"; the run_at asked for, {asked}, is outside it"
+                if timing.due is not None
+                else f"; the run_at asked for, {asked}, was already past"
+            )
+        return deferral.until, note
+
     def _screen(self, models: list[Any]) -> list[tuple[Any, int]]:
         """The do-not-call list at enqueue: a call or a single contact to a listed number is
         refused (InvalidJob, `suppressed`, nothing written); a list's listed contacts are left
@@ -681,7 +719,8 @@ class Producer:
         notify_url: str | None = None,
     ) -> str:
         """`calling_hours`: "HH:MM-HH:MM" in the callee's local time, narrowing the configured
-        rule's window (docs/calling-hours.md)."""
+        rule's window (docs/calling-hours.md). A call whose window is closed when it would run
+        (now, or at `at`) is `scheduled` for the next opening, its `schedule_note` saying why."""
         return self.enqueue(
             "call",
             _drop_none(

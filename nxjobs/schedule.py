@@ -99,6 +99,20 @@ def message(kind: str, task: str, queue: str, priority: int, kwargs: dict[str, A
     )
 
 
+def lease_end_ms(now_ms: int, lease_s: float) -> int:
+    return now_ms + int(lease_s * 1000)
+
+
+@dataclass(frozen=True)
+class Deferred:
+    """The answer of Schedule.defer: `deferred`, else the state it was in and why not
+    ('inflight': a request may have reached the provider; '': not running; 'missing': no record)."""
+
+    deferred: bool
+    state: str
+    why: str
+
+
 @dataclass(frozen=True)
 class Due:
     job_id: str
@@ -118,6 +132,7 @@ class Schedule:
         self.ttl_s = ttl_s
         self._take = scripts.register(client, "schedule_take")
         self._confirm = store.register_script(client, "schedule_confirm")
+        self._defer = store.register_script(client, "job_defer")
 
     def keep_s(self, due: datetime, now: float | None = None) -> int:
         """TTL of a scheduled job's keys: its wait plus the record TTL (a backstop; the owner
@@ -130,6 +145,29 @@ class Schedule:
         pipe.set(keys.scheduled_message(job_id), msg, ex=self.keep_s(due))
         pipe.zadd(keys.SCHEDULE, {job_id: int(due.timestamp() * 1000)})
 
+    def defer(
+        self, job_id: str, due: datetime, msg: str, fields: dict[str, str], now_iso: str
+    ) -> Deferred:
+        """Put a claimed (`running`) job back in the schedule until `due`, with `fields` (run_at,
+        schedule_note...) in its record: state, entry and message in one step (lua/job_defer.lua),
+        refused when its in-flight marker says a request may have gone out."""
+        pairs = [part for item in fields.items() for part in item]
+        status, *rest = self._defer(
+            keys=[
+                keys.job(job_id),
+                keys.SCHEDULE,
+                keys.scheduled_message(job_id),
+                keys.job_payload(job_id),
+                keys.inflight(job_id),
+            ],
+            args=[job_id, now_iso, str(int(due.timestamp() * 1000)), msg, str(self.keep_s(due))]
+            + pairs,
+        )
+        status = int(status)
+        state = str(rest[0]) if rest else ""
+        why = str(rest[1]) if len(rest) > 1 else ""
+        return Deferred(status == 1, state, why if status == 0 else ("" if status else "missing"))
+
     def take(
         self, now_ms: int | None = None, limit: int = TAKE_LIMIT, lease_s: float = LEASE_S
     ) -> list[Due]:
@@ -138,7 +176,7 @@ class Schedule:
             keys=[keys.SCHEDULE],
             args=[
                 str(now_ms),
-                str(now_ms + int(lease_s * 1000)),
+                str(lease_end_ms(now_ms, lease_s)),
                 str(limit),
                 keys.JOB_KEY_PREFIX,
                 keys.SCHEDULED_MESSAGE_SUFFIX,
@@ -162,7 +200,10 @@ class Schedule:
                 log.error("job=%s: its scheduled message is unreadable; left leased", job_id)
         return out
 
-    def confirm(self, job_ids: list[str], now_iso: str) -> int:
+    def confirm(self, job_ids: list[str], now_iso: str, lease_until_ms: int | None = None) -> int:
+        """Confirm published jobs. With `lease_until_ms` (the lease their take gave them), a job
+        whose entry no longer has that score was put in the schedule again meanwhile (its message
+        came first and deferred it, lua/job_defer.lua) and is left alone."""
         if not job_ids:
             return 0
         return int(
@@ -173,6 +214,7 @@ class Schedule:
                     str(self.ttl_s),
                     keys.JOB_KEY_PREFIX,
                     keys.SCHEDULED_MESSAGE_SUFFIX,
+                    "" if lease_until_ms is None else str(lease_until_ms),
                     *job_ids,
                 ],
             )
@@ -188,7 +230,8 @@ class Schedule:
         """One promotion: take what is due, publish each, confirm the published ones (one call
         for the batch). A job whose publish failed stays leased and is offered again when its
         lease ends. Returns (published, failed to publish)."""
-        taken = self.take(limit=limit, lease_s=lease_s)
+        now_ms = int(time.time() * 1000)
+        taken = self.take(now_ms, limit=limit, lease_s=lease_s)
         sent, failed = [], 0
         for due in taken:
             try:
@@ -204,5 +247,5 @@ class Schedule:
                     exc,
                     lease_s,
                 )
-        self.confirm(sent, now_iso())
+        self.confirm(sent, now_iso(), lease_end_ms(now_ms, lease_s))
         return len(sent), failed

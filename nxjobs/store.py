@@ -47,6 +47,9 @@ ALLOWED_FROM: dict[JobState, frozenset[JobState | None]] = {
     JobState.SCHEDULED: frozenset(
         {
             None,  # RecordStore.create: a producer's job with a run_at ahead (Producer.enqueue)
+            # job_defer.lua: a claimed call outside its calling hours, or whose retry or slot wait
+            # would end after closing time, waits for the next opening (nothing was sent)
+            JobState.RUNNING,
         }
     ),
     JobState.QUEUED: frozenset(

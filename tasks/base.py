@@ -19,6 +19,7 @@ from nxjobs.attempts.decisions import (
     Again,
     Decision,
     Failed,
+    Rescheduled,
     RetryLater,
     Skipped,
     Submitted,
@@ -110,6 +111,8 @@ class JobTask(Task):
             return JobState.SUBMITTED.value
         if isinstance(decision, Skipped):
             return "skipped"
+        if isinstance(decision, Rescheduled):
+            return JobState.SCHEDULED.value  # acked: the schedule publishes it at run_at
         if isinstance(decision, Failed):
             raise JobFailed(decision.reason)
         if not isinstance(decision, Again):

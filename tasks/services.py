@@ -23,6 +23,7 @@ from nxjobs.deadletters import DeadLetters
 from nxjobs.ratelimit.gate import RateGate
 from nxjobs.ratelimit.limiter import RateLimiter
 from nxjobs.redis_conn import target
+from nxjobs.schedule import Schedule
 from nxjobs.store import RecordStore
 from nxjobs.suppression import SuppressionList
 from tasks.limits import limits_for
@@ -74,6 +75,11 @@ class Services:
     def calling_hours(self) -> Policy | None:
         """None when calling hours are off (checked at worker startup too: workers/__main__.py)."""
         return Policy.from_settings(self.settings.calling_hours)
+
+    @cached_property
+    def schedule(self) -> Schedule:
+        """Where a call outside its calling hours waits for the next opening."""
+        return Schedule(self.redis, self.settings.record_ttl_s)
 
     @cached_property
     def suppression(self) -> SuppressionList:

@@ -6,7 +6,9 @@ Celery worker; submits one job of each kind (the number check is first answered
 callbot list's task once that exists, through the coalescing path); waits until every job is
 completed, i.e. its callbacks arrived (the sandbox sends them late, some twice,
 out of order); prints each record with its callbacks; stops everything it
-started. Exit 0 only if every job got there.
+started. Calling hours are on (09:00-20:00 local, every day): the call goes to a number where it
+is daytime now, chosen at run time, and a second call to one where it is night is shown deferred
+(`scheduled` for its next opening, with the reason). Exit 0 only if every job got there.
 """
 
 from __future__ import annotations
@@ -16,15 +18,59 @@ import os
 import secrets
 import sys
 import time
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 from workers.devstack import RedisServer, start_callbacks, start_sandbox, start_worker
 
 DEMO_TIMEOUT_S = 90.0
 
+# Calling hours for the demo's producer and worker: the default window, on every day.
+DEMO_HOURS = {
+    "NXJOBS_CALLING_HOURS__ENABLED": "true",
+    "NXJOBS_CALLING_HOURS__WINDOW": "09:00-20:00",
+    "NXJOBS_CALLING_HOURS__DAYS": "mon,tue,wed,thu,fri,sat,sun",
+}
+# Numbers with one time zone each, from UTC-8 to UTC+11: no two neighbours more than 6 h apart,
+# so at any instant one of them is near mid-afternoon and one near the middle of the night.
+CALL_NUMBERS = (
+    "13105550123",  # America/Los_Angeles
+    "525512345678",  # America/Mexico_City
+    "12125550123",  # America/New_York
+    "551123456789",  # America/Sao_Paulo
+    "442071234567",  # Europe/London
+    "4930123456",  # Europe/Berlin
+    "971412345678",  # Asia/Dubai
+    "912212345678",  # Asia/Kolkata
+    "8613800138000",  # Asia/Shanghai
+    "81312345678",  # Asia/Tokyo
+    "61212345678",  # Australia/Sydney
+)
 
-def submit_all(producer) -> dict[str, str]:
+
+def pick_calls(policy, now: datetime) -> tuple[str, str]:
+    """(a number whose window is open now and for a while, one whose window is closed now), by
+    the callee's local time (nxjobs.calling_hours)."""
+    from nxjobs.calling_hours import zones_for
+
+    def away_from(phone: str, target: int) -> int:
+        """Minutes between the callee's local time now and `target` (minutes of the day)."""
+        local = now.astimezone(ZoneInfo(zones_for(phone)[1][0]))
+        gap = abs(local.hour * 60 + local.minute - target)
+        return min(gap, 1440 - gap)
+
+    day = min(CALL_NUMBERS, key=lambda phone: away_from(phone, 14 * 60 + 30))
+    night = min(CALL_NUMBERS, key=lambda phone: away_from(phone, 2 * 60 + 30))
+    if not (policy.is_open(day, now) and policy.is_open(day, now + timedelta(minutes=10))):
+        raise RuntimeError(f"no number among the demo's is inside its calling hours at {now}")
+    if policy.defer(night, None, now) is None:
+        raise RuntimeError(f"no number among the demo's is outside its calling hours at {now}")
+    return day, night
+
+
+def submit_all(producer, call_phone: str) -> dict[str, str]:
     return {
-        "call": producer.call(phone="8613800138000"),
+        "call": producer.call(phone=call_phone),
         "callbot-list": producer.callbot_list(
             scene_id="demo-scene",
             task_name="nxjobs demo",
@@ -77,9 +123,11 @@ def main() -> int:
                 "--callback-duplicate-rate",
                 "0.2",
             )
+            os.environ.update(DEMO_HOURS)  # this process's producer, and the worker below
             env = {
                 **os.environ,
                 **sandbox_env(sandbox_url),
+                **DEMO_HOURS,
                 "NXJOBS_REDIS_URL": redis_server.url,
                 "NXJOBS_CALLBACKS__TOKEN": token,
             }
@@ -98,9 +146,13 @@ def main() -> int:
                 # Exercise the throttle path: the first number check is told "too frequent".
                 control.script("/api/number/check", 2206, times=1)
             with Producer(redis_server.url) as producer:
-                jobs = submit_all(producer)
+                day, night = pick_calls(producer.calling_hours, datetime.now(UTC))
+                jobs = submit_all(producer, day)
                 for kind, job_id in jobs.items():
                     print(f"submitted {kind:<15} {job_id}")
+                # Night at the callee's: not sent, not dropped; it waits for the next opening.
+                deferred = producer.call(phone=night)
+                print(f"submitted {'call (night)':<15} {deferred}")
                 # A contact is added to an existing task: the list's, once its task was created.
                 task = jobs["callbot-list"]
                 producer.wait([task], until="submitted", timeout_s=DEMO_TIMEOUT_S)
@@ -114,6 +166,7 @@ def main() -> int:
                 # its list. Let the sandbox finish sending, then read the records again.
                 _wait_sent(SandboxControl(sandbox_url), timeout_s=5.0)
                 records = producer.store.get_many(jobs.values())
+                late = producer.get(deferred)
 
             ok = True
             parts = []
@@ -133,6 +186,22 @@ def main() -> int:
                     f"{kind}={record.state.value if record else 'missing'}"
                     f"({len(record.callbacks) if record else 0} callbacks)"
                 )
+            print(f"\n== call to a number where it is night now {deferred}")
+            print(
+                json.dumps(
+                    late.model_dump(mode="json") if late else None, ensure_ascii=False, indent=2
+                )
+            )
+            if (
+                late is None
+                or late.state != JobState.SCHEDULED
+                or not (late.schedule_note or "").startswith("deferred: calling hours ")
+            ):
+                ok = False
+            parts.append(
+                f"call(night)={late.state.value if late else 'missing'}"
+                f"(run_at {late.run_at if late else '?'}: {late.schedule_note if late else ''})"
+            )
             summary = ", ".join(parts)
             print(f"\n{'OK' if ok else 'FAILED'}: {summary} ({time.monotonic() - started:.1f}s)")
             if not ok:

@@ -19,6 +19,15 @@ class Skipped:
 
 
 @dataclass(frozen=True)
+class Rescheduled:
+    """Back in the schedule (recorded `scheduled`, its stored message written) until `run_at`:
+    a call outside its calling hours. No message to re-publish: the schedule publishes it."""
+
+    run_at: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class Failed:
     """Recorded failed for good and dead-lettered; `reason` is what Celery and Flower show."""
 
@@ -98,6 +107,7 @@ class AlreadySent:
 Decision = (
     Submitted
     | Skipped
+    | Rescheduled
     | Failed
     | WaitForSlot
     | RetryLater

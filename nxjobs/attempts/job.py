@@ -11,23 +11,25 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis
 
-from nxjobs import keys
+from nxjobs import compact_json, keys, schedule
 from nxjobs.attempts import policy, report
 from nxjobs.attempts.decisions import (
     CoolDown,
     Decision,
     Failed,
+    Rescheduled,
     RetryLater,
     Skipped,
     Submitted,
     WaitForSlot,
 )
 from nxjobs.callbacks import reconcile
+from nxjobs.calling_hours import Deferral
 from nxjobs.client.agent import MAKECALL_PATH
 from nxjobs.client.errors import PERMANENT, NXCloudError, TransportError
 from nxjobs.client.operations import (
@@ -36,7 +38,7 @@ from nxjobs.client.operations import (
     Outcome,
 )
 from nxjobs.inflight import InflightMarker
-from nxjobs.jobs import PRIORITY_RETRY, InvalidJob, validate_payload
+from nxjobs.jobs import PRIORITY_RETRY, InvalidJob, get_kind, validate_payload
 from nxjobs.ratelimit.gate import Permit, SlotNotReady, Slots
 from nxjobs.ratelimit.limiter import Grant
 from nxjobs.records import TERMINAL_STATES, JobError, JobState, utc_now_iso
@@ -109,7 +111,8 @@ class JobAttempt:
     """`svc`: the worker's services (tasks.services.Services or alike: settings, redis, store,
     gate, limiter, dead_letters, rng, transport, and the clients lookups use).
     `time_limit_errors`: what the runner raises when the attempt runs out of time;
-    `infra_errors`: store or broker failures, raised through (nothing was decided)."""
+    `infra_errors`: store or broker failures, raised through (nothing was decided).
+    `clock`: now, as an aware datetime (calling hours)."""
 
     def __init__(
         self,
@@ -123,6 +126,7 @@ class JobAttempt:
         resumed: bool = False,
         time_limit_errors: tuple[type[BaseException], ...] = (),
         infra_errors: tuple[type[BaseException], ...] = (redis.RedisError,),
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ):
         self.svc = svc
         self.job_id = job_id
@@ -133,10 +137,14 @@ class JobAttempt:
         self.resumed = resumed
         self.time_limit_errors = time_limit_errors
         self.infra_errors = infra_errors
+        self.clock = clock  # the time calling hours are judged at (tests fix it)
         self.slots = Slots()
         self.marker = InflightMarker(svc.redis, job_id)
         self.marker_set = False
         self.started = 0.0
+        self.model: Any = None
+        # Set when a deferral was refused because another run moved the job first.
+        self._deferred_elsewhere = False
 
     def run(self) -> Decision:
         svc, job_id, kind = self.svc, self.job_id, self.kind
@@ -152,9 +160,10 @@ class JobAttempt:
             return self._fail(
                 claim.attempts, JobError(code="invalid_payload", message=str(exc), retryable=False)
             )
+        self.model = model
 
         if kind in CALLING_HOURS_KINDS and svc.calling_hours is not None:
-            closed = self._outside_calling_hours(model, datetime.now(UTC))
+            closed = self._outside_calling_hours(self.clock())
             if closed is not None:
                 return closed
 
@@ -164,7 +173,16 @@ class JobAttempt:
             permit = svc.gate.take(limits, prepaid_at_us=self.slot_at_us)
         except SlotNotReady as wait:
             svc.store.incr(job_id, "waits")
-            return self._wait_for_slot(wait, resumed=self.resumed)
+            decision = wait_for_slot(
+                wait.grant, svc.settings.ratelimit, svc.rng, resumed=self.resumed
+            )
+            deferred = self._slot_wait_past_closing(decision.countdown)
+            if deferred is not None:
+                return deferred
+            report.record_rate_wait(
+                svc, job_id, decision.countdown, [lim.name for lim in wait.limits]
+            )
+            return decision
         return self._run_claimed(model, permit)
 
     def _run_claimed(self, model: Any, permit: Permit) -> Decision:
@@ -295,44 +313,127 @@ class JobAttempt:
                 )
             )
 
-    # ---- calling hours: the one place a closed window defers a call ----------------------
-    # Until the `scheduled` state and its promoter exist, "defer" is the existing come-back-later
-    # decision: the record goes retrying with the reason, and the message returns after the
-    # seconds to the opening, capped at ratelimit.max_wait_s (a countdown check_visibility already
-    # bounds), to be checked again. Point this method at the schedule to defer for real.
+    # ---- calling hours: a closed window defers a call to the schedule ----------------------
+    # Every run of a call checks its window right before its slot and claim; so does a retry,
+    # backoff or slot wait whose end would fall after closing time. A closed window puts the job
+    # back `scheduled` for the next opening (lua/job_defer.lua, only if nothing may have been
+    # sent), and the message is acked: the schedule publishes it again then (docs/calling-hours.md).
 
-    def _outside_calling_hours(self, model: Any, now: datetime) -> Decision | None:
-        svc, job_id = self.svc, self.job_id
-        closed = svc.calling_hours.check(model.phone, model.calling_hours, now)
-        if closed is None:
+    def _deferral(self, at: datetime) -> Deferral | None:
+        if self.kind not in CALLING_HOURS_KINDS or self.svc.calling_hours is None:
             return None
-        opening, reason = closed
+        return self.svc.calling_hours.defer(self.model.phone, self.model.calling_hours, at)
+
+    def _outside_calling_hours(self, now: datetime) -> Decision | None:
+        deferral = self._deferral(now)
+        if deferral is None:
+            return None
         claim = self._claim(bump=False)
         if claim is None:
             return Skipped()
-        if opening is None:
+        if deferral.until is None:
             return self._fail(
                 claim.attempts,
                 JobError(
                     code="calling_hours",
-                    message=f"{reason}: no time inside the window in every zone",
+                    message=f"{deferral.reason}: no time inside the window in every zone",
                     retryable=False,
                 ),
             )
-        message = f"deferred: {reason} until {opening.isoformat()}"
-        error = JobError(code="calling_hours", message=message, retryable=True)
-        svc.store.transition(job_id, JobState.RETRYING, error=error.model_dump())
-        countdown = max(
-            0.0, min((opening - now).total_seconds(), svc.settings.ratelimit.max_wait_s)
+        deferred = self._defer(deferral)
+        if deferred is None and self._deferred_elsewhere:
+            return Skipped()
+        # None: its in-flight marker is set, so the run goes on only to look the call up.
+        return deferred
+
+    def _past_closing(self, countdown: float) -> tuple[Deferral, str] | None:
+        """A wait of `countdown` s that would end outside the window: (where it waits to, when
+        the wait would have ended)."""
+        due = self.clock() + timedelta(seconds=countdown)
+        deferral = self._deferral(due)
+        if deferral is None or deferral.until is None:
+            return None  # open then; or no opening at all: the next run fails it
+        return deferral, schedule.iso(due)
+
+    def _slot_wait_past_closing(self, countdown: float) -> Rescheduled | None:
+        """Before the claim: a slot wait that would end after closing time defers the call."""
+        crossing = self._past_closing(countdown)
+        if crossing is None:
+            return None
+        deferral, ends = crossing
+        claim = self._claim(bump=False)
+        if claim is None:
+            return None  # past submission: the wait's run skips it
+        deferred = self._defer(deferral, f"; its rate-limit slot wait would end at {ends}")
+        if deferred is None and not self._deferred_elsewhere:
+            # In flight: it waits for its slot as any job, not `running` meanwhile.
+            self.svc.store.transition(self.job_id, JobState.RETRYING)
+        return deferred
+
+    def _retry_past_closing(
+        self,
+        countdown: float,
+        what: str,
+        error: JobError,
+        outcome: Outcome,
+        *,
+        throttled: bool = False,
+    ) -> Rescheduled | None:
+        """After a failed send (claimed): a retry or cooldown that would end after closing time
+        waits for the next opening instead, with the error and request recorded."""
+        crossing = self._past_closing(countdown)
+        if crossing is None:
+            return None
+        deferral, ends = crossing
+        deferred = self._defer(
+            deferral,
+            f"; its {what} would end at {ends}",
+            {
+                "error": compact_json.dumps(error.model_dump()),
+                "request": compact_json.dumps(outcome.request),
+            },
         )
+        if deferred is not None and throttled:
+            self.svc.store.incr(self.job_id, "throttles")  # as the cooldown's transition would
+        return deferred
+
+    def _defer(
+        self, deferral: Deferral, after: str = "", fields: dict[str, str] | None = None
+    ) -> Rescheduled | None:
+        """The claimed job back in the schedule until the opening; None if refused (its in-flight
+        marker is set; or another run moved it first: `_deferred_elsewhere`)."""
+        svc, job_id, kind = self.svc, self.job_id, self.kind
+        assert deferral.until is not None
+        job_kind = get_kind(kind)
+        msg = schedule.message(
+            kind,
+            job_kind.task_name,
+            job_kind.queue,
+            PRIORITY_RETRY,
+            {"job_id": job_id, "payload": self.payload},
+        )
+        run_at = schedule.iso(deferral.until)
+        note = deferral.note + after
+        answer = svc.schedule.defer(
+            job_id,
+            deferral.until,
+            msg,
+            {"run_at": run_at, "schedule_note": note, **(fields or {})},
+            utc_now_iso(),
+        )
+        if not answer.deferred:
+            self._deferred_elsewhere = answer.why != "inflight"
+            log.info(
+                "job=%s kind=%s not deferred (%s): %s",
+                job_id,
+                kind,
+                answer.why or answer.state,
+                note,
+            )
+            return None
         # A log line, not an attempt's metrics: nothing was tried (the number is not in it).
-        log.info("job=%s kind=%s deferred %.0fs: %s", job_id, self.kind, countdown, message)
-        return RetryLater(
-            countdown=countdown,
-            priority=PRIORITY_RETRY,
-            resumed=True,
-            reason=f"{self.kind} job {job_id}: {message}",
-        )
+        log.info("job=%s kind=%s deferred to %s: %s", job_id, kind, run_at, note)
+        return Rescheduled(run_at=run_at, reason=f"{kind} job {job_id}: {note}; runs at {run_at}")
 
     def _look_up(self, model: Any, outcome: Outcome) -> dict | None:
         svc, job_id = self.svc, self.job_id
@@ -440,6 +541,11 @@ class JobAttempt:
                 ),
                 outcome,
             )
+        countdown = cooldown + svc.rng.uniform(0, 0.1)
+        deferred = self._retry_past_closing(countdown, "cooldown", error, outcome, throttled=True)
+        if deferred is not None:
+            self._log(claim.attempts, "throttled, deferred past closing time", err.code)
+            return deferred
         svc.store.transition(
             job_id,
             JobState.RETRYING,
@@ -449,7 +555,7 @@ class JobAttempt:
         )
         self._log(claim.attempts, f"throttled, cooldown {cooldown:.2f}s", err.code)
         return CoolDown(
-            countdown=cooldown + svc.rng.uniform(0, 0.1),
+            countdown=countdown,
             priority=PRIORITY_RETRY,
             reason=f"{kind} job {job_id}: provider said too frequent ({err.code})",
         )
@@ -462,6 +568,10 @@ class JobAttempt:
         )
         if delay is not None:
             error = JobError(code=err.code, message=err.message, retryable=True)
+            deferred = self._retry_past_closing(delay, "retry", error, outcome)
+            if deferred is not None:
+                self._log(claim.attempts, "retry deferred past closing time", err.code)
+                return deferred
             svc.store.transition(
                 job_id, JobState.RETRYING, request=outcome.request, error=error.model_dump()
             )
