@@ -26,8 +26,8 @@ from celery import Celery
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import (
     BaseSettings,
+    EnvSettingsSource,
     PydanticBaseSettingsSource,
-    SecretsSettingsSource,
     SettingsConfigDict,
 )
 
@@ -140,6 +140,32 @@ class ProducerRedisTlsSettings(BaseModel):
     check_hostname: bool = True
 
 
+class _SettingsFiles(EnvSettingsSource):
+    """Settings from files named like their variables, `__` nesting and all (the do-not-call
+    list's NXJOBS_SUPPRESSION__SECRET): pydantic-settings' environment source reading the
+    directory; the service's twin is config.settings.SecretFilesSource (the same rule, and
+    tests/unit/test_settings_shared.py)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], directory: Path | None) -> None:
+        self.directory = directory
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        if self.directory is None:
+            return {}
+        values: dict[str, str | None] = {}
+        # Kubernetes mounts each key as a symlink into a hidden `..data` directory: skip dot files.
+        for path in sorted(self.directory.iterdir()):
+            name = path.name
+            if name.startswith(".") or not name.upper().startswith("NXJOBS_"):
+                continue
+            if path.is_file():
+                value = path.read_text(encoding="utf-8").strip()
+                if value or not self.env_ignore_empty:
+                    values[name.lower()] = value
+        return values
+
+
 class ProducerSettings(BaseSettings):
     """The settings a producer needs; same names as the service's config.settings. Each
     top-level one can also be a file named like its variable in the settings-files directory
@@ -172,10 +198,7 @@ class ProducerSettings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # pydantic-settings' own files source: it matches top-level names, all a producer's
-        # credentials are (file names compared case-insensitively: NXJOBS_REDIS_URL).
-        directory = settings_files_dir()
-        files = SecretsSettingsSource(settings_cls, secrets_dir=directory)
+        files = _SettingsFiles(settings_cls, settings_files_dir())
         return (init_settings, env_settings, dotenv_settings, files)
 
     def target(self, url: str, master: str | None) -> RedisTarget:

@@ -143,3 +143,16 @@ def test_redis_settings_are_the_same_variables(monkeypatch: pytest.MonkeyPatch) 
     assert service.broker_redis()["url"] == producer.broker_url == "rediss://broker:6380/0"
     # The broker's master defaults to the record store's.
     assert service.broker_redis()["sentinel_master"] == "mymaster"
+
+
+def test_both_read_a_nested_setting_from_its_file(tmp_path, monkeypatch) -> None:
+    from config.settings import Settings
+
+    # Given the do-not-call list's key only as a file (a nested setting: `__`)
+    monkeypatch.delenv("NXJOBS_SUPPRESSION__SECRET", raising=False)
+    (tmp_path / "NXJOBS_SUPPRESSION__SECRET").write_text("k" * 20 + "\n")
+    monkeypatch.setenv("NXJOBS_SECRETS_DIR", str(tmp_path))
+    # Then `nxjobs suppress` in a pod has the workers' key
+    for settings in (ProducerSettings(_env_file=None), Settings(_env_file=None)):
+        assert settings.suppression.secret is not None
+        assert settings.suppression.secret.get_secret_value() == "k" * 20
