@@ -432,6 +432,7 @@ def _payloads(kind: str, n: int, seq: Iterator[int], task_id: str | None) -> lis
 
 def memory_per_job(stack: Stack, kind: str, n: int, seq: Iterator[int], timeout_s: float) -> dict:
     """N completed jobs of `kind`: bytes and keys per job, and the keys they left."""
+    from nxjobs import keys
     from nxjobs.producers import Producer
 
     client = stack.client()
@@ -451,6 +452,7 @@ def memory_per_job(stack: Stack, kind: str, n: int, seq: Iterator[int], timeout_
             time.sleep(0.5)
             keys0, mem0 = _all_keys(client), client.info("memory")["used_memory"]
             size0 = client.dbsize()
+            events0 = client.memory_usage(keys.EVENTS, samples=0) or 0
             started = time.monotonic()
             ids = producer.enqueue_many(kind, _payloads(kind, n, seq, task_id))
             records = producer.wait(ids, until="completed", timeout_s=timeout_s)
@@ -458,6 +460,7 @@ def memory_per_job(stack: Stack, kind: str, n: int, seq: Iterator[int], timeout_
             quiet = _quiet(stack, client, timeout_s)
             time.sleep(0.5)
             mem1, size1 = client.info("memory")["used_memory"], client.dbsize()
+            events1 = client.memory_usage(keys.EVENTS, samples=0) or 0
             new_keys = sorted(_all_keys(client) - keys0)
     finally:
         client.close()
@@ -486,6 +489,9 @@ def memory_per_job(stack: Stack, kind: str, n: int, seq: Iterator[int], timeout_
         "run_s": run_s,
         "quiet": quiet,
         "bytes_per_job": (mem1 - mem0) / n,
+        # The job-end events stream is capped (XADD MAXLEN ~, NXJOBS_NOTIFY__EVENTS_MAXLEN): once
+        # full, each new entry evicts an old one, so it is no cost per job as records pile up.
+        "events_bytes_per_job": (events1 - events0) / n,
         "keys_per_job": (size1 - size0) / n,
         "key_bytes_per_job": sum(g["bytes"] for g in groups.values()) / n,
         "keys": groups,
@@ -498,8 +504,8 @@ def memory_per_job(stack: Stack, kind: str, n: int, seq: Iterator[int], timeout_
 def _print_memory(rows: list[dict]) -> None:
     print("\n== Redis memory per completed job")
     print(
-        f"{'kind':<16} {'jobs':>5} {'bytes/job':>10} {'in its keys':>11} {'keys/job':>9}  "
-        "issue / target   states"
+        f"{'kind':<16} {'jobs':>5} {'bytes/job':>10} {'less stream':>11} {'in its keys':>11} "
+        f"{'keys/job':>9}  issue / target   states"
     )
     for r in rows:
         issue = ISSUE_BYTES.get(r["kind"])
@@ -508,9 +514,14 @@ def _print_memory(rows: list[dict]) -> None:
         note = "" if r["quiet"] else " (not quiet at the end)"
         print(
             f"{r['kind']:<16} {r['jobs']:>5} {r['bytes_per_job']:>10.0f} "
+            f"{r['bytes_per_job'] - r['events_bytes_per_job']:>11.0f} "
             f"{r['key_bytes_per_job']:>11.0f} {r['keys_per_job']:>9.2f}  {ref}  {states} "
             f"in {r['run_s']:.1f}s{note}"
         )
+    print(
+        "   less stream: without the job-end events stream's growth, a capped stream (MAXLEN ~)"
+        " that costs nothing per job once full"
+    )
     for r in rows:
         print(f"\n-- keys {r['kind']} jobs left ({r['jobs']} jobs)")
         print(f"   {'key':<58} {'type':<6} {'per job':>8} {'bytes each':>10} expires")
