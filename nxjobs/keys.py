@@ -132,8 +132,9 @@ PROOF_TASKS = "v_tasks"
 ZONE_PLAN = "zone_plan"
 PHONE_FIELD = "np:"
 ORDER_FIELD = "no:"
-# Set once a job's completion delay was observed (nxjobs.metrics, callbacks_apply.lua).
-COMPLETION_MARKER = "completion_observed"
+# Set once a job's completion delay was observed (nxjobs.metrics, callbacks_apply.lua). Short:
+# every completed record keeps it.
+COMPLETION_MARKER = "c_timed"
 
 # A coalesced member (record field `coalesce_batch` -> its batch hash, coalesce_batch()) reads
 # from its batch every one of these it has none of its own of: stored once for the whole batch.

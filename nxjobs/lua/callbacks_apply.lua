@@ -224,6 +224,8 @@ if not (completes and set_state(jk, 'completed', 'callbacks_done', done, 'callba
   return seen({1, job_id, state, '', kind})
 end
 redis.call('ZREM', KEYS[3], job_id)
+-- A completed job's empty error is no field at all (the record reads it as none).
+if redis.call('HGET', jk, 'error') == '' then redis.call('HDEL', jk, 'error') end
 -- Completed by this callback: hand back when it was submitted, once per job, so the caller
 -- can time it (nxjobs.metrics) without another round trip.
 local submitted_at = ''
