@@ -202,6 +202,11 @@ def _add_submit_parser(sub) -> None:
         help="schedule: run this long from now (90s, 30m, 2h, 1d)",
     )
     p.add_argument(
+        "--notify-url",
+        metavar="URL",
+        help="POST this job's end here too, signed (docs/notifications.md)",
+    )
+    p.add_argument(
         "--phone", action="append", help="phone with country code (repeat for number-check)"
     )
     p.add_argument("--order-id", help="call: 4-32 letters/digits (default: the job id)")
@@ -464,13 +469,22 @@ def cmd_submit(args: argparse.Namespace) -> int:
     ):
         if args.at is not None or args.in_ is not None:
             raise InvalidJob("--at", "file input is enqueued now: --at / --in are for one job")
+        if args.notify_url is not None:
+            raise InvalidJob("--notify-url", "is for one job; a file's jobs use NXJOBS_NOTIFY__URL")
         return _submit_file(args)
     if args.file or args.contacts:
         raise InvalidJob("file", "--file is for number-check, --contacts for callbot-list")
     at, delay_s = _when(args)
     payload = _payload_from_args(args)
     with Producer() as producer:
-        job_id = producer.enqueue(args.kind, payload, batch=args.batch, at=at, delay_s=delay_s)
+        job_id = producer.enqueue(
+            args.kind,
+            payload,
+            batch=args.batch,
+            at=at,
+            delay_s=delay_s,
+            notify_url=args.notify_url,
+        )
         if args.json:
             _print_record(producer.get(job_id), as_json=True)
         else:

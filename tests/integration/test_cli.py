@@ -102,3 +102,29 @@ def test_sandbox_is_not_a_subcommand_and_the_error_names_the_repo_command(nxjobs
     proc = nxjobs("sandbox", "--port", "0", timeout=20)
     assert proc.returncode == 2
     assert "python -m sandbox" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_submit_with_a_notify_url_stores_it_and_refuses_a_bad_one(nxjobs, producer):
+    # Given one job submitted with its own notify URL
+    proc = nxjobs(
+        "submit",
+        "wa-calling",
+        "--business-phone",
+        "6581234567",
+        "--in",
+        "1h",
+        "--notify-url",
+        "https://app.example/hooks/nxjobs",
+    )
+    assert proc.returncode == 0, proc.stderr
+    job_id = proc.stdout.strip()
+    # Then its record carries it
+    assert producer.get(job_id).notify_url == "https://app.example/hooks/nxjobs"
+    producer.cancel(job_id)
+    # and a URL that is not http(s) is refused, naming the field, with nothing enqueued
+    before = _queued(producer)
+    bad = nxjobs(
+        "submit", "wa-calling", "--business-phone", "6581234567", "--notify-url", "ftp://x"
+    )
+    assert bad.returncode == 2 and bad.stderr.startswith("error: notify_url: "), bad.stderr
+    assert _queued(producer) == before
