@@ -63,6 +63,19 @@ def _phone(value: str) -> str:
 Phone = Annotated[str, AfterValidator(_phone)]
 
 
+def _window(value: str | None) -> str | None:
+    """A job's own calling hours, "HH:MM-HH:MM" (nxjobs.calling_hours), normalised."""
+    if value is None:
+        return value
+    try:
+        return str(parse_window(value, "calling_hours"))
+    except CallingHoursError as exc:
+        raise ValueError(exc.message) from None
+
+
+CallingHours = Annotated[str | None, AfterValidator(_window)]
+
+
 class _Payload(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
 
@@ -77,17 +90,7 @@ class CallPayload(_Payload):
     show_phone: str | None = Field(default=None, max_length=32)
     # The job's own calling hours, "HH:MM-HH:MM" in the callee's local time (docs/calling-hours.md):
     # inside the configured rule's window unless the operator allows wider (checked by Producer).
-    calling_hours: str | None = None
-
-    @field_validator("calling_hours")
-    @classmethod
-    def _calling_hours(cls, v: str | None) -> str | None:
-        if v is None:
-            return v
-        try:
-            return str(parse_window(v, "calling_hours"))
-        except CallingHoursError as exc:
-            raise ValueError(exc.message) from None
+    calling_hours: CallingHours = None
 
     @field_validator("order_id")
     @classmethod
@@ -150,17 +153,7 @@ class CallbotListPayload(_Payload):
     start_at: int | None = Field(default=None, gt=0)
     # The list's own calling hours, "HH:MM-HH:MM" in each contact's local time: narrows the rule
     # each zone group's task is given (nxjobs.callbot_zones, docs/calling-hours.md).
-    calling_hours: str | None = None
-
-    @field_validator("calling_hours")
-    @classmethod
-    def _calling_hours(cls, v: str | None) -> str | None:
-        if v is None:
-            return v
-        try:
-            return str(parse_window(v, "calling_hours"))
-        except CallingHoursError as exc:
-            raise ValueError(exc.message) from None
+    calling_hours: CallingHours = None
 
     @model_validator(mode="after")
     def _unique_order_ids(self) -> CallbotListPayload:
